@@ -1,0 +1,138 @@
+"""One implementation behind the three env faces: world + guardrails + observation + reward.
+
+Each row is a client slot. When a client churns (``terminated``) or reaches the horizon
+(``truncated``) a new client takes the slot at once, unless ``autoreset`` is off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs import features, masks
+from envs.config import Setup
+from simulate.world import World
+
+GENERATION_SHIFT = np.uint64(32)
+"""a slot's k-th client has id ``offset + (k << 32) + slot``: independent of the batch size"""
+
+
+@dataclass
+class StepResult:
+    """What one day returns for every slot."""
+
+    obs: np.ndarray
+    """(N, OBS_DIM) next observations (a new client's first one where a slot was reset)"""
+    reward: np.ndarray
+    """(N,) float32 weighted outcome counts"""
+    terminated: np.ndarray
+    """(N,) the client churned"""
+    truncated: np.ndarray
+    """(N,) the client reached the horizon"""
+    outcomes: dict[str, np.ndarray]
+    """per-client outcome arrays: world outcomes, ``violation``, ``cost_churn``, ``cost_anxiety``"""
+    final_obs: np.ndarray | None
+    """(N, OBS_DIM) last observation of each finished client (rows where done), else None"""
+    episode_return: np.ndarray
+    """(N,) return of the episode that just ended (valid where done)"""
+    episode_length: np.ndarray
+    """(N,) length in days of the episode that just ended (valid where done)"""
+
+
+class CadenceCore:
+    """The batched environment logic.
+
+    Args:
+        setup: the validated configuration.
+        num_clients: slots simulated at once (defaults to ``setup.env.num_clients``).
+        autoreset: replace finished clients in the same step.
+        client_id_offset: added to every client id; evaluation uses it for clients training never saw.
+    """
+
+    def __init__(self, setup: Setup, num_clients: int | None = None, autoreset: bool = True,
+                 client_id_offset: int = 0) -> None:
+        self.setup = setup
+        self.n = int(num_clients if num_clients is not None else setup.env.num_clients)
+        if self.n < 1:
+            raise ValueError(f"num_clients must be >= 1, got {self.n}")
+        self.autoreset = autoreset
+        self.offset = np.uint64(client_id_offset)
+        self.horizon = int(setup.env.horizon_days)
+        self.rules = masks.MaskRules.from_config(setup.env.guardrails)
+        self.reward_weights = setup.reward.weights()
+        self.slots = np.arange(self.n, dtype=np.uint64)
+        self.world: World | None = None
+        self.seed = int(setup.seed)
+        self.day = 0
+
+    def _ids(self) -> np.ndarray:
+        return self.offset + (self.generation << GENERATION_SHIFT) + self.slots
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Fresh clients in every slot at calendar day 0; returns (N, OBS_DIM) observations."""
+        if seed is not None:
+            self.seed = int(seed)
+        self.day = 0
+        self.generation = np.zeros(self.n, dtype=np.uint64)
+        self.age = np.zeros(self.n, dtype=np.int64)
+        self.episode_return = np.zeros(self.n)
+        s = self.setup
+        self.world = World(s.population, s.env.response, s.scenario, self.seed, self._ids())
+        return self.observe()
+
+    def next_clients(self, rows: np.ndarray) -> None:
+        """Put each slot's next client in ``rows`` (the calendar goes on)."""
+        self.generation[rows] += np.uint64(1)
+        self.world.replace(rows, self._ids()[rows])
+        self.age[rows] = 0
+        self.episode_return[rows] = 0.0
+
+    def observe(self) -> np.ndarray:
+        """(N, OBS_DIM) float32 observations for today's decision."""
+        stress = self.world.schedule.effects(self.day).stress
+        return features.observe(self.world, self.day, stress)
+
+    def mask_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(opted_out, sends per channel in the last 7 days, consent tier) of every slot."""
+        w = self.world
+        return w.opted_out, features.channel_counts(w), w.traits.consent_tier
+
+    def action_masks(self) -> np.ndarray:
+        """(N, 19) per-component masks (see :func:`envs.masks.component_masks`)."""
+        return masks.component_masks(self.rules, *self.mask_inputs())
+
+    def joint_masks(self) -> np.ndarray:
+        """(N, 361) exact masks over the flat actions."""
+        return masks.joint_mask(self.rules, *self.mask_inputs())
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Advance one day with (N, 4) MultiDiscrete actions."""
+        if self.world is None:
+            raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions, dtype=np.int64).reshape(self.n, 4)
+        allowed = masks.is_allowed(self.rules, actions, *self.mask_inputs())
+        violation = (actions[:, 0] > 0) & ~allowed
+        slot = np.where(allowed, actions[:, 0], 0)
+        out = self.world.step(self.day, slot, actions[:, 1], actions[:, 2], actions[:, 3])
+        out["violation"] = violation
+        reward = np.zeros(self.n)
+        for name, weight in self.reward_weights.items():
+            if weight:
+                reward += weight * out[name]
+        out["cost_churn"] = out["churned"].astype(np.float32)
+        out["cost_anxiety"] = out["anxious_click"].astype(np.float32)
+        self.day += 1
+        self.age += 1
+        self.episode_return += reward
+        terminated = out["churned"].copy()
+        truncated = (self.age >= self.horizon) & ~terminated
+        done = terminated | truncated
+        final_obs = None
+        ep_return, ep_length = self.episode_return.copy(), self.age.copy()
+        if done.any():
+            final_obs = self.observe()
+            if self.autoreset:
+                self.next_clients(np.flatnonzero(done))
+        return StepResult(self.observe(), reward.astype(np.float32), terminated, truncated, out,
+                          final_obs, ep_return, ep_length)

@@ -1,0 +1,92 @@
+"""The observation: what a firm can see of a client, gated by consent tier (design §3).
+
+Never latent state (fatigue, trust, anxiety, novelty) and never protected attributes.
+Features a tier may not use are zero; the tier itself is visible so a policy knows why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulate.labels import CHANNELS, N_CHANNELS, N_SEGMENTS, SEGMENTS, SLOT_KEYS, TONES
+from simulate.world import N_ENGAGEMENT, World
+
+RECENCY_CAP_DAYS = 30
+"""``days_since_last_send`` is capped here (a never-messaged client reads 30)"""
+STRESS_CAP = 10.0
+
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"weekday_{d}" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
+    *(f"consent_tier_{k}" for k in range(4)),
+    *(f"opted_out_{c}" for c in CHANNELS),
+    *(f"sent_7d_{c}" for c in CHANNELS),
+    "days_since_last_send",
+    *(f"goal_{s}" for s in SEGMENTS),
+    "declared_risk",
+    "market_stress",
+    *(f"ema_open_{c}" for c in CHANNELS),
+    *(f"ema_click_{c}" for c in CHANNELS),
+    *(f"ema_open_slot_{s}" for s in SLOT_KEYS),
+    *(f"ema_click_tone_{t}" for t in TONES),
+)
+"""observation features, in vector order (part of the export contract)"""
+OBS_DIM = len(FEATURE_NAMES)
+
+IX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+I_WEEKDAY = IX["weekday_mon"]
+I_TIER = IX["consent_tier_0"]
+I_OPTED_OUT = IX["opted_out_email"]
+I_SENT_7D = IX["sent_7d_email"]
+I_RECENCY = IX["days_since_last_send"]
+I_GOAL = IX[f"goal_{SEGMENTS[0]}"]
+I_RISK = IX["declared_risk"]
+I_STRESS = IX["market_stress"]
+I_ENGAGEMENT = IX[f"ema_open_{CHANNELS[0]}"]
+
+MIN_TIER = np.zeros(OBS_DIM, dtype=np.int8)
+"""lowest consent tier at which each feature is visible"""
+MIN_TIER[I_RECENCY] = 1
+MIN_TIER[I_GOAL:I_GOAL + N_SEGMENTS] = 1
+MIN_TIER[I_RISK] = 1
+MIN_TIER[I_STRESS] = 2
+MIN_TIER[I_ENGAGEMENT:I_ENGAGEMENT + N_ENGAGEMENT] = 3
+
+OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
+"""upper bound of each feature (lower bounds are 0)"""
+OBS_HIGH[I_SENT_7D:I_SENT_7D + N_CHANNELS] = 7.0
+OBS_HIGH[I_RECENCY] = RECENCY_CAP_DAYS
+OBS_HIGH[I_STRESS] = STRESS_CAP
+assert I_ENGAGEMENT + N_ENGAGEMENT == OBS_DIM
+
+
+def channel_counts(world: World) -> np.ndarray:
+    """(N, 3) messages delivered per channel in the 7 days before the next step."""
+    log = world.channel_log
+    return np.stack([(log == c + 1).sum(axis=1) for c in range(N_CHANNELS)], axis=1)
+
+
+def observe(world: World, day: int, stress: float, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, OBS_DIM) float32 observations of every client on calendar ``day`` (before acting).
+
+    Args:
+        world: the batched world.
+        day: calendar day of the decision.
+        stress: today's market stress (from the scenario).
+        out: optional preallocated array to fill.
+    """
+    n = world.n
+    obs = np.zeros((n, OBS_DIM), dtype=np.float32) if out is None else out
+    obs.fill(0.0)
+    tier = world.traits.consent_tier
+    rows = world.rows
+    obs[:, I_WEEKDAY + day % 7] = 1.0
+    obs[rows, I_TIER + tier] = 1.0
+    obs[:, I_OPTED_OUT:I_OPTED_OUT + N_CHANNELS] = world.opted_out
+    obs[:, I_SENT_7D:I_SENT_7D + N_CHANNELS] = channel_counts(world)
+    obs[:, I_RECENCY] = np.minimum(day - world.last_send_day, RECENCY_CAP_DAYS)
+    obs[rows, I_GOAL + world.traits.segment] = 1.0
+    obs[:, I_RISK] = world.traits.declared_risk
+    obs[:, I_STRESS] = min(stress, STRESS_CAP)
+    obs[:, I_ENGAGEMENT:] = world.engagement
+    obs *= tier[:, None] >= MIN_TIER[None, :]
+    return obs

@@ -1,0 +1,117 @@
+"""Fixed client traits, drawn per client from counter-based streams (design §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+from scipy.special import ndtri
+
+from simulate import rng
+from simulate.config import PopulationConfig
+from simulate.labels import N_CHANNELS, N_TONES
+
+# Draw names of the trait streams; changing one changes every synthetic client.
+S_SEGMENT, S_TIER, S_GENDER, S_AGE, S_SLOT = 101, 102, 103, 104, 105
+S_LITERACY, S_SUSCEPTIBILITY, S_RISK, S_DECLARED = 106, 107, 108, 109
+S_BASE_OPEN, S_WEEKEND, S_TRUST = 110, 111, 112
+S_CHANNEL0 = 120  # + channel index
+S_TONE0 = 130  # + tone index
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, elementwise."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def categorical(u: np.ndarray, probs: list[float]) -> np.ndarray:
+    """Index of the category each uniform ``u`` falls in, by cumulative ``probs`` (int8)."""
+    edges = np.cumsum(np.asarray(probs, dtype=np.float64))[:-1]
+    return (u[:, None] >= edges[None, :]).sum(axis=1).astype(np.int8)
+
+
+@dataclass
+class Traits:
+    """Fixed traits of N clients; each array's first axis is the client."""
+
+    segment: np.ndarray
+    """int8 goal segment (index into ``labels.SEGMENTS``); declared, observable at tier >= 1"""
+    consent_tier: np.ndarray
+    """int8 consent tier 0..3; limits what the policy may see"""
+    gender: np.ndarray
+    """int8 protected attribute, audit only"""
+    age_band: np.ndarray
+    """int8 protected attribute, audit only"""
+    slot_preference: np.ndarray
+    """int8 favourite send slot 0..5"""
+    literacy: np.ndarray
+    """financial literacy 0..1"""
+    susceptibility: np.ndarray
+    """anxiety susceptibility 0..1"""
+    risk: np.ndarray
+    """true risk tolerance 0..1"""
+    declared_risk: np.ndarray
+    """declared risk tolerance 0..1 (noisy copy of ``risk``; observable)"""
+    base_open: np.ndarray
+    """own open propensity (logit offset)"""
+    weekend_affinity: np.ndarray
+    """open logit added on Saturdays and Sundays"""
+    initial_trust: np.ndarray
+    """trust 0..1 at onboarding"""
+    channel_affinity: np.ndarray
+    """(N, 3) open logit added per channel"""
+    tone_affinity: np.ndarray
+    """(N, 5) calm-click logit added per tone"""
+
+    def assign(self, rows: np.ndarray, other: Traits) -> None:
+        """Overwrite the clients at ``rows`` with ``other``'s clients, in order."""
+        for f in fields(self):
+            getattr(self, f.name)[rows] = getattr(other, f.name)
+
+    def nbytes(self) -> int:
+        """Bytes held by all trait arrays."""
+        return sum(getattr(self, f.name).nbytes for f in fields(self))
+
+
+def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> Traits:
+    """Draw the traits of the clients with ``client_ids`` (uint64) under ``seed``.
+
+    A client's traits depend only on (seed, client id, config), never on the other ids.
+    """
+    keys = rng.day_keys(seed, client_ids, rng.TRAIT_DAY)
+
+    def z(stream: int) -> np.ndarray:
+        return ndtri(rng.uniform(keys, stream))
+
+    segment = categorical(rng.uniform(keys, S_SEGMENT), cfg.segment_probs)
+    age_band = categorical(rng.uniform(keys, S_AGE), cfg.age_band_probs)
+    literacy = np.clip(
+        cfg.literacy_mean + np.asarray(cfg.literacy_age_shift)[age_band] + cfg.literacy_sd * z(S_LITERACY),
+        0.0, 1.0)
+    susceptibility = sigmoid(
+        cfg.susceptibility_logit_mean
+        + np.asarray(cfg.susceptibility_age_shift)[age_band]
+        + cfg.susceptibility_literacy * (literacy - 0.5)
+        + cfg.susceptibility_logit_sd * z(S_SUSCEPTIBILITY))
+    risk = sigmoid(np.asarray(cfg.risk_segment_shift)[segment] + cfg.risk_logit_sd * z(S_RISK))
+    channel_affinity = np.stack(
+        [cfg.channel_affinity_mean[c] + cfg.channel_affinity_sd * z(S_CHANNEL0 + c) for c in range(N_CHANNELS)],
+        axis=1)
+    tone_affinity = np.stack(
+        [cfg.tone_affinity_mean[t] + cfg.tone_affinity_sd * z(S_TONE0 + t) for t in range(N_TONES)], axis=1)
+    return Traits(
+        segment=segment,
+        consent_tier=categorical(rng.uniform(keys, S_TIER), cfg.consent_tier_probs),
+        gender=categorical(rng.uniform(keys, S_GENDER), cfg.gender_probs),
+        age_band=age_band,
+        slot_preference=categorical(rng.uniform(keys, S_SLOT), cfg.slot_preference_probs),
+        literacy=literacy,
+        susceptibility=susceptibility,
+        risk=risk,
+        declared_risk=np.clip(risk + cfg.declared_risk_noise_sd * z(S_DECLARED), 0.0, 1.0),
+        base_open=cfg.base_open_sd * z(S_BASE_OPEN),
+        weekend_affinity=cfg.weekend_affinity_sd * z(S_WEEKEND),
+        initial_trust=np.clip(cfg.initial_trust_mean + cfg.initial_trust_sd * z(S_TRUST), 0.05, 0.95),
+        channel_affinity=channel_affinity,
+        tone_affinity=tone_affinity,
+    )
