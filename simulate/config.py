@@ -165,7 +165,7 @@ class PopulationConfig:
     """mean trust (0..1) at onboarding"""
     initial_trust_sd: float = num(0.12, 0.0, 1.0)
     """spread of trust at onboarding"""
-    initial_anxiety_scale: float = num(0.15, 0.0, 1.0)
+    initial_anxiety_scale: float = num(0.3, 0.0, 1.0)
     """anxiety at onboarding = this x susceptibility"""
 
 
@@ -177,10 +177,12 @@ class ResponseConfig:
     """open logit of an average client (before every other term)"""
     open_trust: float = num(2.0, 0.0, 20.0)
     """open logit per unit of (trust - 0.5)"""
-    open_fatigue: float = num(0.55, 0.0, 10.0)
+    open_fatigue: float = num(0.35, 0.0, 10.0)
     """open logit lost per unit of fatigue (one unit = one recent message)"""
     open_novelty: float = num(1.5, 0.0, 10.0)
     """open logit lost when the content's novelty drops from 1 to 0"""
+    open_urgency: float = num(0.7, 0.0, 10.0)
+    """open logit per unit of urgency (alarming subject lines get opened)"""
     rhythm_amp: float = num(1.4, 0.0, 10.0)
     """open logit between a client's favourite slot and a far slot"""
     click_base: float = num(-1.6, -10.0, 10.0)
@@ -189,7 +191,7 @@ class ResponseConfig:
     """calm-click logit per unit of relevance (relevance in -1..1)"""
     click_trust: float = num(1.0, 0.0, 20.0)
     """calm-click logit per unit of (trust - 0.5)"""
-    anxious_click_max: float = num(0.8, 0.0, 1.0)
+    anxious_click_max: float = num(0.9, 0.0, 1.0)
     """probability of an anxiety-driven click at anxiety 1 and urgency 1"""
     convert_base: float = num(-2.6, -10.0, 10.0)
     """conversion logit of a calm click"""
@@ -217,7 +219,7 @@ class ResponseConfig:
     """complaint logit added by a quiet-hour push or SMS"""
     complaint_urgency_repeat: float = num(0.6, 0.0, 10.0)
     """complaint logit per urgent message in the previous 7 days, x urgency of this one"""
-    fatigue_half_life_days: float = num(2.5, 0.1, 365.0)
+    fatigue_half_life_days: float = num(2.0, 0.1, 365.0)
     """days for fatigue to halve without messages"""
     novelty_drop: float = num(0.45, 0.0, 1.0)
     """novelty of a content type is multiplied by this each time it is sent"""
@@ -225,7 +227,7 @@ class ResponseConfig:
     """days for a content type's lost novelty to halve"""
     trust_relevance: float = num(0.03, 0.0, 1.0)
     """trust change per delivered message per unit of relevance"""
-    trust_fear: float = num(0.02, 0.0, 1.0)
+    trust_fear: float = num(0.01, 0.0, 1.0)
     """trust lost per delivered message per unit of urgency"""
     trust_late: float = num(0.02, 0.0, 1.0)
     """trust lost by a message in the late slot, any channel"""
@@ -235,7 +237,7 @@ class ResponseConfig:
     """trust lost by a harmful action"""
     anxiety_half_life_days: float = num(8.0, 0.1, 365.0)
     """days for anxiety to halve without triggers"""
-    anxiety_urgency: float = num(0.14, 0.0, 1.0)
+    anxiety_urgency: float = num(0.2, 0.0, 1.0)
     """anxiety added per delivered message per unit of urgency, x susceptibility"""
     stress_anxiety: float = num(0.03, 0.0, 1.0)
     """anxiety added per day per unit of market stress, x susceptibility"""
@@ -243,7 +245,7 @@ class ResponseConfig:
     """daily churn logit of a calm, trusting, rested client"""
     churn_trust: float = num(4.0, 0.0, 20.0)
     """daily churn logit per unit of (0.5 - trust)"""
-    churn_anxiety: float = num(3.5, 0.0, 20.0)
+    churn_anxiety: float = num(4.0, 0.0, 20.0)
     """daily churn logit per unit of anxiety"""
     churn_fatigue: float = num(0.5, 0.0, 10.0)
     """daily churn logit per unit of fatigue above the tolerance"""

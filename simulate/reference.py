@@ -103,6 +103,7 @@ class ReferenceClient:
 
         rhythm = p.rhythm_amp * (math.exp(-0.5 * (slot_ix - self.slot_preference) ** 2) - 0.5)
         open_logit = (p.open_base + self.base_open + self.channel_affinity[channel] + rhythm
+                      + p.open_urgency * urgency
                       + p.open_trust * (self.trust - 0.5) - p.open_fatigue * self.fatigue
                       + p.open_novelty * (self.novelty[content] - 1.0))
         if day % 7 >= 5:

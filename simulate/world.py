@@ -175,6 +175,7 @@ class World:
         weekend = (day % 7) >= 5
         open_logit = (p.open_base + t.base_open + t.channel_affinity[rows, channel]
                       + self._rhythm[slot_ix, t.slot_preference]
+                      + p.open_urgency * urgency
                       + p.open_trust * (s.trust - 0.5) - p.open_fatigue * s.fatigue
                       + p.open_novelty * (s.novelty[rows, content] - 1.0))
         if weekend:
