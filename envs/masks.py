@@ -19,7 +19,15 @@ from envs.config import GuardrailConfig
 from envs.features import I_OPTED_OUT, I_SENT_7D, I_TIER
 from envs.spaces import NVEC
 from simulate.config import quiet_table
-from simulate.labels import CHANNELS, CONTENTS, N_CHANNELS, N_CONTENTS, N_JOINT_ACTIONS, N_SLOTS, N_TONES
+from simulate.labels import (
+    CHANNELS,
+    CONTENTS,
+    N_CHANNELS,
+    N_CONTENTS,
+    N_JOINT_ACTIONS,
+    N_SLOTS,
+    N_TONES,
+)
 
 # Non-empty channel subsets, largest first: the tie-break when picking the product set.
 _SUBSETS = np.array(sorted((s for s in itertools.product([True, False], repeat=N_CHANNELS) if any(s)),

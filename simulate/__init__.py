@@ -3,7 +3,13 @@
 Never imports ``envs`` or ``agents``.
 """
 
-from simulate.config import ConfigError, PopulationConfig, ResponseConfig, ScenarioConfig, ScenarioEvent
+from simulate.config import (
+           ConfigError,
+           PopulationConfig,
+           ResponseConfig,
+           ScenarioConfig,
+           ScenarioEvent,
+)
 from simulate.labels import ACTION_LABELS
 from simulate.world import OUTCOMES, World
 

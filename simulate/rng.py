@@ -15,8 +15,6 @@ import numpy as np
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_DAY_MUL = np.uint64(0xD6E8FEB86659FD93)
-_STREAM_MUL = np.uint64(0xA0761D6478BD642F)
 _S33 = np.uint64(33)
 _S11 = np.uint64(11)
 _TO_UNIT = 2.0**-53

@@ -7,7 +7,15 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf
 
-from envs.config import CONF_DIR, GuardrailConfig, RewardConfig, load_preset, load_setup, preset_names, to_setup
+from envs.config import (
+    CONF_DIR,
+    GuardrailConfig,
+    RewardConfig,
+    load_preset,
+    load_setup,
+    preset_names,
+    to_setup,
+)
 from simulate.config import ConfigError, PopulationConfig
 
 

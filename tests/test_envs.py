@@ -71,7 +71,7 @@ def test_sb3_vec_env_autoreset_semantics():
     venv = CadenceVecEnv(load_setup(overrides=["env.horizon_days=3"]), num_envs=8)
     venv.seed(1)
     venv.reset()
-    for day in range(3):
+    for _day in range(3):
         obs, rewards, dones, infos = venv.step(np.zeros((8, 4), dtype=np.int64))
     assert dones.all()
     for info in infos:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from envs.config import load_setup
 from simulate.config import PopulationConfig, ResponseConfig, ScenarioConfig
 from simulate.labels import CHANNELS, N_SLOTS, TONES
 from simulate.world import OUTCOMES, World
-from envs.config import load_setup
 
 N = 20_000
 EMAIL, PUSH, SMS = (CHANNELS.index(c) for c in ("email", "push", "sms"))

@@ -1,0 +1,98 @@
+"""The policies firms run today; each acts within the masks (a blocked wish becomes a fallback or no-send)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.base import first_allowed, flat
+from envs.features import I_GOAL, I_RISK, I_WEEKDAY
+from envs.spaces import JOINT_ACTIONS
+from simulate.labels import CHANNELS, CONTENTS, N_SEGMENTS, SLOT_KEYS, TONES
+
+EMAIL, PUSH, SMS = (CHANNELS.index(c) for c in ("email", "push", "sms"))
+T = {t: i for i, t in enumerate(TONES)}
+K = {k: i for i, k in enumerate(CONTENTS)}
+S = {s: i + 1 for i, s in enumerate(SLOT_KEYS)}  # action slot numbers (0 is no-send)
+
+
+def _with_channel_fallback(slot, tone, content, send: np.ndarray, masks: np.ndarray,
+                           channels=(EMAIL, PUSH, SMS)) -> np.ndarray:
+    """Wanted (slot, tone, content) on the first allowed channel of ``channels``; no-send where ``send`` is False."""
+    candidates = np.stack([flat(slot, tone, c, content) * np.ones(len(masks), dtype=np.int64)
+                           for c in channels], axis=1)
+    actions = first_allowed(candidates, masks)
+    actions[~send] = 0
+    return actions
+
+
+class NoSend:
+    """Never messages anyone: the zero point of ``eval/normalized_value``."""
+
+    name = "no_send"
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return np.zeros((len(obs), 4), dtype=np.int64)
+
+
+class RandomPolicy:
+    """Uniform over the allowed flat actions (no-send included)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        scores = self.rng.random(masks.shape) * masks
+        return JOINT_ACTIONS[scores.argmax(axis=1)]
+
+
+class BatchAndBlast:
+    """Every day, morning, urgent product offer by push (email if push is blocked)."""
+
+    name = "batch_and_blast"
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        send = np.ones(len(obs), dtype=bool)
+        return _with_channel_fallback(S["morning"], T["urgent"], K["product_offer"], send, masks,
+                                      channels=(PUSH, EMAIL, SMS))
+
+
+class FixedWeekly:
+    """A weekly digest: Monday morning, informative portfolio summary by email."""
+
+    name = "fixed_weekly"
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        send = obs[:, I_WEEKDAY + 0] > 0.5
+        return _with_channel_fallback(S["morning"], T["informative"], K["portfolio_summary"], send, masks)
+
+
+class SegmentRules:
+    """A traditional segmented campaign: twice a week (Tuesday, Friday), slot, tone and content
+    by declared goal; risk-seeking clients get opportunity tone. Clients who share no goal
+    (consent tier 0) get the generic Tuesday digest."""
+
+    name = "segment_rules"
+    # per goal segment: (slot, tone, content)
+    PLAYBOOK = np.array([
+        (S["morning"], T["educational"], K["portfolio_summary"]),  # retirement
+        (S["midday"], T["informative"], K["market_update"]),  # growth investor
+        (S["early"], T["opportunity"], K["market_update"]),  # active trader
+        (S["evening"], T["educational"], K["education"]),  # saver / debt
+    ])
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        goal_onehot = obs[:, I_GOAL:I_GOAL + N_SEGMENTS]
+        known = goal_onehot.max(axis=1) > 0.5
+        plan = self.PLAYBOOK[goal_onehot.argmax(axis=1)].copy()
+        plan[~known] = (S["morning"], T["informative"], K["portfolio_summary"])
+        bold = known & (obs[:, I_RISK] > 0.7)
+        plan[bold, 1] = T["opportunity"]
+        weekday = obs[:, I_WEEKDAY:I_WEEKDAY + 7].argmax(axis=1)
+        send = np.where(known, (weekday == 1) | (weekday == 4), weekday == 1)
+        return _with_channel_fallback(plan[:, 0], plan[:, 1], plan[:, 2], send, masks)
+
+
+HEURISTICS = {p.name: p for p in (NoSend, RandomPolicy, BatchAndBlast, FixedWeekly, SegmentRules)}
+"""heuristic policy classes by name"""

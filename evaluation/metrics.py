@@ -1,0 +1,86 @@
+"""KPIs named as in design §7, with bootstrap confidence intervals, and the fairness gaps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from evaluation.rollout import Rollout
+
+KPI_NAMES: tuple[str, ...] = (
+    "eval/value", "eval/retention", "eval/clicks_per_client", "eval/anxious_click_share",
+    "eval/conversions_per_client", "eval/unsubscribes_per_client", "eval/messages_per_client_week",
+    "eval/complaints_per_client", "eval/guardrail_violations",
+    "fairness/urgent_gap", "fairness/volume_gap", "fairness/retention_gap",
+)
+"""metric names of the evaluation contract (``eval/normalized_value`` needs the oracle: agents issue)"""
+
+Stat = Callable[[Sequence[Rollout], Sequence[np.ndarray]], float]
+
+
+def _mean_of(get: Callable[[Rollout], np.ndarray]) -> Stat:
+    def stat(rollouts: Sequence[Rollout], idx: Sequence[np.ndarray]) -> float:
+        return float(np.mean(np.concatenate([get(r)[i] for r, i in zip(rollouts, idx, strict=True)])))
+    return stat
+
+
+def _anxious_share(rollouts: Sequence[Rollout], idx: Sequence[np.ndarray]) -> float:
+    anxious = sum(r.totals["anxious_click"][i].sum() for r, i in zip(rollouts, idx, strict=True))
+    clicks = sum(r.totals["clicked"][i].sum() for r, i in zip(rollouts, idx, strict=True))
+    return float(anxious / clicks) if clicks else 0.0
+
+
+STATS: dict[str, Stat] = {
+    "eval/value": _mean_of(lambda r: r.value),
+    "eval/retention": _mean_of(lambda r: r.retained.astype(float)),
+    "eval/clicks_per_client": _mean_of(lambda r: r.totals["clicked"]),
+    "eval/anxious_click_share": _anxious_share,
+    "eval/conversions_per_client": _mean_of(lambda r: r.totals["converted"]),
+    "eval/unsubscribes_per_client": _mean_of(lambda r: r.totals["unsubscribed"]),
+    "eval/messages_per_client_week": _mean_of(lambda r: r.totals["sent"] * 7.0 / r.horizon_days),
+    "eval/complaints_per_client": _mean_of(lambda r: r.totals["complaint"]),
+}
+
+
+def largest_gap(values: np.ndarray, attributes: Sequence[np.ndarray], min_group: int = 20) -> float:
+    """Largest difference between group means, over every protected attribute (groups >= ``min_group``)."""
+    gaps = []
+    for attribute in attributes:
+        means = [values[attribute == g].mean() for g in np.unique(attribute) if (attribute == g).sum() >= min_group]
+        if len(means) >= 2:
+            gaps.append(max(means) - min(means))
+    return float(max(gaps)) if gaps else 0.0
+
+
+def kpis(rollouts: Sequence[Rollout], n_boot: int = 300, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """KPI -> (estimate, 95% CI low, 95% CI high) over one policy's rollouts (one per seed).
+
+    The interval is a two-level bootstrap: resample seeds, then clients within each seed.
+    Counts (violations) and fairness gaps are reported without an interval (low = high = value).
+    """
+    rng = np.random.default_rng(seed)
+    every = [np.arange(len(r.value)) for r in rollouts]
+    out: dict[str, tuple[float, float, float]] = {}
+    replicates: dict[str, list[float]] = {k: [] for k in STATS}
+    for _ in range(n_boot):
+        chosen = [rollouts[c] for c in rng.integers(0, len(rollouts), len(rollouts))]
+        idx = [rng.integers(0, len(r.value), len(r.value)) for r in chosen]
+        for name, stat in STATS.items():
+            replicates[name].append(stat(chosen, idx))
+    for name, stat in STATS.items():
+        lo, hi = np.percentile(replicates[name], [2.5, 97.5])
+        out[name] = (stat(rollouts, every), float(lo), float(hi))
+    violations = float(sum(r.totals["violation"].sum() for r in rollouts))
+    out["eval/guardrail_violations"] = (violations, violations, violations)
+    attributes = [np.concatenate([r.gender for r in rollouts]), np.concatenate([r.age_band for r in rollouts])]
+    sent = np.concatenate([r.totals["sent"] for r in rollouts])
+    weeks = rollouts[0].horizon_days / 7.0
+    for name, values in (
+        ("fairness/urgent_gap", np.concatenate([r.totals["urgent"] for r in rollouts]) / np.maximum(sent, 1)),
+        ("fairness/volume_gap", sent / weeks),
+        ("fairness/retention_gap", np.concatenate([r.retained for r in rollouts]).astype(float)),
+    ):
+        gap = largest_gap(values, attributes)
+        out[name] = (gap, gap, gap)
+    return out
