@@ -84,12 +84,13 @@ def main() -> None:
     peer_n = 256
     peer = sync_rate(peer_n)
     print(f"peer: {peer_n} per-client envs in gymnasium SyncVectorEnv: {peer:,.0f} client-days/s\n")
-    print("| clients | batched world (client-days/s) | batched env (client-days/s) | env / SyncVectorEnv | state bytes/client |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| clients | batched world (client-days/s) | world / peer | batched env (client-days/s) | env / peer | state bytes/client |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         world, nbytes = world_rate(n)
         env = vector_env_rate(n)
-        print(f"| {n:,} | {world:,.0f} | {env:,.0f} | {env / peer:,.0f}x | {nbytes:,.0f} |", flush=True)
+        print(f"| {n:,} | {world:,.0f} | {world / peer:,.0f}x | {env:,.0f} | {env / peer:,.0f}x | {nbytes:,.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
