@@ -152,6 +152,55 @@ class World:
                 + self.urgency_last_week.nbytes
                 + self.engagement.nbytes)
 
+    def response_probabilities(self, day: int, rows: np.ndarray, slot_ix: np.ndarray, tone: np.ndarray,
+                               channel: np.ndarray, content: np.ndarray) -> dict[str, np.ndarray]:
+        """Probabilities of each response to a message, for clients ``rows`` (repeats allowed).
+
+        Args:
+            day: calendar day of the send.
+            rows: client rows, one per candidate message.
+            slot_ix: send slot 0..5 (not the action's slot number), tone, channel, content: per candidate.
+
+        Returns ``open``; ``calm_click`` (given open); ``anxious_click`` (the anxiety part, given
+        open and no calm click); ``calm_convert`` (given a calm click); ``harm`` (given an
+        anxious click); ``unsubscribe``; ``complaint``; plus ``relevance`` and ``urgency``.
+        The world's own draws use exactly these; the privileged oracle reads them too.
+        """
+        p, t, s = self.response, self.traits, self.latent
+        fx = self.schedule.effects(day)
+        relevance_today = self._relevance + fx.relevance_delta + fx.stress * self._stress_relevance
+        relevance = relevance_today.ravel().take(t.segment[rows] * N_CONTENTS + content)
+        urgency = self._urgency.take(tone)
+        quiet = self._quiet.ravel().take(slot_ix * N_CHANNELS + channel)
+        trust, fatigue = s.trust[rows], s.fatigue[rows]
+        open_logit = (p.open_base + t.base_open[rows]
+                      + t.channel_affinity.ravel().take(rows * N_CHANNELS + channel)
+                      + self._rhythm.ravel().take(slot_ix * N_SLOTS + t.slot_preference[rows])
+                      + p.open_urgency * urgency
+                      + p.open_trust * (trust - 0.5) - p.open_fatigue * fatigue
+                      + p.open_novelty * (s.novelty.ravel().take(rows * N_CONTENTS + content) - 1.0))
+        if (day % 7) >= 5:  # weekend
+            open_logit += t.weekend_affinity[rows]
+        unsub_logit = (p.unsub_base + p.unsub_fatigue * fatigue
+                       + p.unsub_irrelevance * np.maximum(-relevance, 0.0)
+                       + p.unsub_quiet * quiet + p.unsub_urgency * urgency)
+        complaint_logit = (p.complaint_base + p.complaint_quiet * quiet
+                           + p.complaint_urgency_repeat * self.urgency_last_week[rows] * urgency)
+        return {
+            "open": expit(open_logit),
+            "calm_click": expit(p.click_base + p.click_relevance * relevance
+                                + t.tone_affinity.ravel().take(rows * N_TONES + tone)
+                                + p.click_trust * (trust - 0.5)),
+            "anxious_click": p.anxious_click_max * s.anxiety[rows] * urgency,
+            "calm_convert": expit(p.convert_base + p.convert_literacy * t.literacy[rows]
+                                  + p.convert_relevance * relevance),
+            "harm": p.harm_given_anxious * t.susceptibility[rows],
+            "unsubscribe": expit(unsub_logit),
+            "complaint": expit(complaint_logit),
+            "relevance": relevance,
+            "urgency": urgency,
+        }
+
     def step(self, day: int, slot: np.ndarray, tone: np.ndarray, channel: np.ndarray,
              content: np.ndarray) -> dict[str, np.ndarray]:
         """Advance every client by one calendar ``day`` under the given actions.
@@ -183,48 +232,23 @@ class World:
         keys_w = keys[who]
         channel_w, tone_w, content_w = (np.asarray(a, dtype=np.intp)[who] for a in (channel, tone, content))
         slot_w = slot[who].astype(np.intp) - 1
-        pair_w = t.segment[who] * N_CONTENTS + content_w  # cell of the (segment, content) tables
-        relevance_today = self._relevance + fx.relevance_delta + fx.stress * self._stress_relevance
-        relevance = relevance_today.ravel().take(pair_w)
-        urgency = self._urgency.take(tone_w)
-        quiet = self._quiet.ravel().take(slot_w * N_CHANNELS + channel_w)
-        trust, fatigue, anxiety = s.trust[who], s.fatigue[who], s.anxiety[who]
-        at_content = who * N_CONTENTS + content_w
-
-        open_logit = (p.open_base + t.base_open[who]
-                      + t.channel_affinity.ravel().take(who * N_CHANNELS + channel_w)
-                      + self._rhythm.ravel().take(slot_w * N_SLOTS + t.slot_preference[who])
-                      + p.open_urgency * urgency
-                      + p.open_trust * (trust - 0.5) - p.open_fatigue * fatigue
-                      + p.open_novelty * (s.novelty.ravel().take(at_content) - 1.0))
-        if (day % 7) >= 5:  # weekend
-            open_logit += t.weekend_affinity[who]
-        opened = rng.uniform(keys_w, S_OPEN) < expit(open_logit)
-
-        calm_p = expit(p.click_base + p.click_relevance * relevance
-                       + t.tone_affinity.ravel().take(who * N_TONES + tone_w)
-                       + p.click_trust * (trust - 0.5))
-        anxious_p = p.anxious_click_max * anxiety * urgency
+        pr = self.response_probabilities(day, who, slot_w, tone_w, channel_w, content_w)
+        relevance, urgency = pr["relevance"], pr["urgency"]
+        opened = rng.uniform(keys_w, S_OPEN) < pr["open"]
         u_click = rng.uniform(keys_w, S_CLICK)
+        calm_p = pr["calm_click"]
         calm_click = opened & (u_click < calm_p)
-        anxious_click = opened & ~calm_click & (u_click < calm_p + (1.0 - calm_p) * anxious_p)
+        anxious_click = opened & ~calm_click & (u_click < calm_p + (1.0 - calm_p) * pr["anxious_click"])
         clicked = calm_click | anxious_click
-
-        convert_p = np.where(
-            calm_click,
-            expit(p.convert_base + p.convert_literacy * t.literacy[who] + p.convert_relevance * relevance),
-            p.anxious_convert)
+        convert_p = np.where(calm_click, pr["calm_convert"], p.anxious_convert)
         converted = clicked & (rng.uniform(keys_w, S_CONVERT) < convert_p)
         susceptibility = t.susceptibility[who]
-        harmful = anxious_click & (rng.uniform(keys_w, S_HARM) < p.harm_given_anxious * susceptibility)
-
-        unsub_logit = (p.unsub_base + p.unsub_fatigue * fatigue
-                       + p.unsub_irrelevance * np.maximum(-relevance, 0.0)
-                       + p.unsub_quiet * quiet + p.unsub_urgency * urgency)
-        unsubscribed = rng.uniform(keys_w, S_UNSUB) < expit(unsub_logit)
-        complaint_logit = (p.complaint_base + p.complaint_quiet * quiet
-                           + p.complaint_urgency_repeat * self.urgency_last_week[who] * urgency)
-        complaint = rng.uniform(keys_w, S_COMPLAINT) < expit(complaint_logit)
+        harmful = anxious_click & (rng.uniform(keys_w, S_HARM) < pr["harm"])
+        unsubscribed = rng.uniform(keys_w, S_UNSUB) < pr["unsubscribe"]
+        complaint = rng.uniform(keys_w, S_COMPLAINT) < pr["complaint"]
+        trust = s.trust[who]
+        pair_w = t.segment[who] * N_CONTENTS + content_w
+        at_content = who * N_CONTENTS + content_w
 
         # latent dynamics: today's message, then the day's recovery
         s.fatigue *= self._fatigue_decay
