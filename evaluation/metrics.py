@@ -14,7 +14,10 @@ KPI_NAMES: tuple[str, ...] = (
     "eval/complaints_per_client", "eval/guardrail_violations",
     "fairness/urgent_gap", "fairness/volume_gap", "fairness/retention_gap",
 )
-"""metric names of the evaluation contract (``eval/normalized_value`` needs the oracle: agents issue)"""
+"""metric names of the evaluation contract; ``eval/normalized_value`` comes from :func:`normalized_value`"""
+HARM_NAMES: tuple[str, ...] = tuple(
+    f"harm/{who}_{what}" for what in ("anxious_clicks", "complaints", "churn") for who in ("vulnerable", "others"))
+"""harm to vulnerable clients (high susceptibility or low literacy) beside everyone else's"""
 
 Stat = Callable[[Sequence[Rollout], Sequence[np.ndarray]], float]
 
@@ -83,4 +86,50 @@ def kpis(rollouts: Sequence[Rollout], n_boot: int = 300, seed: int = 0) -> dict[
     ):
         gap = largest_gap(values, attributes)
         out[name] = (gap, gap, gap)
+    vulnerable = np.concatenate([r.vulnerable for r in rollouts])
+    for what, values in (
+        ("anxious_clicks", np.concatenate([r.totals["anxious_click"] for r in rollouts])),
+        ("complaints", np.concatenate([r.totals["complaint"] for r in rollouts])),
+        ("churn", 1.0 - np.concatenate([r.retained for r in rollouts])),
+    ):
+        for who, rows in (("vulnerable", vulnerable), ("others", ~vulnerable)):
+            v = float(values[rows].mean()) if rows.any() else 0.0
+            out[f"harm/{who}_{what}"] = (v, v, v)
     return out
+
+
+def normalized_value(rollouts: Sequence[Rollout], silent: Sequence[Rollout], oracle: Sequence[Rollout],
+                     n_boot: int = 300, seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, CI low, CI high) of (value - value of never sending) / (oracle value - that),
+    all on the same clients: the three lists hold one rollout per seed, in the same seed order.
+    The bootstrap resamples seeds and clients once for all three (paired)."""
+    for group in (silent, oracle):
+        if [r.seed for r in group] != [r.seed for r in rollouts]:
+            raise ValueError("normalized_value needs the policy, no_send and oracle rollouts on the same seeds")
+
+    def stat(picks: Sequence[tuple[int, np.ndarray]]) -> float:
+        v, v0, vo = (np.mean(np.concatenate([g[c].value[i] for c, i in picks])) for g in (rollouts, silent, oracle))
+        return float((v - v0) / (vo - v0)) if vo != v0 else 0.0
+
+    rng = np.random.default_rng(seed)
+    full = [(c, np.arange(len(r.value))) for c, r in enumerate(rollouts)]
+    boots = []
+    for _ in range(n_boot):
+        chosen = rng.integers(0, len(rollouts), len(rollouts))
+        boots.append(stat([(c, rng.integers(0, len(rollouts[c].value), len(rollouts[c].value))) for c in chosen]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return stat(full), float(lo), float(hi)
+
+
+def paired_difference(a: Sequence[Rollout], b: Sequence[Rollout], n_boot: int = 300,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """(mean, CI low, CI high) of a's value minus b's on the same clients (common random numbers)."""
+    diffs = [ra.value - rb.value for ra, rb in zip(a, b, strict=True)]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        chosen = rng.integers(0, len(diffs), len(diffs))
+        boots.append(np.mean(np.concatenate([diffs[c][rng.integers(0, len(diffs[c]), len(diffs[c]))]
+                                             for c in chosen])))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(np.mean(np.concatenate(diffs))), float(lo), float(hi)

@@ -18,6 +18,10 @@ EVAL_CLIENT_OFFSET = 1 << 48
 SUMMED = ("sent", "opened", "clicked", "calm_click", "anxious_click", "converted", "harmful",
           "unsubscribed", "complaint", "violation")
 URGENT = TONES.index("urgent")
+VULNERABLE_SUSCEPTIBILITY = 0.6
+"""clients above this anxiety susceptibility count as vulnerable"""
+VULNERABLE_LITERACY = 0.3
+"""clients below this financial literacy count as vulnerable"""
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Rollout:
     """bool: the client had not churned at the horizon"""
     gender: np.ndarray
     age_band: np.ndarray
+    vulnerable: np.ndarray
+    """bool: high anxiety susceptibility or low financial literacy (hidden traits; audit only)"""
     horizon_days: int
 
 
@@ -44,6 +50,8 @@ def rollout(policy: Policy, setup: Setup, num_clients: int, horizon_days: int, s
     """
     core = CadenceCore(setup, num_clients, autoreset=False, client_id_offset=EVAL_CLIENT_OFFSET)
     obs = core.reset(seed)
+    if hasattr(policy, "bind"):  # privileged policies read the world they act in
+        policy.bind(core)
     balanced = RewardConfig().weights()
     totals = {k: np.zeros(num_clients) for k in (*SUMMED, "urgent")}
     value = np.zeros(num_clients)
@@ -60,7 +68,9 @@ def rollout(policy: Policy, setup: Setup, num_clients: int, horizon_days: int, s
         churned |= r.outcomes["churned"]
         obs = r.obs
     t = core.world.traits
-    return Rollout(policy.name, seed, totals, value, ~churned, t.gender.copy(), t.age_band.copy(), horizon_days)
+    vulnerable = (t.susceptibility > VULNERABLE_SUSCEPTIBILITY) | (t.literacy < VULNERABLE_LITERACY)
+    return Rollout(policy.name, seed, totals, value, ~churned, t.gender.copy(), t.age_band.copy(),
+                   vulnerable, horizon_days)
 
 
 def evaluate(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, horizon_days: int = 90,

@@ -1,0 +1,262 @@
+"""Contextual bandits batched over the population with one shared linear reward model.
+
+Score of action ``a`` for a client with context ``c`` is ``c^T Theta b(a)``: a client context
+(declared goal, risk, recency, engagement averages, ...) crossed with action features (send,
+slot, tone, channel, content), so one model generalises across the 361 joint actions.
+No-send has zero features, so a send is chosen only when its predicted reward beats zero.
+The model is ridge regression on the day's reward; exploration differs per agent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.config import AgentConfig
+from envs.features import (
+    I_ENGAGEMENT,
+    I_GOAL,
+    I_RECENCY,
+    I_RISK,
+    I_SENT_7D,
+    I_STRESS,
+    I_TIER,
+    I_WEEKDAY,
+)
+from envs.spaces import JOINT_ACTIONS, multi_to_flat
+from simulate.labels import N_CHANNELS, N_CONTENTS, N_JOINT_ACTIONS, N_SEGMENTS, N_SLOTS, N_TONES
+from simulate.world import E_CLICK_TONE, E_OPEN_CHANNEL, E_OPEN_SLOT
+
+N_ACTION_FEATURES = 1 + N_SLOTS + N_TONES + N_CHANNELS + N_CONTENTS
+"""send flag, then one-hot slot, tone, channel and content"""
+
+
+def action_features() -> np.ndarray:
+    """(361, 19) features of each flat action: [send, slot one-hot, tone, channel, content]; no-send is 0."""
+    b = np.zeros((N_JOINT_ACTIONS, N_ACTION_FEATURES))
+    send = JOINT_ACTIONS[1:]
+    rows = np.arange(1, N_JOINT_ACTIONS)
+    b[rows, 0] = 1.0
+    b[rows, send[:, 0]] = 1.0  # slot numbers 1..6 land in columns 1..6
+    b[rows, 1 + N_SLOTS + send[:, 1]] = 1.0
+    b[rows, 1 + N_SLOTS + N_TONES + send[:, 2]] = 1.0
+    b[rows, 1 + N_SLOTS + N_TONES + N_CHANNELS + send[:, 3]] = 1.0
+    return b
+
+
+def client_context(obs: np.ndarray) -> np.ndarray:
+    """(N, 26) bandit context from raw observations."""
+    n = len(obs)
+    e = I_ENGAGEMENT
+    return np.concatenate([
+        np.ones((n, 1)),
+        obs[:, I_GOAL:I_GOAL + N_SEGMENTS],
+        obs[:, [I_RISK]],
+        np.minimum(obs[:, [I_RECENCY]], 14.0) / 14.0,
+        obs[:, I_SENT_7D:I_SENT_7D + N_CHANNELS].sum(axis=1, keepdims=True) / 5.0,
+        obs[:, [I_STRESS]],
+        obs[:, I_WEEKDAY + 5:I_WEEKDAY + 7].sum(axis=1, keepdims=True),
+        obs[:, e + E_OPEN_SLOT:e + E_CLICK_TONE],
+        obs[:, e + E_OPEN_CHANNEL:e + E_OPEN_CHANNEL + N_CHANNELS],
+        obs[:, e + E_CLICK_TONE:e + E_CLICK_TONE + N_TONES],
+        obs[:, [I_TIER + 3]],
+        obs[:, [I_TIER]],
+    ], axis=1)
+
+
+N_CONTEXT = 26
+B = action_features()
+RECOVERY_FEATURES = 3  # recency of the same content, tone and channel for this client
+
+
+class LinearBandit:
+    """Shared ridge model over ``context x action`` features; subclasses choose how to explore.
+
+    Args:
+        cfg: agent configuration (ridge, alpha, epsilon, noise, recovery_days).
+        seed: seed of the exploration noise.
+    """
+
+    name = "linear_bandit"
+    recovering = False
+
+    def __init__(self, cfg: AgentConfig | None = None, seed: int = 0) -> None:
+        self.cfg = cfg or AgentConfig(name=self.name)
+        self.rng = np.random.default_rng(seed)
+        d = N_CONTEXT * N_ACTION_FEATURES + (RECOVERY_FEATURES if self.recovering else 0)
+        self.precision = np.eye(d) * self.cfg.ridge
+        self.target = np.zeros(d)
+        self.theta = np.zeros(d)
+        self._cov: np.ndarray | None = None
+        self.deterministic = False
+        self._memory: np.ndarray | None = None  # (N, contents + tones + channels) days since last use
+        self._recovery_before: np.ndarray | None = None
+
+    # ----- model -------------------------------------------------------------------------
+    def _theta_matrix(self) -> np.ndarray:
+        return self.theta[:N_CONTEXT * N_ACTION_FEATURES].reshape(N_CONTEXT, N_ACTION_FEATURES)
+
+    def _recovery(self, n: int) -> np.ndarray:
+        """(N, 361, 3) how recovered each action's content, tone and channel are (1 = long unused)."""
+        if self._memory is None or len(self._memory) != n:
+            self._memory = np.full((n, N_CONTENTS + N_TONES + N_CHANNELS), 99.0)
+        m = np.exp(-1.0 / self.cfg.recovery_days * self._memory)  # 1 = just used, 0 = long ago
+        send = JOINT_ACTIONS[1:]
+        z = np.zeros((n, N_JOINT_ACTIONS, RECOVERY_FEATURES))
+        z[:, 1:, 0] = m[:, send[:, 3]]
+        z[:, 1:, 1] = m[:, N_CONTENTS + send[:, 1]]
+        z[:, 1:, 2] = m[:, N_CONTENTS + N_TONES + send[:, 2]]
+        return z
+
+    def mean_scores(self, obs: np.ndarray) -> np.ndarray:
+        """(N, 361) predicted reward of each action (no-send = 0)."""
+        c = client_context(obs)
+        scores = c @ self._theta_matrix() @ B.T
+        if self.recovering:
+            scores += self._recovery(len(obs)) @ self.theta[-RECOVERY_FEATURES:]
+        return scores
+
+    def _variance(self, c: np.ndarray) -> np.ndarray:
+        """(N, 361) predictive variance of the context-action block, from the posterior covariance."""
+        if self._cov is None:
+            self._cov = np.linalg.inv(self.precision)
+        d = N_CONTEXT * N_ACTION_FEATURES
+        cov = self._cov[:d, :d].reshape(N_CONTEXT, N_ACTION_FEATURES, N_CONTEXT, N_ACTION_FEATURES)
+        n, p, q = len(c), N_CONTEXT, N_ACTION_FEATURES
+        # Q[n] = sum_pr c_np c_nr cov[p, :, r, :]  -> (N, q, q), as two matrix products
+        half = (c @ cov.reshape(p, q * p * q)).reshape(n, q, p, q)
+        quad = np.matmul(half.transpose(0, 1, 3, 2), c[:, None, :, None])[..., 0]
+        return np.maximum(((quad @ B.T) * B.T[None]).sum(axis=1), 0.0)
+
+    def exploration_scores(self, obs: np.ndarray) -> np.ndarray:
+        """(N, 361) scores used to act while learning; greedy by default."""
+        return self.mean_scores(obs)
+
+    # ----- Policy protocol ---------------------------------------------------------------
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(N, 4) actions: the best allowed action by the exploration (or, if deterministic, mean) score."""
+        scores = self.mean_scores(obs) if self.deterministic else self.exploration_scores(obs)
+        scores = np.where(masks, scores, -np.inf)
+        flat = scores.argmax(axis=1)
+        if self.recovering:
+            self._remember(flat)
+        return JOINT_ACTIONS[flat]
+
+    def _remember(self, flat: np.ndarray) -> None:
+        self._memory += 1.0
+        sent = flat > 0
+        a = JOINT_ACTIONS[flat[sent]]
+        rows = np.flatnonzero(sent)
+        self._memory[rows, a[:, 3]] = 0.0
+        self._memory[rows, N_CONTENTS + a[:, 1]] = 0.0
+        self._memory[rows, N_CONTENTS + N_TONES + a[:, 2]] = 0.0
+
+    def features(self, obs: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        """(N, d) regression features of the chosen flat actions."""
+        c = client_context(obs)
+        phi = (c[:, :, None] * B[flat][:, None, :]).reshape(len(obs), -1)
+        if self.recovering:
+            # the recovery state *before* today's send was recorded
+            z = self._recovery_before[np.arange(len(obs)), flat]
+            phi = np.concatenate([phi, z], axis=1)
+        return phi
+
+    def update(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, info: dict[str, Any]) -> None:
+        """Add the day's (context, action, reward) of every client that was messaged; refit."""
+        flat = multi_to_flat(actions)
+        sent = flat > 0
+        if sent.any():
+            phi = self.features(obs, flat)[sent]
+            self.precision += phi.T @ phi
+            self.target += phi.T @ np.asarray(rewards, dtype=np.float64)[sent]
+            self.theta = np.linalg.solve(self.precision, self.target)
+            self._cov = None
+        done = info.get("done")
+        if self.recovering and done is not None and self._memory is not None:
+            self._memory[np.asarray(done, dtype=bool)] = 99.0
+
+    # ----- persistence -------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the model as ``.npz`` (arrays + JSON config; no pickle)."""
+        path = Path(path).with_suffix(".npz")
+        memory = self._memory if self._memory is not None else np.zeros((0, N_CONTENTS + N_TONES + N_CHANNELS))
+        np.savez(path, precision=self.precision, target=self.target, theta=self.theta, memory=memory,
+                 meta=np.array(json.dumps({"name": self.name, "cfg": asdict(self.cfg)})))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearBandit:
+        data = np.load(Path(path), allow_pickle=False)
+        meta = json.loads(str(data["meta"]))
+        kind = BANDIT_CLASSES[meta["name"]]
+        agent = kind(AgentConfig(**meta["cfg"]))
+        agent.precision, agent.target, agent.theta = data["precision"], data["target"], data["theta"]
+        if len(data["memory"]):  # the recovering bandit's per-client recency, as it was when saved
+            agent._memory = data["memory"].copy()
+        return agent
+
+
+class EpsilonGreedy(LinearBandit):
+    """Greedy on the mean, a random allowed action with probability epsilon."""
+
+    name = "epsilon_greedy"
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        actions = super().act(obs, masks)
+        if self.deterministic:
+            return actions
+        explore = self.rng.random(len(obs)) < self.cfg.epsilon
+        if explore.any():
+            pick = (self.rng.random(masks[explore].shape) * masks[explore]).argmax(axis=1)
+            actions[explore] = JOINT_ACTIONS[pick]
+        return actions
+
+
+class LinUCB(LinearBandit):
+    """Mean plus ``alpha`` times the predictive standard deviation."""
+
+    name = "linucb"
+
+    def exploration_scores(self, obs: np.ndarray) -> np.ndarray:
+        return self.mean_scores(obs) + self.cfg.alpha * np.sqrt(self._variance(client_context(obs)))
+
+
+class Thompson(LinearBandit):
+    """Linear Thompson sampling: 8 posterior draws a day, each client acting on one of them."""
+
+    name = "thompson"
+    draws = 8
+
+    def exploration_scores(self, obs: np.ndarray) -> np.ndarray:
+        if self._cov is None:
+            self._cov = np.linalg.inv(self.precision)
+        chol = np.linalg.cholesky(self._cov + 1e-9 * np.eye(len(self._cov)))
+        c = client_context(obs)
+        which = self.rng.integers(0, self.draws, len(obs))
+        scores = np.empty((len(obs), N_JOINT_ACTIONS))
+        d = N_CONTEXT * N_ACTION_FEATURES
+        for k in range(self.draws):
+            rows = which == k
+            theta = self.theta + self.cfg.noise * chol @ self.rng.standard_normal(len(self.theta))
+            scores[rows] = c[rows] @ theta[:d].reshape(N_CONTEXT, N_ACTION_FEATURES) @ B.T
+        return scores
+
+
+class Recovering(LinUCB):
+    """LinUCB whose arms recover with time since this client last got the same content, tone
+    or channel (a sleeping/recovering bandit for recurring notifications)."""
+
+    name = "recovering"
+    recovering = True
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        self._recovery_before = self._recovery(len(obs))
+        return super().act(obs, masks)
+
+
+BANDIT_CLASSES: dict[str, type[LinearBandit]] = {
+    cls.name: cls for cls in (EpsilonGreedy, LinUCB, Thompson, Recovering)}

@@ -1,0 +1,81 @@
+"""Agent configuration: one documented dataclass; ``conf/agent/<name>.yaml`` chooses values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simulate.config import ConfigError, num
+
+SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "ppo_lagrangian")
+BANDITS = ("epsilon_greedy", "linucb", "thompson", "recovering")
+HEURISTIC_AGENTS = ("random", "no_send", "batch_and_blast", "fixed_weekly", "segment_rules")
+AGENTS = (*SB3_AGENTS, *BANDITS, *HEURISTIC_AGENTS, "oracle")
+"""every agent name ``agent=`` accepts"""
+
+
+@dataclass
+class AgentConfig:
+    """Hyperparameters of every agent kind; each agent reads the fields that concern it."""
+
+    name: str = "maskable_ppo"
+    """which agent: one of ``agents.config.AGENTS``"""
+    # --- SB3 (ppo, a2c, maskable_ppo, ppo_lagrangian; dqn where marked) ---
+    learning_rate: float = num(3e-4, 1e-7, 1.0)
+    """optimiser step size (all SB3 agents)"""
+    n_steps: int = num(32, 1, 10_000)
+    """days collected per client slot before each update (on-policy agents)"""
+    batch_size: int = num(4096, 8, 1_000_000)
+    """minibatch size in client-days (PPO variants, DQN)"""
+    n_epochs: int = num(4, 1, 100)
+    """passes over each rollout (PPO variants)"""
+    gamma: float = num(0.98, 0.0, 1.0)
+    """discount per day (0.98: a horizon of about 50 days)"""
+    gae_lambda: float = num(0.95, 0.0, 1.0)
+    """GAE lambda (on-policy agents)"""
+    ent_coef: float = num(0.01, 0.0, 1.0)
+    """entropy bonus (on-policy agents)"""
+    clip_range: float = num(0.2, 0.0, 1.0)
+    """PPO clipping"""
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    """hidden layer sizes of the policy and value networks"""
+    buffer_size: int = num(200_000, 1000, 10_000_000)
+    """DQN replay buffer, client-days"""
+    exploration_fraction: float = num(0.3, 0.0, 1.0)
+    """DQN: share of training over which epsilon anneals"""
+    exploration_final_eps: float = num(0.02, 0.0, 1.0)
+    """DQN: final epsilon"""
+    learning_starts: int = num(20_000, 0, 10_000_000)
+    """DQN: client-days before learning starts"""
+    target_update_interval: int = num(2_000, 1, 10_000_000)
+    """DQN: steps between target network updates"""
+    # --- ppo_lagrangian ---
+    churn_limit: float = num(0.03, 0.0, 1.0)
+    """allowed churn per episode (share of clients lost over the horizon)"""
+    anxiety_limit: float = num(0.2, 0.0, 100.0)
+    """allowed anxiety-driven clicks per client episode"""
+    multiplier_lr: float = num(2.0, 0.0, 1000.0)
+    """step size of the Lagrange multipliers per unit of constraint violation"""
+    # --- bandits ---
+    ridge: float = num(1.0, 1e-6, 1e6)
+    """prior precision of the linear reward model"""
+    alpha: float = num(0.3, 0.0, 100.0)
+    """LinUCB / recovering: width of the confidence bonus"""
+    epsilon: float = num(0.05, 0.0, 1.0)
+    """epsilon-greedy: share of random allowed actions"""
+    noise: float = num(0.3, 0.0, 100.0)
+    """Thompson sampling: posterior scale"""
+    recovery_days: float = num(4.0, 0.1, 365.0)
+    """recovering bandit: time scale (days) over which an arm's value recovers after use"""
+    # --- oracle ---
+    lookahead_days: int = num(30, 1, 365)
+    """days over which the oracle counts an action's effect on churn"""
+    churn_value: float = num(60.0, 0.0, 10_000.0)
+    """value the oracle puts on keeping a client (churn penalty plus future value)"""
+    fatigue_cost: float = num(0.02, 0.0, 100.0)
+    """value the oracle charges per unit of fatigue per day it lasts"""
+
+    def check(self, prefix: str) -> None:
+        if self.name not in AGENTS:
+            raise ConfigError(f"{prefix}.name must be one of {list(AGENTS)}, got {self.name!r}")
+        if not self.net_arch or any(int(h) < 1 for h in self.net_arch):
+            raise ConfigError(f"{prefix}.net_arch must be a non-empty list of positive sizes, got {self.net_arch}")

@@ -1,0 +1,84 @@
+"""The privileged oracle: reads latent state and true parameters. The upper reference, never exported.
+
+For every client and every allowed action it computes, from the world's own response
+probabilities, the expected balanced reward of today's message plus a lookahead: how the
+message moves fatigue, trust and anxiety, and so the churn hazard over the next
+``lookahead_days``, valued at ``churn_value`` per client lost; fatigue is charged for as long
+as it lasts. It picks the action with the best total (no-send scores 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.config import AgentConfig
+from envs.config import RewardConfig
+from envs.core import CadenceCore
+from envs.spaces import JOINT_ACTIONS
+from simulate.labels import N_SLOTS
+
+
+class Oracle:
+    """Needs the env core it acts in: call :meth:`bind` before :meth:`act` (evaluation does)."""
+
+    name = "oracle"
+
+    def __init__(self, cfg: AgentConfig | None = None) -> None:
+        self.cfg = cfg or AgentConfig(name="oracle")
+        self.core: CadenceCore | None = None
+        self.weights = RewardConfig()  # the balanced objective, whatever the run trains on
+
+    def bind(self, core: CadenceCore) -> None:
+        """Give the oracle the world it may read."""
+        self.core = core
+
+    def action_values(self, masks: np.ndarray) -> np.ndarray:
+        """(N, 361) expected value of each action (no-send 0; masked actions -inf)."""
+        if self.core is None:
+            raise RuntimeError("the oracle reads the world: call oracle.bind(core) first")
+        world, cfg, w = self.core.world, self.cfg, self.weights
+        p, s, t = world.response, world.latent, world.traits
+        n = world.n
+        rows_n, cols = np.nonzero(masks[:, 1:])
+        cols = cols + 1
+        a = JOINT_ACTIONS[cols]
+        pr = world.response_probabilities(self.core.day, rows_n, a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3])
+        p_open, calm, anx = pr["open"], pr["calm_click"], pr["anxious_click"]
+        p_calm = p_open * calm
+        p_anx = p_open * (1.0 - calm) * anx
+        p_convert = p_calm * pr["calm_convert"] + p_anx * p.anxious_convert
+        p_harm = p_anx * pr["harm"]
+        today = (w.calm_click * p_calm + w.anxious_click * p_anx + w.conversion * p_convert
+                 + w.harmful * p_harm + w.unsubscribe * pr["unsubscribe"]
+                 + w.complaint * pr["complaint"] + w.message)
+        # lookahead: change of the daily churn logit, by day, caused by this message
+        urgency, relevance = pr["urgency"], pr["relevance"]
+        d_trust = (p.trust_relevance * relevance - p.trust_fear * urgency
+                   - p.trust_late * (a[:, 0] == N_SLOTS)
+                   + p.trust_conversion * p_convert - p.trust_harm * p_harm)
+        anxiety = s.anxiety[rows_n]
+        d_anxiety = ((anxiety + p.anxiety_urgency * t.susceptibility[rows_n] * urgency)
+                     * (1.0 - np.asarray(p.tone_relief)[a[:, 1]]) - anxiety)
+        trust = s.trust[rows_n]
+        fatigue = s.fatigue[rows_n]
+        logit = (p.churn_base + p.churn_trust * (0.5 - trust) + p.churn_anxiety * anxiety
+                 + p.churn_fatigue * np.maximum(fatigue - p.fatigue_tolerance, 0.0))
+        hazard = 1.0 / (1.0 + np.exp(-logit))
+        slope = hazard * (1.0 - hazard)
+        f_decay = 0.5 ** (1.0 / p.fatigue_half_life_days)
+        a_decay = 0.5 ** (1.0 / p.anxiety_half_life_days)
+        days = np.arange(1, cfg.lookahead_days + 1)
+        fatigue_days = (f_decay ** days).sum()
+        anxiety_days = (a_decay ** days).sum()
+        over = (fatigue + 1.0 > p.fatigue_tolerance).astype(float)
+        extra_churn = slope * (-p.churn_trust * d_trust * cfg.lookahead_days
+                               + p.churn_anxiety * d_anxiety * anxiety_days
+                               + p.churn_fatigue * over * fatigue_days)
+        value = today - cfg.churn_value * extra_churn - cfg.fatigue_cost * fatigue_days
+        out = np.full((n, masks.shape[1]), -np.inf)
+        out[:, 0] = 0.0
+        out[rows_n, cols] = value
+        return out
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return JOINT_ACTIONS[self.action_values(masks).argmax(axis=1)]

@@ -1,0 +1,129 @@
+"""Build, train, save and load any agent by name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from agents.bandits import BANDIT_CLASSES, LinearBandit
+from agents.base import Policy
+from agents.config import BANDITS, HEURISTIC_AGENTS, SB3_AGENTS, AgentConfig
+from agents.heuristics import HEURISTICS
+from agents.oracle import Oracle
+from envs.config import Setup
+from envs.core import CadenceCore
+
+TrainHook = Callable[[int, dict[str, float]], None]
+"""called as ``hook(client_days_so_far, metrics)`` during training (metrics named ``train/...``)"""
+
+
+def make_policy(cfg: AgentConfig, seed: int = 0) -> Policy:
+    """An untrained policy (heuristics need no training; the oracle needs ``bind``)."""
+    if cfg.name in HEURISTIC_AGENTS:
+        return HEURISTICS[cfg.name](seed) if cfg.name == "random" else HEURISTICS[cfg.name]()
+    if cfg.name in BANDITS:
+        return BANDIT_CLASSES[cfg.name](cfg, seed)
+    if cfg.name == "oracle":
+        return Oracle(cfg)
+    raise ValueError(f"{cfg.name!r} is trained with train_agent(), not built untrained")
+
+
+def train_bandit(bandit: LinearBandit, setup: Setup, total_timesteps: int, num_envs: int,
+                 seed: int = 0, progress: bool = True, hook: TrainHook | None = None) -> LinearBandit:
+    """Online learning on ``total_timesteps`` client-days of training clients (ids from 0)."""
+    core = CadenceCore(setup, num_envs)
+    obs = core.reset(seed)
+    days = max(1, total_timesteps // core.n)
+    for day in tqdm(range(days), desc=f"training {bandit.name}", unit="day", disable=None if progress else True):
+        actions = bandit.act(obs, core.joint_masks())
+        r = core.step(actions)
+        bandit.update(obs, actions, r.reward, {"done": r.terminated | r.truncated})
+        obs = r.obs
+        if hook is not None and (day % 10 == 9 or day == days - 1):
+            hook((day + 1) * core.n, {"train/reward_per_client_day": float(r.reward.mean()),
+                                      "train/messages_per_client_day": float(r.outcomes["sent"].mean())})
+    bandit.deterministic = True
+    return bandit
+
+
+def train_agent(cfg: AgentConfig, setup: Setup, total_timesteps: int, num_envs: int | None = None,
+                seed: int = 0, progress: bool = True, hook: TrainHook | None = None) -> Policy:
+    """Train the agent ``cfg.name`` on ``total_timesteps`` client-days; returns a deterministic policy."""
+    num_envs = int(num_envs or setup.env.num_clients)
+    if cfg.name in BANDITS:
+        return train_bandit(BANDIT_CLASSES[cfg.name](cfg, seed), setup, total_timesteps, num_envs, seed,
+                            progress, hook)
+    if cfg.name in SB3_AGENTS:
+        from agents.sb3_agents import LagrangeUpdate, SB3Policy, build_model, make_training_env
+
+        env = make_training_env(cfg, setup, num_envs)
+        env.seed(seed)
+        model = build_model(cfg, env, seed)
+        callbacks: list[Any] = [_HookCallback(hook)] if hook else []
+        if cfg.name == "ppo_lagrangian":
+            callbacks.append(LagrangeUpdate(env, {"churn": cfg.churn_limit, "anxiety": cfg.anxiety_limit},
+                                            cfg.multiplier_lr))
+        model.learn(total_timesteps=total_timesteps, callback=callbacks or None, progress_bar=progress)
+        return SB3Policy(model, cfg.name)
+    return make_policy(cfg, seed)  # heuristics and the oracle have nothing to learn
+
+
+def _HookCallback(hook: TrainHook):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class HookCallback(BaseCallback):
+        """Forwards SB3's logged values (and episode stats) to ``hook`` after each rollout."""
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            values = {k if k.startswith("train/") else f"train/{k.split('/')[-1]}": float(v)
+                      for k, v in self.model.logger.name_to_value.items() if np.isscalar(v)}
+            buffer = self.model.ep_info_buffer
+            if buffer:
+                values["train/episode_return"] = float(np.mean([e["r"] for e in buffer]))
+                values["train/episode_length"] = float(np.mean([e["l"] for e in buffer]))
+            hook(self.num_timesteps, values)
+
+    return HookCallback()
+
+
+def save_policy(policy: Policy, directory: str | Path) -> Path:
+    """Save a trained policy into ``directory`` (SB3 zip or bandit npz, plus ``agent.json``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {"name": policy.name}
+    if hasattr(policy, "save"):
+        meta["file"] = policy.save(directory / "policy").name
+    if hasattr(policy, "cfg"):
+        meta["cfg"] = asdict(policy.cfg)
+    (directory / "agent.json").write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load_policy(directory: str | Path) -> Policy:
+    """Load what :func:`save_policy` wrote; a clear error if the folder holds no policy."""
+    directory = Path(directory)
+    meta_path = directory / "agent.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory} holds no saved policy (agent.json is missing)")
+    meta = json.loads(meta_path.read_text())
+    name = meta.get("name")
+    if name in SB3_AGENTS:
+        from agents.sb3_agents import SB3Policy
+
+        return SB3Policy.load(directory / meta["file"], name)
+    if name in BANDITS:
+        policy = LinearBandit.load(directory / meta["file"])
+        policy.deterministic = True
+        return policy
+    if name in HEURISTIC_AGENTS or name == "oracle":
+        return make_policy(AgentConfig(**meta["cfg"]) if "cfg" in meta else AgentConfig(name=name))
+    raise ValueError(f"{meta_path}: unknown agent name {name!r}")

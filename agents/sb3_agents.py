@@ -1,0 +1,193 @@
+"""SB3 agents (PPO, A2C, DQN on the flat view, MaskablePPO, PPO-Lagrangian) on the batched VecEnv.
+
+Observations are divided by their upper bounds (``envs.features.OBS_HIGH``) before the
+network sees them; the same division is part of the exported graph. Acting for evaluation
+and export is deterministic and within masks: each allowed flat action is scored by the sum
+of its components' log-probabilities (or its Q-value for DQN) and the best allowed one wins.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sb3_contrib import MaskablePPO
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from agents.config import AgentConfig
+from envs.config import Setup
+from envs.features import OBS_HIGH
+from envs.sb3_vec_env import CadenceVecEnv
+from envs.spaces import JOINT_ACTIONS, NVEC
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
+    "ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO, "ppo_lagrangian": PPO}
+OBS_SCALE = 1.0 / OBS_HIGH
+# column of each flat action's component in the concatenated (19,) logits
+_JOINT_COLUMNS = JOINT_ACTIONS + np.concatenate([[0], np.cumsum(NVEC)[:-1]])[None, :]
+
+
+class ScaledObs(VecEnvWrapper):
+    """Divides observations (and terminal observations) by their upper bounds."""
+
+    def reset(self) -> np.ndarray:
+        return self.venv.reset() * OBS_SCALE
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        for i in np.flatnonzero(dones):
+            infos[i]["terminal_observation"] = infos[i]["terminal_observation"] * OBS_SCALE
+        return obs * OBS_SCALE, rewards, dones, infos
+
+
+class LagrangianCosts(VecEnvWrapper):
+    """Subtracts ``lambda_churn * cost_churn + lambda_anxiety * cost_anxiety`` from the reward and
+    records each finished episode's costs, which :class:`LagrangeUpdate` compares with the limits."""
+
+    def __init__(self, venv: VecEnv) -> None:
+        super().__init__(venv)
+        self.multipliers = {"churn": 0.0, "anxiety": 0.0}
+        self._running = {k: np.zeros(venv.num_envs) for k in self.multipliers}
+        self.episode_costs: dict[str, deque] = {k: deque(maxlen=2000) for k in self.multipliers}
+        self.episode_returns: deque = deque(maxlen=2000)
+        self._return = np.zeros(venv.num_envs)
+
+    def reset(self) -> np.ndarray:
+        return self.venv.reset()
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        costs = {k: np.array([info[f"cost_{k}"] for info in infos]) for k in self.multipliers}
+        self._return += rewards
+        shaped = rewards - sum(self.multipliers[k] * costs[k] for k in costs)
+        for k in costs:
+            self._running[k] += costs[k]
+        for i in np.flatnonzero(dones):
+            for k in costs:
+                self.episode_costs[k].append(self._running[k][i])
+                self._running[k][i] = 0.0
+            self.episode_returns.append(self._return[i])
+            self._return[i] = 0.0
+        return obs, shaped.astype(np.float32), dones, infos
+
+
+class LagrangeUpdate(BaseCallback):
+    """After each rollout: ``lambda <- max(0, lambda + lr * (mean episode cost - limit))``; logs all."""
+
+    def __init__(self, costs: LagrangianCosts, limits: dict[str, float], lr: float) -> None:
+        super().__init__()
+        self.costs, self.limits, self.lr = costs, limits, lr
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        for k, limit in self.limits.items():
+            history = self.costs.episode_costs[k]
+            if not history:
+                continue
+            mean = float(np.mean(history))
+            self.costs.multipliers[k] = max(0.0, self.costs.multipliers[k] + self.lr * (mean - limit))
+            self.logger.record(f"train/cost_{k}", mean)
+            self.logger.record(f"train/cost_{k}_limit", limit)
+            self.logger.record(f"train/lambda_{k}", self.costs.multipliers[k])
+        if self.costs.episode_returns:
+            self.logger.record("train/episode_return", float(np.mean(self.costs.episode_returns)))
+
+
+def make_training_env(cfg: AgentConfig, setup: Setup, num_envs: int | None = None) -> VecEnv:
+    """The batched SB3 env an agent trains on (flat view for DQN), observations scaled."""
+    view = "flat" if cfg.name == "dqn" else "multi"
+    env: VecEnv = ScaledObs(CadenceVecEnv(setup, num_envs=num_envs, action_view=view))
+    if cfg.name == "ppo_lagrangian":
+        env = LagrangianCosts(env)
+    return env
+
+
+def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
+    """An untrained SB3 model of ``cfg.name`` on ``env``."""
+    algo = ALGORITHMS[cfg.name]
+    policy_kwargs: dict[str, Any] = {"net_arch": list(cfg.net_arch)}
+    common = {"learning_rate": cfg.learning_rate, "gamma": cfg.gamma, "seed": seed, "device": "cpu",
+              "verbose": 0, "policy_kwargs": policy_kwargs}
+    if cfg.name == "dqn":
+        return DQN("MlpPolicy", env, buffer_size=cfg.buffer_size, batch_size=min(cfg.batch_size, 1024),
+                   learning_starts=cfg.learning_starts, exploration_fraction=cfg.exploration_fraction,
+                   exploration_final_eps=cfg.exploration_final_eps, train_freq=1,
+                   gradient_steps=max(1, env.num_envs // 64),
+                   target_update_interval=cfg.target_update_interval, **common)
+    if cfg.name == "a2c":
+        return A2C("MlpPolicy", env, n_steps=cfg.n_steps, gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef,
+                   **common)
+    rollout = cfg.n_steps * env.num_envs
+    batch = min(cfg.batch_size, rollout)
+    return algo("MlpPolicy", env, n_steps=cfg.n_steps, batch_size=batch, n_epochs=cfg.n_epochs,
+                gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef, clip_range=cfg.clip_range, **common)
+
+
+def choose_flat(joint: np.ndarray, masks: np.ndarray, q_values: bool) -> np.ndarray:
+    """(N,) deterministic flat action within ``masks`` from (N, 361) joint scores.
+
+    Q-values: the best allowed action. Log-probabilities: first send or not, by whether the
+    allowed sends together are likelier than no-send, then the likeliest allowed send. (The
+    single likeliest joint action would almost never be a send: a send's probability is split
+    over 360 combinations, no-send's is not.)
+    """
+    scores = np.where(masks, joint, -np.inf)
+    if q_values:
+        return scores.argmax(axis=1)
+    best_send = 1 + scores[:, 1:].argmax(axis=1)
+    top = scores.max(axis=1, keepdims=True)
+    prob = np.exp(scores - top)
+    send = prob[:, 1:].sum(axis=1) > prob[:, 0]
+    return np.where(send, best_send, 0)
+
+
+class SB3Policy:
+    """A trained SB3 model behind the Policy protocol (deterministic, within masks)."""
+
+    def __init__(self, model: BaseAlgorithm, name: str) -> None:
+        self.model = model
+        self.name = name
+
+    @property
+    def flat_view(self) -> bool:
+        return isinstance(self.model, DQN)
+
+    def scores(self, obs: np.ndarray) -> np.ndarray:
+        """Per-component log-probabilities (N, 19), or Q-values (N, 361) for DQN, from raw observations."""
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32) * OBS_SCALE.astype(np.float32))
+        with torch.no_grad():
+            if self.flat_view:
+                return self.model.q_net(x).numpy()
+            dist = self.model.policy.get_distribution(x)
+            parts = getattr(dist, "distributions", None) or dist.distribution  # maskable vs plain
+            return torch.cat([d.logits for d in parts], dim=1).numpy()
+
+    def joint_scores(self, obs: np.ndarray) -> np.ndarray:
+        """(N, 361) score of each flat action: summed component log-probs; no-send is log p(slot 0)."""
+        s = self.scores(obs)
+        if self.flat_view:
+            return s
+        joint = s[:, _JOINT_COLUMNS].sum(axis=2)
+        joint[:, 0] = s[:, 0]
+        return joint
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return JOINT_ACTIONS[choose_flat(self.joint_scores(obs), masks, self.flat_view)]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path).with_suffix(".zip")
+        self.model.save(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, name: str) -> SB3Policy:
+        algo = ALGORITHMS[name]
+        return cls(algo.load(Path(path), device="cpu"), name)

@@ -1,0 +1,62 @@
+"""Side-by-side comparison of policies on the same fresh clients: KPIs with CIs, normalized
+value against never sending and the privileged oracle, pairwise differences, harm, fairness."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agents.base import Policy
+from agents.heuristics import NoSend
+from agents.oracle import Oracle
+from envs.config import Setup
+from evaluation.metrics import kpis, normalized_value, paired_difference
+from evaluation.rollout import Rollout, evaluate
+
+Interval = tuple[float, float, float]
+
+
+@dataclass
+class Comparison:
+    """Per-policy metrics (estimate, CI low, CI high) and paired value differences."""
+
+    metrics: dict[str, dict[str, Interval]]
+    """policy -> metric name -> (estimate, low, high)"""
+    differences: dict[tuple[str, str], Interval] = field(default_factory=dict)
+    """(a, b) -> eval/value of a minus b on the same clients"""
+    rollouts: list[Rollout] = field(default_factory=list)
+
+
+def compare(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, horizon_days: int = 90,
+            seeds: Sequence[int] = (1000, 1001, 1002), n_boot: int = 300, progress: bool = True) -> Comparison:
+    """Evaluate ``policies`` (plus no_send and the oracle as references) on the same clients."""
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"policy names must be unique, got {names}")
+    refs = [p for p in (NoSend(), Oracle()) if p.name not in names]
+    everyone = [*policies, *refs]
+    rollouts = evaluate(everyone, setup, num_clients, horizon_days, seeds, progress)
+    by_name = {p.name: [r for r in rollouts if r.policy == p.name] for p in everyone}
+    metrics = {}
+    for p in everyone:
+        m = kpis(by_name[p.name], n_boot=n_boot)
+        m["eval/normalized_value"] = normalized_value(by_name[p.name], by_name["no_send"], by_name["oracle"],
+                                                      n_boot=n_boot)
+        metrics[p.name] = m
+    differences = {(a, b): paired_difference(by_name[a], by_name[b], n_boot=n_boot)
+                   for a in names for b in names if a < b}
+    return Comparison(metrics, differences, rollouts)
+
+
+def markdown_table(comparison: Comparison, columns: Sequence[str]) -> str:
+    """A Markdown table: one row per policy (best normalized value first), ``mean [low, high]`` cells."""
+    order = sorted(comparison.metrics, key=lambda p: -comparison.metrics[p]["eval/normalized_value"][0])
+    lines = ["| policy | " + " | ".join(c.split("/", 1)[1] for c in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for p in order:
+        cells = []
+        for c in columns:
+            est, lo, hi = comparison.metrics[p][c]
+            cells.append(f"{est:.3g}" if lo == hi else f"{est:.3f} [{lo:.3f}, {hi:.3f}]")
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
