@@ -40,3 +40,14 @@ def flat(slot, tone, channel, content) -> np.ndarray:
     """Flat indices of MultiDiscrete components (scalars or (N,) arrays broadcast together)."""
     parts = np.broadcast_arrays(*(np.asarray(x, dtype=np.int64) for x in (slot, tone, channel, content)))
     return multi_to_flat(np.stack(parts, axis=-1).reshape(-1, 4)).reshape(parts[0].shape)
+
+
+CHUNK = 16_384
+"""rows per chunk when a policy scores all 361 actions (bounds memory at large N)"""
+
+
+def in_chunks(act_rows, obs: np.ndarray, masks: np.ndarray, size: int = CHUNK) -> np.ndarray:
+    """Apply ``act_rows(obs, masks) -> (n, 4)`` to row chunks and stack the results."""
+    if len(obs) <= size:
+        return act_rows(obs, masks)
+    return np.concatenate([act_rows(obs[i:i + size], masks[i:i + size]) for i in range(0, len(obs), size)])

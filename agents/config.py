@@ -20,9 +20,9 @@ class AgentConfig:
     name: str = "maskable_ppo"
     """which agent: one of ``agents.config.AGENTS``"""
     # --- SB3 (ppo, a2c, maskable_ppo, ppo_lagrangian; dqn where marked) ---
-    learning_rate: float = num(3e-4, 1e-7, 1.0)
+    learning_rate: float = num(1e-3, 1e-7, 1.0)
     """optimiser step size (all SB3 agents)"""
-    n_steps: int = num(32, 1, 10_000)
+    n_steps: int = num(64, 1, 10_000)
     """days collected per client slot before each update (on-policy agents)"""
     batch_size: int = num(4096, 8, 1_000_000)
     """minibatch size in client-days (PPO variants, DQN)"""
@@ -32,10 +32,13 @@ class AgentConfig:
     """discount per day (0.98: a horizon of about 50 days)"""
     gae_lambda: float = num(0.95, 0.0, 1.0)
     """GAE lambda (on-policy agents)"""
-    ent_coef: float = num(0.01, 0.0, 1.0)
+    ent_coef: float = num(0.003, 0.0, 1.0)
     """entropy bonus (on-policy agents)"""
     clip_range: float = num(0.2, 0.0, 1.0)
     """PPO clipping"""
+    normalize_reward: bool = False
+    """scale rewards by a running estimate of the return's spread while training (rare churn
+    penalties otherwise swamp the value function); evaluation always uses raw rewards"""
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     """hidden layer sizes of the policy and value networks"""
     buffer_size: int = num(200_000, 1000, 10_000_000)

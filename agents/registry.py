@@ -60,6 +60,8 @@ def train_agent(cfg: AgentConfig, setup: Setup, total_timesteps: int, num_envs: 
         return train_bandit(BANDIT_CLASSES[cfg.name](cfg, seed), setup, total_timesteps, num_envs, seed,
                             progress, hook)
     if cfg.name in SB3_AGENTS:
+        from stable_baselines3.common.vec_env import VecNormalize
+
         from agents.sb3_agents import LagrangeUpdate, SB3Policy, build_model, make_training_env
 
         env = make_training_env(cfg, setup, num_envs)
@@ -67,7 +69,8 @@ def train_agent(cfg: AgentConfig, setup: Setup, total_timesteps: int, num_envs: 
         model = build_model(cfg, env, seed)
         callbacks: list[Any] = [_HookCallback(hook)] if hook else []
         if cfg.name == "ppo_lagrangian":
-            callbacks.append(LagrangeUpdate(env, {"churn": cfg.churn_limit, "anxiety": cfg.anxiety_limit},
+            costs = env.venv if isinstance(env, VecNormalize) else env
+            callbacks.append(LagrangeUpdate(costs, {"churn": cfg.churn_limit, "anxiety": cfg.anxiety_limit},
                                             cfg.multiplier_lr))
         model.learn(total_timesteps=total_timesteps, callback=callbacks or None, progress_bar=progress)
         return SB3Policy(model, cfg.name)

@@ -18,8 +18,9 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
+from agents.base import in_chunks
 from agents.config import AgentConfig
 from envs.config import Setup
 from envs.features import OBS_HIGH
@@ -107,6 +108,8 @@ def make_training_env(cfg: AgentConfig, setup: Setup, num_envs: int | None = Non
     env: VecEnv = ScaledObs(CadenceVecEnv(setup, num_envs=num_envs, action_view=view))
     if cfg.name == "ppo_lagrangian":
         env = LagrangianCosts(env)
+    if cfg.normalize_reward:
+        env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=cfg.gamma)
     return env
 
 
@@ -180,7 +183,8 @@ class SB3Policy:
         return joint
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        return JOINT_ACTIONS[choose_flat(self.joint_scores(obs), masks, self.flat_view)]
+        return in_chunks(lambda o, m: JOINT_ACTIONS[choose_flat(self.joint_scores(o), m, self.flat_view)],
+                         obs, masks)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path).with_suffix(".zip")

@@ -64,7 +64,8 @@ def test_ppo_improves_on_its_start():
 def test_ppo_lagrangian_raises_multipliers_when_costs_exceed_limits():
     from agents.sb3_agents import LagrangeUpdate, LagrangianCosts, build_model, make_training_env
 
-    cfg = AgentConfig(name="ppo_lagrangian", n_steps=16, churn_limit=0.0, anxiety_limit=0.0, multiplier_lr=1.0)
+    cfg = AgentConfig(name="ppo_lagrangian", n_steps=16, churn_limit=0.0, anxiety_limit=0.0, multiplier_lr=1.0,
+                      normalize_reward=False)
     env = make_training_env(cfg, load_setup(overrides=["env.horizon_days=10"]), 128)
     assert isinstance(env, LagrangianCosts)
     model = build_model(cfg, env)
@@ -77,7 +78,7 @@ def test_ppo_lagrangian_raises_multipliers_when_costs_exceed_limits():
 def test_ppo_lagrangian_keeps_multipliers_at_zero_under_loose_limits():
     from agents.sb3_agents import LagrangeUpdate, build_model, make_training_env
 
-    cfg = AgentConfig(name="ppo_lagrangian", n_steps=16)
+    cfg = AgentConfig(name="ppo_lagrangian", n_steps=16, normalize_reward=False)
     env = make_training_env(cfg, load_setup(overrides=["env.horizon_days=10"]), 64)
     build_model(cfg, env).learn(total_timesteps=64 * 16 * 2,
                                 callback=LagrangeUpdate(env, {"churn": 10.0, "anxiety": 100.0}, 1.0))

@@ -1,0 +1,47 @@
+"""How long evaluating 8 policies on 100,000 clients x 90 days takes on this machine.
+
+The 8 deployable policies: the five heuristics, two bandits and PPO (the learners trained
+briefly: only their acting cost matters here). Prints the time per policy and in total.
+
+    python benchmarks/eval_throughput.py [--clients 100000] [--days 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.config import AgentConfig  # noqa: E402
+from agents.heuristics import HEURISTICS  # noqa: E402
+from agents.registry import train_agent  # noqa: E402
+from envs.config import load_setup  # noqa: E402
+from evaluation.rollout import rollout  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=90)
+    args = parser.parse_args()
+    setup = load_setup()
+    policies = [cls(0) if name == "random" else cls() for name, cls in HEURISTICS.items()]
+    for name in ("epsilon_greedy", "linucb", "ppo"):
+        policies.append(train_agent(AgentConfig(name=name), setup, 20_000, 256, progress=False))
+    print(f"| policy | seconds for {args.clients:,} clients x {args.days} days |\n|---|---:|")
+    total = 0.0
+    for policy in policies:
+        start = time.perf_counter()
+        rollout(policy, setup, args.clients, args.days, seed=1000)
+        took = time.perf_counter() - start
+        total += took
+        print(f"| {policy.name} | {took:.1f} |", flush=True)
+    print(f"| **all {len(policies)}** | **{total:.1f}** |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
