@@ -1,53 +1,187 @@
-"""Default job: until the learning agents land, a rollout of the heuristic baselines on the
-default population, balanced reward, 90 days, fresh clients, 3 seeds, with KPIs and 95% CIs.
+"""Train any agent from config, evaluate it on fresh clients, and log everything to MLflow.
 
-    python train.py [--clients N] [--days D] [--seeds K] [--scenario NAME] [--reward NAME]
+    python train.py                                   # default: PPO, default population, balanced reward
+    python train.py agent=linucb reward=engagement seed=3 trainer.total_timesteps=200000
+    python train.py -m agent=ppo,linucb seed=0,1,2    # a sweep: one parent run, a child per job
+    python train.py resume=<mlflow run id>            # continue an interrupted run from its checkpoint
+
+Tracking URI: ``tracking.uri=`` or $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db.
 """
 
 from __future__ import annotations
 
-import argparse
+import math
 import sys
+import tempfile
 import time
+import traceback
+from pathlib import Path
+from typing import Any
 
+import hydra
+import mlflow
+import polars as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.table import Table
 
-from agents.heuristics import HEURISTICS
-from envs.config import load_setup
-from evaluation import evaluate, kpis
+from agents.config import SB3_AGENTS
+from agents.registry import save_policy, train_agent
+from envs.config import Setup
+from evaluation.compare import Comparison, compare, markdown_table
+from experiment import plots
+from experiment.schema import RunConfig, register, validate_run
+from experiment.tracking import flatten, git_commit, setup_mlflow, sweep_parent
+from simulate.config import ConfigError
 
-SHOWN = ("eval/value", "eval/retention", "eval/clicks_per_client", "eval/anxious_click_share",
-         "eval/conversions_per_client", "eval/messages_per_client_week", "eval/unsubscribes_per_client",
-         "eval/guardrail_violations")
+register()
+console = Console(width=160)
+
+CONTRACT = ("eval/value", "eval/normalized_value", "eval/retention", "eval/clicks_per_client",
+            "eval/anxious_click_share", "eval/conversions_per_client", "eval/unsubscribes_per_client",
+            "eval/messages_per_client_week", "eval/complaints_per_client", "eval/guardrail_violations",
+            "fairness/urgent_gap", "fairness/volume_gap", "fairness/retention_gap")
+TABLE = ("eval/normalized_value", "eval/value", "eval/retention", "eval/clicks_per_client",
+         "eval/anxious_click_share", "eval/conversions_per_client", "eval/messages_per_client_week",
+         "eval/unsubscribes_per_client", "eval/guardrail_violations")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=5000, help="fresh clients per seed (default 5000)")
-    parser.add_argument("--days", type=int, default=90, help="horizon in days (default 90)")
-    parser.add_argument("--seeds", type=int, default=3, help="evaluation seeds (default 3)")
-    parser.add_argument("--scenario", default="calm", help="scenario preset in conf/scenario")
-    parser.add_argument("--reward", default="balanced", help="reward preset in conf/reward")
-    args = parser.parse_args(argv)
-    console = Console(width=200)
-    setup = load_setup(scenario=args.scenario, reward=args.reward)
-    policies = [cls() for cls in HEURISTICS.values()]
-    start = time.perf_counter()
-    rollouts = evaluate(policies, setup, args.clients, args.days, seeds=range(1000, 1000 + args.seeds))
-    table = Table(title=f"Heuristic baselines: {args.clients} fresh clients x {args.days} days x "
-                        f"{args.seeds} seeds, scenario {args.scenario} (mean ± half-width of the 95% bootstrap CI)")
-    table.add_column("policy")
-    for name in SHOWN:
-        table.add_column(name.split("/", 1)[1], justify="right")
-    for policy in policies:
-        k = kpis([r for r in rollouts if r.policy == policy.name])
-        cells = [f"{k[n][0]:.3g}" if n == "eval/guardrail_violations" else
-                 f"{k[n][0]:.3f} ± {(k[n][2] - k[n][1]) / 2:.3f}" for n in SHOWN]
-        table.add_row(policy.name, *cells)
-    console.print(table)
-    console.print(f"evaluated {len(policies)} policies in {time.perf_counter() - start:.1f} s")
-    return 0
+def _choices() -> dict[str, str]:
+    try:
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()}
+    except ValueError:  # not running under Hydra (tests call run_training directly)
+        return {}
+
+
+def _tags(cfg: DictConfig, choices: dict[str, str]) -> dict[str, str]:
+    return {"agent": str(cfg.agent.name), "reward": str(cfg.reward.name), "scenario": str(cfg.scenario.name),
+            "population": choices.get("population", "default"), "seed": str(cfg.seed),
+            "experiment": str(cfg.get("experiment_name", "default")), "git_commit": git_commit()}
+
+
+def log_comparison(result: Comparison, policy_name: str, out: Path, with_artifacts: bool = True) -> dict[str, float]:
+    """Log one policy's contract metrics (+ CI bounds) to the active run; write table and plots."""
+    m = result.metrics[policy_name]
+    metrics = {name: m[name][0] for name in CONTRACT}
+    for name in CONTRACT:
+        est, lo, hi = m[name]
+        if lo != hi:
+            metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = lo, hi
+    for name in m:
+        if name.startswith("harm/"):
+            metrics[name] = m[name][0]
+    mlflow.log_metrics(metrics)
+    if with_artifacts:
+        (out / "evaluation.md").write_text(markdown_table(result, TABLE) + "\n")
+        rows = [{"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
+                for p, ms in result.metrics.items() for k, v in ms.items()]
+        pl.DataFrame(rows).write_parquet(out / "evaluation.parquet")
+        own = [r for r in result.rollouts if r.policy == policy_name]
+        plots.cadence(own, out / "cadence.png", f"{policy_name}: when and how it messages")
+        plots.kpi_bars(result.metrics, ("eval/normalized_value", "eval/retention", "eval/anxious_click_share",
+                                        "eval/messages_per_client_week"), out / "kpis.png")
+        plots.retention_curves(result.rollouts, out / "retention.png")
+        mlflow.log_artifacts(str(out), "evaluation")
+    return metrics
+
+
+def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
+    """One training job inside an MLflow run; returns eval/normalized_value (for sweepers)."""
+    choices = _choices()
+    setup_mlflow(run.tracking.uri, run.tracking.experiment)
+    tags = _tags(cfg, choices)
+    parent = None
+    try:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            sweep_dir = Path(hydra_cfg.sweep.dir)
+            tags["sweep_id"] = sweep_dir.name
+            parent = sweep_parent(sweep_dir, run.tracking.experiment, sweep_dir.name, {"sweep_dir": str(sweep_dir)})
+            tags["mlflow.parentRunId"] = parent
+    except ValueError:
+        pass
+    name = f"{run.agent.name}-{run.reward.name}-{run.scenario.name}-s{run.seed}"
+    with mlflow.start_run(run_id=run.resume, run_name=None if run.resume else name, tags=tags) as active:
+        run_id = active.info.run_id
+        if not run.resume:
+            mlflow.log_params(flatten(cfg))
+        work = Path(tempfile.mkdtemp(prefix="cadence-"))
+        (work / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        mlflow.log_artifact(str(work / "config.yaml"))
+        history: list[tuple[int, dict[str, float]]] = []
+
+        def hook(step: int, values: dict[str, float]) -> None:
+            values = {k: v for k, v in values.items() if math.isfinite(v)}
+            history.append((step, values))
+            mlflow.log_metrics(values, step=step)
+
+        def checkpoint(model: Any, step: int) -> None:
+            path = work / "checkpoints" / "latest.zip"
+            path.parent.mkdir(exist_ok=True)
+            model.save(path)
+            mlflow.log_artifact(str(path), "checkpoints")
+            mlflow.set_tag("checkpoint_step", str(step))
+
+        resume_from = None
+        if run.resume:
+            resume_from = Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="checkpoints/latest.zip", dst_path=str(work / "resume")))
+            console.print(f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days")
+        start = time.perf_counter()
+        policy = train_agent(run.agent, setup, run.trainer.total_timesteps, setup.env.num_clients, run.seed,
+                             progress=run.trainer.progress, hook=hook,
+                             checkpoint=checkpoint if run.agent.name in SB3_AGENTS else None,
+                             checkpoint_every=run.trainer.checkpoint_every, resume_from=resume_from)
+        mlflow.log_metric("train/seconds", time.perf_counter() - start)
+        mlflow.log_artifacts(str(save_policy(policy, work / "policy")), "policy")
+        curve = plots.learning_curve(history, work / "learning_curve.png")
+        if curve:
+            mlflow.log_artifact(str(curve))
+        e = run.eval
+        result = compare([policy], setup, e.num_clients, e.horizon_days, seeds=range(1000, 1000 + e.num_seeds),
+                         n_boot=e.n_boot, progress=run.trainer.progress)
+        evaluation = work / "evaluation"
+        evaluation.mkdir()
+        metrics = log_comparison(result, policy.name, evaluation)
+        print(markdown_table(result, TABLE), flush=True)
+        console.print(f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
+                      f"eval/value {metrics['eval/value']:.3f}")
+        return float(metrics["eval/normalized_value"])
+
+
+def record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """In a sweep, a job that fails still leaves a FAILED child run saying why."""
+    try:
+        tracking = cfg.get("tracking", {})
+        setup_mlflow(tracking.get("uri"), tracking.get("experiment", "cadence"))
+        hydra_cfg = HydraConfig.get()
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        parent = sweep_parent(sweep_dir, tracking.get("experiment", "cadence"), sweep_dir.name,
+                              {"sweep_dir": str(sweep_dir)})
+        tags = {"sweep_id": sweep_dir.name, "mlflow.parentRunId": parent, "error": str(error)[:5000],
+                "overrides": " ".join(hydra_cfg.overrides.task)}
+        with mlflow.start_run(run_name="failed job", tags=tags):
+            pass
+        mlflow.MlflowClient().set_terminated(mlflow.last_active_run().info.run_id, "FAILED")
+    except Exception:  # never hide the original error behind a logging one
+        traceback.print_exc()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        run, setup = validate_run(cfg)  # every value checked before any work
+        return run_training(cfg, run, setup)
+    except Exception as error:
+        if not multirun:
+            raise
+        # a failed job must not stop the sweep: it is recorded as a FAILED child run instead
+        console.print(f"[red]job failed[/red] ({' '.join(HydraConfig.get().overrides.task)}): {error}")
+        if isinstance(error, ConfigError) or mlflow.active_run() is None:
+            record_failure(cfg, error)
+        return None
 
 
 if __name__ == "__main__":

@@ -53,8 +53,14 @@ def train_bandit(bandit: LinearBandit, setup: Setup, total_timesteps: int, num_e
 
 
 def train_agent(cfg: AgentConfig, setup: Setup, total_timesteps: int, num_envs: int | None = None,
-                seed: int = 0, progress: bool = True, hook: TrainHook | None = None) -> Policy:
-    """Train the agent ``cfg.name`` on ``total_timesteps`` client-days; returns a deterministic policy."""
+                seed: int = 0, progress: bool = True, hook: TrainHook | None = None,
+                checkpoint: Callable[[Any, int], None] | None = None, checkpoint_every: int = 1_000_000,
+                resume_from: str | Path | None = None) -> Policy:
+    """Train the agent ``cfg.name`` on ``total_timesteps`` client-days; returns a deterministic policy.
+
+    SB3 agents call ``checkpoint(model, client_days)`` every ``checkpoint_every`` client-days, and
+    ``resume_from`` (a checkpoint zip) continues a run up to ``total_timesteps`` in all.
+    """
     num_envs = int(num_envs or setup.env.num_clients)
     if cfg.name in BANDITS:
         return train_bandit(BANDIT_CLASSES[cfg.name](cfg, seed), setup, total_timesteps, num_envs, seed,
@@ -66,13 +72,23 @@ def train_agent(cfg: AgentConfig, setup: Setup, total_timesteps: int, num_envs: 
 
         env = make_training_env(cfg, setup, num_envs)
         env.seed(seed)
-        model = build_model(cfg, env, seed)
+        if resume_from is not None:
+            from agents.sb3_agents import ALGORITHMS
+
+            model = ALGORITHMS[cfg.name].load(Path(resume_from), env=env, device="cpu")
+        else:
+            model = build_model(cfg, env, seed)
         callbacks: list[Any] = [_HookCallback(hook)] if hook else []
+        if checkpoint is not None:
+            callbacks.append(_CheckpointCallback(checkpoint, checkpoint_every))
         if cfg.name == "ppo_lagrangian":
             costs = env.venv if isinstance(env, VecNormalize) else env
             callbacks.append(LagrangeUpdate(costs, {"churn": cfg.churn_limit, "anxiety": cfg.anxiety_limit},
                                             cfg.multiplier_lr))
-        model.learn(total_timesteps=total_timesteps, callback=callbacks or None, progress_bar=progress)
+        remaining = max(0, total_timesteps - model.num_timesteps)
+        if remaining:
+            model.learn(total_timesteps=remaining, callback=callbacks or None, progress_bar=progress,
+                        reset_num_timesteps=resume_from is None)
         return SB3Policy(model, cfg.name)
     return make_policy(cfg, seed)  # heuristics and the oracle have nothing to learn
 
@@ -96,6 +112,25 @@ def _HookCallback(hook: TrainHook):
             hook(self.num_timesteps, values)
 
     return HookCallback()
+
+
+def _CheckpointCallback(save: Callable[[Any, int], None], every: int):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class CheckpointCallback(BaseCallback):
+        """Calls ``save(model, client_days)`` each time another ``every`` client-days are done."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.next_at = every
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next_at:
+                save(self.model, self.num_timesteps)
+                self.next_at = (self.num_timesteps // every + 1) * every
+            return True
+
+    return CheckpointCallback()
 
 
 def save_policy(policy: Policy, directory: str | Path) -> Path:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from agents.base import Policy
 from envs.config import RewardConfig, Setup
 from envs.core import CadenceCore
-from simulate.labels import TONES
+from simulate.labels import N_CHANNELS, N_SEGMENTS, N_SLOTS, N_TONES, TONES
 
 EVAL_CLIENT_OFFSET = 1 << 48
 """client ids used for evaluation start here: training (offset 0) never sees these clients"""
@@ -41,6 +41,14 @@ class Rollout:
     vulnerable: np.ndarray
     """bool: high anxiety susceptibility or low financial literacy (hidden traits; audit only)"""
     horizon_days: int
+    cadence: np.ndarray | None = None
+    """(weekday 7, slot 6, tone 5, channel 3) delivered messages: when and how the policy speaks"""
+    segment: np.ndarray | None = None
+    """declared goal segment of each client (for the tone mix by segment)"""
+    tone_by_segment: np.ndarray | None = None
+    """(segments 4, tones 5) delivered messages"""
+    alive_by_day: np.ndarray | None = None
+    """(horizon,) share of clients not churned at the end of each day"""
 
 
 def rollout(policy: Policy, setup: Setup, num_clients: int, horizon_days: int, seed: int) -> Rollout:
@@ -56,7 +64,12 @@ def rollout(policy: Policy, setup: Setup, num_clients: int, horizon_days: int, s
     totals = {k: np.zeros(num_clients) for k in (*SUMMED, "urgent")}
     value = np.zeros(num_clients)
     churned = np.zeros(num_clients, dtype=bool)
-    for _ in range(horizon_days):
+    cadence = np.zeros((7, N_SLOTS, N_TONES, N_CHANNELS))
+    tone_by_segment = np.zeros((N_SEGMENTS, N_TONES))
+    segment = core.world.traits.segment
+    alive_by_day = np.zeros(horizon_days)
+    for day in range(horizon_days):
+        weekday = core.day % 7
         actions = np.asarray(policy.act(obs, core.joint_masks()), dtype=np.int64)
         actions[churned, 0] = 0
         r = core.step(actions)
@@ -66,11 +79,16 @@ def rollout(policy: Policy, setup: Setup, num_clients: int, horizon_days: int, s
         totals["urgent"] += r.outcomes["sent"] & (actions[:, 1] == URGENT)
         value += alive * sum(w * r.outcomes[k] for k, w in balanced.items())
         churned |= r.outcomes["churned"]
+        alive_by_day[day] = 1.0 - churned.mean()
+        sent = r.outcomes["sent"]
+        a = actions[sent]
+        np.add.at(cadence[weekday], (a[:, 0] - 1, a[:, 1], a[:, 2]), 1.0)
+        np.add.at(tone_by_segment, (segment[sent], a[:, 1]), 1.0)
         obs = r.obs
     t = core.world.traits
     vulnerable = (t.susceptibility > VULNERABLE_SUSCEPTIBILITY) | (t.literacy < VULNERABLE_LITERACY)
     return Rollout(policy.name, seed, totals, value, ~churned, t.gender.copy(), t.age_band.copy(),
-                   vulnerable, horizon_days)
+                   vulnerable, horizon_days, cadence, t.segment.copy(), tone_by_segment, alive_by_day)
 
 
 def evaluate(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, horizon_days: int = 90,

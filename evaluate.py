@@ -1,0 +1,120 @@
+"""Compare policies on the same fresh clients and log one MLflow run per policy.
+
+    python evaluate.py policies='[random,batch_and_blast,linucb,run:<mlflow_run_id>]'
+    python evaluate.py policies='[segment_rules,run:<id>]' eval.num_clients=5000 eval.num_seeds=3 scenario=market_shock
+
+Names: heuristics (random, no_send, batch_and_blast, fixed_weekly, segment_rules), the oracle,
+bandits (trained here on ``eval.bandit_timesteps`` client-days), or ``run:<id>`` for a policy
+trained by train.py. A parent run holds the comparison table (Markdown + Parquet) and plots;
+each policy gets a child run tagged ``policy`` with the same metric names as train.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from agents.base import Policy
+from agents.config import BANDITS, HEURISTIC_AGENTS, SB3_AGENTS, AgentConfig
+from agents.registry import load_policy, make_policy, train_agent
+from envs.config import Setup
+from evaluation.compare import compare, markdown_table
+from experiment import plots
+from experiment.schema import RunConfig, register, validate_run
+from experiment.tracking import flatten, git_commit, setup_mlflow
+from simulate.config import ConfigError
+from train import TABLE, log_comparison
+
+register()
+BANDIT_TIMESTEPS = 200_000
+
+
+def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
+    """A policy and its tags from a name or ``run:<id>``; clear errors for anything else."""
+    spec = spec.strip()
+    if spec.startswith("run:"):
+        run_id = spec[4:]
+        try:
+            run = mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            raise ConfigError(f"policies: no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
+        try:
+            folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="policy",
+                                                         dst_path=tempfile.mkdtemp(prefix="cadence-policy-"))
+        except Exception as exc:
+            raise ConfigError(f"policies: run {run_id} has no 'policy' artifact (was it made by train.py?)") from exc
+        policy = load_policy(folder)
+        policy.name = f"{run.data.tags.get('agent', policy.name)}@{run_id[:8]}"
+        return policy, {"source_run": run_id, "agent": run.data.tags.get("agent", "")}
+    if spec in HEURISTIC_AGENTS or spec == "oracle":
+        return make_policy(AgentConfig(name=spec)), {"agent": spec}
+    if spec in BANDITS:
+        return train_agent(AgentConfig(name=spec), setup, BANDIT_TIMESTEPS, 500, progress=False), {"agent": spec}
+    if spec in SB3_AGENTS:
+        raise ConfigError(f"policies: {spec!r} must be trained first: run `python train.py agent={spec}` "
+                          f"and pass run:<its run id>")
+    raise ConfigError(f"policies: unknown policy {spec!r}; use a heuristic {list(HEURISTIC_AGENTS)}, "
+                      f"'oracle', a bandit {list(BANDITS)} or run:<mlflow run id>")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run, setup = validate_run(cfg)
+    evaluate_policies(cfg, run, setup)
+
+
+def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
+    """Evaluate ``run.policies``; returns the parent run id."""
+    setup_mlflow(run.tracking.uri, run.tracking.experiment)
+    if not run.policies:
+        raise ConfigError("policies must name at least one policy")
+    resolved = [resolve_policy(spec, setup) for spec in run.policies]
+    policies = [p for p, _ in resolved]
+    e = run.eval
+    result = compare(policies, setup, e.num_clients, e.horizon_days, seeds=range(1000, 1000 + e.num_seeds),
+                     n_boot=e.n_boot, progress=True)
+    common = {"reward": run.reward.name, "scenario": run.scenario.name, "seed": str(run.seed),
+              "git_commit": git_commit()}
+    try:
+        common["population"] = str(HydraConfig.get().runtime.choices.get("population", "default"))
+    except ValueError:
+        common["population"] = "default"
+    work = Path(tempfile.mkdtemp(prefix="cadence-eval-"))
+    with mlflow.start_run(run_name=f"compare {len(policies)} policies", tags={**common, "comparison": "true"}) as parent:
+        mlflow.log_params({k: v for k, v in flatten(cfg).items() if k.startswith(("eval.", "env.", "scenario.",
+                                                                                 "population.", "policies"))})
+        (work / "comparison.md").write_text(markdown_table(result, TABLE) + "\n")
+        diffs = [f"| {a} | {b} | {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] |" for (a, b), v in result.differences.items()]
+        if diffs:
+            (work / "comparison.md").write_text(
+                (work / "comparison.md").read_text()
+                + "\n| a | b | value of a minus b (same clients) |\n|---|---|---:|\n" + "\n".join(diffs) + "\n")
+        import polars as pl
+
+        pl.DataFrame([{"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
+                      for p, ms in result.metrics.items() for k, v in ms.items()]).write_parquet(work / "comparison.parquet")
+        plots.kpi_bars(result.metrics, ("eval/normalized_value", "eval/value", "eval/retention",
+                                        "eval/anxious_click_share", "eval/messages_per_client_week"), work / "kpis.png")
+        plots.retention_curves(result.rollouts, work / "retention.png")
+        plots.tone_mix(result.rollouts, work / "tone_mix.png")
+        mlflow.log_artifacts(str(work))
+        for name in result.metrics:
+            extra = next((tags for p, tags in resolved if p.name == name), {"agent": name, "reference": "true"})
+            with mlflow.start_run(run_name=name, nested=True,
+                                  tags={**common, **extra, "policy": name, "mlflow.parentRunId": parent.info.run_id}):
+                out = work / f"policy-{name.replace('@', '-')}"
+                out.mkdir()
+                log_comparison(result, name, out, with_artifacts=False)
+    print(markdown_table(result, TABLE))
+    print(f"\nMLflow comparison run {parent.info.run_id}; see `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`")
+    return parent.info.run_id
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiments: the Hydra schema, MLflow tracking and plots shared by train.py and evaluate.py."""

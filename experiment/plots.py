@@ -1,0 +1,113 @@
+"""Plots people would rather look at than read: learning curves, cadence maps, KPI bars."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from evaluation.rollout import Rollout  # noqa: E402
+from simulate.labels import CHANNELS, SEGMENTS, SLOT_KEYS, TONES  # noqa: E402
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def learning_curve(history: Sequence[tuple[int, dict[str, float]]], path: Path) -> Path | None:
+    """Training metrics against client-days of experience; None if nothing was recorded."""
+    names = [n for n in ("train/episode_return", "train/reward_per_client_day", "train/lambda_churn",
+                         "train/lambda_anxiety") if any(n in m for _, m in history)]
+    if not names:
+        return None
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.6 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        points = [(step, m[name]) for step, m in history if name in m]
+        ax.plot(*zip(*points, strict=True))
+        ax.set_ylabel(name.split("/", 1)[1])
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("client-days of experience")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cadence(rollouts: Sequence[Rollout], path: Path, title: str) -> Path:
+    """When in the day and week each tone and channel is used (messages per 1,000 client-days)."""
+    counts = sum(r.cadence for r in rollouts)
+    client_days = sum(len(r.value) for r in rollouts) * rollouts[0].horizon_days / 1000.0
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    panels = (
+        (counts.sum(axis=(2, 3)).T, WEEKDAYS, SLOT_KEYS, "slot x weekday"),
+        (counts.sum(axis=(0, 3)).T, SLOT_KEYS, TONES, "tone x slot"),
+        (counts.sum(axis=(0, 2)).T, SLOT_KEYS, CHANNELS, "channel x slot"),
+    )
+    for ax, (grid, xs, ys, name) in zip(axes, panels, strict=True):
+        image = ax.imshow(grid / client_days * 7, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(xs)), xs, rotation=30)
+        ax.set_yticks(range(len(ys)), ys)
+        ax.set_title(name)
+        fig.colorbar(image, ax=ax, label="per 1,000 client-weeks")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def kpi_bars(metrics: dict[str, dict[str, tuple[float, float, float]]], names: Sequence[str], path: Path) -> Path:
+    """One panel per KPI: a bar per policy with its 95% CI."""
+    policies = list(metrics)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        est = np.array([metrics[p][name][0] for p in policies])
+        err = np.array([[est[i] - metrics[p][name][1], metrics[p][name][2] - est[i]] for i, p in enumerate(policies)]).T
+        ax.bar(range(len(policies)), est, yerr=err, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(policies)), policies, rotation=60, ha="right", fontsize=8)
+        ax.set_title(name.split("/", 1)[1], fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def tone_mix(rollouts: Sequence[Rollout], path: Path) -> Path:
+    """Tone mix of delivered messages by declared goal segment, one panel per policy."""
+    names = list(dict.fromkeys(r.policy for r in rollouts))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        mix = sum(r.tone_by_segment for r in rollouts if r.policy == name)
+        share = mix / np.maximum(mix.sum(axis=1, keepdims=True), 1)
+        left = np.zeros(len(SEGMENTS))
+        for k, tone in enumerate(TONES):
+            ax.barh(range(len(SEGMENTS)), share[:, k], left=left, label=tone)
+            left += share[:, k]
+        ax.set_yticks(range(len(SEGMENTS)), SEGMENTS, fontsize=8)
+        ax.set_title(name, fontsize=9)
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def retention_curves(rollouts: Sequence[Rollout], path: Path) -> Path:
+    """Share of clients still active, by day, per policy."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in dict.fromkeys(r.policy for r in rollouts):
+        curves = [r.alive_by_day for r in rollouts if r.policy == name and r.alive_by_day is not None]
+        if curves:
+            ax.plot(np.arange(1, len(curves[0]) + 1), np.mean(curves, axis=0), label=name)
+    ax.set_xlabel("day")
+    ax.set_ylabel("retention")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

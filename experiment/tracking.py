@@ -1,0 +1,69 @@
+"""MLflow tracking: the URI rule, flattened params, tags, and the parent run of a sweep."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+"""the project root (where ``mlflow.db`` lives by default)"""
+
+
+def tracking_uri(uri: str | None) -> str:
+    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db``
+    (an absolute path: never Hydra's run directory)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+
+
+def setup_mlflow(uri: str | None, experiment: str) -> str:
+    """Point MLflow at the store and experiment; returns the URI in use."""
+    resolved = tracking_uri(uri)
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_experiment(experiment)
+    return resolved
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
+    """Dotted-key params of a nested config (MLflow keeps values up to 6000 characters)."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def git_commit() -> str:
+    """The project's current commit, or ``unknown`` outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def sweep_parent(sweep_dir: Path, experiment: str, sweep_id: str, tags: dict[str, Any]) -> str:
+    """Run id of the sweep's parent run, created by the first job that asks (a file lock in
+    the shared sweep directory makes that safe for parallel jobs on one machine)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    id_file = sweep_dir / "mlflow_parent_run_id"
+    with open(sweep_dir / ".mlflow_parent.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if id_file.is_file():
+            return id_file.read_text().strip()
+        client = mlflow.MlflowClient()
+        run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=f"sweep {sweep_id}",
+                                tags={**{k: str(v) for k, v in tags.items()}, "sweep_id": sweep_id,
+                                      "sweep_parent": "true"})
+        client.set_terminated(run.info.run_id, "FINISHED")
+        id_file.write_text(run.info.run_id)
+        return run.info.run_id
