@@ -32,11 +32,15 @@ from envs.config import Setup
 from evaluation.compare import Comparison, compare, markdown_table
 from experiment import plots
 from experiment.schema import RunConfig, register, validate_run
-from experiment.tracking import flatten, git_commit, setup_mlflow, sweep_parent
+from experiment.tracking import flatten, git_commit, setup_mlflow, sweep_id, sweep_parent
 from simulate.config import ConfigError
 
 register()
-console = Console(width=160)
+
+
+def say(message: str) -> None:
+    """Print a status line (a fresh Console each time: jobs are pickled to parallel workers)."""
+    Console(width=160).print(message)
 
 CONTRACT = ("eval/value", "eval/normalized_value", "eval/retention", "eval/clicks_per_client",
             "eval/anxious_click_share", "eval/conversions_per_client", "eval/unsubscribes_per_client",
@@ -96,8 +100,8 @@ def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN:
             sweep_dir = Path(hydra_cfg.sweep.dir)
-            tags["sweep_id"] = sweep_dir.name
-            parent = sweep_parent(sweep_dir, run.tracking.experiment, sweep_dir.name, {"sweep_dir": str(sweep_dir)})
+            tags["sweep_id"] = sweep_id(sweep_dir)
+            parent = sweep_parent(sweep_dir, run.tracking.experiment, tags["sweep_id"], {"sweep_dir": str(sweep_dir)})
             tags["mlflow.parentRunId"] = parent
     except ValueError:
         pass
@@ -127,7 +131,7 @@ def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
         if run.resume:
             resume_from = Path(mlflow.artifacts.download_artifacts(
                 run_id=run_id, artifact_path="checkpoints/latest.zip", dst_path=str(work / "resume")))
-            console.print(f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days")
+            say(f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days")
         start = time.perf_counter()
         policy = train_agent(run.agent, setup, run.trainer.total_timesteps, setup.env.num_clients, run.seed,
                              progress=run.trainer.progress, hook=hook,
@@ -145,7 +149,7 @@ def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
         evaluation.mkdir()
         metrics = log_comparison(result, policy.name, evaluation)
         print(markdown_table(result, TABLE), flush=True)
-        console.print(f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
+        say(f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
                       f"eval/value {metrics['eval/value']:.3f}")
         return float(metrics["eval/normalized_value"])
 
@@ -157,10 +161,14 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
         setup_mlflow(tracking.get("uri"), tracking.get("experiment", "cadence"))
         hydra_cfg = HydraConfig.get()
         sweep_dir = Path(hydra_cfg.sweep.dir)
-        parent = sweep_parent(sweep_dir, tracking.get("experiment", "cadence"), sweep_dir.name,
+        parent = sweep_parent(sweep_dir, tracking.get("experiment", "cadence"), sweep_id(sweep_dir),
                               {"sweep_dir": str(sweep_dir)})
-        tags = {"sweep_id": sweep_dir.name, "mlflow.parentRunId": parent, "error": str(error)[:5000],
+        tags = {"sweep_id": sweep_id(sweep_dir), "mlflow.parentRunId": parent, "error": str(error)[:5000],
                 "overrides": " ".join(hydra_cfg.overrides.task)}
+        for key in ("agent", "reward", "scenario"):
+            name = OmegaConf.select(cfg, f"{key}.name", default=None)
+            if name is not None:
+                tags[key] = str(name)
         with mlflow.start_run(run_name="failed job", tags=tags):
             pass
         mlflow.MlflowClient().set_terminated(mlflow.last_active_run().info.run_id, "FAILED")
@@ -178,7 +186,7 @@ def main(cfg: DictConfig) -> float | None:
         if not multirun:
             raise
         # a failed job must not stop the sweep: it is recorded as a FAILED child run instead
-        console.print(f"[red]job failed[/red] ({' '.join(HydraConfig.get().overrides.task)}): {error}")
+        say(f"[red]job failed[/red] ({' '.join(HydraConfig.get().overrides.task)}): {error}")
         if isinstance(error, ConfigError) or mlflow.active_run() is None:
             record_failure(cfg, error)
         return None

@@ -25,7 +25,11 @@ def setup_mlflow(uri: str | None, experiment: str) -> str:
     """Point MLflow at the store and experiment; returns the URI in use."""
     resolved = tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
-    mlflow.set_experiment(experiment)
+    try:
+        mlflow.set_experiment(experiment)
+    except mlflow.exceptions.MlflowException:
+        # parallel jobs on a fresh store race to create the experiment; the loser finds it made
+        mlflow.set_experiment(experiment)
     return resolved
 
 
@@ -49,6 +53,11 @@ def git_commit() -> str:
                               timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def sweep_id(sweep_dir: Path) -> str:
+    """A sweep's id: its directory's last two parts (Hydra's default is ``multirun/<date>/<time>``)."""
+    return "-".join(Path(sweep_dir).resolve().parts[-2:])
 
 
 def sweep_parent(sweep_dir: Path, experiment: str, sweep_id: str, tags: dict[str, Any]) -> str:

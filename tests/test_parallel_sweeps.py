@@ -1,0 +1,90 @@
+"""Parallel sweeps through a real MLflow tracking server: joblib on this machine, and a local
+Ray cluster started on loopback. Slow (they start servers and worker processes)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = ["agent=segment_rules,fixed_weekly", "eval.num_clients=100", "eval.num_seeds=1", "eval.n_boot=20",
+        "trainer.progress=false"]
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        server.kill()
+        pytest.fail("the MLflow tracking server did not start within 90 s")
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _sweep(args: list[str], tmp_path: Path, uri: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri={uri}", *args, *TINY,
+                           f"hydra.sweep.dir={tmp_path / 'multirun' / 'sweep'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _check(uri: str) -> None:
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["cadence"])
+    parent = runs[runs["tags.sweep_parent"] == "true"]
+    assert len(parent) == 1
+    children = runs[runs["tags.mlflow.parentRunId"] == parent.iloc[0].run_id]
+    assert set(children["tags.agent"]) == {"segment_rules", "fixed_weekly"}
+    assert (children["status"] == "FINISHED").all()
+    assert children["metrics.eval/normalized_value"].notna().all()
+    assert children["tags.sweep_id"].nunique() == 1
+
+
+def test_joblib_sweep_logs_through_tracking_server(tracking_server, tmp_path):
+    _sweep(["launcher=joblib"], tmp_path, tracking_server)
+    _check(tracking_server)
+
+
+def test_ray_sweep_on_a_local_cluster(tracking_server, tmp_path):
+    port = _free_port()
+    ray = str(BIN / "ray")
+    started = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        _sweep(["launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}"], tmp_path, tracking_server)
+        _check(tracking_server)
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
