@@ -1,0 +1,2 @@
+"""Serving: export to ONNX + manifest (``serve.export``), the guarded runtime (``serve.runtime``,
+numpy + onnxruntime only) and the MLflow pyfunc wrapper (``serve.pyfunc``)."""

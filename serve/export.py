@@ -1,0 +1,189 @@
+"""Export a trained policy to ``policy.onnx`` + ``manifest.json`` (design §6).
+
+The graph takes ``obs`` float32 [batch, obs_dim] (raw features: the scaling is inside) and
+gives ``action`` int64 [batch, 4] (the deterministic action, no masks) and ``logits`` float32
+[batch, 19] (per-component scores the runtime masks). Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.bandits import N_ACTION_FEATURES, N_CONTEXT, LinearBandit
+from agents.base import Policy
+from envs.config import GuardrailConfig
+from envs.features import (
+    FEATURE_NAMES,
+    I_ENGAGEMENT,
+    I_GOAL,
+    I_RECENCY,
+    I_RISK,
+    I_SENT_7D,
+    I_STRESS,
+    I_TIER,
+    I_WEEKDAY,
+    OBS_HIGH,
+)
+from envs.spaces import NVEC
+from serve.runtime import FORMAT_VERSION, MANIFEST_FILE, ONNX_FILE, sha256
+from simulate.labels import ACTION_LABELS, N_CHANNELS, N_SEGMENTS, N_SLOTS, N_TONES
+from simulate.world import E_CLICK_TONE, E_OPEN_CHANNEL, E_OPEN_SLOT
+
+SPLITS = [int(k) for k in NVEC]
+
+
+class NotExportable(ValueError):
+    """The policy has no stateless deterministic action over the 19 per-component scores."""
+
+
+def _decide(logits: torch.Tensor, rule: str) -> torch.Tensor:
+    """Deterministic (slot, tone, channel, content) from per-component scores, no masks."""
+    slot, tone, channel, content = torch.split(logits, SPLITS, dim=1)
+    best_slot = 1 + torch.argmax(slot[:, 1:], dim=1)
+    others = [torch.argmax(t, dim=1) for t in (tone, channel, content)]
+    if rule == "log_probs":  # send when P(send) = 1 - P(no send) beats P(no send)
+        send = torch.exp(slot[:, 0]) < 0.5
+    else:  # additive scores: the best send's total against no-send's 0
+        total = slot.gather(1, best_slot[:, None])[:, 0] + sum(t.max(dim=1).values for t in (tone, channel, content))
+        send = total > 0
+    zero = torch.zeros_like(best_slot)
+    # no-send is (0, 0, 0, 0), as in the flat view: the other components mean nothing then
+    return torch.stack([torch.where(send, part, zero) for part in (best_slot, *others)], dim=1)
+
+
+class SB3Graph(nn.Module):
+    """Scaling, the actor network and per-component log-softmax of an on-policy SB3 agent."""
+
+    rule = "log_probs"
+
+    def __init__(self, policy: Any) -> None:
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("scale", torch.as_tensor(1.0 / OBS_HIGH, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor):
+        features = self.policy.extract_features(obs * self.scale, self.policy.pi_features_extractor)
+        raw = self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
+        logits = torch.cat([torch.log_softmax(part, dim=1) for part in torch.split(raw, SPLITS, dim=1)], dim=1)
+        return _decide(logits, self.rule), logits
+
+
+class BanditGraph(nn.Module):
+    """A linear bandit's score, additive over action components: no-send 0, a send the sum of
+    its components' scores (the send flag is folded into the slot scores)."""
+
+    rule = "additive"
+
+    def __init__(self, bandit: LinearBandit) -> None:
+        super().__init__()
+        theta = bandit.theta[:N_CONTEXT * N_ACTION_FEATURES].reshape(N_CONTEXT, N_ACTION_FEATURES)
+        self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor):
+        e = I_ENGAGEMENT
+        one = torch.ones_like(obs[:, :1])
+        context = torch.cat([
+            one, obs[:, I_GOAL:I_GOAL + N_SEGMENTS], obs[:, I_RISK:I_RISK + 1],
+            torch.clamp(obs[:, I_RECENCY:I_RECENCY + 1], max=14.0) / 14.0,
+            obs[:, I_SENT_7D:I_SENT_7D + N_CHANNELS].sum(dim=1, keepdim=True) / 5.0,
+            obs[:, I_STRESS:I_STRESS + 1], obs[:, I_WEEKDAY + 5:I_WEEKDAY + 7].sum(dim=1, keepdim=True),
+            obs[:, e + E_OPEN_SLOT:e + E_CLICK_TONE], obs[:, e + E_OPEN_CHANNEL:e + E_OPEN_CHANNEL + N_CHANNELS],
+            obs[:, e + E_CLICK_TONE:e + E_CLICK_TONE + N_TONES], obs[:, I_TIER + 3:I_TIER + 4], obs[:, I_TIER:I_TIER + 1],
+        ], dim=1)
+        s = context @ self.theta  # (N, 19): send flag, slots, tones, channels, contents
+        slot = torch.cat([torch.zeros_like(s[:, :1]), s[:, :1] + s[:, 1:1 + N_SLOTS]], dim=1)
+        logits = torch.cat([slot, s[:, 1 + N_SLOTS:]], dim=1)
+        return _decide(logits, self.rule), logits
+
+
+def graph_for(policy: Policy) -> nn.Module:
+    """The exportable module of ``policy`` or :class:`NotExportable` saying why not."""
+    if isinstance(policy, LinearBandit):
+        if policy.recovering:
+            raise NotExportable("the recovering bandit keeps per-client memory of past sends; it has no "
+                                "stateless ONNX form")
+        return BanditGraph(policy)
+    model = getattr(policy, "model", None)
+    if model is not None:
+        from stable_baselines3 import DQN
+
+        if isinstance(model, DQN):
+            raise NotExportable("DQN scores the 361 joint actions; its Q-values do not factor into the 19 "
+                                "per-component scores the export contract gives")
+        return SB3Graph(model.policy)
+    raise NotExportable(f"{policy.name} has no trained network or linear model to export")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("cadence-rl", "numpy", "torch", "onnx", "onnxruntime", "stable-baselines3", "gymnasium", "mlflow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def export_policy(policy: Policy, out: str | Path, guardrails: GuardrailConfig | None = None,
+                  run_id: str | None = None, metrics: dict[str, float] | None = None) -> Path:
+    """Write ``policy.onnx`` and ``manifest.json`` into ``out``; returns ``out``.
+
+    The ONNX file is written first and the manifest (holding its SHA-256) last, each atomically,
+    so a reader never sees a half file and never a manifest without its model.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    graph = graph_for(policy).eval()
+    example = torch.zeros((2, len(FEATURE_NAMES)), dtype=torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_tmp = Path(tmp) / ONNX_FILE
+        torch.onnx.export(graph, (example,), str(onnx_tmp), input_names=["obs"], output_names=["action", "logits"],
+                          dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+        _atomic_write(out / ONNX_FILE, onnx_tmp.read_bytes())
+    g = guardrails or GuardrailConfig()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "agent": policy.name,
+        "score_rule": graph.rule,
+        "feature_names": list(FEATURE_NAMES),
+        "feature_low": [0.0] * len(FEATURE_NAMES),
+        "feature_high": [float(h) for h in OBS_HIGH],
+        "nvec": [int(k) for k in NVEC],
+        "action_labels": {k: list(v) for k, v in ACTION_LABELS.items()},
+        "mask_rules": {"quiet_hours": {k: list(v) for k, v in g.quiet_hours.items()}, "max_per_week": g.max_per_week,
+                       "channel_caps": dict(g.channel_caps), "content_min_tier": dict(g.content_min_tier)},
+        "review_rules": {"tones": ["urgent", "opportunity"], "goals": ["saver_debt", "retirement"],
+                         "loss_contents": ["market_update"]},
+        "training_run_id": run_id,
+        "metrics": {k: float(v) for k, v in (metrics or {}).items() if np.isfinite(v)},
+        "package_versions": package_versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "onnx_sha256": sha256(out / ONNX_FILE),
+    }
+    _atomic_write(out / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
+    return out
