@@ -45,12 +45,16 @@ class Guards:
         """(opted_out (N,3), messages per channel in 7 days (N,3), consent tier (N,)) from features."""
         return x[:, self.i_opted] > 0.5, np.rint(x[:, self.i_sent]).astype(np.int64), np.argmax(x[:, self.i_tier], axis=1)
 
-    def joint_mask(self, x: np.ndarray) -> np.ndarray:
-        """(N, 361) True where the flat action is allowed; no-send always is."""
+    def allowed_parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rules in factored form: (N, slots, channels) allowed pairs and (N, contents) allowed
+        contents; every tone is allowed. A send is allowed iff its (slot, channel) and content are."""
         opted, sent, tier = self.inputs(x)
         channel_ok = ~opted & (sent < self.channel_cap[None, :]) & (sent.sum(axis=1) < self.max_per_week)[:, None]
-        slot_channel = channel_ok[:, None, :] & ~self.quiet[None, :, :]
-        content_ok = tier[:, None] >= self.content_min_tier[None, :]
+        return channel_ok[:, None, :] & ~self.quiet[None, :, :], tier[:, None] >= self.content_min_tier[None, :]
+
+    def joint_mask(self, x: np.ndarray) -> np.ndarray:
+        """(N, 361) True where the flat action is allowed; no-send always is."""
+        slot_channel, content_ok = self.allowed_parts(x)
         n = len(x)
         joint = slot_channel[:, :, None, :, None] & content_ok[:, None, None, None, :]
         joint = np.broadcast_to(joint, (n, len(self.slots), len(self.tones), len(self.channels),

@@ -77,6 +77,7 @@ class PolicyRuntime:
         offsets = np.concatenate([[0], np.cumsum(self.nvec)[:-1]])
         self._columns = self.guards.joint_actions + offsets[None, :]
         self._groups = self._feature_groups()
+        self._labels = {k: np.array(v, dtype=object) for k, v in self.labels.items()}
 
     @classmethod
     def load(cls, directory: str | Path, threads: int = 1) -> PolicyRuntime:
@@ -160,47 +161,69 @@ class PolicyRuntime:
         joint[:, 0] = logits[:, 0]
         return joint
 
-    def choose(self, joint: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(flat action (N,), its probability among allowed actions (N,))."""
-        scores = np.where(mask, joint, -np.inf)
-        top = scores.max(axis=1, keepdims=True)
-        weights = np.exp(scores - top)
-        best_send = 1 + scores[:, 1:].argmax(axis=1)
-        if self.score_rule == "log_probs":  # send when the allowed sends together beat no-send
-            flat = np.where(weights[:, 1:].sum(axis=1) > weights[:, 0], best_send, 0)
-        else:  # additive scores: the best allowed action, no-send scoring 0
-            flat = scores.argmax(axis=1)
-        rows = np.arange(len(flat))
-        return flat, weights[rows, flat] / weights.sum(axis=1)
+    def choose(self, logits: np.ndarray, x: np.ndarray, guarded: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) best allowed actions and their probabilities among the allowed actions.
+
+        Works on the factored rules (allowed slot-channel pairs, allowed contents, every tone),
+        so it never builds the 361 joint actions: the best allowed send is the best allowed pair
+        plus the best tone plus the best allowed content, and the total weight of the allowed
+        sends is the product of the three parts' sums. ``log_probs`` rule: send when the allowed
+        sends together are likelier than no-send; ``additive``: when the best send beats it.
+        """
+        n, (s, t, c, _k) = len(x), self.nvec
+        slot, tone = logits[:, 1:s], logits[:, s:s + t]
+        channel, content = logits[:, s + t:s + t + c], logits[:, s + t + c:]
+        if guarded:
+            pairs_ok, content_ok = self.guards.allowed_parts(x)
+        else:
+            pairs_ok, content_ok = np.ones((n, s - 1, c), dtype=bool), np.ones((n, len(content[0])), dtype=bool)
+        pair = np.where(pairs_ok, slot[:, :, None] + channel[:, None, :], -np.inf).reshape(n, -1)
+        content = np.where(content_ok, content, -np.inf)
+        best_pair, best_tone, best_content = pair.argmax(axis=1), tone.argmax(axis=1), content.argmax(axis=1)
+        rows = np.arange(n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            best_send = pair[rows, best_pair] + tone[rows, best_tone] + content[rows, best_content]
+            all_sends = _logsumexp(pair) + _logsumexp(tone) + _logsumexp(content)
+        no_send = logits[:, 0]
+        deciding = all_sends if self.score_rule == "log_probs" else best_send
+        send = np.isfinite(best_send) & (deciding > no_send)
+        actions = np.zeros((n, 4), dtype=np.int64)
+        actions[send] = np.stack([1 + best_pair // c, best_tone, best_pair % c, best_content], axis=1)[send]
+        chosen = np.where(send, best_send, no_send)
+        return actions, np.exp(chosen - np.logaddexp(no_send, all_sends))
 
     def decide(self, features: Any, explain: bool = True) -> Decisions:
         """One decision per row of ``features`` (see :class:`Decisions`)."""
         x = self.validate(features)
         logits = self.logits(x)
-        joint = self.joint_scores(logits)
-        mask = self.guards.joint_mask(x)
-        flat, probability = self.choose(joint, mask)
-        actions = self.guards.joint_actions[flat]
+        actions, probability = self.choose(logits, x)
+        send = actions[:, 0] > 0
         reasons: list[list[str]] = [[] for _ in range(len(x))]
         if explain:
-            wanted, _ = self.choose(joint, np.ones_like(mask))
-            for i, why in enumerate(self.guards.blocked_reason(x, self.guards.joint_actions[wanted])):
-                if why and wanted[i] != flat[i]:
+            wanted, _ = self.choose(logits, x, guarded=False)
+            changed = (wanted != actions).any(axis=1)
+            for i, why in enumerate(self.guards.blocked_reason(x, wanted)):
+                if why and changed[i]:
                     reasons[i].append(why)
-            for i, text in enumerate(self._explain(x, joint, flat)):
+            for i, text in enumerate(self._explain(x, logits, actions)):
                 reasons[i][:0] = text
-        slot_labels = self.labels["slot"]
-        send = actions[:, 0] > 0
+        none = np.array([None], dtype=object)
         return Decisions(
             action=actions,
-            slot=[slot_labels[s] for s in actions[:, 0]],
-            tone=[self.labels["tone"][t] if s else None for s, t in zip(send, actions[:, 1], strict=True)],
-            channel=[self.labels["channel"][c] if s else None for s, c in zip(send, actions[:, 2], strict=True)],
-            content=[self.labels["content"][k] if s else None for s, k in zip(send, actions[:, 3], strict=True)],
+            slot=self._labels["slot"][actions[:, 0]].tolist(),
+            tone=np.where(send, self._labels["tone"][actions[:, 1]], none).tolist(),
+            channel=np.where(send, self._labels["channel"][actions[:, 2]], none).tolist(),
+            content=np.where(send, self._labels["content"][actions[:, 3]], none).tolist(),
             probability=probability,
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
         )
+
+    def action_scores(self, logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """(N,) score of each given action: its components' sum, or the no-send entry."""
+        offsets = np.concatenate([[0], np.cumsum(self.nvec)[:-1]])
+        send = logits[np.arange(len(logits))[:, None], actions + offsets[None, :]].sum(axis=1)
+        return np.where(actions[:, 0] > 0, send, logits[:, 0])
 
     # ----- reasons ------------------------------------------------------------------------
     def _feature_groups(self) -> list[tuple[str, np.ndarray]]:
@@ -210,15 +233,15 @@ class PolicyRuntime:
                     ("risk", "declared_risk"), ("market", "market_stress"), ("engagement", "ema_"))
         return [(g, np.array([i for i, n in enumerate(names) if n.startswith(p)])) for g, p in prefixes]
 
-    def _explain(self, x: np.ndarray, joint: np.ndarray, flat: np.ndarray) -> list[list[str]]:
+    def _explain(self, x: np.ndarray, logits: np.ndarray, actions: np.ndarray) -> list[list[str]]:
         """The two feature groups whose absence would lower the chosen action's score most."""
-        n = len(x)
-        occluded = np.repeat(x[None], len(self._groups), axis=0)
+        n, groups = len(x), len(self._groups)
+        occluded = np.repeat(x[None], groups, axis=0)
         for g, (_, cols) in enumerate(self._groups):
             occluded[g][:, cols] = 0.0
-        scores = self.joint_scores(self.logits(occluded.reshape(-1, x.shape[1]))).reshape(len(self._groups), n, -1)
-        rows = np.arange(n)
-        push = joint[rows, flat][None, :] - scores[:, rows, flat]  # (groups, N)
+        without = self.logits(occluded.reshape(-1, x.shape[1]))
+        scores = self.action_scores(without, np.tile(actions, (groups, 1))).reshape(groups, n)
+        push = self.action_scores(logits, actions)[None, :] - scores  # (groups, N)
         out = []
         for i in range(n):
             order = np.argsort(-push[:, i])[:2]
@@ -246,6 +269,13 @@ class PolicyRuntime:
         if group == "market":
             return f"market stress {v['market_stress']:.2f}"
         return "past engagement with these channels, times and tones"
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp; -inf for a row with nothing allowed."""
+    top = a.max(axis=1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    return np.log(np.exp(a - safe[:, None]).sum(axis=1)) + safe
 
 
 def _numeric(values: Any) -> bool:

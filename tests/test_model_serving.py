@@ -1,0 +1,80 @@
+"""End to end: train, export with promote=true, `mlflow models serve` on loopback, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_served_champion_answers_http_requests(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT),
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+    def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    cli(str(ROOT / "train.py"), "agent=linucb", "trainer.total_timesteps=4000", "env.num_clients=100",
+        "eval.num_clients=100", "eval.num_seeds=1", "eval.n_boot=20", "trainer.progress=false")
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    run_id = mlflow.search_runs(experiment_names=["cadence"]).run_id[0]
+    cli(str(ROOT / "export.py"), f"run_id={run_id}", f"out={tmp_path / 'export'}", "promote=true")
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {"policy.onnx", "manifest.json"}
+    version = mlflow.MlflowClient().get_model_version_by_alias("cadence-policy", "champion")
+    assert version.run_id == run_id
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/cadence-policy@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        sys.path.insert(0, str(ROOT))
+        from export import example_input
+        from serve.runtime import PolicyRuntime
+
+        frame = example_input(PolicyRuntime.load(tmp_path / "export"), rows=4)
+        frame.loc[1, "opted_out_email"] = 1.0
+
+        def post(df):
+            body = json.dumps({"dataframe_split": df.to_dict(orient="split")}).encode()
+            request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
+        answer = post(frame)["predictions"]
+        assert len(answer) == 4
+        for row in answer:
+            assert set(row) == {"slot", "tone", "channel", "content", "probability", "reasons", "needs_review"}
+        assert answer[1]["channel"] != "email"  # the opted-out channel is never used
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            post(frame.drop(columns=["market_stress"]))
+        assert 400 <= bad.value.code < 500
+        assert "market_stress" in bad.value.read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
