@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.base import best_additive
 from agents.config import AgentConfig
 from envs.features import (
     I_ENGAGEMENT,
@@ -137,8 +138,19 @@ class LinearBandit:
         return self.mean_scores(obs)
 
     # ----- Policy protocol ---------------------------------------------------------------
+    def component_scores(self, obs: np.ndarray) -> np.ndarray:
+        """(N, 19) the mean score split over components (no-send 0, the send flag folded into
+        the slots): a send's score is the sum of its four components' (no recovery terms)."""
+        s = client_context(obs) @ self._theta_matrix()
+        out = np.zeros((len(obs), 19))
+        out[:, 1:1 + N_SLOTS] = s[:, :1] + s[:, 1:1 + N_SLOTS]
+        out[:, 1 + N_SLOTS:] = s[:, 1 + N_SLOTS:]
+        return out
+
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """(N, 4) actions: the best allowed action by the exploration (or, if deterministic, mean) score."""
+        if self.deterministic and not self.recovering:  # additive scores: no 361-action table needed
+            return best_additive(self.component_scores(obs), masks)
         scores = self.mean_scores(obs) if self.deterministic else self.exploration_scores(obs)
         scores = np.where(masks, scores, -np.inf)
         flat = scores.argmax(axis=1)

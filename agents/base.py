@@ -51,3 +51,78 @@ def in_chunks(act_rows, obs: np.ndarray, masks: np.ndarray, size: int = CHUNK) -
     if len(obs) <= size:
         return act_rows(obs, masks)
     return np.concatenate([act_rows(obs[i:i + size], masks[i:i + size]) for i in range(0, len(obs), size)])
+
+
+def factor_masks(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split (N, 361) joint masks into (N, slots, channels) allowed pairs, (N, tones) and
+    (N, contents) allowed parts, plus (N,) rows where the joint mask *is* their product (for
+    the guardrails of ``envs.masks`` it always is; other rows need the joint table).
+
+    Reads the first tone's slice and one allowed send's lines, not the whole table, then checks
+    the product against the count of allowed sends.
+    """
+    n = len(masks)
+    sends = masks[:, 1:].reshape(n, 6, 5, 3, 4)
+    first_tone = sends[:, :, 0]  # (N, slots, channels, contents)
+    pairs = first_tone.any(axis=3)
+    contents = first_tone.any(axis=(1, 2))
+    rows = np.arange(n)
+    pair = pairs.reshape(n, -1).argmax(axis=1)
+    tones = sends[rows, pair // 3, :, pair % 3, contents.argmax(axis=1)]
+    product = pairs.sum(axis=(1, 2)) * tones.sum(axis=1) * contents.sum(axis=1)
+    exact = product == np.count_nonzero(masks[:, 1:], axis=1)
+    return pairs, tones, contents, exact
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(a - safe[:, None]).sum(axis=1)) + safe
+
+
+def best_factored(scores: np.ndarray, masks: np.ndarray, rule: str) -> np.ndarray:
+    """(N, 4) deterministic allowed action from (N, 19) per-component scores, without the
+    361-action table: the best allowed send is the best allowed (slot, channel) pair plus the
+    best tone plus the best allowed content.
+
+    ``rule="additive"`` (linear bandits: a send scores the sum of its components, no-send 0):
+    send when the best send beats no-send. ``rule="log_probs"`` (SB3: per-component log-probs,
+    no-send scores log p(slot 0)): send when the allowed sends together are likelier than
+    no-send. Rows whose mask is not a product fall back to the joint table.
+    """
+    n = len(scores)
+    pairs, tones, contents, exact = factor_masks(masks)
+    slot, tone, channel, content = scores[:, 1:7], scores[:, 7:12], scores[:, 12:15], scores[:, 15:19]
+    pair = np.where(pairs, slot[:, :, None] + channel[:, None, :], -np.inf).reshape(n, -1)
+    tone = np.where(tones, tone, -np.inf)
+    content = np.where(contents, content, -np.inf)
+    bp, bt, bk = pair.argmax(axis=1), tone.argmax(axis=1), content.argmax(axis=1)
+    rows = np.arange(n)
+    with np.errstate(invalid="ignore"):
+        best = pair[rows, bp] + tone[rows, bt] + content[rows, bk]
+        deciding = best if rule == "additive" else _logsumexp(pair) + _logsumexp(tone) + _logsumexp(content)
+    no_send = np.zeros(n) if rule == "additive" else scores[:, 0]
+    send = np.isfinite(best) & (deciding > no_send)
+    actions = np.zeros((n, 4), dtype=np.int64)
+    actions[send] = np.stack([1 + bp // 3, bt, bp % 3, bk], axis=1)[send]
+    slow = np.flatnonzero(~exact)
+    if slow.size:
+        joint = scores[slow][:, _COLUMNS].sum(axis=2)
+        joint[:, 0] = no_send[slow]
+        allowed = np.where(masks[slow], joint, -np.inf)
+        if rule == "additive":
+            actions[slow] = JOINT_ACTIONS[allowed.argmax(axis=1)]
+        else:
+            weights = np.exp(allowed - allowed.max(axis=1, keepdims=True))
+            go = weights[:, 1:].sum(axis=1) > weights[:, 0]
+            actions[slow] = JOINT_ACTIONS[np.where(go, 1 + allowed[:, 1:].argmax(axis=1), 0)]
+    return actions
+
+
+def best_additive(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """:func:`best_factored` with the additive rule (linear bandits)."""
+    return best_factored(scores, masks, "additive")
+
+
+_COLUMNS = JOINT_ACTIONS + np.array([0, 7, 12, 15])[None, :]

@@ -17,7 +17,7 @@ AGENTS = (*SB3_AGENTS, *BANDITS, *HEURISTIC_AGENTS, "oracle")
 class AgentConfig:
     """Hyperparameters of every agent kind; each agent reads the fields that concern it."""
 
-    name: str = "maskable_ppo"
+    name: str = "ppo_lagrangian"
     """which agent: one of ``agents.config.AGENTS``"""
     # --- SB3 (ppo, a2c, maskable_ppo, ppo_lagrangian; dqn where marked) ---
     learning_rate: float = num(1e-3, 1e-7, 1.0)

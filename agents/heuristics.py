@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.base import first_allowed, flat
+from agents.base import factor_masks, first_allowed, flat
 from envs.features import I_GOAL, I_RISK, I_WEEKDAY
 from envs.spaces import JOINT_ACTIONS
 from simulate.labels import CHANNELS, CONTENTS, N_SEGMENTS, SLOT_KEYS, TONES
@@ -25,6 +25,11 @@ def _with_channel_fallback(slot, tone, content, send: np.ndarray, masks: np.ndar
     return actions
 
 
+def _nth_true(allowed: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Column of the ``rank``-th True in each row of ``allowed`` (0 where the row has none)."""
+    return (np.cumsum(allowed, axis=1) > rank[:, None]).argmax(axis=1)
+
+
 class NoSend:
     """Never messages anyone: the zero point of ``eval/normalized_value``."""
 
@@ -43,8 +48,24 @@ class RandomPolicy:
         self.rng = np.random.default_rng(seed)
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        scores = self.rng.random(masks.shape) * masks
-        return JOINT_ACTIONS[scores.argmax(axis=1)]
+        pairs, tones, contents, exact = factor_masks(masks)
+        n = len(obs)
+        counts = (pairs.sum(axis=(1, 2)) * tones.sum(axis=1) * contents.sum(axis=1)).astype(np.int64)
+        pick = np.floor(self.rng.random(n) * (counts + 1)).astype(np.int64)  # 0 = no-send
+        send = (pick > 0) & exact
+        k = np.maximum(pick - 1, 0)
+        n_tones, n_contents = tones.sum(axis=1), np.maximum(contents.sum(axis=1), 1)
+        content_rank, rest = k % n_contents, k // n_contents
+        tone_rank, pair_rank = rest % np.maximum(n_tones, 1), rest // np.maximum(n_tones, 1)
+        pair = _nth_true(pairs.reshape(n, -1), pair_rank)
+        actions = np.zeros((n, 4), dtype=np.int64)
+        chosen = np.stack([1 + pair // 3, _nth_true(tones, tone_rank), pair % 3, _nth_true(contents, content_rank)], axis=1)
+        actions[send] = chosen[send]
+        slow = np.flatnonzero(~exact)  # a mask that is not a product: sample the joint table
+        if slow.size:
+            scores = self.rng.random((slow.size, masks.shape[1])) * masks[slow]
+            actions[slow] = JOINT_ACTIONS[scores.argmax(axis=1)]
+        return actions
 
 
 class BatchAndBlast:

@@ -20,7 +20,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
-from agents.base import in_chunks
+from agents.base import best_factored, in_chunks
 from agents.config import AgentConfig
 from envs.config import Setup
 from envs.features import OBS_HIGH
@@ -183,8 +183,9 @@ class SB3Policy:
         return joint
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        return in_chunks(lambda o, m: JOINT_ACTIONS[choose_flat(self.joint_scores(o), m, self.flat_view)],
-                         obs, masks)
+        if self.flat_view:
+            return in_chunks(lambda o, m: JOINT_ACTIONS[choose_flat(self.joint_scores(o), m, True)], obs, masks)
+        return in_chunks(lambda o, m: best_factored(self.scores(o).astype(np.float64), m, "log_probs"), obs, masks)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path).with_suffix(".zip")

@@ -41,7 +41,7 @@ def test_every_config_in_conf_composes(group):
 
 def test_default_config_is_the_documented_default():
     run, setup = validate_run(_compose([]))
-    assert (run.agent.name, run.reward.name, run.scenario.name) == ("ppo", "balanced", "calm")
+    assert (run.agent.name, run.reward.name, run.scenario.name) == ("ppo_lagrangian", "balanced", "calm")
     assert setup.env.num_clients == 256 and setup.env.horizon_days == 90
 
 
