@@ -79,11 +79,15 @@ def joint_mask(rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier
     sc = slot_channel_allowed(rules, opted_out, counts)
     ct = content_allowed(rules, tier)
     n = sc.shape[0]
-    joint = sc[:, :, None, :, None] & ct[:, None, None, None, :]
-    joint = np.broadcast_to(joint, (n, N_SLOTS, N_TONES, N_CHANNELS, N_CONTENTS)).reshape(n, -1)
-    out = np.ones((n, N_JOINT_ACTIONS), dtype=bool)
-    out[:, 1:] = joint
-    return out
+    # Few distinct (pairs, contents) patterns exist: build each once, then copy rows (fast).
+    bits = np.concatenate([sc.reshape(n, -1), ct], axis=1)
+    key = bits @ (np.int64(1) << np.arange(bits.shape[1], dtype=np.int64))
+    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    m = len(unique)
+    table = np.ones((m, N_JOINT_ACTIONS), dtype=bool)
+    sends = sc[first][:, :, None, :, None] & ct[first][:, None, None, None, :]
+    table[:, 1:] = np.broadcast_to(sends, (m, N_SLOTS, N_TONES, N_CHANNELS, N_CONTENTS)).reshape(m, -1)
+    return table[inverse.reshape(-1)]
 
 
 def component_masks(rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray) -> np.ndarray:
