@@ -58,17 +58,19 @@ def factor_masks(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     (N, contents) allowed parts, plus (N,) rows where the joint mask *is* their product (for
     the guardrails of ``envs.masks`` it always is; other rows need the joint table).
 
-    Reads the first tone's slice and one allowed send's lines, not the whole table, then checks
-    the product against the count of allowed sends.
+    Reads each (slot, tone, channel)'s four content entries as one word, then checks the
+    product of the parts against the count of allowed sends.
     """
     n = len(masks)
-    sends = masks[:, 1:].reshape(n, 6, 5, 3, 4)
-    first_tone = sends[:, :, 0]  # (N, slots, channels, contents)
-    pairs = first_tone.any(axis=3)
-    contents = first_tone.any(axis=(1, 2))
+    # each (slot, tone, channel) holds 4 content entries: read them as one 32-bit word
+    words = np.ascontiguousarray(masks[:, 1:]).view(np.uint32).reshape(n, 6, 5, 3) != 0
     rows = np.arange(n)
+    pairs = words.any(axis=2)
     pair = pairs.reshape(n, -1).argmax(axis=1)
-    tones = sends[rows, pair // 3, :, pair % 3, contents.argmax(axis=1)]
+    tones = words[rows, pair // 3, :, pair % 3]
+    tone = tones.argmax(axis=1)
+    start = 1 + ((pair // 3 * 5 + tone) * 3 + pair % 3) * 4
+    contents = masks[rows[:, None], start[:, None] + np.arange(4)[None, :]]
     product = pairs.sum(axis=(1, 2)) * tones.sum(axis=1) * contents.sum(axis=1)
     exact = product == np.count_nonzero(masks[:, 1:], axis=1)
     return pairs, tones, contents, exact
