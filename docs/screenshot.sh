@@ -11,5 +11,5 @@ for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && br
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --hide-scrollbars \
   --window-size=1700,1000 --virtual-time-budget=20000 --screenshot="$PWD/docs/mlflow_ui.png" \
-  "http://127.0.0.1:$PORT/${1:-#/experiments/1}"
+  "http://127.0.0.1:$PORT/${1:-#/experiments/1/runs?orderByKey=metrics.%60eval%2Fnormalized_value%60&orderByAsc=false}"
 echo "wrote docs/mlflow_ui.png"
