@@ -9,6 +9,7 @@ briefly: only their acting cost matters here). Prints the time per policy and in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,13 +20,14 @@ from agents.config import AgentConfig  # noqa: E402
 from agents.heuristics import HEURISTICS  # noqa: E402
 from agents.registry import train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
-from evaluation.rollout import rollout  # noqa: E402
+from evaluation.rollout import evaluate, rollout  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the parallel run")
     args = parser.parse_args()
     setup = load_setup()
     policies = [cls(0) if name == "random" else cls() for name, cls in HEURISTICS.items()]
@@ -39,7 +41,10 @@ def main() -> int:
         took = time.perf_counter() - start
         total += took
         print(f"| {policy.name} | {took:.1f} |", flush=True)
-    print(f"| **all {len(policies)}** | **{total:.1f}** |")
+    print(f"| **all {len(policies)}, one after another** | **{total:.1f}** |")
+    start = time.perf_counter()
+    evaluate(policies, setup, args.clients, args.days, seeds=(1000,), progress=False, workers=args.workers)
+    print(f"| **all {len(policies)}, {args.workers} worker processes** | **{time.perf_counter() - start:.1f}** |")
     return 0
 
 

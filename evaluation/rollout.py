@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,12 +93,39 @@ def rollout(policy: Policy, setup: Setup, num_clients: int, horizon_days: int, s
                    vulnerable, horizon_days, cadence, t.segment.copy(), tone_by_segment, alive_by_day)
 
 
+_FORKED: tuple | None = None  # (policies, setup, num_clients, horizon_days) shared with forked workers
+
+
+def _forked_rollout(job: tuple[int, int]) -> Rollout:
+    policies, setup, num_clients, horizon_days = _FORKED
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    seed, index = job
+    return rollout(policies[index], setup, num_clients, horizon_days, seed)
+
+
 def evaluate(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, horizon_days: int = 90,
-             seeds: Sequence[int] = (1000, 1001, 1002), progress: bool = True) -> list[Rollout]:
+             seeds: Sequence[int] = (1000, 1001, 1002), progress: bool = True, workers: int = 1) -> list[Rollout]:
     """Roll every policy out on the same clients for each seed (common random numbers).
 
     Shows a progress bar over (seed, policy) pairs on a terminal when ``progress`` is set.
     """
+    if workers > 1 and hasattr(os, "fork"):
+        # each (seed, policy) rollout is independent: run them in forked processes (one per core)
+        global _FORKED
+        _FORKED = (list(policies), setup, num_clients, horizon_days)
+        jobs = [(seed, i) for seed in seeds for i in range(len(policies))]
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                results = pool.imap(_forked_rollout, jobs)
+                return list(tqdm(results, total=len(jobs), desc="evaluating", unit="rollout",
+                                 disable=None if progress else True))
+        finally:
+            _FORKED = None
     out = []
     jobs = [(seed, policy) for seed in seeds for policy in policies]
     with tqdm(jobs, desc="evaluating", unit="rollout", disable=None if progress else True) as bar:
