@@ -113,6 +113,8 @@ def evaluate(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, 
     """Roll every policy out on the same clients for each seed (common random numbers).
 
     Shows a progress bar over (seed, policy) pairs on a terminal when ``progress`` is set.
+    ``workers > 1`` runs the rollouts in forked processes; each starts from the policy as it is
+    now, so a policy with internal randomness (``random``) draws differently than in one process.
     """
     if workers > 1 and hasattr(os, "fork"):
         # each (seed, policy) rollout is independent: run them in forked processes (one per core)
