@@ -74,8 +74,6 @@ class PolicyRuntime:
         self.labels = manifest["action_labels"]
         self.score_rule: str = manifest["score_rule"]
         self.guards = Guards(manifest)
-        offsets = np.concatenate([[0], np.cumsum(self.nvec)[:-1]])
-        self._columns = self.guards.joint_actions + offsets[None, :]
         self._groups = self._feature_groups()
         self._labels = {k: np.array(v, dtype=object) for k, v in self.labels.items()}
 
@@ -154,12 +152,6 @@ class PolicyRuntime:
     def logits(self, x: np.ndarray) -> np.ndarray:
         """(N, 19) per-component scores from the network."""
         return self.session.run(["logits"], {"obs": x})[0]
-
-    def joint_scores(self, logits: np.ndarray) -> np.ndarray:
-        """(N, 361): a send scores the sum of its components; no-send scores its slot entry."""
-        joint = logits[:, self._columns].sum(axis=2)
-        joint[:, 0] = logits[:, 0]
-        return joint
 
     def choose(self, logits: np.ndarray, x: np.ndarray, guarded: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(N, 4) best allowed actions and their probabilities among the allowed actions.
