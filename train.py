@@ -33,7 +33,6 @@ from evaluation.compare import Comparison, compare, markdown_table
 from experiment import plots
 from experiment.schema import RunConfig, register, validate_run
 from experiment.tracking import flatten, git_commit, setup_mlflow, sweep_id, sweep_parent
-from simulate.config import ConfigError
 
 register()
 
@@ -107,51 +106,60 @@ def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
         pass
     name = f"{run.agent.name}-{run.reward.name}-{run.scenario.name}-s{run.seed}"
     with mlflow.start_run(run_id=run.resume, run_name=None if run.resume else name, tags=tags) as active:
-        run_id = active.info.run_id
-        if not run.resume:
-            mlflow.log_params(flatten(cfg))
-        work = Path(tempfile.mkdtemp(prefix="cadence-"))
-        (work / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        mlflow.log_artifact(str(work / "config.yaml"))
-        history: list[tuple[int, dict[str, float]]] = []
+        try:
+            return _train_in_run(cfg, run, setup, active, name)
+        except Exception as error:
+            error.cadence_run_failed = True  # MLflow marks this run FAILED; no second record needed
+            raise
 
-        def hook(step: int, values: dict[str, float]) -> None:
-            values = {k: v for k, v in values.items() if math.isfinite(v)}
-            history.append((step, values))
-            mlflow.log_metrics(values, step=step)
 
-        def checkpoint(model: Any, step: int) -> None:
-            path = work / "checkpoints" / "latest.zip"
-            path.parent.mkdir(exist_ok=True)
-            model.save(path)
-            mlflow.log_artifact(str(path), "checkpoints")
-            mlflow.set_tag("checkpoint_step", str(step))
+def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, name: str) -> float:
+    """The work inside the active MLflow run: train, checkpoint, evaluate, log."""
+    run_id = active.info.run_id
+    if not run.resume:
+        mlflow.log_params(flatten(cfg))
+    work = Path(tempfile.mkdtemp(prefix="cadence-"))
+    (work / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    mlflow.log_artifact(str(work / "config.yaml"))
+    history: list[tuple[int, dict[str, float]]] = []
 
-        resume_from = None
-        if run.resume:
-            resume_from = Path(mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="checkpoints/latest.zip", dst_path=str(work / "resume")))
-            say(f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days")
-        start = time.perf_counter()
-        policy = train_agent(run.agent, setup, run.trainer.total_timesteps, setup.env.num_clients, run.seed,
-                             progress=run.trainer.progress, hook=hook,
-                             checkpoint=checkpoint if run.agent.name in SB3_AGENTS else None,
-                             checkpoint_every=run.trainer.checkpoint_every, resume_from=resume_from)
-        mlflow.log_metric("train/seconds", time.perf_counter() - start)
-        mlflow.log_artifacts(str(save_policy(policy, work / "policy")), "policy")
-        curve = plots.learning_curve(history, work / "learning_curve.png")
-        if curve:
-            mlflow.log_artifact(str(curve))
-        e = run.eval
-        result = compare([policy], setup, e.num_clients, e.horizon_days, seeds=range(1000, 1000 + e.num_seeds),
-                         n_boot=e.n_boot, progress=run.trainer.progress)
-        evaluation = work / "evaluation"
-        evaluation.mkdir()
-        metrics = log_comparison(result, policy.name, evaluation)
-        print(markdown_table(result, TABLE), flush=True)
-        say(f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
-                      f"eval/value {metrics['eval/value']:.3f}")
-        return float(metrics["eval/normalized_value"])
+    def hook(step: int, values: dict[str, float]) -> None:
+        values = {k: v for k, v in values.items() if math.isfinite(v)}
+        history.append((step, values))
+        mlflow.log_metrics(values, step=step)
+
+    def checkpoint(model: Any, step: int) -> None:
+        path = work / "checkpoints" / "latest.zip"
+        path.parent.mkdir(exist_ok=True)
+        model.save(path)
+        mlflow.log_artifact(str(path), "checkpoints")
+        mlflow.set_tag("checkpoint_step", str(step))
+
+    resume_from = None
+    if run.resume:
+        resume_from = Path(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="checkpoints/latest.zip", dst_path=str(work / "resume")))
+        say(f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days")
+    start = time.perf_counter()
+    policy = train_agent(run.agent, setup, run.trainer.total_timesteps, setup.env.num_clients, run.seed,
+                         progress=run.trainer.progress, hook=hook,
+                         checkpoint=checkpoint if run.agent.name in SB3_AGENTS else None,
+                         checkpoint_every=run.trainer.checkpoint_every, resume_from=resume_from)
+    mlflow.log_metric("train/seconds", time.perf_counter() - start)
+    mlflow.log_artifacts(str(save_policy(policy, work / "policy")), "policy")
+    curve = plots.learning_curve(history, work / "learning_curve.png")
+    if curve:
+        mlflow.log_artifact(str(curve))
+    e = run.eval
+    result = compare([policy], setup, e.num_clients, e.horizon_days, seeds=range(1000, 1000 + e.num_seeds),
+                     n_boot=e.n_boot, progress=run.trainer.progress)
+    evaluation = work / "evaluation"
+    evaluation.mkdir()
+    metrics = log_comparison(result, policy.name, evaluation)
+    print(markdown_table(result, TABLE), flush=True)
+    say(f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
+                  f"eval/value {metrics['eval/value']:.3f}")
+    return float(metrics["eval/normalized_value"])
 
 
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
@@ -187,7 +195,7 @@ def main(cfg: DictConfig) -> float | None:
             raise
         # a failed job must not stop the sweep: it is recorded as a FAILED child run instead
         say(f"[red]job failed[/red] ({' '.join(HydraConfig.get().overrides.task)}): {error}")
-        if isinstance(error, ConfigError) or mlflow.active_run() is None:
+        if not getattr(error, "cadence_run_failed", False):  # failed before its run existed
             record_failure(cfg, error)
         return None
 
