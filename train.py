@@ -26,8 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from agents.config import SB3_AGENTS
-from agents.registry import save_policy, train_agent
+from agents.config import SB3_AGENTS, AgentConfig
+from agents.registry import make_policy, save_policy, train_agent
 from envs.config import Setup
 from evaluation.compare import Comparison, compare, markdown_table
 from experiment import plots
@@ -87,6 +87,25 @@ def log_comparison(result: Comparison, policy_name: str, out: Path, with_artifac
         plots.retention_curves(result.rollouts, out / "retention.png")
         mlflow.log_artifacts(str(out), "evaluation")
     return metrics
+
+
+MARGINS = ("eval/normalized_value", "eval/retention", "eval/anxious_click_share")
+"""compared with the best baseline heuristic: more value, retention no lower, anxious share no higher"""
+
+
+def log_margins(result: Comparison, policy_name: str, baselines: list[str]) -> str:
+    """Log ``eval/margin/*`` (the policy minus the best baseline, on the same clients) and tag
+    ``baseline``; returns a one-line verdict for the console."""
+    m = result.metrics
+    best = max(baselines, key=lambda b: m[b]["eval/normalized_value"][0])
+    margins = {f"eval/margin/{k.split('/', 1)[1]}": m[policy_name][k][0] - m[best][k][0] for k in MARGINS}
+    mlflow.log_metrics(margins)
+    mlflow.set_tag("baseline", best)
+    value, retention, anxious = margins.values()
+    holds = retention >= 0 and anxious <= 0
+    return (f"{policy_name} vs the best baseline {best}: normalized value {value:+.3f}, retention "
+            f"{retention:+.3f}, anxious-click share {anxious:+.3f} "
+            f"({'retention no lower and anxious share no higher' if holds else 'the guard conditions do not both hold'})")
 
 
 def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
@@ -151,12 +170,16 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
     if curve:
         mlflow.log_artifact(str(curve))
     e = run.eval
-    result = compare([policy], setup, e.num_clients, e.horizon_days, seeds=range(1000, 1000 + e.num_seeds),
-                     n_boot=e.n_boot, progress=run.trainer.progress)
+    baselines = [make_policy(AgentConfig(name=b), run.seed) for b in dict.fromkeys(e.baselines) if b != policy.name]
+    result = compare([policy, *baselines], setup, e.num_clients, e.horizon_days,
+                     seeds=range(1000, 1000 + e.num_seeds), n_boot=e.n_boot, progress=run.trainer.progress)
     evaluation = work / "evaluation"
     evaluation.mkdir()
     metrics = log_comparison(result, policy.name, evaluation)
     print(markdown_table(result, TABLE), flush=True)
+    if baselines:
+        margins = log_margins(result, policy.name, [b.name for b in baselines])
+        say(margins)
     say(f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
                   f"eval/value {metrics['eval/value']:.3f}")
     return float(metrics["eval/normalized_value"])

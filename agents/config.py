@@ -54,10 +54,12 @@ class AgentConfig:
     # --- ppo_lagrangian ---
     churn_limit: float = num(0.03, 0.0, 1.0)
     """allowed churn per episode (share of clients lost over the horizon)"""
-    anxiety_limit: float = num(0.2, 0.0, 100.0)
-    """allowed anxiety-driven clicks per client episode"""
-    multiplier_lr: float = num(2.0, 0.0, 1000.0)
-    """step size of the Lagrange multipliers per unit of constraint violation"""
+    anxiety_limit: float = num(0.02, 0.0, 100.0)
+    """allowed anxiety-driven clicks per client episode (0.02: about one client in fifty clicks
+    in fear once in 90 days; segment_rules' calm tones give about 0.03)"""
+    multiplier_lr: float = num(1.0, 0.0, 1000.0)
+    """step of the Lagrange multipliers per rollout per unit of *relative* violation
+    ((cost - limit) / limit)"""
     # --- bandits ---
     ridge: float = num(1.0, 1e-6, 1e6)
     """prior precision of the linear reward model"""

@@ -79,7 +79,12 @@ class LagrangianCosts(VecEnvWrapper):
 
 
 class LagrangeUpdate(BaseCallback):
-    """After each rollout: ``lambda <- max(0, lambda + lr * (mean episode cost - limit))``; logs all."""
+    """After each rollout: ``lambda <- max(0, lambda + lr * (mean episode cost - limit) / limit)``.
+
+    The step is the *relative* violation, so one ``lr`` suits costs of very different sizes
+    (churn is a few hundredths of a client per episode, anxious clicks a few tenths); a limit of
+    0 is treated as 0.01 in the divisor. Logs costs, limits and multipliers.
+    """
 
     def __init__(self, costs: LagrangianCosts, limits: dict[str, float], lr: float) -> None:
         super().__init__()
@@ -94,7 +99,8 @@ class LagrangeUpdate(BaseCallback):
             if not history:
                 continue
             mean = float(np.mean(history))
-            self.costs.multipliers[k] = max(0.0, self.costs.multipliers[k] + self.lr * (mean - limit))
+            step = self.lr * (mean - limit) / max(limit, 0.01)
+            self.costs.multipliers[k] = max(0.0, self.costs.multipliers[k] + step)
             self.logger.record(f"train/cost_{k}", mean)
             self.logger.record(f"train/cost_{k}_limit", limit)
             self.logger.record(f"train/lambda_{k}", self.costs.multipliers[k])

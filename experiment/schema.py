@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from agents.config import AgentConfig
+from agents.config import HEURISTIC_AGENTS, AgentConfig
 from envs.config import EnvConfig, RewardConfig, Setup, to_setup
 from simulate.config import ConfigError, PopulationConfig, ScenarioConfig, num, validate
 
@@ -41,6 +41,14 @@ class EvalConfig:
     """evaluation seeds (1000, 1001, ...)"""
     n_boot: int = num(200, 10, 100_000)
     """bootstrap replicates for the confidence intervals"""
+    baselines: list[str] = field(default_factory=lambda: ["segment_rules"])
+    """heuristics train.py evaluates beside the trained policy on the same clients; the best of
+    them (by normalized value) is the yardstick of the ``eval/margin/*`` metrics"""
+
+    def check(self, prefix: str) -> None:
+        unknown = [b for b in self.baselines if b not in HEURISTIC_AGENTS]
+        if unknown:
+            raise ConfigError(f"{prefix}.baselines must name heuristics {list(HEURISTIC_AGENTS)}, got {unknown}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import polars as pl
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -57,6 +58,7 @@ def _cli(script: str, args: list[str], tmp_path: Path, timeout: int = 600) -> su
     ("agent.learning_rate=-1", "agent.learning_rate must be >= 1e-07"),
     ("agent=sarsa", "agent"),
     ("trainer.total_timestep=10", "total_timestep"),
+    ("eval.baselines=[segment_rules,linucb]", "eval.baselines must name heuristics"),
 ])
 def test_bad_value_fails_fast_naming_the_key(override, key, tmp_path):
     done = _cli("train.py", [override], tmp_path, timeout=120)
@@ -85,6 +87,15 @@ def test_train_then_evaluate_end_to_end(tmp_path):
                    "train/reward_per_client_day"):
         assert f"metrics.{metric}" in runs.columns and row[f"metrics.{metric}"] == row[f"metrics.{metric}"], metric
     assert row["metrics.eval/guardrail_violations"] == 0
+    # the margins over the best baseline heuristic, evaluated on the same clients, agree with the table
+    assert row["tags.baseline"] == "segment_rules"
+    table = pl.read_parquet(mlflow.artifacts.download_artifacts(
+        run_id=row.run_id, artifact_path="evaluation/evaluation.parquet", dst_path=str(tmp_path / "dl")))
+    for name in ("normalized_value", "retention", "anxious_click_share"):
+        own, base = (table.filter((pl.col("policy") == p) & (pl.col("metric") == f"eval/{name}"))["estimate"][0]
+                     for p in ("epsilon_greedy", "segment_rules"))
+        assert row[f"metrics.eval/margin/{name}"] == pytest.approx(own - base)
+    assert "vs the best baseline segment_rules" in done.stdout
     for tag, value in (("agent", "epsilon_greedy"), ("reward", "balanced"), ("scenario", "calm"),
                        ("population", "default"), ("seed", "0")):
         assert row[f"tags.{tag}"] == value
