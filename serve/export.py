@@ -2,7 +2,8 @@
 
 The graph takes ``obs`` float32 [batch, obs_dim] (raw features: the scaling is inside) and
 gives ``action`` int64 [batch, 4] (the deterministic action, no masks) and ``logits`` float32
-[batch, 19] (per-component scores the runtime masks). Files are written atomically.
+[batch, 19] (per-component scores the runtime masks: each component's raw logits for SB3 agents,
+which the runtime normalises; additive scores for bandits). Files are written atomically.
 """
 
 from __future__ import annotations
@@ -50,20 +51,21 @@ class NotExportable(ValueError):
 def _decide(logits: torch.Tensor, rule: str) -> torch.Tensor:
     """Deterministic (slot, tone, channel, content) from per-component scores, no masks."""
     slot, tone, channel, content = torch.split(logits, SPLITS, dim=1)
-    best_slot = 1 + torch.argmax(slot[:, 1:], dim=1)
+    sends = slot[:, 1:]
+    best_slot = 1 + torch.argmax(sends, dim=1)
     others = [torch.argmax(t, dim=1) for t in (tone, channel, content)]
-    if rule == "log_probs":  # send when P(send) = 1 - P(no send) beats P(no send)
-        send = torch.exp(slot[:, 0]) < 0.5
+    if rule == "log_probs":  # raw logits: P(no send) < 1/2, i.e. its logit below the sends' log-sum-exp
+        send = slot[:, 0] < torch.logsumexp(sends, dim=1)
     else:  # additive scores: the best send's total against no-send's 0
-        total = slot.gather(1, best_slot[:, None])[:, 0] + sum(t.max(dim=1).values for t in (tone, channel, content))
-        send = total > 0
-    zero = torch.zeros_like(best_slot)
+        send = sends.max(dim=1).values + sum(t.max(dim=1).values for t in (tone, channel, content)) > 0
     # no-send is (0, 0, 0, 0), as in the flat view: the other components mean nothing then
-    return torch.stack([torch.where(send, part, zero) for part in (best_slot, *others)], dim=1)
+    return torch.stack([best_slot, *others], dim=1) * send[:, None].to(torch.int64)
 
 
 class SB3Graph(nn.Module):
-    """Scaling, the actor network and per-component log-softmax of an on-policy SB3 agent."""
+    """Scaling and the actor network of an on-policy SB3 agent; ``logits`` are the raw
+    per-component logits (log-probabilities up to a constant per component, which the runtime
+    removes: normalising inside the graph cost more than the network's last layer)."""
 
     rule = "log_probs"
 
@@ -75,8 +77,7 @@ class SB3Graph(nn.Module):
     def forward(self, obs: torch.Tensor):
         features = self.policy.extract_features(obs * self.scale, self.policy.pi_features_extractor)
         raw = self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
-        logits = torch.cat([torch.log_softmax(part, dim=1) for part in torch.split(raw, SPLITS, dim=1)], dim=1)
-        return _decide(logits, self.rule), logits
+        return _decide(raw, self.rule), raw
 
 
 class BanditGraph(nn.Module):

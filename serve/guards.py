@@ -45,12 +45,23 @@ class Guards:
         """(opted_out (N,3), messages per channel in 7 days (N,3), consent tier (N,)) from features."""
         return x[:, self.i_opted] > 0.5, np.rint(x[:, self.i_sent]).astype(np.int64), np.argmax(x[:, self.i_tier], axis=1)
 
+    def _channels_and_tier(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        opted, sent, tier = self.inputs(x)
+        channel_ok = ~opted & (sent < self.channel_cap[None, :]) & (sent.sum(axis=1) < self.max_per_week)[:, None]
+        return channel_ok, tier
+
     def allowed_parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rules in factored form: (N, slots, channels) allowed pairs and (N, contents) allowed
         contents; every tone is allowed. A send is allowed iff its (slot, channel) and content are."""
-        opted, sent, tier = self.inputs(x)
-        channel_ok = ~opted & (sent < self.channel_cap[None, :]) & (sent.sum(axis=1) < self.max_per_week)[:, None]
+        channel_ok, tier = self._channels_and_tier(x)
         return channel_ok[:, None, :] & ~self.quiet[None, :, :], tier[:, None] >= self.content_min_tier[None, :]
+
+    def allowed_channels_contents(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rules per client, one row per choice and one column per client: (channels, N)
+        channels open to a send today and (contents, N) allowed contents. A send is allowed iff
+        its channel and content are and its slot is not in the channel's quiet hours."""
+        channel_ok, tier = self._channels_and_tier(x)
+        return np.ascontiguousarray(channel_ok.T), tier[None, :] >= self.content_min_tier[:, None]
 
     def joint_mask(self, x: np.ndarray) -> np.ndarray:
         """(N, 361) True where the flat action is allowed; no-send always is."""

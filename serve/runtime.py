@@ -20,8 +20,8 @@ import onnxruntime as ort
 
 from serve.guards import Guards
 
-FORMAT_VERSION = 1
-"""manifest format this runtime reads"""
+FORMAT_VERSION = 2
+"""manifest format this runtime reads (2: ``log_probs`` exports give raw per-component logits)"""
 ONNX_FILE, MANIFEST_FILE = "policy.onnx", "manifest.json"
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
@@ -46,8 +46,9 @@ class Decisions:
     content: list[str | None]
     probability: np.ndarray
     """the policy's probability of the chosen action among the allowed ones"""
-    reasons: list[list[str]]
-    """why this message (features that pushed most toward it; guardrails that changed it)"""
+    reasons: list[list[str]] | list[tuple[()]]
+    """why this message (features that pushed most toward it; guardrails that changed it);
+    empty tuples when decided with ``explain=False``"""
     needs_review: np.ndarray
     """a person approves the send first (sensitive tone on a sensitive topic)"""
 
@@ -70,12 +71,19 @@ class PolicyRuntime:
         self.feature_names: list[str] = list(manifest["feature_names"])
         self.low = np.asarray(manifest["feature_low"], dtype=np.float32)
         self.high = np.asarray(manifest["feature_high"], dtype=np.float32)
+        self._low_ok, self._high_ok = self.low - 1e-6, self.high + 1e-6  # float32, as the checks below
         self.nvec = np.asarray(manifest["nvec"], dtype=np.int64)
         self.labels = manifest["action_labels"]
         self.score_rule: str = manifest["score_rule"]
         self.guards = Guards(manifest)
         self._groups = self._feature_groups()
         self._labels = {k: np.array(v, dtype=object) for k, v in self.labels.items()}
+        ends = np.cumsum(self.nvec)
+        self._bounds = list(zip((0, *ends[:-1].tolist()), ends.tolist(), strict=True))  # each component's columns
+        # slots open to each channel (not its quiet hours), ascending
+        self._open_slots = [np.flatnonzero(~self.guards.quiet[:, k]) for k in range(self.guards.quiet.shape[1])]
+        self._all_slots = [np.arange(self.guards.quiet.shape[0])] * self.guards.quiet.shape[1]
+        self._has_open_slot = np.array([len(rows) > 0 for rows in self._open_slots])
 
     @classmethod
     def load(cls, directory: str | Path, threads: int = 1) -> PolicyRuntime:
@@ -115,6 +123,12 @@ class PolicyRuntime:
     def validate(self, features: Any) -> np.ndarray:
         """(N, D) float32 features from a mapping/DataFrame with one column per feature name
         (or an (N, D) array already in ``feature_names`` order). Raises :class:`RequestError`."""
+        if (isinstance(features, np.ndarray) and features.dtype == np.float32 and features.ndim == 2
+                and features.shape[1] == len(self.feature_names) and len(features)):
+            # fast accept: NaN and infinities fail these comparisons too; anything else is
+            # checked below, which names the feature and row at fault
+            if ((features >= self._low_ok) & (features <= self._high_ok)).all():
+                return np.ascontiguousarray(features)
         if isinstance(features, np.ndarray):
             x = features
             if x.ndim != 2 or x.shape[1] != len(self.feature_names):
@@ -141,7 +155,7 @@ class PolicyRuntime:
         if not finite.all():
             row, col = np.argwhere(~finite)[0]
             raise RequestError(f"feature {self.feature_names[col]} is not finite ({x[row, col]}) in row {row}")
-        out_of_range = (x < self.low - 1e-6) | (x > self.high + 1e-6)
+        out_of_range = (x < self._low_ok) | (x > self._high_ok)
         if out_of_range.any():
             row, col = np.argwhere(out_of_range)[0]
             raise RequestError(f"feature {self.feature_names[col]} = {x[row, col]} in row {row} is outside "
@@ -156,33 +170,71 @@ class PolicyRuntime:
     def choose(self, logits: np.ndarray, x: np.ndarray, guarded: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(N, 4) best allowed actions and their probabilities among the allowed actions.
 
-        Works on the factored rules (allowed slot-channel pairs, allowed contents, every tone),
-        so it never builds the 361 joint actions: the best allowed send is the best allowed pair
-        plus the best tone plus the best allowed content, and the total weight of the allowed
-        sends is the product of the three parts' sums. ``log_probs`` rule: send when the allowed
-        sends together are likelier than no-send; ``additive``: when the best send beats it.
+        Works on the factored rules (allowed channels, the quiet slots of each channel, allowed
+        contents, every tone), so it never builds the 361 joint actions: the best allowed send is
+        the best allowed (slot, channel) pair plus the best tone plus the best allowed content
+        (ties go to the lowest slot, then channel, as in the in-process policies), and the total
+        weight of the allowed sends is the product of the parts' sums. ``log_probs`` rule: send
+        when the allowed sends together are likelier than no-send; ``additive``: when the best
+        send beats it.
+
+        Laid out one row per score and one column per client (long vectors for numpy), in
+        float64 as the in-process policies.
         """
         n, (s, t, c, _k) = len(x), self.nvec
-        slot, tone = logits[:, 1:s], logits[:, s:s + t]
-        channel, content = logits[:, s + t:s + t + c], logits[:, s + t + c:]
+        z = np.ascontiguousarray(logits.T, dtype=np.float64)  # (19, N)
+        if self.score_rule == "log_probs":
+            _log_softmax_rows(z, self._bounds)
+        slot, tone, channel, content = z[1:s], z[s:s + t], z[s + t:s + t + c], z[s + t + c:]
         if guarded:
-            pairs_ok, content_ok = self.guards.allowed_parts(x)
+            channel_ok, content_ok = self.guards.allowed_channels_contents(x)  # (c, N), (k, N)
         else:
-            pairs_ok, content_ok = np.ones((n, s - 1, c), dtype=bool), np.ones((n, len(content[0])), dtype=bool)
-        pair = np.where(pairs_ok, slot[:, :, None] + channel[:, None, :], -np.inf).reshape(n, -1)
-        content = np.where(content_ok, content, -np.inf)
-        best_pair, best_tone, best_content = pair.argmax(axis=1), tone.argmax(axis=1), content.argmax(axis=1)
-        rows = np.arange(n)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            best_send = pair[rows, best_pair] + tone[rows, best_tone] + content[rows, best_content]
-            all_sends = _logsumexp(pair) + _logsumexp(tone) + _logsumexp(content)
-        no_send = logits[:, 0]
+            channel_ok, content_ok = np.ones(channel.shape, dtype=bool), np.ones(content.shape, dtype=bool)
+        open_slots = self._open_slots if guarded else self._all_slots
+        # best (slot, channel): per channel its best open slot, then the best allowed channel
+        best_slot = np.stack([rows[_argmax_rows(slot[rows])] if len(rows) else np.zeros(n, dtype=np.int64)
+                              for rows in open_slots])  # (c, N): lowest slot among equals
+        cols = np.arange(n)
+        pair_value = np.where(channel_ok & self._has_open_slot[:, None] if guarded else channel_ok,
+                              slot[best_slot, cols] + channel, -np.inf)  # (c, N)
+        pair_top = pair_value.max(axis=0)
+        key = np.where(pair_value == pair_top, best_slot * c + np.arange(c)[:, None], s * c).min(axis=0)
+        best_pair_slot, best_channel = key // c, key % c
+        masked_content = np.where(content_ok, content, -np.inf)
+        best_tone, best_content = _argmax_rows(tone), _argmax_rows(masked_content)
+        tops = pair_top, tone[best_tone, cols], masked_content[best_content, cols]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            best_send = tops[0] + tops[1] + tops[2]
+            all_sends = (self._pair_logsumexp(slot, channel, channel_ok, open_slots, pair_top)
+                         + _logsumexp(tone, None, tops[1]) + _logsumexp(content, content_ok, tops[2]))
+        no_send = z[0]
         deciding = all_sends if self.score_rule == "log_probs" else best_send
         send = np.isfinite(best_send) & (deciding > no_send)
         actions = np.zeros((n, 4), dtype=np.int64)
-        actions[send] = np.stack([1 + best_pair // c, best_tone, best_pair % c, best_content], axis=1)[send]
+        actions[:, 0] = np.where(send, 1 + best_pair_slot, 0)
+        actions[:, 1] = np.where(send, best_tone, 0)
+        actions[:, 2] = np.where(send, best_channel, 0)
+        actions[:, 3] = np.where(send, best_content, 0)
         chosen = np.where(send, best_send, no_send)
         return actions, np.exp(chosen - np.logaddexp(no_send, all_sends))
+
+    def _pair_logsumexp(self, slot: np.ndarray, channel: np.ndarray, channel_ok: np.ndarray,
+                        open_slots: list[np.ndarray], top: np.ndarray) -> np.ndarray:
+        """(N,) log of the summed weight of the allowed (slot, channel) pairs, ``top`` their best
+        score: per channel, its weight times the summed weight of its open slots."""
+        slot_top = slot.max(axis=0)
+        inner = np.stack([np.exp(slot[rows] - slot_top).sum(axis=0) if len(rows) else np.zeros(len(top))
+                          for rows in open_slots])  # (c, N)
+        safe = np.where(np.isfinite(top), top, 0.0)
+        weight = np.exp(channel + (slot_top - safe), out=np.zeros_like(channel), where=channel_ok) * inner
+        total = weight.sum(axis=0)
+        out = np.log(total) + safe
+        # exact path for the (rare) columns where the shortcut under- or overflows
+        bad = np.flatnonzero(np.isfinite(top) & ~((total >= 0.5) & np.isfinite(total)))
+        for j in bad:
+            values = [slot[r, j] + channel[k, j] for k, rows in enumerate(open_slots) if channel_ok[k, j] for r in rows]
+            out[j] = np.logaddexp.reduce(np.array(values, dtype=np.float64))
+        return out
 
     def decide(self, features: Any, explain: bool = True) -> Decisions:
         """One decision per row of ``features`` (see :class:`Decisions`)."""
@@ -190,8 +242,9 @@ class PolicyRuntime:
         logits = self.logits(x)
         actions, probability = self.choose(logits, x)
         send = actions[:, 0] > 0
-        reasons: list[list[str]] = [[] for _ in range(len(x))]
+        reasons: list[list[str]] | list[tuple[()]] = [()] * len(x)  # nothing to say without explain
         if explain:
+            reasons = [[] for _ in range(len(x))]
             wanted, _ = self.choose(logits, x, guarded=False)
             changed = (wanted != actions).any(axis=1)
             for i, why in enumerate(self.guards.blocked_reason(x, wanted)):
@@ -211,8 +264,17 @@ class PolicyRuntime:
             needs_review=self.guards.needs_review(x, actions),
         )
 
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """(N, 19) float64 scores the choice compares: per-component log-probabilities for
+        ``log_probs`` exports (the graph gives raw logits), the additive scores otherwise."""
+        z = np.ascontiguousarray(logits.T, dtype=np.float64)
+        if self.score_rule == "log_probs":
+            _log_softmax_rows(z, self._bounds)
+        return z.T
+
     def action_scores(self, logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """(N,) score of each given action: its components' sum, or the no-send entry."""
+        logits = self.scores(logits)
         offsets = np.concatenate([[0], np.cumsum(self.nvec)[:-1]])
         send = logits[np.arange(len(logits))[:, None], actions + offsets[None, :]].sum(axis=1)
         return np.where(actions[:, 0] > 0, send, logits[:, 0])
@@ -263,11 +325,30 @@ class PolicyRuntime:
         return "past engagement with these channels, times and tones"
 
 
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-    """Row-wise log-sum-exp; -inf for a row with nothing allowed."""
-    top = a.max(axis=1)
+def _log_softmax_rows(z: np.ndarray, bounds: list[tuple[int, int]]) -> None:
+    """In place: each component's rows ``z[a:b]`` (one column per client) become log-probabilities."""
+    for a, b in bounds:
+        part = z[a:b]
+        part -= part.max(axis=0)
+        part -= np.log(np.exp(part).sum(axis=0))
+
+
+def _argmax_rows(a: np.ndarray) -> np.ndarray:
+    """Column-wise argmax of an (m, N) array (first of equals), faster than ``argmax(axis=0)``,
+    which copies the array to a column-major layout first."""
+    top = a.max(axis=0)
+    return np.where(a == top, np.arange(len(a))[:, None], 0 if len(a) == 0 else len(a) - 1).min(axis=0) \
+        if len(a) else np.zeros(a.shape[1], dtype=np.int64)
+
+
+def _logsumexp(a: np.ndarray, allowed: np.ndarray | None, top: np.ndarray) -> np.ndarray:
+    """Column-wise log-sum-exp of ``a`` (rows: choices) over the ``allowed`` entries, given their
+    max ``top``; -inf for a column with nothing allowed."""
     safe = np.where(np.isfinite(top), top, 0.0)
-    return np.log(np.exp(a - safe[:, None]).sum(axis=1)) + safe
+    if allowed is None:
+        return np.log(np.exp(a - safe).sum(axis=0)) + safe
+    weights = np.exp(a - safe, out=np.zeros_like(a), where=allowed)
+    return np.log(weights.sum(axis=0)) + safe
 
 
 def _numeric(values: Any) -> bool:

@@ -75,6 +75,27 @@ def test_ppo_lagrangian_raises_multipliers_when_costs_exceed_limits():
     assert len(env.episode_costs["churn"]) >= 128  # every finished episode's cost was recorded
 
 
+def test_lagrange_step_is_the_relative_violation():
+    from stable_baselines3.common.logger import configure
+
+    from agents.sb3_agents import LagrangeUpdate, build_model, make_training_env
+
+    cfg = AgentConfig(name="ppo_lagrangian", n_steps=16)
+    env = make_training_env(cfg, load_setup(overrides=["env.horizon_days=10"]), 8)
+    model = build_model(cfg, env)
+    model.set_logger(configure(None, []))
+    update = LagrangeUpdate(env, {"churn": 0.02, "anxiety": 0.5}, 0.5)
+    update.init_callback(model)
+    env.episode_costs["churn"].extend([0.0, 0.1])  # mean 0.05: 1.5 times over its limit
+    env.episode_costs["anxiety"].extend([0.25])  # half its limit: the multiplier stays at 0
+    update.on_rollout_end()
+    assert env.multipliers["churn"] == pytest.approx(0.5 * (0.05 - 0.02) / 0.02)
+    assert env.multipliers["anxiety"] == 0.0
+    env.episode_costs["churn"].extend([0.0] * 8)  # mean 0.01: half the limit, a step of -0.25
+    update.on_rollout_end()
+    assert env.multipliers["churn"] == pytest.approx(0.75 - 0.25)
+
+
 def test_ppo_lagrangian_keeps_multipliers_at_zero_under_loose_limits():
     from agents.sb3_agents import LagrangeUpdate, build_model, make_training_env
 
