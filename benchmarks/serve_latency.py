@@ -3,7 +3,9 @@
 
 Prints decisions per second at batch 1, 64 and 4,096 and single-decision p50/p99 latency.
 The runtime row includes validation, guardrail masks and the masked choice; the
-``+ reasons`` row adds the explanations (one extra network pass per feature group).
+``+ reasons`` row adds the explanations (one extra network pass per feature group). Two rows
+show the ceiling of any runtime on this network: the ONNX graph alone (onnxruntime, no
+validation or guardrails) and the same actor network alone in torch (no SB3 around it).
 
     python benchmarks/serve_latency.py
 """
@@ -69,10 +71,16 @@ def main() -> int:
         obs = core.step(random.act(obs, core.joint_masks())).obs
     model = policy.model
     scale = (1.0 / OBS_HIGH).astype(np.float32)
+
+    @torch.no_grad()
+    def actor(x: torch.Tensor) -> torch.Tensor:
+        return model.policy.action_net(model.policy.mlp_extractor.forward_actor(x))
     contenders = {
         "SB3 model.predict (peer)": lambda x: model.predict(x * scale, deterministic=True),
         "runtime (guarded)": lambda x: runtime.decide(x, explain=False),
         "runtime + reasons": lambda x: runtime.decide(x, explain=True),
+        "ONNX graph alone (ceiling)": lambda x: runtime.session.run(None, {"obs": x}),
+        "torch actor network alone": lambda x: actor(torch.as_tensor(x * scale)),
     }
     results = {name: [rate(fn, obs[:b]) for b in BATCHES] for name, fn in contenders.items()}
     lat = {name: latencies(fn, obs) for name, fn in contenders.items()}
@@ -81,7 +89,7 @@ def main() -> int:
     for name, rates in results.items():
         print(f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[2]:,.0f} | {lat[name][0]:.3f} | {lat[name][1]:.3f} |")
     peer = results["SB3 model.predict (peer)"]
-    for name in ("runtime (guarded)", "runtime + reasons"):
+    for name in [n for n in results if n != "SB3 model.predict (peer)"]:
         print(f"\n{name} / SB3: " + ", ".join(f"batch {b}: {r / p:.1f}x" for b, r, p in zip(BATCHES, results[name], peer, strict=True)))
     return 0
 
