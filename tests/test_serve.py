@@ -218,3 +218,29 @@ def test_export_leaves_only_complete_files(tmp_path):
         export_policy(policy, folder)  # overwriting an export replaces each file whole
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "policy.onnx"]
     PolicyRuntime.load(folder)
+
+
+@pytest.mark.parametrize("rule", ["log_probs", "additive"])
+def test_guarded_choice_equals_the_joint_table_even_for_extreme_and_tied_scores(rule, observations):
+    from scipy.special import logsumexp
+
+    from agents.base import best_factored
+    from envs.spaces import JOINT_ACTIONS
+
+    runtime = PolicyRuntime.load(_any_export())
+    runtime.score_rule = rule
+    x = observations[:3000]
+    logits = np.random.default_rng(3).normal(0.0, 3.0, (len(x), 19)).astype(np.float32)
+    logits[:500] *= 400  # scores far apart: the factored sums' exponentials under- and overflow
+    logits[500:700] = 0  # every score tied: the lowest slot, then channel, wins
+    if rule == "additive":
+        logits[:, 0] = 0  # a bandit's no-send scores 0
+    actions, probability = runtime.choose(logits, x)
+    scores, masks = runtime.scores(logits), runtime.guards.joint_mask(x)
+    np.testing.assert_array_equal(actions, best_factored(scores, masks, rule))
+    # the probability of the chosen action among the allowed ones, from the 361-action table
+    joint = scores[:, JOINT_ACTIONS + np.array([0, 7, 12, 15])].sum(axis=2)
+    joint[:, 0] = scores[:, 0]
+    allowed = np.where(masks, joint, -np.inf)
+    chosen = allowed[np.arange(len(x)), multi_to_flat(actions)]
+    np.testing.assert_allclose(probability, np.exp(chosen - logsumexp(allowed, axis=1)), rtol=1e-9, atol=1e-12)
