@@ -26,10 +26,13 @@ def setup_mlflow(uri: str | None, experiment: str) -> str:
     resolved = tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
     try:
-        mlflow.set_experiment(experiment)
+        found = mlflow.set_experiment(experiment)
     except mlflow.exceptions.MlflowException:
         # parallel jobs on a fresh store race to create the experiment; the loser finds it made
-        mlflow.set_experiment(experiment)
+        found = mlflow.set_experiment(experiment)
+    # a set_experiment that loses that race inside MLflow returns the experiment without making
+    # it the active one (runs would land in "Default"); activating it by id always takes
+    mlflow.set_experiment(experiment_id=found.experiment_id)
     return resolved
 
 

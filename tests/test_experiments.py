@@ -158,3 +158,25 @@ def test_a_crash_inside_a_sweep_job_is_recorded_once(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]  # the sweep goes on
     runs = _runs(tmp_path)
     assert len(runs[runs["status"] == "FAILED"]) == 1  # the resumed run itself, not a second record
+
+
+def test_runs_land_in_the_experiment_when_its_creation_races_another_job(tmp_path, monkeypatch):
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from experiment.tracking import setup_mlflow
+
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    mlflow.MlflowClient(uri).create_experiment("cadence")  # made by the job that won the race
+    real = TrackingServiceClient.get_experiment_by_name
+    calls = []
+
+    def not_yet(self, name):  # the first look misses it, as if the other job had not finished
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", not_yet)
+    setup_mlflow(uri, "cadence")
+    with mlflow.start_run() as run:
+        pass
+    assert len(calls) >= 2  # the race path was taken
+    assert mlflow.get_experiment(run.info.experiment_id).name == "cadence"
