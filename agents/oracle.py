@@ -15,6 +15,7 @@ from agents.config import AgentConfig
 from envs.config import RewardConfig
 from envs.core import CadenceCore
 from envs.spaces import JOINT_ACTIONS
+from simulate.dynamics import anxiety_after_message, churn_hazard, trust_change
 from simulate.labels import N_SLOTS
 
 
@@ -53,17 +54,15 @@ class Oracle:
                  + w.complaint * pr["complaint"] + w.message)
         # lookahead: change of the daily churn logit, by day, caused by this message
         urgency, relevance = pr["urgency"], pr["relevance"]
-        d_trust = (p.trust_relevance * relevance - p.trust_fear * urgency
-                   - p.trust_late * (a[:, 0] == N_SLOTS)
-                   + p.trust_conversion * p_convert - p.trust_harm * p_harm)
+        fx = world.schedule.effects(self.core.day)
+        segment = t.segment[rows_n]
+        d_trust = trust_change(p, relevance, urgency, a[:, 0] == N_SLOTS, p_convert, p_harm,
+                               fx.send_trust[segment, a[:, 3]])
         anxiety = s.anxiety[rows_n]
-        d_anxiety = ((anxiety + p.anxiety_urgency * t.susceptibility[rows_n] * urgency)
-                     * (1.0 - np.asarray(p.tone_relief)[a[:, 1]]) - anxiety)
-        trust = s.trust[rows_n]
+        d_anxiety = anxiety_after_message(p, anxiety, t.susceptibility[rows_n], urgency,
+                                          np.asarray(p.tone_relief)[a[:, 1]]) - anxiety
+        hazard = churn_hazard(p, s.trust[rows_n], anxiety, s.fatigue[rows_n])
         fatigue = s.fatigue[rows_n]
-        logit = (p.churn_base + p.churn_trust * (0.5 - trust) + p.churn_anxiety * anxiety
-                 + p.churn_fatigue * np.maximum(fatigue - p.fatigue_tolerance, 0.0))
-        hazard = 1.0 / (1.0 + np.exp(-logit))
         slope = hazard * (1.0 - hazard)
         f_decay = 0.5 ** (1.0 / p.fatigue_half_life_days)
         a_decay = 0.5 ** (1.0 / p.anxiety_half_life_days)

@@ -6,7 +6,6 @@ dataclasses define and validate them), so the env works with or without Hydra.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from envs.reward import RewardConfig
 from simulate.config import (
     ConfigError,
     PopulationConfig,
@@ -55,39 +55,6 @@ class GuardrailConfig:
                 raise ConfigError(f"{prefix}.content_min_tier has unknown content {content!r}; contents are {list(CONTENTS)}")
             if not 0 <= tier <= 3:
                 raise ConfigError(f"{prefix}.content_min_tier.{content} must be in [0, 3], got {tier}")
-
-
-@dataclass
-class RewardConfig:
-    """Weights of the per-day outcome counts that make the reward (per client-day)."""
-
-    name: str = "balanced"
-    """preset name, logged as the ``reward`` tag"""
-    calm_click: float = num(1.0, 0.0, 100.0)
-    """value of a click not provoked by anxiety"""
-    anxious_click: float = num(-1.0, -100.0, 100.0)
-    """value of a click provoked by urgency or fear: negative by default"""
-    conversion: float = num(4.0, 0.0, 1000.0)
-    """value of a beneficial action (contribution set up, education completed, rebalance)"""
-    harmful: float = num(-4.0, -1000.0, 0.0)
-    """value of a harmful action (panic selling) after an anxious click"""
-    unsubscribe: float = num(-2.0, -1000.0, 0.0)
-    """value of an unsubscribe from a channel"""
-    complaint: float = num(-4.0, -1000.0, 0.0)
-    """value of a complaint"""
-    churn: float = num(-25.0, -10000.0, 0.0)
-    """value of losing the client"""
-    message: float = num(-0.05, -100.0, 0.0)
-    """cost of each delivered message"""
-    violation: float = num(-0.2, -100.0, 0.0)
-    """cost of asking for a send the guardrails blocked"""
-
-    def weights(self) -> dict[str, float]:
-        """Outcome name -> weight, for the outcome arrays the env produces."""
-        return {"calm_click": self.calm_click, "anxious_click": self.anxious_click,
-                "converted": self.conversion, "harmful": self.harmful,
-                "unsubscribed": self.unsubscribe, "complaint": self.complaint,
-                "churned": self.churn, "sent": self.message, "violation": self.violation}
 
 
 @dataclass
@@ -164,8 +131,3 @@ def load_setup(env: str = "default", population: str = "default", scenario: str 
         except OmegaConfBaseException as exc:
             raise ConfigError(str(exc)) from exc
     return to_setup(cfg)
-
-
-def as_dict(setup: Setup) -> dict[str, Any]:
-    """Plain nested dict of a setup (for logging)."""
-    return dataclasses.asdict(setup)

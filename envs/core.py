@@ -6,16 +6,39 @@ Each row is a client slot. When a client churns (``terminated``) or reaches the 
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from envs import features, masks
+from envs import consent, features, masks
 from envs.config import Setup
+from envs.reward import costs, reward
+from envs.spaces import check_actions
 from simulate.world import World
 
 GENERATION_SHIFT = np.uint64(32)
 """a slot's k-th client has id ``offset + (k << 32) + slot``: independent of the batch size"""
+
+
+ALIASES = {"num_clients": "num_envs", "horizon": "horizon_days", "n_envs": "num_envs"}
+"""names users reach for, and the argument each face calls it"""
+
+
+def refuse_unknown(face: str, extra: dict[str, Any], known: Iterable[str]) -> None:
+    """Raise ``TypeError`` naming every keyword argument ``face`` does not take (with the
+    closest known name), instead of silently running on defaults."""
+    if not extra:
+        return
+    known = sorted(known)
+    hints = []
+    for name in sorted(extra):
+        guess = ALIASES.get(name) if ALIASES.get(name) in known else None
+        guess = guess or next(iter(difflib.get_close_matches(name, known, n=1)), None)
+        hints.append(f"{name!r}" + (f" (did you mean {guess!r}?)" if guess else ""))
+    raise TypeError(f"{face} got unknown keyword argument(s) {', '.join(hints)}; it takes {known}")
 
 
 @dataclass
@@ -91,7 +114,7 @@ class CadenceCore:
     def observe(self) -> np.ndarray:
         """(N, OBS_DIM) float32 observations for today's decision."""
         stress = self.world.schedule.effects(self.day).stress
-        return features.observe(self.world, self.day, stress)
+        return consent.observe(self.world, self.day, stress)
 
     def mask_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(opted_out, sends per channel in the last 7 days, consent tier) of every slot."""
@@ -107,24 +130,26 @@ class CadenceCore:
         return masks.joint_mask(self.rules, *self.mask_inputs())
 
     def step(self, actions: np.ndarray) -> StepResult:
-        """Advance one day with (N, 4) MultiDiscrete actions."""
+        """Advance one day with (N, 4) MultiDiscrete actions.
+
+        Actions are checked before anything moves (:func:`envs.spaces.check_actions`: shape,
+        integer values, each component in range); an invalid batch raises
+        :class:`envs.spaces.ActionError` and leaves every client as it was. A valid send the
+        guardrails forbid becomes no-send and counts in ``violation``.
+        """
         if self.world is None:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions, dtype=np.int64).reshape(self.n, 4)
+        actions = check_actions(actions, self.n)
         allowed = masks.is_allowed(self.rules, actions, *self.mask_inputs())
         violation = (actions[:, 0] > 0) & ~allowed
         slot = np.where(allowed, actions[:, 0], 0)
         out = self.world.step(self.day, slot, actions[:, 1], actions[:, 2], actions[:, 3])
         out["violation"] = violation
-        reward = np.zeros(self.n)
-        for name, weight in self.reward_weights.items():
-            if weight:
-                reward += weight * out[name]
-        out["cost_churn"] = out["churned"].astype(np.float32)
-        out["cost_anxiety"] = out["anxious_click"].astype(np.float32)
+        today = reward(out, self.reward_weights)
+        out.update(costs(out))
         self.day += 1
         self.age += 1
-        self.episode_return += reward
+        self.episode_return += today
         terminated = out["churned"].copy()
         truncated = (self.age >= self.horizon) & ~terminated
         done = terminated | truncated
@@ -134,5 +159,5 @@ class CadenceCore:
             final_obs = self.observe()
             if self.autoreset:
                 self.next_clients(np.flatnonzero(done))
-        return StepResult(self.observe(), reward.astype(np.float32), terminated, truncated, out,
+        return StepResult(self.observe(), today.astype(np.float32), terminated, truncated, out,
                           final_obs, ep_return, ep_length)

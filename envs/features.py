@@ -1,7 +1,8 @@
-"""The observation: what a firm can see of a client, gated by consent tier (design §3).
+"""The observation features: what a firm can see of a client, their names and bounds.
 
 Never latent state (fatigue, trust, anxiety, novelty) and never protected attributes.
-Features a tier may not use are zero; the tier itself is visible so a policy knows why.
+:func:`raw_features` fills every feature; ``envs/consent.py`` then zeroes what the client's
+consent tier does not allow (the tier itself stays visible so a policy knows why).
 """
 
 from __future__ import annotations
@@ -43,14 +44,6 @@ I_RISK = IX["declared_risk"]
 I_STRESS = IX["market_stress"]
 I_ENGAGEMENT = IX[f"ema_open_{CHANNELS[0]}"]
 
-MIN_TIER = np.zeros(OBS_DIM, dtype=np.int8)
-"""lowest consent tier at which each feature is visible"""
-MIN_TIER[I_RECENCY] = 1
-MIN_TIER[I_GOAL:I_GOAL + N_SEGMENTS] = 1
-MIN_TIER[I_RISK] = 1
-MIN_TIER[I_STRESS] = 2
-MIN_TIER[I_ENGAGEMENT:I_ENGAGEMENT + N_ENGAGEMENT] = 3
-
 OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
 """upper bound of each feature (lower bounds are 0)"""
 OBS_HIGH[I_SENT_7D:I_SENT_7D + N_CHANNELS] = 7.0
@@ -65,8 +58,9 @@ def channel_counts(world: World) -> np.ndarray:
     return np.stack([(log == c + 1).sum(axis=1) for c in range(N_CHANNELS)], axis=1)
 
 
-def observe(world: World, day: int, stress: float, out: np.ndarray | None = None) -> np.ndarray:
-    """(N, OBS_DIM) float32 observations of every client on calendar ``day`` (before acting).
+def raw_features(world: World, day: int, stress: float, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, OBS_DIM) float32 features of every client on calendar ``day`` (before acting),
+    *before* consent gating: use :func:`envs.consent.observe` for what a policy may see.
 
     Args:
         world: the batched world.
@@ -88,5 +82,4 @@ def observe(world: World, day: int, stress: float, out: np.ndarray | None = None
     obs[:, I_RISK] = world.traits.declared_risk
     obs[:, I_STRESS] = min(stress, STRESS_CAP)
     obs[:, I_ENGAGEMENT:] = world.engagement
-    obs *= tier[:, None] >= MIN_TIER[None, :]
     return obs

@@ -12,21 +12,36 @@ import gymnasium as gym
 import numpy as np
 
 from envs.config import Setup, load_setup
-from envs.core import CadenceCore
-from envs.sb3_vec_env import INFO_KEYS, observation_space
-from envs.spaces import flat_space, flat_to_multi, multi_discrete_space
+from envs.core import CadenceCore, refuse_unknown
+from envs.spaces import (
+    INFO_KEYS,
+    ActionError,
+    check_flat,
+    flat_space,
+    flat_to_multi,
+    multi_discrete_space,
+    observation_space,
+)
 from simulate.labels import ACTION_LABELS, CHANNELS, CONTENTS, SLOTS, TONES
+
+OPTIONS = ("setup", "population", "scenario", "reward", "seed", "horizon_days", "action_view",
+           "overrides", "render_mode", "client_id_offset")
+"""keyword arguments of ``gymnasium.make("Cadence-v0", ...)``"""
 
 
 class CadenceEnv(gym.Env):
-    """One synthetic client at a time; same model and options as :class:`CadenceVectorEnv`."""
+    """One synthetic client at a time; same model and options as :class:`CadenceVectorEnv`.
+
+    Any keyword argument it does not take is a ``TypeError`` that names it.
+    """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, setup: Setup | None = None, population: str = "default", scenario: str = "calm",
                  reward: str = "balanced", seed: int = 0, horizon_days: int | None = None,
                  action_view: str = "multi", overrides: list[str] | tuple[str, ...] = (),
-                 render_mode: str | None = None, client_id_offset: int = 0) -> None:
+                 render_mode: str | None = None, client_id_offset: int = 0, **unknown: Any) -> None:
+        refuse_unknown("Cadence-v0 (gymnasium.make)", unknown, OPTIONS)
         if setup is None:
             extra = [f"env.horizon_days={horizon_days}"] if horizon_days is not None else []
             setup = load_setup(population=population, scenario=scenario, reward=reward, seed=seed,
@@ -42,7 +57,7 @@ class CadenceEnv(gym.Env):
         self.observation_space = observation_space()
         self.action_space = flat_space() if action_view == "flat" else multi_discrete_space()
         self.action_labels = ACTION_LABELS
-        """labels of each action component, in MultiDiscrete order (design §3)"""
+        """labels of each action component, in MultiDiscrete order"""
         self._last: dict[str, Any] = {}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -56,8 +71,15 @@ class CadenceEnv(gym.Env):
         return obs[0], {}
 
     def step(self, action):
-        a = np.asarray(action, dtype=np.int64)
-        multi = flat_to_multi(a.reshape(1)) if self.action_view == "flat" else a.reshape(1, 4)
+        """One day: ``action`` is (slot, tone, channel, content), or a flat index in the flat view.
+        An action outside the space raises :class:`envs.spaces.ActionError` before anything moves."""
+        if self.action_view == "flat":
+            multi = flat_to_multi(check_flat(action, 1))
+        else:
+            if np.shape(action) != (4,):
+                raise ActionError(f"action must have shape (4,): (slot, tone, channel, content), "
+                                  f"got shape {np.shape(action)}")
+            multi = np.asarray(action)[None, :]
         r = self.core.step(multi)
         info = {k: r.outcomes[k][0].item() for k in INFO_KEYS}
         self._last = {"action": multi[0], **info}

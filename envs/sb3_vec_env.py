@@ -12,22 +12,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from envs.config import Setup, load_setup
 from envs.core import CadenceCore
-from envs.features import OBS_DIM, OBS_HIGH
-from envs.spaces import flat_space, flat_to_multi, multi_discrete_space
-from simulate.world import OUTCOMES
-
-INFO_KEYS: tuple[str, ...] = (*OUTCOMES, "violation", "cost_churn", "cost_anxiety")
-"""per-client outcome names copied into each step's info"""
-
-
-def observation_space() -> spaces.Box:
-    """The observation space shared by every face."""
-    return spaces.Box(low=np.zeros(OBS_DIM, dtype=np.float32), high=OBS_HIGH.copy(), dtype=np.float32)
+from envs.spaces import (
+    INFO_KEYS,
+    check_flat,
+    flat_space,
+    flat_to_multi,
+    multi_discrete_space,
+    observation_space,
+)
 
 
 class CadenceVecEnv(VecEnv):
@@ -64,9 +60,14 @@ class CadenceVecEnv(VecEnv):
         self._actions = np.asarray(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
+        """One day for every slot. An action outside the space raises
+        :class:`envs.spaces.ActionError` before anything moves."""
         actions = self._actions
+        if actions is None:
+            raise RuntimeError("step_async(actions) must come before step_wait()")
+        self._actions = None
         if self.action_view == "flat":
-            actions = flat_to_multi(actions.reshape(-1))
+            actions = flat_to_multi(check_flat(actions, self.num_envs))
         r = self.core.step(actions)
         dones = r.terminated | r.truncated
         values = np.stack([r.outcomes[k] for k in INFO_KEYS], axis=1).tolist()

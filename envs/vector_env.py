@@ -14,10 +14,20 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from envs.config import Setup, load_setup
-from envs.core import CadenceCore
-from envs.sb3_vec_env import INFO_KEYS, observation_space
-from envs.spaces import flat_space, flat_to_multi, multi_discrete_space
+from envs.core import CadenceCore, refuse_unknown
+from envs.spaces import (
+    INFO_KEYS,
+    check_flat,
+    flat_space,
+    flat_to_multi,
+    multi_discrete_space,
+    observation_space,
+)
 from simulate.labels import ACTION_LABELS
+
+OPTIONS = ("num_envs", "setup", "population", "scenario", "reward", "seed", "horizon_days",
+           "action_view", "overrides", "client_id_offset")
+"""keyword arguments of ``gymnasium.make_vec("Cadence-v0", ...)``"""
 
 
 class CadenceVectorEnv(gym.vector.VectorEnv):
@@ -31,6 +41,10 @@ class CadenceVectorEnv(gym.vector.VectorEnv):
         horizon_days: days per client episode (overrides the preset).
         action_view: ``"multi"`` or ``"flat"``.
         overrides: dotted config overrides, e.g. ``["env.guardrails.max_per_week=3"]``.
+        client_id_offset: added to every client id (fresh clients for evaluation).
+
+    Any other keyword argument is a ``TypeError`` that names it (a misspelt ``scenaro=`` would
+    otherwise run the default scenario).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -39,7 +53,8 @@ class CadenceVectorEnv(gym.vector.VectorEnv):
                  scenario: str = "calm", reward: str = "balanced", seed: int = 0,
                  horizon_days: int | None = None, action_view: str = "multi",
                  overrides: list[str] | tuple[str, ...] = (), client_id_offset: int = 0,
-                 **_: Any) -> None:
+                 **unknown: Any) -> None:
+        refuse_unknown("Cadence-v0 (gymnasium.make_vec)", unknown, OPTIONS)
         if setup is None:
             extra = [f"env.horizon_days={horizon_days}"] if horizon_days is not None else []
             setup = load_setup(population=population, scenario=scenario, reward=reward, seed=seed,
@@ -55,16 +70,17 @@ class CadenceVectorEnv(gym.vector.VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.action_labels = ACTION_LABELS
-        """labels of each action component, in MultiDiscrete order (design §3)"""
+        """labels of each action component, in MultiDiscrete order"""
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         return self.core.reset(seed), {}
 
     def step(self, actions: np.ndarray):
-        actions = np.asarray(actions)
+        """One day for every slot; (N, 4) actions, or (N,) flat indices in the flat view.
+        An action outside the space raises :class:`envs.spaces.ActionError` before anything moves."""
         if self.action_view == "flat":
-            actions = flat_to_multi(actions.reshape(-1))
+            actions = flat_to_multi(check_flat(actions, self.num_envs))
         r = self.core.step(actions)
         info: dict[str, Any] = {k: r.outcomes[k] for k in INFO_KEYS}
         done = r.terminated | r.truncated

@@ -13,20 +13,13 @@ import numpy as np
 
 from simulate import rng
 from simulate.config import PopulationConfig, ResponseConfig, ScenarioConfig, quiet_table
-from simulate.labels import N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
+from simulate.dynamics import anxiety_after_message, churn_hazard, expit, trust_change
+from simulate.labels import ACTION_NVEC, N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
 from simulate.population import Traits, sample_traits
 from simulate.scenarios import ScenarioSchedule
 
 # Draw names of the daily streams.
 S_OPEN, S_CLICK, S_CONVERT, S_HARM, S_UNSUB, S_COMPLAINT, S_CHURN = 1, 2, 3, 4, 5, 6, 7
-
-def expit(x: np.ndarray) -> np.ndarray:
-    """Logistic function, computed in place on the temporary ``x`` (several times faster than scipy's)."""
-    np.negative(x, out=x)
-    np.exp(x, out=x)
-    x += 1.0
-    return np.reciprocal(x, out=x)
-
 
 ENGAGEMENT_EMA = 0.2
 """weight of the newest message in the firm's engagement averages"""
@@ -42,6 +35,8 @@ HISTORY_DAYS = 7
 """length of the send log window (days) used for caps and repeated-urgency complaints"""
 NEVER = -10_000
 """``last_send_day`` of a client never messaged"""
+
+_COMPONENTS = ("slot", "tone", "channel", "content")
 
 OUTCOMES: tuple[str, ...] = (
     "sent", "opened", "clicked", "calm_click", "anxious_click", "converted", "harmful",
@@ -139,10 +134,6 @@ class World:
         self.traits.assign(rows, sample_traits(self.population, self.seed, self.client_id[rows]))
         self._reset_rows(rows)
 
-    def sends_last_week(self) -> tuple[np.ndarray, np.ndarray]:
-        """Messages delivered in the 7 days before the next step: (all channels, SMS), int arrays."""
-        return (self.channel_log > 0).sum(axis=1), (self.channel_log == 3).sum(axis=1)
-
     def state_nbytes(self) -> int:
         """Bytes of per-client state held by the world (traits, latent state, records)."""
         s = self.latent
@@ -151,6 +142,23 @@ class World:
                 + self.channel_log.nbytes + self.tone_log.nbytes + self.last_send_day.nbytes
                 + self.urgency_last_week.nbytes
                 + self.engagement.nbytes)
+
+    def check_actions(self, *components: np.ndarray) -> list[np.ndarray]:
+        """(slot, tone, channel, content) as (N,) integer arrays within their ranges, or ``ValueError``
+        naming the component, the value, the row and the range."""
+        out = []
+        for name, size, values in zip(_COMPONENTS, ACTION_NVEC, components, strict=True):
+            values = np.asarray(values)
+            if values.shape != (self.n,):
+                raise ValueError(f"World.step: {name} must have shape ({self.n},), got {values.shape}")
+            if not np.issubdtype(values.dtype, np.integer):
+                raise ValueError(f"World.step: {name} must be an integer array, got dtype {values.dtype}")
+            if values.size and (values.min() < 0 or values.max() >= size):
+                row = int(np.flatnonzero((values < 0) | (values >= size))[0])
+                raise ValueError(f"World.step: {name} of row {row} is {int(values[row])}; "
+                                 f"allowed range is 0..{size - 1}")
+            out.append(values)
+        return out
 
     def response_probabilities(self, day: int, rows: np.ndarray, slot_ix: np.ndarray, tone: np.ndarray,
                                channel: np.ndarray, content: np.ndarray) -> dict[str, np.ndarray]:
@@ -211,8 +219,12 @@ class World:
             tone, channel, content: (N,) component indices (ignored where slot is 0).
 
         A message to a churned client or on a channel the client opted out of is not
-        delivered, whatever was asked. Returns the outcomes named in :data:`OUTCOMES`.
+        delivered, whatever was asked. Components outside their range (or arrays of another
+        length or a non-integer dtype) raise ``ValueError`` before any state moves: the env
+        faces check actions first, and this is the second line. Returns the outcomes named
+        in :data:`OUTCOMES`.
         """
+        slot, tone, channel, content = self.check_actions(slot, tone, channel, content)
         p, t, s = self.response, self.traits, self.latent
         fx = self.schedule.effects(day)
         keys = rng.day_keys(self.seed, self.client_id, day)
@@ -256,14 +268,12 @@ class World:
         s.novelty *= self._novelty_decay
         s.novelty += 1.0 - self._novelty_decay
         s.novelty.ravel()[at_content] *= p.novelty_drop
-        s.trust[who] = trust + (p.trust_relevance * relevance - p.trust_fear * urgency
-                                - p.trust_late * (slot_w == N_SLOTS - 1)
-                                + fx.send_trust.ravel().take(pair_w)
-                                + p.trust_conversion * converted - p.trust_harm * harmful)
+        s.trust[who] = trust + trust_change(p, relevance, urgency, slot_w == N_SLOTS - 1, converted,
+                                            harmful, fx.send_trust.ravel().take(pair_w))
         np.clip(s.trust, 0.0, 1.0, out=s.trust)
         s.anxiety *= self._anxiety_decay
-        s.anxiety[who] = ((s.anxiety[who] + p.anxiety_urgency * susceptibility * urgency)
-                          * (1.0 - self._relief.take(tone_w)))
+        s.anxiety[who] = anxiety_after_message(p, s.anxiety[who], susceptibility, urgency,
+                                               self._relief.take(tone_w))
         np.clip(s.anxiety, 0.0, 1.0, out=s.anxiety)
         self.opted_out[who[unsubscribed], channel_w[unsubscribed]] = True
 
@@ -277,8 +287,7 @@ class World:
         self.last_send_day[who] = day
         self._record_engagement(who, slot_w, tone_w, channel_w, opened, clicked)
 
-        hazard = expit(p.churn_base + p.churn_trust * (0.5 - s.trust) + p.churn_anxiety * s.anxiety
-                       + p.churn_fatigue * np.maximum(s.fatigue - p.fatigue_tolerance, 0.0))
+        hazard = churn_hazard(p, s.trust, s.anxiety, s.fatigue)
         churned = alive & (rng.uniform(keys, S_CHURN) < hazard)
         self.churned |= churned
         out = {"sent": deliver}

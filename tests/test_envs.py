@@ -13,8 +13,10 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import envs
 from envs.config import load_setup
 from envs.core import CadenceCore
-from envs.features import FEATURE_NAMES, MIN_TIER, OBS_DIM
-from envs.sb3_vec_env import INFO_KEYS, CadenceVecEnv
+from envs.consent import MIN_TIER
+from envs.features import FEATURE_NAMES, OBS_DIM
+from envs.sb3_vec_env import CadenceVecEnv
+from envs.spaces import INFO_KEYS
 from envs.spaces import JOINT_ACTIONS, flat_to_multi, multi_to_flat
 from simulate.labels import ACTION_LABELS, N_JOINT_ACTIONS
 
