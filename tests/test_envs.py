@@ -18,7 +18,7 @@ from envs.features import FEATURE_NAMES, OBS_DIM
 from envs.sb3_vec_env import CadenceVecEnv
 from envs.spaces import INFO_KEYS
 from envs.spaces import JOINT_ACTIONS, flat_to_multi, multi_to_flat
-from simulate.labels import ACTION_LABELS, N_JOINT_ACTIONS
+from simulate.labels import N_JOINT_ACTIONS
 
 
 def test_gymnasium_and_sb3_checkers_pass():
@@ -30,16 +30,21 @@ def test_gymnasium_and_sb3_checkers_pass():
         sb3_check_env(gym.make(envs.ENV_ID, action_view="flat").unwrapped)
 
 
-def test_action_labels_contract():
-    env = gym.make(envs.ENV_ID)
+@pytest.mark.parametrize("face", ["make", "make_vec"])
+def test_action_labels_contract(face):
+    if face == "make":
+        env = gym.make(envs.ENV_ID)
+    else:
+        env = gym.make_vec(envs.ENV_ID, num_envs=2, vectorization_mode="vector_entry_point")
     labels = env.unwrapped.action_labels
-    assert labels == ACTION_LABELS
+    assert list(labels) == ["slot", "tone", "channel", "content"]
     assert labels["slot"] == ("no_send", "early 06-08", "morning 08-11", "midday 11-14",
                               "afternoon 14-17", "evening 17-20", "late 20-23")
     assert labels["tone"] == ("informative", "educational", "reassuring", "opportunity", "urgent")
     assert labels["channel"] == ("email", "push", "sms")
     assert labels["content"] == ("portfolio_summary", "education", "product_offer", "market_update")
-    assert tuple(env.action_space.nvec) == (7, 5, 3, 4)
+    single = env.action_space if face == "make" else env.single_action_space
+    assert tuple(single.nvec) == (7, 5, 3, 4)
     assert N_JOINT_ACTIONS == 361
 
 

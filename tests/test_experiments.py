@@ -56,8 +56,8 @@ def _cli(script: str, args: list[str], tmp_path: Path, timeout: int = 600) -> su
     ("reward.churn=2", "reward.churn must be <= 0.0"),
     ("env.num_clients=0", "env.num_clients must be >= 1"),
     ("agent.learning_rate=-1", "agent.learning_rate must be >= 1e-07"),
-    ("agent=sarsa", "agent"),
-    ("trainer.total_timestep=10", "total_timestep"),
+    ("agent=sarsa", "Could not find 'agent/sarsa'"),
+    ("trainer.total_timestep=10", "Key 'total_timestep' not in 'TrainerConfig'"),
     ("eval.baselines=[segment_rules,linucb]", "eval.baselines must name heuristics"),
 ])
 def test_bad_value_fails_fast_naming_the_key(override, key, tmp_path):

@@ -11,6 +11,7 @@ from envs.config import load_setup
 from envs.core import CadenceCore
 from envs.spaces import multi_to_flat
 from evaluation import KPI_NAMES, evaluate, kpis, rollout
+from evaluation.metrics import STATS
 
 
 @pytest.mark.parametrize("name", sorted(HEURISTICS))
@@ -43,11 +44,16 @@ def test_kpis_have_contract_names_intervals_and_order_policies():
     policies = [HEURISTICS[n]() for n in ("no_send", "segment_rules", "batch_and_blast")]
     rollouts = evaluate(policies, setup, num_clients=1500, horizon_days=60, seeds=(1, 2), progress=False)
     table = {p.name: kpis([r for r in rollouts if r.policy == p.name], n_boot=100) for p in policies}
-    for k in table.values():
+    for name, k in table.items():
         assert set(KPI_NAMES) <= set(k)
-        for mean, lo, hi in k.values():
-            assert lo <= mean + 1e-9 and mean <= hi + 1e-9
-        assert k["eval/guardrail_violations"][0] == 0
+        for metric in STATS:  # bootstrapped: a real interval around the estimate
+            mean, lo, hi = k[metric]
+            assert lo <= mean + 1e-9 and mean <= hi + 1e-9, (name, metric, k[metric])
+        for metric in ("eval/value", "eval/retention"):  # every policy's value and retention vary by client
+            assert k[metric][1] < k[metric][2], (name, metric, k[metric])
+        assert k["eval/guardrail_violations"] == (0.0, 0.0, 0.0)  # a count: reported without an interval
+    for metric in ("eval/clicks_per_client", "eval/messages_per_client_week"):
+        assert table["segment_rules"][metric][1] < table["segment_rules"][metric][2], metric
     seg, blast, silent = table["segment_rules"], table["batch_and_blast"], table["no_send"]
     assert seg["eval/value"][1] > silent["eval/value"][2]  # CIs separate
     assert blast["eval/retention"][2] < seg["eval/retention"][1]

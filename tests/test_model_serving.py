@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +59,14 @@ def test_served_champion_answers_http_requests(tmp_path):
         from export import example_input
         from serve.runtime import PolicyRuntime
 
-        frame = example_input(PolicyRuntime.load(tmp_path / "export"), rows=4)
-        frame.loc[1, "opted_out_email"] = 1.0
+        frame = example_input(PolicyRuntime.load(tmp_path / "export"), rows=64)
+        # vary the clients: goals, risk and recency, so the policy's choices differ by row
+        goals = [c for c in frame.columns if c.startswith("goal_")]
+        frame[goals] = 0.0
+        for i in range(len(frame)):
+            frame.loc[i, goals[i % len(goals)]] = 1.0
+        frame["declared_risk"] = np.linspace(0.0, 1.0, len(frame), dtype=np.float32)
+        frame["days_since_last_send"] = (np.arange(len(frame)) % 31).astype(np.float32)
 
         def post(df):
             body = json.dumps({"dataframe_split": df.to_dict(orient="split")}).encode()
@@ -67,10 +74,17 @@ def test_served_champion_answers_http_requests(tmp_path):
             return json.loads(urllib.request.urlopen(request, timeout=30).read())
 
         answer = post(frame)["predictions"]
-        assert len(answer) == 4
+        assert len(answer) == len(frame)
         for row in answer:
             assert set(row) == {"slot", "tone", "channel", "content", "probability", "reasons", "needs_review"}
-        assert answer[1]["channel"] != "email"  # the opted-out channel is never used
+        # each client the policy messages, opted out of the channel it chose: none gets that channel
+        chosen = {i: row["channel"] for i, row in enumerate(answer) if row["channel"] is not None}
+        assert chosen, f"precondition: the policy messages some of these clients, got {answer[:3]}"
+        for i, channel in chosen.items():
+            frame.loc[i, f"opted_out_{channel}"] = 1.0
+        again = post(frame)["predictions"]
+        for i, channel in chosen.items():
+            assert again[i]["channel"] != channel, (i, channel, again[i])
         with pytest.raises(urllib.error.HTTPError) as bad:
             post(frame.drop(columns=["market_stress"]))
         assert 400 <= bad.value.code < 500
