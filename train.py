@@ -1,6 +1,6 @@
 """Train any agent from config, evaluate it on fresh clients, and log everything to MLflow.
 
-    python train.py                                   # default: PPO, default population, balanced reward
+    python train.py                                   # default: PPO-Lagrangian, default population, balanced reward
     python train.py agent=linucb reward=engagement seed=3 trainer.total_timesteps=200000
     python train.py -m agent=ppo,linucb seed=0,1,2    # a sweep: one parent run, a child per job
     python train.py resume=<mlflow run id>            # continue an interrupted run from its checkpoint

@@ -1,4 +1,5 @@
-"""The one Policy protocol that evaluation and export see (design §4)."""
+"""The one Policy protocol that evaluation and export see, and the choice within masks that
+several policies share."""
 
 from __future__ import annotations
 

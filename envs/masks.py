@@ -1,4 +1,4 @@
-"""Action masks: opt-outs, quiet hours, frequency caps and consent (design §3).
+"""Action masks: opt-outs, quiet hours, frequency caps and consent.
 
 The joint rules (a channel is quiet in some slots) are exact only over the 361 flat actions.
 The per-component masks are the largest *product* set inside the joint allowed set, so any

@@ -1,4 +1,4 @@
-"""KPIs named as in design §7, with bootstrap confidence intervals, and the fairness gaps."""
+"""KPIs with the metric names of the MLflow contract (README, *What a run logs*), with bootstrap confidence intervals, and the fairness gaps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Roll policies out on the same fresh clients with common random numbers (design §5)."""
+"""Roll policies out on the same fresh clients with common random numbers."""
 
 from __future__ import annotations
 

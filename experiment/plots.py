@@ -37,7 +37,7 @@ def learning_curve(history: Sequence[tuple[int, dict[str, float]]], path: Path) 
 
 
 def cadence(rollouts: Sequence[Rollout], path: Path, title: str) -> Path:
-    """When in the day and week each tone and channel is used (messages per 1,000 client-days)."""
+    """When in the day and week each tone and channel is used (messages per 1,000 client-weeks)."""
     counts = sum(r.cadence for r in rollouts)
     client_days = sum(len(r.value) for r in rollouts) * rollouts[0].horizon_days / 1000.0
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))

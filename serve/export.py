@@ -1,4 +1,4 @@
-"""Export a trained policy to ``policy.onnx`` + ``manifest.json`` (design §6).
+"""Export a trained policy to ``policy.onnx`` + ``manifest.json``.
 
 The graph takes ``obs`` float32 [batch, obs_dim] (raw features: the scaling is inside) and
 gives ``action`` int64 [batch, 4] (the deterministic action, no masks) and ``logits`` float32

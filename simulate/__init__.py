@@ -1,4 +1,4 @@
-"""The world: client population, latent dynamics, response model, scenarios (design §2).
+"""The world: client population, latent dynamics, response model, scenarios.
 
 Never imports ``envs`` or ``agents``.
 """

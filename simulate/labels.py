@@ -1,4 +1,4 @@
-"""Names and orders that are part of the public contract (design §3).
+"""Names and orders that are part of the public contract (README, *The RL interface*).
 
 Every array indexed by slot, tone, channel, content, segment, gender or age band uses
 these orders. The action tuple is ``(slot, tone, channel, content)`` where slot 0 means

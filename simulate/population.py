@@ -1,4 +1,4 @@
-"""Fixed client traits, drawn per client from counter-based streams (design §2)."""
+"""Fixed client traits, drawn per client from counter-based streams."""
 
 from __future__ import annotations
 

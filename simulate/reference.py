@@ -1,7 +1,7 @@
 """The same world as :mod:`simulate.world`, written one client at a time.
 
 Slow and plain on purpose: each client is an object with scalar fields and each step is
-the model of design §2 read top to bottom. Tests hold the batched world to these draws.
+the model read top to bottom. Tests hold the batched world to these draws.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ class ReferenceClient:
 
 
 class ReferenceWorld:
-    """A list of :class:`ReferenceClient` stepped one by one (same interface as ``World.step``)."""
+    """A list of :class:`ReferenceClient` stepped one by one. Unlike ``World.step`` (four
+    component arrays), :meth:`step` takes one ``(slot, tone, channel, content)`` tuple per client."""
 
     def __init__(self, population: PopulationConfig, response: ResponseConfig,
                  scenario: ScenarioConfig, seed: int, client_ids: list[int]) -> None:

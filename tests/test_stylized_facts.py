@@ -1,4 +1,4 @@
-"""The stylized facts of design §2, each on thousands of clients with fixed seeds.
+"""The stylized facts the simulator must show (README, *How simulated clients behave*), each on thousands of clients with fixed seeds.
 
 Arms of each comparison run on the *same* clients with the same luck (common random
 numbers), so a difference comes from the mechanism, not from sampling. Where a single
