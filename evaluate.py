@@ -4,7 +4,7 @@
     python evaluate.py policies='[segment_rules,run:<id>]' eval.num_clients=5000 eval.num_seeds=3 scenario=market_shock
 
 Names: heuristics (random, no_send, batch_and_blast, fixed_weekly, segment_rules), the oracle,
-bandits (trained here on 200,000 client-days of fresh training clients, 500 at a time), or ``run:<id>`` for a policy
+bandits (trained here on 200,000 client-days, 500 clients at a time), or ``run:<id>`` for a policy
 trained by train.py. A parent run holds the comparison table (Markdown + Parquet) and plots;
 each policy gets a child run tagged ``policy`` with the same metric names as train.py.
 """

@@ -3,7 +3,7 @@ several policies share."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,10 +23,6 @@ class Policy(Protocol):
     name: str
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
-
-
-class Learner(Policy, Protocol):
-    def update(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, info: dict[str, Any]) -> None: ...
 
 
 def first_allowed(candidates: np.ndarray, masks: np.ndarray) -> np.ndarray:

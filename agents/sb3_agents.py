@@ -2,8 +2,9 @@
 
 Observations are divided by their upper bounds (``envs.features.OBS_HIGH``) before the
 network sees them; the same division is part of the exported graph. Acting for evaluation
-and export is deterministic and within masks: each allowed flat action is scored by the sum
-of its components' log-probabilities (or its Q-value for DQN) and the best allowed one wins.
+and export is deterministic and within masks: send when the allowed sends together are likelier
+than no-send, then the likeliest allowed send (``agents.base.best_factored``); DQN takes the best
+allowed of its 361 Q-values.
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ from agents.config import AgentConfig
 from envs.config import Setup
 from envs.features import OBS_HIGH
 from envs.sb3_vec_env import CadenceVecEnv
-from envs.spaces import JOINT_ACTIONS, NVEC
+from envs.spaces import JOINT_ACTIONS
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO, "ppo_lagrangian": PPO}
 OBS_SCALE = 1.0 / OBS_HIGH
-# column of each flat action's component in the concatenated (19,) logits
-_JOINT_COLUMNS = JOINT_ACTIONS + np.concatenate([[0], np.cumsum(NVEC)[:-1]])[None, :]
 
 
 class ScaledObs(VecEnvWrapper):
@@ -140,24 +139,6 @@ def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
                 gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef, clip_range=cfg.clip_range, **common)
 
 
-def choose_flat(joint: np.ndarray, masks: np.ndarray, q_values: bool) -> np.ndarray:
-    """(N,) deterministic flat action within ``masks`` from (N, 361) joint scores.
-
-    Q-values: the best allowed action. Log-probabilities: first send or not, by whether the
-    allowed sends together are likelier than no-send, then the likeliest allowed send. (The
-    single likeliest joint action would almost never be a send: a send's probability is split
-    over 360 combinations, no-send's is not.)
-    """
-    scores = np.where(masks, joint, -np.inf)
-    if q_values:
-        return scores.argmax(axis=1)
-    best_send = 1 + scores[:, 1:].argmax(axis=1)
-    top = scores.max(axis=1, keepdims=True)
-    prob = np.exp(scores - top)
-    send = prob[:, 1:].sum(axis=1) > prob[:, 0]
-    return np.where(send, best_send, 0)
-
-
 class SB3Policy:
     """A trained SB3 model behind the Policy protocol (deterministic, within masks)."""
 
@@ -179,18 +160,10 @@ class SB3Policy:
             parts = getattr(dist, "distributions", None) or dist.distribution  # maskable vs plain
             return torch.cat([d.logits for d in parts], dim=1).numpy()
 
-    def joint_scores(self, obs: np.ndarray) -> np.ndarray:
-        """(N, 361) score of each flat action: summed component log-probs; no-send is log p(slot 0)."""
-        s = self.scores(obs)
-        if self.flat_view:
-            return s
-        joint = s[:, _JOINT_COLUMNS].sum(axis=2)
-        joint[:, 0] = s[:, 0]
-        return joint
-
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        if self.flat_view:
-            return in_chunks(lambda o, m: JOINT_ACTIONS[choose_flat(self.joint_scores(o), m, True)], obs, masks)
+        if self.flat_view:  # DQN: the best allowed of the 361 Q-values
+            return in_chunks(lambda o, m: JOINT_ACTIONS[np.where(m, self.scores(o), -np.inf).argmax(axis=1)],
+                             obs, masks)
         return in_chunks(lambda o, m: best_factored(self.scores(o).astype(np.float64), m, "log_probs"), obs, masks)
 
     def save(self, path: str | Path) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulate.labels import CHANNELS, N_CHANNELS, N_SEGMENTS, SEGMENTS, SLOT_KEYS, TONES
+from simulate.labels import CHANNELS, N_CHANNELS, SEGMENTS, SLOT_KEYS, TONES
 from simulate.world import N_ENGAGEMENT, World
 
 RECENCY_CAP_DAYS = 30

@@ -15,9 +15,6 @@ KPI_NAMES: tuple[str, ...] = (
     "fairness/urgent_gap", "fairness/volume_gap", "fairness/retention_gap",
 )
 """metric names of the evaluation contract; ``eval/normalized_value`` comes from :func:`normalized_value`"""
-HARM_NAMES: tuple[str, ...] = tuple(
-    f"harm/{who}_{what}" for what in ("anxious_clicks", "complaints", "churn") for who in ("vulnerable", "others"))
-"""harm to vulnerable clients (high susceptibility or low literacy) beside everyone else's"""
 
 Stat = Callable[[Sequence[Rollout], Sequence[np.ndarray]], float]
 

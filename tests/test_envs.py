@@ -12,12 +12,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
 from envs.config import load_setup
-from envs.core import CadenceCore
 from envs.consent import MIN_TIER
+from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES, OBS_DIM
 from envs.sb3_vec_env import CadenceVecEnv
-from envs.spaces import INFO_KEYS
-from envs.spaces import JOINT_ACTIONS, flat_to_multi, multi_to_flat
+from envs.spaces import INFO_KEYS, JOINT_ACTIONS, flat_to_multi, multi_to_flat
 from simulate.labels import N_JOINT_ACTIONS
 
 
