@@ -27,8 +27,9 @@ from envs.features import (
     I_STRESS,
     I_TIER,
     I_WEEKDAY,
+    OBS_DIM,
 )
-from envs.spaces import JOINT_ACTIONS, multi_to_flat
+from envs.spaces import JOINT_ACTIONS, N_SCORES, multi_to_flat
 from simulate.labels import N_CHANNELS, N_CONTENTS, N_JOINT_ACTIONS, N_SEGMENTS, N_SLOTS, N_TONES
 from simulate.world import E_CLICK_TONE, E_OPEN_CHANNEL, E_OPEN_SLOT
 
@@ -49,28 +50,49 @@ def action_features() -> np.ndarray:
     return b
 
 
-def client_context(obs: np.ndarray) -> np.ndarray:
-    """(N, 26) bandit context from raw observations."""
-    n = len(obs)
+def _context_map() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bandit context as ``min(obs, cap) @ weights + bias``: one definition that the
+    in-process bandit (numpy) and its exported graph (torch) both apply."""
     e = I_ENGAGEMENT
-    return np.concatenate([
-        np.ones((n, 1)),
-        obs[:, I_GOAL:I_GOAL + N_SEGMENTS],
-        obs[:, [I_RISK]],
-        np.minimum(obs[:, [I_RECENCY]], 14.0) / 14.0,
-        obs[:, I_SENT_7D:I_SENT_7D + N_CHANNELS].sum(axis=1, keepdims=True) / 5.0,
-        obs[:, [I_STRESS]],
-        obs[:, I_WEEKDAY + 5:I_WEEKDAY + 7].sum(axis=1, keepdims=True),
-        obs[:, e + E_OPEN_SLOT:e + E_CLICK_TONE],
-        obs[:, e + E_OPEN_CHANNEL:e + E_OPEN_CHANNEL + N_CHANNELS],
-        obs[:, e + E_CLICK_TONE:e + E_CLICK_TONE + N_TONES],
-        obs[:, [I_TIER + 3]],
-        obs[:, [I_TIER]],
-    ], axis=1)
+    columns: list[dict[int, float]] = [
+        {},  # the constant (bias 1)
+        *({I_GOAL + g: 1.0} for g in range(N_SEGMENTS)),
+        {I_RISK: 1.0},
+        {I_RECENCY: 1.0 / RECENCY_CAP},  # capped at RECENCY_CAP days, then scaled to 0..1
+        {I_SENT_7D + c: 1.0 / 5.0 for c in range(N_CHANNELS)},  # messages in 7 days / 5
+        {I_STRESS: 1.0},
+        {I_WEEKDAY + 5: 1.0, I_WEEKDAY + 6: 1.0},  # weekend
+        *({e + E_OPEN_SLOT + s: 1.0} for s in range(N_SLOTS)),
+        *({e + E_OPEN_CHANNEL + c: 1.0} for c in range(N_CHANNELS)),
+        *({e + E_CLICK_TONE + t: 1.0} for t in range(N_TONES)),
+        {I_TIER + 3: 1.0},
+        {I_TIER: 1.0},
+    ]
+    weights = np.zeros((OBS_DIM, len(columns)))
+    for j, column in enumerate(columns):
+        for feature, weight in column.items():
+            weights[feature, j] = weight
+    bias = np.zeros(len(columns))
+    bias[0] = 1.0
+    cap = np.full(OBS_DIM, np.inf)
+    cap[I_RECENCY] = RECENCY_CAP
+    return weights, bias, cap
 
 
-N_CONTEXT = 26
-B = action_features()
+RECENCY_CAP = 14.0
+"""days since the last message beyond which the bandit context no longer distinguishes"""
+CONTEXT_WEIGHTS, CONTEXT_BIAS, CONTEXT_CAP = _context_map()
+N_CONTEXT = CONTEXT_WEIGHTS.shape[1]
+"""26 context features: constant, goal, risk, recency, recent volume, stress, weekend, engagement, tier"""
+
+
+def client_context(obs: np.ndarray) -> np.ndarray:
+    """(N, N_CONTEXT) float64 bandit context from raw (N, OBS_DIM) observations."""
+    return np.minimum(obs, CONTEXT_CAP) @ CONTEXT_WEIGHTS + CONTEXT_BIAS
+
+
+ACTION_FEATURES = action_features()
+"""(361, 19) features of each flat action"""
 RECOVERY_FEATURES = 3  # recency of the same content, tone and channel for this client
 
 
@@ -116,7 +138,7 @@ class LinearBandit:
     def mean_scores(self, obs: np.ndarray) -> np.ndarray:
         """(N, 361) predicted reward of each action (no-send = 0)."""
         c = client_context(obs)
-        scores = c @ self._theta_matrix() @ B.T
+        scores = c @ self._theta_matrix() @ ACTION_FEATURES.T
         if self.recovering:
             scores += self._recovery(len(obs)) @ self.theta[-RECOVERY_FEATURES:]
         return scores
@@ -131,7 +153,7 @@ class LinearBandit:
         # Q[n] = sum_pr c_np c_nr cov[p, :, r, :]  -> (N, q, q), as two matrix products
         half = (c @ cov.reshape(p, q * p * q)).reshape(n, q, p, q)
         quad = np.matmul(half.transpose(0, 1, 3, 2), c[:, None, :, None])[..., 0]
-        return np.maximum(((quad @ B.T) * B.T[None]).sum(axis=1), 0.0)
+        return np.maximum(((quad @ ACTION_FEATURES.T) * ACTION_FEATURES.T[None]).sum(axis=1), 0.0)
 
     def exploration_scores(self, obs: np.ndarray) -> np.ndarray:
         """(N, 361) scores used to act while learning; greedy by default."""
@@ -142,7 +164,7 @@ class LinearBandit:
         """(N, 19) the mean score split over components (no-send 0, the send flag folded into
         the slots): a send's score is the sum of its four components' (no recovery terms)."""
         s = client_context(obs) @ self._theta_matrix()
-        out = np.zeros((len(obs), 19))
+        out = np.zeros((len(obs), N_SCORES))
         out[:, 1:1 + N_SLOTS] = s[:, :1] + s[:, 1:1 + N_SLOTS]
         out[:, 1 + N_SLOTS:] = s[:, 1 + N_SLOTS:]
         return out
@@ -170,7 +192,7 @@ class LinearBandit:
     def features(self, obs: np.ndarray, flat: np.ndarray) -> np.ndarray:
         """(N, d) regression features of the chosen flat actions."""
         c = client_context(obs)
-        phi = (c[:, :, None] * B[flat][:, None, :]).reshape(len(obs), -1)
+        phi = (c[:, :, None] * ACTION_FEATURES[flat][:, None, :]).reshape(len(obs), -1)
         if self.recovering:
             # the recovery state *before* today's send was recorded
             z = self._recovery_before[np.arange(len(obs)), flat]
@@ -254,7 +276,7 @@ class Thompson(LinearBandit):
         for k in range(self.draws):
             rows = which == k
             theta = self.theta + self.cfg.noise * chol @ self.rng.standard_normal(len(self.theta))
-            scores[rows] = c[rows] @ theta[:d].reshape(N_CONTEXT, N_ACTION_FEATURES) @ B.T
+            scores[rows] = c[rows] @ theta[:d].reshape(N_CONTEXT, N_ACTION_FEATURES) @ ACTION_FEATURES.T
         return scores
 
 

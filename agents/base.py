@@ -7,7 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from envs.spaces import JOINT_ACTIONS, multi_to_flat
+from envs.spaces import JOINT_ACTIONS, JOINT_COLUMNS, MASK_SPLITS, multi_to_flat
+from simulate.labels import N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
 
 
 @runtime_checkable
@@ -39,6 +40,8 @@ def flat(slot, tone, channel, content) -> np.ndarray:
     return multi_to_flat(np.stack(parts, axis=-1).reshape(-1, 4)).reshape(parts[0].shape)
 
 
+assert N_CONTENTS == 4, "factor_masks reads a (slot, tone, channel)'s contents as one uint32"
+
 CHUNK = 16_384
 """rows per chunk when a policy scores all 361 actions (bounds memory at large N)"""
 
@@ -59,15 +62,16 @@ def factor_masks(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     product of the parts against the count of allowed sends.
     """
     n = len(masks)
-    # each (slot, tone, channel) holds 4 content entries: read them as one 32-bit word
-    words = np.ascontiguousarray(masks[:, 1:]).view(np.uint32).reshape(n, 6, 5, 3) != 0
+    # each (slot, tone, channel) holds N_CONTENTS = 4 content entries: read them as one 32-bit word
+    words = np.ascontiguousarray(masks[:, 1:]).view(np.uint32).reshape(n, N_SLOTS, N_TONES, N_CHANNELS) != 0
     rows = np.arange(n)
     pairs = words.any(axis=2)
     pair = pairs.reshape(n, -1).argmax(axis=1)
-    tones = words[rows, pair // 3, :, pair % 3]
+    slot_ix, channel = np.divmod(pair, N_CHANNELS)
+    tones = words[rows, slot_ix, :, channel]
     tone = tones.argmax(axis=1)
-    start = 1 + ((pair // 3 * 5 + tone) * 3 + pair % 3) * 4
-    contents = masks[rows[:, None], start[:, None] + np.arange(4)[None, :]]
+    start = multi_to_flat(np.stack([1 + slot_ix, tone, channel, np.zeros_like(tone)], axis=1))
+    contents = masks[rows[:, None], start[:, None] + np.arange(N_CONTENTS)[None, :]]
     product = pairs.sum(axis=(1, 2)) * tones.sum(axis=1) * contents.sum(axis=1)
     exact = product == np.count_nonzero(masks[:, 1:], axis=1)
     return pairs, tones, contents, exact
@@ -92,7 +96,8 @@ def best_factored(scores: np.ndarray, masks: np.ndarray, rule: str) -> np.ndarra
     """
     n = len(scores)
     pairs, tones, contents, exact = factor_masks(masks)
-    slot, tone, channel, content = scores[:, 1:7], scores[:, 7:12], scores[:, 12:15], scores[:, 15:19]
+    slot, tone, channel, content = np.split(scores, MASK_SPLITS, axis=1)
+    slot = slot[:, 1:]  # the sends; no-send is column 0
     pair = np.where(pairs, slot[:, :, None] + channel[:, None, :], -np.inf).reshape(n, -1)
     tone = np.where(tones, tone, -np.inf)
     content = np.where(contents, content, -np.inf)
@@ -104,10 +109,11 @@ def best_factored(scores: np.ndarray, masks: np.ndarray, rule: str) -> np.ndarra
     no_send = np.zeros(n) if rule == "additive" else scores[:, 0]
     send = np.isfinite(best) & (deciding > no_send)
     actions = np.zeros((n, 4), dtype=np.int64)
-    actions[send] = np.stack([1 + bp // 3, bt, bp % 3, bk], axis=1)[send]
+    best_slot, best_channel = np.divmod(bp, N_CHANNELS)
+    actions[send] = np.stack([1 + best_slot, bt, best_channel, bk], axis=1)[send]
     slow = np.flatnonzero(~exact)
     if slow.size:
-        joint = scores[slow][:, _COLUMNS].sum(axis=2)
+        joint = scores[slow][:, JOINT_COLUMNS].sum(axis=2)
         joint[:, 0] = no_send[slow]
         allowed = np.where(masks[slow], joint, -np.inf)
         if rule == "additive":
@@ -123,5 +129,3 @@ def best_additive(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """:func:`best_factored` with the additive rule (linear bandits)."""
     return best_factored(scores, masks, "additive")
 
-
-_COLUMNS = JOINT_ACTIONS + np.array([0, 7, 12, 15])[None, :]

@@ -7,12 +7,12 @@ import numpy as np
 from agents.base import factor_masks, first_allowed, flat
 from envs.features import I_GOAL, I_RISK, I_WEEKDAY
 from envs.spaces import JOINT_ACTIONS
-from simulate.labels import CHANNELS, CONTENTS, N_SEGMENTS, SLOT_KEYS, TONES
+from simulate.labels import CHANNELS, CONTENTS, N_CHANNELS, N_SEGMENTS, SLOT_KEYS, TONES
 
 EMAIL, PUSH, SMS = (CHANNELS.index(c) for c in ("email", "push", "sms"))
-T = {t: i for i, t in enumerate(TONES)}
-K = {k: i for i, k in enumerate(CONTENTS)}
-S = {s: i + 1 for i, s in enumerate(SLOT_KEYS)}  # action slot numbers (0 is no-send)
+TONE = {t: i for i, t in enumerate(TONES)}
+CONTENT = {k: i for i, k in enumerate(CONTENTS)}
+SLOT = {s: i + 1 for i, s in enumerate(SLOT_KEYS)}  # action slot numbers (0 is no-send)
 
 
 def _with_channel_fallback(slot, tone, content, send: np.ndarray, masks: np.ndarray,
@@ -59,7 +59,8 @@ class RandomPolicy:
         tone_rank, pair_rank = rest % np.maximum(n_tones, 1), rest // np.maximum(n_tones, 1)
         pair = _nth_true(pairs.reshape(n, -1), pair_rank)
         actions = np.zeros((n, 4), dtype=np.int64)
-        chosen = np.stack([1 + pair // 3, _nth_true(tones, tone_rank), pair % 3, _nth_true(contents, content_rank)], axis=1)
+        slot_ix, channel = np.divmod(pair, N_CHANNELS)
+        chosen = np.stack([1 + slot_ix, _nth_true(tones, tone_rank), channel, _nth_true(contents, content_rank)], axis=1)
         actions[send] = chosen[send]
         slow = np.flatnonzero(~exact)  # a mask that is not a product: sample the joint table
         if slow.size:
@@ -75,7 +76,7 @@ class BatchAndBlast:
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         send = np.ones(len(obs), dtype=bool)
-        return _with_channel_fallback(S["morning"], T["urgent"], K["product_offer"], send, masks,
+        return _with_channel_fallback(SLOT["morning"], TONE["urgent"], CONTENT["product_offer"], send, masks,
                                       channels=(PUSH, EMAIL, SMS))
 
 
@@ -86,7 +87,7 @@ class FixedWeekly:
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         send = obs[:, I_WEEKDAY + 0] > 0.5
-        return _with_channel_fallback(S["morning"], T["informative"], K["portfolio_summary"], send, masks)
+        return _with_channel_fallback(SLOT["morning"], TONE["informative"], CONTENT["portfolio_summary"], send, masks)
 
 
 class SegmentRules:
@@ -97,19 +98,19 @@ class SegmentRules:
     name = "segment_rules"
     # per goal segment: (slot, tone, content)
     PLAYBOOK = np.array([
-        (S["morning"], T["educational"], K["portfolio_summary"]),  # retirement
-        (S["midday"], T["informative"], K["market_update"]),  # growth investor
-        (S["early"], T["opportunity"], K["market_update"]),  # active trader
-        (S["evening"], T["educational"], K["education"]),  # saver / debt
+        (SLOT["morning"], TONE["educational"], CONTENT["portfolio_summary"]),  # retirement
+        (SLOT["midday"], TONE["informative"], CONTENT["market_update"]),  # growth investor
+        (SLOT["early"], TONE["opportunity"], CONTENT["market_update"]),  # active trader
+        (SLOT["evening"], TONE["educational"], CONTENT["education"]),  # saver / debt
     ])
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         goal_onehot = obs[:, I_GOAL:I_GOAL + N_SEGMENTS]
         known = goal_onehot.max(axis=1) > 0.5
         plan = self.PLAYBOOK[goal_onehot.argmax(axis=1)].copy()
-        plan[~known] = (S["morning"], T["informative"], K["portfolio_summary"])
+        plan[~known] = (SLOT["morning"], TONE["informative"], CONTENT["portfolio_summary"])
         bold = known & (obs[:, I_RISK] > 0.7)
-        plan[bold, 1] = T["opportunity"]
+        plan[bold, 1] = TONE["opportunity"]
         weekday = obs[:, I_WEEKDAY:I_WEEKDAY + 7].argmax(axis=1)
         send = np.where(known, (weekday == 1) | (weekday == 4), weekday == 1)
         return _with_channel_fallback(plan[:, 0], plan[:, 1], plan[:, 2], send, masks)

@@ -21,25 +21,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.bandits import N_ACTION_FEATURES, N_CONTEXT, LinearBandit
+from agents.bandits import (
+    CONTEXT_BIAS,
+    CONTEXT_CAP,
+    CONTEXT_WEIGHTS,
+    N_ACTION_FEATURES,
+    N_CONTEXT,
+    LinearBandit,
+)
 from agents.base import Policy
 from envs.config import GuardrailConfig
 from envs.features import (
     FEATURE_NAMES,
-    I_ENGAGEMENT,
-    I_GOAL,
-    I_RECENCY,
-    I_RISK,
-    I_SENT_7D,
-    I_STRESS,
-    I_TIER,
-    I_WEEKDAY,
     OBS_HIGH,
 )
 from envs.spaces import NVEC
 from serve.runtime import FORMAT_VERSION, MANIFEST_FILE, ONNX_FILE, sha256
-from simulate.labels import ACTION_LABELS, N_CHANNELS, N_SEGMENTS, N_SLOTS, N_TONES
-from simulate.world import E_CLICK_TONE, E_OPEN_CHANNEL, E_OPEN_SLOT
+from simulate.labels import ACTION_LABELS, N_SLOTS
 
 SPLITS = [int(k) for k in NVEC]
 
@@ -90,18 +88,13 @@ class BanditGraph(nn.Module):
         super().__init__()
         theta = bandit.theta[:N_CONTEXT * N_ACTION_FEATURES].reshape(N_CONTEXT, N_ACTION_FEATURES)
         self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.float32))
+        # the same context map the in-process bandit applies (agents.bandits.client_context)
+        for name, value in (("context_weights", CONTEXT_WEIGHTS), ("context_bias", CONTEXT_BIAS),
+                            ("context_cap", CONTEXT_CAP)):
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor):
-        e = I_ENGAGEMENT
-        one = torch.ones_like(obs[:, :1])
-        context = torch.cat([
-            one, obs[:, I_GOAL:I_GOAL + N_SEGMENTS], obs[:, I_RISK:I_RISK + 1],
-            torch.clamp(obs[:, I_RECENCY:I_RECENCY + 1], max=14.0) / 14.0,
-            obs[:, I_SENT_7D:I_SENT_7D + N_CHANNELS].sum(dim=1, keepdim=True) / 5.0,
-            obs[:, I_STRESS:I_STRESS + 1], obs[:, I_WEEKDAY + 5:I_WEEKDAY + 7].sum(dim=1, keepdim=True),
-            obs[:, e + E_OPEN_SLOT:e + E_CLICK_TONE], obs[:, e + E_OPEN_CHANNEL:e + E_OPEN_CHANNEL + N_CHANNELS],
-            obs[:, e + E_CLICK_TONE:e + E_CLICK_TONE + N_TONES], obs[:, I_TIER + 3:I_TIER + 4], obs[:, I_TIER:I_TIER + 1],
-        ], dim=1)
+        context = torch.minimum(obs, self.context_cap) @ self.context_weights + self.context_bias
         s = context @ self.theta  # (N, 19): send flag, slots, tones, channels, contents
         slot = torch.cat([torch.zeros_like(s[:, :1]), s[:, :1] + s[:, 1:1 + N_SLOTS]], dim=1)
         logits = torch.cat([slot, s[:, 1 + N_SLOTS:]], dim=1)
