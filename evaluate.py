@@ -44,24 +44,37 @@ def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
         try:
             run = mlflow.get_run(run_id)
         except mlflow.exceptions.MlflowException as exc:
-            raise ConfigError(f"policies: no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
+            raise ConfigError(
+                f"policies: no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}"
+            ) from exc
         try:
-            folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="policy",
-                                                         dst_path=tempfile.mkdtemp(prefix="cadence-policy-"))
+            folder = mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path="policy",
+                dst_path=tempfile.mkdtemp(prefix="cadence-policy-"),
+            )
         except Exception as exc:
-            raise ConfigError(f"policies: run {run_id} has no 'policy' artifact (was it made by train.py?)") from exc
+            raise ConfigError(
+                f"policies: run {run_id} has no 'policy' artifact (was it made by train.py?)"
+            ) from exc
         policy = load_policy(folder)
         policy.name = f"{run.data.tags.get('agent', policy.name)}@{run_id[:8]}"
         return policy, {"source_run": run_id, "agent": run.data.tags.get("agent", "")}
     if spec in HEURISTIC_AGENTS or spec == "oracle":
         return make_policy(AgentConfig(name=spec)), {"agent": spec}
     if spec in BANDITS:
-        return train_agent(AgentConfig(name=spec), setup, BANDIT_TIMESTEPS, 500, progress=False), {"agent": spec}
+        return train_agent(AgentConfig(name=spec), setup, BANDIT_TIMESTEPS, 500, progress=False), {
+            "agent": spec
+        }
     if spec in SB3_AGENTS:
-        raise ConfigError(f"policies: {spec!r} must be trained first: run `python train.py agent={spec}` "
-                          f"and pass run:<its run id>")
-    raise ConfigError(f"policies: unknown policy {spec!r}; use a heuristic {list(HEURISTIC_AGENTS)}, "
-                      f"'oracle', a bandit {list(BANDITS)} or run:<mlflow run id>")
+        raise ConfigError(
+            f"policies: {spec!r} must be trained first: run `python train.py agent={spec}` "
+            f"and pass run:<its run id>"
+        )
+    raise ConfigError(
+        f"policies: unknown policy {spec!r}; use a heuristic {list(HEURISTIC_AGENTS)}, "
+        f"'oracle', a bandit {list(BANDITS)} or run:<mlflow run id>"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -78,42 +91,88 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     resolved = [resolve_policy(spec, setup) for spec in run.policies]
     policies = [p for p, _ in resolved]
     e = run.eval
-    result = compare(policies, setup, e.num_clients, e.horizon_days, seeds=range(1000, 1000 + e.num_seeds),
-                     n_boot=e.n_boot, progress=True)
-    common = {"reward": run.reward.name, "scenario": run.scenario.name, "seed": str(run.seed),
-              "git_commit": git_commit()}
+    result = compare(
+        policies,
+        setup,
+        e.num_clients,
+        e.horizon_days,
+        seeds=range(1000, 1000 + e.num_seeds),
+        n_boot=e.n_boot,
+        progress=True,
+    )
+    common = {
+        "reward": run.reward.name,
+        "scenario": run.scenario.name,
+        "seed": str(run.seed),
+        "git_commit": git_commit(),
+    }
     try:
         common["population"] = str(HydraConfig.get().runtime.choices.get("population", "default"))
     except ValueError:
         common["population"] = "default"
     work = Path(tempfile.mkdtemp(prefix="cadence-eval-"))
-    with mlflow.start_run(run_name=f"compare {len(policies)} policies", tags={**common, "comparison": "true"}) as parent:
-        mlflow.log_params({k: v for k, v in flatten(cfg).items() if k.startswith(("eval.", "env.", "scenario.",
-                                                                                 "population.", "policies"))})
+    with mlflow.start_run(
+        run_name=f"compare {len(policies)} policies", tags={**common, "comparison": "true"}
+    ) as parent:
+        mlflow.log_params(
+            {
+                k: v
+                for k, v in flatten(cfg).items()
+                if k.startswith(("eval.", "env.", "scenario.", "population.", "policies"))
+            }
+        )
         (work / "comparison.md").write_text(markdown_table(result, TABLE) + "\n")
-        diffs = [f"| {a} | {b} | {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] |" for (a, b), v in result.differences.items()]
+        diffs = [
+            f"| {a} | {b} | {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] |"
+            for (a, b), v in result.differences.items()
+        ]
         if diffs:
             (work / "comparison.md").write_text(
                 (work / "comparison.md").read_text()
-                + "\n| a | b | value of a minus b (same clients) |\n|---|---|---:|\n" + "\n".join(diffs) + "\n")
+                + "\n| a | b | value of a minus b (same clients) |\n|---|---|---:|\n"
+                + "\n".join(diffs)
+                + "\n"
+            )
         import polars as pl
 
-        pl.DataFrame([{"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
-                      for p, ms in result.metrics.items() for k, v in ms.items()]).write_parquet(work / "comparison.parquet")
-        plots.kpi_bars(result.metrics, ("eval/normalized_value", "eval/value", "eval/retention",
-                                        "eval/anxious_click_share", "eval/messages_per_client_week"), work / "kpis.png")
+        pl.DataFrame(
+            [
+                {"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
+                for p, ms in result.metrics.items()
+                for k, v in ms.items()
+            ]
+        ).write_parquet(work / "comparison.parquet")
+        plots.kpi_bars(
+            result.metrics,
+            (
+                "eval/normalized_value",
+                "eval/value",
+                "eval/retention",
+                "eval/anxious_click_share",
+                "eval/messages_per_client_week",
+            ),
+            work / "kpis.png",
+        )
         plots.retention_curves(result.rollouts, work / "retention.png")
         plots.tone_mix(result.rollouts, work / "tone_mix.png")
         mlflow.log_artifacts(str(work))
         for name in result.metrics:
-            extra = next((tags for p, tags in resolved if p.name == name), {"agent": name, "reference": "true"})
-            with mlflow.start_run(run_name=name, nested=True,
-                                  tags={**common, **extra, "policy": name, "mlflow.parentRunId": parent.info.run_id}):
+            extra = next(
+                (tags for p, tags in resolved if p.name == name),
+                {"agent": name, "reference": "true"},
+            )
+            with mlflow.start_run(
+                run_name=name,
+                nested=True,
+                tags={**common, **extra, "policy": name, "mlflow.parentRunId": parent.info.run_id},
+            ):
                 out = work / f"policy-{name.replace('@', '-')}"
                 out.mkdir()
                 log_comparison(result, name, out, with_artifacts=False)
     print(markdown_table(result, TABLE))
-    print(f"\nMLflow comparison run {parent.info.run_id}; see `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`")
+    print(
+        f"\nMLflow comparison run {parent.info.run_id}; see `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`"
+    )
     return parent.info.run_id
 
 

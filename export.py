@@ -73,18 +73,28 @@ def run_export(cfg: ExportConfig) -> Path:
     try:
         run = mlflow.get_run(cfg.run_id)
     except mlflow.exceptions.MlflowException as exc:
-        raise ConfigError(f"run_id: no MLflow run {cfg.run_id!r} in {mlflow.get_tracking_uri()}") from exc
+        raise ConfigError(
+            f"run_id: no MLflow run {cfg.run_id!r} in {mlflow.get_tracking_uri()}"
+        ) from exc
     work = Path(tempfile.mkdtemp(prefix="cadence-export-"))
     try:
-        folder = mlflow.artifacts.download_artifacts(run_id=cfg.run_id, artifact_path="policy", dst_path=str(work))
+        folder = mlflow.artifacts.download_artifacts(
+            run_id=cfg.run_id, artifact_path="policy", dst_path=str(work)
+        )
     except Exception as exc:
-        raise ConfigError(f"run {cfg.run_id} has no 'policy' artifact (was it made by train.py?)") from exc
+        raise ConfigError(
+            f"run {cfg.run_id} has no 'policy' artifact (was it made by train.py?)"
+        ) from exc
     policy = load_policy(folder)
     guardrails = GuardrailConfig()
-    config_path = mlflow.artifacts.download_artifacts(run_id=cfg.run_id, artifact_path="config.yaml", dst_path=str(work))
+    config_path = mlflow.artifacts.download_artifacts(
+        run_id=cfg.run_id, artifact_path="config.yaml", dst_path=str(work)
+    )
     trained = OmegaConf.load(config_path)
     if "env" in trained and "guardrails" in trained.env:
-        guardrails = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GuardrailConfig), trained.env.guardrails))
+        guardrails = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(GuardrailConfig), trained.env.guardrails)
+        )
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("eval/", "fairness/"))}
     out = Path(cfg.out) if cfg.out else ROOT / "exports" / cfg.run_id
     try:
@@ -98,22 +108,32 @@ def run_export(cfg: ExportConfig) -> Path:
         signature = infer_signature(example, CadencePolicyModel._predict_frame(runtime, example))
         with mlflow.start_run(run_id=cfg.run_id):
             info = mlflow.pyfunc.log_model(
-                name="served_policy", python_model=CadencePolicyModel(), artifacts={"export": str(out)},
-                code_paths=[str(ROOT / "serve")], signature=signature, input_example=example,
-                registered_model_name=REGISTERED_NAME, pip_requirements=["numpy", "pandas", "onnxruntime", "mlflow"])
+                name="served_policy",
+                python_model=CadencePolicyModel(),
+                artifacts={"export": str(out)},
+                code_paths=[str(ROOT / "serve")],
+                signature=signature,
+                input_example=example,
+                registered_model_name=REGISTERED_NAME,
+                pip_requirements=["numpy", "pandas", "onnxruntime", "mlflow"],
+            )
         version = info.registered_model_version
         print(f"registered {REGISTERED_NAME} version {version}")
         if cfg.promote:
             mlflow.MlflowClient().set_registered_model_alias(REGISTERED_NAME, "champion", version)
-            print(f"alias champion -> version {version}; serve it with:\n  mlflow models serve -m "
-                  f"models:/{REGISTERED_NAME}@champion --env-manager local -p 5001")
+            print(
+                f"alias champion -> version {version}; serve it with:\n  mlflow models serve -m "
+                f"models:/{REGISTERED_NAME}@champion --env-manager local -p 5001"
+            )
     return out
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "run_id"):
-        raise ConfigError("run_id is required: python export.py run_id=<mlflow run id of a train.py run>")
+        raise ConfigError(
+            "run_id is required: python export.py run_id=<mlflow run id of a train.py run>"
+        )
     run_export(OmegaConf.to_object(cfg))
 
 

@@ -41,13 +41,33 @@ def say(message: str) -> None:
     """Print a status line (a fresh Console each time: jobs are pickled to parallel workers)."""
     Console(width=160).print(message)
 
-CONTRACT = ("eval/value", "eval/normalized_value", "eval/retention", "eval/clicks_per_client",
-            "eval/anxious_click_share", "eval/conversions_per_client", "eval/unsubscribes_per_client",
-            "eval/messages_per_client_week", "eval/complaints_per_client", "eval/guardrail_violations",
-            "fairness/urgent_gap", "fairness/volume_gap", "fairness/retention_gap")
-TABLE = ("eval/normalized_value", "eval/value", "eval/retention", "eval/clicks_per_client",
-         "eval/anxious_click_share", "eval/conversions_per_client", "eval/messages_per_client_week",
-         "eval/unsubscribes_per_client", "eval/guardrail_violations")
+
+CONTRACT = (
+    "eval/value",
+    "eval/normalized_value",
+    "eval/retention",
+    "eval/clicks_per_client",
+    "eval/anxious_click_share",
+    "eval/conversions_per_client",
+    "eval/unsubscribes_per_client",
+    "eval/messages_per_client_week",
+    "eval/complaints_per_client",
+    "eval/guardrail_violations",
+    "fairness/urgent_gap",
+    "fairness/volume_gap",
+    "fairness/retention_gap",
+)
+TABLE = (
+    "eval/normalized_value",
+    "eval/value",
+    "eval/retention",
+    "eval/clicks_per_client",
+    "eval/anxious_click_share",
+    "eval/conversions_per_client",
+    "eval/messages_per_client_week",
+    "eval/unsubscribes_per_client",
+    "eval/guardrail_violations",
+)
 
 
 def _choices() -> dict[str, str]:
@@ -58,12 +78,20 @@ def _choices() -> dict[str, str]:
 
 
 def _tags(cfg: DictConfig, choices: dict[str, str]) -> dict[str, str]:
-    return {"agent": str(cfg.agent.name), "reward": str(cfg.reward.name), "scenario": str(cfg.scenario.name),
-            "population": choices.get("population", "default"), "seed": str(cfg.seed),
-            "experiment": str(cfg.get("experiment_name", "default")), "git_commit": git_commit()}
+    return {
+        "agent": str(cfg.agent.name),
+        "reward": str(cfg.reward.name),
+        "scenario": str(cfg.scenario.name),
+        "population": choices.get("population", "default"),
+        "seed": str(cfg.seed),
+        "experiment": str(cfg.get("experiment_name", "default")),
+        "git_commit": git_commit(),
+    }
 
 
-def log_comparison(result: Comparison, policy_name: str, out: Path, with_artifacts: bool = True) -> dict[str, float]:
+def log_comparison(
+    result: Comparison, policy_name: str, out: Path, with_artifacts: bool = True
+) -> dict[str, float]:
     """Log one policy's contract metrics (+ CI bounds) to the active run; write table and plots."""
     m = result.metrics[policy_name]
     metrics = {name: m[name][0] for name in CONTRACT}
@@ -77,13 +105,24 @@ def log_comparison(result: Comparison, policy_name: str, out: Path, with_artifac
     mlflow.log_metrics(metrics)
     if with_artifacts:
         (out / "evaluation.md").write_text(markdown_table(result, TABLE) + "\n")
-        rows = [{"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
-                for p, ms in result.metrics.items() for k, v in ms.items()]
+        rows = [
+            {"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
+            for p, ms in result.metrics.items()
+            for k, v in ms.items()
+        ]
         pl.DataFrame(rows).write_parquet(out / "evaluation.parquet")
         own = [r for r in result.rollouts if r.policy == policy_name]
         plots.cadence(own, out / "cadence.png", f"{policy_name}: when and how it messages")
-        plots.kpi_bars(result.metrics, ("eval/normalized_value", "eval/retention", "eval/anxious_click_share",
-                                        "eval/messages_per_client_week"), out / "kpis.png")
+        plots.kpi_bars(
+            result.metrics,
+            (
+                "eval/normalized_value",
+                "eval/retention",
+                "eval/anxious_click_share",
+                "eval/messages_per_client_week",
+            ),
+            out / "kpis.png",
+        )
         plots.retention_curves(result.rollouts, out / "retention.png")
         mlflow.log_artifacts(str(out), "evaluation")
     return metrics
@@ -98,14 +137,18 @@ def log_margins(result: Comparison, policy_name: str, baselines: list[str]) -> s
     ``baseline``; returns a one-line verdict for the console."""
     m = result.metrics
     best = max(baselines, key=lambda b: m[b]["eval/normalized_value"][0])
-    margins = {f"eval/margin/{k.split('/', 1)[1]}": m[policy_name][k][0] - m[best][k][0] for k in MARGINS}
+    margins = {
+        f"eval/margin/{k.split('/', 1)[1]}": m[policy_name][k][0] - m[best][k][0] for k in MARGINS
+    }
     mlflow.log_metrics(margins)
     mlflow.set_tag("baseline", best)
     value, retention, anxious = margins.values()
     holds = retention >= 0 and anxious <= 0
-    return (f"{policy_name} vs the best baseline {best}: normalized value {value:+.3f}, retention "
-            f"{retention:+.3f}, anxious-click share {anxious:+.3f} "
-            f"({'retention no lower and anxious share no higher' if holds else 'the guard conditions do not both hold'})")
+    return (
+        f"{policy_name} vs the best baseline {best}: normalized value {value:+.3f}, retention "
+        f"{retention:+.3f}, anxious-click share {anxious:+.3f} "
+        f"({'retention no lower and anxious share no higher' if holds else 'the guard conditions do not both hold'})"
+    )
 
 
 def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
@@ -119,12 +162,16 @@ def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             sweep_dir = Path(hydra_cfg.sweep.dir)
             tags["sweep_id"] = sweep_id(sweep_dir)
-            parent = sweep_parent(sweep_dir, run.tracking.experiment, tags["sweep_id"], {"sweep_dir": str(sweep_dir)})
+            parent = sweep_parent(
+                sweep_dir, run.tracking.experiment, tags["sweep_id"], {"sweep_dir": str(sweep_dir)}
+            )
             tags["mlflow.parentRunId"] = parent
     except ValueError:
         pass
     name = f"{run.agent.name}-{run.reward.name}-{run.scenario.name}-s{run.seed}"
-    with mlflow.start_run(run_id=run.resume, run_name=None if run.resume else name, tags=tags) as active:
+    with mlflow.start_run(
+        run_id=run.resume, run_name=None if run.resume else name, tags=tags
+    ) as active:
         try:
             return _train_in_run(cfg, run, setup, active, name)
         except Exception as error:
@@ -156,23 +203,47 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
 
     resume_from = None
     if run.resume:
-        resume_from = Path(mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="checkpoints/latest.zip", dst_path=str(work / "resume")))
-        say(f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days")
+        resume_from = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="checkpoints/latest.zip", dst_path=str(work / "resume")
+            )
+        )
+        say(
+            f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days"
+        )
     start = time.perf_counter()
-    policy = train_agent(run.agent, setup, run.trainer.total_timesteps, setup.env.num_clients, run.seed,
-                         progress=run.trainer.progress, hook=hook,
-                         checkpoint=checkpoint if run.agent.name in SB3_AGENTS else None,
-                         checkpoint_every=run.trainer.checkpoint_every, resume_from=resume_from)
+    policy = train_agent(
+        run.agent,
+        setup,
+        run.trainer.total_timesteps,
+        setup.env.num_clients,
+        run.seed,
+        progress=run.trainer.progress,
+        hook=hook,
+        checkpoint=checkpoint if run.agent.name in SB3_AGENTS else None,
+        checkpoint_every=run.trainer.checkpoint_every,
+        resume_from=resume_from,
+    )
     mlflow.log_metric("train/seconds", time.perf_counter() - start)
     mlflow.log_artifacts(str(save_policy(policy, work / "policy")), "policy")
     curve = plots.learning_curve(history, work / "learning_curve.png")
     if curve:
         mlflow.log_artifact(str(curve))
     e = run.eval
-    baselines = [make_policy(AgentConfig(name=b), run.seed) for b in dict.fromkeys(e.baselines) if b != policy.name]
-    result = compare([policy, *baselines], setup, e.num_clients, e.horizon_days,
-                     seeds=range(1000, 1000 + e.num_seeds), n_boot=e.n_boot, progress=run.trainer.progress)
+    baselines = [
+        make_policy(AgentConfig(name=b), run.seed)
+        for b in dict.fromkeys(e.baselines)
+        if b != policy.name
+    ]
+    result = compare(
+        [policy, *baselines],
+        setup,
+        e.num_clients,
+        e.horizon_days,
+        seeds=range(1000, 1000 + e.num_seeds),
+        n_boot=e.n_boot,
+        progress=run.trainer.progress,
+    )
     evaluation = work / "evaluation"
     evaluation.mkdir()
     metrics = log_comparison(result, policy.name, evaluation)
@@ -180,8 +251,10 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
     if baselines:
         margins = log_margins(result, policy.name, [b.name for b in baselines])
         say(margins)
-    say(f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
-                  f"eval/value {metrics['eval/value']:.3f}")
+    say(
+        f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
+        f"eval/value {metrics['eval/value']:.3f}"
+    )
     return float(metrics["eval/normalized_value"])
 
 
@@ -192,10 +265,18 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
         setup_mlflow(tracking.get("uri"), tracking.get("experiment", "cadence"))
         hydra_cfg = HydraConfig.get()
         sweep_dir = Path(hydra_cfg.sweep.dir)
-        parent = sweep_parent(sweep_dir, tracking.get("experiment", "cadence"), sweep_id(sweep_dir),
-                              {"sweep_dir": str(sweep_dir)})
-        tags = {"sweep_id": sweep_id(sweep_dir), "mlflow.parentRunId": parent, "error": str(error)[:5000],
-                "overrides": " ".join(hydra_cfg.overrides.task)}
+        parent = sweep_parent(
+            sweep_dir,
+            tracking.get("experiment", "cadence"),
+            sweep_id(sweep_dir),
+            {"sweep_dir": str(sweep_dir)},
+        )
+        tags = {
+            "sweep_id": sweep_id(sweep_dir),
+            "mlflow.parentRunId": parent,
+            "error": str(error)[:5000],
+            "overrides": " ".join(hydra_cfg.overrides.task),
+        }
         for key in ("agent", "reward", "scenario"):
             name = OmegaConf.select(cfg, f"{key}.name", default=None)
             if name is not None:

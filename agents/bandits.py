@@ -116,12 +116,14 @@ class LinearBandit:
         self.theta = np.zeros(d)
         self._cov: np.ndarray | None = None
         self.deterministic = False
-        self._memory: np.ndarray | None = None  # (N, contents + tones + channels) days since last use
+        self._memory: np.ndarray | None = (
+            None  # (N, contents + tones + channels) days since last use
+        )
         self._recovery_before: np.ndarray | None = None
 
     # ----- model -------------------------------------------------------------------------
     def _theta_matrix(self) -> np.ndarray:
-        return self.theta[:N_CONTEXT * N_ACTION_FEATURES].reshape(N_CONTEXT, N_ACTION_FEATURES)
+        return self.theta[: N_CONTEXT * N_ACTION_FEATURES].reshape(N_CONTEXT, N_ACTION_FEATURES)
 
     def _recovery(self, n: int) -> np.ndarray:
         """(N, 361, 3) how recovered each action's content, tone and channel are (1 = long unused)."""
@@ -165,13 +167,15 @@ class LinearBandit:
         the slots): a send's score is the sum of its four components' (no recovery terms)."""
         s = client_context(obs) @ self._theta_matrix()
         out = np.zeros((len(obs), N_SCORES))
-        out[:, 1:1 + N_SLOTS] = s[:, :1] + s[:, 1:1 + N_SLOTS]
-        out[:, 1 + N_SLOTS:] = s[:, 1 + N_SLOTS:]
+        out[:, 1 : 1 + N_SLOTS] = s[:, :1] + s[:, 1 : 1 + N_SLOTS]
+        out[:, 1 + N_SLOTS :] = s[:, 1 + N_SLOTS :]
         return out
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """(N, 4) actions: the best allowed action by the exploration (or, if deterministic, mean) score."""
-        if self.deterministic and not self.recovering:  # additive scores: no 361-action table needed
+        if (
+            self.deterministic and not self.recovering
+        ):  # additive scores: no 361-action table needed
             return best_additive(self.component_scores(obs), masks)
         scores = self.mean_scores(obs) if self.deterministic else self.exploration_scores(obs)
         scores = np.where(masks, scores, -np.inf)
@@ -199,7 +203,9 @@ class LinearBandit:
             phi = np.concatenate([phi, z], axis=1)
         return phi
 
-    def update(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, info: dict[str, Any]) -> None:
+    def update(
+        self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, info: dict[str, Any]
+    ) -> None:
         """Add the day's (context, action, reward) of every client that was messaged; refit."""
         flat = multi_to_flat(actions)
         sent = flat > 0
@@ -217,9 +223,19 @@ class LinearBandit:
     def save(self, path: str | Path) -> Path:
         """Write the model as ``.npz`` (arrays + JSON config; no pickle)."""
         path = Path(path).with_suffix(".npz")
-        memory = self._memory if self._memory is not None else np.zeros((0, N_CONTENTS + N_TONES + N_CHANNELS))
-        np.savez(path, precision=self.precision, target=self.target, theta=self.theta, memory=memory,
-                 meta=np.array(json.dumps({"name": self.name, "cfg": asdict(self.cfg)})))
+        memory = (
+            self._memory
+            if self._memory is not None
+            else np.zeros((0, N_CONTENTS + N_TONES + N_CHANNELS))
+        )
+        np.savez(
+            path,
+            precision=self.precision,
+            target=self.target,
+            theta=self.theta,
+            memory=memory,
+            meta=np.array(json.dumps({"name": self.name, "cfg": asdict(self.cfg)})),
+        )
         return path
 
     @classmethod
@@ -228,7 +244,11 @@ class LinearBandit:
         meta = json.loads(str(data["meta"]))
         kind = BANDIT_CLASSES[meta["name"]]
         agent = kind(AgentConfig(**meta["cfg"]))
-        agent.precision, agent.target, agent.theta = data["precision"], data["target"], data["theta"]
+        agent.precision, agent.target, agent.theta = (
+            data["precision"],
+            data["target"],
+            data["theta"],
+        )
         if len(data["memory"]):  # the recovering bandit's per-client recency, as it was when saved
             agent._memory = data["memory"].copy()
         return agent
@@ -276,7 +296,9 @@ class Thompson(LinearBandit):
         for k in range(self.draws):
             rows = which == k
             theta = self.theta + self.cfg.noise * chol @ self.rng.standard_normal(len(self.theta))
-            scores[rows] = c[rows] @ theta[:d].reshape(N_CONTEXT, N_ACTION_FEATURES) @ ACTION_FEATURES.T
+            scores[rows] = (
+                c[rows] @ theta[:d].reshape(N_CONTEXT, N_ACTION_FEATURES) @ ACTION_FEATURES.T
+            )
         return scores
 
 
@@ -293,4 +315,5 @@ class Recovering(LinUCB):
 
 
 BANDIT_CLASSES: dict[str, type[LinearBandit]] = {
-    cls.name: cls for cls in (EpsilonGreedy, LinUCB, Thompson, Recovering)}
+    cls.name: cls for cls in (EpsilonGreedy, LinUCB, Thompson, Recovering)
+}

@@ -36,7 +36,9 @@ def first_allowed(candidates: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def flat(slot, tone, channel, content) -> np.ndarray:
     """Flat indices of MultiDiscrete components (scalars or (N,) arrays broadcast together)."""
-    parts = np.broadcast_arrays(*(np.asarray(x, dtype=np.int64) for x in (slot, tone, channel, content)))
+    parts = np.broadcast_arrays(
+        *(np.asarray(x, dtype=np.int64) for x in (slot, tone, channel, content))
+    )
     return multi_to_flat(np.stack(parts, axis=-1).reshape(-1, 4)).reshape(parts[0].shape)
 
 
@@ -50,7 +52,9 @@ def in_chunks(act_rows, obs: np.ndarray, masks: np.ndarray, size: int = CHUNK) -
     """Apply ``act_rows(obs, masks) -> (n, 4)`` to row chunks and stack the results."""
     if len(obs) <= size:
         return act_rows(obs, masks)
-    return np.concatenate([act_rows(obs[i:i + size], masks[i:i + size]) for i in range(0, len(obs), size)])
+    return np.concatenate(
+        [act_rows(obs[i : i + size], masks[i : i + size]) for i in range(0, len(obs), size)]
+    )
 
 
 def factor_masks(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -63,7 +67,10 @@ def factor_masks(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     """
     n = len(masks)
     # each (slot, tone, channel) holds N_CONTENTS = 4 content entries: read them as one 32-bit word
-    words = np.ascontiguousarray(masks[:, 1:]).view(np.uint32).reshape(n, N_SLOTS, N_TONES, N_CHANNELS) != 0
+    words = (
+        np.ascontiguousarray(masks[:, 1:]).view(np.uint32).reshape(n, N_SLOTS, N_TONES, N_CHANNELS)
+        != 0
+    )
     rows = np.arange(n)
     pairs = words.any(axis=2)
     pair = pairs.reshape(n, -1).argmax(axis=1)
@@ -105,7 +112,11 @@ def best_factored(scores: np.ndarray, masks: np.ndarray, rule: str) -> np.ndarra
     rows = np.arange(n)
     with np.errstate(invalid="ignore"):
         best = pair[rows, bp] + tone[rows, bt] + content[rows, bk]
-        deciding = best if rule == "additive" else _logsumexp(pair) + _logsumexp(tone) + _logsumexp(content)
+        deciding = (
+            best
+            if rule == "additive"
+            else _logsumexp(pair) + _logsumexp(tone) + _logsumexp(content)
+        )
     no_send = np.zeros(n) if rule == "additive" else scores[:, 0]
     send = np.isfinite(best) & (deciding > no_send)
     actions = np.zeros((n, 4), dtype=np.int64)
@@ -128,4 +139,3 @@ def best_factored(scores: np.ndarray, masks: np.ndarray, rule: str) -> np.ndarra
 def best_additive(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """:func:`best_factored` with the additive rule (linear bandits)."""
     return best_factored(scores, masks, "additive")
-

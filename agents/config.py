@@ -83,4 +83,6 @@ class AgentConfig:
         if self.name not in AGENTS:
             raise ConfigError(f"{prefix}.name must be one of {list(AGENTS)}, got {self.name!r}")
         if not self.net_arch or any(int(h) < 1 for h in self.net_arch):
-            raise ConfigError(f"{prefix}.net_arch must be a non-empty list of positive sizes, got {self.net_arch}")
+            raise ConfigError(
+                f"{prefix}.net_arch must be a non-empty list of positive sizes, got {self.net_arch}"
+            )

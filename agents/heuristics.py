@@ -15,11 +15,14 @@ CONTENT = {k: i for i, k in enumerate(CONTENTS)}
 SLOT = {s: i + 1 for i, s in enumerate(SLOT_KEYS)}  # action slot numbers (0 is no-send)
 
 
-def _with_channel_fallback(slot, tone, content, send: np.ndarray, masks: np.ndarray,
-                           channels=(EMAIL, PUSH, SMS)) -> np.ndarray:
+def _with_channel_fallback(
+    slot, tone, content, send: np.ndarray, masks: np.ndarray, channels=(EMAIL, PUSH, SMS)
+) -> np.ndarray:
     """Wanted (slot, tone, content) on the first allowed channel of ``channels``; no-send where ``send`` is False."""
-    candidates = np.stack([flat(slot, tone, c, content) * np.ones(len(masks), dtype=np.int64)
-                           for c in channels], axis=1)
+    candidates = np.stack(
+        [flat(slot, tone, c, content) * np.ones(len(masks), dtype=np.int64) for c in channels],
+        axis=1,
+    )
     actions = first_allowed(candidates, masks)
     actions[~send] = 0
     return actions
@@ -50,7 +53,9 @@ class RandomPolicy:
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         pairs, tones, contents, exact = factor_masks(masks)
         n = len(obs)
-        counts = (pairs.sum(axis=(1, 2)) * tones.sum(axis=1) * contents.sum(axis=1)).astype(np.int64)
+        counts = (pairs.sum(axis=(1, 2)) * tones.sum(axis=1) * contents.sum(axis=1)).astype(
+            np.int64
+        )
         pick = np.floor(self.rng.random(n) * (counts + 1)).astype(np.int64)  # 0 = no-send
         send = (pick > 0) & exact
         k = np.maximum(pick - 1, 0)
@@ -60,7 +65,10 @@ class RandomPolicy:
         pair = _nth_true(pairs.reshape(n, -1), pair_rank)
         actions = np.zeros((n, 4), dtype=np.int64)
         slot_ix, channel = np.divmod(pair, N_CHANNELS)
-        chosen = np.stack([1 + slot_ix, _nth_true(tones, tone_rank), channel, _nth_true(contents, content_rank)], axis=1)
+        chosen = np.stack(
+            [1 + slot_ix, _nth_true(tones, tone_rank), channel, _nth_true(contents, content_rank)],
+            axis=1,
+        )
         actions[send] = chosen[send]
         slow = np.flatnonzero(~exact)  # a mask that is not a product: sample the joint table
         if slow.size:
@@ -76,8 +84,14 @@ class BatchAndBlast:
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         send = np.ones(len(obs), dtype=bool)
-        return _with_channel_fallback(SLOT["morning"], TONE["urgent"], CONTENT["product_offer"], send, masks,
-                                      channels=(PUSH, EMAIL, SMS))
+        return _with_channel_fallback(
+            SLOT["morning"],
+            TONE["urgent"],
+            CONTENT["product_offer"],
+            send,
+            masks,
+            channels=(PUSH, EMAIL, SMS),
+        )
 
 
 class FixedWeekly:
@@ -87,7 +101,9 @@ class FixedWeekly:
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         send = obs[:, I_WEEKDAY + 0] > 0.5
-        return _with_channel_fallback(SLOT["morning"], TONE["informative"], CONTENT["portfolio_summary"], send, masks)
+        return _with_channel_fallback(
+            SLOT["morning"], TONE["informative"], CONTENT["portfolio_summary"], send, masks
+        )
 
 
 class SegmentRules:
@@ -97,21 +113,23 @@ class SegmentRules:
 
     name = "segment_rules"
     # per goal segment: (slot, tone, content)
-    PLAYBOOK = np.array([
-        (SLOT["morning"], TONE["educational"], CONTENT["portfolio_summary"]),  # retirement
-        (SLOT["midday"], TONE["informative"], CONTENT["market_update"]),  # growth investor
-        (SLOT["early"], TONE["opportunity"], CONTENT["market_update"]),  # active trader
-        (SLOT["evening"], TONE["educational"], CONTENT["education"]),  # saver / debt
-    ])
+    PLAYBOOK = np.array(
+        [
+            (SLOT["morning"], TONE["educational"], CONTENT["portfolio_summary"]),  # retirement
+            (SLOT["midday"], TONE["informative"], CONTENT["market_update"]),  # growth investor
+            (SLOT["early"], TONE["opportunity"], CONTENT["market_update"]),  # active trader
+            (SLOT["evening"], TONE["educational"], CONTENT["education"]),  # saver / debt
+        ]
+    )
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        goal_onehot = obs[:, I_GOAL:I_GOAL + N_SEGMENTS]
+        goal_onehot = obs[:, I_GOAL : I_GOAL + N_SEGMENTS]
         known = goal_onehot.max(axis=1) > 0.5
         plan = self.PLAYBOOK[goal_onehot.argmax(axis=1)].copy()
         plan[~known] = (SLOT["morning"], TONE["informative"], CONTENT["portfolio_summary"])
         bold = known & (obs[:, I_RISK] > 0.7)
         plan[bold, 1] = TONE["opportunity"]
-        weekday = obs[:, I_WEEKDAY:I_WEEKDAY + 7].argmax(axis=1)
+        weekday = obs[:, I_WEEKDAY : I_WEEKDAY + 7].argmax(axis=1)
         send = np.where(known, (weekday == 1) | (weekday == 4), weekday == 1)
         return _with_channel_fallback(plan[:, 0], plan[:, 1], plan[:, 2], send, masks)
 

@@ -43,36 +43,57 @@ class Oracle:
         rows_n, cols = np.nonzero(masks[:, 1:])
         cols = cols + 1
         a = JOINT_ACTIONS[cols]
-        pr = world.response_probabilities(self.core.day, rows_n, a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3])
+        pr = world.response_probabilities(
+            self.core.day, rows_n, a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3]
+        )
         p_open, calm, anx = pr["open"], pr["calm_click"], pr["anxious_click"]
         p_calm = p_open * calm
         p_anx = p_open * (1.0 - calm) * anx
         p_convert = p_calm * pr["calm_convert"] + p_anx * p.anxious_convert
         p_harm = p_anx * pr["harm"]
-        today = (w.calm_click * p_calm + w.anxious_click * p_anx + w.conversion * p_convert
-                 + w.harmful * p_harm + w.unsubscribe * pr["unsubscribe"]
-                 + w.complaint * pr["complaint"] + w.message)
+        today = (
+            w.calm_click * p_calm
+            + w.anxious_click * p_anx
+            + w.conversion * p_convert
+            + w.harmful * p_harm
+            + w.unsubscribe * pr["unsubscribe"]
+            + w.complaint * pr["complaint"]
+            + w.message
+        )
         # lookahead: change of the daily churn logit, by day, caused by this message
         urgency, relevance = pr["urgency"], pr["relevance"]
         fx = world.schedule.effects(self.core.day)
         segment = t.segment[rows_n]
-        d_trust = trust_change(p, relevance, urgency, a[:, 0] == N_SLOTS, p_convert, p_harm,
-                               fx.send_trust[segment, a[:, 3]])
+        d_trust = trust_change(
+            p,
+            relevance,
+            urgency,
+            a[:, 0] == N_SLOTS,
+            p_convert,
+            p_harm,
+            fx.send_trust[segment, a[:, 3]],
+        )
         anxiety = s.anxiety[rows_n]
-        d_anxiety = anxiety_after_message(p, anxiety, t.susceptibility[rows_n], urgency,
-                                          np.asarray(p.tone_relief)[a[:, 1]]) - anxiety
+        d_anxiety = (
+            anxiety_after_message(
+                p, anxiety, t.susceptibility[rows_n], urgency, np.asarray(p.tone_relief)[a[:, 1]]
+            )
+            - anxiety
+        )
         hazard = churn_hazard(p, s.trust[rows_n], anxiety, s.fatigue[rows_n])
         fatigue = s.fatigue[rows_n]
         slope = hazard * (1.0 - hazard)
         f_decay = 0.5 ** (1.0 / p.fatigue_half_life_days)
         a_decay = 0.5 ** (1.0 / p.anxiety_half_life_days)
         days = np.arange(1, cfg.lookahead_days + 1)
-        fatigue_days = (f_decay ** days).sum()
-        anxiety_days = (a_decay ** days).sum()
+        fatigue_days = (f_decay**days).sum()
+        anxiety_days = (a_decay**days).sum()
         over = (fatigue + 1.0 > p.fatigue_tolerance).astype(float)
-        extra_churn = slope * (-p.churn_trust * d_trust * cfg.lookahead_days
-                               + p.churn_anxiety * d_anxiety * anxiety_days
-                               + p.churn_fatigue * over * fatigue_days)
+        extra_churn = slope * (
+            -p.churn_trust * d_trust * cfg.lookahead_days
+            + p.churn_anxiety * d_anxiety * anxiety_days
+            + p.churn_fatigue * over * fatigue_days
+        )
         value = today - cfg.churn_value * extra_churn - cfg.fatigue_cost * fatigue_days
         out = np.full((n, masks.shape[1]), -np.inf)
         out[:, 0] = 0.0

@@ -34,28 +34,50 @@ def make_policy(cfg: AgentConfig, seed: int = 0) -> Policy:
     raise ValueError(f"{cfg.name!r} is trained with train_agent(), not built untrained")
 
 
-def train_bandit(bandit: LinearBandit, setup: Setup, total_timesteps: int, num_envs: int,
-                 seed: int = 0, progress: bool = True, hook: TrainHook | None = None) -> LinearBandit:
+def train_bandit(
+    bandit: LinearBandit,
+    setup: Setup,
+    total_timesteps: int,
+    num_envs: int,
+    seed: int = 0,
+    progress: bool = True,
+    hook: TrainHook | None = None,
+) -> LinearBandit:
     """Online learning on ``total_timesteps`` client-days of training clients (ids from 0)."""
     core = CadenceCore(setup, num_envs)
     obs = core.reset(seed)
     days = max(1, total_timesteps // core.n)
-    for day in tqdm(range(days), desc=f"training {bandit.name}", unit="day", disable=None if progress else True):
+    for day in tqdm(
+        range(days), desc=f"training {bandit.name}", unit="day", disable=None if progress else True
+    ):
         actions = bandit.act(obs, core.joint_masks())
         r = core.step(actions)
         bandit.update(obs, actions, r.reward, {"done": r.terminated | r.truncated})
         obs = r.obs
         if hook is not None and (day % 10 == 9 or day == days - 1):
-            hook((day + 1) * core.n, {"train/reward_per_client_day": float(r.reward.mean()),
-                                      "train/messages_per_client_day": float(r.outcomes["sent"].mean())})
+            hook(
+                (day + 1) * core.n,
+                {
+                    "train/reward_per_client_day": float(r.reward.mean()),
+                    "train/messages_per_client_day": float(r.outcomes["sent"].mean()),
+                },
+            )
     bandit.deterministic = True
     return bandit
 
 
-def train_agent(cfg: AgentConfig, setup: Setup, total_timesteps: int, num_envs: int | None = None,
-                seed: int = 0, progress: bool = True, hook: TrainHook | None = None,
-                checkpoint: Callable[[Any, int], None] | None = None, checkpoint_every: int = 1_000_000,
-                resume_from: str | Path | None = None) -> Policy:
+def train_agent(
+    cfg: AgentConfig,
+    setup: Setup,
+    total_timesteps: int,
+    num_envs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    hook: TrainHook | None = None,
+    checkpoint: Callable[[Any, int], None] | None = None,
+    checkpoint_every: int = 1_000_000,
+    resume_from: str | Path | None = None,
+) -> Policy:
     """Train the agent ``cfg.name`` on ``total_timesteps`` client-days; returns a deterministic policy.
 
     SB3 agents call ``checkpoint(model, client_days)`` every ``checkpoint_every`` client-days, and
@@ -63,8 +85,15 @@ def train_agent(cfg: AgentConfig, setup: Setup, total_timesteps: int, num_envs: 
     """
     num_envs = int(num_envs or setup.env.num_clients)
     if cfg.name in BANDITS:
-        return train_bandit(BANDIT_CLASSES[cfg.name](cfg, seed), setup, total_timesteps, num_envs, seed,
-                            progress, hook)
+        return train_bandit(
+            BANDIT_CLASSES[cfg.name](cfg, seed),
+            setup,
+            total_timesteps,
+            num_envs,
+            seed,
+            progress,
+            hook,
+        )
     if cfg.name in SB3_AGENTS:
         from stable_baselines3.common.vec_env import VecNormalize
 
@@ -83,12 +112,21 @@ def train_agent(cfg: AgentConfig, setup: Setup, total_timesteps: int, num_envs: 
             callbacks.append(_CheckpointCallback(checkpoint, checkpoint_every))
         if cfg.name == "ppo_lagrangian":
             costs = env.venv if isinstance(env, VecNormalize) else env
-            callbacks.append(LagrangeUpdate(costs, {"churn": cfg.churn_limit, "anxiety": cfg.anxiety_limit},
-                                            cfg.multiplier_lr))
+            callbacks.append(
+                LagrangeUpdate(
+                    costs,
+                    {"churn": cfg.churn_limit, "anxiety": cfg.anxiety_limit},
+                    cfg.multiplier_lr,
+                )
+            )
         remaining = max(0, total_timesteps - model.num_timesteps)
         if remaining:
-            model.learn(total_timesteps=remaining, callback=callbacks or None, progress_bar=progress,
-                        reset_num_timesteps=resume_from is None)
+            model.learn(
+                total_timesteps=remaining,
+                callback=callbacks or None,
+                progress_bar=progress,
+                reset_num_timesteps=resume_from is None,
+            )
         return SB3Policy(model, cfg.name)
     return make_policy(cfg, seed)  # heuristics and the oracle have nothing to learn
 
@@ -103,8 +141,11 @@ def _HookCallback(hook: TrainHook):
             return True
 
         def _on_rollout_end(self) -> None:
-            values = {k if k.startswith("train/") else f"train/{k.split('/')[-1]}": float(v)
-                      for k, v in self.model.logger.name_to_value.items() if np.isscalar(v)}
+            values = {
+                k if k.startswith("train/") else f"train/{k.split('/')[-1]}": float(v)
+                for k, v in self.model.logger.name_to_value.items()
+                if np.isscalar(v)
+            }
             buffer = self.model.ep_info_buffer
             if buffer:
                 values["train/episode_return"] = float(np.mean([e["r"] for e in buffer]))

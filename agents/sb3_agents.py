@@ -29,7 +29,12 @@ from envs.sb3_vec_env import CadenceVecEnv
 from envs.spaces import JOINT_ACTIONS
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
-    "ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO, "ppo_lagrangian": PPO}
+    "ppo": PPO,
+    "a2c": A2C,
+    "dqn": DQN,
+    "maskable_ppo": MaskablePPO,
+    "ppo_lagrangian": PPO,
+}
 OBS_SCALE = 1.0 / OBS_HIGH
 
 
@@ -122,21 +127,50 @@ def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
     """An untrained SB3 model of ``cfg.name`` on ``env``."""
     algo = ALGORITHMS[cfg.name]
     policy_kwargs: dict[str, Any] = {"net_arch": list(cfg.net_arch)}
-    common = {"learning_rate": cfg.learning_rate, "gamma": cfg.gamma, "seed": seed, "device": "cpu",
-              "verbose": 0, "policy_kwargs": policy_kwargs}
+    common = {
+        "learning_rate": cfg.learning_rate,
+        "gamma": cfg.gamma,
+        "seed": seed,
+        "device": "cpu",
+        "verbose": 0,
+        "policy_kwargs": policy_kwargs,
+    }
     if cfg.name == "dqn":
-        return DQN("MlpPolicy", env, buffer_size=cfg.buffer_size, batch_size=min(cfg.batch_size, 1024),
-                   learning_starts=cfg.learning_starts, exploration_fraction=cfg.exploration_fraction,
-                   exploration_final_eps=cfg.exploration_final_eps, train_freq=1,
-                   gradient_steps=max(1, env.num_envs // 64),
-                   target_update_interval=cfg.target_update_interval, **common)
+        return DQN(
+            "MlpPolicy",
+            env,
+            buffer_size=cfg.buffer_size,
+            batch_size=min(cfg.batch_size, 1024),
+            learning_starts=cfg.learning_starts,
+            exploration_fraction=cfg.exploration_fraction,
+            exploration_final_eps=cfg.exploration_final_eps,
+            train_freq=1,
+            gradient_steps=max(1, env.num_envs // 64),
+            target_update_interval=cfg.target_update_interval,
+            **common,
+        )
     if cfg.name == "a2c":
-        return A2C("MlpPolicy", env, n_steps=cfg.n_steps, gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef,
-                   **common)
+        return A2C(
+            "MlpPolicy",
+            env,
+            n_steps=cfg.n_steps,
+            gae_lambda=cfg.gae_lambda,
+            ent_coef=cfg.ent_coef,
+            **common,
+        )
     rollout = cfg.n_steps * env.num_envs
     batch = min(cfg.batch_size, rollout)
-    return algo("MlpPolicy", env, n_steps=cfg.n_steps, batch_size=batch, n_epochs=cfg.n_epochs,
-                gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef, clip_range=cfg.clip_range, **common)
+    return algo(
+        "MlpPolicy",
+        env,
+        n_steps=cfg.n_steps,
+        batch_size=batch,
+        n_epochs=cfg.n_epochs,
+        gae_lambda=cfg.gae_lambda,
+        ent_coef=cfg.ent_coef,
+        clip_range=cfg.clip_range,
+        **common,
+    )
 
 
 class SB3Policy:
@@ -162,9 +196,16 @@ class SB3Policy:
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         if self.flat_view:  # DQN: the best allowed of the 361 Q-values
-            return in_chunks(lambda o, m: JOINT_ACTIONS[np.where(m, self.scores(o), -np.inf).argmax(axis=1)],
-                             obs, masks)
-        return in_chunks(lambda o, m: best_factored(self.scores(o).astype(np.float64), m, "log_probs"), obs, masks)
+            return in_chunks(
+                lambda o, m: JOINT_ACTIONS[np.where(m, self.scores(o), -np.inf).argmax(axis=1)],
+                obs,
+                masks,
+            )
+        return in_chunks(
+            lambda o, m: best_factored(self.scores(o).astype(np.float64), m, "log_probs"),
+            obs,
+            masks,
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path).with_suffix(".zip")

@@ -24,10 +24,14 @@ from evaluation.rollout import evaluate, rollout  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the parallel run")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes for the parallel run"
+    )
     args = parser.parse_args()
     setup = load_setup()
     policies = [cls(0) if name == "random" else cls() for name, cls in HEURISTICS.items()]
@@ -43,8 +47,18 @@ def main() -> int:
         print(f"| {policy.name} | {took:.1f} |", flush=True)
     print(f"| **all {len(policies)}, one after another** | **{total:.1f}** |")
     start = time.perf_counter()
-    evaluate(policies, setup, args.clients, args.days, seeds=(1000,), progress=False, workers=args.workers)
-    print(f"| **all {len(policies)}, {args.workers} worker processes** | **{time.perf_counter() - start:.1f}** |")
+    evaluate(
+        policies,
+        setup,
+        args.clients,
+        args.days,
+        seeds=(1000,),
+        progress=False,
+        workers=args.workers,
+    )
+    print(
+        f"| **all {len(policies)}, {args.workers} worker processes** | **{time.perf_counter() - start:.1f}** |"
+    )
     return 0
 
 

@@ -50,7 +50,7 @@ def rate(fn, batch: np.ndarray) -> float:
 def latencies(fn, obs: np.ndarray, n: int = 3000) -> tuple[float, float]:
     times = []
     for i in range(n):
-        row = obs[i % len(obs):i % len(obs) + 1]
+        row = obs[i % len(obs) : i % len(obs) + 1]
         start = time.perf_counter()
         fn(row)
         times.append(time.perf_counter() - start)
@@ -75,6 +75,7 @@ def main() -> int:
     @torch.no_grad()
     def actor(x: torch.Tensor) -> torch.Tensor:
         return model.policy.action_net(model.policy.mlp_extractor.forward_actor(x))
+
     contenders = {
         "SB3 model.predict (peer)": lambda x: model.predict(x * scale, deterministic=True),
         "runtime (guarded)": lambda x: runtime.decide(x, explain=False),
@@ -84,13 +85,23 @@ def main() -> int:
     }
     results = {name: [rate(fn, obs[:b]) for b in BATCHES] for name, fn in contenders.items()}
     lat = {name: latencies(fn, obs) for name, fn in contenders.items()}
-    print("| | batch 1 (decisions/s) | batch 64 | batch 4,096 | p50 latency, batch 1 (ms) | p99 (ms) |")
+    print(
+        "| | batch 1 (decisions/s) | batch 64 | batch 4,096 | p50 latency, batch 1 (ms) | p99 (ms) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, rates in results.items():
-        print(f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[2]:,.0f} | {lat[name][0]:.3f} | {lat[name][1]:.3f} |")
+        print(
+            f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[2]:,.0f} | {lat[name][0]:.3f} | {lat[name][1]:.3f} |"
+        )
     peer = results["SB3 model.predict (peer)"]
     for name in [n for n in results if n != "SB3 model.predict (peer)"]:
-        print(f"\n{name} / SB3: " + ", ".join(f"batch {b}: {r / p:.1f}x" for b, r, p in zip(BATCHES, results[name], peer, strict=True)))
+        print(
+            f"\n{name} / SB3: "
+            + ", ".join(
+                f"batch {b}: {r / p:.1f}x"
+                for b, r, p in zip(BATCHES, results[name], peer, strict=True)
+            )
+        )
     return 0
 
 

@@ -75,7 +75,9 @@ def sync_rate(n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="only N = 1k and 10k")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
@@ -84,13 +86,17 @@ def main() -> None:
     peer_n = 256
     peer = sync_rate(peer_n)
     print(f"peer: {peer_n} per-client envs in gymnasium SyncVectorEnv: {peer:,.0f} client-days/s\n")
-    print("| clients | batched world (client-days/s) | world / peer | batched env (client-days/s) | env / peer | state bytes/client |")
+    print(
+        "| clients | batched world (client-days/s) | world / peer | batched env (client-days/s) | env / peer | state bytes/client |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         world, nbytes = world_rate(n)
         env = vector_env_rate(n)
-        print(f"| {n:,} | {world:,.0f} | {world / peer:,.0f}x | {env:,.0f} | {env / peer:,.0f}x | {nbytes:,.0f} |",
-              flush=True)
+        print(
+            f"| {n:,} | {world:,.0f} | {world / peer:,.0f}x | {env:,.0f} | {env / peer:,.0f}x | {nbytes:,.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

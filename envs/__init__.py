@@ -17,5 +17,14 @@ if ENV_ID not in gymnasium.registry:
         vector_entry_point="envs.vector_env:CadenceVectorEnv",
     )
 
-__all__ = ["ENV_ID", "FEATURE_NAMES", "OBS_DIM", "CadenceCore", "EnvConfig", "GuardrailConfig",
-           "RewardConfig", "Setup", "load_setup"]
+__all__ = [
+    "ENV_ID",
+    "FEATURE_NAMES",
+    "OBS_DIM",
+    "CadenceCore",
+    "EnvConfig",
+    "GuardrailConfig",
+    "RewardConfig",
+    "Setup",
+    "load_setup",
+]

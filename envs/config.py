@@ -33,8 +33,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 class GuardrailConfig:
     """Rules every policy acts within; the env blocks a masked choice and counts a violation."""
 
-    quiet_hours: dict[str, list[str]] = field(default_factory=lambda: {
-        "email": [], "push": ["late"], "sms": ["early", "late"]})
+    quiet_hours: dict[str, list[str]] = field(
+        default_factory=lambda: {"email": [], "push": ["late"], "sms": ["early", "late"]}
+    )
     """slots (short names) in which nothing may be sent on each channel"""
     max_per_week: int = num(5, 0, 7)
     """most messages a client may receive in any 7 consecutive days, all channels"""
@@ -47,14 +48,22 @@ class GuardrailConfig:
         check_quiet_hours(f"{prefix}.quiet_hours", self.quiet_hours)
         for channel, cap in self.channel_caps.items():
             if channel not in CHANNELS:
-                raise ConfigError(f"{prefix}.channel_caps has unknown channel {channel!r}; channels are {list(CHANNELS)}")
+                raise ConfigError(
+                    f"{prefix}.channel_caps has unknown channel {channel!r}; channels are {list(CHANNELS)}"
+                )
             if not 0 <= cap <= 7:
-                raise ConfigError(f"{prefix}.channel_caps.{channel} must be in [0, 7] (per 7 days), got {cap}")
+                raise ConfigError(
+                    f"{prefix}.channel_caps.{channel} must be in [0, 7] (per 7 days), got {cap}"
+                )
         for content, tier in self.content_min_tier.items():
             if content not in CONTENTS:
-                raise ConfigError(f"{prefix}.content_min_tier has unknown content {content!r}; contents are {list(CONTENTS)}")
+                raise ConfigError(
+                    f"{prefix}.content_min_tier has unknown content {content!r}; contents are {list(CONTENTS)}"
+                )
             if not 0 <= tier <= 3:
-                raise ConfigError(f"{prefix}.content_min_tier.{content} must be in [0, 3], got {tier}")
+                raise ConfigError(
+                    f"{prefix}.content_min_tier.{content} must be in [0, 3], got {tier}"
+                )
 
 
 @dataclass
@@ -82,7 +91,11 @@ class Setup:
 
 
 GROUP_SCHEMAS: dict[str, type] = {
-    "env": EnvConfig, "population": PopulationConfig, "scenario": ScenarioConfig, "reward": RewardConfig}
+    "env": EnvConfig,
+    "population": PopulationConfig,
+    "scenario": ScenarioConfig,
+    "reward": RewardConfig,
+}
 
 
 def preset_names(group: str) -> list[str]:
@@ -106,7 +119,9 @@ def to_setup(cfg: Any) -> Setup:
     """Turn a DictConfig/dict holding ``env, population, scenario, reward, seed`` into a validated Setup."""
     schema = OmegaConf.structured(Setup)
     try:
-        picked = {k: cfg[k] for k in ("env", "population", "scenario", "reward", "seed") if k in cfg}
+        picked = {
+            k: cfg[k] for k in ("env", "population", "scenario", "reward", "seed") if k in cfg
+        }
         merged = OmegaConf.merge(schema, picked)
         setup = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
@@ -115,19 +130,32 @@ def to_setup(cfg: Any) -> Setup:
     return validate(setup)
 
 
-def load_setup(env: str = "default", population: str = "default", scenario: str = "calm",
-               reward: str = "balanced", seed: int = 0, overrides: list[str] | tuple[str, ...] = ()) -> Setup:
+def load_setup(
+    env: str = "default",
+    population: str = "default",
+    scenario: str = "calm",
+    reward: str = "balanced",
+    seed: int = 0,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Setup:
     """Compose a :class:`Setup` from presets in ``conf/`` plus dotted overrides.
 
     Example: ``load_setup(reward="engagement", overrides=["env.horizon_days=30"])``.
     """
-    cfg = OmegaConf.create({
-        "env": load_preset("env", env), "population": load_preset("population", population),
-        "scenario": load_preset("scenario", scenario), "reward": load_preset("reward", reward),
-        "seed": seed})
+    cfg = OmegaConf.create(
+        {
+            "env": load_preset("env", env),
+            "population": load_preset("population", population),
+            "scenario": load_preset("scenario", scenario),
+            "reward": load_preset("reward", reward),
+            "seed": seed,
+        }
+    )
     if overrides:
         try:
-            cfg = OmegaConf.merge(OmegaConf.structured(Setup), cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = OmegaConf.merge(
+                OmegaConf.structured(Setup), cfg, OmegaConf.from_dotlist(list(overrides))
+            )
         except OmegaConfBaseException as exc:
             raise ConfigError(str(exc)) from exc
     return to_setup(cfg)

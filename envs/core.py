@@ -73,8 +73,13 @@ class CadenceCore:
         client_id_offset: added to every client id; evaluation uses it for clients training never saw.
     """
 
-    def __init__(self, setup: Setup, num_clients: int | None = None, autoreset: bool = True,
-                 client_id_offset: int = 0) -> None:
+    def __init__(
+        self,
+        setup: Setup,
+        num_clients: int | None = None,
+        autoreset: bool = True,
+        client_id_offset: int = 0,
+    ) -> None:
         self.setup = setup
         self.n = int(num_clients if num_clients is not None else setup.env.num_clients)
         if self.n < 1:
@@ -159,5 +164,13 @@ class CadenceCore:
             final_obs = self.observe()
             if self.autoreset:
                 self.next_clients(np.flatnonzero(done))
-        return StepResult(self.observe(), today.astype(np.float32), terminated, truncated, out,
-                          final_obs, ep_return, ep_length)
+        return StepResult(
+            self.observe(),
+            today.astype(np.float32),
+            terminated,
+            truncated,
+            out,
+            final_obs,
+            ep_return,
+            ep_length,
+        )

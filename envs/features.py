@@ -46,7 +46,7 @@ I_ENGAGEMENT = IX[f"ema_open_{CHANNELS[0]}"]
 
 OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
 """upper bound of each feature (lower bounds are 0)"""
-OBS_HIGH[I_SENT_7D:I_SENT_7D + N_CHANNELS] = 7.0
+OBS_HIGH[I_SENT_7D : I_SENT_7D + N_CHANNELS] = 7.0
 OBS_HIGH[I_RECENCY] = RECENCY_CAP_DAYS
 OBS_HIGH[I_STRESS] = STRESS_CAP
 assert I_ENGAGEMENT + N_ENGAGEMENT == OBS_DIM
@@ -58,7 +58,9 @@ def channel_counts(world: World) -> np.ndarray:
     return np.stack([(log == c + 1).sum(axis=1) for c in range(N_CHANNELS)], axis=1)
 
 
-def raw_features(world: World, day: int, stress: float, out: np.ndarray | None = None) -> np.ndarray:
+def raw_features(
+    world: World, day: int, stress: float, out: np.ndarray | None = None
+) -> np.ndarray:
     """(N, OBS_DIM) float32 features of every client on calendar ``day`` (before acting),
     *before* consent gating: use :func:`envs.consent.observe` for what a policy may see.
 
@@ -75,8 +77,8 @@ def raw_features(world: World, day: int, stress: float, out: np.ndarray | None =
     rows = world.rows
     obs[:, I_WEEKDAY + day % 7] = 1.0
     obs[rows, I_TIER + tier] = 1.0
-    obs[:, I_OPTED_OUT:I_OPTED_OUT + N_CHANNELS] = world.opted_out
-    obs[:, I_SENT_7D:I_SENT_7D + N_CHANNELS] = channel_counts(world)
+    obs[:, I_OPTED_OUT : I_OPTED_OUT + N_CHANNELS] = world.opted_out
+    obs[:, I_SENT_7D : I_SENT_7D + N_CHANNELS] = channel_counts(world)
     obs[:, I_RECENCY] = np.minimum(day - world.last_send_day, RECENCY_CAP_DAYS)
     obs[rows, I_GOAL + world.traits.segment] = 1.0
     obs[:, I_RISK] = world.traits.declared_risk

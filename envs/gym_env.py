@@ -24,8 +24,18 @@ from envs.spaces import (
 )
 from simulate.labels import ACTION_LABELS, CHANNELS, CONTENTS, SLOTS, TONES
 
-OPTIONS = ("setup", "population", "scenario", "reward", "seed", "horizon_days", "action_view",
-           "overrides", "render_mode", "client_id_offset")
+OPTIONS = (
+    "setup",
+    "population",
+    "scenario",
+    "reward",
+    "seed",
+    "horizon_days",
+    "action_view",
+    "overrides",
+    "render_mode",
+    "client_id_offset",
+)
 """keyword arguments of ``gymnasium.make("Cadence-v0", ...)``"""
 
 
@@ -37,19 +47,36 @@ class CadenceEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
-    def __init__(self, setup: Setup | None = None, population: str = "default", scenario: str = "calm",
-                 reward: str = "balanced", seed: int = 0, horizon_days: int | None = None,
-                 action_view: str = "multi", overrides: list[str] | tuple[str, ...] = (),
-                 render_mode: str | None = None, client_id_offset: int = 0, **unknown: Any) -> None:
+    def __init__(
+        self,
+        setup: Setup | None = None,
+        population: str = "default",
+        scenario: str = "calm",
+        reward: str = "balanced",
+        seed: int = 0,
+        horizon_days: int | None = None,
+        action_view: str = "multi",
+        overrides: list[str] | tuple[str, ...] = (),
+        render_mode: str | None = None,
+        client_id_offset: int = 0,
+        **unknown: Any,
+    ) -> None:
         refuse_unknown("Cadence-v0 (gymnasium.make)", unknown, OPTIONS)
         if setup is None:
             extra = [f"env.horizon_days={horizon_days}"] if horizon_days is not None else []
-            setup = load_setup(population=population, scenario=scenario, reward=reward, seed=seed,
-                               overrides=[*overrides, *extra])
+            setup = load_setup(
+                population=population,
+                scenario=scenario,
+                reward=reward,
+                seed=seed,
+                overrides=[*overrides, *extra],
+            )
         if action_view not in ("multi", "flat"):
             raise ValueError(f"action_view must be 'multi' or 'flat', got {action_view!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}"
+            )
         self.setup = setup
         self.render_mode = render_mode
         self.core = CadenceCore(setup, 1, autoreset=False, client_id_offset=client_id_offset)
@@ -77,8 +104,10 @@ class CadenceEnv(gym.Env):
             multi = flat_to_multi(check_flat(action, 1))
         else:
             if np.shape(action) != (4,):
-                raise ActionError(f"action must have shape (4,): (slot, tone, channel, content), "
-                                  f"got shape {np.shape(action)}")
+                raise ActionError(
+                    f"action must have shape (4,): (slot, tone, channel, content), "
+                    f"got shape {np.shape(action)}"
+                )
             multi = np.asarray(action)[None, :]
         r = self.core.step(multi)
         info = {k: r.outcomes[k][0].item() for k in INFO_KEYS}
@@ -96,6 +125,10 @@ class CadenceEnv(gym.Env):
         if not self._last:
             return f"day {self.core.day}: no action yet"
         slot, tone, channel, content = (int(x) for x in self._last["action"])
-        what = "no send" if slot == 0 else f"{CHANNELS[channel]} {TONES[tone]} {CONTENTS[content]} at {SLOTS[slot - 1]}"
+        what = (
+            "no send"
+            if slot == 0
+            else f"{CHANNELS[channel]} {TONES[tone]} {CONTENTS[content]} at {SLOTS[slot - 1]}"
+        )
         outcome = ", ".join(k for k in INFO_KEYS if self._last.get(k) and not k.startswith("cost_"))
         return f"day {self.core.day - 1}: {what} -> {outcome or 'nothing'}"

@@ -30,8 +30,13 @@ from simulate.labels import (
 )
 
 # Non-empty channel subsets, largest first: the tie-break when picking the product set.
-_SUBSETS = np.array(sorted((s for s in itertools.product([True, False], repeat=N_CHANNELS) if any(s)),
-                           key=lambda s: -sum(s)), dtype=bool)
+_SUBSETS = np.array(
+    sorted(
+        (s for s in itertools.product([True, False], repeat=N_CHANNELS) if any(s)),
+        key=lambda s: -sum(s),
+    ),
+    dtype=bool,
+)
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,9 @@ class MaskRules:
 
 def mask_inputs(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(opted_out (N,3) bool, sent per channel in 7 days (N,3) int, consent tier (N,) int) from observations."""
-    opted_out = obs[:, I_OPTED_OUT:I_OPTED_OUT + N_CHANNELS] > 0.5
-    counts = np.rint(obs[:, I_SENT_7D:I_SENT_7D + N_CHANNELS]).astype(np.int64)
-    tier = np.argmax(obs[:, I_TIER:I_TIER + 4], axis=1)
+    opted_out = obs[:, I_OPTED_OUT : I_OPTED_OUT + N_CHANNELS] > 0.5
+    counts = np.rint(obs[:, I_SENT_7D : I_SENT_7D + N_CHANNELS]).astype(np.int64)
+    tier = np.argmax(obs[:, I_TIER : I_TIER + 4], axis=1)
     return opted_out, counts, tier
 
 
@@ -74,7 +79,9 @@ def content_allowed(rules: MaskRules, tier: np.ndarray) -> np.ndarray:
     return np.asarray(tier)[:, None] >= rules.content_min_tier[None, :]
 
 
-def joint_mask(rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray) -> np.ndarray:
+def joint_mask(
+    rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray
+) -> np.ndarray:
     """(N, 361) exact mask over the flat actions; index 0 (no-send) is always allowed."""
     sc = slot_channel_allowed(rules, opted_out, counts)
     ct = content_allowed(rules, tier)
@@ -86,11 +93,15 @@ def joint_mask(rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier
     m = len(unique)
     table = np.ones((m, N_JOINT_ACTIONS), dtype=bool)
     sends = sc[first][:, :, None, :, None] & ct[first][:, None, None, None, :]
-    table[:, 1:] = np.broadcast_to(sends, (m, N_SLOTS, N_TONES, N_CHANNELS, N_CONTENTS)).reshape(m, -1)
+    table[:, 1:] = np.broadcast_to(sends, (m, N_SLOTS, N_TONES, N_CHANNELS, N_CONTENTS)).reshape(
+        m, -1
+    )
     return table[inverse.reshape(-1)]
 
 
-def component_masks(rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray) -> np.ndarray:
+def component_masks(
+    rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray
+) -> np.ndarray:
     """(N, 19) concatenated per-component masks (slot incl. no-send, tone, channel, content).
 
     The allowed slots x channels form the largest product set inside the joint allowed set
@@ -107,14 +118,19 @@ def component_masks(rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray,
     n = sc.shape[0]
     out = np.ones((n, int(NVEC.sum())), dtype=bool)
     s0, t0, c0, k0 = 0, int(NVEC[0]), int(NVEC[0] + NVEC[1]), int(NVEC[0] + NVEC[1] + NVEC[2])
-    out[:, s0 + 1:t0] = usable[rows, best] & can_send[:, None]
+    out[:, s0 + 1 : t0] = usable[rows, best] & can_send[:, None]
     out[:, c0:k0] = np.where(can_send[:, None], _SUBSETS[best], True)
     out[:, k0:] = np.where(can_send[:, None], ct, True)
     return out
 
 
-def is_allowed(rules: MaskRules, actions: np.ndarray, opted_out: np.ndarray, counts: np.ndarray,
-               tier: np.ndarray) -> np.ndarray:
+def is_allowed(
+    rules: MaskRules,
+    actions: np.ndarray,
+    opted_out: np.ndarray,
+    counts: np.ndarray,
+    tier: np.ndarray,
+) -> np.ndarray:
     """(N,) True where the MultiDiscrete action (N, 4) is allowed (no-send always is)."""
     slot, _tone, channel, content = (actions[:, i] for i in range(4))
     rows = np.arange(len(slot))

@@ -41,10 +41,17 @@ class RewardConfig:
 
     def weights(self) -> dict[str, float]:
         """Outcome name -> weight, for the outcome arrays the env produces."""
-        return {"calm_click": self.calm_click, "anxious_click": self.anxious_click,
-                "converted": self.conversion, "harmful": self.harmful,
-                "unsubscribed": self.unsubscribe, "complaint": self.complaint,
-                "churned": self.churn, "sent": self.message, "violation": self.violation}
+        return {
+            "calm_click": self.calm_click,
+            "anxious_click": self.anxious_click,
+            "converted": self.conversion,
+            "harmful": self.harmful,
+            "unsubscribed": self.unsubscribe,
+            "complaint": self.complaint,
+            "churned": self.churn,
+            "sent": self.message,
+            "violation": self.violation,
+        }
 
 
 COSTS: dict[str, str] = {"cost_churn": "churned", "cost_anxiety": "anxious_click"}

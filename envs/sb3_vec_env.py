@@ -36,12 +36,19 @@ class CadenceVecEnv(VecEnv):
         client_id_offset: added to client ids (fresh clients for evaluation).
     """
 
-    def __init__(self, setup: Setup | None = None, num_envs: int | None = None,
-                 action_view: str = "multi", client_id_offset: int = 0) -> None:
+    def __init__(
+        self,
+        setup: Setup | None = None,
+        num_envs: int | None = None,
+        action_view: str = "multi",
+        client_id_offset: int = 0,
+    ) -> None:
         if action_view not in ("multi", "flat"):
             raise ValueError(f"action_view must be 'multi' or 'flat', got {action_view!r}")
         self.setup = setup if setup is not None else load_setup()
-        self.core = CadenceCore(self.setup, num_envs, autoreset=True, client_id_offset=client_id_offset)
+        self.core = CadenceCore(
+            self.setup, num_envs, autoreset=True, client_id_offset=client_id_offset
+        )
         self.action_view = action_view
         self.render_mode = None
         action_space = flat_space() if action_view == "flat" else multi_discrete_space()
@@ -75,8 +82,11 @@ class CadenceVecEnv(VecEnv):
         for i in np.flatnonzero(dones):
             infos[i]["terminal_observation"] = r.final_obs[i]
             infos[i]["TimeLimit.truncated"] = bool(r.truncated[i])
-            infos[i]["episode"] = {"r": float(r.episode_return[i]), "l": int(r.episode_length[i]),
-                                   "t": round(time.time() - self._start, 6)}
+            infos[i]["episode"] = {
+                "r": float(r.episode_return[i]),
+                "l": int(r.episode_length[i]),
+                "t": round(time.time() - self._start, 6),
+            }
         return r.obs, r.reward, dones, infos
 
     def action_masks(self) -> np.ndarray:
@@ -100,8 +110,13 @@ class CadenceVecEnv(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         setattr(self, attr_name, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
-                   **method_kwargs: Any) -> list[Any]:
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
         rows = self._indices(indices)
         if method_name == "action_masks":
             return list(self.action_masks()[rows])

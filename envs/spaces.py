@@ -57,7 +57,9 @@ def flat_space() -> spaces.Discrete:
 
 def observation_space() -> spaces.Box:
     """The observation space shared by every face: 41 float32 features, each in [0, high]."""
-    return spaces.Box(low=np.zeros(OBS_DIM, dtype=np.float32), high=OBS_HIGH.copy(), dtype=np.float32)
+    return spaces.Box(
+        low=np.zeros(OBS_DIM, dtype=np.float32), high=OBS_HIGH.copy(), dtype=np.float32
+    )
 
 
 def _joint_table() -> np.ndarray:
@@ -103,7 +105,9 @@ def _integers(actions: Any, what: str) -> np.ndarray:
     try:
         array = np.asarray(actions)
     except (TypeError, ValueError) as exc:
-        raise ActionError(f"{what} must be an integer array, got {type(actions).__name__}: {exc}") from exc
+        raise ActionError(
+            f"{what} must be an integer array, got {type(actions).__name__}: {exc}"
+        ) from exc
     if array.dtype == np.bool_ or not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):
@@ -117,7 +121,9 @@ def _integers(actions: Any, what: str) -> np.ndarray:
                 "(floats are not truncated)"
             )
         if np.abs(array).max(initial=0.0) > 2**62:
-            raise ActionError(f"{what} holds a value too large for an action: {float(np.abs(array).max())!r}")
+            raise ActionError(
+                f"{what} holds a value too large for an action: {float(np.abs(array).max())!r}"
+            )
     return array.astype(np.int64)
 
 

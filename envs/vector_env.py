@@ -25,8 +25,18 @@ from envs.spaces import (
 )
 from simulate.labels import ACTION_LABELS
 
-OPTIONS = ("num_envs", "setup", "population", "scenario", "reward", "seed", "horizon_days",
-           "action_view", "overrides", "client_id_offset")
+OPTIONS = (
+    "num_envs",
+    "setup",
+    "population",
+    "scenario",
+    "reward",
+    "seed",
+    "horizon_days",
+    "action_view",
+    "overrides",
+    "client_id_offset",
+)
 """keyword arguments of ``gymnasium.make_vec("Cadence-v0", ...)``"""
 
 
@@ -49,16 +59,30 @@ class CadenceVectorEnv(gym.vector.VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 16, setup: Setup | None = None, population: str = "default",
-                 scenario: str = "calm", reward: str = "balanced", seed: int = 0,
-                 horizon_days: int | None = None, action_view: str = "multi",
-                 overrides: list[str] | tuple[str, ...] = (), client_id_offset: int = 0,
-                 **unknown: Any) -> None:
+    def __init__(
+        self,
+        num_envs: int = 16,
+        setup: Setup | None = None,
+        population: str = "default",
+        scenario: str = "calm",
+        reward: str = "balanced",
+        seed: int = 0,
+        horizon_days: int | None = None,
+        action_view: str = "multi",
+        overrides: list[str] | tuple[str, ...] = (),
+        client_id_offset: int = 0,
+        **unknown: Any,
+    ) -> None:
         refuse_unknown("Cadence-v0 (gymnasium.make_vec)", unknown, OPTIONS)
         if setup is None:
             extra = [f"env.horizon_days={horizon_days}"] if horizon_days is not None else []
-            setup = load_setup(population=population, scenario=scenario, reward=reward, seed=seed,
-                               overrides=[*overrides, *extra])
+            setup = load_setup(
+                population=population,
+                scenario=scenario,
+                reward=reward,
+                seed=seed,
+                overrides=[*overrides, *extra],
+            )
         if action_view not in ("multi", "flat"):
             raise ValueError(f"action_view must be 'multi' or 'flat', got {action_view!r}")
         self.setup = setup

@@ -27,8 +27,15 @@ class Comparison:
     rollouts: list[Rollout] = field(default_factory=list)
 
 
-def compare(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, horizon_days: int = 90,
-            seeds: Sequence[int] = (1000, 1001, 1002), n_boot: int = 300, progress: bool = True) -> Comparison:
+def compare(
+    policies: Sequence[Policy],
+    setup: Setup,
+    num_clients: int = 2000,
+    horizon_days: int = 90,
+    seeds: Sequence[int] = (1000, 1001, 1002),
+    n_boot: int = 300,
+    progress: bool = True,
+) -> Comparison:
     """Evaluate ``policies`` (plus no_send and the oracle as references) on the same clients."""
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
@@ -40,19 +47,28 @@ def compare(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, h
     metrics = {}
     for p in everyone:
         m = kpis(by_name[p.name], n_boot=n_boot)
-        m["eval/normalized_value"] = normalized_value(by_name[p.name], by_name["no_send"], by_name["oracle"],
-                                                      n_boot=n_boot)
+        m["eval/normalized_value"] = normalized_value(
+            by_name[p.name], by_name["no_send"], by_name["oracle"], n_boot=n_boot
+        )
         metrics[p.name] = m
-    differences = {(a, b): paired_difference(by_name[a], by_name[b], n_boot=n_boot)
-                   for a in names for b in names if a < b}
+    differences = {
+        (a, b): paired_difference(by_name[a], by_name[b], n_boot=n_boot)
+        for a in names
+        for b in names
+        if a < b
+    }
     return Comparison(metrics, differences, rollouts)
 
 
 def markdown_table(comparison: Comparison, columns: Sequence[str]) -> str:
     """A Markdown table: one row per policy (best normalized value first), ``mean [low, high]`` cells."""
-    order = sorted(comparison.metrics, key=lambda p: -comparison.metrics[p]["eval/normalized_value"][0])
-    lines = ["| policy | " + " | ".join(c.split("/", 1)[1] for c in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    order = sorted(
+        comparison.metrics, key=lambda p: -comparison.metrics[p]["eval/normalized_value"][0]
+    )
+    lines = [
+        "| policy | " + " | ".join(c.split("/", 1)[1] for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
     for p in order:
         cells = []
         for c in columns:

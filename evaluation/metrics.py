@@ -9,10 +9,18 @@ import numpy as np
 from evaluation.rollout import Rollout
 
 KPI_NAMES: tuple[str, ...] = (
-    "eval/value", "eval/retention", "eval/clicks_per_client", "eval/anxious_click_share",
-    "eval/conversions_per_client", "eval/unsubscribes_per_client", "eval/messages_per_client_week",
-    "eval/complaints_per_client", "eval/guardrail_violations",
-    "fairness/urgent_gap", "fairness/volume_gap", "fairness/retention_gap",
+    "eval/value",
+    "eval/retention",
+    "eval/clicks_per_client",
+    "eval/anxious_click_share",
+    "eval/conversions_per_client",
+    "eval/unsubscribes_per_client",
+    "eval/messages_per_client_week",
+    "eval/complaints_per_client",
+    "eval/guardrail_violations",
+    "fairness/urgent_gap",
+    "fairness/volume_gap",
+    "fairness/retention_gap",
 )
 """metric names of the evaluation contract; ``eval/normalized_value`` comes from :func:`normalized_value`"""
 
@@ -21,7 +29,10 @@ Stat = Callable[[Sequence[Rollout], Sequence[np.ndarray]], float]
 
 def _mean_of(get: Callable[[Rollout], np.ndarray]) -> Stat:
     def stat(rollouts: Sequence[Rollout], idx: Sequence[np.ndarray]) -> float:
-        return float(np.mean(np.concatenate([get(r)[i] for r, i in zip(rollouts, idx, strict=True)])))
+        return float(
+            np.mean(np.concatenate([get(r)[i] for r, i in zip(rollouts, idx, strict=True)]))
+        )
+
     return stat
 
 
@@ -47,13 +58,19 @@ def largest_gap(values: np.ndarray, attributes: Sequence[np.ndarray], min_group:
     """Largest difference between group means, over every protected attribute (groups >= ``min_group``)."""
     gaps = []
     for attribute in attributes:
-        means = [values[attribute == g].mean() for g in np.unique(attribute) if (attribute == g).sum() >= min_group]
+        means = [
+            values[attribute == g].mean()
+            for g in np.unique(attribute)
+            if (attribute == g).sum() >= min_group
+        ]
         if len(means) >= 2:
             gaps.append(max(means) - min(means))
     return float(max(gaps)) if gaps else 0.0
 
 
-def kpis(rollouts: Sequence[Rollout], n_boot: int = 300, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+def kpis(
+    rollouts: Sequence[Rollout], n_boot: int = 300, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
     """KPI -> (estimate, 95% CI low, 95% CI high) over one policy's rollouts (one per seed).
 
     The interval is a two-level bootstrap: resample seeds, then clients within each seed.
@@ -73,11 +90,17 @@ def kpis(rollouts: Sequence[Rollout], n_boot: int = 300, seed: int = 0) -> dict[
         out[name] = (stat(rollouts, every), float(lo), float(hi))
     violations = float(sum(r.totals["violation"].sum() for r in rollouts))
     out["eval/guardrail_violations"] = (violations, violations, violations)
-    attributes = [np.concatenate([r.gender for r in rollouts]), np.concatenate([r.age_band for r in rollouts])]
+    attributes = [
+        np.concatenate([r.gender for r in rollouts]),
+        np.concatenate([r.age_band for r in rollouts]),
+    ]
     sent = np.concatenate([r.totals["sent"] for r in rollouts])
     weeks = rollouts[0].horizon_days / 7.0
     for name, values in (
-        ("fairness/urgent_gap", np.concatenate([r.totals["urgent"] for r in rollouts]) / np.maximum(sent, 1)),
+        (
+            "fairness/urgent_gap",
+            np.concatenate([r.totals["urgent"] for r in rollouts]) / np.maximum(sent, 1),
+        ),
         ("fairness/volume_gap", sent / weeks),
         ("fairness/retention_gap", np.concatenate([r.retained for r in rollouts]).astype(float)),
     ):
@@ -95,17 +118,27 @@ def kpis(rollouts: Sequence[Rollout], n_boot: int = 300, seed: int = 0) -> dict[
     return out
 
 
-def normalized_value(rollouts: Sequence[Rollout], silent: Sequence[Rollout], oracle: Sequence[Rollout],
-                     n_boot: int = 300, seed: int = 0) -> tuple[float, float, float]:
+def normalized_value(
+    rollouts: Sequence[Rollout],
+    silent: Sequence[Rollout],
+    oracle: Sequence[Rollout],
+    n_boot: int = 300,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """(estimate, CI low, CI high) of (value - value of never sending) / (oracle value - that),
     all on the same clients: the three lists hold one rollout per seed, in the same seed order.
     The bootstrap resamples seeds and clients once for all three (paired)."""
     for group in (silent, oracle):
         if [r.seed for r in group] != [r.seed for r in rollouts]:
-            raise ValueError("normalized_value needs the policy, no_send and oracle rollouts on the same seeds")
+            raise ValueError(
+                "normalized_value needs the policy, no_send and oracle rollouts on the same seeds"
+            )
 
     def stat(picks: Sequence[tuple[int, np.ndarray]]) -> float:
-        v, v0, vo = (np.mean(np.concatenate([g[c].value[i] for c, i in picks])) for g in (rollouts, silent, oracle))
+        v, v0, vo = (
+            np.mean(np.concatenate([g[c].value[i] for c, i in picks]))
+            for g in (rollouts, silent, oracle)
+        )
         return float((v - v0) / (vo - v0)) if vo != v0 else 0.0
 
     rng = np.random.default_rng(seed)
@@ -113,20 +146,33 @@ def normalized_value(rollouts: Sequence[Rollout], silent: Sequence[Rollout], ora
     boots = []
     for _ in range(n_boot):
         chosen = rng.integers(0, len(rollouts), len(rollouts))
-        boots.append(stat([(c, rng.integers(0, len(rollouts[c].value), len(rollouts[c].value))) for c in chosen]))
+        boots.append(
+            stat(
+                [
+                    (c, rng.integers(0, len(rollouts[c].value), len(rollouts[c].value)))
+                    for c in chosen
+                ]
+            )
+        )
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return stat(full), float(lo), float(hi)
 
 
-def paired_difference(a: Sequence[Rollout], b: Sequence[Rollout], n_boot: int = 300,
-                      seed: int = 0) -> tuple[float, float, float]:
+def paired_difference(
+    a: Sequence[Rollout], b: Sequence[Rollout], n_boot: int = 300, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean, CI low, CI high) of a's value minus b's on the same clients (common random numbers)."""
     diffs = [ra.value - rb.value for ra, rb in zip(a, b, strict=True)]
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
         chosen = rng.integers(0, len(diffs), len(diffs))
-        boots.append(np.mean(np.concatenate([diffs[c][rng.integers(0, len(diffs[c]), len(diffs[c]))]
-                                             for c in chosen])))
+        boots.append(
+            np.mean(
+                np.concatenate(
+                    [diffs[c][rng.integers(0, len(diffs[c]), len(diffs[c]))] for c in chosen]
+                )
+            )
+        )
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return float(np.mean(np.concatenate(diffs))), float(lo), float(hi)

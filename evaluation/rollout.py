@@ -17,8 +17,18 @@ from simulate.labels import N_CHANNELS, N_SEGMENTS, N_SLOTS, N_TONES, TONES
 
 EVAL_CLIENT_OFFSET = 1 << 48
 """client ids used for evaluation start here: training (offset 0) never sees these clients"""
-SUMMED = ("sent", "opened", "clicked", "calm_click", "anxious_click", "converted", "harmful",
-          "unsubscribed", "complaint", "violation")
+SUMMED = (
+    "sent",
+    "opened",
+    "clicked",
+    "calm_click",
+    "anxious_click",
+    "converted",
+    "harmful",
+    "unsubscribed",
+    "complaint",
+    "violation",
+)
 URGENT = TONES.index("urgent")
 VULNERABLE_SUSCEPTIBILITY = 0.6
 """clients above this anxiety susceptibility count as vulnerable"""
@@ -53,7 +63,9 @@ class Rollout:
     """(horizon,) share of clients not churned at the end of each day"""
 
 
-def rollout(policy: Policy, setup: Setup, num_clients: int, horizon_days: int, seed: int) -> Rollout:
+def rollout(
+    policy: Policy, setup: Setup, num_clients: int, horizon_days: int, seed: int
+) -> Rollout:
     """Run ``policy`` for ``horizon_days`` on ``num_clients`` fresh clients of ``seed``.
 
     The value is always scored with the balanced weights, whatever reward ``setup`` names.
@@ -89,11 +101,26 @@ def rollout(policy: Policy, setup: Setup, num_clients: int, horizon_days: int, s
         obs = r.obs
     t = core.world.traits
     vulnerable = (t.susceptibility > VULNERABLE_SUSCEPTIBILITY) | (t.literacy < VULNERABLE_LITERACY)
-    return Rollout(policy.name, seed, totals, value, ~churned, t.gender.copy(), t.age_band.copy(),
-                   vulnerable, horizon_days, cadence, t.segment.copy(), tone_by_segment, alive_by_day)
+    return Rollout(
+        policy.name,
+        seed,
+        totals,
+        value,
+        ~churned,
+        t.gender.copy(),
+        t.age_band.copy(),
+        vulnerable,
+        horizon_days,
+        cadence,
+        t.segment.copy(),
+        tone_by_segment,
+        alive_by_day,
+    )
 
 
-_FORKED: tuple | None = None  # (policies, setup, num_clients, horizon_days) shared with forked workers
+_FORKED: tuple | None = (
+    None  # (policies, setup, num_clients, horizon_days) shared with forked workers
+)
 
 
 def _forked_rollout(job: tuple[int, int]) -> Rollout:
@@ -108,8 +135,15 @@ def _forked_rollout(job: tuple[int, int]) -> Rollout:
     return rollout(policies[index], setup, num_clients, horizon_days, seed)
 
 
-def evaluate(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, horizon_days: int = 90,
-             seeds: Sequence[int] = (1000, 1001, 1002), progress: bool = True, workers: int = 1) -> list[Rollout]:
+def evaluate(
+    policies: Sequence[Policy],
+    setup: Setup,
+    num_clients: int = 2000,
+    horizon_days: int = 90,
+    seeds: Sequence[int] = (1000, 1001, 1002),
+    progress: bool = True,
+    workers: int = 1,
+) -> list[Rollout]:
     """Roll every policy out on the same clients for each seed (common random numbers).
 
     Shows a progress bar over (seed, policy) pairs on a terminal when ``progress`` is set.
@@ -124,8 +158,15 @@ def evaluate(policies: Sequence[Policy], setup: Setup, num_clients: int = 2000, 
         try:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 results = pool.imap(_forked_rollout, jobs)
-                return list(tqdm(results, total=len(jobs), desc="evaluating", unit="rollout",
-                                 disable=None if progress else True))
+                return list(
+                    tqdm(
+                        results,
+                        total=len(jobs),
+                        desc="evaluating",
+                        unit="rollout",
+                        disable=None if progress else True,
+                    )
+                )
         finally:
             _FORKED = None
     out = []

@@ -19,8 +19,16 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 def learning_curve(history: Sequence[tuple[int, dict[str, float]]], path: Path) -> Path | None:
     """Training metrics against client-days of experience; None if nothing was recorded."""
-    names = [n for n in ("train/episode_return", "train/reward_per_client_day", "train/lambda_churn",
-                         "train/lambda_anxiety") if any(n in m for _, m in history)]
+    names = [
+        n
+        for n in (
+            "train/episode_return",
+            "train/reward_per_client_day",
+            "train/lambda_churn",
+            "train/lambda_anxiety",
+        )
+        if any(n in m for _, m in history)
+    ]
     if not names:
         return None
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.6 * len(names)), squeeze=False)
@@ -59,13 +67,20 @@ def cadence(rollouts: Sequence[Rollout], path: Path, title: str) -> Path:
     return path
 
 
-def kpi_bars(metrics: dict[str, dict[str, tuple[float, float, float]]], names: Sequence[str], path: Path) -> Path:
+def kpi_bars(
+    metrics: dict[str, dict[str, tuple[float, float, float]]], names: Sequence[str], path: Path
+) -> Path:
     """One panel per KPI: a bar per policy with its 95% CI."""
     policies = list(metrics)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         est = np.array([metrics[p][name][0] for p in policies])
-        err = np.array([[est[i] - metrics[p][name][1], metrics[p][name][2] - est[i]] for i, p in enumerate(policies)]).T
+        err = np.array(
+            [
+                [est[i] - metrics[p][name][1], metrics[p][name][2] - est[i]]
+                for i, p in enumerate(policies)
+            ]
+        ).T
         ax.bar(range(len(policies)), est, yerr=err, capsize=3, color="tab:blue")
         ax.set_xticks(range(len(policies)), policies, rotation=60, ha="right", fontsize=8)
         ax.set_title(name.split("/", 1)[1], fontsize=9)
@@ -100,7 +115,9 @@ def retention_curves(rollouts: Sequence[Rollout], path: Path) -> Path:
     """Share of clients still active, by day, per policy."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in dict.fromkeys(r.policy for r in rollouts):
-        curves = [r.alive_by_day for r in rollouts if r.policy == name and r.alive_by_day is not None]
+        curves = [
+            r.alive_by_day for r in rollouts if r.policy == name and r.alive_by_day is not None
+        ]
         if curves:
             ax.plot(np.arange(1, len(curves[0]) + 1), np.mean(curves, axis=0), label=name)
     ax.set_xlabel("day")

@@ -48,7 +48,9 @@ class EvalConfig:
     def check(self, prefix: str) -> None:
         unknown = [b for b in self.baselines if b not in HEURISTIC_AGENTS]
         if unknown:
-            raise ConfigError(f"{prefix}.baselines must name heuristics {list(HEURISTIC_AGENTS)}, got {unknown}")
+            raise ConfigError(
+                f"{prefix}.baselines must name heuristics {list(HEURISTIC_AGENTS)}, got {unknown}"
+            )
 
 
 @dataclass
@@ -77,7 +79,9 @@ class RunConfig:
     """training seed (evaluation uses its own seeds and clients)"""
     resume: str | None = None
     """MLflow run id of an interrupted run to continue (train.py)"""
-    policies: list[str] = field(default_factory=lambda: ["random", "batch_and_blast", "segment_rules"])
+    policies: list[str] = field(
+        default_factory=lambda: ["random", "batch_and_blast", "segment_rules"]
+    )
     """evaluate.py: policies to compare: heuristic or bandit names, or ``run:<mlflow run id>``"""
     experiment_name: str = "default"
     """name of the experiment preset, logged as a tag"""
@@ -97,6 +101,13 @@ def validate_run(cfg: Any) -> tuple[RunConfig, Setup]:
     validate(run.agent, "agent")
     validate(run.trainer, "trainer")
     validate(run.eval, "eval")
-    setup = to_setup({"env": cfg.env, "population": cfg.population, "scenario": cfg.scenario,
-                      "reward": cfg.reward, "seed": cfg.seed})
+    setup = to_setup(
+        {
+            "env": cfg.env,
+            "population": cfg.population,
+            "scenario": cfg.scenario,
+            "reward": cfg.reward,
+            "seed": cfg.seed,
+        }
+    )
     return run, setup

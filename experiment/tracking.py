@@ -52,8 +52,14 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
 def git_commit() -> str:
     """The project's current commit, or ``unknown`` outside a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -73,9 +79,15 @@ def sweep_parent(sweep_dir: Path, experiment: str, sweep_id: str, tags: dict[str
         if id_file.is_file():
             return id_file.read_text().strip()
         client = mlflow.MlflowClient()
-        run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=f"sweep {sweep_id}",
-                                tags={**{k: str(v) for k, v in tags.items()}, "sweep_id": sweep_id,
-                                      "sweep_parent": "true"})
+        run = client.create_run(
+            mlflow.get_experiment_by_name(experiment).experiment_id,
+            run_name=f"sweep {sweep_id}",
+            tags={
+                **{k: str(v) for k, v in tags.items()},
+                "sweep_id": sweep_id,
+                "sweep_parent": "true",
+            },
+        )
         client.set_terminated(run.info.run_id, "FINISHED")
         id_file.write_text(run.info.run_id)
         return run.info.run_id

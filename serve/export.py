@@ -52,10 +52,14 @@ def _decide(logits: torch.Tensor, rule: str) -> torch.Tensor:
     sends = slot[:, 1:]
     best_slot = 1 + torch.argmax(sends, dim=1)
     others = [torch.argmax(t, dim=1) for t in (tone, channel, content)]
-    if rule == "log_probs":  # raw logits: P(no send) < 1/2, i.e. its logit below the sends' log-sum-exp
+    if (
+        rule == "log_probs"
+    ):  # raw logits: P(no send) < 1/2, i.e. its logit below the sends' log-sum-exp
         send = slot[:, 0] < torch.logsumexp(sends, dim=1)
     else:  # additive scores: the best send's total against no-send's 0
-        send = sends.max(dim=1).values + sum(t.max(dim=1).values for t in (tone, channel, content)) > 0
+        send = (
+            sends.max(dim=1).values + sum(t.max(dim=1).values for t in (tone, channel, content)) > 0
+        )
     # no-send is (0, 0, 0, 0), as in the flat view: the other components mean nothing then
     return torch.stack([best_slot, *others], dim=1) * send[:, None].to(torch.int64)
 
@@ -86,18 +90,21 @@ class BanditGraph(nn.Module):
 
     def __init__(self, bandit: LinearBandit) -> None:
         super().__init__()
-        theta = bandit.theta[:N_CONTEXT * N_ACTION_FEATURES].reshape(N_CONTEXT, N_ACTION_FEATURES)
+        theta = bandit.theta[: N_CONTEXT * N_ACTION_FEATURES].reshape(N_CONTEXT, N_ACTION_FEATURES)
         self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.float32))
         # the same context map the in-process bandit applies (agents.bandits.client_context)
-        for name, value in (("context_weights", CONTEXT_WEIGHTS), ("context_bias", CONTEXT_BIAS),
-                            ("context_cap", CONTEXT_CAP)):
+        for name, value in (
+            ("context_weights", CONTEXT_WEIGHTS),
+            ("context_bias", CONTEXT_BIAS),
+            ("context_cap", CONTEXT_CAP),
+        ):
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor):
         context = torch.minimum(obs, self.context_cap) @ self.context_weights + self.context_bias
         s = context @ self.theta  # (N, 19): send flag, slots, tones, channels, contents
-        slot = torch.cat([torch.zeros_like(s[:, :1]), s[:, :1] + s[:, 1:1 + N_SLOTS]], dim=1)
-        logits = torch.cat([slot, s[:, 1 + N_SLOTS:]], dim=1)
+        slot = torch.cat([torch.zeros_like(s[:, :1]), s[:, :1] + s[:, 1 : 1 + N_SLOTS]], dim=1)
+        logits = torch.cat([slot, s[:, 1 + N_SLOTS :]], dim=1)
         return _decide(logits, self.rule), logits
 
 
@@ -105,16 +112,20 @@ def graph_for(policy: Policy) -> nn.Module:
     """The exportable module of ``policy`` or :class:`NotExportable` saying why not."""
     if isinstance(policy, LinearBandit):
         if policy.recovering:
-            raise NotExportable("the recovering bandit keeps per-client memory of past sends; it has no "
-                                "stateless ONNX form")
+            raise NotExportable(
+                "the recovering bandit keeps per-client memory of past sends; it has no "
+                "stateless ONNX form"
+            )
         return BanditGraph(policy)
     model = getattr(policy, "model", None)
     if model is not None:
         from stable_baselines3 import DQN
 
         if isinstance(model, DQN):
-            raise NotExportable("DQN scores the 361 joint actions; its Q-values do not factor into the 19 "
-                                "per-component scores the export contract gives")
+            raise NotExportable(
+                "DQN scores the 361 joint actions; its Q-values do not factor into the 19 "
+                "per-component scores the export contract gives"
+            )
         return SB3Graph(model.policy)
     raise NotExportable(f"{policy.name} has no trained network or linear model to export")
 
@@ -134,7 +145,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("cadence-rl", "numpy", "torch", "onnx", "onnxruntime", "stable-baselines3", "gymnasium", "mlflow"):
+    for name in (
+        "cadence-rl",
+        "numpy",
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "stable-baselines3",
+        "gymnasium",
+        "mlflow",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -142,8 +162,13 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def export_policy(policy: Policy, out: str | Path, guardrails: GuardrailConfig | None = None,
-                  run_id: str | None = None, metrics: dict[str, float] | None = None) -> Path:
+def export_policy(
+    policy: Policy,
+    out: str | Path,
+    guardrails: GuardrailConfig | None = None,
+    run_id: str | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Path:
     """Write ``policy.onnx`` and ``manifest.json`` into ``out``; returns ``out``.
 
     The ONNX file is written first and the manifest (holding its SHA-256) last, each atomically,
@@ -155,9 +180,16 @@ def export_policy(policy: Policy, out: str | Path, guardrails: GuardrailConfig |
     example = torch.zeros((2, len(FEATURE_NAMES)), dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_tmp = Path(tmp) / ONNX_FILE
-        torch.onnx.export(graph, (example,), str(onnx_tmp), input_names=["obs"], output_names=["action", "logits"],
-                          dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(onnx_tmp),
+            input_names=["obs"],
+            output_names=["action", "logits"],
+            dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
         _atomic_write(out / ONNX_FILE, onnx_tmp.read_bytes())
     g = guardrails or GuardrailConfig()
     manifest = {
@@ -169,10 +201,17 @@ def export_policy(policy: Policy, out: str | Path, guardrails: GuardrailConfig |
         "feature_high": [float(h) for h in OBS_HIGH],
         "nvec": [int(k) for k in NVEC],
         "action_labels": {k: list(v) for k, v in ACTION_LABELS.items()},
-        "mask_rules": {"quiet_hours": {k: list(v) for k, v in g.quiet_hours.items()}, "max_per_week": g.max_per_week,
-                       "channel_caps": dict(g.channel_caps), "content_min_tier": dict(g.content_min_tier)},
-        "review_rules": {"tones": ["urgent", "opportunity"], "goals": ["saver_debt", "retirement"],
-                         "loss_contents": ["market_update"]},
+        "mask_rules": {
+            "quiet_hours": {k: list(v) for k, v in g.quiet_hours.items()},
+            "max_per_week": g.max_per_week,
+            "channel_caps": dict(g.channel_caps),
+            "content_min_tier": dict(g.content_min_tier),
+        },
+        "review_rules": {
+            "tones": ["urgent", "opportunity"],
+            "goals": ["saver_debt", "retirement"],
+            "loss_contents": ["market_update"],
+        },
         "training_run_id": run_id,
         "metrics": {k: float(v) for k, v in (metrics or {}).items() if np.isfinite(v)},
         "package_versions": package_versions(),

@@ -17,7 +17,11 @@ class Guards:
     def __init__(self, manifest: dict[str, Any]) -> None:
         labels = manifest["action_labels"]
         self.slots = [s.split()[0] for s in labels["slot"][1:]]
-        self.tones, self.channels, self.contents = labels["tone"], labels["channel"], labels["content"]
+        self.tones, self.channels, self.contents = (
+            labels["tone"],
+            labels["channel"],
+            labels["content"],
+        )
         rules = manifest["mask_rules"]
         self.quiet = np.zeros((len(self.slots), len(self.channels)), dtype=bool)
         for channel, slots in rules["quiet_hours"].items():
@@ -25,14 +29,23 @@ class Guards:
                 self.quiet[self.slots.index(slot), self.channels.index(channel)] = True
         self.max_per_week = int(rules["max_per_week"])
         self.channel_cap = np.array([rules["channel_caps"].get(c, 7) for c in self.channels])
-        self.content_min_tier = np.array([rules["content_min_tier"].get(k, 0) for k in self.contents])
+        self.content_min_tier = np.array(
+            [rules["content_min_tier"].get(k, 0) for k in self.contents]
+        )
         names = manifest["feature_names"]
         self.i_opted = [names.index(f"opted_out_{c}") for c in self.channels]
         self.i_sent = [names.index(f"sent_7d_{c}") for c in self.channels]
         self.i_tier = [names.index(f"consent_tier_{k}") for k in range(4)]
-        grid = np.stack(np.meshgrid(np.arange(1, len(self.slots) + 1), np.arange(len(self.tones)),
-                                    np.arange(len(self.channels)), np.arange(len(self.contents)), indexing="ij"),
-                        axis=-1).reshape(-1, 4)
+        grid = np.stack(
+            np.meshgrid(
+                np.arange(1, len(self.slots) + 1),
+                np.arange(len(self.tones)),
+                np.arange(len(self.channels)),
+                np.arange(len(self.contents)),
+                indexing="ij",
+            ),
+            axis=-1,
+        ).reshape(-1, 4)
         self.joint_actions = np.concatenate([np.zeros((1, 4), dtype=np.int64), grid])
         review = manifest["review_rules"]
         self.review_tones = np.isin(self.tones, review["tones"])
@@ -43,18 +56,28 @@ class Guards:
 
     def inputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(opted_out (N,3), messages per channel in 7 days (N,3), consent tier (N,)) from features."""
-        return x[:, self.i_opted] > 0.5, np.rint(x[:, self.i_sent]).astype(np.int64), np.argmax(x[:, self.i_tier], axis=1)
+        return (
+            x[:, self.i_opted] > 0.5,
+            np.rint(x[:, self.i_sent]).astype(np.int64),
+            np.argmax(x[:, self.i_tier], axis=1),
+        )
 
     def _channels_and_tier(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         opted, sent, tier = self.inputs(x)
-        channel_ok = ~opted & (sent < self.channel_cap[None, :]) & (sent.sum(axis=1) < self.max_per_week)[:, None]
+        channel_ok = (
+            ~opted
+            & (sent < self.channel_cap[None, :])
+            & (sent.sum(axis=1) < self.max_per_week)[:, None]
+        )
         return channel_ok, tier
 
     def allowed_parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rules in factored form: (N, slots, channels) allowed pairs and (N, contents) allowed
         contents; every tone is allowed. A send is allowed iff its (slot, channel) and content are."""
         channel_ok, tier = self._channels_and_tier(x)
-        return channel_ok[:, None, :] & ~self.quiet[None, :, :], tier[:, None] >= self.content_min_tier[None, :]
+        return channel_ok[:, None, :] & ~self.quiet[None, :, :], tier[
+            :, None
+        ] >= self.content_min_tier[None, :]
 
     def allowed_channels_contents(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rules per client, one row per choice and one column per client: (channels, N)
@@ -68,8 +91,9 @@ class Guards:
         slot_channel, content_ok = self.allowed_parts(x)
         n = len(x)
         joint = slot_channel[:, :, None, :, None] & content_ok[:, None, None, None, :]
-        joint = np.broadcast_to(joint, (n, len(self.slots), len(self.tones), len(self.channels),
-                                        len(self.contents))).reshape(n, -1)
+        joint = np.broadcast_to(
+            joint, (n, len(self.slots), len(self.tones), len(self.channels), len(self.contents))
+        ).reshape(n, -1)
         return np.concatenate([np.ones((n, 1), dtype=bool), joint], axis=1)
 
     def blocked_reason(self, x: np.ndarray, wanted: np.ndarray) -> list[str | None]:
@@ -84,11 +108,17 @@ class Guards:
             elif sent[i].sum() >= self.max_per_week:
                 out.append(f"guardrail: weekly cap of {self.max_per_week} messages reached")
             elif sent[i, channel] >= self.channel_cap[channel]:
-                out.append(f"guardrail: {self.channels[channel]} cap of {self.channel_cap[channel]} a week reached")
+                out.append(
+                    f"guardrail: {self.channels[channel]} cap of {self.channel_cap[channel]} a week reached"
+                )
             elif self.quiet[slot - 1, channel]:
-                out.append(f"guardrail: {self.slots[slot - 1]} is quiet hours for {self.channels[channel]}")
+                out.append(
+                    f"guardrail: {self.slots[slot - 1]} is quiet hours for {self.channels[channel]}"
+                )
             elif tier[i] < self.content_min_tier[content]:
-                out.append(f"guardrail: consent tier {tier[i]} does not allow {self.contents[content]}")
+                out.append(
+                    f"guardrail: consent tier {tier[i]} does not allow {self.contents[content]}"
+                )
             else:
                 out.append(None)
         return out

@@ -19,15 +19,22 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.runtime = PolicyRuntime.load(context.artifacts["export"])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         return self._predict_frame(self.runtime, model_input)
 
     @staticmethod
     def _predict_frame(runtime: PolicyRuntime, model_input: pd.DataFrame) -> pd.DataFrame:
         decisions = runtime.decide(model_input)
-        return pd.DataFrame({
-            "slot": decisions.slot, "tone": decisions.tone, "channel": decisions.channel,
-            "content": decisions.content, "probability": decisions.probability.astype(float),
-            "reasons": ["; ".join(r) for r in decisions.reasons],
-            "needs_review": decisions.needs_review.astype(bool),
-        })
+        return pd.DataFrame(
+            {
+                "slot": decisions.slot,
+                "tone": decisions.tone,
+                "channel": decisions.channel,
+                "content": decisions.content,
+                "probability": decisions.probability.astype(float),
+                "reasons": ["; ".join(r) for r in decisions.reasons],
+                "needs_review": decisions.needs_review.astype(bool),
+            }
+        )

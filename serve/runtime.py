@@ -53,9 +53,18 @@ class Decisions:
     """a person approves the send first (sensitive tone on a sensitive topic)"""
 
     def records(self) -> list[dict[str, Any]]:
-        return [{"slot": self.slot[i], "tone": self.tone[i], "channel": self.channel[i], "content": self.content[i],
-                 "probability": float(self.probability[i]), "reasons": self.reasons[i],
-                 "needs_review": bool(self.needs_review[i])} for i in range(len(self.slot))]
+        return [
+            {
+                "slot": self.slot[i],
+                "tone": self.tone[i],
+                "channel": self.channel[i],
+                "content": self.content[i],
+                "probability": float(self.probability[i]),
+                "reasons": self.reasons[i],
+                "needs_review": bool(self.needs_review[i]),
+            }
+            for i in range(len(self.slot))
+        ]
 
 
 def sha256(path: Path) -> str:
@@ -71,7 +80,10 @@ class PolicyRuntime:
         self.feature_names: list[str] = list(manifest["feature_names"])
         self.low = np.asarray(manifest["feature_low"], dtype=np.float32)
         self.high = np.asarray(manifest["feature_high"], dtype=np.float32)
-        self._low_ok, self._high_ok = self.low - 1e-6, self.high + 1e-6  # float32, as the checks below
+        self._low_ok, self._high_ok = (
+            self.low - 1e-6,
+            self.high + 1e-6,
+        )  # float32, as the checks below
         self.nvec = np.asarray(manifest["nvec"], dtype=np.int64)
         self.labels = manifest["action_labels"]
         self.score_rule: str = manifest["score_rule"]
@@ -79,9 +91,13 @@ class PolicyRuntime:
         self._groups = self._feature_groups()
         self._labels = {k: np.array(v, dtype=object) for k, v in self.labels.items()}
         ends = np.cumsum(self.nvec)
-        self._bounds = list(zip((0, *ends[:-1].tolist()), ends.tolist(), strict=True))  # each component's columns
+        self._bounds = list(
+            zip((0, *ends[:-1].tolist()), ends.tolist(), strict=True)
+        )  # each component's columns
         # slots open to each channel (not its quiet hours), ascending
-        self._open_slots = [np.flatnonzero(~self.guards.quiet[:, k]) for k in range(self.guards.quiet.shape[1])]
+        self._open_slots = [
+            np.flatnonzero(~self.guards.quiet[:, k]) for k in range(self.guards.quiet.shape[1])
+        ]
         self._all_slots = [np.arange(self.guards.quiet.shape[0])] * self.guards.quiet.shape[1]
         self._has_open_slot = np.array([len(rows) > 0 for rows in self._open_slots])
 
@@ -99,32 +115,56 @@ class PolicyRuntime:
             raise ExportError(f"{manifest_path} is not valid JSON: {exc}") from exc
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise ExportError(f"{manifest_path} has format_version {version!r}; this runtime reads {FORMAT_VERSION}")
-        required = ("feature_names", "feature_low", "feature_high", "nvec", "action_labels", "mask_rules",
-                    "review_rules", "score_rule", "onnx_sha256")
+            raise ExportError(
+                f"{manifest_path} has format_version {version!r}; this runtime reads {FORMAT_VERSION}"
+            )
+        required = (
+            "feature_names",
+            "feature_low",
+            "feature_high",
+            "nvec",
+            "action_labels",
+            "mask_rules",
+            "review_rules",
+            "score_rule",
+            "onnx_sha256",
+        )
         missing = [k for k in required if k not in manifest]
         if missing:
             raise ExportError(f"{manifest_path} lacks {missing}")
         actual = sha256(onnx_path)
         if actual != manifest["onnx_sha256"]:
-            raise ExportError(f"{onnx_path} has SHA-256 {actual}, but the manifest says {manifest['onnx_sha256']}: "
-                              "the file was changed after export; refusing to load it")
+            raise ExportError(
+                f"{onnx_path} has SHA-256 {actual}, but the manifest says {manifest['onnx_sha256']}: "
+                "the file was changed after export; refusing to load it"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(onnx_path.read_bytes(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            onnx_path.read_bytes(), options, providers=["CPUExecutionProvider"]
+        )
         inputs = session.get_inputs()
-        if [i.name for i in inputs] != ["obs"] or inputs[0].shape[1] != len(manifest["feature_names"]):
-            raise ExportError(f"{onnx_path} takes {[(i.name, i.shape) for i in inputs]}, not obs "
-                              f"[batch, {len(manifest['feature_names'])}]")
+        if [i.name for i in inputs] != ["obs"] or inputs[0].shape[1] != len(
+            manifest["feature_names"]
+        ):
+            raise ExportError(
+                f"{onnx_path} takes {[(i.name, i.shape) for i in inputs]}, not obs "
+                f"[batch, {len(manifest['feature_names'])}]"
+            )
         return cls(session, manifest)
 
     # ----- validation ---------------------------------------------------------------------
     def validate(self, features: Any) -> np.ndarray:
         """(N, D) float32 features from a mapping/DataFrame with one column per feature name
         (or an (N, D) array already in ``feature_names`` order). Raises :class:`RequestError`."""
-        if (isinstance(features, np.ndarray) and features.dtype == np.float32 and features.ndim == 2
-                and features.shape[1] == len(self.feature_names) and len(features)):
+        if (
+            isinstance(features, np.ndarray)
+            and features.dtype == np.float32
+            and features.ndim == 2
+            and features.shape[1] == len(self.feature_names)
+            and len(features)
+        ):
             # fast accept: NaN and infinities fail these comparisons too; anything else is
             # checked below, which names the feature and row at fault
             if ((features >= self._low_ok) & (features <= self._high_ok)).all():
@@ -132,19 +172,27 @@ class PolicyRuntime:
         if isinstance(features, np.ndarray):
             x = features
             if x.ndim != 2 or x.shape[1] != len(self.feature_names):
-                raise RequestError(f"expected an array of shape (N, {len(self.feature_names)}), got {x.shape}")
+                raise RequestError(
+                    f"expected an array of shape (N, {len(self.feature_names)}), got {x.shape}"
+                )
         else:
             if not isinstance(features, Mapping) and not hasattr(features, "columns"):
                 raise RequestError("a request is a table with one column per feature name")
-            columns = list(features.columns) if hasattr(features, "columns") else list(features.keys())
+            columns = (
+                list(features.columns) if hasattr(features, "columns") else list(features.keys())
+            )
             missing = [n for n in self.feature_names if n not in columns]
             extra = [c for c in columns if c not in self.feature_names]
             if missing:
                 raise RequestError(f"missing feature(s): {', '.join(missing)}")
             if extra:
-                raise RequestError(f"unknown feature(s): {', '.join(map(str, extra))}; expected {self.feature_names}")
+                raise RequestError(
+                    f"unknown feature(s): {', '.join(map(str, extra))}; expected {self.feature_names}"
+                )
             try:
-                x = np.stack([np.asarray(features[n], dtype=np.float64) for n in self.feature_names], axis=1)
+                x = np.stack(
+                    [np.asarray(features[n], dtype=np.float64) for n in self.feature_names], axis=1
+                )
             except (TypeError, ValueError) as exc:
                 bad = next((n for n in self.feature_names if not _numeric(features[n])), "?")
                 raise RequestError(f"feature {bad} must be numeric") from exc
@@ -154,12 +202,16 @@ class PolicyRuntime:
         finite = np.isfinite(x)
         if not finite.all():
             row, col = np.argwhere(~finite)[0]
-            raise RequestError(f"feature {self.feature_names[col]} is not finite ({x[row, col]}) in row {row}")
+            raise RequestError(
+                f"feature {self.feature_names[col]} is not finite ({x[row, col]}) in row {row}"
+            )
         out_of_range = (x < self._low_ok) | (x > self._high_ok)
         if out_of_range.any():
             row, col = np.argwhere(out_of_range)[0]
-            raise RequestError(f"feature {self.feature_names[col]} = {x[row, col]} in row {row} is outside "
-                               f"[{self.low[col]}, {self.high[col]}]")
+            raise RequestError(
+                f"feature {self.feature_names[col]} = {x[row, col]} in row {row} is outside "
+                f"[{self.low[col]}, {self.high[col]}]"
+            )
         return x.astype(np.float32)
 
     # ----- decisions ----------------------------------------------------------------------
@@ -167,7 +219,9 @@ class PolicyRuntime:
         """(N, 19) per-component scores from the network."""
         return self.session.run(["logits"], {"obs": x})[0]
 
-    def choose(self, logits: np.ndarray, x: np.ndarray, guarded: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def choose(
+        self, logits: np.ndarray, x: np.ndarray, guarded: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 4) best allowed actions and their probabilities among the allowed actions.
 
         Works on the factored rules (allowed channels, the quiet slots of each channel, allowed
@@ -183,28 +237,40 @@ class PolicyRuntime:
         """
         n, (s, t, c, _k) = len(x), self.nvec
         z = self.scores(logits).T  # (19, N), contiguous
-        slot, tone, channel, content = z[1:s], z[s:s + t], z[s + t:s + t + c], z[s + t + c:]
+        slot, tone, channel, content = z[1:s], z[s : s + t], z[s + t : s + t + c], z[s + t + c :]
         if guarded:
             channel_ok, content_ok = self.guards.allowed_channels_contents(x)  # (c, N), (k, N)
             channel_ok &= self._has_open_slot[:, None]  # a channel quiet all day takes nothing
         else:
-            channel_ok, content_ok = np.ones(channel.shape, dtype=bool), np.ones(content.shape, dtype=bool)
+            channel_ok, content_ok = (
+                np.ones(channel.shape, dtype=bool),
+                np.ones(content.shape, dtype=bool),
+            )
         open_slots = self._open_slots if guarded else self._all_slots
         # best (slot, channel): per channel its best open slot, then the best allowed channel
-        best_slot = np.stack([rows[_argmax_rows(slot[rows])] if len(rows) else np.zeros(n, dtype=np.int64)
-                              for rows in open_slots])  # (c, N): lowest slot among equals
+        best_slot = np.stack(
+            [
+                rows[_argmax_rows(slot[rows])] if len(rows) else np.zeros(n, dtype=np.int64)
+                for rows in open_slots
+            ]
+        )  # (c, N): lowest slot among equals
         cols = np.arange(n)
         pair_value = np.where(channel_ok, slot[best_slot, cols] + channel, -np.inf)  # (c, N)
         pair_top = pair_value.max(axis=0)
-        key = np.where(pair_value == pair_top, best_slot * c + np.arange(c)[:, None], s * c).min(axis=0)
+        key = np.where(pair_value == pair_top, best_slot * c + np.arange(c)[:, None], s * c).min(
+            axis=0
+        )
         best_pair_slot, best_channel = key // c, key % c
         masked_content = np.where(content_ok, content, -np.inf)
         best_tone, best_content = _argmax_rows(tone), _argmax_rows(masked_content)
         tops = pair_top, tone[best_tone, cols], masked_content[best_content, cols]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             best_send = tops[0] + tops[1] + tops[2]
-            all_sends = (self._pair_logsumexp(slot, channel, channel_ok, open_slots, pair_top)
-                         + _logsumexp(tone, None, tops[1]) + _logsumexp(content, content_ok, tops[2]))
+            all_sends = (
+                self._pair_logsumexp(slot, channel, channel_ok, open_slots, pair_top)
+                + _logsumexp(tone, None, tops[1])
+                + _logsumexp(content, content_ok, tops[2])
+            )
         no_send = z[0]
         deciding = all_sends if self.score_rule == "log_probs" else best_send
         send = np.isfinite(best_send) & (deciding > no_send)
@@ -216,21 +282,39 @@ class PolicyRuntime:
         chosen = np.where(send, best_send, no_send)
         return actions, np.exp(chosen - np.logaddexp(no_send, all_sends))
 
-    def _pair_logsumexp(self, slot: np.ndarray, channel: np.ndarray, channel_ok: np.ndarray,
-                        open_slots: list[np.ndarray], top: np.ndarray) -> np.ndarray:
+    def _pair_logsumexp(
+        self,
+        slot: np.ndarray,
+        channel: np.ndarray,
+        channel_ok: np.ndarray,
+        open_slots: list[np.ndarray],
+        top: np.ndarray,
+    ) -> np.ndarray:
         """(N,) log of the summed weight of the allowed (slot, channel) pairs, ``top`` their best
         score: per channel, its weight times the summed weight of its open slots."""
         slot_top = slot.max(axis=0)
-        inner = np.stack([np.exp(slot[rows] - slot_top).sum(axis=0) if len(rows) else np.zeros(len(top))
-                          for rows in open_slots])  # (c, N)
+        inner = np.stack(
+            [
+                np.exp(slot[rows] - slot_top).sum(axis=0) if len(rows) else np.zeros(len(top))
+                for rows in open_slots
+            ]
+        )  # (c, N)
         safe = np.where(np.isfinite(top), top, 0.0)
-        weight = np.exp(channel + (slot_top - safe), out=np.zeros_like(channel), where=channel_ok) * inner
+        weight = (
+            np.exp(channel + (slot_top - safe), out=np.zeros_like(channel), where=channel_ok)
+            * inner
+        )
         total = weight.sum(axis=0)
         out = np.log(total) + safe
         # exact path for the (rare) columns where the shortcut under- or overflows
         bad = np.flatnonzero(np.isfinite(top) & ~((total >= 0.5) & np.isfinite(total)))
         for j in bad:
-            values = [slot[r, j] + channel[k, j] for k, rows in enumerate(open_slots) if channel_ok[k, j] for r in rows]
+            values = [
+                slot[r, j] + channel[k, j]
+                for k, rows in enumerate(open_slots)
+                if channel_ok[k, j]
+                for r in rows
+            ]
             out[j] = np.logaddexp.reduce(np.array(values, dtype=np.float64))
         return out
 
@@ -281,10 +365,20 @@ class PolicyRuntime:
     # ----- reasons ------------------------------------------------------------------------
     def _feature_groups(self) -> list[tuple[str, np.ndarray]]:
         names = self.feature_names
-        prefixes = (("weekday", "weekday_"), ("consent", "consent_tier_"), ("opt_outs", "opted_out_"),
-                    ("recent_sends", "sent_7d_"), ("recency", "days_since_last_send"), ("goal", "goal_"),
-                    ("risk", "declared_risk"), ("market", "market_stress"), ("engagement", "ema_"))
-        return [(g, np.array([i for i, n in enumerate(names) if n.startswith(p)])) for g, p in prefixes]
+        prefixes = (
+            ("weekday", "weekday_"),
+            ("consent", "consent_tier_"),
+            ("opt_outs", "opted_out_"),
+            ("recent_sends", "sent_7d_"),
+            ("recency", "days_since_last_send"),
+            ("goal", "goal_"),
+            ("risk", "declared_risk"),
+            ("market", "market_stress"),
+            ("engagement", "ema_"),
+        )
+        return [
+            (g, np.array([i for i, n in enumerate(names) if n.startswith(p)])) for g, p in prefixes
+        ]
 
     def _explain(self, x: np.ndarray, logits: np.ndarray, actions: np.ndarray) -> list[list[str]]:
         """The two feature groups whose absence would lower the chosen action's score most."""

@@ -37,11 +37,18 @@ def num(default: float, lo: float | None = None, hi: float | None = None) -> Any
     return field(default=default, metadata={"lo": lo, "hi": hi})
 
 
-def vec(default: list, length: int, lo: float | None = None, hi: float | None = None,
-        probs: bool = False) -> Any:
+def vec(
+    default: list,
+    length: int,
+    lo: float | None = None,
+    hi: float | None = None,
+    probs: bool = False,
+) -> Any:
     """A list field of fixed ``length``; ``probs`` means non-negative and summing to 1."""
-    return field(default_factory=lambda: list(default),
-                 metadata={"lo": lo, "hi": hi, "length": length, "probs": probs})
+    return field(
+        default_factory=lambda: list(default),
+        metadata={"lo": lo, "hi": hi, "length": length, "probs": probs},
+    )
 
 
 def _check_number(key: str, value: Any, lo: float | None, hi: float | None) -> None:
@@ -79,7 +86,9 @@ def validate(cfg: Any, prefix: str = "") -> Any:
                 validate(item, f"{key}[{i}]")
         elif "length" in meta:
             if not isinstance(value, (list, tuple)) or len(value) != meta["length"]:
-                raise ConfigError(f"{key} must be a list of {meta['length']} numbers, got {value!r}")
+                raise ConfigError(
+                    f"{key} must be a list of {meta['length']} numbers, got {value!r}"
+                )
             for i, item in enumerate(value):
                 if isinstance(item, (list, tuple)):
                     for j, sub in enumerate(item):
@@ -100,10 +109,14 @@ def check_quiet_hours(key: str, quiet_hours: dict[str, list[str]]) -> None:
     """Raise :class:`ConfigError` unless ``quiet_hours`` maps channels to known slot names."""
     for channel, slots in quiet_hours.items():
         if channel not in CHANNELS:
-            raise ConfigError(f"{key} has unknown channel {channel!r}; channels are {list(CHANNELS)}")
+            raise ConfigError(
+                f"{key} has unknown channel {channel!r}; channels are {list(CHANNELS)}"
+            )
         for slot in slots:
             if slot not in SLOT_KEYS:
-                raise ConfigError(f"{key}.{channel} has unknown slot {slot!r}; slots are {list(SLOT_KEYS)}")
+                raise ConfigError(
+                    f"{key}.{channel} has unknown slot {slot!r}; slots are {list(SLOT_KEYS)}"
+                )
 
 
 def quiet_table(quiet_hours: dict[str, list[str]]) -> np.ndarray:
@@ -125,9 +138,13 @@ class PopulationConfig:
     """share of consent tiers 0 (no personalisation) .. 3 (predictive behavioural)"""
     gender_probs: list[float] = vec([0.49, 0.49, 0.02], len(GENDERS), 0.0, 1.0, probs=True)
     """share of each gender group (protected: seen only by the fairness audit)"""
-    age_band_probs: list[float] = vec([0.25, 0.35, 0.25, 0.15], len(AGE_BANDS), 0.0, 1.0, probs=True)
+    age_band_probs: list[float] = vec(
+        [0.25, 0.35, 0.25, 0.15], len(AGE_BANDS), 0.0, 1.0, probs=True
+    )
     """share of each age band 18-34, 35-49, 50-64, 65+ (protected)"""
-    slot_preference_probs: list[float] = vec([0.10, 0.25, 0.20, 0.15, 0.20, 0.10], N_SLOTS, 0.0, 1.0, probs=True)
+    slot_preference_probs: list[float] = vec(
+        [0.10, 0.25, 0.20, 0.15, 0.20, 0.10], N_SLOTS, 0.0, 1.0, probs=True
+    )
     """share of clients whose favourite send slot is each slot"""
     literacy_mean: float = num(0.55, 0.0, 1.0)
     """mean financial literacy (0..1) before the age shift"""
@@ -257,16 +274,20 @@ class ResponseConfig:
     """share of anxiety a delivered message of each tone removes"""
     stress_relevance: list[float] = vec([0.2, 0.4, -0.3, 0.6], N_CONTENTS, -2.0, 2.0)
     """relevance added to each content per unit of market stress"""
-    relevance: list[list[float]] = field(default_factory=lambda: [
-        [0.6, 0.5, -0.2, 0.0],
-        [0.5, 0.2, 0.3, 0.5],
-        [0.3, -0.3, 0.2, 0.8],
-        [-0.2, 0.7, -0.5, -0.4],
-    ], metadata={"lo": -1.0, "hi": 1.0, "length": N_SEGMENTS})
+    relevance: list[list[float]] = field(
+        default_factory=lambda: [
+            [0.6, 0.5, -0.2, 0.0],
+            [0.5, 0.2, 0.3, 0.5],
+            [0.3, -0.3, 0.2, 0.8],
+            [-0.2, 0.7, -0.5, -0.4],
+        ],
+        metadata={"lo": -1.0, "hi": 1.0, "length": N_SEGMENTS},
+    )
     """relevance (-1..1) of each content (columns) to each goal segment (rows)"""
 
-    quiet_hours: dict[str, list[str]] = field(default_factory=lambda: {
-        "email": [], "push": ["late"], "sms": ["early", "late"]})
+    quiet_hours: dict[str, list[str]] = field(
+        default_factory=lambda: {"email": [], "push": ["late"], "sms": ["early", "late"]}
+    )
     """slots (short names) in which a message on each channel disturbs the client"""
 
     def check(self, prefix: str) -> None:
@@ -275,7 +296,8 @@ class ResponseConfig:
             if len(row) != N_CONTENTS:
                 raise ConfigError(
                     f"{prefix}.relevance[{i}] must have {N_CONTENTS} entries (one per content "
-                    f"{', '.join(CONTENTS)}), got {len(row)}")
+                    f"{', '.join(CONTENTS)}), got {len(row)}"
+                )
 
 
 @dataclass
@@ -307,11 +329,17 @@ class ScenarioEvent:
 
     def check(self, prefix: str) -> None:
         if self.end_day < self.start_day:
-            raise ConfigError(f"{prefix}.end_day must be >= start_day ({self.start_day}), got {self.end_day}")
+            raise ConfigError(
+                f"{prefix}.end_day must be >= start_day ({self.start_day}), got {self.end_day}"
+            )
         if self.segment != "all" and self.segment not in SEGMENTS:
-            raise ConfigError(f"{prefix}.segment must be 'all' or one of {list(SEGMENTS)}, got {self.segment!r}")
+            raise ConfigError(
+                f"{prefix}.segment must be 'all' or one of {list(SEGMENTS)}, got {self.segment!r}"
+            )
         if self.content != "all" and self.content not in CONTENTS:
-            raise ConfigError(f"{prefix}.content must be 'all' or one of {list(CONTENTS)}, got {self.content!r}")
+            raise ConfigError(
+                f"{prefix}.content must be 'all' or one of {list(CONTENTS)}, got {self.content!r}"
+            )
 
 
 @dataclass

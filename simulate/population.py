@@ -86,19 +86,30 @@ def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> T
     segment = categorical(rng.uniform(keys, S_SEGMENT), cfg.segment_probs)
     age_band = categorical(rng.uniform(keys, S_AGE), cfg.age_band_probs)
     literacy = np.clip(
-        cfg.literacy_mean + np.asarray(cfg.literacy_age_shift)[age_band] + cfg.literacy_sd * z(S_LITERACY),
-        0.0, 1.0)
+        cfg.literacy_mean
+        + np.asarray(cfg.literacy_age_shift)[age_band]
+        + cfg.literacy_sd * z(S_LITERACY),
+        0.0,
+        1.0,
+    )
     susceptibility = sigmoid(
         cfg.susceptibility_logit_mean
         + np.asarray(cfg.susceptibility_age_shift)[age_band]
         + cfg.susceptibility_literacy * (literacy - 0.5)
-        + cfg.susceptibility_logit_sd * z(S_SUSCEPTIBILITY))
+        + cfg.susceptibility_logit_sd * z(S_SUSCEPTIBILITY)
+    )
     risk = sigmoid(np.asarray(cfg.risk_segment_shift)[segment] + cfg.risk_logit_sd * z(S_RISK))
     channel_affinity = np.stack(
-        [cfg.channel_affinity_mean[c] + cfg.channel_affinity_sd * z(S_CHANNEL0 + c) for c in range(N_CHANNELS)],
-        axis=1)
+        [
+            cfg.channel_affinity_mean[c] + cfg.channel_affinity_sd * z(S_CHANNEL0 + c)
+            for c in range(N_CHANNELS)
+        ],
+        axis=1,
+    )
     tone_affinity = np.stack(
-        [cfg.tone_affinity_mean[t] + cfg.tone_affinity_sd * z(S_TONE0 + t) for t in range(N_TONES)], axis=1)
+        [cfg.tone_affinity_mean[t] + cfg.tone_affinity_sd * z(S_TONE0 + t) for t in range(N_TONES)],
+        axis=1,
+    )
     return Traits(
         segment=segment,
         consent_tier=categorical(rng.uniform(keys, S_TIER), cfg.consent_tier_probs),
@@ -111,7 +122,9 @@ def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> T
         declared_risk=np.clip(risk + cfg.declared_risk_noise_sd * z(S_DECLARED), 0.0, 1.0),
         base_open=cfg.base_open_sd * z(S_BASE_OPEN),
         weekend_affinity=cfg.weekend_affinity_sd * z(S_WEEKEND),
-        initial_trust=np.clip(cfg.initial_trust_mean + cfg.initial_trust_sd * z(S_TRUST), 0.05, 0.95),
+        initial_trust=np.clip(
+            cfg.initial_trust_mean + cfg.initial_trust_sd * z(S_TRUST), 0.05, 0.95
+        ),
         channel_affinity=channel_affinity,
         tone_affinity=tone_affinity,
     )

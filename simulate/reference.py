@@ -52,21 +52,38 @@ class ReferenceClient:
         self.gender = _categorical(u(pop.S_GENDER), cfg.gender_probs)
         self.age_band = _categorical(u(pop.S_AGE), cfg.age_band_probs)
         self.slot_preference = _categorical(u(pop.S_SLOT), cfg.slot_preference_probs)
-        self.literacy = _clip(cfg.literacy_mean + cfg.literacy_age_shift[self.age_band]
-                              + cfg.literacy_sd * z(pop.S_LITERACY), 0.0, 1.0)
-        self.susceptibility = _sigmoid(cfg.susceptibility_logit_mean
-                                       + cfg.susceptibility_age_shift[self.age_band]
-                                       + cfg.susceptibility_literacy * (self.literacy - 0.5)
-                                       + cfg.susceptibility_logit_sd * z(pop.S_SUSCEPTIBILITY))
-        self.risk = _sigmoid(cfg.risk_segment_shift[self.segment] + cfg.risk_logit_sd * z(pop.S_RISK))
-        self.declared_risk = _clip(self.risk + cfg.declared_risk_noise_sd * z(pop.S_DECLARED), 0.0, 1.0)
+        self.literacy = _clip(
+            cfg.literacy_mean
+            + cfg.literacy_age_shift[self.age_band]
+            + cfg.literacy_sd * z(pop.S_LITERACY),
+            0.0,
+            1.0,
+        )
+        self.susceptibility = _sigmoid(
+            cfg.susceptibility_logit_mean
+            + cfg.susceptibility_age_shift[self.age_band]
+            + cfg.susceptibility_literacy * (self.literacy - 0.5)
+            + cfg.susceptibility_logit_sd * z(pop.S_SUSCEPTIBILITY)
+        )
+        self.risk = _sigmoid(
+            cfg.risk_segment_shift[self.segment] + cfg.risk_logit_sd * z(pop.S_RISK)
+        )
+        self.declared_risk = _clip(
+            self.risk + cfg.declared_risk_noise_sd * z(pop.S_DECLARED), 0.0, 1.0
+        )
         self.base_open = cfg.base_open_sd * z(pop.S_BASE_OPEN)
         self.weekend_affinity = cfg.weekend_affinity_sd * z(pop.S_WEEKEND)
-        self.initial_trust = _clip(cfg.initial_trust_mean + cfg.initial_trust_sd * z(pop.S_TRUST), 0.05, 0.95)
-        self.channel_affinity = [cfg.channel_affinity_mean[c] + cfg.channel_affinity_sd * z(pop.S_CHANNEL0 + c)
-                                 for c in range(N_CHANNELS)]
-        self.tone_affinity = [cfg.tone_affinity_mean[k] + cfg.tone_affinity_sd * z(pop.S_TONE0 + k)
-                              for k in range(N_TONES)]
+        self.initial_trust = _clip(
+            cfg.initial_trust_mean + cfg.initial_trust_sd * z(pop.S_TRUST), 0.05, 0.95
+        )
+        self.channel_affinity = [
+            cfg.channel_affinity_mean[c] + cfg.channel_affinity_sd * z(pop.S_CHANNEL0 + c)
+            for c in range(N_CHANNELS)
+        ]
+        self.tone_affinity = [
+            cfg.tone_affinity_mean[k] + cfg.tone_affinity_sd * z(pop.S_TONE0 + k)
+            for k in range(N_TONES)
+        ]
         # latent state
         self.fatigue = 0.0
         self.novelty = [1.0] * N_CONTENTS
@@ -77,11 +94,23 @@ class ReferenceClient:
         # the firm's records
         self.sends: dict[int, tuple[int, int]] = {}  # day -> (channel, tone)
         self.last_send_day = W.NEVER
-        self.engagement = ([W.ENGAGEMENT_PRIOR_OPEN] * N_CHANNELS + [W.ENGAGEMENT_PRIOR_CLICK] * N_CHANNELS
-                           + [W.ENGAGEMENT_PRIOR_OPEN] * N_SLOTS + [W.ENGAGEMENT_PRIOR_CLICK] * N_TONES)
+        self.engagement = (
+            [W.ENGAGEMENT_PRIOR_OPEN] * N_CHANNELS
+            + [W.ENGAGEMENT_PRIOR_CLICK] * N_CHANNELS
+            + [W.ENGAGEMENT_PRIOR_OPEN] * N_SLOTS
+            + [W.ENGAGEMENT_PRIOR_CLICK] * N_TONES
+        )
 
-    def step(self, p: ResponseConfig, schedule: ScenarioSchedule, day: int,
-             slot: int, tone: int, channel: int, content: int) -> dict[str, bool]:
+    def step(
+        self,
+        p: ResponseConfig,
+        schedule: ScenarioSchedule,
+        day: int,
+        slot: int,
+        tone: int,
+        channel: int,
+        content: int,
+    ) -> dict[str, bool]:
         """One day for this client under action (slot, tone, channel, content)."""
 
         def u(stream: int) -> float:
@@ -89,49 +118,78 @@ class ReferenceClient:
 
         fx = schedule.effects(day)
         if fx.anxiety_shock or fx.trust_shock or fx.stress:
-            self.anxiety = _clip(self.anxiety + (fx.anxiety_shock + p.stress_anxiety * fx.stress)
-                                 * self.susceptibility, 0.0, 1.0)
+            self.anxiety = _clip(
+                self.anxiety
+                + (fx.anxiety_shock + p.stress_anxiety * fx.stress) * self.susceptibility,
+                0.0,
+                1.0,
+            )
             self.trust = _clip(self.trust + fx.trust_shock, 0.0, 1.0)
 
         alive = not self.churned
         slot_ix = max(slot - 1, 0)
         deliver = slot > 0 and alive and not self.opted_out[channel]
-        relevance = (p.relevance[self.segment][content] + fx.relevance_delta[self.segment, content]
-                     + fx.stress * p.stress_relevance[content])
+        relevance = (
+            p.relevance[self.segment][content]
+            + fx.relevance_delta[self.segment, content]
+            + fx.stress * p.stress_relevance[content]
+        )
         urgency = p.tone_urgency[tone]
         quiet = SLOT_KEYS[slot_ix] in p.quiet_hours.get(CHANNELS[channel], [])
 
         rhythm = p.rhythm_amp * (math.exp(-0.5 * (slot_ix - self.slot_preference) ** 2) - 0.5)
-        open_logit = (p.open_base + self.base_open + self.channel_affinity[channel] + rhythm
-                      + p.open_urgency * urgency
-                      + p.open_trust * (self.trust - 0.5) - p.open_fatigue * self.fatigue
-                      + p.open_novelty * (self.novelty[content] - 1.0))
+        open_logit = (
+            p.open_base
+            + self.base_open
+            + self.channel_affinity[channel]
+            + rhythm
+            + p.open_urgency * urgency
+            + p.open_trust * (self.trust - 0.5)
+            - p.open_fatigue * self.fatigue
+            + p.open_novelty * (self.novelty[content] - 1.0)
+        )
         if day % 7 >= 5:
             open_logit += self.weekend_affinity
         opened = deliver and u(W.S_OPEN) < _sigmoid(open_logit)
 
-        calm_p = _sigmoid(p.click_base + p.click_relevance * relevance + self.tone_affinity[tone]
-                          + p.click_trust * (self.trust - 0.5))
+        calm_p = _sigmoid(
+            p.click_base
+            + p.click_relevance * relevance
+            + self.tone_affinity[tone]
+            + p.click_trust * (self.trust - 0.5)
+        )
         anxious_p = p.anxious_click_max * self.anxiety * urgency
         u_click = u(W.S_CLICK)
         calm_click = opened and u_click < calm_p
         anxious_click = opened and not calm_click and u_click < calm_p + (1.0 - calm_p) * anxious_p
         clicked = calm_click or anxious_click
         if calm_click:
-            convert_p = _sigmoid(p.convert_base + p.convert_literacy * self.literacy
-                                 + p.convert_relevance * relevance)
+            convert_p = _sigmoid(
+                p.convert_base
+                + p.convert_literacy * self.literacy
+                + p.convert_relevance * relevance
+            )
         else:
             convert_p = p.anxious_convert
         converted = clicked and u(W.S_CONVERT) < convert_p
         harmful = anxious_click and u(W.S_HARM) < p.harm_given_anxious * self.susceptibility
 
-        unsub_logit = (p.unsub_base + p.unsub_fatigue * self.fatigue
-                       + p.unsub_irrelevance * max(-relevance, 0.0)
-                       + p.unsub_quiet * quiet + p.unsub_urgency * urgency)
+        unsub_logit = (
+            p.unsub_base
+            + p.unsub_fatigue * self.fatigue
+            + p.unsub_irrelevance * max(-relevance, 0.0)
+            + p.unsub_quiet * quiet
+            + p.unsub_urgency * urgency
+        )
         unsubscribed = deliver and u(W.S_UNSUB) < _sigmoid(unsub_logit)
-        urgency_last_week = sum(p.tone_urgency[k] for d, (_, k) in self.sends.items() if day - 7 <= d < day)
-        complaint_logit = (p.complaint_base + p.complaint_quiet * quiet
-                           + p.complaint_urgency_repeat * urgency_last_week * urgency)
+        urgency_last_week = sum(
+            p.tone_urgency[k] for d, (_, k) in self.sends.items() if day - 7 <= d < day
+        )
+        complaint_logit = (
+            p.complaint_base
+            + p.complaint_quiet * quiet
+            + p.complaint_urgency_repeat * urgency_last_week * urgency
+        )
         complaint = deliver and u(W.S_COMPLAINT) < _sigmoid(complaint_logit)
 
         fatigue_decay = 0.5 ** (1.0 / p.fatigue_half_life_days)
@@ -141,9 +199,15 @@ class ReferenceClient:
         self.novelty = [n * novelty_decay + (1.0 - novelty_decay) for n in self.novelty]
         if deliver:
             self.novelty[content] *= p.novelty_drop
-            self.trust += (p.trust_relevance * relevance - p.trust_fear * urgency
-                           - p.trust_late * (slot == N_SLOTS) + fx.send_trust[self.segment, content])
-        self.trust = _clip(self.trust + p.trust_conversion * converted - p.trust_harm * harmful, 0.0, 1.0)
+            self.trust += (
+                p.trust_relevance * relevance
+                - p.trust_fear * urgency
+                - p.trust_late * (slot == N_SLOTS)
+                + fx.send_trust[self.segment, content]
+            )
+        self.trust = _clip(
+            self.trust + p.trust_conversion * converted - p.trust_harm * harmful, 0.0, 1.0
+        )
         self.anxiety *= anxiety_decay
         if deliver:
             self.anxiety += p.anxiety_urgency * self.susceptibility * urgency
@@ -155,18 +219,33 @@ class ReferenceClient:
             self.sends[day] = (channel, tone)
             self.last_send_day = day
             a = W.ENGAGEMENT_EMA
-            for column, outcome in ((W.E_OPEN_CHANNEL + channel, opened), (W.E_CLICK_CHANNEL + channel, clicked),
-                                    (W.E_OPEN_SLOT + slot_ix, opened), (W.E_CLICK_TONE + tone, clicked)):
+            for column, outcome in (
+                (W.E_OPEN_CHANNEL + channel, opened),
+                (W.E_CLICK_CHANNEL + channel, clicked),
+                (W.E_OPEN_SLOT + slot_ix, opened),
+                (W.E_CLICK_TONE + tone, clicked),
+            ):
                 self.engagement[column] += a * (float(outcome) - self.engagement[column])
 
-        hazard = _sigmoid(p.churn_base + p.churn_trust * (0.5 - self.trust) + p.churn_anxiety * self.anxiety
-                          + p.churn_fatigue * max(self.fatigue - p.fatigue_tolerance, 0.0))
+        hazard = _sigmoid(
+            p.churn_base
+            + p.churn_trust * (0.5 - self.trust)
+            + p.churn_anxiety * self.anxiety
+            + p.churn_fatigue * max(self.fatigue - p.fatigue_tolerance, 0.0)
+        )
         churned = alive and u(W.S_CHURN) < hazard
         self.churned = self.churned or churned
         return {
-            "sent": deliver, "opened": opened, "clicked": clicked, "calm_click": calm_click,
-            "anxious_click": anxious_click, "converted": converted, "harmful": harmful,
-            "unsubscribed": unsubscribed, "complaint": complaint, "churned": churned,
+            "sent": deliver,
+            "opened": opened,
+            "clicked": clicked,
+            "calm_click": calm_click,
+            "anxious_click": anxious_click,
+            "converted": converted,
+            "harmful": harmful,
+            "unsubscribed": unsubscribed,
+            "complaint": complaint,
+            "churned": churned,
         }
 
 
@@ -174,12 +253,21 @@ class ReferenceWorld:
     """A list of :class:`ReferenceClient` stepped one by one. Unlike ``World.step`` (four
     component arrays), :meth:`step` takes one ``(slot, tone, channel, content)`` tuple per client."""
 
-    def __init__(self, population: PopulationConfig, response: ResponseConfig,
-                 scenario: ScenarioConfig, seed: int, client_ids: list[int]) -> None:
+    def __init__(
+        self,
+        population: PopulationConfig,
+        response: ResponseConfig,
+        scenario: ScenarioConfig,
+        seed: int,
+        client_ids: list[int],
+    ) -> None:
         self.response = response
         self.schedule = ScenarioSchedule(scenario)
         self.clients = [ReferenceClient(population, seed, int(i)) for i in client_ids]
 
     def step(self, day: int, actions: list[tuple[int, int, int, int]]) -> list[dict[str, bool]]:
         """Step every client; ``actions[i]`` is client i's (slot, tone, channel, content)."""
-        return [c.step(self.response, self.schedule, day, *a) for c, a in zip(self.clients, actions, strict=True)]
+        return [
+            c.step(self.response, self.schedule, day, *a)
+            for c, a in zip(self.clients, actions, strict=True)
+        ]

@@ -39,8 +39,16 @@ NEVER = -10_000
 _COMPONENTS = ("slot", "tone", "channel", "content")
 
 OUTCOMES: tuple[str, ...] = (
-    "sent", "opened", "clicked", "calm_click", "anxious_click", "converted", "harmful",
-    "unsubscribed", "complaint", "churned",
+    "sent",
+    "opened",
+    "clicked",
+    "calm_click",
+    "anxious_click",
+    "converted",
+    "harmful",
+    "unsubscribed",
+    "complaint",
+    "churned",
 )
 """per-client daily outcome names returned by :meth:`World.step`, each a bool array"""
 
@@ -70,8 +78,14 @@ class World:
         client_ids: uint64 ids of the clients in the batch, one per row.
     """
 
-    def __init__(self, population: PopulationConfig, response: ResponseConfig,
-                 scenario: ScenarioConfig, seed: int, client_ids: np.ndarray) -> None:
+    def __init__(
+        self,
+        population: PopulationConfig,
+        response: ResponseConfig,
+        scenario: ScenarioConfig,
+        seed: int,
+        client_ids: np.ndarray,
+    ) -> None:
         self.population = population
         self.response = response
         self.schedule = ScenarioSchedule(scenario)
@@ -81,7 +95,11 @@ class World:
         self.rows = np.arange(n)
         self.traits: Traits = sample_traits(population, self.seed, self.client_id)
         self.latent = LatentState(
-            fatigue=np.zeros(n), novelty=np.ones((n, N_CONTENTS)), trust=np.zeros(n), anxiety=np.zeros(n))
+            fatigue=np.zeros(n),
+            novelty=np.ones((n, N_CONTENTS)),
+            trust=np.zeros(n),
+            anxiety=np.zeros(n),
+        )
         self.opted_out = np.zeros((n, N_CHANNELS), dtype=bool)
         """(N, channels) absorbing opt-outs; the firm knows them"""
         self.churned = np.zeros(n, dtype=bool)
@@ -103,7 +121,9 @@ class World:
         self._stress_relevance = np.asarray(response.stress_relevance, dtype=np.float64)
         slots = np.arange(N_SLOTS)
         # rhythm[slot, favourite]: open logit of sending in `slot` to a client who prefers `favourite`
-        self._rhythm = response.rhythm_amp * (np.exp(-0.5 * (slots[:, None] - slots[None, :]) ** 2) - 0.5)
+        self._rhythm = response.rhythm_amp * (
+            np.exp(-0.5 * (slots[:, None] - slots[None, :]) ** 2) - 0.5
+        )
         self._fatigue_decay = 0.5 ** (1.0 / response.fatigue_half_life_days)
         self._novelty_decay = 0.5 ** (1.0 / response.novelty_half_life_days)
         self._anxiety_decay = 0.5 ** (1.0 / response.anxiety_half_life_days)
@@ -121,7 +141,8 @@ class World:
         self.urgency_last_week[rows] = 0.0
         self.last_send_day[rows] = NEVER
         self.engagement[rows, :E_OPEN_SLOT] = np.repeat(
-            [ENGAGEMENT_PRIOR_OPEN, ENGAGEMENT_PRIOR_CLICK], N_CHANNELS)
+            [ENGAGEMENT_PRIOR_OPEN, ENGAGEMENT_PRIOR_CLICK], N_CHANNELS
+        )
         self.engagement[rows, E_OPEN_SLOT:E_CLICK_TONE] = ENGAGEMENT_PRIOR_OPEN
         self.engagement[rows, E_CLICK_TONE:] = ENGAGEMENT_PRIOR_CLICK
 
@@ -137,11 +158,21 @@ class World:
     def state_nbytes(self) -> int:
         """Bytes of per-client state held by the world (traits, latent state, records)."""
         s = self.latent
-        return (self.traits.nbytes() + self.client_id.nbytes + s.fatigue.nbytes + s.novelty.nbytes
-                + s.trust.nbytes + s.anxiety.nbytes + self.opted_out.nbytes + self.churned.nbytes
-                + self.channel_log.nbytes + self.tone_log.nbytes + self.last_send_day.nbytes
-                + self.urgency_last_week.nbytes
-                + self.engagement.nbytes)
+        return (
+            self.traits.nbytes()
+            + self.client_id.nbytes
+            + s.fatigue.nbytes
+            + s.novelty.nbytes
+            + s.trust.nbytes
+            + s.anxiety.nbytes
+            + self.opted_out.nbytes
+            + self.churned.nbytes
+            + self.channel_log.nbytes
+            + self.tone_log.nbytes
+            + self.last_send_day.nbytes
+            + self.urgency_last_week.nbytes
+            + self.engagement.nbytes
+        )
 
     def check_actions(self, *components: np.ndarray) -> list[np.ndarray]:
         """(slot, tone, channel, content) as (N,) integer arrays within their ranges, or ``ValueError``
@@ -150,18 +181,31 @@ class World:
         for name, size, values in zip(_COMPONENTS, ACTION_NVEC, components, strict=True):
             values = np.asarray(values)
             if values.shape != (self.n,):
-                raise ValueError(f"World.step: {name} must have shape ({self.n},), got {values.shape}")
+                raise ValueError(
+                    f"World.step: {name} must have shape ({self.n},), got {values.shape}"
+                )
             if not np.issubdtype(values.dtype, np.integer):
-                raise ValueError(f"World.step: {name} must be an integer array, got dtype {values.dtype}")
+                raise ValueError(
+                    f"World.step: {name} must be an integer array, got dtype {values.dtype}"
+                )
             if values.size and (values.min() < 0 or values.max() >= size):
                 row = int(np.flatnonzero((values < 0) | (values >= size))[0])
-                raise ValueError(f"World.step: {name} of row {row} is {int(values[row])}; "
-                                 f"allowed range is 0..{size - 1}")
+                raise ValueError(
+                    f"World.step: {name} of row {row} is {int(values[row])}; "
+                    f"allowed range is 0..{size - 1}"
+                )
             out.append(values)
         return out
 
-    def response_probabilities(self, day: int, rows: np.ndarray, slot_ix: np.ndarray, tone: np.ndarray,
-                               channel: np.ndarray, content: np.ndarray) -> dict[str, np.ndarray]:
+    def response_probabilities(
+        self,
+        day: int,
+        rows: np.ndarray,
+        slot_ix: np.ndarray,
+        tone: np.ndarray,
+        channel: np.ndarray,
+        content: np.ndarray,
+    ) -> dict[str, np.ndarray]:
         """Probabilities of each response to a message, for clients ``rows`` (repeats allowed).
 
         Args:
@@ -181,27 +225,44 @@ class World:
         urgency = self._urgency.take(tone)
         quiet = self._quiet.ravel().take(slot_ix * N_CHANNELS + channel)
         trust, fatigue = s.trust[rows], s.fatigue[rows]
-        open_logit = (p.open_base + t.base_open[rows]
-                      + t.channel_affinity.ravel().take(rows * N_CHANNELS + channel)
-                      + self._rhythm.ravel().take(slot_ix * N_SLOTS + t.slot_preference[rows])
-                      + p.open_urgency * urgency
-                      + p.open_trust * (trust - 0.5) - p.open_fatigue * fatigue
-                      + p.open_novelty * (s.novelty.ravel().take(rows * N_CONTENTS + content) - 1.0))
+        open_logit = (
+            p.open_base
+            + t.base_open[rows]
+            + t.channel_affinity.ravel().take(rows * N_CHANNELS + channel)
+            + self._rhythm.ravel().take(slot_ix * N_SLOTS + t.slot_preference[rows])
+            + p.open_urgency * urgency
+            + p.open_trust * (trust - 0.5)
+            - p.open_fatigue * fatigue
+            + p.open_novelty * (s.novelty.ravel().take(rows * N_CONTENTS + content) - 1.0)
+        )
         if (day % 7) >= 5:  # weekend
             open_logit += t.weekend_affinity[rows]
-        unsub_logit = (p.unsub_base + p.unsub_fatigue * fatigue
-                       + p.unsub_irrelevance * np.maximum(-relevance, 0.0)
-                       + p.unsub_quiet * quiet + p.unsub_urgency * urgency)
-        complaint_logit = (p.complaint_base + p.complaint_quiet * quiet
-                           + p.complaint_urgency_repeat * self.urgency_last_week[rows] * urgency)
+        unsub_logit = (
+            p.unsub_base
+            + p.unsub_fatigue * fatigue
+            + p.unsub_irrelevance * np.maximum(-relevance, 0.0)
+            + p.unsub_quiet * quiet
+            + p.unsub_urgency * urgency
+        )
+        complaint_logit = (
+            p.complaint_base
+            + p.complaint_quiet * quiet
+            + p.complaint_urgency_repeat * self.urgency_last_week[rows] * urgency
+        )
         return {
             "open": expit(open_logit),
-            "calm_click": expit(p.click_base + p.click_relevance * relevance
-                                + t.tone_affinity.ravel().take(rows * N_TONES + tone)
-                                + p.click_trust * (trust - 0.5)),
+            "calm_click": expit(
+                p.click_base
+                + p.click_relevance * relevance
+                + t.tone_affinity.ravel().take(rows * N_TONES + tone)
+                + p.click_trust * (trust - 0.5)
+            ),
             "anxious_click": p.anxious_click_max * s.anxiety[rows] * urgency,
-            "calm_convert": expit(p.convert_base + p.convert_literacy * t.literacy[rows]
-                                  + p.convert_relevance * relevance),
+            "calm_convert": expit(
+                p.convert_base
+                + p.convert_literacy * t.literacy[rows]
+                + p.convert_relevance * relevance
+            ),
             "harm": p.harm_given_anxious * t.susceptibility[rows],
             "unsubscribe": expit(unsub_logit),
             "complaint": expit(complaint_logit),
@@ -209,8 +270,9 @@ class World:
             "urgency": urgency,
         }
 
-    def step(self, day: int, slot: np.ndarray, tone: np.ndarray, channel: np.ndarray,
-             content: np.ndarray) -> dict[str, np.ndarray]:
+    def step(
+        self, day: int, slot: np.ndarray, tone: np.ndarray, channel: np.ndarray, content: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """Advance every client by one calendar ``day`` under the given actions.
 
         Args:
@@ -242,7 +304,9 @@ class World:
         who = np.flatnonzero(deliver)
         # The response is computed for the clients who got a message only (subscript _w).
         keys_w = keys[who]
-        channel_w, tone_w, content_w = (np.asarray(a, dtype=np.intp)[who] for a in (channel, tone, content))
+        channel_w, tone_w, content_w = (
+            np.asarray(a, dtype=np.intp)[who] for a in (channel, tone, content)
+        )
         slot_w = slot[who].astype(np.intp) - 1
         pr = self.response_probabilities(day, who, slot_w, tone_w, channel_w, content_w)
         relevance, urgency = pr["relevance"], pr["urgency"]
@@ -250,7 +314,9 @@ class World:
         u_click = rng.uniform(keys_w, S_CLICK)
         calm_p = pr["calm_click"]
         calm_click = opened & (u_click < calm_p)
-        anxious_click = opened & ~calm_click & (u_click < calm_p + (1.0 - calm_p) * pr["anxious_click"])
+        anxious_click = (
+            opened & ~calm_click & (u_click < calm_p + (1.0 - calm_p) * pr["anxious_click"])
+        )
         clicked = calm_click | anxious_click
         convert_p = np.where(calm_click, pr["calm_convert"], p.anxious_convert)
         converted = clicked & (rng.uniform(keys_w, S_CONVERT) < convert_p)
@@ -268,12 +334,20 @@ class World:
         s.novelty *= self._novelty_decay
         s.novelty += 1.0 - self._novelty_decay
         s.novelty.ravel()[at_content] *= p.novelty_drop
-        s.trust[who] = trust + trust_change(p, relevance, urgency, slot_w == N_SLOTS - 1, converted,
-                                            harmful, fx.send_trust.ravel().take(pair_w))
+        s.trust[who] = trust + trust_change(
+            p,
+            relevance,
+            urgency,
+            slot_w == N_SLOTS - 1,
+            converted,
+            harmful,
+            fx.send_trust.ravel().take(pair_w),
+        )
         np.clip(s.trust, 0.0, 1.0, out=s.trust)
         s.anxiety *= self._anxiety_decay
-        s.anxiety[who] = anxiety_after_message(p, s.anxiety[who], susceptibility, urgency,
-                                               self._relief.take(tone_w))
+        s.anxiety[who] = anxiety_after_message(
+            p, s.anxiety[who], susceptibility, urgency, self._relief.take(tone_w)
+        )
         np.clip(s.anxiety, 0.0, 1.0, out=s.anxiety)
         self.opted_out[who[unsubscribed], channel_w[unsubscribed]] = True
 
@@ -291,26 +365,43 @@ class World:
         churned = alive & (rng.uniform(keys, S_CHURN) < hazard)
         self.churned |= churned
         out = {"sent": deliver}
-        for name, values in (("opened", opened), ("clicked", clicked), ("calm_click", calm_click),
-                             ("anxious_click", anxious_click), ("converted", converted),
-                             ("harmful", harmful), ("unsubscribed", unsubscribed),
-                             ("complaint", complaint)):
+        for name, values in (
+            ("opened", opened),
+            ("clicked", clicked),
+            ("calm_click", calm_click),
+            ("anxious_click", anxious_click),
+            ("converted", converted),
+            ("harmful", harmful),
+            ("unsubscribed", unsubscribed),
+            ("complaint", complaint),
+        ):
             dense = np.zeros(self.n, dtype=bool)
             dense[who] = values
             out[name] = dense
         out["churned"] = churned
         return out
 
-    def _record_engagement(self, who: np.ndarray, slot_w: np.ndarray, tone_w: np.ndarray,
-                           channel_w: np.ndarray, opened: np.ndarray, clicked: np.ndarray) -> None:
+    def _record_engagement(
+        self,
+        who: np.ndarray,
+        slot_w: np.ndarray,
+        tone_w: np.ndarray,
+        channel_w: np.ndarray,
+        opened: np.ndarray,
+        clicked: np.ndarray,
+    ) -> None:
         """Update the firm's engagement averages of the clients ``who`` got a message."""
         if who.size == 0:
             return
         flat = self.engagement.ravel()
         base = who * N_ENGAGEMENT
         opened, clicked = opened.astype(np.float32), clicked.astype(np.float32)
-        for column, outcome in ((E_OPEN_CHANNEL + channel_w, opened), (E_CLICK_CHANNEL + channel_w, clicked),
-                                (E_OPEN_SLOT + slot_w, opened), (E_CLICK_TONE + tone_w, clicked)):
+        for column, outcome in (
+            (E_OPEN_CHANNEL + channel_w, opened),
+            (E_CLICK_CHANNEL + channel_w, clicked),
+            (E_OPEN_SLOT + slot_w, opened),
+            (E_CLICK_TONE + tone_w, clicked),
+        ):
             at = base + column
             current = flat[at]
             flat[at] = current + np.float32(ENGAGEMENT_EMA) * (outcome - current)

@@ -27,35 +27,73 @@ from evaluation.compare import compare, markdown_table  # noqa: E402
 
 # client-days of training per agent, and its hyperparameters (beyond AgentConfig defaults)
 BUDGETS = {
-    "epsilon_greedy": 200_000, "linucb": 200_000, "thompson": 200_000, "recovering": 200_000,
-    "ppo": 6_000_000, "maskable_ppo": 6_000_000, "ppo_lagrangian": 6_000_000, "a2c": 6_000_000,
+    "epsilon_greedy": 200_000,
+    "linucb": 200_000,
+    "thompson": 200_000,
+    "recovering": 200_000,
+    "ppo": 6_000_000,
+    "maskable_ppo": 6_000_000,
+    "ppo_lagrangian": 6_000_000,
+    "a2c": 6_000_000,
     "dqn": 1_000_000,
 }
 NUM_ENVS = {"epsilon_greedy": 500, "linucb": 500, "thompson": 500, "recovering": 500}
-COLUMNS = ("eval/normalized_value", "eval/value", "eval/retention", "eval/clicks_per_client",
-           "eval/anxious_click_share", "eval/conversions_per_client", "eval/messages_per_client_week",
-           "eval/unsubscribes_per_client", "eval/complaints_per_client", "eval/guardrail_violations")
-HARM = ("harm/vulnerable_anxious_clicks", "harm/others_anxious_clicks", "harm/vulnerable_complaints",
-        "harm/others_complaints", "harm/vulnerable_churn", "harm/others_churn",
-        "fairness/urgent_gap", "fairness/volume_gap", "fairness/retention_gap")
+COLUMNS = (
+    "eval/normalized_value",
+    "eval/value",
+    "eval/retention",
+    "eval/clicks_per_client",
+    "eval/anxious_click_share",
+    "eval/conversions_per_client",
+    "eval/messages_per_client_week",
+    "eval/unsubscribes_per_client",
+    "eval/complaints_per_client",
+    "eval/guardrail_violations",
+)
+HARM = (
+    "harm/vulnerable_anxious_clicks",
+    "harm/others_anxious_clicks",
+    "harm/vulnerable_complaints",
+    "harm/others_complaints",
+    "harm/vulnerable_churn",
+    "harm/others_churn",
+    "fairness/urgent_gap",
+    "fairness/volume_gap",
+    "fairness/retention_gap",
+)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="train each agent on 1/20 of its budget")
-    parser.add_argument("--agents", default=",".join(BUDGETS), help="comma-separated learners to train")
+    parser.add_argument(
+        "--quick", action="store_true", help="train each agent on 1/20 of its budget"
+    )
+    parser.add_argument(
+        "--agents", default=",".join(BUDGETS), help="comma-separated learners to train"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     setup = load_setup()
-    policies = [cls(0) if name == "random" else cls() for name, cls in HEURISTICS.items() if name != "no_send"]
+    policies = [
+        cls(0) if name == "random" else cls()
+        for name, cls in HEURISTICS.items()
+        if name != "no_send"
+    ]
     for name in args.agents.split(","):
         budget = BUDGETS[name] // (20 if args.quick else 1)
         start = time.perf_counter()
-        policies.append(train_agent(AgentConfig(name=name), setup, budget, NUM_ENVS.get(name, 256), seed=0))
-        print(f"trained {name} on {budget:,} client-days in {time.perf_counter() - start:.0f} s", flush=True)
+        policies.append(
+            train_agent(AgentConfig(name=name), setup, budget, NUM_ENVS.get(name, 256), seed=0)
+        )
+        print(
+            f"trained {name} on {budget:,} client-days in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     start = time.perf_counter()
     result = compare(policies, setup, args.clients, args.days, seeds=range(1000, 1000 + args.seeds))
     print(f"\nevaluated {len(result.metrics)} policies in {time.perf_counter() - start:.0f} s\n")

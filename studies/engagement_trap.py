@@ -20,13 +20,22 @@ from agents.registry import train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from evaluation.compare import compare, markdown_table  # noqa: E402
 
-COLUMNS = ("eval/clicks_per_client", "eval/anxious_click_share", "eval/retention", "eval/value",
-           "eval/normalized_value", "eval/conversions_per_client", "eval/messages_per_client_week",
-           "eval/complaints_per_client")
+COLUMNS = (
+    "eval/clicks_per_client",
+    "eval/anxious_click_share",
+    "eval/retention",
+    "eval/value",
+    "eval/normalized_value",
+    "eval/conversions_per_client",
+    "eval/messages_per_client_week",
+    "eval/complaints_per_client",
+)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--agent", default="ppo")
     parser.add_argument("--timesteps", type=int, default=6_000_000)
     parser.add_argument("--clients", type=int, default=5000)
@@ -36,7 +45,9 @@ def main() -> int:
     policies = []
     for reward in ("engagement", "balanced"):
         start = time.perf_counter()
-        policy = train_agent(AgentConfig(name=args.agent), load_setup(reward=reward), args.timesteps, 256)
+        policy = train_agent(
+            AgentConfig(name=args.agent), load_setup(reward=reward), args.timesteps, 256
+        )
         policy.name = f"{args.agent}@{reward}"
         policies.append(policy)
         print(f"trained {policy.name} in {time.perf_counter() - start:.0f} s", flush=True)

@@ -42,12 +42,18 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--agent", default="ppo")
-    parser.add_argument("--budget", type=int, default=6_000_000, help="client-days of training per seed")
+    parser.add_argument(
+        "--budget", type=int, default=6_000_000, help="client-days of training per seed"
+    )
     parser.add_argument("--seeds", type=int, default=5, help="training seeds 0..n-1")
     parser.add_argument("--num-envs", type=int, default=256)
-    parser.add_argument("--clients", type=int, default=1500, help="fresh evaluation clients per seed")
+    parser.add_argument(
+        "--clients", type=int, default=1500, help="fresh evaluation clients per seed"
+    )
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--eval-seeds", type=int, default=2)
     args = parser.parse_args()
@@ -55,10 +61,14 @@ def main() -> int:
     setup = load_setup(overrides=[f"env.horizon_days={args.days}"])
     cfg = AgentConfig(name=args.agent)
     eval_seeds = tuple(range(1000, 1000 + args.eval_seeds))
-    baseline = evaluate([SegmentRules()], setup, args.clients, args.days, eval_seeds, progress=False)
+    baseline = evaluate(
+        [SegmentRules()], setup, args.clients, args.days, eval_seeds, progress=False
+    )
     rows, over_start, over_rules = [], [], []
-    print(f"{args.agent}: {args.budget:,} client-days per training seed; evaluation on {args.clients:,} "
-          f"fresh clients x {args.days} days x {len(eval_seeds)} seeds\n")
+    print(
+        f"{args.agent}: {args.budget:,} client-days per training seed; evaluation on {args.clients:,} "
+        f"fresh clients x {args.days} days x {len(eval_seeds)} seeds\n"
+    )
     print("| training seed | trained - start | trained - segment_rules | train s |")
     print("|---:|---:|---:|---:|")
     for seed in range(args.seeds):
@@ -67,18 +77,25 @@ def main() -> int:
         trained = train_agent(cfg, setup, args.budget, args.num_envs, seed=seed, progress=False)
         seconds = time.perf_counter() - began
         start.name, trained.name = "start", "trained"
-        rollouts = evaluate([start, trained], setup, args.clients, args.days, eval_seeds, progress=False)
+        rollouts = evaluate(
+            [start, trained], setup, args.clients, args.days, eval_seeds, progress=False
+        )
         by = {name: [r for r in rollouts if r.policy == name] for name in ("start", "trained")}
         vs_start = paired_difference(by["trained"], by["start"])
         vs_rules = paired_difference(by["trained"], baseline)
         over_start.append(vs_start[0])
         over_rules.append(vs_rules[0])
         rows.append((seed, vs_start, vs_rules))
-        print(f"| {seed} | {vs_start[0]:.3f} [{vs_start[1]:.3f}, {vs_start[2]:.3f}] | "
-              f"{vs_rules[0]:.3f} [{vs_rules[1]:.3f}, {vs_rules[2]:.3f}] | {seconds:.0f} |", flush=True)
+        print(
+            f"| {seed} | {vs_start[0]:.3f} [{vs_start[1]:.3f}, {vs_start[2]:.3f}] | "
+            f"{vs_rules[0]:.3f} [{vs_rules[1]:.3f}, {vs_rules[2]:.3f}] | {seconds:.0f} |",
+            flush=True,
+        )
     for label, values in (("trained - start", over_start), ("trained - segment_rules", over_rules)):
         mean, lo, hi = mean_interval(values)
-        print(f"\nmean over {len(values)} training seeds, {label}: {mean:.3f} [{lo:.3f}, {hi:.3f}] (95% t-interval)")
+        print(
+            f"\nmean over {len(values)} training seeds, {label}: {mean:.3f} [{lo:.3f}, {hi:.3f}] (95% t-interval)"
+        )
     return 0
 
 

@@ -27,7 +27,9 @@ from simulate.labels import N_JOINT_ACTIONS
 from simulate.world import World
 
 N = 8
-SETUP = load_setup(overrides=["env.response.unsub_base=-2.0", "env.horizon_days=200"])  # many opt-outs
+SETUP = load_setup(
+    overrides=["env.response.unsub_base=-2.0", "env.horizon_days=200"]
+)  # many opt-outs
 
 
 def world_state(world: World) -> dict[str, np.ndarray]:
@@ -50,8 +52,12 @@ def world_state(world: World) -> dict[str, np.ndarray]:
 
 
 def core_state(core: CadenceCore) -> dict[str, np.ndarray]:
-    return {**world_state(core.world), "day": np.array(core.day), "age": core.age.copy(),
-            "episode_return": core.episode_return.copy()}
+    return {
+        **world_state(core.world),
+        "day": np.array(core.day),
+        "age": core.age.copy(),
+        "episode_return": core.episode_return.copy(),
+    }
 
 
 def assert_same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray], rows=slice(None)) -> None:
@@ -73,8 +79,13 @@ class Face:
             self.env.reset(seed=seed)
             self.core = self.env.unwrapped.core
         elif kind == "make_vec":
-            self.env = gym.make_vec(envs.ENV_ID, num_envs=N, vectorization_mode="vector_entry_point",
-                                    action_view=view, setup=setup)
+            self.env = gym.make_vec(
+                envs.ENV_ID,
+                num_envs=N,
+                vectorization_mode="vector_entry_point",
+                action_view=view,
+                setup=setup,
+            )
             self.env.reset(seed=seed)
             self.core = self.env.core
         else:
@@ -120,16 +131,22 @@ def test_out_of_range_channel_is_refused_and_moves_nothing(kind, channel):
     for _day in range(3):  # before validation, channel -1 every day got past the SMS cap
         before = core_state(face.core)
         actions = action if kind == "make" else np.tile(action, (face.n, 1))
-        with pytest.raises(ValueError, match=rf"'channel' of row 0 is {channel}; allowed range is 0..2"):
+        with pytest.raises(
+            ValueError, match=rf"'channel' of row 0 is {channel}; allowed range is 0..2"
+        ):
             face.step(actions)
         assert_same_state(before, core_state(face.core))
-        face.step(face.batch(np.zeros((face.n, 4), dtype=np.int64)))  # the day goes on with no-sends
+        face.step(
+            face.batch(np.zeros((face.n, 4), dtype=np.int64))
+        )  # the day goes on with no-sends
 
 
 def test_negative_channel_no_longer_bypasses_the_caps_through_the_world():
     """The world is the second line: it refuses what the env would."""
     setup = load_setup()
-    world = World(setup.population, setup.env.response, setup.scenario, 0, np.arange(4, dtype=np.uint64))
+    world = World(
+        setup.population, setup.env.response, setup.scenario, 0, np.arange(4, dtype=np.uint64)
+    )
     before = world_state(world)
     slot, tone, content = np.full(4, 2), np.zeros(4, np.int64), np.zeros(4, np.int64)
     for bad in (np.array([0, 0, -1, 0]), np.array([0, 0, 3, 0])):
@@ -178,16 +195,19 @@ def test_one_clients_bad_action_leaves_every_other_client_as_it_was(kind):
     assert_same_state(core_state(face.core), core_state(control.core), rows=others)
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    (np.zeros((4, N), dtype=np.int64), r"must have shape \(8, 4\).*got shape \(4, 8\)"),
-    (np.full((N, 4), 1.5), "whole numbers, got 1.5"),
-    (np.full((N, 4), np.nan), "whole numbers"),
-    (np.tile([9, 0, 0, 0], (N, 1)), "'slot' of row 0 is 9; allowed range is 0..6"),
-    (np.tile([1, -1, 0, 0], (N, 1)), "'tone' of row 0 is -1; allowed range is 0..4"),
-    (np.tile([1, 0, 0, 4], (N, 1)), "'content' of row 0 is 4; allowed range is 0..3"),
-    (np.tile(["1", "0", "0", "0"], (N, 1)), "must hold integers, got dtype <U1"),
-    (np.ones((N, 4), dtype=bool), "must hold integers, got dtype bool"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.zeros((4, N), dtype=np.int64), r"must have shape \(8, 4\).*got shape \(4, 8\)"),
+        (np.full((N, 4), 1.5), "whole numbers, got 1.5"),
+        (np.full((N, 4), np.nan), "whole numbers"),
+        (np.tile([9, 0, 0, 0], (N, 1)), "'slot' of row 0 is 9; allowed range is 0..6"),
+        (np.tile([1, -1, 0, 0], (N, 1)), "'tone' of row 0 is -1; allowed range is 0..4"),
+        (np.tile([1, 0, 0, 4], (N, 1)), "'content' of row 0 is 4; allowed range is 0..3"),
+        (np.tile(["1", "0", "0", "0"], (N, 1)), "must hold integers, got dtype <U1"),
+        (np.ones((N, 4), dtype=bool), "must hold integers, got dtype bool"),
+    ],
+)
 def test_malformed_batches_are_refused_naming_the_problem(bad, message):
     face = Face("make_vec", "multi")
     before = core_state(face.core)
@@ -210,7 +230,9 @@ def test_flat_views_refuse_indices_outside_discrete_361():
         before = core_state(face.core)
         for bad in (-1, N_JOINT_ACTIONS):
             actions = bad if kind == "make" else np.full(face.n, bad)
-            with pytest.raises(ValueError, match=f"flat action of row 0 is {bad}; allowed range is 0..360"):
+            with pytest.raises(
+                ValueError, match=f"flat action of row 0 is {bad}; allowed range is 0..360"
+            ):
                 face.step(actions)
         assert_same_state(before, core_state(face.core))
 
@@ -232,8 +254,12 @@ def _valid(face: Face, actions: np.ndarray) -> bool:
 
 
 def _shapes(face_kind: str, view: str):
-    good = {("make", "multi"): (4,), ("make", "flat"): (), ("make_vec", "multi"): (N, 4),
-            ("sb3", "multi"): (N, 4)}.get((face_kind, view), (N,))
+    good = {
+        ("make", "multi"): (4,),
+        ("make", "flat"): (),
+        ("make_vec", "multi"): (N, 4),
+        ("sb3", "multi"): (N, 4),
+    }.get((face_kind, view), (N,))
     wrong = st.sampled_from([(4, N), (N,), (N, 3), (N + 1, 4), (1, 4), (2,), (N, 4, 1)])
     return st.one_of(st.just(good), st.just(good), st.just(good), wrong)
 
@@ -251,13 +277,17 @@ def test_no_array_gets_past_the_guardrails_or_touches_another_client(kind, view,
     face, twin = Face(kind, view, seed), Face(kind, view, seed)
     rules = face.core.rules
     high = N_JOINT_ACTIONS + 3 if view == "flat" else 9
-    sent_log: dict[int, list[tuple[int, int]]] = {row: [] for row in range(face.n)}  # row -> (day, channel)
+    sent_log: dict[int, list[tuple[int, int]]] = {
+        row: [] for row in range(face.n)
+    }  # row -> (day, channel)
     days = data.draw(st.integers(1, 21), label="days")
     changed = data.draw(st.integers(0, face.n - 1), label="row the twin acts differently in")
     for _ in range(days):
         shape = data.draw(_shapes(kind, view), label="shape")
         # mostly in range, with out-of-range values mixed in
-        values = st.one_of(st.integers(0, 6 if view == "multi" else N_JOINT_ACTIONS - 1), st.integers(-4, high))
+        values = st.one_of(
+            st.integers(0, 6 if view == "multi" else N_JOINT_ACTIONS - 1), st.integers(-4, high)
+        )
         actions = data.draw(hnp.arrays(np.int64, shape, elements=values), label="actions")
         before = core_state(face.core)
         if not _valid(face, actions):
@@ -282,7 +312,9 @@ def test_no_array_gets_past_the_guardrails_or_touches_another_client(kind, view,
         for row, log in sent_log.items():
             week = [c for d, c in log if d > day - 7]
             per_channel = np.bincount(week, minlength=3)
-            assert (per_channel <= rules.channel_cap).all(), f"row {row} past a channel cap: {per_channel}"
+            assert (per_channel <= rules.channel_cap).all(), (
+                f"row {row} past a channel cap: {per_channel}"
+            )
             assert len(week) <= rules.max_per_week, f"row {row} got {len(week)} messages in 7 days"
         # the send log the caps read is exactly what was delivered
         world = face.core.world
@@ -292,13 +324,17 @@ def test_no_array_gets_past_the_guardrails_or_touches_another_client(kind, view,
                 if d > day - 7:
                     expected_log[row, d % 7] = c + 1
         np.testing.assert_array_equal(world.channel_log, expected_log)
-        np.testing.assert_array_equal(channel_counts(world), np.stack(
-            [(expected_log == c + 1).sum(axis=1) for c in range(3)], axis=1))
+        np.testing.assert_array_equal(
+            channel_counts(world),
+            np.stack([(expected_log == c + 1).sum(axis=1) for c in range(3)], axis=1),
+        )
         # the twin got the same actions but another action in one row: every other row is unchanged
         if face.n > 1:
             other = np.array(actions, copy=True)
             if view == "flat":
-                other[changed] = data.draw(st.integers(0, N_JOINT_ACTIONS - 1), label="other action")
+                other[changed] = data.draw(
+                    st.integers(0, N_JOINT_ACTIONS - 1), label="other action"
+                )
             else:
                 other[changed] = [data.draw(st.integers(0, int(k) - 1)) for k in NVEC]
             twin.step(other)

@@ -33,18 +33,30 @@ def _acts_within_masks_and_reloads(policy: Policy, tmp_path, n: int = 300) -> No
 
 
 def _value(policy: Policy, clients: int = 1500, days: int = 60) -> float:
-    return kpis(evaluate([policy], SETUP, clients, days, seeds=(1000,), progress=False), n_boot=10)["eval/value"][0]
+    return kpis(evaluate([policy], SETUP, clients, days, seeds=(1000,), progress=False), n_boot=10)[
+        "eval/value"
+    ][0]
 
 
 # Tiny fixed problems with one right answer, to check that an update moves a learner's policy
 # the right way. Learning *quality* (how good, how fast) is measured with seeds and CIs in
 # studies/learning_check.py, not here.
-_ONLY = ["reward.calm_click=0", "reward.anxious_click=0", "reward.conversion=0", "reward.harmful=0",
-         "reward.unsubscribe=0", "reward.complaint=0", "reward.churn=0", "reward.violation=0",
-         "env.horizon_days=20"]
+_ONLY = [
+    "reward.calm_click=0",
+    "reward.anxious_click=0",
+    "reward.conversion=0",
+    "reward.harmful=0",
+    "reward.unsubscribe=0",
+    "reward.complaint=0",
+    "reward.churn=0",
+    "reward.violation=0",
+    "env.horizon_days=20",
+]
 MESSAGES_COST = load_setup(overrides=[*_ONLY, "reward.message=-1"])
 """every delivered message costs 1 and nothing else counts: never sending is right"""
-CLICKS_PAY = load_setup(overrides=[*_ONLY, "reward.calm_click=1", "reward.anxious_click=1", "reward.message=0"])
+CLICKS_PAY = load_setup(
+    overrides=[*_ONLY, "reward.calm_click=1", "reward.anxious_click=1", "reward.message=0"]
+)
 """every click pays 1 and nothing else counts: sending is right"""
 
 
@@ -64,9 +76,12 @@ def test_bandit_update_moves_its_policy_the_right_way(name):
     untrained = make_policy(AgentConfig(name=name), seed=0)
     untrained.deterministic = True
     assert _send_share(untrained) == 0.0  # no evidence yet: no send beats no-send
-    paid = train_agent(AgentConfig(name=name), CLICKS_PAY, total_timesteps=20_000, num_envs=200, progress=False)
-    charged = train_agent(AgentConfig(name=name), MESSAGES_COST, total_timesteps=20_000, num_envs=200,
-                          progress=False)
+    paid = train_agent(
+        AgentConfig(name=name), CLICKS_PAY, total_timesteps=20_000, num_envs=200, progress=False
+    )
+    charged = train_agent(
+        AgentConfig(name=name), MESSAGES_COST, total_timesteps=20_000, num_envs=200, progress=False
+    )
     paid.deterministic = charged.deterministic = True
     assert _send_share(paid) > 0.9  # measured: 1.0 for every bandit
     assert _send_share(charged) == 0.0
@@ -74,7 +89,9 @@ def test_bandit_update_moves_its_policy_the_right_way(name):
 
 @pytest.mark.parametrize("name", BANDITS)
 def test_bandit_acts_within_masks_and_reloads(name, tmp_path):
-    trained = train_agent(AgentConfig(name=name), SETUP, total_timesteps=8_000, num_envs=400, progress=False)
+    trained = train_agent(
+        AgentConfig(name=name), SETUP, total_timesteps=8_000, num_envs=400, progress=False
+    )
     _acts_within_masks_and_reloads(trained, tmp_path)
 
 
@@ -92,9 +109,12 @@ def _send_preference(policy) -> float:
 @pytest.mark.parametrize("name", SB3_AGENTS)
 def test_sb3_update_moves_its_policy_the_right_way(name):
     cfg = AgentConfig(name=name, n_steps=8, batch_size=512, learning_starts=256, buffer_size=5_000)
-    start = _send_preference(train_agent(cfg, MESSAGES_COST, total_timesteps=1, num_envs=64, progress=False))
-    trained = _send_preference(train_agent(cfg, MESSAGES_COST, total_timesteps=64 * 8 * 16, num_envs=64,
-                                           progress=False))
+    start = _send_preference(
+        train_agent(cfg, MESSAGES_COST, total_timesteps=1, num_envs=64, progress=False)
+    )
+    trained = _send_preference(
+        train_agent(cfg, MESSAGES_COST, total_timesteps=64 * 8 * 16, num_envs=64, progress=False)
+    )
     # measured: P(send) 0.85 -> 0.05..0.47 for the policy-gradient agents; DQN's send advantage -0.02 -> -0.61
     assert trained < start - 0.2, (start, trained)
 
@@ -110,8 +130,10 @@ def test_sb3_agent_acts_within_masks_and_reloads(name, tmp_path):
 def test_same_seed_same_policy(name):
     cfg = AgentConfig(name=name, n_steps=8, batch_size=512)
     obs, masks = _probe()
-    runs = [train_agent(cfg, SETUP, total_timesteps=64 * 8 * 4, num_envs=64, seed=5, progress=False)
-            for _ in range(2)]
+    runs = [
+        train_agent(cfg, SETUP, total_timesteps=64 * 8 * 4, num_envs=64, seed=5, progress=False)
+        for _ in range(2)
+    ]
     other = train_agent(cfg, SETUP, total_timesteps=64 * 8 * 4, num_envs=64, seed=6, progress=False)
     for policy in (*runs, other):
         policy.deterministic = True
@@ -127,8 +149,14 @@ def test_same_seed_same_policy(name):
 def test_ppo_lagrangian_raises_multipliers_when_costs_exceed_limits():
     from agents.sb3_agents import LagrangeUpdate, LagrangianCosts, build_model, make_training_env
 
-    cfg = AgentConfig(name="ppo_lagrangian", n_steps=16, churn_limit=0.0, anxiety_limit=0.0, multiplier_lr=1.0,
-                      normalize_reward=False)
+    cfg = AgentConfig(
+        name="ppo_lagrangian",
+        n_steps=16,
+        churn_limit=0.0,
+        anxiety_limit=0.0,
+        multiplier_lr=1.0,
+        normalize_reward=False,
+    )
     env = make_training_env(cfg, load_setup(overrides=["env.horizon_days=10"]), 128)
     assert isinstance(env, LagrangianCosts)
     model = build_model(cfg, env)
@@ -164,8 +192,10 @@ def test_ppo_lagrangian_keeps_multipliers_at_zero_under_loose_limits():
 
     cfg = AgentConfig(name="ppo_lagrangian", n_steps=16, normalize_reward=False)
     env = make_training_env(cfg, load_setup(overrides=["env.horizon_days=10"]), 64)
-    build_model(cfg, env).learn(total_timesteps=64 * 16 * 2,
-                                callback=LagrangeUpdate(env, {"churn": 10.0, "anxiety": 100.0}, 1.0))
+    build_model(cfg, env).learn(
+        total_timesteps=64 * 16 * 2,
+        callback=LagrangeUpdate(env, {"churn": 10.0, "anxiety": 100.0}, 1.0),
+    )
     assert env.multipliers == {"churn": 0.0, "anxiety": 0.0}
 
 

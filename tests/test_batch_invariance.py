@@ -11,7 +11,9 @@ K, BIG, DAYS = 24, 4096, 60
 
 
 def _rollout(n: int, actions: np.ndarray):
-    setup = load_setup(seed=3, overrides=["env.horizon_days=20"])  # horizon < DAYS: slots get new clients
+    setup = load_setup(
+        seed=3, overrides=["env.horizon_days=20"]
+    )  # horizon < DAYS: slots get new clients
     core = CadenceCore(setup, n)
     obs = [core.reset()[:K].copy()]
     rewards, outcomes = [], []

@@ -37,29 +37,62 @@ def test_default_yaml_holds_the_embedded_defaults():
     assert yaml_keys == {f.name for f in dataclasses.fields(PopulationConfig)}
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("reward.churn=2.0", r"reward\.churn must be <= 0\.0, got 2\.0"),
-    ("env.horizon_days=0", r"env\.horizon_days must be >= 1, got 0"),
-    ("population.literacy_mean=1.5", r"population\.literacy_mean must be <= 1\.0, got 1\.5 \(allowed range \[0\.0, 1\.0\]\)"),
-    ("population.segment_probs=[0.5,0.5,0.5,0.5]", r"population\.segment_probs must sum to 1"),
-    ("population.gender_probs=[0.5,0.5]", r"population\.gender_probs must be a list of 3 numbers"),
-    ("env.response.anxious_click_max=-0.1", r"env\.response\.anxious_click_max must be >= 0\.0"),
-    ("env.guardrails.channel_caps.sms=9", r"env\.guardrails\.channel_caps\.sms must be in \[0, 7\]"),
-    ("env.guardrails.quiet_hours.fax=[late]", r"unknown channel 'fax'"),
-    ("env.guardrails.quiet_hours.sms=[night]", r"unknown slot 'night'"),
-    ("env.num_clientz=3", r"num_clientz"),
-    ("env.horizon_days=ninety", r"horizon_days"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("reward.churn=2.0", r"reward\.churn must be <= 0\.0, got 2\.0"),
+        ("env.horizon_days=0", r"env\.horizon_days must be >= 1, got 0"),
+        (
+            "population.literacy_mean=1.5",
+            r"population\.literacy_mean must be <= 1\.0, got 1\.5 \(allowed range \[0\.0, 1\.0\]\)",
+        ),
+        ("population.segment_probs=[0.5,0.5,0.5,0.5]", r"population\.segment_probs must sum to 1"),
+        (
+            "population.gender_probs=[0.5,0.5]",
+            r"population\.gender_probs must be a list of 3 numbers",
+        ),
+        (
+            "env.response.anxious_click_max=-0.1",
+            r"env\.response\.anxious_click_max must be >= 0\.0",
+        ),
+        (
+            "env.guardrails.channel_caps.sms=9",
+            r"env\.guardrails\.channel_caps\.sms must be in \[0, 7\]",
+        ),
+        ("env.guardrails.quiet_hours.fax=[late]", r"unknown channel 'fax'"),
+        ("env.guardrails.quiet_hours.sms=[night]", r"unknown slot 'night'"),
+        ("env.num_clientz=3", r"num_clientz"),
+        ("env.horizon_days=ninety", r"horizon_days"),
+    ],
+)
 def test_bad_value_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_setup(overrides=[override])
 
 
-@pytest.mark.parametrize(("preset", "field", "value", "message"), [
-    ("misfire", "segment", "pensioners", r"scenario\.events\[0\]\.segment must be 'all' or one of"),
-    ("market_shock", "end_day", 3, r"scenario\.events\[0\]\.end_day must be >= start_day \(30\), got 3"),
-    ("market_shock", "anxiety_shock", 4.0, r"scenario\.events\[0\]\.anxiety_shock must be <= 1\.0"),
-])
+@pytest.mark.parametrize(
+    ("preset", "field", "value", "message"),
+    [
+        (
+            "misfire",
+            "segment",
+            "pensioners",
+            r"scenario\.events\[0\]\.segment must be 'all' or one of",
+        ),
+        (
+            "market_shock",
+            "end_day",
+            3,
+            r"scenario\.events\[0\]\.end_day must be >= start_day \(30\), got 3",
+        ),
+        (
+            "market_shock",
+            "anxiety_shock",
+            4.0,
+            r"scenario\.events\[0\]\.anxiety_shock must be <= 1\.0",
+        ),
+    ],
+)
 def test_bad_scenario_event_names_the_key(preset, field, value, message):
     scenario = load_preset("scenario", preset)
     scenario.events[0][field] = value
@@ -68,5 +101,8 @@ def test_bad_scenario_event_names_the_key(preset, field, value, message):
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"reward='clicks' is not a preset; choose one of \['balanced', 'engagement', 'fiduciary'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"reward='clicks' is not a preset; choose one of \['balanced', 'engagement', 'fiduciary'\]",
+    ):
         load_setup(reward="clicks")

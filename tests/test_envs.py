@@ -37,8 +37,15 @@ def test_action_labels_contract(face):
         env = gym.make_vec(envs.ENV_ID, num_envs=2, vectorization_mode="vector_entry_point")
     labels = env.unwrapped.action_labels
     assert list(labels) == ["slot", "tone", "channel", "content"]
-    assert labels["slot"] == ("no_send", "early 06-08", "morning 08-11", "midday 11-14",
-                              "afternoon 14-17", "evening 17-20", "late 20-23")
+    assert labels["slot"] == (
+        "no_send",
+        "early 06-08",
+        "morning 08-11",
+        "midday 11-14",
+        "afternoon 14-17",
+        "evening 17-20",
+        "late 20-23",
+    )
     assert labels["tone"] == ("informative", "educational", "reassuring", "opportunity", "urgent")
     assert labels["channel"] == ("email", "push", "sms")
     assert labels["content"] == ("portfolio_summary", "education", "product_offer", "market_update")
@@ -54,14 +61,25 @@ def test_flat_view_round_trips():
 
 
 def test_make_vec_vector_entry_point_and_info_arrays():
-    venv = gym.make_vec(envs.ENV_ID, num_envs=32, vectorization_mode="vector_entry_point", horizon_days=5)
+    venv = gym.make_vec(
+        envs.ENV_ID, num_envs=32, vectorization_mode="vector_entry_point", horizon_days=5
+    )
     obs, _ = venv.reset(seed=4)
     assert obs.shape == (32, OBS_DIM) and obs.dtype == np.float32
     saw_final = False
     for _ in range(6):
         obs, reward, terminated, truncated, info = venv.step(venv.action_space.sample())
-        for key in ("sent", "opened", "clicked", "anxious_click", "converted", "unsubscribed",
-                    "complaint", "churned", "violation"):
+        for key in (
+            "sent",
+            "opened",
+            "clicked",
+            "anxious_click",
+            "converted",
+            "unsubscribed",
+            "complaint",
+            "churned",
+            "violation",
+        ):
             assert info[key].shape == (32,)
         if "final_obs" in info:
             saw_final = True

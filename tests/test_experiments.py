@@ -42,24 +42,43 @@ def test_every_config_in_conf_composes(group):
 
 def test_default_config_is_the_documented_default():
     run, setup = validate_run(_compose([]))
-    assert (run.agent.name, run.reward.name, run.scenario.name) == ("ppo_lagrangian", "balanced", "calm")
+    assert (run.agent.name, run.reward.name, run.scenario.name) == (
+        "ppo_lagrangian",
+        "balanced",
+        "calm",
+    )
     assert setup.env.num_clients == 256 and setup.env.horizon_days == 90
 
 
-def _cli(script: str, args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _cli(
+    script: str, args: list[str], tmp_path: Path, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("reward.churn=2", "reward.churn must be <= 0.0"),
-    ("env.num_clients=0", "env.num_clients must be >= 1"),
-    ("agent.learning_rate=-1", "agent.learning_rate must be >= 1e-07"),
-    ("agent=sarsa", "Could not find 'agent/sarsa'"),
-    ("trainer.total_timestep=10", "Key 'total_timestep' not in 'TrainerConfig'"),
-    ("eval.baselines=[segment_rules,linucb]", "eval.baselines must name heuristics"),
-])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("reward.churn=2", "reward.churn must be <= 0.0"),
+        ("env.num_clients=0", "env.num_clients must be >= 1"),
+        ("agent.learning_rate=-1", "agent.learning_rate must be >= 1e-07"),
+        ("agent=sarsa", "Could not find 'agent/sarsa'"),
+        ("trainer.total_timestep=10", "Key 'total_timestep' not in 'TrainerConfig'"),
+        ("eval.baselines=[segment_rules,linucb]", "eval.baselines must name heuristics"),
+    ],
+)
 def test_bad_value_fails_fast_naming_the_key(override, key, tmp_path):
     done = _cli("train.py", [override], tmp_path, timeout=120)
     assert done.returncode != 0
@@ -73,44 +92,87 @@ def _runs(tmp_path: Path):
 
 
 def test_train_then_evaluate_end_to_end(tmp_path):
-    done = _cli("train.py", ["agent=epsilon_greedy", "trainer.total_timesteps=5000", "env.num_clients=100", *TINY],
-                tmp_path)
+    done = _cli(
+        "train.py",
+        ["agent=epsilon_greedy", "trainer.total_timesteps=5000", "env.num_clients=100", *TINY],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = _runs(tmp_path)
     assert len(runs) == 1
     row = runs.iloc[0]
     assert row["status"] == "FINISHED"
-    for metric in ("eval/value", "eval/normalized_value", "eval/retention", "eval/clicks_per_client",
-                   "eval/anxious_click_share", "eval/conversions_per_client", "eval/unsubscribes_per_client",
-                   "eval/messages_per_client_week", "eval/complaints_per_client", "eval/guardrail_violations",
-                   "fairness/urgent_gap", "fairness/volume_gap", "fairness/retention_gap",
-                   "train/reward_per_client_day"):
-        assert f"metrics.{metric}" in runs.columns and row[f"metrics.{metric}"] == row[f"metrics.{metric}"], metric
+    for metric in (
+        "eval/value",
+        "eval/normalized_value",
+        "eval/retention",
+        "eval/clicks_per_client",
+        "eval/anxious_click_share",
+        "eval/conversions_per_client",
+        "eval/unsubscribes_per_client",
+        "eval/messages_per_client_week",
+        "eval/complaints_per_client",
+        "eval/guardrail_violations",
+        "fairness/urgent_gap",
+        "fairness/volume_gap",
+        "fairness/retention_gap",
+        "train/reward_per_client_day",
+    ):
+        assert (
+            f"metrics.{metric}" in runs.columns
+            and row[f"metrics.{metric}"] == row[f"metrics.{metric}"]
+        ), metric
     assert row["metrics.eval/guardrail_violations"] == 0
     # the margins over the best baseline heuristic, evaluated on the same clients, agree with the table
     assert row["tags.baseline"] == "segment_rules"
-    table = pl.read_parquet(mlflow.artifacts.download_artifacts(
-        run_id=row.run_id, artifact_path="evaluation/evaluation.parquet", dst_path=str(tmp_path / "dl")))
+    table = pl.read_parquet(
+        mlflow.artifacts.download_artifacts(
+            run_id=row.run_id,
+            artifact_path="evaluation/evaluation.parquet",
+            dst_path=str(tmp_path / "dl"),
+        )
+    )
     for name in ("normalized_value", "retention", "anxious_click_share"):
-        own, base = (table.filter((pl.col("policy") == p) & (pl.col("metric") == f"eval/{name}"))["estimate"][0]
-                     for p in ("epsilon_greedy", "segment_rules"))
+        own, base = (
+            table.filter((pl.col("policy") == p) & (pl.col("metric") == f"eval/{name}"))[
+                "estimate"
+            ][0]
+            for p in ("epsilon_greedy", "segment_rules")
+        )
         assert row[f"metrics.eval/margin/{name}"] == pytest.approx(own - base)
     assert "vs the best baseline segment_rules" in done.stdout
-    for tag, value in (("agent", "epsilon_greedy"), ("reward", "balanced"), ("scenario", "calm"),
-                       ("population", "default"), ("seed", "0")):
+    for tag, value in (
+        ("agent", "epsilon_greedy"),
+        ("reward", "balanced"),
+        ("scenario", "calm"),
+        ("population", "default"),
+        ("seed", "0"),
+    ):
         assert row[f"tags.{tag}"] == value
     assert len(row["tags.git_commit"]) >= 7
     assert row["params.agent.name"] == "epsilon_greedy" and row["params.env.num_clients"] == "100"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(row.run_id)}
     assert {"config.yaml", "policy", "evaluation"} <= artifacts
     evaluation = {a.path for a in mlflow.MlflowClient().list_artifacts(row.run_id, "evaluation")}
-    assert {"evaluation/evaluation.md", "evaluation/evaluation.parquet", "evaluation/cadence.png"} <= evaluation
+    assert {
+        "evaluation/evaluation.md",
+        "evaluation/evaluation.parquet",
+        "evaluation/cadence.png",
+    } <= evaluation
 
-    done = _cli("evaluate.py", [f"policies=[random,segment_rules,run:{row.run_id}]", *TINY], tmp_path)
+    done = _cli(
+        "evaluate.py", [f"policies=[random,segment_rules,run:{row.run_id}]", *TINY], tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = _runs(tmp_path)
     children = runs[runs["tags.policy"].notna()]
-    assert {"random", "segment_rules", f"epsilon_greedy@{row.run_id[:8]}", "no_send", "oracle"} == set(children["tags.policy"])
+    assert {
+        "random",
+        "segment_rules",
+        f"epsilon_greedy@{row.run_id[:8]}",
+        "no_send",
+        "oracle",
+    } == set(children["tags.policy"])
     parent = runs[runs["tags.comparison"] == "true"].iloc[0]
     assert (children["tags.mlflow.parentRunId"] == parent.run_id).all()
     assert children["metrics.eval/normalized_value"].notna().all()
@@ -124,15 +186,27 @@ def test_evaluate_refuses_unknown_policies(tmp_path):
 
 
 def test_sweep_has_one_parent_children_with_one_sweep_id_and_a_failed_job(tmp_path):
-    done = _cli("train.py", ["-m", "agent=segment_rules,fixed_weekly", "reward.churn=-25,5",
-                             f"hydra.sweep.dir={tmp_path / 'multirun' / 'sweep'}", *TINY], tmp_path)
+    done = _cli(
+        "train.py",
+        [
+            "-m",
+            "agent=segment_rules,fixed_weekly",
+            "reward.churn=-25,5",
+            f"hydra.sweep.dir={tmp_path / 'multirun' / 'sweep'}",
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = _runs(tmp_path)
     parents = runs[runs["tags.sweep_parent"] == "true"]
     assert len(parents) == 1
     children = runs[runs["tags.mlflow.parentRunId"] == parents.iloc[0].run_id]
     assert len(children) == 4
-    assert children["tags.sweep_id"].nunique() == 1 and parents.iloc[0]["tags.sweep_id"] == children["tags.sweep_id"].iloc[0]
+    assert (
+        children["tags.sweep_id"].nunique() == 1
+        and parents.iloc[0]["tags.sweep_id"] == children["tags.sweep_id"].iloc[0]
+    )
     assert sorted(children["status"]) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
     failed = children[children["status"] == "FAILED"]
     assert failed["tags.error"].str.contains("reward.churn must be <= 0.0").all()
@@ -147,14 +221,19 @@ def test_crash_during_training_marks_the_run_failed_and_keeps_finished_artifacts
     assert done.returncode != 0
     row = _runs(tmp_path).set_index("run_id").loc[run_id]
     assert row["status"] == "FAILED"
-    assert {"config.yaml", "policy", "evaluation"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert {"config.yaml", "policy", "evaluation"} <= {
+        a.path for a in mlflow.MlflowClient().list_artifacts(run_id)
+    }
 
 
 def test_a_crash_inside_a_sweep_job_is_recorded_once(tmp_path):
     done = _cli("train.py", ["agent=segment_rules", *TINY], tmp_path)
     run_id = _runs(tmp_path).iloc[0].run_id
-    done = _cli("train.py", ["-m", "agent=ppo", f"resume={run_id}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY],
-                tmp_path)
+    done = _cli(
+        "train.py",
+        ["-m", "agent=ppo", f"resume={run_id}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]  # the sweep goes on
     runs = _runs(tmp_path)
     assert len(runs[runs["status"] == "FAILED"]) == 1  # the resumed run itself, not a second record

@@ -42,16 +42,27 @@ def test_rollouts_share_clients_and_luck():
 def test_kpis_have_contract_names_intervals_and_order_policies():
     setup = load_setup()
     policies = [HEURISTICS[n]() for n in ("no_send", "segment_rules", "batch_and_blast")]
-    rollouts = evaluate(policies, setup, num_clients=1500, horizon_days=60, seeds=(1, 2), progress=False)
-    table = {p.name: kpis([r for r in rollouts if r.policy == p.name], n_boot=100) for p in policies}
+    rollouts = evaluate(
+        policies, setup, num_clients=1500, horizon_days=60, seeds=(1, 2), progress=False
+    )
+    table = {
+        p.name: kpis([r for r in rollouts if r.policy == p.name], n_boot=100) for p in policies
+    }
     for name, k in table.items():
         assert set(KPI_NAMES) <= set(k)
         for metric in STATS:  # bootstrapped: a real interval around the estimate
             mean, lo, hi = k[metric]
             assert lo <= mean + 1e-9 and mean <= hi + 1e-9, (name, metric, k[metric])
-        for metric in ("eval/value", "eval/retention"):  # every policy's value and retention vary by client
+        for metric in (
+            "eval/value",
+            "eval/retention",
+        ):  # every policy's value and retention vary by client
             assert k[metric][1] < k[metric][2], (name, metric, k[metric])
-        assert k["eval/guardrail_violations"] == (0.0, 0.0, 0.0)  # a count: reported without an interval
+        assert k["eval/guardrail_violations"] == (
+            0.0,
+            0.0,
+            0.0,
+        )  # a count: reported without an interval
     for metric in ("eval/clicks_per_client", "eval/messages_per_client_week"):
         assert table["segment_rules"][metric][1] < table["segment_rules"][metric][2], metric
     seg, blast, silent = table["segment_rules"], table["batch_and_blast"], table["no_send"]

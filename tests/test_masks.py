@@ -17,8 +17,10 @@ action = st.tuples(st.integers(0, 6), st.integers(0, 4), st.integers(0, 2), st.i
 
 
 @settings(max_examples=60, deadline=None)
-@given(days=st.lists(st.lists(action, min_size=N, max_size=N), min_size=1, max_size=30),
-       seed=st.integers(0, 2**16))
+@given(
+    days=st.lists(st.lists(action, min_size=N, max_size=N), min_size=1, max_size=30),
+    seed=st.integers(0, 2**16),
+)
 def test_no_action_sequence_delivers_against_the_rules(days, seed):
     setup = load_setup(seed=seed, overrides=["env.response.unsub_base=-2.0"])  # many opt-outs
     core = CadenceCore(setup, N)
@@ -36,7 +38,9 @@ def test_no_action_sequence_delivers_against_the_rules(days, seed):
         assert not opted_out[rows, ch].any(), "delivered on an opted-out channel"
         assert not rules.quiet[slot, ch].any(), "delivered in quiet hours"
         assert (counts[rows, ch] < rules.channel_cap[ch]).all(), "delivered past a channel cap"
-        assert (counts[rows].sum(axis=1) < rules.max_per_week).all(), "delivered past the weekly cap"
+        assert (counts[rows].sum(axis=1) < rules.max_per_week).all(), (
+            "delivered past the weekly cap"
+        )
         assert (tier[rows] >= rules.content_min_tier[content]).all(), "delivered against consent"
         # every blocked attempt is counted, and only those
         attempted = actions[:, 0] > 0
@@ -44,21 +48,35 @@ def test_no_action_sequence_delivers_against_the_rules(days, seed):
 
 
 @settings(max_examples=200, deadline=None)
-@given(opted=st.lists(st.booleans(), min_size=3, max_size=3), counts=st.lists(st.integers(0, 7), min_size=3, max_size=3),
-       tier=st.integers(0, 3), max_per_week=st.integers(0, 7))
+@given(
+    opted=st.lists(st.booleans(), min_size=3, max_size=3),
+    counts=st.lists(st.integers(0, 7), min_size=3, max_size=3),
+    tier=st.integers(0, 3),
+    max_per_week=st.integers(0, 7),
+)
 def test_component_masks_are_a_product_set_inside_the_joint_mask(opted, counts, tier, max_per_week):
     rules = MaskRules.from_config(GuardrailConfig(max_per_week=max_per_week))
     args = (np.array([opted]), np.array([counts]), np.array([tier]))
     joint = joint_mask(rules, *args)[0]
     slot, tone, channel, content = np.split(component_masks(rules, *args)[0], MASK_SPLITS)
-    product = (slot[:, None, None, None] & tone[None, :, None, None] & channel[None, None, :, None]
-               & content[None, None, None, :])
+    product = (
+        slot[:, None, None, None]
+        & tone[None, :, None, None]
+        & channel[None, None, :, None]
+        & content[None, None, None, :]
+    )
     for index, (s, t, c, k) in enumerate(JOINT_ACTIONS):
         if product[s, t, c, k]:
-            assert joint[index], f"component masks allow {JOINT_ACTIONS[index]} which the joint mask forbids"
-    assert slot[0] and tone.any() and channel.any() and content.any()  # every component has a choice
+            assert joint[index], (
+                f"component masks allow {JOINT_ACTIONS[index]} which the joint mask forbids"
+            )
+    assert (
+        slot[0] and tone.any() and channel.any() and content.any()
+    )  # every component has a choice
     # the joint mask and the direct rule check agree on every action
     np.testing.assert_array_equal(
-        joint, is_allowed(rules, JOINT_ACTIONS, *(np.repeat(a, len(JOINT_ACTIONS), axis=0) for a in args)))
+        joint,
+        is_allowed(rules, JOINT_ACTIONS, *(np.repeat(a, len(JOINT_ACTIONS), axis=0) for a in args)),
+    )
     if joint[1:].any():
         assert slot[1:].any(), "some send is allowed but the component masks allow none"

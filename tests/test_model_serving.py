@@ -23,17 +23,35 @@ pytestmark = pytest.mark.slow
 
 
 def test_served_champion_answers_http_requests(tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT),
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
 
     def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 
-    cli(str(ROOT / "train.py"), "agent=linucb", "trainer.total_timesteps=4000", "env.num_clients=100",
-        "eval.num_clients=100", "eval.num_seeds=1", "eval.n_boot=20", "trainer.progress=false")
+    cli(
+        str(ROOT / "train.py"),
+        "agent=linucb",
+        "trainer.total_timesteps=4000",
+        "env.num_clients=100",
+        "eval.num_clients=100",
+        "eval.num_seeds=1",
+        "eval.n_boot=20",
+        "trainer.progress=false",
+    )
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     run_id = mlflow.search_runs(experiment_names=["cadence"]).run_id[0]
     cli(str(ROOT / "export.py"), f"run_id={run_id}", f"out={tmp_path / 'export'}", "promote=true")
@@ -44,9 +62,25 @@ def test_served_champion_answers_http_requests(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/cadence-policy@champion",
-                               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/cadence-policy@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(120):
@@ -70,13 +104,23 @@ def test_served_champion_answers_http_requests(tmp_path):
 
         def post(df):
             body = json.dumps({"dataframe_split": df.to_dict(orient="split")}).encode()
-            request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"{url}/invocations", body, {"Content-Type": "application/json"}
+            )
             return json.loads(urllib.request.urlopen(request, timeout=30).read())
 
         answer = post(frame)["predictions"]
         assert len(answer) == len(frame)
         for row in answer:
-            assert set(row) == {"slot", "tone", "channel", "content", "probability", "reasons", "needs_review"}
+            assert set(row) == {
+                "slot",
+                "tone",
+                "channel",
+                "content",
+                "probability",
+                "reasons",
+                "needs_review",
+            }
         # each client the policy messages, opted out of the channel it chose: none gets that channel
         chosen = {i: row["channel"] for i, row in enumerate(answer) if row["channel"] is not None}
         assert chosen, f"precondition: the policy messages some of these clients, got {answer[:3]}"

@@ -16,8 +16,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = ["agent=segment_rules,fixed_weekly", "eval.num_clients=100", "eval.num_seeds=1", "eval.n_boot=20",
-        "trainer.progress=false"]
+TINY = [
+    "agent=segment_rules,fixed_weekly",
+    "eval.num_clients=100",
+    "eval.num_seeds=1",
+    "eval.n_boot=20",
+    "trainer.progress=false",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +37,22 @@ def _free_port() -> int:
 def tracking_server(tmp_path):
     port = _free_port()
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -53,9 +71,22 @@ def tracking_server(tmp_path):
 
 def _sweep(args: list[str], tmp_path: Path, uri: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri={uri}", *args, *TINY,
-                           f"hydra.sweep.dir={tmp_path / 'multirun' / 'sweep'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            f"tracking.uri={uri}",
+            *args,
+            *TINY,
+            f"hydra.sweep.dir={tmp_path / 'multirun' / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -79,12 +110,28 @@ def test_joblib_sweep_logs_through_tracking_server(tracking_server, tmp_path):
 def test_ray_sweep_on_a_local_cluster(tracking_server, tmp_path):
     port = _free_port()
     ray = str(BIN / "ray")
-    started = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                             capture_output=True, text=True, timeout=180)
+    started = subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert started.returncode == 0, started.stderr[-2000:]
     try:
-        _sweep(["launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}"], tmp_path, tracking_server)
+        _sweep(
+            ["launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}"],
+            tmp_path,
+            tracking_server,
+        )
         _check(tracking_server)
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

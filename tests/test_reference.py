@@ -17,7 +17,9 @@ def test_batched_world_matches_reference(scenario):
     setup = load_setup(scenario=scenario, seed=11)
     ids = np.arange(N_CLIENTS, dtype=np.uint64) * 7919 + 3  # arbitrary, non-contiguous ids
     world = World(setup.population, setup.env.response, setup.scenario, setup.seed, ids)
-    ref = ReferenceWorld(setup.population, setup.env.response, setup.scenario, setup.seed, ids.tolist())
+    ref = ReferenceWorld(
+        setup.population, setup.env.response, setup.scenario, setup.seed, ids.tolist()
+    )
     policy = np.random.default_rng(5)
     events = 0
     for day in range(DAYS):
@@ -38,7 +40,9 @@ def test_batched_world_matches_reference(scenario):
     np.testing.assert_array_equal(world.opted_out, [c.opted_out for c in clients])
     np.testing.assert_allclose(world.engagement, [c.engagement for c in clients], atol=1e-5)
     np.testing.assert_array_equal(world.traits.segment, [c.segment for c in clients])
-    np.testing.assert_allclose(world.traits.susceptibility, [c.susceptibility for c in clients], atol=1e-12)
+    np.testing.assert_allclose(
+        world.traits.susceptibility, [c.susceptibility for c in clients], atol=1e-12
+    )
     assert events > 500  # the comparison covered real events, not only zeros
 
 

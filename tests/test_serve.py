@@ -24,7 +24,15 @@ from serve.export import NotExportable, export_policy
 from serve.runtime import ExportError, PolicyRuntime, RequestError
 
 SETUP = load_setup()
-EXPORTABLE = ("ppo", "a2c", "maskable_ppo", "ppo_lagrangian", "epsilon_greedy", "linucb", "thompson")
+EXPORTABLE = (
+    "ppo",
+    "a2c",
+    "maskable_ppo",
+    "ppo_lagrangian",
+    "epsilon_greedy",
+    "linucb",
+    "thompson",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +52,13 @@ def observations() -> np.ndarray:
 def _train(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return train_agent(AgentConfig(name=name, n_steps=16), SETUP, 8192 if name not in ("linucb",) else 4096,
-                           128, progress=False)
+        return train_agent(
+            AgentConfig(name=name, n_steps=16),
+            SETUP,
+            8192 if name not in ("linucb",) else 4096,
+            128,
+            progress=False,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +89,9 @@ def test_onnx_actions_equal_the_in_process_policy(name, exported, observations):
     np.testing.assert_array_equal(decided, policy.act(observations, masks))
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["feature_names"] == list(FEATURE_NAMES)
-    assert manifest["training_run_id"] == f"test-{name}" and manifest["metrics"] == {"eval/value": 1.0}
+    assert manifest["training_run_id"] == f"test-{name}" and manifest["metrics"] == {
+        "eval/value": 1.0
+    }
     assert manifest["action_labels"]["slot"][0] == "no_send"
     assert {"numpy", "onnxruntime", "torch"} <= set(manifest["package_versions"])
 
@@ -90,7 +105,9 @@ def test_policies_without_a_stateless_factored_action_are_refused(name, tmp_path
 def test_runtime_masks_equal_the_env_masks(observations):
     runtime = PolicyRuntime.load(_any_export())
     ours = runtime.guards.joint_mask(observations)
-    np.testing.assert_array_equal(ours, joint_mask(MaskRules.from_config(GuardrailConfig()), *mask_inputs(observations)))
+    np.testing.assert_array_equal(
+        ours, joint_mask(MaskRules.from_config(GuardrailConfig()), *mask_inputs(observations))
+    )
 
 
 _CACHE: dict[str, Path] = {}
@@ -139,14 +156,32 @@ def _request(observations: np.ndarray) -> dict[str, np.ndarray]:
     return {name: observations[:5, i] for i, name in enumerate(FEATURE_NAMES)}
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda r: r.pop("market_stress"), "missing feature\\(s\\): market_stress"),
-    (lambda r: r.update(favourite_colour=np.zeros(5)), "unknown feature\\(s\\): favourite_colour"),
-    (lambda r: r["declared_risk"].__setitem__(2, np.nan), "feature declared_risk is not finite \\(nan\\) in row 2"),
-    (lambda r: r["sent_7d_sms"].__setitem__(1, 12.0), "feature sent_7d_sms = 12.0 in row 1 is outside \\[0.0, 7.0\\]"),
-    (lambda r: r["days_since_last_send"].__setitem__(0, -3.0), "feature days_since_last_send = -3.0 in row 0"),
-    (lambda r: r.__setitem__("goal_retirement", ["yes"] * 5), "feature goal_retirement must be numeric"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.pop("market_stress"), "missing feature\\(s\\): market_stress"),
+        (
+            lambda r: r.update(favourite_colour=np.zeros(5)),
+            "unknown feature\\(s\\): favourite_colour",
+        ),
+        (
+            lambda r: r["declared_risk"].__setitem__(2, np.nan),
+            "feature declared_risk is not finite \\(nan\\) in row 2",
+        ),
+        (
+            lambda r: r["sent_7d_sms"].__setitem__(1, 12.0),
+            "feature sent_7d_sms = 12.0 in row 1 is outside \\[0.0, 7.0\\]",
+        ),
+        (
+            lambda r: r["days_since_last_send"].__setitem__(0, -3.0),
+            "feature days_since_last_send = -3.0 in row 0",
+        ),
+        (
+            lambda r: r.__setitem__("goal_retirement", ["yes"] * 5),
+            "feature goal_retirement must be numeric",
+        ),
+    ],
+)
 def test_malformed_requests_are_refused_naming_the_feature(change, message, observations):
     runtime = PolicyRuntime.load(_any_export())
     request = {k: v.copy() for k, v in _request(observations).items()}
@@ -178,12 +213,23 @@ def test_needs_review_flags_pressing_tones_on_sensitive_topics():
     assert flags.tolist() == [True, False, False]
     x[1, names.index("market_stress")] = 0.8
     market_urgent = (2, 4, 0, 3)
-    assert runtime.guards.needs_review(x, np.array([market_urgent] * 3)).tolist() == [True, True, False]
+    assert runtime.guards.needs_review(x, np.array([market_urgent] * 3)).tolist() == [
+        True,
+        True,
+        False,
+    ]
 
 
-feature_rows = st.lists(st.tuples(
-    st.integers(0, 6), st.integers(0, 3), st.lists(st.booleans(), min_size=3, max_size=3),
-    st.lists(st.integers(0, 7), min_size=3, max_size=3)), min_size=1, max_size=20)
+feature_rows = st.lists(
+    st.tuples(
+        st.integers(0, 6),
+        st.integers(0, 3),
+        st.lists(st.booleans(), min_size=3, max_size=3),
+        st.lists(st.integers(0, 7), min_size=3, max_size=3),
+    ),
+    min_size=1,
+    max_size=20,
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -195,12 +241,19 @@ def test_no_network_output_gets_past_the_guardrails(rows, logits):
     for i, (weekday, tier, opted, sent) in enumerate(rows):
         x[i, names.index("weekday_mon") + weekday] = 1
         x[i, names.index("consent_tier_0") + tier] = 1
-        x[i, names.index("opted_out_email"):names.index("opted_out_email") + 3] = opted
-        x[i, names.index("sent_7d_email"):names.index("sent_7d_email") + 3] = sent
+        x[i, names.index("opted_out_email") : names.index("opted_out_email") + 3] = opted
+        x[i, names.index("sent_7d_email") : names.index("sent_7d_email") + 3] = sent
     assert (x <= OBS_HIGH).all()
-    forced = np.array(logits.draw(st.lists(st.lists(
-        st.floats(-50, 50, allow_nan=False, width=32), min_size=19, max_size=19), min_size=len(rows), max_size=len(rows))),
-        dtype=np.float32)
+    forced = np.array(
+        logits.draw(
+            st.lists(
+                st.lists(st.floats(-50, 50, allow_nan=False, width=32), min_size=19, max_size=19),
+                min_size=len(rows),
+                max_size=len(rows),
+            )
+        ),
+        dtype=np.float32,
+    )
     runtime.logits = lambda _x, forced=forced: np.repeat(forced, len(_x) // len(forced), axis=0)
     actions = runtime.decide(x).action
     rules = MaskRules.from_config(GuardrailConfig())
@@ -243,4 +296,6 @@ def test_guarded_choice_equals_the_joint_table_even_for_extreme_and_tied_scores(
     joint[:, 0] = scores[:, 0]
     allowed = np.where(masks, joint, -np.inf)
     chosen = allowed[np.arange(len(x)), multi_to_flat(actions)]
-    np.testing.assert_allclose(probability, np.exp(chosen - logsumexp(allowed, axis=1)), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        probability, np.exp(chosen - logsumexp(allowed, axis=1)), rtol=1e-9, atol=1e-12
+    )

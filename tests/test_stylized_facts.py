@@ -20,21 +20,30 @@ from simulate.world import OUTCOMES, World
 
 N = 20_000
 EMAIL, PUSH, SMS = (CHANNELS.index(c) for c in ("email", "push", "sms"))
-INFORMATIVE, EDUCATIONAL, REASSURING, URGENT = (TONES.index(t) for t in ("informative", "educational", "reassuring", "urgent"))
+INFORMATIVE, EDUCATIONAL, REASSURING, URGENT = (
+    TONES.index(t) for t in ("informative", "educational", "reassuring", "urgent")
+)
 LATE, MIDDAY = N_SLOTS, 3  # action slot numbers (1-based)
 
 Policy = Callable[[World, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
 def make_world(seed: int = 7, scenario: ScenarioConfig | None = None, **response: float) -> World:
-    return World(PopulationConfig(), dataclasses.replace(ResponseConfig(), **response),
-                 scenario or ScenarioConfig(), seed, np.arange(N))
+    return World(
+        PopulationConfig(),
+        dataclasses.replace(ResponseConfig(), **response),
+        scenario or ScenarioConfig(),
+        seed,
+        np.arange(N),
+    )
 
 
 def send(world: World, slot, tone, channel, content):
     """Broadcast scalars or arrays to (N,) action components."""
-    return tuple(np.broadcast_to(np.asarray(x, dtype=np.int64), (world.n,)).copy()
-                 for x in (slot, tone, channel, content))
+    return tuple(
+        np.broadcast_to(np.asarray(x, dtype=np.int64), (world.n,)).copy()
+        for x in (slot, tone, channel, content)
+    )
 
 
 def run(world: World, policy: Policy, days: int) -> list[dict[str, np.ndarray]]:
@@ -78,7 +87,13 @@ def test_open_rate_falls_with_frequency_and_recovers_with_rest():
         return send(world, slot, INFORMATIVE, EMAIL, day % 4)
 
     def once(world, day):
-        return send(world, (world.traits.slot_preference + 1) if day == 9 else 0, INFORMATIVE, EMAIL, day % 4)
+        return send(
+            world,
+            (world.traits.slot_preference + 1) if day == 9 else 0,
+            INFORMATIVE,
+            EMAIL,
+            day % 4,
+        )
 
     heavy = run(make_world(), daily_then_rest, 21)
     light = run(make_world(), once, 10)
@@ -93,7 +108,13 @@ def _repeat_gap(**response: float) -> float:
         return send(world, 2 if day % 2 == 0 else 0, INFORMATIVE, EMAIL, 0)
 
     def vary(world, day):
-        return send(world, 2 if day % 2 == 0 else 0, INFORMATIVE, EMAIL, 0 if day == 10 else 1 + (day // 2) % 3)
+        return send(
+            world,
+            2 if day % 2 == 0 else 0,
+            INFORMATIVE,
+            EMAIL,
+            0 if day == 10 else 1 + (day // 2) % 3,
+        )
 
     rate = [open_rate(run(make_world(**response), p, 11)[10]) for p in (repeat, vary)]
     return rate[1] - rate[0]
@@ -109,8 +130,10 @@ def test_urgent_tone_lifts_clicks_of_anxious_clients_then_their_churn():
     runs = {}
     for tone in (INFORMATIVE, URGENT):
         w = make_world()
+
         def policy(world, day, tone=tone):
             return send(world, 2 if day % 2 == 0 else 0, tone, EMAIL, 3)
+
         runs[tone] = (w, run(w, policy, 60))
     anxious = runs[URGENT][0].traits.susceptibility > 0.5
     assert anxious.sum() > 2000
@@ -126,8 +149,14 @@ def test_urgent_tone_lifts_clicks_of_anxious_clients_then_their_churn():
 def test_over_messaging_raises_unsubscribes_and_churn():
     def every(k):
         def policy(world, day):
-            return send(world, (world.traits.slot_preference + 1) if day % k == 0 else 0, INFORMATIVE,
-                        EMAIL, day % 4)
+            return send(
+                world,
+                (world.traits.slot_preference + 1) if day % k == 0 else 0,
+                INFORMATIVE,
+                EMAIL,
+                day % 4,
+            )
+
         return policy
 
     daily = run(make_world(), every(1), 90)
@@ -143,8 +172,10 @@ def test_relevant_content_raises_clicks_conversions_and_trust():
     for name, pick in (("relevant", np.argmax), ("irrelevant", np.argmin)):
         w = make_world()
         content = pick(table, axis=1)[w.traits.segment]
+
         def policy(world, day, content=content):
             return send(world, 2 if day % 3 == 0 else 0, INFORMATIVE, EMAIL, content)
+
         arms[name] = (w, run(w, policy, 60))
     (good_w, good), (bad_w, bad) = arms["relevant"], arms["irrelevant"]
     assert total(good, "clicked") > 1.5 * total(bad, "clicked")
@@ -180,7 +211,7 @@ def test_opted_out_channel_receives_nothing_whatever_is_asked():
     w.opted_out[: N // 2, SMS] = True
     out = w.step(0, *send(w, 2, URGENT, SMS, 2))
     assert not out["sent"][: N // 2].any()
-    assert out["sent"][N // 2:].all()
+    assert out["sent"][N // 2 :].all()
     history = run(w, lambda world, day: send(world, 2, URGENT, SMS, 2), 30)
     sent = np.sum([h["sent"] for h in history], axis=0)
     assert (sent[w.opted_out[:, SMS] & (np.arange(N) < N // 2)] == 0).all()
@@ -190,8 +221,13 @@ def test_opted_out_channel_receives_nothing_whatever_is_asked():
 def _quiet_gap(channel: int, **response: float) -> float:
     rates = []
     for slot in (LATE, MIDDAY):
-        h = run(make_world(**response), lambda world, day, slot=slot: send(
-            world, slot if day % 3 == 0 else 0, INFORMATIVE, channel, 3), 30)
+        h = run(
+            make_world(**response),
+            lambda world, day, slot=slot: send(
+                world, slot if day % 3 == 0 else 0, INFORMATIVE, channel, 3
+            ),
+            30,
+        )
         rates.append(total(h, "complaint"))
     return rates[0] / max(rates[1], 1e-9)
 
