@@ -68,6 +68,7 @@ def _cli(
     )
 
 
+@pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -91,6 +92,7 @@ def _runs(tmp_path: Path):
     return mlflow.search_runs(experiment_names=["cadence"])
 
 
+@pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
 def test_train_then_evaluate_end_to_end(tmp_path):
     done = _cli(
         "train.py",
@@ -178,6 +180,7 @@ def test_train_then_evaluate_end_to_end(tmp_path):
     assert children["metrics.eval/normalized_value"].notna().all()
 
 
+@pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
 def test_evaluate_refuses_unknown_policies(tmp_path):
     done = _cli("evaluate.py", ["policies=[random,sarsa]", *TINY], tmp_path, timeout=120)
     assert done.returncode != 0 and "unknown policy 'sarsa'" in done.stderr
@@ -185,6 +188,7 @@ def test_evaluate_refuses_unknown_policies(tmp_path):
     assert done.returncode != 0 and "no MLflow run '0123456789abcdef'" in done.stderr
 
 
+@pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
 def test_sweep_has_one_parent_children_with_one_sweep_id_and_a_failed_job(tmp_path):
     done = _cli(
         "train.py",
@@ -212,6 +216,7 @@ def test_sweep_has_one_parent_children_with_one_sweep_id_and_a_failed_job(tmp_pa
     assert failed["tags.error"].str.contains("reward.churn must be <= 0.0").all()
 
 
+@pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
 def test_crash_during_training_marks_the_run_failed_and_keeps_finished_artifacts(tmp_path):
     # a crash inside a run: resuming a finished heuristic run, which has no checkpoint to load
     done = _cli("train.py", ["agent=segment_rules", *TINY], tmp_path)
@@ -226,6 +231,7 @@ def test_crash_during_training_marks_the_run_failed_and_keeps_finished_artifacts
     }
 
 
+@pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
 def test_a_crash_inside_a_sweep_job_is_recorded_once(tmp_path):
     done = _cli("train.py", ["agent=segment_rules", *TINY], tmp_path)
     run_id = _runs(tmp_path).iloc[0].run_id
