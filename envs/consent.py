@@ -23,9 +23,6 @@ from envs.features import (
 from simulate.labels import N_SEGMENTS
 from simulate.world import N_ENGAGEMENT, World
 
-N_TIERS = 4
-"""consent tiers 0..3"""
-
 MIN_TIER = np.zeros(OBS_DIM, dtype=np.int8)
 """lowest consent tier at which each feature is visible"""
 MIN_TIER[I_RECENCY] = 1

@@ -30,16 +30,12 @@ NVEC = np.asarray(ACTION_NVEC, dtype=np.int64)
 """(7, 5, 3, 4): no-send + slots, tones, channels, contents"""
 COMPONENTS: tuple[str, ...] = tuple(ACTION_LABELS)
 """names of the action components, in action order: slot, tone, channel, content"""
-SLOT, TONE, CHANNEL, CONTENT = range(4)
-"""column of each component in a (N, 4) action array"""
 OFFSETS = np.concatenate([[0], np.cumsum(NVEC)[:-1]]).astype(np.int64)
 """(0, 7, 12, 15): first column of each component in the concatenated 19 scores or masks"""
 MASK_SPLITS = OFFSETS[1:]
 """where to ``np.split`` a concatenated (19,) mask or score vector into its components"""
 N_SCORES = int(NVEC.sum())
 """19: length of the concatenated per-component scores or masks"""
-PAIR_CHANNELS = N_CHANNELS
-"""a (slot, channel) pair index is ``slot_ix * PAIR_CHANNELS + channel`` (slot_ix = slot - 1)"""
 
 INFO_KEYS: tuple[str, ...] = (*OUTCOMES, "violation", "cost_churn", "cost_anxiety")
 """per-client outcome names copied into each step's info, on every face"""

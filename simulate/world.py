@@ -14,7 +14,7 @@ import numpy as np
 from simulate import rng
 from simulate.config import PopulationConfig, ResponseConfig, ScenarioConfig, quiet_table
 from simulate.dynamics import anxiety_after_message, churn_hazard, expit, trust_change
-from simulate.labels import ACTION_NVEC, N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
+from simulate.labels import ACTION_LABELS, ACTION_NVEC, N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
 from simulate.population import Traits, sample_traits
 from simulate.scenarios import ScenarioSchedule
 
@@ -36,7 +36,8 @@ HISTORY_DAYS = 7
 NEVER = -10_000
 """``last_send_day`` of a client never messaged"""
 
-_COMPONENTS = ("slot", "tone", "channel", "content")
+_COMPONENTS = tuple(ACTION_LABELS)
+"""names of the action components, in action order"""
 
 OUTCOMES: tuple[str, ...] = (
     "sent",
