@@ -24,12 +24,12 @@ from agents.base import Policy
 from agents.config import BANDITS, HEURISTIC_AGENTS, SB3_AGENTS, AgentConfig
 from agents.registry import load_policy, make_policy, train_agent
 from envs.config import Setup
-from evaluation.compare import compare, markdown_table
+from evaluation.compare import KPI_PLOT, TABLE, compare, markdown_table, write_tables
 from experiment import plots
 from experiment.schema import RunConfig, register, validate_run
-from experiment.tracking import flatten, git_commit, setup_mlflow
+from experiment.tracking import download_policy, find_run, flatten, git_commit, setup_mlflow
 from simulate.config import ConfigError
-from train import TABLE, log_comparison
+from train import log_comparison
 
 register()
 BANDIT_TIMESTEPS = 200_000
@@ -41,22 +41,10 @@ def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
     spec = spec.strip()
     if spec.startswith("run:"):
         run_id = spec[4:]
-        try:
-            run = mlflow.get_run(run_id)
-        except mlflow.exceptions.MlflowException as exc:
-            raise ConfigError(
-                f"policies: no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}"
-            ) from exc
-        try:
-            folder = mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path="policy",
-                dst_path=tempfile.mkdtemp(prefix="cadence-policy-"),
-            )
-        except Exception as exc:
-            raise ConfigError(
-                f"policies: run {run_id} has no 'policy' artifact (was it made by train.py?)"
-            ) from exc
+        run = find_run(run_id, "policies")
+        folder = download_policy(
+            run_id, "policies", Path(tempfile.mkdtemp(prefix="cadence-policy-"))
+        )
         policy = load_policy(folder)
         policy.name = f"{run.data.tags.get('agent', policy.name)}@{run_id[:8]}"
         return policy, {"source_run": run_id, "agent": run.data.tags.get("agent", "")}
@@ -121,38 +109,8 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
                 if k.startswith(("eval.", "env.", "scenario.", "population.", "policies"))
             }
         )
-        (work / "comparison.md").write_text(markdown_table(result, TABLE) + "\n")
-        diffs = [
-            f"| {a} | {b} | {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] |"
-            for (a, b), v in result.differences.items()
-        ]
-        if diffs:
-            (work / "comparison.md").write_text(
-                (work / "comparison.md").read_text()
-                + "\n| a | b | value of a minus b (same clients) |\n|---|---|---:|\n"
-                + "\n".join(diffs)
-                + "\n"
-            )
-        import polars as pl
-
-        pl.DataFrame(
-            [
-                {"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
-                for p, ms in result.metrics.items()
-                for k, v in ms.items()
-            ]
-        ).write_parquet(work / "comparison.parquet")
-        plots.kpi_bars(
-            result.metrics,
-            (
-                "eval/normalized_value",
-                "eval/value",
-                "eval/retention",
-                "eval/anxious_click_share",
-                "eval/messages_per_client_week",
-            ),
-            work / "kpis.png",
-        )
+        write_tables(result, work, "comparison")
+        plots.kpi_bars(result.metrics, KPI_PLOT, work / "kpis.png")
         plots.retention_curves(result.rollouts, work / "retention.png")
         plots.tone_mix(result.rollouts, work / "tone_mix.png")
         mlflow.log_artifacts(str(work))

@@ -27,7 +27,7 @@ from agents.registry import load_policy
 from envs.config import GuardrailConfig
 from envs.features import FEATURE_NAMES
 from experiment.schema import TrackingConfig
-from experiment.tracking import ROOT, setup_mlflow
+from experiment.tracking import ROOT, download_policy, find_run, setup_mlflow
 from serve.export import NotExportable, export_policy
 from serve.pyfunc import CadencePolicyModel
 from serve.runtime import PolicyRuntime
@@ -70,21 +70,9 @@ def example_input(runtime: PolicyRuntime, rows: int = 3) -> pd.DataFrame:
 
 def run_export(cfg: ExportConfig) -> Path:
     setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
-    try:
-        run = mlflow.get_run(cfg.run_id)
-    except mlflow.exceptions.MlflowException as exc:
-        raise ConfigError(
-            f"run_id: no MLflow run {cfg.run_id!r} in {mlflow.get_tracking_uri()}"
-        ) from exc
+    run = find_run(cfg.run_id, "run_id")
     work = Path(tempfile.mkdtemp(prefix="cadence-export-"))
-    try:
-        folder = mlflow.artifacts.download_artifacts(
-            run_id=cfg.run_id, artifact_path="policy", dst_path=str(work)
-        )
-    except Exception as exc:
-        raise ConfigError(
-            f"run {cfg.run_id} has no 'policy' artifact (was it made by train.py?)"
-        ) from exc
+    folder = download_policy(cfg.run_id, "run_id", work)
     policy = load_policy(folder)
     guardrails = GuardrailConfig()
     config_path = mlflow.artifacts.download_artifacts(

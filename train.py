@@ -20,7 +20,6 @@ from typing import Any
 
 import hydra
 import mlflow
-import polars as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +28,8 @@ from rich.console import Console
 from agents.config import SB3_AGENTS, AgentConfig
 from agents.registry import make_policy, save_policy, train_agent
 from envs.config import Setup
-from evaluation.compare import Comparison, compare, markdown_table
+from evaluation.compare import KPI_PLOT, TABLE, Comparison, compare, markdown_table, write_tables
+from evaluation.metrics import CONTRACT
 from experiment import plots
 from experiment.schema import RunConfig, register, validate_run
 from experiment.tracking import flatten, git_commit, setup_mlflow, sweep_id, sweep_parent
@@ -40,34 +40,6 @@ register()
 def say(message: str) -> None:
     """Print a status line (a fresh Console each time: jobs are pickled to parallel workers)."""
     Console(width=160).print(message)
-
-
-CONTRACT = (
-    "eval/value",
-    "eval/normalized_value",
-    "eval/retention",
-    "eval/clicks_per_client",
-    "eval/anxious_click_share",
-    "eval/conversions_per_client",
-    "eval/unsubscribes_per_client",
-    "eval/messages_per_client_week",
-    "eval/complaints_per_client",
-    "eval/guardrail_violations",
-    "fairness/urgent_gap",
-    "fairness/volume_gap",
-    "fairness/retention_gap",
-)
-TABLE = (
-    "eval/normalized_value",
-    "eval/value",
-    "eval/retention",
-    "eval/clicks_per_client",
-    "eval/anxious_click_share",
-    "eval/conversions_per_client",
-    "eval/messages_per_client_week",
-    "eval/unsubscribes_per_client",
-    "eval/guardrail_violations",
-)
 
 
 def _choices() -> dict[str, str]:
@@ -104,25 +76,10 @@ def log_comparison(
             metrics[name] = m[name][0]
     mlflow.log_metrics(metrics)
     if with_artifacts:
-        (out / "evaluation.md").write_text(markdown_table(result, TABLE) + "\n")
-        rows = [
-            {"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
-            for p, ms in result.metrics.items()
-            for k, v in ms.items()
-        ]
-        pl.DataFrame(rows).write_parquet(out / "evaluation.parquet")
+        write_tables(result, out, "evaluation")
         own = [r for r in result.rollouts if r.policy == policy_name]
         plots.cadence(own, out / "cadence.png", f"{policy_name}: when and how it messages")
-        plots.kpi_bars(
-            result.metrics,
-            (
-                "eval/normalized_value",
-                "eval/retention",
-                "eval/anxious_click_share",
-                "eval/messages_per_client_week",
-            ),
-            out / "kpis.png",
-        )
+        plots.kpi_bars(result.metrics, KPI_PLOT, out / "kpis.png")
         plots.retention_curves(result.rollouts, out / "retention.png")
         mlflow.log_artifacts(str(out), "evaluation")
     return metrics

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
 
 from agents.base import Policy
 from agents.heuristics import NoSend
@@ -14,6 +17,28 @@ from evaluation.metrics import kpis, normalized_value, paired_difference
 from evaluation.rollout import Rollout, evaluate
 
 Interval = tuple[float, float, float]
+
+TABLE: tuple[str, ...] = (
+    "eval/normalized_value",
+    "eval/value",
+    "eval/retention",
+    "eval/clicks_per_client",
+    "eval/anxious_click_share",
+    "eval/conversions_per_client",
+    "eval/messages_per_client_week",
+    "eval/unsubscribes_per_client",
+    "eval/guardrail_violations",
+)
+"""columns of the comparison table train.py and evaluate.py print and log"""
+
+KPI_PLOT: tuple[str, ...] = (
+    "eval/normalized_value",
+    "eval/value",
+    "eval/retention",
+    "eval/anxious_click_share",
+    "eval/messages_per_client_week",
+)
+"""metrics shown in the KPI bar chart"""
 
 
 @dataclass
@@ -76,3 +101,34 @@ def markdown_table(comparison: Comparison, columns: Sequence[str]) -> str:
             cells.append(f"{est:.3g}" if lo == hi else f"{est:.3f} [{lo:.3f}, {hi:.3f}]")
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def metrics_frame(comparison: Comparison) -> pl.DataFrame:
+    """Every metric of every policy, one row each: policy, metric, estimate, ci_low, ci_high."""
+    return pl.DataFrame(
+        [
+            {"policy": p, "metric": k, "estimate": v[0], "ci_low": v[1], "ci_high": v[2]}
+            for p, ms in comparison.metrics.items()
+            for k, v in ms.items()
+        ],
+        schema={
+            "policy": pl.String,
+            "metric": pl.String,
+            "estimate": pl.Float64,
+            "ci_low": pl.Float64,
+            "ci_high": pl.Float64,
+        },
+    )
+
+
+def write_tables(comparison: Comparison, folder: Path, stem: str) -> None:
+    """``<stem>.md`` (the table and, where there are any, the paired value differences) and
+    ``<stem>.parquet`` (every metric) in ``folder``."""
+    text = markdown_table(comparison, TABLE) + "\n"
+    if comparison.differences:
+        text += "\n| a | b | value of a minus b (same clients) |\n|---|---|---:|\n" + "".join(
+            f"| {a} | {b} | {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] |\n"
+            for (a, b), v in comparison.differences.items()
+        )
+    (folder / f"{stem}.md").write_text(text)
+    metrics_frame(comparison).write_parquet(folder / f"{stem}.parquet")

@@ -24,6 +24,9 @@ KPI_NAMES: tuple[str, ...] = (
 )
 """metric names of the evaluation contract; ``eval/normalized_value`` comes from :func:`normalized_value`"""
 
+CONTRACT: tuple[str, ...] = (KPI_NAMES[0], "eval/normalized_value", *KPI_NAMES[1:])
+"""every metric a train.py or evaluate.py run logs per policy (with ``_ci_low``/``_ci_high`` where bootstrapped)"""
+
 Stat = Callable[[Sequence[Rollout], Sequence[np.ndarray]], float]
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
+from simulate.config import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 """the project root (where ``mlflow.db`` lives by default)"""
 
@@ -91,3 +93,27 @@ def sweep_parent(sweep_dir: Path, experiment: str, sweep_id: str, tags: dict[str
         client.set_terminated(run.info.run_id, "FINISHED")
         id_file.write_text(run.info.run_id)
         return run.info.run_id
+
+
+def find_run(run_id: str, key: str) -> mlflow.entities.Run:
+    """The MLflow run ``run_id``; a :class:`ConfigError` naming ``key`` and the store if there is none."""
+    try:
+        return mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ConfigError(
+            f"{key}: no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}"
+        ) from exc
+
+
+def download_policy(run_id: str, key: str, dst: Path) -> Path:
+    """The ``policy`` artifact folder of a train.py run, downloaded under ``dst``."""
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="policy", dst_path=str(dst)
+            )
+        )
+    except Exception as exc:
+        raise ConfigError(
+            f"{key}: run {run_id} has no 'policy' artifact (was it made by train.py?)"
+        ) from exc

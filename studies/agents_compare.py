@@ -23,7 +23,7 @@ from agents.config import AgentConfig  # noqa: E402
 from agents.heuristics import HEURISTICS  # noqa: E402
 from agents.registry import train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
-from evaluation.compare import compare, markdown_table  # noqa: E402
+from evaluation.compare import TABLE, compare, markdown_table  # noqa: E402
 
 # client-days of training per agent, and its hyperparameters (beyond AgentConfig defaults)
 BUDGETS = {
@@ -38,18 +38,7 @@ BUDGETS = {
     "dqn": 1_000_000,
 }
 NUM_ENVS = {"epsilon_greedy": 500, "linucb": 500, "thompson": 500, "recovering": 500}
-COLUMNS = (
-    "eval/normalized_value",
-    "eval/value",
-    "eval/retention",
-    "eval/clicks_per_client",
-    "eval/anxious_click_share",
-    "eval/conversions_per_client",
-    "eval/messages_per_client_week",
-    "eval/unsubscribes_per_client",
-    "eval/complaints_per_client",
-    "eval/guardrail_violations",
-)
+COLUMNS = (*TABLE, "eval/complaints_per_client")
 HARM = (
     "harm/vulnerable_anxious_clicks",
     "harm/others_anxious_clicks",
