@@ -20,7 +20,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from hydra.core.config_store import ConfigStore
-from mlflow.models import infer_signature
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from agents.registry import load_policy
@@ -30,6 +29,7 @@ from experiment.schema import TrackingConfig
 from experiment.tracking import ROOT, download_policy, find_run, setup_mlflow
 from serve.export import NotExportable, export_policy
 from serve.pyfunc import CadencePolicyModel
+from serve.pyfunc import signature as model_signature
 from serve.runtime import PolicyRuntime
 from simulate.config import ConfigError
 
@@ -56,7 +56,7 @@ ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 
 def example_input(runtime: PolicyRuntime, rows: int = 3) -> pd.DataFrame:
     """A valid request: fresh clients of the default population on a Monday."""
-    x = np.zeros((rows, len(FEATURE_NAMES)), dtype=np.float32)
+    x = np.zeros((rows, len(FEATURE_NAMES)), dtype=np.float64)
     names = list(FEATURE_NAMES)
     x[:, names.index("weekday_mon")] = 1
     x[:, names.index("consent_tier_3")] = 1
@@ -93,7 +93,7 @@ def run_export(cfg: ExportConfig) -> Path:
     print(f"wrote {out / 'policy.onnx'} and {out / 'manifest.json'}")
     if cfg.register:
         example = example_input(runtime)
-        signature = infer_signature(example, CadencePolicyModel._predict_frame(runtime, example))
+        signature = model_signature(runtime, example)
         with mlflow.start_run(run_id=cfg.run_id):
             info = mlflow.pyfunc.log_model(
                 name="served_policy",

@@ -3,14 +3,22 @@
 The graph takes ``obs`` float32 [batch, obs_dim] (raw features: the scaling is inside) and
 gives ``action`` int64 [batch, 4] (the deterministic action, no masks) and ``logits`` float32
 [batch, 19] (per-component scores the runtime masks: each component's raw logits for SB3 agents,
-which the runtime normalises; additive scores for bandits). Files are written atomically.
+which the runtime normalises; additive scores for bandits).
+
+The export is written into a new sibling folder and then swapped in for ``out`` in one step, so
+a reader (or a killed export) sees the old export or the new one, never a mix, and never none.
+The manifest's integrity block covers every manifest section and the ONNX bytes; with a key
+(``key=`` or $CADENCE_EXPORT_KEY) it is an HMAC-SHA256 signature the runtime then requires.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
@@ -31,13 +39,18 @@ from agents.bandits import (
 )
 from agents.base import Policy
 from envs.config import GuardrailConfig
-from envs.features import (
-    FEATURE_NAMES,
-    OBS_HIGH,
-)
+from envs.consent import MIN_TIER
+from envs.features import FEATURE_NAMES, OBS_HIGH
 from envs.spaces import NVEC
-from serve.runtime import FORMAT_VERSION, MANIFEST_FILE, ONNX_FILE, sha256
-from simulate.labels import ACTION_LABELS, N_SLOTS
+from serve.runtime import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    integrity_block,
+    signing_key,
+    verify_manifest,
+)
+from simulate.labels import ACTION_LABELS, CHANNELS, CONTENTS, N_SLOTS
 
 SPLITS = [int(k) for k in NVEC]
 
@@ -130,17 +143,45 @@ def graph_for(policy: Policy) -> nn.Module:
     raise NotExportable(f"{policy.name} has no trained network or linear model to export")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+RENAME_EXCHANGE = 2
+"""renameat2 flag: swap two paths in one step (Linux)"""
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap folders ``a`` and ``b`` atomically; False where the system cannot."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE)
+    return done == 0
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Make folder ``new`` the folder ``out``: an atomic exchange where the system offers one
+    (the old export then goes), else rename the old aside, rename the new in, drop the old."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    if _exchange(new, out):
+        shutil.rmtree(new)  # ``new`` now holds the previous export
+        return
+    aside = out.with_name(f".{out.name}.previous")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(out, aside)
+    os.rename(new, out)
+    shutil.rmtree(aside)
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def package_versions() -> dict[str, str]:
@@ -168,44 +209,67 @@ def export_policy(
     guardrails: GuardrailConfig | None = None,
     run_id: str | None = None,
     metrics: dict[str, float] | None = None,
+    key: str | bytes | None = None,
 ) -> Path:
     """Write ``policy.onnx`` and ``manifest.json`` into ``out``; returns ``out``.
 
-    The ONNX file is written first and the manifest (holding its SHA-256) last, each atomically,
-    so a reader never sees a half file and never a manifest without its model.
+    Both files are written and checked in a new folder beside ``out``, which is then swapped in
+    (see the module notes); a signing key (``key`` or $CADENCE_EXPORT_KEY) signs the manifest.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
     graph = graph_for(policy).eval()
     example = torch.zeros((2, len(FEATURE_NAMES)), dtype=torch.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_tmp = Path(tmp) / ONNX_FILE
+    new = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
         torch.onnx.export(
             graph,
             (example,),
-            str(onnx_tmp),
+            str(new / ONNX_FILE),
             input_names=["obs"],
             output_names=["action", "logits"],
             dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )
-        _atomic_write(out / ONNX_FILE, onnx_tmp.read_bytes())
+        onnx = (new / ONNX_FILE).read_bytes()
+        manifest = build_manifest(policy.name, graph.rule, guardrails, run_id, metrics)
+        manifest["integrity"] = integrity_block(manifest, onnx, signing_key(key))
+        verify_manifest(manifest, onnx, signing_key(key), new / MANIFEST_FILE)
+        _write(new / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
+        _write(new / ONNX_FILE, onnx)  # fsync'd as well
+        swap_in(new, out)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return out
+
+
+def build_manifest(
+    agent: str,
+    rule: str,
+    guardrails: GuardrailConfig | None,
+    run_id: str | None,
+    metrics: dict[str, float] | None,
+) -> dict:
+    """The manifest without its integrity block: the contract, the rules (every channel and
+    content named, so nothing falls back to a default when read), provenance."""
     g = guardrails or GuardrailConfig()
-    manifest = {
+    return {
         "format_version": FORMAT_VERSION,
-        "agent": policy.name,
-        "score_rule": graph.rule,
+        "agent": agent,
+        "score_rule": rule,
         "feature_names": list(FEATURE_NAMES),
         "feature_low": [0.0] * len(FEATURE_NAMES),
         "feature_high": [float(h) for h in OBS_HIGH],
+        "feature_min_tier": [int(t) for t in MIN_TIER],
         "nvec": [int(k) for k in NVEC],
         "action_labels": {k: list(v) for k, v in ACTION_LABELS.items()},
         "mask_rules": {
-            "quiet_hours": {k: list(v) for k, v in g.quiet_hours.items()},
-            "max_per_week": g.max_per_week,
-            "channel_caps": dict(g.channel_caps),
-            "content_min_tier": dict(g.content_min_tier),
+            "quiet_hours": {c: list(g.quiet_hours.get(c, [])) for c in CHANNELS},
+            "max_per_week": int(g.max_per_week),
+            "channel_caps": {c: int(g.channel_caps.get(c, 7)) for c in CHANNELS},
+            "content_min_tier": {k: int(g.content_min_tier.get(k, 0)) for k in CONTENTS},
         },
         "review_rules": {
             "tones": ["urgent", "opportunity"],
@@ -216,7 +280,4 @@ def export_policy(
         "metrics": {k: float(v) for k, v in (metrics or {}).items() if np.isfinite(v)},
         "package_versions": package_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "onnx_sha256": sha256(out / ONNX_FILE),
     }
-    _atomic_write(out / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
-    return out

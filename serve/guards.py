@@ -28,10 +28,8 @@ class Guards:
             for slot in slots:
                 self.quiet[self.slots.index(slot), self.channels.index(channel)] = True
         self.max_per_week = int(rules["max_per_week"])
-        self.channel_cap = np.array([rules["channel_caps"].get(c, 7) for c in self.channels])
-        self.content_min_tier = np.array(
-            [rules["content_min_tier"].get(k, 0) for k in self.contents]
-        )
+        self.channel_cap = np.array([rules["channel_caps"][c] for c in self.channels])
+        self.content_min_tier = np.array([rules["content_min_tier"][k] for k in self.contents])
         names = manifest["feature_names"]
         self.i_opted = [names.index(f"opted_out_{c}") for c in self.channels]
         self.i_sent = [names.index(f"sent_7d_{c}") for c in self.channels]

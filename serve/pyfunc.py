@@ -1,7 +1,14 @@
 """The export as an MLflow pyfunc model: ``predict`` takes a DataFrame with one column per
-feature name and returns one row per client: slot, tone, channel, content, probability,
-reasons, needs_review. The model's code travels with it (``code_paths``), and it loads only
-the ONNX file and manifest (no pickle of the policy)."""
+feature name (integer, float32 or float64 columns) and returns one row per client: slot, tone,
+channel, content, probability, reasons, needs_review. The model's code travels with it
+(``code_paths``), and it loads only the ONNX file and manifest (no pickle of the policy).
+
+Params: ``explain`` (default False: reasons cost one extra network pass per feature group, so a
+batch skips them unless asked). The model has no input schema on purpose: MLflow would drop
+unknown columns and refuse float64 before the runtime could name them; the runtime checks
+every column itself. A refused request is an MLflow ``INVALID_PARAMETER_VALUE`` error (HTTP
+400) whose message names the feature and row.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,12 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ParamSchema, ParamSpec
 
-from serve.runtime import PolicyRuntime
+from serve.runtime import PolicyRuntime, RequestError
 
 
 class CadencePolicyModel(mlflow.pyfunc.PythonModel):
@@ -22,11 +33,17 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        return self._predict_frame(self.runtime, model_input)
+        explain = bool((params or {}).get("explain", False))
+        try:
+            return self._predict_frame(self.runtime, model_input, explain)
+        except RequestError as error:
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from error
 
     @staticmethod
-    def _predict_frame(runtime: PolicyRuntime, model_input: pd.DataFrame) -> pd.DataFrame:
-        decisions = runtime.decide(model_input)
+    def _predict_frame(
+        runtime: PolicyRuntime, model_input: pd.DataFrame, explain: bool = False
+    ) -> pd.DataFrame:
+        decisions = runtime.decide(model_input, explain=explain)
         return pd.DataFrame(
             {
                 "slot": decisions.slot,
@@ -38,3 +55,14 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
                 "needs_review": decisions.needs_review.astype(bool),
             }
         )
+
+
+def signature(runtime: PolicyRuntime, example: pd.DataFrame) -> ModelSignature:
+    """The model's signature: the output columns and the ``explain`` param, no input schema
+    (the runtime checks every column itself; see the module notes)."""
+    outputs = infer_signature(
+        example, CadencePolicyModel._predict_frame(runtime, example, explain=True)
+    ).outputs
+    return ModelSignature(
+        inputs=None, outputs=outputs, params=ParamSchema([ParamSpec("explain", "boolean", False)])
+    )

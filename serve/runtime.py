@@ -1,15 +1,24 @@
 """The guarded runtime: ONNX + manifest in, one decision per client out. Needs numpy and onnxruntime only.
 
-Order of work for each request: validate the features (names, finiteness, ranges), run the
-network, rebuild the guardrail masks from the features and the manifest's rules, pick the best
-*allowed* action (a policy can never override consent, opt-outs, quiet hours or caps), then
-explain it and flag sensitive sends for review.
+Order of work for each request: validate the features (names, numeric type, finiteness, ranges,
+exact guard inputs: flags 0 or 1, one consent tier, whole counts), apply consent (a feature the
+client's tier does not allow is zeroed, or the request refused, before the network and before
+any reason is written), run the network, rebuild the guardrail masks from the features and the
+manifest's rules, pick the best *allowed* action (a policy can never override consent, opt-outs,
+quiet hours or caps), then explain it and flag sensitive sends for review.
+
+Loading verifies the whole export: the manifest's integrity block holds a SHA-256 of each of its
+sections and of the ONNX bytes (and, when the export was made with a key, an HMAC-SHA256 over
+them), the fixed fields must equal the contract (``serve/contract.py``), the rules must be
+complete and in range, and the session is built from the very bytes that were hashed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +27,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from serve import contract
 from serve.guards import Guards
 
-FORMAT_VERSION = 2
-"""manifest format this runtime reads (2: ``log_probs`` exports give raw per-component logits)"""
+FORMAT_VERSION = 3
+"""manifest format this runtime reads (3: consent tiers per feature and an integrity block)"""
 ONNX_FILE, MANIFEST_FILE = "policy.onnx", "manifest.json"
+KEY_ENV = "CADENCE_EXPORT_KEY"
+"""environment variable holding the signing key (export signs, the runtime then requires it)"""
+MAX_ROWS = 100_000
+"""default most rows one request may carry"""
+CONSENT_MODES = ("zero", "refuse")
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -32,6 +47,10 @@ class ExportError(ValueError):
 
 class RequestError(ValueError):
     """A request is malformed; the message names the feature (and row) at fault."""
+
+
+class TooLarge(RequestError):
+    """A request over the size limits (more rows than allowed; over HTTP, 413)."""
 
 
 @dataclass
@@ -67,16 +86,133 @@ class Decisions:
         ]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def canonical(value: Any) -> bytes:
+    """The JSON bytes a manifest section is hashed over (sorted keys, no spaces)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def integrity_block(manifest: dict[str, Any], onnx: bytes, key: bytes | None) -> dict[str, Any]:
+    """Hashes of every manifest section and of the ONNX bytes, and their digest (an HMAC-SHA256
+    under ``key`` when one is given, else a plain SHA-256)."""
+    sections = {k: hashlib.sha256(canonical(v)).hexdigest() for k, v in sorted(manifest.items())}
+    sections["policy.onnx"] = hashlib.sha256(onnx).hexdigest()
+    body = canonical(sections)
+    if key:
+        return {"sections": sections, "hmac_sha256": hmac.new(key, body, "sha256").hexdigest()}
+    return {"sections": sections, "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def signing_key(key: str | bytes | None = None) -> bytes | None:
+    """``key`` if given, else $CADENCE_EXPORT_KEY, else None (hashed, not signed)."""
+    key = key if key is not None else os.environ.get(KEY_ENV)
+    if not key:
+        return None
+    return key.encode() if isinstance(key, str) else key
+
+
+REQUIRED = (
+    "feature_names",
+    "feature_low",
+    "feature_high",
+    "feature_min_tier",
+    "nvec",
+    "action_labels",
+    "mask_rules",
+    "review_rules",
+    "score_rule",
+    "integrity",
+)
+
+
+def verify_manifest(
+    manifest: dict[str, Any], onnx: bytes, key: bytes | None, where: Path | str = "manifest"
+) -> None:
+    """Raise :class:`ExportError` unless ``manifest`` and ``onnx`` are exactly what was exported
+    (every section's hash, the ONNX hash, the digest or signature over them) and the manifest
+    keeps the contract (fixed fields equal, rules complete and in range)."""
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise ExportError(f"{where} lacks {missing}")
+    block = manifest["integrity"]
+    if not isinstance(block, dict) or not isinstance(block.get("sections"), dict):
+        raise ExportError(f"{where}: the integrity block is malformed")
+    recorded: dict[str, Any] = block["sections"]
+    body = {k: v for k, v in manifest.items() if k != "integrity"}
+    try:
+        fresh = integrity_block(body, onnx, None)["sections"]
+    except ValueError as exc:  # NaN or infinity in a section
+        raise ExportError(f"{where} holds a value JSON cannot carry: {exc}") from exc
+    if recorded.get("policy.onnx") != fresh["policy.onnx"]:
+        raise ExportError(
+            f"{where}: policy.onnx has SHA-256 {fresh['policy.onnx']}, but the manifest says "
+            f"{recorded.get('policy.onnx')}: the file was changed after export; refusing to load it"
+        )
+    dropped = sorted(set(recorded) - set(fresh))
+    added = sorted(set(fresh) - set(recorded))
+    changed = sorted(k for k in set(fresh) & set(recorded) if fresh[k] != recorded[k])
+    if dropped or added or changed:
+        parts = [
+            *(f"section {k!r} was removed" for k in dropped),
+            *(f"section {k!r} was added" for k in added),
+            *(f"section {k!r} differs from what was exported" for k in changed),
+        ]
+        raise ExportError(f"{where} was edited after export: {'; '.join(parts)}")
+    digest_body = canonical(recorded)
+    if key is not None:
+        expected = hmac.new(key, digest_body, "sha256").hexdigest()
+        if not hmac.compare_digest(str(block.get("hmac_sha256", "")), expected):
+            raise ExportError(
+                f"{where}: the signature does not match the signing key "
+                f"(${KEY_ENV}): unsigned, signed with another key, or edited"
+            )
+    elif block.get("sha256") != hashlib.sha256(digest_body).hexdigest():
+        signed = "hmac_sha256" in block
+        raise ExportError(
+            f"{where}: "
+            + (
+                f"the export is signed; set ${KEY_ENV} (or pass key=) to verify it"
+                if signed
+                else "the integrity digest does not match its section hashes"
+            )
+        )
+    for field, expected in contract.CONTRACT_FIELDS.items():
+        if manifest[field] != expected:
+            raise ExportError(f"{where}: {field} {_first_difference(manifest[field], expected)}")
+    problems = contract.rule_problems(manifest["mask_rules"])
+    if problems:
+        raise ExportError(f"{where}: {'; '.join(problems)}")
+    if manifest["score_rule"] not in ("log_probs", "additive"):
+        raise ExportError(f"{where}: unknown score_rule {manifest['score_rule']!r}")
+
+
+def _first_difference(got: Any, expected: Any) -> str:
+    """Where ``got`` first departs from the contract's ``expected``, in words."""
+    if isinstance(got, list) and isinstance(expected, list):
+        if len(got) != len(expected):
+            return f"has {len(got)} entries; the contract has {len(expected)}"
+        i = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+        return f"differs from the contract at position {i}: {got[i]!r} where {expected[i]!r} is expected"
+    return f"differs from the contract: {got!r} where {expected!r} is expected"
 
 
 class PolicyRuntime:
     """Load with :meth:`load`; call :meth:`decide`."""
 
-    def __init__(self, session: ort.InferenceSession, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        manifest: dict[str, Any],
+        consent: str = "zero",
+        max_rows: int = MAX_ROWS,
+    ) -> None:
+        if consent not in CONSENT_MODES:
+            raise ValueError(f"consent must be one of {CONSENT_MODES}, got {consent!r}")
+        if not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"max_rows must be a positive whole number, got {max_rows!r}")
         self.session = session
         self.manifest = manifest
+        self.consent = consent
+        self.max_rows = max_rows
         self.feature_names: list[str] = list(manifest["feature_names"])
         self.low = np.asarray(manifest["feature_low"], dtype=np.float32)
         self.high = np.asarray(manifest["feature_high"], dtype=np.float32)
@@ -85,6 +221,20 @@ class PolicyRuntime:
             self.high + 1e-6,
         )  # float32, as the checks below
         self.nvec = np.asarray(manifest["nvec"], dtype=np.int64)
+        self.min_tier = np.asarray(manifest["feature_min_tier"], dtype=np.int64)
+        names = self.feature_names
+        kinds = dict(zip(contract.FEATURE_NAMES, contract.FEATURE_KIND, strict=True))
+        self._flags = np.array([i for i, n in enumerate(names) if kinds[n] == "flag"])
+        self._counts = np.array([i for i, n in enumerate(names) if kinds[n] == "count"])
+        self._one_hot = [
+            (prefix, np.array([i for i, n in enumerate(names) if n.startswith(prefix)]), lo, hi)
+            for prefix, (lo, hi) in contract.ONE_HOT_GROUPS.items()
+        ]
+        self._tier_cols = self._one_hot[1][1]
+        self._visible = np.stack(
+            [(self.min_tier <= t).astype(np.float32) for t in range(contract.N_TIERS)]
+        )  # (tiers, D): 1 where a client of that tier lets the policy see the feature
+        self._gated = bool((self.min_tier > 0).any())
         self.labels = manifest["action_labels"]
         self.score_rule: str = manifest["score_rule"]
         self.guards = Guards(manifest)
@@ -102,49 +252,53 @@ class PolicyRuntime:
         self._has_open_slot = np.array([len(rows) > 0 for rows in self._open_slots])
 
     @classmethod
-    def load(cls, directory: str | Path, threads: int = 1) -> PolicyRuntime:
-        """Read ``manifest.json`` and ``policy.onnx`` from ``directory``; refuse anything not trustworthy."""
+    def load(
+        cls,
+        directory: str | Path,
+        threads: int = 1,
+        consent: str = "zero",
+        max_rows: int = MAX_ROWS,
+        key: str | bytes | None = None,
+    ) -> PolicyRuntime:
+        """Read ``manifest.json`` and ``policy.onnx`` from ``directory``; refuse anything not
+        trustworthy (:class:`ExportError` naming what differs).
+
+        Args:
+            directory: the export folder.
+            threads: onnxruntime intra-op threads.
+            consent: ``"zero"`` reads a feature the client's consent tier does not allow as 0;
+                ``"refuse"`` rejects a request that carries one (non-zero).
+            max_rows: most rows one request may carry.
+            key: the signing key (default $CADENCE_EXPORT_KEY); when set, the export must carry
+                a valid HMAC signature made with it.
+        """
         directory = Path(directory)
         manifest_path, onnx_path = directory / MANIFEST_FILE, directory / ONNX_FILE
         for path in (manifest_path, onnx_path):
             if not path.is_file():
                 raise ExportError(f"{path} is missing: not a complete export")
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
+            manifest = json.loads(manifest_path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ExportError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        if not isinstance(manifest, dict):
+            raise ExportError(f"{manifest_path} is not a JSON object")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise ExportError(
-                f"{manifest_path} has format_version {version!r}; this runtime reads {FORMAT_VERSION}"
+                f"{manifest_path} has format_version {version!r}; this runtime reads "
+                f"{FORMAT_VERSION} (export the run again: python export.py run_id=<id>)"
             )
-        required = (
-            "feature_names",
-            "feature_low",
-            "feature_high",
-            "nvec",
-            "action_labels",
-            "mask_rules",
-            "review_rules",
-            "score_rule",
-            "onnx_sha256",
-        )
-        missing = [k for k in required if k not in manifest]
-        if missing:
-            raise ExportError(f"{manifest_path} lacks {missing}")
-        actual = sha256(onnx_path)
-        if actual != manifest["onnx_sha256"]:
-            raise ExportError(
-                f"{onnx_path} has SHA-256 {actual}, but the manifest says {manifest['onnx_sha256']}: "
-                "the file was changed after export; refusing to load it"
-            )
+        onnx = onnx_path.read_bytes()  # hashed and loaded from these same bytes
+        verify_manifest(manifest, onnx, signing_key(key), manifest_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(
-            onnx_path.read_bytes(), options, providers=["CPUExecutionProvider"]
-        )
-        inputs = session.get_inputs()
+        try:
+            session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for a bad graph
+            raise ExportError(f"{onnx_path} is not a loadable ONNX graph: {exc}") from exc
+        inputs, outputs = session.get_inputs(), {o.name: o.shape for o in session.get_outputs()}
         if [i.name for i in inputs] != ["obs"] or inputs[0].shape[1] != len(
             manifest["feature_names"]
         ):
@@ -152,67 +306,123 @@ class PolicyRuntime:
                 f"{onnx_path} takes {[(i.name, i.shape) for i in inputs]}, not obs "
                 f"[batch, {len(manifest['feature_names'])}]"
             )
-        return cls(session, manifest)
+        if "logits" not in outputs or outputs["logits"][1] != sum(manifest["nvec"]):
+            raise ExportError(
+                f"{onnx_path} gives {outputs}, not logits [batch, {sum(manifest['nvec'])}] "
+                f"(the sum of nvec {manifest['nvec']})"
+            )
+        return cls(session, manifest, consent=consent, max_rows=max_rows)
 
     # ----- validation ---------------------------------------------------------------------
     def validate(self, features: Any) -> np.ndarray:
-        """(N, D) float32 features from a mapping/DataFrame with one column per feature name
-        (or an (N, D) array already in ``feature_names`` order). Raises :class:`RequestError`."""
-        if (
-            isinstance(features, np.ndarray)
-            and features.dtype == np.float32
-            and features.ndim == 2
-            and features.shape[1] == len(self.feature_names)
-            and len(features)
-        ):
-            # fast accept: NaN and infinities fail these comparisons too; anything else is
-            # checked below, which names the feature and row at fault
-            if ((features >= self._low_ok) & (features <= self._high_ok)).all():
-                return np.ascontiguousarray(features)
-        if isinstance(features, np.ndarray):
-            x = features
-            if x.ndim != 2 or x.shape[1] != len(self.feature_names):
-                raise RequestError(
-                    f"expected an array of shape (N, {len(self.feature_names)}), got {x.shape}"
-                )
-        else:
-            if not isinstance(features, Mapping) and not hasattr(features, "columns"):
-                raise RequestError("a request is a table with one column per feature name")
-            columns = (
-                list(features.columns) if hasattr(features, "columns") else list(features.keys())
-            )
-            missing = [n for n in self.feature_names if n not in columns]
-            extra = [c for c in columns if c not in self.feature_names]
-            if missing:
-                raise RequestError(f"missing feature(s): {', '.join(missing)}")
-            if extra:
-                raise RequestError(
-                    f"unknown feature(s): {', '.join(map(str, extra))}; expected {self.feature_names}"
-                )
-            try:
-                x = np.stack(
-                    [np.asarray(features[n], dtype=np.float64) for n in self.feature_names], axis=1
-                )
-            except (TypeError, ValueError) as exc:
-                bad = next((n for n in self.feature_names if not _numeric(features[n])), "?")
-                raise RequestError(f"feature {bad} must be numeric") from exc
-        x = np.asarray(x, dtype=np.float64)
+        """(N, D) float32 features, consent applied, from a mapping/DataFrame with one column per
+        feature name (or an (N, D) array already in ``feature_names`` order). Integer, float32
+        and float64 columns are all accepted. Raises :class:`RequestError` naming the feature
+        (and row) at fault: never a guess toward sending."""
+        x = self._matrix(features)
         if len(x) == 0:
             raise RequestError("the request has no rows")
+        if len(x) > self.max_rows:
+            raise TooLarge(
+                f"the request has {len(x):,} rows; at most {self.max_rows:,} are allowed per "
+                "request (split it)"
+            )
+        # NaN and infinities fail both comparisons, so one pass finds them with the ranges
+        if not ((x >= self._low_ok) & (x <= self._high_ok)).all():
+            self._raise_range(x)
+        flags = x[:, self._flags]
+        if not ((flags == 0) | (flags == 1)).all():
+            row, col = np.argwhere((flags != 0) & (flags != 1))[0]
+            name = self.feature_names[self._flags[col]]
+            raise RequestError(f"feature {name} = {flags[row, col]} in row {row} must be 0 or 1")
+        counts = x[:, self._counts]
+        if not (counts == np.floor(counts)).all():
+            row, col = np.argwhere(counts != np.floor(counts))[0]
+            name = self.feature_names[self._counts[col]]
+            raise RequestError(
+                f"feature {name} = {counts[row, col]} in row {row} must be a whole number"
+            )
+        for prefix, cols, fewest, most in self._one_hot:
+            set_ = x[:, cols].sum(axis=1)
+            bad = (set_ < fewest) | (set_ > most)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise RequestError(
+                    f"features {prefix}* in row {row} have {int(set_[row])} set; "
+                    + ("exactly one must be" if fewest == most else f"at most {most} may be")
+                )
+        x = np.array(x, dtype=np.float32)  # a copy: consent below never writes the caller's data
+        if self._gated:
+            tier = np.argmax(x[:, self._tier_cols], axis=1)
+            visible = self._visible[tier]  # (N, D)
+            if self.consent == "refuse":
+                leaked = (visible == 0) & (x != 0)
+                if leaked.any():
+                    row, col = np.argwhere(leaked)[0]
+                    raise RequestError(
+                        f"feature {self.feature_names[col]} in row {row} is set, but the client's "
+                        f"consent tier {tier[row]} does not allow it (tier "
+                        f"{self.min_tier[col]} needed)"
+                    )
+            x *= visible
+        return x
+
+    def _matrix(self, features: Any) -> np.ndarray:
+        """(N, D) float32 or float64 array of the request, columns in contract order."""
+        if isinstance(features, np.ndarray):
+            if features.ndim != 2 or features.shape[1] != len(self.feature_names):
+                raise RequestError(
+                    f"expected an array of shape (N, {len(self.feature_names)}), got {features.shape}"
+                )
+            if features.dtype.kind not in "biuf":
+                raise RequestError(
+                    f"features must be numbers (integer or float), got dtype {features.dtype}"
+                )
+            return features if features.dtype == np.float32 else features.astype(np.float64)
+        if not isinstance(features, Mapping) and not hasattr(features, "columns"):
+            raise RequestError("a request is a table with one column per feature name")
+        columns = list(features.columns) if hasattr(features, "columns") else list(features.keys())
+        missing = [n for n in self.feature_names if n not in columns]
+        extra = [c for c in columns if c not in self.feature_names]
+        if missing:
+            raise RequestError(f"missing feature(s): {', '.join(missing)}")
+        if extra:
+            raise RequestError(
+                f"unknown feature(s): {', '.join(map(str, extra))}; expected {self.feature_names}"
+            )
+        out = None
+        for j, name in enumerate(self.feature_names):
+            column = np.asarray(features[name])
+            if column.dtype.kind not in "biuf":
+                try:
+                    if column.dtype.kind == "c":
+                        raise TypeError
+                    column = column.astype(np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise RequestError(
+                        f"feature {name} must be numeric, got {column.dtype} values"
+                    ) from exc
+            if column.ndim != 1:
+                raise RequestError(f"feature {name} must be one number per row")
+            if out is None:
+                out = np.empty((len(column), len(self.feature_names)), dtype=np.float64)
+            elif len(column) != len(out):
+                raise RequestError(f"feature {name} has {len(column)} rows; others have {len(out)}")
+            out[:, j] = column
+        return out
+
+    def _raise_range(self, x: np.ndarray) -> None:
         finite = np.isfinite(x)
         if not finite.all():
             row, col = np.argwhere(~finite)[0]
             raise RequestError(
                 f"feature {self.feature_names[col]} is not finite ({x[row, col]}) in row {row}"
             )
-        out_of_range = (x < self._low_ok) | (x > self._high_ok)
-        if out_of_range.any():
-            row, col = np.argwhere(out_of_range)[0]
-            raise RequestError(
-                f"feature {self.feature_names[col]} = {x[row, col]} in row {row} is outside "
-                f"[{self.low[col]}, {self.high[col]}]"
-            )
-        return x.astype(np.float32)
+        row, col = np.argwhere((x < self._low_ok) | (x > self._high_ok))[0]
+        raise RequestError(
+            f"feature {self.feature_names[col]} = {x[row, col]} in row {row} is outside "
+            f"[{self.low[col]}, {self.high[col]}]"
+        )
 
     # ----- decisions ----------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -389,6 +599,10 @@ class PolicyRuntime:
         without = self.logits(occluded.reshape(-1, x.shape[1]))
         scores = self.action_scores(without, np.tile(actions, (groups, 1))).reshape(groups, n)
         push = self.action_scores(logits, actions)[None, :] - scores  # (groups, N)
+        # a group the client's consent tier hides is never quoted (it reads 0 anyway)
+        tier = np.argmax(x[:, self._tier_cols], axis=1)
+        group_tier = np.array([self.min_tier[cols].max() for _, cols in self._groups])
+        push[group_tier[:, None] > tier[None, :]] = -np.inf
         out = []
         for i in range(n):
             order = np.argsort(-push[:, i])[:2]
@@ -440,11 +654,3 @@ def _logsumexp(a: np.ndarray, allowed: np.ndarray | None, top: np.ndarray) -> np
         return np.log(np.exp(a - safe).sum(axis=0)) + safe
     weights = np.exp(a - safe, out=np.zeros_like(a), where=allowed)
     return np.log(weights.sum(axis=0)) + safe
-
-
-def _numeric(values: Any) -> bool:
-    try:
-        np.asarray(values, dtype=np.float64)
-        return True
-    except (TypeError, ValueError):
-        return False

@@ -133,6 +133,18 @@ def test_served_champion_answers_http_requests(tmp_path):
             post(frame.drop(columns=["market_stress"]))
         assert 400 <= bad.value.code < 500
         assert "market_stress" in bad.value.read().decode()
+        # what pandas makes by default (float64, int64) is served; reasons only when asked
+        for dtype in (np.float64, np.int64):
+            assert all(row["reasons"] == "" for row in post(frame.astype(dtype))["predictions"])
+        # refusals reach the caller naming the feature: unknown column, NaN, a half opt-out
+        for broken, named in (
+            (frame.assign(favourite_colour=1.0), "favourite_colour"),
+            (frame.assign(declared_risk=np.nan), "declared_risk is not finite"),
+            (frame.assign(opted_out_sms=0.5), "opted_out_sms = 0.5 in row 0"),
+        ):
+            with pytest.raises(urllib.error.HTTPError) as bad:
+                post(broken)
+            assert bad.value.code == 400 and named in bad.value.read().decode()
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -145,7 +145,7 @@ def test_manifest_of_another_version_is_refused(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["format_version"] = 99
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExportError, match="format_version 99; this runtime reads 2"):
+    with pytest.raises(ExportError, match="format_version 99; this runtime reads 3"):
         PolicyRuntime.load(folder)
     (folder / "manifest.json").unlink()
     with pytest.raises(ExportError, match="manifest.json is missing"):
