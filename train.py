@@ -10,7 +10,9 @@ Tracking URI: ``tracking.uri=`` or $MLFLOW_TRACKING_URI, else sqlite:///<project
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import sys
 import tempfile
 import time
@@ -32,7 +34,15 @@ from evaluation.compare import KPI_PLOT, TABLE, Comparison, compare, markdown_ta
 from evaluation.metrics import CONTRACT
 from experiment import plots
 from experiment.schema import RunConfig, register, validate_run
-from experiment.tracking import flatten, git_commit, setup_mlflow, sweep_id, sweep_parent
+from experiment.tracking import (
+    find_run,
+    flatten,
+    git_commit,
+    setup_mlflow,
+    sweep_id,
+    sweep_parent,
+)
+from simulate.config import ConfigError
 
 register()
 
@@ -108,6 +118,67 @@ def log_margins(result: Comparison, policy_name: str, baselines: list[str]) -> s
     )
 
 
+RESUMABLE = (
+    "trainer.total_timesteps",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "tracking.uri",
+    "resume",
+)
+"""keys a resume may set; everything else comes back from the interrupted run's config"""
+
+
+def _override_keys(overrides: list[str]) -> list[tuple[str, str]]:
+    return [(o.split("=", 1)[0].lstrip("+~"), o) for o in overrides]
+
+
+def prepare_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config to resume ``cfg.resume`` with: the interrupted run's own config, with only the
+    resumable keys taken from ``overrides``. Refuses, touching nothing, a run that does not
+    exist, has FINISHED, or has no checkpoint, and any other override."""
+    run_id = str(cfg.resume)
+    setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
+    found = find_run(run_id, "resume")
+    if found.info.status == "FINISHED":
+        raise ConfigError(
+            f"resume: run {run_id} FINISHED; there is nothing to resume (start a new run)"
+        )
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "checkpoints")}
+    if "checkpoints/latest.zip" not in artifacts:
+        raise ConfigError(
+            f"resume: run {run_id} has no checkpoint to resume from (only SB3 agents write one, "
+            f"every trainer.checkpoint_every client-days and when stopped by a signal)"
+        )
+    refused = [o for key, o in _override_keys(overrides) if key not in RESUMABLE]
+    if refused:
+        raise ConfigError(
+            f"resume: {refused} cannot change on resume (the run continues with its own config); "
+            f"only {list(RESUMABLE)} may be given"
+        )
+    work = Path(tempfile.mkdtemp(prefix="cadence-resume-"))
+    try:
+        saved = OmegaConf.load(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="config.yaml", dst_path=str(work)
+            )
+        )
+    except Exception as exc:
+        raise ConfigError(f"resume: run {run_id} has no config.yaml artifact to resume") from exc
+    restored = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    for key, _ in _override_keys(overrides):
+        OmegaConf.update(restored, key, OmegaConf.select(cfg, key), merge=False)
+    restored.resume = run_id
+    return restored
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived: unwind, leave a checkpoint, mark the run FAILED."""
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+
 def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
     """One training job inside an MLflow run; returns eval/normalized_value (for sweepers)."""
     choices = _choices()
@@ -127,12 +198,22 @@ def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
         pass
     name = f"{run.agent.name}-{run.reward.name}-{run.scenario.name}-s{run.seed}"
     with mlflow.start_run(
-        run_id=run.resume, run_name=None if run.resume else name, tags=tags
+        run_id=run.resume,
+        run_name=None if run.resume else name,
+        tags=None if run.resume else tags,  # a resumed run keeps its own tags
     ) as active:
         try:
             return _train_in_run(cfg, run, setup, active, name)
-        except Exception as error:
-            error.cadence_run_failed = True  # MLflow marks this run FAILED; no second record needed
+        except BaseException as error:
+            # MLflow marks this run FAILED on the way out; the reason goes with it
+            reason = str(error) or type(error).__name__
+            mlflow.set_tag("error", reason[:5000])
+            if isinstance(error, KeyboardInterrupt):
+                say(
+                    f"[red]{reason}[/red]: run {active.info.run_id} marked FAILED; continue it "
+                    f"with: python train.py resume={active.info.run_id}"
+                )
+            error.cadence_run_failed = True  # no second record needed
             raise
 
 
@@ -152,19 +233,25 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         mlflow.log_metrics(values, step=step)
 
     def checkpoint(model: Any, step: int) -> None:
-        path = work / "checkpoints" / "latest.zip"
-        path.parent.mkdir(exist_ok=True)
-        model.save(path)
-        mlflow.log_artifact(str(path), "checkpoints")
+        from agents.sb3_agents import training_state
+
+        folder = work / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        model.save(folder / "latest.zip")
+        (folder / "state.json").write_text(json.dumps(training_state(model.get_env())))
+        mlflow.log_artifacts(str(folder), "checkpoints")
         mlflow.set_tag("checkpoint_step", str(step))
 
-    resume_from = None
+    resume_from, resume_state = None, None
     if run.resume:
-        resume_from = Path(
+        folder = Path(
             mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="checkpoints/latest.zip", dst_path=str(work / "resume")
+                run_id=run_id, artifact_path="checkpoints", dst_path=str(work / "resume")
             )
         )
+        resume_from = folder / "latest.zip"
+        if (folder / "state.json").is_file():
+            resume_state = json.loads((folder / "state.json").read_text())
         say(
             f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days"
         )
@@ -180,6 +267,7 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         checkpoint=checkpoint if run.agent.name in SB3_AGENTS else None,
         checkpoint_every=run.trainer.checkpoint_every,
         resume_from=resume_from,
+        resume_state=resume_state,
     )
     mlflow.log_metric("train/seconds", time.perf_counter() - start)
     mlflow.log_artifacts(str(save_policy(policy, work / "policy")), "policy")
@@ -249,6 +337,8 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if cfg.get("resume"):
+            cfg = prepare_resume(cfg, list(HydraConfig.get().overrides.task))
         run, setup = validate_run(cfg)  # every value checked before any work
         return run_training(cfg, run, setup)
     except Exception as error:
@@ -262,4 +352,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stopped:
+        print(str(stopped) or "interrupted", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if isinstance(stopped, Stopped) else signal.SIGINT))

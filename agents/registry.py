@@ -77,11 +77,15 @@ def train_agent(
     checkpoint: Callable[[Any, int], None] | None = None,
     checkpoint_every: int = 1_000_000,
     resume_from: str | Path | None = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> Policy:
     """Train the agent ``cfg.name`` on ``total_timesteps`` client-days; returns a deterministic policy.
 
-    SB3 agents call ``checkpoint(model, client_days)`` every ``checkpoint_every`` client-days, and
-    ``resume_from`` (a checkpoint zip) continues a run up to ``total_timesteps`` in all.
+    SB3 agents call ``checkpoint(model, client_days)`` every ``checkpoint_every`` client-days and
+    once more when interrupted (``KeyboardInterrupt``: SIGINT, or SIGTERM as train.py raises it),
+    and ``resume_from`` (a checkpoint zip) with ``resume_state`` (its
+    :func:`agents.sb3_agents.training_state`: multipliers, normalisation statistics) continues a
+    run up to ``total_timesteps`` in all.
     """
     num_envs = int(num_envs or setup.env.num_clients)
     if cfg.name in BANDITS:
@@ -97,7 +101,13 @@ def train_agent(
     if cfg.name in SB3_AGENTS:
         from stable_baselines3.common.vec_env import VecNormalize
 
-        from agents.sb3_agents import LagrangeUpdate, SB3Policy, build_model, make_training_env
+        from agents.sb3_agents import (
+            LagrangeUpdate,
+            SB3Policy,
+            build_model,
+            make_training_env,
+            restore_training_state,
+        )
 
         env = make_training_env(cfg, setup, num_envs)
         env.seed(seed)
@@ -105,6 +115,7 @@ def train_agent(
             from agents.sb3_agents import ALGORITHMS
 
             model = ALGORITHMS[cfg.name].load(Path(resume_from), env=env, device="cpu")
+            restore_training_state(env, resume_state or {})
         else:
             model = build_model(cfg, env, seed)
         callbacks: list[Any] = [_HookCallback(hook)] if hook else []
@@ -121,12 +132,17 @@ def train_agent(
             )
         remaining = max(0, total_timesteps - model.num_timesteps)
         if remaining:
-            model.learn(
-                total_timesteps=remaining,
-                callback=callbacks or None,
-                progress_bar=progress,
-                reset_num_timesteps=resume_from is None,
-            )
+            try:
+                model.learn(
+                    total_timesteps=remaining,
+                    callback=callbacks or None,
+                    progress_bar=progress,
+                    reset_num_timesteps=resume_from is None,
+                )
+            except KeyboardInterrupt:  # SIGINT, or SIGTERM as train.py turns it: keep the work
+                if checkpoint is not None:
+                    checkpoint(model, model.num_timesteps)
+                raise
         return SB3Policy(model, cfg.name)
     return make_policy(cfg, seed)  # heuristics and the oracle have nothing to learn
 

@@ -112,6 +112,43 @@ class LagrangeUpdate(BaseCallback):
             self.logger.record("train/episode_return", float(np.mean(self.costs.episode_returns)))
 
 
+def _wrappers(env: VecEnv):
+    while True:
+        yield env
+        if not isinstance(env, VecEnvWrapper):
+            return
+        env = env.venv
+
+
+def training_state(env: VecEnv) -> dict[str, Any]:
+    """What a checkpoint must keep beside the model so a resumed run goes on where it stopped:
+    the Lagrange multipliers and the reward-normalisation statistics (JSON-ready)."""
+    state: dict[str, Any] = {}
+    for layer in _wrappers(env):
+        if isinstance(layer, LagrangianCosts):
+            state["multipliers"] = {k: float(v) for k, v in layer.multipliers.items()}
+        if isinstance(layer, VecNormalize):
+            rms = layer.ret_rms
+            state["return_normalisation"] = {
+                "mean": float(np.asarray(rms.mean)),
+                "var": float(np.asarray(rms.var)),
+                "count": float(rms.count),
+            }
+    return state
+
+
+def restore_training_state(env: VecEnv, state: dict[str, Any]) -> None:
+    """Put a checkpoint's :func:`training_state` back into a freshly built training env."""
+    for layer in _wrappers(env):
+        if isinstance(layer, LagrangianCosts) and "multipliers" in state:
+            layer.multipliers.update({k: float(v) for k, v in state["multipliers"].items()})
+        if isinstance(layer, VecNormalize) and "return_normalisation" in state:
+            saved = state["return_normalisation"]
+            layer.ret_rms.mean = np.float64(saved["mean"])
+            layer.ret_rms.var = np.float64(saved["var"])
+            layer.ret_rms.count = float(saved["count"])
+
+
 def make_training_env(cfg: AgentConfig, setup: Setup, num_envs: int | None = None) -> VecEnv:
     """The batched SB3 env an agent trains on (flat view for DQN), observations scaled."""
     view = "flat" if cfg.name == "dqn" else "multi"

@@ -24,9 +24,32 @@ def tracking_uri(uri: str | None) -> str:
 
 
 def setup_mlflow(uri: str | None, experiment: str) -> str:
-    """Point MLflow at the store and experiment; returns the URI in use."""
+    """Point MLflow at the store and experiment; returns the URI in use.
+
+    A SQLite store is created (schema migrations included) under a file lock beside it, so
+    several jobs started at once on a fresh ``mlflow.db`` all land; a store that cannot be
+    opened (corrupt, read-only, not MLflow's) is a :class:`ConfigError` naming it."""
     resolved = tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
+    path = sqlite_path(resolved)
+    try:
+        if path is None:
+            found = _activate(experiment)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path.with_name(path.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                found = _activate(experiment)
+    except Exception as exc:
+        raise ConfigError(
+            f"tracking.uri: cannot use the MLflow store {resolved}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''} (is it an MLflow SQLite file, and "
+            "is it and its folder writable?)"
+        ) from exc
+    return found
+
+
+def _activate(experiment: str) -> str:
     try:
         found = mlflow.set_experiment(experiment)
     except mlflow.exceptions.MlflowException:
@@ -35,7 +58,13 @@ def setup_mlflow(uri: str | None, experiment: str) -> str:
     # a set_experiment that loses that race inside MLflow returns the experiment without making
     # it the active one (runs would land in "Default"); activating it by id always takes
     mlflow.set_experiment(experiment_id=found.experiment_id)
-    return resolved
+    return mlflow.get_tracking_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:

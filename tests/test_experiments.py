@@ -217,21 +217,6 @@ def test_sweep_has_one_parent_children_with_one_sweep_id_and_a_failed_job(tmp_pa
 
 
 @pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
-def test_crash_during_training_marks_the_run_failed_and_keeps_finished_artifacts(tmp_path):
-    # a crash inside a run: resuming a finished heuristic run, which has no checkpoint to load
-    done = _cli("train.py", ["agent=segment_rules", *TINY], tmp_path)
-    assert done.returncode == 0
-    run_id = _runs(tmp_path).iloc[0].run_id
-    done = _cli("train.py", ["agent=ppo", f"resume={run_id}", *TINY], tmp_path)
-    assert done.returncode != 0
-    row = _runs(tmp_path).set_index("run_id").loc[run_id]
-    assert row["status"] == "FAILED"
-    assert {"config.yaml", "policy", "evaluation"} <= {
-        a.path for a in mlflow.MlflowClient().list_artifacts(run_id)
-    }
-
-
-@pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
 def test_a_crash_inside_a_sweep_job_is_recorded_once(tmp_path):
     done = _cli("train.py", ["agent=segment_rules", *TINY], tmp_path)
     run_id = _runs(tmp_path).iloc[0].run_id

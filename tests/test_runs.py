@@ -1,0 +1,194 @@
+"""Run records fail closed: resume refuses what it cannot continue without touching it, restores
+the run's own config and its training state, SIGTERM leaves a FAILED run with a checkpoint,
+concurrent first runs on a fresh store all land, and a broken store is a clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from agents.config import AgentConfig
+from agents.sb3_agents import make_training_env, restore_training_state, training_state
+from envs.config import load_setup
+from experiment.tracking import setup_mlflow
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["eval.num_clients=100", "eval.num_seeds=1", "eval.n_boot=20", "trainer.progress=false"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def _train(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _client(tmp_path: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _runs(tmp_path: Path):
+    # through the same lock as train.py: a reader opening a store that a job is still
+    # creating would race its schema migration
+    setup_mlflow(f"sqlite:///{tmp_path / 'mlflow.db'}", "cadence")
+    return mlflow.search_runs(experiment_names=["cadence"])
+
+
+def test_training_state_round_trips_multipliers_and_normalisation():
+    setup = load_setup()
+    cfg = AgentConfig(name="ppo_lagrangian", normalize_reward=True)
+    env = make_training_env(cfg, setup, 8)
+    env.venv.multipliers.update(churn=1.25, anxiety=0.5)
+    env.ret_rms.update(np.array([1.0, 3.0, 8.0]))
+    state = json.loads(json.dumps(training_state(env)))
+    fresh = make_training_env(cfg, setup, 8)
+    assert training_state(fresh) != state
+    restore_training_state(fresh, state)
+    assert training_state(fresh) == state
+    assert fresh.venv.multipliers == {"churn": 1.25, "anxiety": 0.5}
+
+
+@pytest.mark.slow  # subprocesses: Hydra + MLflow start-up, a training run stopped by a signal
+def test_sigterm_marks_failed_leaves_a_checkpoint_and_resume_continues_it(tmp_path):
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "agent=ppo_lagrangian",
+        "agent.normalize_reward=true",
+        "env.num_clients=64",
+        "trainer.total_timesteps=50000000",
+        "trainer.checkpoint_every=4096",
+        *TINY,
+    ]
+    job = subprocess.Popen(
+        command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and job.poll() is None:
+            time.sleep(2)
+            if (tmp_path / "mlflow.db").exists():
+                runs = _runs(tmp_path)
+                if (
+                    len(runs)
+                    and "tags.checkpoint_step" in runs
+                    and runs["tags.checkpoint_step"].notna().any()
+                ):
+                    break
+        assert job.poll() is None, job.stderr.read().decode()[-3000:]
+        job.send_signal(signal.SIGTERM)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 128 + signal.SIGTERM, stderr.decode()[-3000:]
+    run = _runs(tmp_path).iloc[0]
+    run_id = run.run_id
+    assert run["status"] == "FAILED" and run["tags.error"] == "stopped by SIGTERM"
+    assert not np.isnan(run["end_time"].timestamp())
+    client = _client(tmp_path)
+    files = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert {"checkpoints/latest.zip", "checkpoints/state.json"} <= files
+    state = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path="checkpoints/state.json",
+                dst_path=str(tmp_path / "dl"),
+                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            )
+        ).read_text()
+    )
+    assert set(state) == {"multipliers", "return_normalisation"}
+    assert state["return_normalisation"]["count"] > 1  # statistics gathered, not a fresh start
+    stopped_at = int(client.get_run(run_id).data.tags["checkpoint_step"])
+
+    # changing what the run is on resume: refused, the run untouched
+    done = _train(tmp_path, f"resume={run_id}", "agent=ppo", "reward=engagement")
+    assert done.returncode != 0
+    assert "['agent=ppo', 'reward=engagement'] cannot change on resume" in done.stderr
+    assert client.get_run(run_id).info.status == "FAILED"
+
+    # resuming with only resumable keys: its own config comes back, it finishes
+    done = _train(tmp_path, f"resume={run_id}", f"trainer.total_timesteps={stopped_at + 2048}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = client.get_run(run_id)
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["agent"] == "ppo_lagrangian"
+    assert "eval/normalized_value" in resumed.data.metrics
+    assert len(_runs(tmp_path)) == 1  # continued in place, no second run
+    assert "resuming" in done.stdout
+
+
+@pytest.mark.slow  # subprocesses: Hydra + MLflow start-up
+def test_resume_refuses_finished_unknown_and_checkpointless_runs_touching_nothing(tmp_path):
+    done = _train(tmp_path, "agent=segment_rules", *TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = _client(tmp_path)
+    run_id = _runs(tmp_path).iloc[0].run_id
+    before = client.get_run(run_id)
+    done = _train(tmp_path, f"resume={run_id}", *TINY)
+    assert done.returncode != 0 and "FINISHED; there is nothing to resume" in done.stderr
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED" and after.data.tags == before.data.tags
+    assert after.data.metrics == before.data.metrics
+
+    done = _train(tmp_path, "resume=doesnotexist")
+    assert done.returncode != 0 and "resume: no MLflow run 'doesnotexist'" in done.stderr
+
+    experiment = client.get_experiment_by_name("cadence").experiment_id
+    failed = client.create_run(experiment, run_name="no checkpoint")
+    client.set_terminated(failed.info.run_id, "FAILED")
+    done = _train(tmp_path, f"resume={failed.info.run_id}")
+    assert done.returncode != 0 and "has no checkpoint to resume from" in done.stderr
+    assert client.get_run(failed.info.run_id).info.status == "FAILED"
+
+
+@pytest.mark.slow  # three train.py processes at once
+def test_three_concurrent_first_runs_on_a_fresh_store_all_land(tmp_path):
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), "agent=segment_rules", f"seed={i}", *TINY],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(3)
+    ]
+    errors = [job.communicate(timeout=600)[1].decode()[-2000:] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0], errors
+    runs = _runs(tmp_path)
+    assert sorted(runs["tags.seed"]) == ["0", "1", "2"]
+    assert (runs["status"] == "FINISHED").all()
+
+
+@pytest.mark.slow  # a subprocess: Hydra + MLflow start-up
+def test_a_corrupt_store_is_a_clear_error(tmp_path):
+    (tmp_path / "mlflow.db").write_bytes(b"this is not a database" * 100)
+    done = _train(tmp_path, "agent=segment_rules", *TINY)
+    assert done.returncode != 0
+    assert "tracking.uri: cannot use the MLflow store sqlite:///" in done.stderr
+    assert "is it an MLflow SQLite file" in done.stderr
+    assert (tmp_path / "mlflow.db").read_bytes() == b"this is not a database" * 100
