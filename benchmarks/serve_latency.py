@@ -102,6 +102,13 @@ def main() -> int:
                 for b, r, p in zip(BATCHES, results[name], peer, strict=True)
             )
         )
+    ceiling = results["ONNX graph alone (ceiling)"]
+    for name in ("runtime (guarded)", "runtime + reasons"):
+        print(
+            f"\n{name} / ONNX graph alone at batch {BATCHES[-1]:,}: "
+            f"{results[name][-1] / ceiling[-1]:.2f} (the share of the bare network's throughput "
+            "left after validation, consent, guardrails and the masked choice)"
+        )
     return 0
 
 
