@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import os
 import platform
@@ -234,6 +235,7 @@ def export_policy(
         )
         onnx = (new / ONNX_FILE).read_bytes()
         manifest = build_manifest(policy.name, graph.rule, guardrails, run_id, metrics)
+        manifest["onnx_sha256"] = hashlib.sha256(onnx).hexdigest()
         manifest["integrity"] = integrity_block(manifest, onnx, signing_key(key))
         verify_manifest(manifest, onnx, signing_key(key), new / MANIFEST_FILE)
         _write(new / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())

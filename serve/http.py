@@ -6,7 +6,7 @@ onnxruntime and the standard library only).
 
 ``POST /invocations`` takes the same JSON as MLflow's scoring server: ``{"dataframe_split":
 {"columns": [...], "data": [[...], ...]}}`` or ``{"dataframe_records": [{...}, ...]}``, with an
-optional ``"params": {"explain": true}``; it answers ``{"predictions": [{slot, tone, channel,
+optional ``"params": {"explain": true}`` (left out: reasons for requests of up to 100 rows); it answers ``{"predictions": [{slot, tone, channel,
 content, probability, reasons, needs_review}, ...]}``. ``GET /ping`` answers 200 once loaded.
 
 Limits: a body over ``--max-body-mb`` is refused with 413 before it is read; a request with
@@ -26,15 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from serve.runtime import CONSENT_MODES, MAX_ROWS, PolicyRuntime, RequestError, TooLarge
+from serve.runtime import (
+    CONSENT_MODES,
+    MAX_ROWS,
+    PolicyRuntime,
+    RequestError,
+    TooLarge,
+    wants_reasons,
+)
 
 MAX_BODY_BYTES = 64 * 2**20
 """default largest request body (64 MiB: about 100,000 rows of 41 features as JSON)"""
 
 
-def parse_request(body: bytes, feature_names: list[str], max_rows: int) -> tuple[Any, bool]:
-    """(a mapping of feature name -> column, explain) from a JSON body; :class:`RequestError`
-    naming what is wrong."""
+def parse_request(body: bytes, feature_names: list[str], max_rows: int) -> tuple[Any, bool | None]:
+    """(a mapping of feature name -> column, explain or None) from a JSON body;
+    :class:`RequestError` naming what is wrong."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -46,8 +53,8 @@ def parse_request(body: bytes, feature_names: list[str], max_rows: int) -> tuple
     params = payload.get("params") or {}
     if not isinstance(params, dict) or set(params) - {"explain"}:
         raise RequestError(f"params may hold only 'explain', got {params!r}")
-    explain = params.get("explain", False)
-    if not isinstance(explain, bool):
+    explain = params.get("explain")
+    if explain is not None and not isinstance(explain, bool):
         raise RequestError(f"params.explain must be true or false, got {explain!r}")
     if "dataframe_split" in payload:
         split = payload["dataframe_split"]
@@ -145,7 +152,8 @@ def make_server(
             body = self.rfile.read(int(length))
             try:
                 table, explain = parse_request(body, runtime.feature_names, runtime.max_rows)
-                records = runtime.decide(table, explain=explain).records()
+                rows = len(next(iter(table.values()))) if table else 0
+                records = runtime.decide(table, explain=wants_reasons(explain, rows)).records()
             except TooLarge as error:
                 self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error))
                 return

@@ -3,8 +3,9 @@ feature name (integer, float32 or float64 columns) and returns one row per clien
 channel, content, probability, reasons, needs_review. The model's code travels with it
 (``code_paths``), and it loads only the ONNX file and manifest (no pickle of the policy).
 
-Params: ``explain`` (default False: reasons cost one extra network pass per feature group, so a
-batch skips them unless asked). The model has no input schema on purpose: MLflow would drop
+Params: ``explain``: true or false; left out, reasons are written for requests of up to
+:data:`serve.runtime.EXPLAIN_UP_TO` rows and skipped for larger batches (they cost one extra network pass per
+feature group). The model has no input schema on purpose: MLflow would drop
 unknown columns and refuse float64 before the runtime could name them; the runtime checks
 every column itself. A refused request is an MLflow ``INVALID_PARAMETER_VALUE`` error (HTTP
 400) whose message names the feature and row.
@@ -21,7 +22,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ParamSchema, ParamSpec
 
-from serve.runtime import PolicyRuntime, RequestError
+from serve.runtime import PolicyRuntime, RequestError, wants_reasons
 
 
 class CadencePolicyModel(mlflow.pyfunc.PythonModel):
@@ -33,7 +34,7 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        explain = bool((params or {}).get("explain", False))
+        explain = wants_reasons((params or {}).get("explain"), len(model_input))
         try:
             return self._predict_frame(self.runtime, model_input, explain)
         except RequestError as error:
@@ -64,5 +65,5 @@ def signature(runtime: PolicyRuntime, example: pd.DataFrame) -> ModelSignature:
         example, CadencePolicyModel._predict_frame(runtime, example, explain=True)
     ).outputs
     return ModelSignature(
-        inputs=None, outputs=outputs, params=ParamSchema([ParamSpec("explain", "boolean", False)])
+        inputs=None, outputs=outputs, params=ParamSchema([ParamSpec("explain", "boolean", None)])
     )

@@ -38,6 +38,15 @@ KEY_ENV = "CADENCE_EXPORT_KEY"
 MAX_ROWS = 100_000
 """default most rows one request may carry"""
 CONSENT_MODES = ("zero", "refuse")
+EXPLAIN_UP_TO = 100
+"""served without an ``explain`` param, requests of at most this many rows get reasons"""
+
+
+def wants_reasons(explain: bool | None, rows: int) -> bool:
+    """``explain`` if given, else whether ``rows`` is small enough for reasons by default."""
+    return bool(explain) if explain is not None else rows <= EXPLAIN_UP_TO
+
+
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -120,6 +129,7 @@ REQUIRED = (
     "mask_rules",
     "review_rules",
     "score_rule",
+    "onnx_sha256",
     "integrity",
 )
 
@@ -142,7 +152,7 @@ def verify_manifest(
         fresh = integrity_block(body, onnx, None)["sections"]
     except ValueError as exc:  # NaN or infinity in a section
         raise ExportError(f"{where} holds a value JSON cannot carry: {exc}") from exc
-    if recorded.get("policy.onnx") != fresh["policy.onnx"]:
+    if not fresh["policy.onnx"] == recorded.get("policy.onnx") == manifest["onnx_sha256"]:
         raise ExportError(
             f"{where}: policy.onnx has SHA-256 {fresh['policy.onnx']}, but the manifest says "
             f"{recorded.get('policy.onnx')}: the file was changed after export; refusing to load it"

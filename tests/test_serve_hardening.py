@@ -387,11 +387,13 @@ def test_pyfunc_accepts_every_numeric_dtype_pandas_makes(pyfunc_model, dtype):
     x = clients(20, tier=3)
     x[:, [COL[n] for n in NAMES if n.startswith(("ema_", "declared", "market", "days"))]] = 0
     frame = pd.DataFrame(x.astype(dtype), columns=NAMES)
-    out = pyfunc_model.predict(frame)
-    assert len(out) == 20 and (out["reasons"] == "").all()  # no reasons unless asked
-    explained = pyfunc_model.predict(frame, params={"explain": True})
-    assert (explained["reasons"] != "").any()
+    out = pyfunc_model.predict(frame, params={"explain": False})
+    assert len(out) == 20 and (out["reasons"] == "").all()
+    explained = pyfunc_model.predict(frame)  # a small request: reasons by default
+    assert (explained["reasons"] != "").all()
     assert list(explained["slot"]) == list(out["slot"])
+    batch = pd.DataFrame(np.repeat(x, 6, axis=0).astype(dtype), columns=NAMES)
+    assert (pyfunc_model.predict(batch)["reasons"] == "").all()  # a batch: none unless asked
 
 
 def test_pyfunc_names_the_feature_of_a_bad_request(pyfunc_model):
