@@ -1,0 +1,2 @@
+"""Realism: targets as data (``realism.targets``) and the real datasets' protocols that make
+them (``realism.data``)."""
