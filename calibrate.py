@@ -1,0 +1,258 @@
+"""The realism scorecard: run every simulated protocol on a population and set each statistic
+beside its target and band; print the table, draw the curves, log it all to MLflow.
+
+    python calibrate.py report                                    # default population, targets/financial_services.yaml
+    python calibrate.py report population=default clients=20000 seed=1
+    python calibrate.py report targets=my_firm.yaml env.response.click_base=-3.2
+
+Keys: ``population=``, ``env=``, ``scenario=`` (presets in conf/), ``targets=`` (a targets file,
+see realism/targets.py), ``clients=`` (fresh clients per protocol run, default 5,000),
+``seed=``, ``tracking.uri=``, and any dotted population/env key as an override. The run goes
+to MLflow experiment ``cadence-realism``: params, a metric ``realism/<statistic>`` per
+statistic, ``realism/in_band`` (targets met) and ``realism/targets`` (targets named), and the
+table (Markdown + Parquet) and plots as artifacts.
+
+The protocols are in realism/protocols.py; the real datasets' side in realism/data.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import polars as pl  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from envs.config import load_setup  # noqa: E402
+from experiment.tracking import ROOT, git_commit, setup_mlflow  # noqa: E402
+from realism import protocols  # noqa: E402
+from realism.targets import Targets, load_targets  # noqa: E402
+from simulate.config import ConfigError  # noqa: E402
+
+EXPERIMENT = "cadence-realism"
+DEFAULTS: dict[str, Any] = {
+    "population": "default",
+    "env": "default",
+    "scenario": "calm",
+    "targets": str(ROOT / "targets" / "financial_services.yaml"),
+    "clients": 5000,
+    "seed": 0,
+    "tracking.uri": None,
+}
+COMMANDS = ("report",)
+
+
+def parse(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
+    """(command, settings, dotted overrides) from ``report key=value ...``; errors name the key."""
+    if not argv or argv[0] not in COMMANDS:
+        raise ConfigError(
+            f"usage: python calibrate.py {{{','.join(COMMANDS)}}} [key=value ...]; got {argv[:1]}"
+        )
+    settings, overrides = dict(DEFAULTS), []
+    for arg in argv[1:]:
+        if "=" not in arg:
+            raise ConfigError(f"{arg!r} is not key=value")
+        key, value = arg.split("=", 1)
+        if key in DEFAULTS:
+            settings[key] = value
+        elif key.startswith(("population.", "env.", "scenario.")):
+            overrides.append(arg)
+        else:
+            raise ConfigError(
+                f"unknown key {key!r}; use {sorted(DEFAULTS)} or a dotted population./env./scenario. key"
+            )
+    for key in ("clients", "seed"):
+        try:
+            settings[key] = int(settings[key])
+        except ValueError as exc:
+            raise ConfigError(f"{key} must be a whole number, got {settings[key]!r}") from exc
+    if settings["clients"] < 100:
+        raise ConfigError(f"clients must be >= 100, got {settings['clients']}")
+    return argv[0], settings, overrides
+
+
+def scorecard(simulated: dict[str, float], targets: Targets) -> pl.DataFrame:
+    """One row per statistic: the targeted ones first, in the file's order, then the rest."""
+    rows = []
+    for t in targets.targets:
+        value = simulated[t.statistic]
+        rows.append(
+            {
+                "statistic": t.statistic,
+                "target": t.target,
+                "low": t.low,
+                "high": t.high,
+                "simulated": value,
+                "in_band": bool(t.holds(value)),
+                "weight": t.weight,
+            }
+        )
+    named = set(targets.names())
+    for name, value in simulated.items():
+        if name not in named:
+            rows.append(
+                {
+                    "statistic": name,
+                    "target": None,
+                    "low": None,
+                    "high": None,
+                    "simulated": value,
+                    "in_band": None,
+                    "weight": None,
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def markdown(table: pl.DataFrame) -> str:
+    lines = [
+        "| statistic | target | band | simulated | in band |",
+        "|---|---:|---|---:|:---:|",
+    ]
+    for r in table.iter_rows(named=True):
+        if r["target"] is None:
+            lines.append(f"| {r['statistic']} | | | {r['simulated']:.4g} | |")
+            continue
+        band = f"[{_g(r['low'])}, {_g(r['high'])}]"
+        mark = "yes" if r["in_band"] else "**no**"
+        lines.append(
+            f"| {r['statistic']} | {_g(r['target'])} | {band} | {r['simulated']:.4g} | {mark} |"
+        )
+    return "\n".join(lines)
+
+
+def _g(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.4g}"
+
+
+def plots(simulated: dict[str, float], folder: Path) -> list[Path]:
+    """Volume, recovery and time-of-day curves (what the ratios in the table summarise)."""
+    out = []
+    k = list(range(1, 8))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(
+        k, [simulated[f"volume/clicks_per_message/{i}"] for i in k], "o-", label="per message"
+    )
+    axes[0].plot(
+        k,
+        [simulated[f"volume/clicks_per_client_week/{i}"] for i in k],
+        "s-",
+        label="per client-week",
+    )
+    axes[0].set(xlabel="e-mails a week", ylabel="clicks", title="volume: response")
+    axes[0].legend()
+    axes[1].plot(
+        k,
+        [100 * simulated[f"volume/unsubscribes_per_message/{i}"] for i in k],
+        "o-",
+        label="unsubscribes",
+    )
+    axes[1].plot(
+        k,
+        [100 * simulated[f"volume/complaints_per_message/{i}"] for i in k],
+        "s-",
+        label="complaints",
+    )
+    axes[1].set(xlabel="e-mails a week", ylabel="% per message", title="volume: cost")
+    axes[1].legend()
+    gaps = list(protocols.GAPS)
+    axes[2].plot(gaps, [simulated[f"recovery/second_vs_first/{g}"] for g in gaps], "o-")
+    axes[2].axhline(1.0, color="grey", lw=0.8)
+    axes[2].set(
+        xscale="log",
+        xlabel="days since the same content",
+        ylabel="second click rate / first",
+        title="recovery",
+    )
+    fig.tight_layout()
+    out.append(folder / "volume_recovery.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+
+    from simulate.labels import SLOT_KEYS
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.bar(SLOT_KEYS, [100 * simulated[f"time_of_day/push_click_rate/{s}"] for s in SLOT_KEYS])
+    ax.set(ylabel="clicks per push (%)", title="time of day: weekday push (target peak: evening)")
+    fig.tight_layout()
+    out.append(folder / "time_of_day.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    return out
+
+
+def report(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> str:
+    """Run every protocol, print and log the scorecard; returns the MLflow run id."""
+    targets = load_targets(settings["targets"], protocols.statistic_names())
+    setup = load_setup(
+        env=settings["env"],
+        population=settings["population"],
+        scenario=settings["scenario"],
+        seed=settings["seed"],
+        overrides=overrides,
+    )
+    setup_mlflow(settings["tracking.uri"], EXPERIMENT)
+    simulated: dict[str, float] = {}
+    for protocol in tqdm(
+        protocols.PROTOCOLS.values(), desc="protocols", disable=not progress, unit="protocol"
+    ):
+        simulated.update(protocol(setup, settings["clients"], settings["seed"]))
+    table = scorecard(simulated, targets)
+    met = int(table["in_band"].sum())
+    text = markdown(table)
+    work = Path(tempfile.mkdtemp(prefix="cadence-realism-"))
+    (work / "scorecard.md").write_text(
+        f"targets: {settings['targets']}\nsource: {targets.source}\n\n{text}\n"
+    )
+    table.write_parquet(work / "scorecard.parquet")
+    plots(simulated, work)
+    with mlflow.start_run(
+        run_name=f"report {settings['population']}",
+        tags={
+            "command": "report",
+            "population": settings["population"],
+            "targets": Path(settings["targets"]).name,
+            "git_commit": git_commit(),
+        },
+    ) as run:
+        mlflow.log_params(
+            {
+                **{k: str(v) for k, v in settings.items() if k != "tracking.uri"},
+                "overrides": " ".join(overrides),
+            }
+        )
+        mlflow.log_metrics(
+            {f"realism/{k}": v for k, v in simulated.items() if math.isfinite(v)}
+            | {"realism/in_band": met, "realism/targets": len(targets.targets)}
+        )
+        mlflow.log_artifacts(str(work), "scorecard")
+    print(text)
+    print(
+        f"\n{met} of {len(targets.targets)} targets in band ({settings['population']} population, "
+        f"{settings['clients']:,} clients per protocol run, seed {settings['seed']}); "
+        f"MLflow run {run.info.run_id} in experiment {EXPERIMENT}"
+    )
+    return run.info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        command, settings, overrides = parse(sys.argv[1:] if argv is None else argv)
+        if command == "report":
+            report(settings, overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The simulator's side of the realism scorecard: each statistic is computed by a written
+protocol (which messages, to which clients, on which days), on fresh clients with common random
+numbers, so two protocols that differ in one choice differ only by that choice.
+
+Protocols (every send is delivered by the world directly: no policy, no guardrail masks, so a
+protocol measures the clients, not a cadence rule):
+
+* **levels**: a weekly informative e-mail (portfolio summary, Monday morning) for 12 weeks.
+  Opens, clicks, click-to-open, unsubscribes and complaints per e-mail.
+* **volume**: the same clients, 1 to 7 informative e-mails a week (spread over the week, the
+  contents in turn) for 12 weeks. Clicks per message, clicks per client-week, unsubscribes and
+  complaints per message at each volume, and their shape as ratios.
+* **recovery**: a portfolio summary on day 0 and again after a gap of 1 to 28 days: the second
+  send's click rate relative to the first, by gap.
+* **time of day**: a weekday push (informative portfolio summary) every weekday for 4 weeks, in
+  one slot for all clients, for each slot in turn: clicks per push by slot.
+* **urgency**: the weekly e-mail of *levels* in an urgent tone beside the informative one, over
+  the first 4 weeks: opens, clicks and unsubscribes relative to informative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.config import Setup
+from simulate.labels import CHANNELS, CONTENTS, SLOT_KEYS, TONES
+from simulate.world import World
+
+CLIENT_OFFSET = 1 << 52
+"""realism clients' ids: never those of training (from 0) or evaluation (from 2**48)"""
+WEEKS = 12
+GAPS = (1, 2, 4, 7, 14, 28)
+"""days between two sends of the same content in the recovery protocol"""
+EMAIL, PUSH = CHANNELS.index("email"), CHANNELS.index("push")
+INFORMATIVE, URGENT = TONES.index("informative"), TONES.index("urgent")
+SUMMARY = CONTENTS.index("portfolio_summary")
+MORNING = 1 + SLOT_KEYS.index("morning")
+COUNTED = ("sent", "opened", "clicked", "unsubscribed", "complaint")
+
+
+@dataclass(frozen=True)
+class Send:
+    """One message to every client on a day: 1-based slot and component indices."""
+
+    slot: int
+    tone: int
+    channel: int
+    content: int
+
+
+Plan = Callable[[int], Send | None]
+"""day -> the message every client gets that day, or None"""
+
+
+def run(setup: Setup, clients: int, days: int, seed: int, plan: Plan) -> dict[str, np.ndarray]:
+    """Run ``plan`` on ``clients`` fresh clients for ``days``; per-day totals of each counted
+    outcome, (days,) arrays."""
+    ids = np.uint64(CLIENT_OFFSET) + np.arange(clients, dtype=np.uint64)
+    world = World(setup.population, setup.env.response, setup.scenario, seed, ids)
+    zeros = np.zeros(clients, dtype=np.int64)
+    totals = {k: np.zeros(days) for k in COUNTED}
+    for day in range(days):
+        send = plan(day)
+        if send is None:
+            out = world.step(day, zeros, zeros, zeros, zeros)
+        else:
+            out = world.step(
+                day,
+                zeros + send.slot,
+                zeros + send.tone,
+                zeros + send.channel,
+                zeros + send.content,
+            )
+        for k in COUNTED:
+            totals[k][day] = out[k].sum()
+    return totals
+
+
+def _per(totals: dict[str, np.ndarray], what: str, per: str = "sent", days=slice(None)) -> float:
+    denominator = totals[per][days].sum()
+    return float(totals[what][days].sum() / denominator) if denominator else float("nan")
+
+
+def weekly(tone: int = INFORMATIVE) -> Plan:
+    """The weekly e-mail: a portfolio summary every Monday morning."""
+    return lambda day: Send(MORNING, tone, EMAIL, SUMMARY) if day % 7 == 0 else None
+
+
+def levels(setup: Setup, clients: int, seed: int) -> dict[str, float]:
+    t = run(setup, clients, 7 * WEEKS, seed, weekly())
+    return {
+        "email/open_rate": _per(t, "opened"),
+        "email/click_rate": _per(t, "clicked"),
+        "email/click_to_open": _per(t, "clicked", "opened"),
+        "email/unsubscribes_per_email": _per(t, "unsubscribed"),
+        "email/complaints_per_email": _per(t, "complaint"),
+    }
+
+
+def volume_days(k: int) -> set[int]:
+    """Weekdays (0 = Monday) of ``k`` sends a week, spread over the week."""
+    return {int(d) for d in np.floor(np.arange(k) * 7 / k)}
+
+
+def volume(setup: Setup, clients: int, seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    per_message, per_week, unsub, complaint = {}, {}, {}, {}
+    for k in range(1, 8):
+        days_of_week = volume_days(k)
+
+        def plan(day: int, days_of_week=days_of_week) -> Send | None:
+            if day % 7 not in days_of_week:
+                return None
+            return Send(MORNING, INFORMATIVE, EMAIL, (day // 7 * 7 + day % 7) % len(CONTENTS))
+
+        t = run(setup, clients, 7 * WEEKS, seed, plan)
+        per_message[k] = _per(t, "clicked")
+        per_week[k] = float(t["clicked"].sum() / (clients * WEEKS))
+        unsub[k] = _per(t, "unsubscribed")
+        complaint[k] = _per(t, "complaint")
+        out[f"volume/clicks_per_message/{k}"] = per_message[k]
+        out[f"volume/clicks_per_client_week/{k}"] = per_week[k]
+        out[f"volume/unsubscribes_per_message/{k}"] = unsub[k]
+        out[f"volume/complaints_per_message/{k}"] = complaint[k]
+    out["volume/per_message_7_vs_1"] = per_message[7] / per_message[1]
+    out["volume/total_7_vs_1"] = per_week[7] / per_week[1]
+    first_step = per_week[2] - per_week[1]
+    out["volume/last_step_vs_first_step"] = (per_week[7] - per_week[6]) / first_step
+    out["volume/unsubscribes_per_message_7_vs_4"] = _ratio(unsub[7], unsub[4])
+    out["volume/complaints_per_message_7_vs_4"] = _ratio(complaint[7], complaint[4])
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf") if a > 0 else float("nan")
+
+
+def recovery(setup: Setup, clients: int, seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for gap in GAPS:
+
+        def plan(day: int, gap: int = gap) -> Send | None:
+            return Send(MORNING, INFORMATIVE, EMAIL, SUMMARY) if day in (0, gap) else None
+
+        t = run(setup, clients, gap + 1, seed, plan)
+        first, second = t["clicked"][0] / t["sent"][0], t["clicked"][gap] / t["sent"][gap]
+        out[f"recovery/second_vs_first/{gap}"] = float(second / first)
+    out["recovery/28_vs_1"] = out["recovery/second_vs_first/28"] / out["recovery/second_vs_first/1"]
+    return out
+
+
+def time_of_day(setup: Setup, clients: int, seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    rates = []
+    for s, name in enumerate(SLOT_KEYS):
+
+        def plan(day: int, slot: int = s + 1) -> Send | None:
+            return Send(slot, INFORMATIVE, PUSH, SUMMARY) if day % 7 < 5 else None
+
+        t = run(setup, clients, 28, seed, plan)
+        rates.append(_per(t, "clicked"))
+        out[f"time_of_day/push_click_rate/{name}"] = rates[-1]
+    out["time_of_day/push_peak_slot"] = float(np.argmax(rates))
+    out["time_of_day/push_evening_vs_midday"] = (
+        rates[SLOT_KEYS.index("evening")] / rates[SLOT_KEYS.index("midday")]
+    )
+    return out
+
+
+def urgency(setup: Setup, clients: int, seed: int) -> dict[str, float]:
+    first_weeks = slice(0, 28)
+    calm = run(setup, clients, 28, seed, weekly(INFORMATIVE))
+    urgent = run(setup, clients, 28, seed, weekly(URGENT))
+    out = {
+        f"urgency/{what}_ratio": _ratio(
+            _per(urgent, outcome, days=first_weeks), _per(calm, outcome, days=first_weeks)
+        )
+        for what, outcome in (
+            ("open", "opened"),
+            ("click", "clicked"),
+            ("unsubscribe", "unsubscribed"),
+        )
+    }
+    out["urgency/unsubscribes_rise_more"] = out["urgency/unsubscribe_ratio"] - max(
+        out["urgency/open_ratio"], out["urgency/click_ratio"]
+    )
+    return out
+
+
+PROTOCOLS: dict[str, Callable[[Setup, int, int], dict[str, float]]] = {
+    "levels": levels,
+    "volume": volume,
+    "recovery": recovery,
+    "time_of_day": time_of_day,
+    "urgency": urgency,
+}
+"""every simulated protocol, by name"""
+
+
+def statistic_names() -> list[str]:
+    """Every statistic the simulated protocols report (what a targets file may name)."""
+    names = [
+        "email/open_rate",
+        "email/click_rate",
+        "email/click_to_open",
+        "email/unsubscribes_per_email",
+        "email/complaints_per_email",
+    ]
+    for k in range(1, 8):
+        names += [
+            f"volume/clicks_per_message/{k}",
+            f"volume/clicks_per_client_week/{k}",
+            f"volume/unsubscribes_per_message/{k}",
+            f"volume/complaints_per_message/{k}",
+        ]
+    names += [
+        "volume/per_message_7_vs_1",
+        "volume/total_7_vs_1",
+        "volume/last_step_vs_first_step",
+        "volume/unsubscribes_per_message_7_vs_4",
+        "volume/complaints_per_message_7_vs_4",
+    ]
+    names += [f"recovery/second_vs_first/{g}" for g in GAPS] + ["recovery/28_vs_1"]
+    names += [f"time_of_day/push_click_rate/{s}" for s in SLOT_KEYS]
+    names += ["time_of_day/push_peak_slot", "time_of_day/push_evening_vs_midday"]
+    names += [
+        "urgency/open_ratio",
+        "urgency/click_ratio",
+        "urgency/unsubscribe_ratio",
+        "urgency/unsubscribes_rise_more",
+    ]
+    return names

@@ -1,0 +1,138 @@
+"""The realism scorecard: protocols that do what they say, same seed same figures, and
+`calibrate.py report` that compares, prints and logs to MLflow, refusing bad input first."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+import calibrate
+from envs.config import load_setup
+from realism import protocols
+from realism.targets import Target, Targets
+from simulate.config import ConfigError
+
+SETUP = load_setup()
+
+
+def test_protocols_report_exactly_the_named_statistics_and_repeat_under_a_seed():
+    first: dict[str, float] = {}
+    for protocol in protocols.PROTOCOLS.values():
+        first.update(protocol(SETUP, 300, 7))
+    assert sorted(first) == sorted(protocols.statistic_names())
+    again: dict[str, float] = {}
+    for protocol in protocols.PROTOCOLS.values():
+        again.update(protocol(SETUP, 300, 7))
+    assert again == first
+    other = protocols.levels(SETUP, 300, 8)
+    assert other != {k: first[k] for k in other}
+
+
+def test_a_plan_sends_what_it_says_to_every_client():
+    sent = protocols.run(SETUP, 400, 14, 0, protocols.weekly())["sent"]
+    assert sent[0] == 400 and sent[7] <= 400 and sent[[d for d in range(14) if d % 7]].sum() == 0
+    for k in range(1, 8):
+        days = protocols.volume_days(k)
+        assert len(days) == k and days <= set(range(7))
+
+
+def test_volume_response_per_message_falls_with_volume():
+    """The simulator's own fatigue: more e-mails a week, fewer clicks per e-mail (a direction
+    every published source agrees on; its size is the scorecard's business)."""
+    stats = protocols.volume(SETUP, 2000, 0)
+    per_message = [stats[f"volume/clicks_per_message/{k}"] for k in range(1, 8)]
+    assert per_message[0] > per_message[3] > per_message[6]
+
+
+def test_scorecard_marks_in_and_out_of_band():
+    simulated = {"a": 0.5, "b": 2.0, "c": 1.0}
+    targets = Targets("t", (Target("a", 0.5, 0.4, 0.6), Target("b", 1.0, 0.5, 1.5)))
+    table = calibrate.scorecard(simulated, targets)
+    assert table["statistic"].to_list() == ["a", "b", "c"]
+    assert table["in_band"].to_list() == [True, False, None]
+    text = calibrate.markdown(table)
+    assert (
+        "| a | 0.5 | [0.4, 0.6] | 0.5 | yes |" in text
+        and "| b | 1 | [0.5, 1.5] | 2 | **no** |" in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "usage: python calibrate.py"),
+        (["fit"], "usage: python calibrate.py"),
+        (["report", "clients=many"], "clients must be a whole number"),
+        (["report", "clients=5"], "clients must be >= 100"),
+        (["report", "colour=red"], "unknown key 'colour'"),
+        (["report", "population"], "'population' is not key=value"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        calibrate.parse(argv)
+
+
+def test_report_logs_the_scorecard_to_mlflow(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, settings, overrides = calibrate.parse(
+        ["report", "clients=300", "seed=3", f"tracking.uri={uri}", "env.response.click_base=-3"]
+    )
+    run_id = calibrate.report(settings, overrides, progress=False)
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert mlflow.get_experiment(run.info.experiment_id).name == "cadence-realism"
+    metrics = run.data.metrics
+    table = pl.read_parquet(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path="scorecard/scorecard.parquet",
+            dst_path=str(tmp_path / "dl"),
+            tracking_uri=uri,
+        )
+    )
+    assert sorted(table["statistic"]) == sorted(protocols.statistic_names())
+    for row in table.iter_rows(named=True):  # every finite statistic is a metric, same value
+        if math.isfinite(row["simulated"]):
+            assert metrics[f"realism/{row['statistic']}"] == pytest.approx(row["simulated"])
+    assert metrics["realism/in_band"] == table["in_band"].sum()
+    assert metrics["realism/targets"] == 17
+    printed = capsys.readouterr().out
+    assert f"{int(metrics['realism/in_band'])} of 17 targets in band" in printed
+    assert run.data.params["overrides"] == "env.response.click_base=-3"
+    files = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id, "scorecard")}
+    assert {
+        "scorecard/scorecard.md",
+        "scorecard/scorecard.parquet",
+        "scorecard/volume_recovery.png",
+        "scorecard/time_of_day.png",
+    } <= files
+    # the override took effect: a lower click base, fewer clicks than the default's
+    assert metrics["realism/email/click_rate"] < protocols.levels(SETUP, 300, 3)["email/click_rate"]
+
+
+def test_a_bad_targets_file_fails_before_any_run(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {"targets": [{"statistic": "email/opn_rate", "target": 0.2, "band": [0.1, 0.3]}]}
+        )
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, settings, overrides = calibrate.parse(["report", f"targets={bad}", f"tracking.uri={uri}"])
+    with pytest.raises(ConfigError, match="did you mean 'email/open_rate'"):
+        calibrate.report(settings, overrides, progress=False)
+    assert not Path(tmp_path / "mlflow.db").exists()
+
+
+def test_the_default_targets_name_only_known_statistics():
+    from realism.targets import load_targets
+
+    targets = load_targets(calibrate.DEFAULTS["targets"], protocols.statistic_names())
+    assert len(targets.targets) == 17
+    assert np.isfinite([t.target for t in targets.targets]).all()
