@@ -4,6 +4,8 @@ beside its target and band; print the table, draw the curves, log it all to MLfl
     python calibrate.py report                                    # default population, targets/financial_services.yaml
     python calibrate.py report population=default clients=20000 seed=1
     python calibrate.py report targets=my_firm.yaml env.response.click_base=-3.2
+    python calibrate.py fit params=[env.response.click_base,env.response.complaint_base] name=fs_fit
+    python calibrate.py fit targets=my_firm.yaml params=[env.response.open_base] range.env.response.open_base=-3:0 trials=80
 
 Keys: ``population=``, ``env=``, ``scenario=`` (presets in conf/), ``targets=`` (a targets file,
 see realism/targets.py), ``clients=`` (fresh clients per protocol run, default 5,000),
@@ -12,7 +14,15 @@ to MLflow experiment ``cadence-realism``: params, a metric ``realism/<statistic>
 statistic, ``realism/in_band`` (targets met) and ``realism/targets`` (targets named), and the
 table (Markdown + Parquet) and plots as artifacts.
 
-The protocols are in realism/protocols.py; the real datasets' side in realism/data.py.
+``fit`` searches ``params=[...]`` (population.* and env.response.* numbers; Optuna,
+``sampler=auto`` (CMA-ES for two or more parameters, TPE for one), ``tpe`` or ``cmaes``, ``trials=`` default 40, ``range.<param>=low:high``) to bring the
+targets' statistics to their targets, on ``clients=`` (default 2,000) fresh clients with common
+random numbers, then writes ``conf/population/<name>.yaml`` and/or ``conf/env/<name>.yaml``
+(``name=``, default ``fitted``; an existing file is kept unless ``overwrite=true``), logs the
+search to MLflow and prints the fitted scorecard.
+
+The protocols are in realism/protocols.py, the search in realism/fit.py, the real datasets'
+side in realism/data.py.
 """
 
 from __future__ import annotations
@@ -47,36 +57,78 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "tracking.uri": None,
 }
-COMMANDS = ("report",)
+FIT_DEFAULTS: dict[str, Any] = {
+    "params": None,
+    "name": "fitted",
+    "trials": 40,
+    "sampler": "auto",
+    "overwrite": "false",
+}
+COMMANDS = ("report", "fit")
 
 
 def parse(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
-    """(command, settings, dotted overrides) from ``report key=value ...``; errors name the key."""
+    """(command, settings, dotted overrides) from ``report|fit key=value ...``; errors name the key."""
     if not argv or argv[0] not in COMMANDS:
         raise ConfigError(
             f"usage: python calibrate.py {{{','.join(COMMANDS)}}} [key=value ...]; got {argv[:1]}"
         )
+    command = argv[0]
     settings, overrides = dict(DEFAULTS), []
+    if command == "fit":
+        settings |= FIT_DEFAULTS | {"clients": 2000, "ranges": {}}
     for arg in argv[1:]:
         if "=" not in arg:
             raise ConfigError(f"{arg!r} is not key=value")
         key, value = arg.split("=", 1)
-        if key in DEFAULTS:
+        if key in DEFAULTS or (command == "fit" and key in FIT_DEFAULTS):
             settings[key] = value
+        elif command == "fit" and key.startswith("range."):
+            settings["ranges"][key[len("range.") :]] = _interval(key, value)
         elif key.startswith(("population.", "env.", "scenario.")):
             overrides.append(arg)
         else:
             raise ConfigError(
                 f"unknown key {key!r}; use {sorted(DEFAULTS)} or a dotted population./env./scenario. key"
             )
-    for key in ("clients", "seed"):
+    for key in ("clients", "seed", "trials"):
+        if key not in settings:
+            continue
         try:
             settings[key] = int(settings[key])
         except ValueError as exc:
             raise ConfigError(f"{key} must be a whole number, got {settings[key]!r}") from exc
     if settings["clients"] < 100:
         raise ConfigError(f"clients must be >= 100, got {settings['clients']}")
-    return argv[0], settings, overrides
+    if command == "fit":
+        settings["params"] = _names(settings["params"])
+        settings["overwrite"] = str(settings["overwrite"]).lower() in ("true", "1", "yes")
+        from realism.fit import SAMPLERS
+
+        if settings["sampler"] not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {SAMPLERS}, got {settings['sampler']!r}")
+        if settings["trials"] < 1:
+            raise ConfigError(f"trials must be >= 1, got {settings['trials']}")
+        if not settings["name"].replace("_", "").isalnum():
+            raise ConfigError(f"name must be letters, digits and _, got {settings['name']!r}")
+    return command, settings, overrides
+
+
+def _names(value: str | None) -> list[str]:
+    if not value:
+        raise ConfigError("params is required: params=[env.response.click_base,...]")
+    names = [n.strip() for n in value.strip().strip("[]").split(",") if n.strip()]
+    if not names:
+        raise ConfigError("params names no parameter")
+    return names
+
+
+def _interval(key: str, value: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value.split(":"))
+    except ValueError as exc:
+        raise ConfigError(f"{key} must be low:high, got {value!r}") from exc
+    return low, high
 
 
 def scorecard(simulated: dict[str, float], targets: Targets) -> pl.DataFrame:
@@ -243,11 +295,96 @@ def report(settings: dict[str, Any], overrides: list[str], progress: bool = True
     return run.info.run_id
 
 
+def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> dict:
+    """Search, write the fitted preset(s), log the search, print the fitted scorecard; returns
+    the fitted values."""
+    from omegaconf import OmegaConf
+
+    from realism.fit import fit, parameters
+
+    targets = load_targets(settings["targets"], protocols.statistic_names())
+    presets = {k: settings[k] for k in ("env", "population", "scenario")}
+    base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
+    parameters(settings["params"], base, settings["ranges"])  # every name and range checked first
+    groups = {n.split(".")[0] for n in settings["params"]}
+    paths = {g: ROOT / "conf" / g / f"{settings['name']}.yaml" for g in groups}
+    for path in paths.values():
+        if path.exists() and not settings["overwrite"]:
+            raise ConfigError(f"name: {path} exists; pick another name= or pass overwrite=true")
+    setup_mlflow(settings["tracking.uri"], EXPERIMENT)
+
+    def make_setup(values: dict[str, float]):
+        return load_setup(
+            **presets,
+            seed=settings["seed"],
+            overrides=[*overrides, *(f"{k}={v!r}" for k, v in values.items())],
+        )
+
+    best, study = fit(
+        targets,
+        settings["params"],
+        make_setup,
+        base,
+        settings["clients"],
+        settings["seed"],
+        settings["trials"],
+        settings["sampler"],
+        settings["ranges"],
+        progress,
+    )
+    fitted = make_setup(best)
+    header = (
+        f"# Fitted by python calibrate.py fit to {Path(settings['targets']).name} "
+        f"({settings['trials']} trials, {settings['sampler']}, {settings['clients']:,} clients, "
+        f"seed {settings['seed']}; objective {study.best_value:.4g}).\n# Fitted: "
+        + ", ".join(f"{k}={v:.6g}" for k, v in best.items())
+        + "\n"
+    )
+    for group, path in paths.items():
+        node = fitted.population if group == "population" else fitted.env
+        path.write_text(header + OmegaConf.to_yaml(OmegaConf.structured(node)))
+        print(f"wrote {path}")
+    with mlflow.start_run(
+        run_name=f"fit {settings['name']}",
+        tags={
+            "command": "fit",
+            "targets": Path(settings["targets"]).name,
+            "git_commit": git_commit(),
+        },
+    ):
+        mlflow.log_params(
+            {
+                "params": ",".join(settings["params"]),
+                "trials": settings["trials"],
+                "sampler": settings["sampler"],
+                "clients": settings["clients"],
+                "seed": settings["seed"],
+                "name": settings["name"],
+                "overrides": " ".join(overrides),
+            }
+        )
+        for trial in study.trials:
+            if trial.value is not None:
+                mlflow.log_metric("fit/objective", trial.value, step=trial.number)
+        mlflow.log_metrics(
+            {f"fit/{k}": v for k, v in best.items()} | {"fit/best": study.best_value}
+        )
+        for path in paths.values():
+            mlflow.log_artifact(str(path), "presets")
+    chosen = dict(settings)
+    for group in groups:
+        chosen[group] = settings["name"]
+    report(chosen, [o for o in overrides if o.split("=")[0] not in best], progress=progress)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         command, settings, overrides = parse(sys.argv[1:] if argv is None else argv)
         if command == "report":
             report(settings, overrides)
+        else:
+            run_fit(settings, overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

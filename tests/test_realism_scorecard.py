@@ -67,7 +67,8 @@ def test_scorecard_marks_in_and_out_of_band():
     ("argv", "message"),
     [
         ([], "usage: python calibrate.py"),
-        (["fit"], "usage: python calibrate.py"),
+        (["tune"], "usage: python calibrate.py"),
+        (["fit"], "params is required"),
         (["report", "clients=many"], "clients must be a whole number"),
         (["report", "clients=5"], "clients must be >= 100"),
         (["report", "colour=red"], "unknown key 'colour'"),
@@ -136,3 +137,139 @@ def test_the_default_targets_name_only_known_statistics():
     targets = load_targets(calibrate.DEFAULTS["targets"], protocols.statistic_names())
     assert len(targets.targets) == 17
     assert np.isfinite([t.target for t in targets.targets]).all()
+
+
+# ----- calibration by simulated moments ------------------------------------------------------
+def _known_targets(true: dict[str, float], statistics: tuple[str, ...], clients: int) -> Targets:
+    """The scorecard of a world with known parameters, as targets (bands of +-10 %)."""
+    known = load_setup(overrides=[f"{k}={v}" for k, v in true.items()])
+    stats = protocols.levels(known, clients, 0)
+    return Targets(
+        "known", tuple(Target(k, stats[k], stats[k] * 0.9, stats[k] * 1.1) for k in statistics)
+    )
+
+
+def _fit(targets: Targets, names: list[str], clients: int, trials: int) -> dict[str, float]:
+    from realism.fit import fit
+
+    best, _ = fit(
+        targets,
+        names,
+        lambda values: load_setup(overrides=[f"{k}={v!r}" for k, v in values.items()]),
+        SETUP,
+        clients,
+        0,
+        trials,
+        progress=False,
+    )
+    return best
+
+
+def test_fit_recovers_known_parameters_from_their_own_scorecard():
+    r = SETUP.env.response
+    true = {
+        "env.response.click_base": r.click_base - 0.8,
+        "env.response.open_base": r.open_base + 0.4,
+    }
+    targets = _known_targets(true, ("email/open_rate", "email/click_rate"), 600)
+    best = _fit(targets, list(true), 600, 40)
+    # measured: -2.395 (true -2.4) and -0.506 (true -0.5) from a start at -1.6 and -0.9
+    assert best["env.response.click_base"] == pytest.approx(
+        true["env.response.click_base"], abs=0.05
+    )
+    assert best["env.response.open_base"] == pytest.approx(true["env.response.open_base"], abs=0.05)
+
+
+@pytest.mark.slow  # 80 trials on 2,000 clients
+def test_fit_recovers_three_known_parameters():
+    r = SETUP.env.response
+    true = {
+        "env.response.click_base": r.click_base - 0.8,
+        "env.response.open_base": r.open_base + 0.4,
+        "env.response.unsub_base": r.unsub_base + 0.5,
+    }
+    targets = _known_targets(
+        true, ("email/open_rate", "email/click_rate", "email/unsubscribes_per_email"), 2000
+    )
+    best = _fit(targets, list(true), 2000, 80)
+    # measured: -2.436, -0.501, -5.574 against -2.4, -0.5, -5.5 (unsubscribes are rare: looser)
+    assert best["env.response.click_base"] == pytest.approx(
+        true["env.response.click_base"], abs=0.1
+    )
+    assert best["env.response.open_base"] == pytest.approx(true["env.response.open_base"], abs=0.05)
+    assert best["env.response.unsub_base"] == pytest.approx(
+        true["env.response.unsub_base"], abs=0.25
+    )
+
+
+@pytest.fixture
+def preset_name():
+    name = "test_fit_preset"
+    yield name
+    for group in ("env", "population"):
+        (calibrate.ROOT / "conf" / group / f"{name}.yaml").unlink(missing_ok=True)
+
+
+def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
+    tmp_path, preset_name, capsys
+):
+    r = SETUP.env.response
+    true = {"env.response.click_base": r.click_base - 0.5}
+    targets = _known_targets(true, ("email/click_rate",), 400)
+    path = tmp_path / "targets.yaml"
+    from realism.targets import write_targets
+
+    write_targets(targets, path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [
+        "fit",
+        f"targets={path}",
+        "params=[env.response.click_base]",
+        f"name={preset_name}",
+        "trials=12",
+        "clients=400",
+        f"tracking.uri={uri}",
+    ]
+    _, settings, overrides = calibrate.parse(argv)
+    best = calibrate.run_fit(settings, overrides, progress=False)
+    written = calibrate.ROOT / "conf" / "env" / f"{preset_name}.yaml"
+    assert written.is_file() and "Fitted by python calibrate.py fit" in written.read_text()
+    assert load_setup(env=preset_name).env.response.click_base == pytest.approx(
+        best["env.response.click_base"]
+    )
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cadence-realism").experiment_id
+    fit_runs = [r for r in client.search_runs([experiment]) if r.data.tags.get("command") == "fit"]
+    assert len(fit_runs) == 1
+    history = client.get_metric_history(fit_runs[0].info.run_id, "fit/objective")
+    assert len(history) == 12
+    assert "targets in band" in capsys.readouterr().out  # the fitted scorecard was printed
+    before = written.read_text()
+    with pytest.raises(ConfigError, match="exists; pick another name= or pass overwrite=true"):
+        calibrate.run_fit(*calibrate.parse(argv)[1:], progress=False)
+    assert written.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["params=[env.response.click_bse]"], "unknown parameter 'env.response.click_bse'"),
+        (
+            ["params=[env.response.click_base]", "range.env.response.click_base=0:-1"],
+            "must be an interval",
+        ),
+        (
+            ["params=[env.response.click_base]", "range.env.response.open_base=-1:0"],
+            "range given for",
+        ),
+        (["params=[env.response.click_base]", "sampler=grid"], "sampler must be one of"),
+        ([], "params is required"),
+    ],
+)
+def test_fit_refuses_bad_parameters_before_any_work(tmp_path, extra, message):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ConfigError, match=message):
+        calibrate.run_fit(
+            *calibrate.parse(["fit", f"tracking.uri={uri}", "trials=2", *extra])[1:], progress=False
+        )
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,171 @@
+"""Calibration by simulated moments: search population and response parameters so the
+scorecard's statistics come to their targets.
+
+Each trial sets the parameters, runs only the protocols the targets need on the same fresh
+clients with the same luck (common random numbers: the objective moves only with the
+parameters, so it is smooth and cheap), and scores the misses: the sum over targets of
+``weight * ((simulated - target) / scale) ** 2``, ``scale`` the band's half-width (the distance
+from the target to the finite edge for a one-sided band). Optuna's TPE or CMA-ES sampler
+proposes the next trial (default: CMA-ES for two or more parameters, TPE for one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import optuna
+
+from envs.config import Setup, load_setup
+from realism import protocols
+from realism.targets import Targets, check_parameters
+from simulate.config import ConfigError, PopulationConfig, ResponseConfig
+
+PREFIX_PROTOCOL = {
+    "email/": "levels",
+    "volume/": "volume",
+    "recovery/": "recovery",
+    "time_of_day/": "time_of_day",
+    "urgency/": "urgency",
+}
+SAMPLERS = ("auto", "tpe", "cmaes")
+"""auto: CMA-ES for two or more parameters (the objective is smooth under common random
+numbers), TPE for one (CMA-ES needs two)"""
+PENALTY = 1e6
+"""objective of a trial whose statistics are not finite (e.g. no complaints to divide by)"""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A searched parameter and its range."""
+
+    name: str
+    low: float
+    high: float
+    start: float
+
+
+def needed_protocols(targets: Targets) -> list[str]:
+    """The protocols that compute the targets' statistics, in protocol order."""
+    names = set()
+    for statistic in targets.names():
+        match = [p for prefix, p in PREFIX_PROTOCOL.items() if statistic.startswith(prefix)]
+        if not match:
+            raise ConfigError(f"targets: no simulated protocol computes {statistic!r}")
+        names.add(match[0])
+    return [p for p in protocols.PROTOCOLS if p in names]
+
+
+def _field(name: str) -> dataclasses.Field:
+    group, key = name.rsplit(".", 1)
+    schema = PopulationConfig if group == "population" else ResponseConfig
+    return next(f for f in dataclasses.fields(schema) if f.name == key)
+
+
+def _current(setup: Setup, name: str) -> float:
+    group, key = name.rsplit(".", 1)
+    return float(getattr(setup.population if group == "population" else setup.env.response, key))
+
+
+def parameters(
+    names: Sequence[str], base: Setup, ranges: dict[str, tuple[float, float]] | None = None
+) -> list[Parameter]:
+    """Each named parameter with its search range: ``ranges`` where given, else the current value
+    plus or minus max(|value|, 1), within the parameter's allowed range."""
+    out = []
+    for name in check_parameters(names):
+        meta, start = _field(name).metadata, _current(base, name)
+        lo_allowed = meta.get("lo") if meta.get("lo") is not None else -math.inf
+        hi_allowed = meta.get("hi") if meta.get("hi") is not None else math.inf
+        if ranges and name in ranges:
+            low, high = ranges[name]
+            if not lo_allowed <= low < high <= hi_allowed:
+                raise ConfigError(
+                    f"range.{name}: [{low}, {high}] must be an interval within "
+                    f"[{lo_allowed}, {hi_allowed}]"
+                )
+        else:
+            span = max(abs(start), 1.0)
+            low, high = max(start - span, lo_allowed), min(start + span, hi_allowed)
+        out.append(Parameter(name, float(low), float(high), start))
+    unknown = sorted(set(ranges or {}) - set(names))
+    if unknown:
+        raise ConfigError(f"range given for {unknown}, which params does not name")
+    return out
+
+
+def with_values(base_overrides: Sequence[str], values: dict[str, float], **presets) -> Setup:
+    """The setup of ``presets`` with ``base_overrides`` and the parameter ``values`` applied."""
+    return load_setup(
+        **presets, overrides=[*base_overrides, *(f"{k}={v!r}" for k, v in values.items())]
+    )
+
+
+def simulate(setup: Setup, names: Sequence[str], clients: int, seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name in names:
+        out.update(protocols.PROTOCOLS[name](setup, clients, seed))
+    return out
+
+
+def scale(target) -> float:
+    if math.isfinite(target.low) and math.isfinite(target.high):
+        half = (target.high - target.low) / 2
+    else:
+        edge = target.low if math.isfinite(target.low) else target.high
+        half = abs(target.target - edge) if math.isfinite(edge) else abs(target.target)
+    return half if half > 0 else max(abs(target.target), 1e-9)
+
+
+def objective(simulated: dict[str, float], targets: Targets) -> float:
+    total = 0.0
+    for t in targets.targets:
+        value = simulated[t.statistic]
+        if not math.isfinite(value):
+            return PENALTY
+        total += t.weight * ((value - t.target) / scale(t)) ** 2
+    return total
+
+
+def fit(
+    targets: Targets,
+    names: Sequence[str],
+    make_setup: Callable[[dict[str, float]], Setup],
+    base: Setup,
+    clients: int,
+    seed: int,
+    trials: int,
+    sampler: str = "auto",
+    ranges: dict[str, tuple[float, float]] | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, float], optuna.Study]:
+    """Search ``names`` to bring the statistics to ``targets``; returns the best values and the
+    study. ``make_setup(values)`` builds the world of one trial."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if trials < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials}")
+    space = parameters(names, base, ranges)
+    needed = needed_protocols(targets)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if sampler == "auto":
+        sampler = "cmaes" if len(space) >= 2 else "tpe"
+    chosen = (
+        optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, trials))
+        if sampler == "tpe"
+        else optuna.samplers.CmaEsSampler(seed=seed, x0={p.name: p.start for p in space})
+    )
+    study = optuna.create_study(direction="minimize", sampler=chosen)
+    study.enqueue_trial({p.name: p.start for p in space})  # the starting point is trial 0
+
+    def run_trial(trial: optuna.Trial) -> float:
+        values = {p.name: trial.suggest_float(p.name, p.low, p.high) for p in space}
+        simulated = simulate(make_setup(values), needed, clients, seed)
+        return objective(simulated, targets)
+
+    study.optimize(run_trial, n_trials=trials, show_progress_bar=progress)
+    return dict(study.best_params), study
