@@ -300,7 +300,7 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
     the fitted values."""
     from omegaconf import OmegaConf
 
-    from realism.fit import fit, parameters
+    from realism.fit import apply, fit, parameters
 
     targets = load_targets(settings["targets"], protocols.statistic_names())
     presets = {k: settings[k] for k in ("env", "population", "scenario")}
@@ -314,11 +314,7 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
     setup_mlflow(settings["tracking.uri"], EXPERIMENT)
 
     def make_setup(values: dict[str, float]):
-        return load_setup(
-            **presets,
-            seed=settings["seed"],
-            overrides=[*overrides, *(f"{k}={v!r}" for k, v in values.items())],
-        )
+        return apply(base, values)
 
     best, study = fit(
         targets,
@@ -332,7 +328,11 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
         settings["ranges"],
         progress,
     )
-    fitted = make_setup(best)
+    fitted = load_setup(  # the fitted values through the checked config path once more
+        **presets,
+        seed=settings["seed"],
+        overrides=[*overrides, *(f"{k}={v!r}" for k, v in best.items())],
+    )
     header = (
         f"# Fitted by python calibrate.py fit to {Path(settings['targets']).name} "
         f"({settings['trials']} trials, {settings['sampler']}, {settings['clients']:,} clients, "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from envs.config import Setup, load_setup
+from envs.config import Setup
 from realism import protocols
 from realism.targets import Targets, check_parameters
 from simulate.config import ConfigError, PopulationConfig, ResponseConfig
@@ -97,10 +97,14 @@ def parameters(
     return out
 
 
-def with_values(base_overrides: Sequence[str], values: dict[str, float], **presets) -> Setup:
-    """The setup of ``presets`` with ``base_overrides`` and the parameter ``values`` applied."""
-    return load_setup(
-        **presets, overrides=[*base_overrides, *(f"{k}={v!r}" for k, v in values.items())]
+def apply(base: Setup, values: dict[str, float]) -> Setup:
+    """``base`` with the parameter ``values`` set (names as :func:`parameters` checked them; the
+    search keeps each inside its allowed range). A copy: ``base`` is not changed."""
+    population = {k.split(".")[-1]: v for k, v in values.items() if k.startswith("population.")}
+    response = {k.split(".")[-1]: v for k, v in values.items() if k.startswith("env.response.")}
+    env = dataclasses.replace(base.env, response=dataclasses.replace(base.env.response, **response))
+    return dataclasses.replace(
+        base, env=env, population=dataclasses.replace(base.population, **population)
     )
 
 

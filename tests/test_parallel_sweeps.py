@@ -33,8 +33,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def tracking_server(tmp_path):
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """One server for the module (its start-up is most of a test's time); each test logs to
+    its own experiment."""
+    tmp_path = tmp_path_factory.mktemp("server")
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -90,9 +93,9 @@ def _sweep(args: list[str], tmp_path: Path, uri: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _check(uri: str) -> None:
+def _check(uri: str, experiment: str) -> None:
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["cadence"])
+    runs = mlflow.search_runs(experiment_names=[experiment])
     parent = runs[runs["tags.sweep_parent"] == "true"]
     assert len(parent) == 1
     children = runs[runs["tags.mlflow.parentRunId"] == parent.iloc[0].run_id]
@@ -103,8 +106,8 @@ def _check(uri: str) -> None:
 
 
 def test_joblib_sweep_logs_through_tracking_server(tracking_server, tmp_path):
-    _sweep(["launcher=joblib"], tmp_path, tracking_server)
-    _check(tracking_server)
+    _sweep(["launcher=joblib", "tracking.experiment=joblib-sweep"], tmp_path, tracking_server)
+    _check(tracking_server, "joblib-sweep")
 
 
 def test_ray_sweep_on_a_local_cluster(tracking_server, tmp_path):
@@ -128,10 +131,14 @@ def test_ray_sweep_on_a_local_cluster(tracking_server, tmp_path):
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         _sweep(
-            ["launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}"],
+            [
+                "launcher=ray",
+                f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+                "tracking.experiment=ray-sweep",
+            ],
             tmp_path,
             tracking_server,
         )
-        _check(tracking_server)
+        _check(tracking_server, "ray-sweep")
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
