@@ -185,8 +185,9 @@ def _g(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.4g}"
 
 
-def plots(simulated: dict[str, float], folder: Path) -> list[Path]:
-    """Volume, recovery and time-of-day curves (what the ratios in the table summarise)."""
+def plots(simulated: dict[str, float], folder: Path, targets: Targets | None = None) -> list[Path]:
+    """Volume, recovery and time-of-day curves (what the ratios in the table summarise), and the
+    bank protocol's success by contact, over the data's where the targets hold them."""
     out = []
     k = list(range(1, 8))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -238,6 +239,37 @@ def plots(simulated: dict[str, float], folder: Path) -> list[Path]:
     out.append(folder / "time_of_day.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
+
+    labels = [*map(str, range(1, 10)), "10plus"]
+    names = ["bank/success_rate/contact_1"] + [
+        f"bank/relative_success/contact_{k}" for k in labels[1:]
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(labels, [1.0] + [simulated[n] for n in names[1:]], "o-", label="simulated")
+    named = set(targets.names()) if targets else set()
+    if all(n in named for n in names[1:]):
+        real = [targets[n] for n in names[1:]]
+        ax.errorbar(
+            labels,
+            [1.0] + [t.target for t in real],
+            yerr=[
+                [0.0] + [t.target - t.low for t in real],
+                [0.0] + [t.high - t.target for t in real],
+            ],
+            fmt="s--",
+            capsize=3,
+            label="data (band)",
+        )
+    ax.set(
+        xlabel="contact number",
+        ylabel="success / first contact's",
+        title="bank protocol: repeated offers",
+    )
+    ax.legend()
+    fig.tight_layout()
+    out.append(folder / "bank_contacts.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
     return out
 
 
@@ -265,7 +297,7 @@ def report(settings: dict[str, Any], overrides: list[str], progress: bool = True
         f"targets: {settings['targets']}\nsource: {targets.source}\n\n{text}\n"
     )
     table.write_parquet(work / "scorecard.parquet")
-    plots(simulated, work)
+    plots(simulated, work, targets)
     with mlflow.start_run(
         run_name=f"report {settings['population']}",
         tags={

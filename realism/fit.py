@@ -30,6 +30,7 @@ PREFIX_PROTOCOL = {
     "recovery/": "recovery",
     "time_of_day/": "time_of_day",
     "urgency/": "urgency",
+    "bank/": "bank_contacts",
 }
 SAMPLERS = ("auto", "tpe", "cmaes")
 """auto: CMA-ES for two or more parameters (the objective is smooth under common random

@@ -16,6 +16,12 @@ protocol measures the clients, not a cadence rule):
   one slot for all clients, for each slot in turn: clicks per push by slot.
 * **urgency**: the weekly e-mail of *levels* in an urgent tone beside the informative one, over
   the first 4 weeks: opens, clicks and unsubscribes relative to informative.
+* **bank contacts** (the bank campaign's protocol): a product offer by SMS at midday every 3
+  days to each client until they convert, unsubscribe or churn, up to 12 contacts. Success at
+  contact k is the share of clients reached a k-th time who convert on it (10 or more pooled),
+  reported relative to the first contact, and the share of clients who convert at all. The data
+  give success by the number of contacts a client had in the campaign, which is this share where
+  the campaign stops at a conversion; it is observational, this is not.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ INFORMATIVE, URGENT = TONES.index("informative"), TONES.index("urgent")
 SUMMARY = CONTENTS.index("portfolio_summary")
 MORNING = 1 + SLOT_KEYS.index("morning")
 COUNTED = ("sent", "opened", "clicked", "unsubscribed", "complaint")
+SMS = CHANNELS.index("sms")
+OFFER = CONTENTS.index("product_offer")
+MIDDAY = 1 + SLOT_KEYS.index("midday")
+BANK_CONTACTS, BANK_EVERY = 12, 3
+"""the bank protocol's most contacts per client and days between them"""
 
 
 @dataclass(frozen=True)
@@ -190,12 +201,44 @@ def urgency(setup: Setup, clients: int, seed: int) -> dict[str, float]:
     return out
 
 
+def bank_contacts(setup: Setup, clients: int, seed: int) -> dict[str, float]:
+    ids = np.uint64(CLIENT_OFFSET) + np.arange(clients, dtype=np.uint64)
+    world = World(setup.population, setup.env.response, setup.scenario, seed, ids)
+    zeros = np.zeros(clients, dtype=np.int64)
+    active = np.ones(clients, dtype=bool)
+    converted_any = np.zeros(clients, dtype=bool)
+    reached, success = np.zeros(BANK_CONTACTS + 1), np.zeros(BANK_CONTACTS + 1)
+    for day in range(BANK_CONTACTS * BANK_EVERY):
+        contact = day // BANK_EVERY + 1
+        calling = active & (day % BANK_EVERY == 0) & ~world.churned & ~world.opted_out[:, SMS]
+        slot = np.where(calling, MIDDAY, 0)
+        out = world.step(day, slot, zeros + INFORMATIVE, zeros + SMS, zeros + OFFER)
+        if day % BANK_EVERY == 0:
+            reached[contact] += calling.sum()
+            success[contact] += (out["converted"] & calling).sum()
+        converted_any |= out["converted"]
+        active &= ~out["converted"]
+    rate = {k: success[k] / reached[k] if reached[k] else float("nan") for k in range(1, 10)}
+    rate[10] = success[10:].sum() / reached[10:].sum() if reached[10:].sum() else float("nan")
+    first = rate[1]
+    out_stats = {
+        "bank/success_rate": float(converted_any.mean()),
+        "bank/success_rate/contact_1": float(first),
+    }
+    for k in (*range(2, 10), 10):
+        label = "10plus" if k == 10 else str(k)
+        out_stats[f"bank/relative_success/contact_{label}"] = float(_ratio(rate[k], first))
+    out_stats["bank/decline_1_to_10plus"] = float(_ratio(first, rate[10]))
+    return out_stats
+
+
 PROTOCOLS: dict[str, Callable[[Setup, int, int], dict[str, float]]] = {
     "levels": levels,
     "volume": volume,
     "recovery": recovery,
     "time_of_day": time_of_day,
     "urgency": urgency,
+    "bank_contacts": bank_contacts,
 }
 """every simulated protocol, by name"""
 
@@ -232,4 +275,7 @@ def statistic_names() -> list[str]:
         "urgency/unsubscribe_ratio",
         "urgency/unsubscribes_rise_more",
     ]
+    names += ["bank/success_rate", "bank/success_rate/contact_1"]
+    names += [f"bank/relative_success/contact_{k}" for k in (*range(2, 10), "10plus")]
+    names += ["bank/decline_1_to_10plus"]
     return names

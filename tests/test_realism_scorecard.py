@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_protocols_report_exactly_the_named_statistics_and_repeat_under_a_seed()
     again: dict[str, float] = {}
     for protocol in protocols.PROTOCOLS.values():
         again.update(protocol(SETUP, 300, 7))
-    assert again == first
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)  # NaN-safe
     other = protocols.levels(SETUP, 300, 8)
     assert other != {k: first[k] for k in other}
 
@@ -40,6 +41,14 @@ def test_a_plan_sends_what_it_says_to_every_client():
     for k in range(1, 8):
         days = protocols.volume_days(k)
         assert len(days) == k and days <= set(range(7))
+
+
+def test_bank_protocol_contacts_until_conversion():
+    stats = protocols.bank_contacts(SETUP, 2000, 0)
+    assert 0 < stats["bank/success_rate/contact_1"] <= stats["bank/success_rate"] <= 1
+    assert stats["bank/decline_1_to_10plus"] == pytest.approx(
+        1 / stats["bank/relative_success/contact_10plus"]
+    )
 
 
 def test_volume_response_per_message_falls_with_volume():
@@ -112,6 +121,7 @@ def test_report_logs_the_scorecard_to_mlflow(tmp_path, capsys):
         "scorecard/scorecard.parquet",
         "scorecard/volume_recovery.png",
         "scorecard/time_of_day.png",
+        "scorecard/bank_contacts.png",
     } <= files
     # the override took effect: a lower click base, fewer clicks than the default's
     assert metrics["realism/email/click_rate"] < protocols.levels(SETUP, 300, 3)["email/click_rate"]
