@@ -39,7 +39,7 @@ MAX_BODY_BYTES = 64 * 2**20
 """default largest request body (64 MiB: about 100,000 rows of 41 features as JSON)"""
 
 
-def parse_request(body: bytes, feature_names: list[str], max_rows: int) -> tuple[Any, bool | None]:
+def parse_request(body: bytes, max_rows: int) -> tuple[Any, bool | None]:
     """(a mapping of feature name -> column, explain or None) from a JSON body;
     :class:`RequestError` naming what is wrong."""
     try:
@@ -151,7 +151,7 @@ def make_server(
                 return
             body = self.rfile.read(int(length))
             try:
-                table, explain = parse_request(body, runtime.feature_names, runtime.max_rows)
+                table, explain = parse_request(body, runtime.max_rows)
                 rows = len(next(iter(table.values()))) if table else 0
                 records = runtime.decide(table, explain=wants_reasons(explain, rows)).records()
             except TooLarge as error:
