@@ -289,3 +289,16 @@ def test_fit_refuses_bad_parameters_before_any_work(tmp_path, extra, message):
             *calibrate.parse(["fit", f"tracking.uri={uri}", "trials=2", *extra])[1:], progress=False
         )
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_targets_the_simulator_cannot_compute_yet_say_what_they_wait_for(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    targets = calibrate.ROOT / "targets" / "hillstrom.yaml"
+    _, settings, overrides = calibrate.parse(
+        ["report", f"targets={targets}", f"tracking.uri={uri}"]
+    )
+    with pytest.raises(ConfigError, match="needs clients who visit on their own"):
+        calibrate.report(settings, overrides, progress=False)
+    from realism.targets import load_targets
+
+    assert set(calibrate.data_statistic_names()) == set(load_targets(targets).names())
