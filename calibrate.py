@@ -44,6 +44,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from experiment.tracking import ROOT, git_commit, setup_mlflow  # noqa: E402
 from realism import protocols  # noqa: E402
+from realism.data import hillstrom_statistic_names  # noqa: E402
 from realism.targets import Targets, load_targets  # noqa: E402
 from simulate.config import ConfigError  # noqa: E402
 
@@ -283,7 +284,7 @@ def simulated_targets(path: str) -> Targets:
     """A targets file whose every statistic a simulated protocol computes; a statistic of a
     protocol not built yet is named with what it is waiting for."""
     names = protocols.statistic_names()
-    targets = load_targets(path, [*names, *data_statistic_names()])
+    targets = load_targets(path, [*names, *hillstrom_statistic_names()])
     waiting = [n for n in targets.names() if n not in names]
     if waiting:
         why = next(w for prefix, w in NOT_SIMULATED.items() if waiting[0].startswith(prefix))
@@ -291,19 +292,6 @@ def simulated_targets(path: str) -> Targets:
             f"targets: {path} names {waiting[0]!r} (and {len(waiting) - 1} more): {why}"
         )
     return targets
-
-
-def data_statistic_names() -> dict[str, str]:
-    """Statistics the real datasets' protocols give that no simulated protocol computes yet."""
-    from realism.data import RECENCY_BUCKETS
-
-    out = {}
-    for suffix in ["", *(f"/recency_{lo}_{hi}" for lo, hi in RECENCY_BUCKETS)]:
-        for arm in ("no_email", "email"):
-            out[f"hillstrom/visit_rate/{arm}{suffix}"] = "hillstrom"
-            out[f"hillstrom/conversion_rate/{arm}{suffix}"] = "hillstrom"
-        out[f"hillstrom/visit_lift{suffix}"] = "hillstrom"
-    return out
 
 
 def report(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> str:

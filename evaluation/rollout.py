@@ -14,21 +14,12 @@ from agents.base import Policy
 from envs.config import RewardConfig, Setup
 from envs.core import CadenceCore
 from simulate.labels import N_CHANNELS, N_SEGMENTS, N_SLOTS, N_TONES, TONES
+from simulate.world import OUTCOMES
 
 EVAL_CLIENT_OFFSET = 1 << 48
 """client ids used for evaluation start here: training (offset 0) never sees these clients"""
-SUMMED = (
-    "sent",
-    "opened",
-    "clicked",
-    "calm_click",
-    "anxious_click",
-    "converted",
-    "harmful",
-    "unsubscribed",
-    "complaint",
-    "violation",
-)
+SUMMED = (*(o for o in OUTCOMES if o != "churned"), "violation")
+"""per-client outcome counts a rollout sums over its days"""
 URGENT = TONES.index("urgent")
 VULNERABLE_SUSCEPTIBILITY = 0.6
 """clients above this anxiety susceptibility count as vulnerable"""

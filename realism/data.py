@@ -74,6 +74,19 @@ def _read(path: Path, columns: tuple[str, ...], separator: str = ",") -> pl.Data
     return pl.read_csv(path, separator=separator, columns=list(columns), infer_schema_length=None)
 
 
+def hillstrom_statistic_names() -> list[str]:
+    """Names of the statistics :func:`hillstrom_statistics` gives, in its order."""
+    names = []
+    for suffix in ["", *(f"/recency_{lo}_{hi}" for lo, hi in RECENCY_BUCKETS)]:
+        for arm in ("no_email", "email"):
+            names += [
+                f"hillstrom/visit_rate/{arm}{suffix}",
+                f"hillstrom/conversion_rate/{arm}{suffix}",
+            ]
+        names.append(f"hillstrom/visit_lift{suffix}")
+    return names
+
+
 def hillstrom_statistics(path: Path) -> dict[str, float]:
     """Rates of the Hillstrom protocol (fractions, not percentages); names as in the targets."""
     frame = _read(path, ("recency", "segment", "visit", "conversion"))

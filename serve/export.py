@@ -185,6 +185,14 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in (
@@ -239,7 +247,7 @@ def export_policy(
         manifest["integrity"] = integrity_block(manifest, onnx, signing_key(key))
         verify_manifest(manifest, onnx, signing_key(key), new / MANIFEST_FILE)
         _write(new / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
-        _write(new / ONNX_FILE, onnx)  # fsync'd as well
+        _sync(new / ONNX_FILE)  # on disk before the swap makes it the export
         swap_in(new, out)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)

@@ -240,7 +240,6 @@ class PolicyRuntime:
             (prefix, np.array([i for i, n in enumerate(names) if n.startswith(prefix)]), lo, hi)
             for prefix, (lo, hi) in contract.ONE_HOT_GROUPS.items()
         ]
-        self._tier_cols = self._one_hot[1][1]
         self._visible = np.stack(
             [(self.min_tier <= t).astype(np.float32) for t in range(contract.N_TIERS)]
         )  # (tiers, D): 1 where a client of that tier lets the policy see the feature
@@ -330,13 +329,6 @@ class PolicyRuntime:
         and float64 columns are all accepted. Raises :class:`RequestError` naming the feature
         (and row) at fault: never a guess toward sending."""
         x = self._matrix(features)
-        if len(x) == 0:
-            raise RequestError("the request has no rows")
-        if len(x) > self.max_rows:
-            raise TooLarge(
-                f"the request has {len(x):,} rows; at most {self.max_rows:,} are allowed per "
-                "request (split it)"
-            )
         # NaN and infinities fail both comparisons, so one pass finds them with the ranges
         if not ((x >= self._low_ok) & (x <= self._high_ok)).all():
             self._raise_range(x)
@@ -363,7 +355,7 @@ class PolicyRuntime:
                 )
         x = np.array(x, dtype=np.float32)  # a copy: consent below never writes the caller's data
         if self._gated:
-            tier = np.argmax(x[:, self._tier_cols], axis=1)
+            tier = np.argmax(x[:, self.guards.i_tier], axis=1)
             visible = self._visible[tier]  # (N, D)
             if self.consent == "refuse":
                 leaked = (visible == 0) & (x != 0)
@@ -377,6 +369,16 @@ class PolicyRuntime:
             x *= visible
         return x
 
+    def _check_rows(self, rows: int) -> None:
+        """Refuse an empty request or one over ``max_rows`` before any copy is made of it."""
+        if rows == 0:
+            raise RequestError("the request has no rows")
+        if rows > self.max_rows:
+            raise TooLarge(
+                f"the request has {rows:,} rows; at most {self.max_rows:,} are allowed per "
+                "request (split it)"
+            )
+
     def _matrix(self, features: Any) -> np.ndarray:
         """(N, D) float32 or float64 array of the request, columns in contract order."""
         if isinstance(features, np.ndarray):
@@ -384,6 +386,7 @@ class PolicyRuntime:
                 raise RequestError(
                     f"expected an array of shape (N, {len(self.feature_names)}), got {features.shape}"
                 )
+            self._check_rows(len(features))
             if features.dtype.kind not in "biuf":
                 raise RequestError(
                     f"features must be numbers (integer or float), got dtype {features.dtype}"
@@ -400,6 +403,7 @@ class PolicyRuntime:
             raise RequestError(
                 f"unknown feature(s): {', '.join(map(str, extra))}; expected {self.feature_names}"
             )
+        self._check_rows(len(np.asarray(features[self.feature_names[0]])))
         out = None
         for j, name in enumerate(self.feature_names):
             column = np.asarray(features[name])
@@ -610,7 +614,7 @@ class PolicyRuntime:
         scores = self.action_scores(without, np.tile(actions, (groups, 1))).reshape(groups, n)
         push = self.action_scores(logits, actions)[None, :] - scores  # (groups, N)
         # a group the client's consent tier hides is never quoted (it reads 0 anyway)
-        tier = np.argmax(x[:, self._tier_cols], axis=1)
+        tier = np.argmax(x[:, self.guards.i_tier], axis=1)
         group_tier = np.array([self.min_tier[cols].max() for _, cols in self._groups])
         push[group_tier[:, None] > tier[None, :]] = -np.inf
         out = []

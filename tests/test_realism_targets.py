@@ -127,6 +127,7 @@ def test_hillstrom_protocol_on_a_file_with_known_answers(tmp_path):
     path = tmp_path / "h.csv"
     path.write_text("\n".join(rows) + "\n")
     stats = data.hillstrom_statistics(path)
+    assert list(stats) == data.hillstrom_statistic_names()
     assert stats["hillstrom/visit_rate/no_email/recency_1_4"] == 0.25
     assert stats["hillstrom/visit_rate/email/recency_1_4"] == 0.75
     assert stats["hillstrom/conversion_rate/email/recency_1_4"] == 0.25
