@@ -4,7 +4,8 @@ For every client and every allowed action it computes, from the world's own resp
 probabilities, the expected balanced reward of today's message plus a lookahead: how the
 message moves fatigue, trust and anxiety, and so the churn hazard over the next
 ``lookahead_days``, valued at ``churn_value`` per client lost; fatigue is charged for as long
-as it lasts. It picks the action with the best total (no-send scores 0).
+as it lasts. It picks the action with the best total (no-send scores 0). Conversions are counted
+incrementally: a click replaces the organic visit the client might have made that day.
 """
 
 from __future__ import annotations
@@ -49,7 +50,15 @@ class Oracle:
         p_open, calm, anx = pr["open"], pr["calm_click"], pr["anxious_click"]
         p_calm = p_open * calm
         p_anx = p_open * (1.0 - calm) * anx
-        p_convert = p_calm * pr["calm_convert"] + p_anx * p.anxious_convert
+        # a click is the day's visit: it takes the place of the organic visit (and its chance
+        # to convert) the client might have made anyway, so only the difference is the message's
+        day = self.core.day
+        organic = world.visit_probability(day) * world.visit_convert_probability(day, world.rows)
+        p_convert = (
+            p_calm * pr["calm_convert"]
+            + p_anx * p.anxious_convert
+            - (p_calm + p_anx) * organic.take(rows_n)
+        )
         p_harm = p_anx * pr["harm"]
         today = (
             w.calm_click * p_calm

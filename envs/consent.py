@@ -2,7 +2,7 @@
 
 Tiers follow a consent-first framework: 0 no personalisation (calendar, consent, opt-outs
 and recent sends only: what every send needs to respect the guardrails), 1 basic history
-(recency, declared goal and risk), 2 enhanced context (market stress), 3 predictive
+(recency of sends and of the client's own visits, visits in 30 days, declared goal and risk), 2 enhanced context (market stress), 3 predictive
 behavioural (engagement averages). A feature the tier does not allow reads 0. The tier
 limits what a policy may *see*; which contents it may *send* is a guardrail (``envs/masks.py``).
 """
@@ -17,6 +17,8 @@ from envs.features import (
     I_RECENCY,
     I_RISK,
     I_STRESS,
+    I_VISIT_RECENCY,
+    I_VISITS,
     OBS_DIM,
     raw_features,
 )
@@ -26,6 +28,8 @@ from simulate.world import N_ENGAGEMENT, World
 MIN_TIER = np.zeros(OBS_DIM, dtype=np.int8)
 """lowest consent tier at which each feature is visible"""
 MIN_TIER[I_RECENCY] = 1
+MIN_TIER[I_VISIT_RECENCY] = 1
+MIN_TIER[I_VISITS] = 1
 MIN_TIER[I_GOAL : I_GOAL + N_SEGMENTS] = 1
 MIN_TIER[I_RISK] = 1
 MIN_TIER[I_STRESS] = 2

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from simulate.labels import CHANNELS, N_CHANNELS, SEGMENTS, SLOT_KEYS, TONES
-from simulate.world import N_ENGAGEMENT, World
+from simulate.world import N_ENGAGEMENT, VISIT_WINDOW, World
 
 RECENCY_CAP_DAYS = 30
-"""``days_since_last_send`` is capped here (a never-messaged client reads 30)"""
+"""``days_since_last_send`` and ``days_since_last_visit`` are capped here (a never-messaged
+client reads 30)"""
 STRESS_CAP = 10.0
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -22,6 +23,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"opted_out_{c}" for c in CHANNELS),
     *(f"sent_7d_{c}" for c in CHANNELS),
     "days_since_last_send",
+    "days_since_last_visit",
+    "visits_30d",
     *(f"goal_{s}" for s in SEGMENTS),
     "declared_risk",
     "market_stress",
@@ -39,6 +42,8 @@ I_TIER = IX["consent_tier_0"]
 I_OPTED_OUT = IX["opted_out_email"]
 I_SENT_7D = IX["sent_7d_email"]
 I_RECENCY = IX["days_since_last_send"]
+I_VISIT_RECENCY = IX["days_since_last_visit"]
+I_VISITS = IX["visits_30d"]
 I_GOAL = IX[f"goal_{SEGMENTS[0]}"]
 I_RISK = IX["declared_risk"]
 I_STRESS = IX["market_stress"]
@@ -48,6 +53,8 @@ OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
 """upper bound of each feature (lower bounds are 0)"""
 OBS_HIGH[I_SENT_7D : I_SENT_7D + N_CHANNELS] = 7.0
 OBS_HIGH[I_RECENCY] = RECENCY_CAP_DAYS
+OBS_HIGH[I_VISIT_RECENCY] = RECENCY_CAP_DAYS
+OBS_HIGH[I_VISITS] = VISIT_WINDOW
 OBS_HIGH[I_STRESS] = STRESS_CAP
 assert I_ENGAGEMENT + N_ENGAGEMENT == OBS_DIM
 
@@ -80,6 +87,8 @@ def raw_features(
     obs[:, I_OPTED_OUT : I_OPTED_OUT + N_CHANNELS] = world.opted_out
     obs[:, I_SENT_7D : I_SENT_7D + N_CHANNELS] = channel_counts(world)
     obs[:, I_RECENCY] = np.minimum(day - world.last_send_day, RECENCY_CAP_DAYS)
+    obs[:, I_VISIT_RECENCY] = np.minimum(day - world.last_visit_day, RECENCY_CAP_DAYS)
+    obs[:, I_VISITS] = np.bitwise_count(world.visit_log)
     obs[rows, I_GOAL + world.traits.segment] = 1.0
     obs[:, I_RISK] = world.traits.declared_risk
     obs[:, I_STRESS] = min(stress, STRESS_CAP)

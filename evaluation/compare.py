@@ -13,7 +13,7 @@ from agents.base import Policy
 from agents.heuristics import NoSend
 from agents.oracle import Oracle
 from envs.config import Setup
-from evaluation.metrics import kpis, normalized_value, paired_difference
+from evaluation.metrics import incremental, kpis, normalized_value, paired_difference
 from evaluation.rollout import Rollout, evaluate
 
 Interval = tuple[float, float, float]
@@ -25,6 +25,7 @@ TABLE: tuple[str, ...] = (
     "eval/clicks_per_client",
     "eval/anxious_click_share",
     "eval/conversions_per_client",
+    "eval/incremental_conversions_per_client",
     "eval/messages_per_client_week",
     "eval/unsubscribes_per_client",
     "eval/guardrail_violations",
@@ -75,6 +76,7 @@ def compare(
         m["eval/normalized_value"] = normalized_value(
             by_name[p.name], by_name["no_send"], by_name["oracle"], n_boot=n_boot
         )
+        m |= incremental(by_name[p.name], by_name["no_send"], n_boot=n_boot)
         metrics[p.name] = m
     differences = {
         (a, b): paired_difference(by_name[a], by_name[b], n_boot=n_boot)

@@ -14,6 +14,7 @@ KPI_NAMES: tuple[str, ...] = (
     "eval/clicks_per_client",
     "eval/anxious_click_share",
     "eval/conversions_per_client",
+    "eval/visits_per_client",
     "eval/unsubscribes_per_client",
     "eval/messages_per_client_week",
     "eval/complaints_per_client",
@@ -24,7 +25,20 @@ KPI_NAMES: tuple[str, ...] = (
 )
 """metric names of the evaluation contract; ``eval/normalized_value`` comes from :func:`normalized_value`"""
 
-CONTRACT: tuple[str, ...] = (KPI_NAMES[0], "eval/normalized_value", *KPI_NAMES[1:])
+INCREMENTAL: dict[str, str] = {
+    "eval/incremental_visits_per_client": "visited",
+    "eval/incremental_conversions_per_client": "converted",
+}
+"""metric -> outcome counted against never sending on the same clients and luck (what the
+messages caused, not what they were credited with: a clicked client might have come anyway)"""
+
+CONTRACT: tuple[str, ...] = (
+    KPI_NAMES[0],
+    "eval/normalized_value",
+    *KPI_NAMES[1:6],
+    *INCREMENTAL,
+    *KPI_NAMES[6:],
+)
 """every metric a train.py or evaluate.py run logs per policy (with ``_ci_low``/``_ci_high`` where bootstrapped)"""
 
 Stat = Callable[[Sequence[Rollout], Sequence[np.ndarray]], float]
@@ -51,6 +65,7 @@ STATS: dict[str, Stat] = {
     "eval/clicks_per_client": _mean_of(lambda r: r.totals["clicked"]),
     "eval/anxious_click_share": _anxious_share,
     "eval/conversions_per_client": _mean_of(lambda r: r.totals["converted"]),
+    "eval/visits_per_client": _mean_of(lambda r: r.totals["visited"]),
     "eval/unsubscribes_per_client": _mean_of(lambda r: r.totals["unsubscribed"]),
     "eval/messages_per_client_week": _mean_of(lambda r: r.totals["sent"] * 7.0 / r.horizon_days),
     "eval/complaints_per_client": _mean_of(lambda r: r.totals["complaint"]),
@@ -161,11 +176,33 @@ def normalized_value(
     return stat(full), float(lo), float(hi)
 
 
+def incremental(
+    rollouts: Sequence[Rollout], silent: Sequence[Rollout], n_boot: int = 300, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
+    """Each :data:`INCREMENTAL` metric: (mean, CI low, CI high) per client of the outcome under the
+    policy minus under never sending, on the same clients and luck (paired by seed)."""
+    if [r.seed for r in silent] != [r.seed for r in rollouts]:
+        raise ValueError("incremental KPIs need the policy and no_send rollouts on the same seeds")
+    return {
+        metric: paired_difference(rollouts, silent, n_boot, seed, outcome)
+        for metric, outcome in INCREMENTAL.items()
+    }
+
+
 def paired_difference(
-    a: Sequence[Rollout], b: Sequence[Rollout], n_boot: int = 300, seed: int = 0
+    a: Sequence[Rollout],
+    b: Sequence[Rollout],
+    n_boot: int = 300,
+    seed: int = 0,
+    outcome: str | None = None,
 ) -> tuple[float, float, float]:
-    """(mean, CI low, CI high) of a's value minus b's on the same clients (common random numbers)."""
-    diffs = [ra.value - rb.value for ra, rb in zip(a, b, strict=True)]
+    """(mean, CI low, CI high) of a's value (or per-client count of ``outcome``) minus b's, on the
+    same clients (common random numbers)."""
+
+    def get(r: Rollout) -> np.ndarray:
+        return r.value if outcome is None else r.totals[outcome]
+
+    diffs = [get(ra) - get(rb) for ra, rb in zip(a, b, strict=True)]
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):

@@ -44,6 +44,8 @@ _FEATURES: list[tuple[str, float, int, str]] = [
     *((f"opted_out_{c}", 1.0, 0, "flag") for c in CHANNELS),
     *((f"sent_7d_{c}", 7.0, 0, "count") for c in CHANNELS),
     ("days_since_last_send", 30.0, 1, "value"),
+    ("days_since_last_visit", 30.0, 1, "value"),
+    ("visits_30d", 30.0, 1, "count"),
     *((f"goal_{s}", 1.0, 1, "flag") for s in SEGMENTS),
     ("declared_risk", 1.0, 1, "value"),
     ("market_stress", 10.0, 2, "value"),

@@ -595,14 +595,17 @@ class PolicyRuntime:
             ("opt_outs", "opted_out_"),
             ("recent_sends", "sent_7d_"),
             ("recency", "days_since_last_send"),
+            ("visits", "days_since_last_visit"),
+            ("visits", "visits_30d"),
             ("goal", "goal_"),
             ("risk", "declared_risk"),
             ("market", "market_stress"),
             ("engagement", "ema_"),
         )
-        return [
-            (g, np.array([i for i, n in enumerate(names) if n.startswith(p)])) for g, p in prefixes
-        ]
+        groups: dict[str, list[int]] = {}
+        for g, p in prefixes:
+            groups.setdefault(g, []).extend(i for i, n in enumerate(names) if n.startswith(p))
+        return [(g, np.array(cols)) for g, cols in groups.items()]
 
     def _explain(self, x: np.ndarray, logits: np.ndarray, actions: np.ndarray) -> list[list[str]]:
         """The two feature groups whose absence would lower the chosen action's score most."""
@@ -636,6 +639,11 @@ class PolicyRuntime:
             return f"{int(sum(v[f'sent_7d_{c}'] for c in self.labels['channel']))} messages in the last 7 days"
         if group == "recency":
             return f"{v['days_since_last_send']:.0f} days since the last message"
+        if group == "visits":
+            return (
+                f"{v['visits_30d']:.0f} visits in the last 30 days, the last "
+                f"{v['days_since_last_visit']:.0f} days ago"
+            )
         if group == "goal":
             goals = [n[5:] for n in self.feature_names if n.startswith("goal_") and v[n] > 0.5]
             return f"declared goal: {goals[0].replace('_', ' ')}" if goals else "no declared goal"

@@ -184,6 +184,11 @@ class PopulationConfig:
     """spread of trust at onboarding"""
     initial_anxiety_scale: float = num(0.3, 0.0, 1.0)
     """anxiety at onboarding = this x susceptibility"""
+    visit_logit_mean: float = num(-2.5, -15.0, 5.0)
+    """mean daily logit of an organic visit (log-in to the app or site, no message needed) the day
+    after a visit, at trust 0.5 on a calm weekday; it falls the longer a client stays away"""
+    visit_logit_sd: float = num(1.2, 0.0, 5.0)
+    """spread of the own visit propensity between clients (logit)"""
 
 
 @dataclass
@@ -258,6 +263,17 @@ class ResponseConfig:
     """anxiety added per delivered message per unit of urgency, x susceptibility"""
     stress_anxiety: float = num(0.03, 0.0, 1.0)
     """anxiety added per day per unit of market stress, x susceptibility"""
+    visit_trust: float = num(1.5, 0.0, 20.0)
+    """organic visit logit per unit of (trust - 0.5)"""
+    visit_weekend: float = num(-0.4, -5.0, 5.0)
+    """organic visit logit added on Saturdays and Sundays"""
+    visit_stress: float = num(0.4, 0.0, 10.0)
+    """organic visit logit per unit of market stress (people check more in a crash)"""
+    visit_recency: float = num(0.5, 0.0, 10.0)
+    """organic visit logit lost per unit of log(days since the last visit): habits fade"""
+    visit_convert: float = num(-0.5, -10.0, 10.0)
+    """conversion logit of an organic visit relative to a calm click, at the segment's mean
+    relevance (the same literacy and relevance terms as a click's)"""
     churn_base: float = num(-7.6, -20.0, 0.0)
     """daily churn logit of a calm, trusting, rested client"""
     churn_trust: float = num(4.0, 0.0, 20.0)

@@ -14,9 +14,21 @@ from simulate.labels import N_CHANNELS, N_TONES
 # Draw names of the trait streams; changing one changes every synthetic client.
 S_SEGMENT, S_TIER, S_GENDER, S_AGE, S_SLOT = 101, 102, 103, 104, 105
 S_LITERACY, S_SUSCEPTIBILITY, S_RISK, S_DECLARED = 106, 107, 108, 109
-S_BASE_OPEN, S_WEEKEND, S_TRUST = 110, 111, 112
+S_BASE_OPEN, S_WEEKEND, S_TRUST, S_VISIT, S_AWAY = 110, 111, 112, 113, 114
 S_CHANNEL0 = 120  # + channel index
 S_TONE0 = 130  # + tone index
+
+
+MAX_DAYS_AWAY = 365
+"""days since the last visit are counted up to this (a year away reads as a year)"""
+
+
+def days_away_at_start(u: np.ndarray, visit_propensity: np.ndarray) -> np.ndarray:
+    """Days since the last visit of a new client: a geometric draw at the client's own daily
+    visit probability, 1..:data:`MAX_DAYS_AWAY` (int16)."""
+    p = sigmoid(visit_propensity)
+    gap = 1.0 + np.floor(np.log(u) / np.log1p(-p))
+    return np.minimum(gap, MAX_DAYS_AWAY).astype(np.int16)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -62,6 +74,10 @@ class Traits:
     """(N, 3) open logit added per channel"""
     tone_affinity: np.ndarray
     """(N, 5) calm-click logit added per tone"""
+    visit_propensity: np.ndarray
+    """own daily organic visit logit (the day after a visit, trust 0.5, calm weekday)"""
+    initial_days_away: np.ndarray
+    """int16 days since the last visit at onboarding, 1..MAX_DAYS_AWAY"""
 
     def assign(self, rows: np.ndarray, other: Traits) -> None:
         """Overwrite the clients at ``rows`` with ``other``'s clients, in order."""
@@ -110,6 +126,7 @@ def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> T
         [cfg.tone_affinity_mean[t] + cfg.tone_affinity_sd * z(S_TONE0 + t) for t in range(N_TONES)],
         axis=1,
     )
+    visit_propensity = cfg.visit_logit_mean + cfg.visit_logit_sd * z(S_VISIT)
     return Traits(
         segment=segment,
         consent_tier=categorical(rng.uniform(keys, S_TIER), cfg.consent_tier_probs),
@@ -127,4 +144,6 @@ def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> T
         ),
         channel_affinity=channel_affinity,
         tone_affinity=tone_affinity,
+        visit_propensity=visit_propensity,
+        initial_days_away=days_away_at_start(rng.uniform(keys, S_AWAY), visit_propensity),
     )

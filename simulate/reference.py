@@ -84,6 +84,10 @@ class ReferenceClient:
             cfg.tone_affinity_mean[k] + cfg.tone_affinity_sd * z(pop.S_TONE0 + k)
             for k in range(N_TONES)
         ]
+        self.visit_propensity = cfg.visit_logit_mean + cfg.visit_logit_sd * z(pop.S_VISIT)
+        p_visit = _sigmoid(self.visit_propensity)
+        away = 1 + math.floor(math.log(u(pop.S_AWAY)) / math.log1p(-p_visit))
+        away = min(away, pop.MAX_DAYS_AWAY)
         # latent state
         self.fatigue = 0.0
         self.novelty = [1.0] * N_CONTENTS
@@ -94,6 +98,7 @@ class ReferenceClient:
         # the firm's records
         self.sends: dict[int, tuple[int, int]] = {}  # day -> (channel, tone)
         self.last_send_day = W.NEVER
+        self.visit_days = [-away]  # days the client visited (the firm's visit log)
         self.engagement = (
             [W.ENGAGEMENT_PRIOR_OPEN] * N_CHANNELS
             + [W.ENGAGEMENT_PRIOR_CLICK] * N_CHANNELS
@@ -174,6 +179,35 @@ class ReferenceClient:
         converted = clicked and u(W.S_CONVERT) < convert_p
         harmful = anxious_click and u(W.S_HARM) < p.harm_given_anxious * self.susceptibility
 
+        # organic visit: a click is the day's visit; otherwise the client may come on their own
+        away = min(day - self.visit_days[-1], pop.MAX_DAYS_AWAY)
+        visit_logit = (
+            self.visit_propensity
+            + p.visit_trust * (self.trust - 0.5)
+            - p.visit_recency * math.log(max(away, 1))
+            + p.visit_stress * fx.stress
+            + (p.visit_weekend if day % 7 >= 5 else 0.0)
+        )
+        visited = alive and (clicked or u(W.S_VISIT) < _sigmoid(visit_logit))
+        if visited and not clicked:
+            mean_relevance = (
+                sum(
+                    p.relevance[self.segment][k]
+                    + fx.relevance_delta[self.segment, k]
+                    + fx.stress * p.stress_relevance[k]
+                    for k in range(N_CONTENTS)
+                )
+                / N_CONTENTS
+            )
+            converted = u(W.S_CONVERT) < _sigmoid(
+                p.convert_base
+                + p.visit_convert
+                + p.convert_literacy * self.literacy
+                + p.convert_relevance * mean_relevance
+            )
+        if visited:
+            self.visit_days.append(day)
+
         unsub_logit = (
             p.unsub_base
             + p.unsub_fatigue * self.fatigue
@@ -245,8 +279,13 @@ class ReferenceClient:
             "harmful": harmful,
             "unsubscribed": unsubscribed,
             "complaint": complaint,
+            "visited": visited,
             "churned": churned,
         }
+
+    def visits_30d(self, day: int) -> int:
+        """Visits in the 30 days before ``day``."""
+        return sum(1 for d in self.visit_days if day - W.VISIT_WINDOW <= d < day)
 
 
 class ReferenceWorld:

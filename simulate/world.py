@@ -15,11 +15,11 @@ from simulate import rng
 from simulate.config import PopulationConfig, ResponseConfig, ScenarioConfig, quiet_table
 from simulate.dynamics import anxiety_after_message, churn_hazard, expit, trust_change
 from simulate.labels import ACTION_LABELS, ACTION_NVEC, N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
-from simulate.population import Traits, sample_traits
+from simulate.population import MAX_DAYS_AWAY, Traits, sample_traits
 from simulate.scenarios import ScenarioSchedule
 
 # Draw names of the daily streams.
-S_OPEN, S_CLICK, S_CONVERT, S_HARM, S_UNSUB, S_COMPLAINT, S_CHURN = 1, 2, 3, 4, 5, 6, 7
+S_OPEN, S_CLICK, S_CONVERT, S_HARM, S_UNSUB, S_COMPLAINT, S_CHURN, S_VISIT = 1, 2, 3, 4, 5, 6, 7, 8
 
 ENGAGEMENT_EMA = 0.2
 """weight of the newest message in the firm's engagement averages"""
@@ -35,6 +35,9 @@ HISTORY_DAYS = 7
 """length of the send log window (days) used for caps and repeated-urgency complaints"""
 NEVER = -10_000
 """``last_send_day`` of a client never messaged"""
+VISIT_WINDOW = 30
+"""days of visits the firm's visit log keeps (``visits_30d``)"""
+_VISIT_MASK = np.uint32((1 << VISIT_WINDOW) - 1)
 
 _COMPONENTS = tuple(ACTION_LABELS)
 """names of the action components, in action order"""
@@ -49,9 +52,13 @@ OUTCOMES: tuple[str, ...] = (
     "harmful",
     "unsubscribed",
     "complaint",
+    "visited",
     "churned",
 )
-"""per-client daily outcome names returned by :meth:`World.step`, each a bool array"""
+"""per-client daily outcome names returned by :meth:`World.step`, each a bool array.
+``visited``: the client came to the app or site that day, by a click or on their own (a click
+takes the place of that day's organic chance); ``converted``: a beneficial action that day, after
+a click or an organic visit."""
 
 
 @dataclass
@@ -113,6 +120,10 @@ class World:
         """(N, 17) the firm's EMAs of opens/clicks by channel, slot and tone"""
         self.urgency_last_week = np.zeros(n)
         """summed urgency of the messages in ``tone_log`` (kept in step with it)"""
+        self.last_visit_day = np.zeros(n, dtype=np.int32)
+        """calendar day of the client's last visit (first-party behaviour the firm sees)"""
+        self.visit_log = np.zeros(n, dtype=np.uint32)
+        """bit i set: the client visited i + 1 days before the next step (30 days kept)"""
         self._reset_rows(self.rows)
         self._quiet = quiet_table(response.quiet_hours)
         self._relevance = np.asarray(response.relevance, dtype=np.float64)
@@ -128,6 +139,8 @@ class World:
         self._fatigue_decay = 0.5 ** (1.0 / response.fatigue_half_life_days)
         self._novelty_decay = 0.5 ** (1.0 / response.novelty_half_life_days)
         self._anxiety_decay = 0.5 ** (1.0 / response.anxiety_half_life_days)
+        self._log_away = np.log(np.arange(MAX_DAYS_AWAY + 1).clip(1, None))
+        """log(days since the last visit), by days (0 reads as 1)"""
 
     def _reset_rows(self, rows: np.ndarray) -> None:
         t, s = self.traits, self.latent
@@ -141,6 +154,11 @@ class World:
         self.tone_log[rows] = 0
         self.urgency_last_week[rows] = 0.0
         self.last_send_day[rows] = NEVER
+        away = t.initial_days_away[rows].astype(np.int32)
+        self.last_visit_day[rows] = -away
+        self.visit_log[rows] = np.where(
+            away <= VISIT_WINDOW, np.left_shift(np.uint32(1), (away - 1).clip(0, 31)), 0
+        ).astype(np.uint32)
         self.engagement[rows, :E_OPEN_SLOT] = np.repeat(
             [ENGAGEMENT_PRIOR_OPEN, ENGAGEMENT_PRIOR_CLICK], N_CHANNELS
         )
@@ -172,6 +190,8 @@ class World:
             + self.tone_log.nbytes
             + self.last_send_day.nbytes
             + self.urgency_last_week.nbytes
+            + self.last_visit_day.nbytes
+            + self.visit_log.nbytes
             + self.engagement.nbytes
         )
 
@@ -271,6 +291,34 @@ class World:
             "urgency": urgency,
         }
 
+    def visit_probability(self, day: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Probability of an organic visit today for clients ``rows`` (all when None), before
+        any message: own propensity, trust, weekend, market stress and days since the last visit."""
+        p, t, s = self.response, self.traits, self.latent
+        rows = self.rows if rows is None else rows
+        away = np.minimum(day - self.last_visit_day[rows], MAX_DAYS_AWAY)
+        logit = t.visit_propensity[rows] + p.visit_trust * (s.trust[rows] - 0.5)
+        logit -= p.visit_recency * self._log_away.take(away)
+        shift = p.visit_stress * self.schedule.effects(day).stress
+        if (day % 7) >= 5:
+            shift += p.visit_weekend
+        if shift:
+            logit += shift
+        return expit(logit)
+
+    def visit_convert_probability(self, day: int, rows: np.ndarray) -> np.ndarray:
+        """Probability that an organic visit (no click) of clients ``rows`` converts today."""
+        p, t = self.response, self.traits
+        fx = self.schedule.effects(day)
+        relevance = self._relevance + fx.relevance_delta + fx.stress * self._stress_relevance
+        mean_relevance = relevance.mean(axis=1).take(t.segment[rows])
+        return expit(
+            p.convert_base
+            + p.visit_convert
+            + p.convert_literacy * t.literacy[rows]
+            + p.convert_relevance * mean_relevance
+        )
+
     def step(
         self, day: int, slot: np.ndarray, tone: np.ndarray, channel: np.ndarray, content: np.ndarray
     ) -> dict[str, np.ndarray]:
@@ -323,6 +371,15 @@ class World:
         converted = clicked & (rng.uniform(keys_w, S_CONVERT) < convert_p)
         susceptibility = t.susceptibility[who]
         harmful = anxious_click & (rng.uniform(keys_w, S_HARM) < pr["harm"])
+        # organic visits: a click is that day's visit, so the organic chance only adds the rest
+        visited = alive & (rng.uniform(keys, S_VISIT) < self.visit_probability(day))
+        clicked_dense = np.zeros(self.n, dtype=bool)
+        clicked_dense[who] = clicked
+        visited |= clicked_dense
+        organic = np.flatnonzero(visited & ~clicked_dense)
+        organic_converted = rng.uniform(keys[organic], S_CONVERT) < (
+            self.visit_convert_probability(day, organic)
+        )
         unsubscribed = rng.uniform(keys_w, S_UNSUB) < pr["unsubscribe"]
         complaint = rng.uniform(keys_w, S_COMPLAINT) < pr["complaint"]
         trust = s.trust[who]
@@ -344,6 +401,7 @@ class World:
             harmful,
             fx.send_trust.ravel().take(pair_w),
         )
+        s.trust[organic[organic_converted]] += p.trust_conversion
         np.clip(s.trust, 0.0, 1.0, out=s.trust)
         s.anxiety *= self._anxiety_decay
         s.anxiety[who] = anxiety_after_message(
@@ -361,17 +419,22 @@ class World:
         self.tone_log[who, column] = tone_w + 1
         self.last_send_day[who] = day
         self._record_engagement(who, slot_w, tone_w, channel_w, opened, clicked)
+        self.last_visit_day[visited] = day
+        self.visit_log <<= np.uint32(1)
+        self.visit_log |= visited
+        self.visit_log &= _VISIT_MASK
 
         hazard = churn_hazard(p, s.trust, s.anxiety, s.fatigue)
         churned = alive & (rng.uniform(keys, S_CHURN) < hazard)
         self.churned |= churned
         out = {"sent": deliver}
+        converted_dense = np.zeros(self.n, dtype=bool)
+        converted_dense[organic] = organic_converted
         for name, values in (
             ("opened", opened),
             ("clicked", clicked),
             ("calm_click", calm_click),
             ("anxious_click", anxious_click),
-            ("converted", converted),
             ("harmful", harmful),
             ("unsubscribed", unsubscribed),
             ("complaint", complaint),
@@ -379,8 +442,11 @@ class World:
             dense = np.zeros(self.n, dtype=bool)
             dense[who] = values
             out[name] = dense
+        converted_dense[who] |= converted
+        out["converted"] = converted_dense
+        out["visited"] = visited
         out["churned"] = churned
-        return out
+        return {name: out[name] for name in OUTCOMES}
 
     def _record_engagement(
         self,

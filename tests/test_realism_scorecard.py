@@ -182,8 +182,9 @@ def test_fit_recovers_known_parameters_from_their_own_scorecard():
         "env.response.open_base": r.open_base + 0.4,
     }
     targets = _known_targets(true, ("email/open_rate", "email/click_rate"), 600)
-    best = _fit(targets, list(true), 600, 40)
-    # measured: -2.395 (true -2.4) and -0.506 (true -0.5) from a start at -1.6 and -0.9
+    best = _fit(targets, list(true), 600, 80)
+    # measured: -2.390 (true -2.4) and -0.491 (true -0.5) from a start at -1.6 and -0.9; 40 trials
+    # stopped short (-0.41) once organic visits joined the world
     assert best["env.response.click_base"] == pytest.approx(
         true["env.response.click_base"], abs=0.05
     )

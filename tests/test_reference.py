@@ -39,6 +39,9 @@ def test_batched_world_matches_reference(scenario):
     np.testing.assert_allclose(world.latent.novelty, [c.novelty for c in clients], atol=1e-9)
     np.testing.assert_array_equal(world.opted_out, [c.opted_out for c in clients])
     np.testing.assert_allclose(world.engagement, [c.engagement for c in clients], atol=1e-5)
+    np.testing.assert_array_equal(world.last_visit_day, [c.visit_days[-1] for c in clients])
+    visits_30d = np.array([bin(int(v)).count("1") for v in world.visit_log])
+    np.testing.assert_array_equal(visits_30d, [c.visits_30d(DAYS) for c in clients])
     np.testing.assert_array_equal(world.traits.segment, [c.segment for c in clients])
     np.testing.assert_allclose(
         world.traits.susceptibility, [c.susceptibility for c in clients], atol=1e-12

@@ -75,6 +75,7 @@ def clients(n: int, tier: int, seed: int = 0) -> np.ndarray:
     x[np.arange(n), COL["goal_retirement"] + rng.integers(0, 4, n)] = 1
     sent = [COL[f"sent_7d_{c}"] for c in ("email", "push", "sms")]
     x[:, sent] = rng.integers(0, 2, (n, 3))
+    x[:, COL["visits_30d"]] = rng.integers(0, 31, n)
     return x
 
 
@@ -90,7 +91,7 @@ def test_unconsented_features_change_no_tier0_decision_and_no_reason(export):
     np.testing.assert_array_equal(a.probability, b.probability)
     assert a.reasons == b.reasons
     quoted = " ".join(r for reasons in a.reasons for r in reasons)
-    for word in ("declared goal", "risk", "market", "engaged", "opened", "clicked"):
+    for word in ("declared goal", "risk", "market", "engaged", "opened", "clicked", "visit"):
         assert word not in quoted, word
     # the caller's array is never written to
     assert (filled[:, MIN_TIER > 0] != 0).any()
@@ -263,7 +264,7 @@ def test_each_manifest_edit_is_refused_naming_what_differs(export, tmp_path, edi
         ),
         (
             lambda m: m["feature_min_tier"].__setitem__(-1, 0),
-            "feature_min_tier differs from the contract at position 40",
+            f"feature_min_tier differs from the contract at position {len(NAMES) - 1}",
         ),
     ],
 )
