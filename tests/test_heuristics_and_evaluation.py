@@ -80,3 +80,27 @@ def test_parallel_evaluation_gives_the_same_rollouts():
     assert [(r.policy, r.seed) for r in one] == [(r.policy, r.seed) for r in two]
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a.value, b.value)
+
+
+def test_incremental_kpis_count_what_messages_caused_not_what_they_were_credited():
+    from evaluation.metrics import incremental
+
+    setup = load_setup()
+    policies = [HEURISTICS[n]() for n in ("no_send", "batch_and_blast")]
+    rollouts = evaluate(
+        policies, setup, num_clients=1500, horizon_days=30, seeds=(1, 2), progress=False
+    )
+    silent = [r for r in rollouts if r.policy == "no_send"]
+    blast = [r for r in rollouts if r.policy == "batch_and_blast"]
+    assert incremental(silent, silent, n_boot=20) == {
+        "eval/incremental_visits_per_client": (0.0, 0.0, 0.0),
+        "eval/incremental_conversions_per_client": (0.0, 0.0, 0.0),
+    }
+    inc = incremental(blast, silent, n_boot=50)
+    visits, lo, hi = inc["eval/incremental_visits_per_client"]
+    clicks = np.mean(np.concatenate([r.totals["clicked"] for r in blast]))
+    assert lo <= visits <= hi
+    # every click is a visit, but some clicked clients would have come anyway
+    assert 0 < visits < clicks
+    with pytest.raises(ValueError, match="same seeds"):
+        incremental(blast, silent[::-1], n_boot=5)

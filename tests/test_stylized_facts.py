@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from envs.config import load_setup
-from simulate.config import PopulationConfig, ResponseConfig, ScenarioConfig
+from simulate.config import PopulationConfig, ResponseConfig, ScenarioConfig, ScenarioEvent
 from simulate.labels import CHANNELS, N_SLOTS, TONES
 from simulate.world import OUTCOMES, World
 
@@ -242,3 +242,55 @@ def test_outcome_names_are_complete():
     w = make_world()
     out = w.step(0, *no_send(w, 0))
     assert tuple(out) == OUTCOMES
+
+
+# ----- organic activity -----------------------------------------------------------------------
+def _visit_rate(days: int = 28, scenario: ScenarioConfig | None = None, **response) -> float:
+    world = make_world(scenario=scenario, **response)
+    return total(run(world, no_send, days), "visited") / days
+
+
+def test_clients_visit_and_convert_with_no_message():
+    history = run(make_world(), no_send, 28)
+    assert total(history, "sent") == 0
+    assert 0.005 < total(history, "visited") / 28 < 0.5  # some clients come on their own each day
+    assert total(history, "converted") > 0
+    assert total(history, "clicked") == 0
+
+
+def test_a_click_takes_the_place_of_the_days_organic_visit():
+    """On the same clients and luck, a message adds visits only where the client would not have
+    come anyway: visits with the message = clicks + organic visits of those who did not click."""
+    silent = make_world().step(0, *no_send(make_world(), 0))
+    world = make_world()
+    out = world.step(0, *send(world, MIDDAY, INFORMATIVE, EMAIL, 0))
+    assert out["clicked"].sum() > 100
+    np.testing.assert_array_equal(out["visited"], out["clicked"] | silent["visited"])
+    assert (out["clicked"] & silent["visited"]).sum() > 0  # attributed but not incremental
+
+
+def test_visits_move_with_trust_weekday_stress_and_time_away():
+    base = _visit_rate()
+    assert _visit_rate(visit_trust=6.0) != pytest.approx(base, rel=0.02)
+    assert _visit_rate(visit_weekend=-3.0) < base  # fewer visits at weekends
+    assert _visit_rate(visit_weekend=0.0) > base  # the default already has quieter weekends
+    crash = ScenarioConfig(
+        name="crash", events=[ScenarioEvent(name="crash", start_day=0, end_day=27, stress_peak=3)]
+    )
+    assert _visit_rate(scenario=crash) > 1.2 * base  # people check more in a crash
+    assert _visit_rate(scenario=crash, visit_stress=0.0) < 1.02 * _visit_rate(visit_stress=0.0)
+    assert _visit_rate(visit_recency=0.0) > 1.2 * base  # habits fade the longer a client is away
+
+
+def test_the_firm_sees_days_since_the_last_visit_and_visits_in_30_days():
+    from envs.features import IX, raw_features
+
+    world = make_world()
+    run(world, no_send, 40)
+    obs = raw_features(world, 40, 0.0)
+    visits = obs[:, IX["visits_30d"]]
+    away = obs[:, IX["days_since_last_visit"]]
+    assert visits.max() > 3 and (visits == 0).any()
+    np.testing.assert_array_equal(away, np.minimum(40 - world.last_visit_day, 30))
+    # a client who visited in the last 30 days has at least one visit counted and vice versa
+    np.testing.assert_array_equal(visits > 0, 40 - world.last_visit_day <= 30)
