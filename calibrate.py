@@ -17,8 +17,10 @@ table (Markdown + Parquet) and plots as artifacts.
 ``fit`` searches ``params=[...]`` (population.* and env.response.* numbers; Optuna,
 ``sampler=auto`` (CMA-ES for two or more parameters, TPE for one), ``tpe`` or ``cmaes``, ``trials=`` default 40, ``range.<param>=low:high``) to bring the
 targets' statistics to their targets, on ``clients=`` (default 2,000) fresh clients with common
-random numbers, then writes ``conf/population/<name>.yaml`` and/or ``conf/env/<name>.yaml``
-(``name=``, default ``fitted``; an existing file is kept unless ``overwrite=true``), logs the
+random numbers, then writes the preset ``conf/population/<name>.yaml`` (``name=``, default
+``fitted``; an existing file is kept unless ``overwrite=true``): the population, and the
+``env.response`` keys that differ from their defaults, so ``population=<name>`` alone brings the
+fitted clients back, logs the
 search to MLflow and prints the fitted scorecard.
 
 The protocols are in realism/protocols.py, the search in realism/fit.py, the real datasets'
@@ -39,12 +41,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import polars as pl  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from envs.config import load_setup  # noqa: E402
 from experiment.tracking import ROOT, git_commit, setup_mlflow  # noqa: E402
 from realism import protocols  # noqa: E402
-from realism.data import hillstrom_statistic_names  # noqa: E402
 from realism.targets import Targets, load_targets  # noqa: E402
 from simulate.config import ConfigError  # noqa: E402
 
@@ -113,6 +115,27 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
         if not settings["name"].replace("_", "").isalnum():
             raise ConfigError(f"name must be letters, digits and _, got {settings['name']!r}")
     return command, settings, overrides
+
+
+def preset_yaml(setup, header: str = "") -> str:
+    """The population preset of a fitted setup: its population, and the response keys that differ
+    from the documented defaults (a calibrated book of clients responds differently too)."""
+    import dataclasses
+
+    from envs.config import GLOBAL_PACKAGE
+    from simulate.config import ResponseConfig
+
+    defaults = ResponseConfig()
+    response = {
+        f.name: getattr(setup.env.response, f.name)
+        for f in dataclasses.fields(ResponseConfig)
+        if getattr(setup.env.response, f.name) != getattr(defaults, f.name)
+    }
+    population = OmegaConf.structured(setup.population)
+    if not response:
+        return header + OmegaConf.to_yaml(population)
+    body = OmegaConf.create({"population": population, "env": {"response": response}})
+    return GLOBAL_PACKAGE + "\n" + header + OmegaConf.to_yaml(body)
 
 
 def _names(value: str | None) -> list[str]:
@@ -274,24 +297,10 @@ def plots(simulated: dict[str, float], folder: Path, targets: Targets | None = N
     return out
 
 
-NOT_SIMULATED = {
-    "hillstrom/": "the Hillstrom hold-out protocol needs clients who visit on their own "
-    "(organic activity), which the simulator does not have yet"
-}
-
-
 def simulated_targets(path: str) -> Targets:
-    """A targets file whose every statistic a simulated protocol computes; a statistic of a
-    protocol not built yet is named with what it is waiting for."""
-    names = protocols.statistic_names()
-    targets = load_targets(path, [*names, *hillstrom_statistic_names()])
-    waiting = [n for n in targets.names() if n not in names]
-    if waiting:
-        why = next(w for prefix, w in NOT_SIMULATED.items() if waiting[0].startswith(prefix))
-        raise ConfigError(
-            f"targets: {path} names {waiting[0]!r} (and {len(waiting) - 1} more): {why}"
-        )
-    return targets
+    """A targets file whose every statistic a simulated protocol computes (unknown names fail,
+    named, before any work)."""
+    return load_targets(path, protocols.statistic_names())
 
 
 def report(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> str:
@@ -351,7 +360,6 @@ def report(settings: dict[str, Any], overrides: list[str], progress: bool = True
 def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> dict:
     """Search, write the fitted preset(s), log the search, print the fitted scorecard; returns
     the fitted values."""
-    from omegaconf import OmegaConf
 
     from realism.fit import apply, fit, parameters
 
@@ -359,11 +367,9 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
     presets = {k: settings[k] for k in ("env", "population", "scenario")}
     base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
     parameters(settings["params"], base, settings["ranges"])  # every name and range checked first
-    groups = {n.split(".")[0] for n in settings["params"]}
-    paths = {g: ROOT / "conf" / g / f"{settings['name']}.yaml" for g in groups}
-    for path in paths.values():
-        if path.exists() and not settings["overwrite"]:
-            raise ConfigError(f"name: {path} exists; pick another name= or pass overwrite=true")
+    path = ROOT / "conf" / "population" / f"{settings['name']}.yaml"
+    if path.exists() and not settings["overwrite"]:
+        raise ConfigError(f"name: {path} exists; pick another name= or pass overwrite=true")
     setup_mlflow(settings["tracking.uri"], EXPERIMENT)
 
     def make_setup(values: dict[str, float]):
@@ -393,10 +399,8 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
         + ", ".join(f"{k}={v:.6g}" for k, v in best.items())
         + "\n"
     )
-    for group, path in paths.items():
-        node = fitted.population if group == "population" else fitted.env
-        path.write_text(header + OmegaConf.to_yaml(OmegaConf.structured(node)))
-        print(f"wrote {path}")
+    path.write_text(preset_yaml(fitted, header))
+    print(f"wrote {path}")
     with mlflow.start_run(
         run_name=f"fit {settings['name']}",
         tags={
@@ -422,11 +426,8 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
         mlflow.log_metrics(
             {f"fit/{k}": v for k, v in best.items()} | {"fit/best": study.best_value}
         )
-        for path in paths.values():
-            mlflow.log_artifact(str(path), "presets")
-    chosen = dict(settings)
-    for group in groups:
-        chosen[group] = settings["name"]
+        mlflow.log_artifact(str(path), "presets")
+    chosen = dict(settings) | {"population": settings["name"]}
     report(chosen, [o for o in overrides if o.split("=")[0] not in best], progress=progress)
     return best
 

@@ -115,6 +115,42 @@ def load_preset(group: str, name: str) -> DictConfig:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+GLOBAL_PACKAGE = "# @package _global_"
+"""first line of a population preset that also sets how its clients respond: the file then holds
+``population:`` and ``env: {response: ...}`` (Hydra reads the same header)"""
+
+
+def _is_global(path: Path) -> bool:
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            return False
+        if line.strip() == GLOBAL_PACKAGE:
+            return True
+    return False
+
+
+def load_population(name: str) -> tuple[DictConfig, DictConfig | None]:
+    """A population preset and the ``env`` settings it carries (None for a plain preset).
+
+    A calibrated book of clients differs in how it responds as well as in who is in it, so its
+    preset may set ``env.response`` keys; the env preset gives the rest and the command line
+    overrides both."""
+    path = CONF_DIR / "population" / f"{name}.yaml"
+    if not path.is_file() or not _is_global(path):
+        return load_preset("population", name), None
+    raw = OmegaConf.load(path)
+    unknown = sorted(set(raw) - {"population", "env"})
+    if unknown:
+        raise ConfigError(f"{path}: only population: and env: may be set here, not {unknown}")
+    try:
+        population = OmegaConf.merge(
+            OmegaConf.structured(PopulationConfig), raw.get("population", {})
+        )
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return population, raw.get("env")
+
+
 def to_setup(cfg: Any) -> Setup:
     """Turn a DictConfig/dict holding ``env, population, scenario, reward, seed`` into a validated Setup."""
     schema = OmegaConf.structured(Setup)
@@ -142,10 +178,17 @@ def load_setup(
 
     Example: ``load_setup(reward="engagement", overrides=["env.horizon_days=30"])``.
     """
+    population_cfg, env_extra = load_population(population)
+    env_cfg = load_preset("env", env)
+    if env_extra is not None:
+        try:
+            env_cfg = OmegaConf.merge(env_cfg, env_extra)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"population={population}: {exc}") from exc
     cfg = OmegaConf.create(
         {
-            "env": load_preset("env", env),
-            "population": load_preset("population", population),
+            "env": env_cfg,
+            "population": population_cfg,
             "scenario": load_preset("scenario", scenario),
             "reward": load_preset("reward", reward),
             "seed": seed,

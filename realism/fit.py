@@ -31,6 +31,7 @@ PREFIX_PROTOCOL = {
     "time_of_day/": "time_of_day",
     "urgency/": "urgency",
     "bank/": "bank_contacts",
+    "hillstrom/": "hillstrom",
 }
 SAMPLERS = ("auto", "tpe", "cmaes")
 """auto: CMA-ES for two or more parameters (the objective is smooth under common random

@@ -15,7 +15,8 @@ protocol measures the clients, not a cadence rule):
 * **time of day**: a weekday push (informative portfolio summary) every weekday for 4 weeks, in
   one slot for all clients, for each slot in turn: clicks per push by slot.
 * **urgency**: the weekly e-mail of *levels* in an urgent tone beside the informative one, over
-  the first 4 weeks: opens, clicks and unsubscribes relative to informative.
+  the first 4 weeks: opens, clicks and unsubscribes relative to informative, on 8x ``clients``
+  (four e-mails a client give few unsubscribes).
 * **bank contacts** (the bank campaign's protocol): a product offer by SMS at midday every 3
   days to each client until they convert, unsubscribe or churn, up to 12 contacts. Success at
   contact k is the share of clients reached a k-th time who convert on it (10 or more pooled),
@@ -26,14 +27,16 @@ protocol measures the clients, not a cadence rule):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from envs.config import Setup
+from realism.data import RECENCY_BUCKETS, hillstrom_statistic_names
 from simulate.labels import CHANNELS, CONTENTS, SLOT_KEYS, TONES
-from simulate.world import World
+from simulate.world import NEVER, World
 
 CLIENT_OFFSET = 1 << 52
 """realism clients' ids: never those of training (from 0) or evaluation (from 2**48)"""
@@ -42,6 +45,7 @@ GAPS = (1, 2, 4, 7, 14, 28)
 """days between two sends of the same content in the recovery protocol"""
 EMAIL, PUSH = CHANNELS.index("email"), CHANNELS.index("push")
 INFORMATIVE, URGENT = TONES.index("informative"), TONES.index("urgent")
+OPPORTUNITY = TONES.index("opportunity")
 SUMMARY = CONTENTS.index("portfolio_summary")
 MORNING = 1 + SLOT_KEYS.index("morning")
 COUNTED = ("sent", "opened", "clicked", "unsubscribed", "complaint")
@@ -50,6 +54,13 @@ OFFER = CONTENTS.index("product_offer")
 MIDDAY = 1 + SLOT_KEYS.index("midday")
 BANK_CONTACTS, BANK_EVERY = 12, 3
 """the bank protocol's most contacts per client and days between them"""
+HILLSTROM_YEAR, HILLSTROM_WINDOW, HILLSTROM_CANDIDATES = 364, 14, 16
+"""days lived before the send (52 weeks: the send is a Monday), days of outcome after it, and
+candidates per requested client"""
+MONTH_DAYS = 365.25 / 12
+URGENCY_CANDIDATES = 8
+"""the urgency protocol's clients per requested client: four e-mails each give few unsubscribes
+(about 40 per 20,000 e-mails), so its ratios need more clients than the other protocols"""
 
 
 @dataclass(frozen=True)
@@ -183,8 +194,9 @@ def time_of_day(setup: Setup, clients: int, seed: int) -> dict[str, float]:
 
 def urgency(setup: Setup, clients: int, seed: int) -> dict[str, float]:
     first_weeks = slice(0, 28)
-    calm = run(setup, clients, 28, seed, weekly(INFORMATIVE))
-    urgent = run(setup, clients, 28, seed, weekly(URGENT))
+    n = clients * URGENCY_CANDIDATES
+    calm = run(setup, n, 28, seed, weekly(INFORMATIVE))
+    urgent = run(setup, n, 28, seed, weekly(URGENT))
     out = {
         f"urgency/{what}_ratio": _ratio(
             _per(urgent, outcome, days=first_weeks), _per(calm, outcome, days=first_weeks)
@@ -213,11 +225,12 @@ def bank_contacts(setup: Setup, clients: int, seed: int) -> dict[str, float]:
         calling = active & (day % BANK_EVERY == 0) & ~world.churned & ~world.opted_out[:, SMS]
         slot = np.where(calling, MIDDAY, 0)
         out = world.step(day, slot, zeros + INFORMATIVE, zeros + SMS, zeros + OFFER)
+        accepted = out["converted"] & out["clicked"]  # the offer taken up, not an organic visit
         if day % BANK_EVERY == 0:
             reached[contact] += calling.sum()
-            success[contact] += (out["converted"] & calling).sum()
-        converted_any |= out["converted"]
-        active &= ~out["converted"]
+            success[contact] += (accepted & calling).sum()
+        converted_any |= accepted
+        active &= ~accepted
     rate = {k: success[k] / reached[k] if reached[k] else float("nan") for k in range(1, 10)}
     rate[10] = success[10:].sum() / reached[10:].sum() if reached[10:].sum() else float("nan")
     first = rate[1]
@@ -232,6 +245,48 @@ def bank_contacts(setup: Setup, clients: int, seed: int) -> dict[str, float]:
     return out_stats
 
 
+def hillstrom(setup: Setup, clients: int, seed: int) -> dict[str, float]:
+    n = clients * HILLSTROM_CANDIDATES
+    ids = np.uint64(CLIENT_OFFSET) + np.arange(n, dtype=np.uint64)
+    world = World(setup.population, setup.env.response, setup.scenario, seed, ids)
+    zeros = np.zeros(n, dtype=np.int64)
+    last_purchase = np.full(n, NEVER)
+    for day in range(HILLSTROM_YEAR):
+        out = world.step(day, zeros, zeros, zeros, zeros)
+        last_purchase[out["converted"]] = day
+    start = HILLSTROM_YEAR
+    months = np.ceil((start - last_purchase) / MONTH_DAYS)
+    eligible = (months <= 12) & ~world.churned
+    visited, bought = {}, {}
+    for arm in ("no_email", "email"):
+        w = copy.deepcopy(world)
+        visited[arm] = np.zeros(n, dtype=bool)
+        bought[arm] = np.zeros(n, dtype=bool)
+        for day in range(start, start + HILLSTROM_WINDOW):
+            slot = MORNING if (arm == "email" and day == start) else 0
+            out = w.step(day, zeros + slot, zeros + OPPORTUNITY, zeros + EMAIL, zeros + OFFER)
+            visited[arm] |= out["visited"]
+            bought[arm] |= out["converted"]
+    stats: dict[str, float] = {}
+    buckets = [("", eligible)] + [
+        (f"/recency_{lo}_{hi}", eligible & (months >= lo) & (months <= hi))
+        for lo, hi in RECENCY_BUCKETS
+    ]
+    for suffix, who in buckets:
+        count = max(int(who.sum()), 1)
+        for arm in ("no_email", "email"):
+            stats[f"hillstrom/visit_rate/{arm}{suffix}"] = float(visited[arm][who].sum() / count)
+            stats[f"hillstrom/conversion_rate/{arm}{suffix}"] = float(
+                bought[arm][who].sum() / count
+            )
+        stats[f"hillstrom/visit_lift{suffix}"] = (
+            stats[f"hillstrom/visit_rate/email{suffix}"]
+            - stats[f"hillstrom/visit_rate/no_email{suffix}"]
+        )
+        stats[f"hillstrom/customers{suffix}"] = float(who.sum())
+    return stats
+
+
 PROTOCOLS: dict[str, Callable[[Setup, int, int], dict[str, float]]] = {
     "levels": levels,
     "volume": volume,
@@ -239,6 +294,7 @@ PROTOCOLS: dict[str, Callable[[Setup, int, int], dict[str, float]]] = {
     "time_of_day": time_of_day,
     "urgency": urgency,
     "bank_contacts": bank_contacts,
+    "hillstrom": hillstrom,
 }
 """every simulated protocol, by name"""
 
@@ -278,4 +334,8 @@ def statistic_names() -> list[str]:
     names += ["bank/success_rate", "bank/success_rate/contact_1"]
     names += [f"bank/relative_success/contact_{k}" for k in (*range(2, 10), "10plus")]
     names += ["bank/decline_1_to_10plus"]
+    names += hillstrom_statistic_names()
+    names += [
+        f"hillstrom/customers{s}" for s in ["", *(f"/recency_{a}_{b}" for a, b in RECENCY_BUCKETS)]
+    ]
     return names

@@ -195,25 +195,25 @@ class PopulationConfig:
 class ResponseConfig:
     """How a client responds to a message and how latent state moves, per day."""
 
-    open_base: float = num(-0.9, -10.0, 10.0)
+    open_base: float = num(-1.23, -10.0, 10.0)
     """open logit of an average client (before every other term)"""
     open_trust: float = num(2.0, 0.0, 20.0)
     """open logit per unit of (trust - 0.5)"""
-    open_fatigue: float = num(0.35, 0.0, 10.0)
+    open_fatigue: float = num(0.05, 0.0, 10.0)
     """open logit lost per unit of fatigue (one unit = one recent message)"""
-    open_novelty: float = num(1.5, 0.0, 10.0)
+    open_novelty: float = num(1.74, 0.0, 10.0)
     """open logit lost when the content's novelty drops from 1 to 0"""
-    open_urgency: float = num(0.7, 0.0, 10.0)
+    open_urgency: float = num(0.4, 0.0, 10.0)
     """open logit per unit of urgency (alarming subject lines get opened)"""
     rhythm_amp: float = num(1.4, 0.0, 10.0)
     """open logit between a client's favourite slot and a far slot"""
-    click_base: float = num(-1.6, -10.0, 10.0)
+    click_base: float = num(-3.34, -10.0, 10.0)
     """calm-click logit given open, before relevance and tone"""
     click_relevance: float = num(2.5, 0.0, 20.0)
     """calm-click logit per unit of relevance (relevance in -1..1)"""
     click_trust: float = num(1.0, 0.0, 20.0)
     """calm-click logit per unit of (trust - 0.5)"""
-    anxious_click_max: float = num(0.9, 0.0, 1.0)
+    anxious_click_max: float = num(0.33, 0.0, 1.0)
     """probability of an anxiety-driven click at anxiety 1 and urgency 1"""
     convert_base: float = num(-2.6, -10.0, 10.0)
     """conversion logit of a calm click"""
@@ -225,20 +225,23 @@ class ResponseConfig:
     """probability that an anxiety-driven click converts"""
     harm_given_anxious: float = num(0.4, 0.0, 1.0)
     """probability of a harmful action (panic selling) after an anxious click, x susceptibility"""
-    unsub_base: float = num(-6.0, -20.0, 10.0)
+    unsub_base: float = num(-6.29, -20.0, 10.0)
     """unsubscribe logit of a delivered message"""
-    unsub_fatigue: float = num(0.45, 0.0, 10.0)
+    unsub_fatigue: float = num(0.41, 0.0, 10.0)
     """unsubscribe logit per unit of fatigue"""
     unsub_irrelevance: float = num(1.5, 0.0, 10.0)
     """unsubscribe logit per unit of irrelevance (negative relevance)"""
     unsub_quiet: float = num(1.5, 0.0, 10.0)
     """unsubscribe logit added by a quiet-hour send on that channel"""
-    unsub_urgency: float = num(0.6, 0.0, 10.0)
+    unsub_urgency: float = num(0.8, 0.0, 10.0)
     """unsubscribe logit per unit of urgency"""
-    complaint_base: float = num(-7.5, -20.0, 10.0)
+    complaint_base: float = num(-9.24, -20.0, 10.0)
     """complaint logit of a delivered message"""
     complaint_quiet: float = num(3.5, 0.0, 20.0)
     """complaint logit added by a quiet-hour push or SMS"""
+    complaint_fatigue: float = num(0.6, 0.0, 10.0)
+    """complaint logit per unit of fatigue above the tolerance (complaints climb past about five
+    messages a week)"""
     complaint_urgency_repeat: float = num(0.6, 0.0, 10.0)
     """complaint logit per urgent message in the previous 7 days, x urgency of this one"""
     fatigue_half_life_days: float = num(2.0, 0.1, 365.0)
@@ -271,7 +274,7 @@ class ResponseConfig:
     """organic visit logit per unit of market stress (people check more in a crash)"""
     visit_recency: float = num(0.5, 0.0, 10.0)
     """organic visit logit lost per unit of log(days since the last visit): habits fade"""
-    visit_convert: float = num(-0.5, -10.0, 10.0)
+    visit_convert: float = num(-2.0, -10.0, 10.0)
     """conversion logit of an organic visit relative to a calm click, at the segment's mean
     relevance (the same literacy and relevance terms as a click's)"""
     churn_base: float = num(-7.6, -20.0, 0.0)
@@ -301,6 +304,17 @@ class ResponseConfig:
     )
     """relevance (-1..1) of each content (columns) to each goal segment (rows)"""
 
+    channel_slot_open: list[list[float]] = field(
+        default_factory=lambda: [
+            [0.1, 0.2, 0.0, 0.0, -0.1, -0.2],
+            [-0.3, -0.1, 0.0, 0.1, 0.5, 0.2],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ],
+        metadata={"lo": -5.0, "hi": 5.0, "length": len(CHANNELS)},
+    )
+    """open logit added by sending on each channel (rows email, push, sms) in each slot (columns
+    early .. late): e-mail is read at the desk in the morning, the phone in the evening"""
+
     quiet_hours: dict[str, list[str]] = field(
         default_factory=lambda: {"email": [], "push": ["late"], "sms": ["early", "late"]}
     )
@@ -308,6 +322,12 @@ class ResponseConfig:
 
     def check(self, prefix: str) -> None:
         check_quiet_hours(f"{prefix}.quiet_hours", self.quiet_hours)
+        for i, row in enumerate(self.channel_slot_open):
+            if len(row) != N_SLOTS:
+                raise ConfigError(
+                    f"{prefix}.channel_slot_open[{i}] must have {N_SLOTS} entries (one per slot "
+                    f"{', '.join(SLOT_KEYS)}), got {len(row)}"
+                )
         for i, row in enumerate(self.relevance):
             if len(row) != N_CONTENTS:
                 raise ConfigError(

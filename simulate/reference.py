@@ -148,6 +148,7 @@ class ReferenceClient:
             + self.base_open
             + self.channel_affinity[channel]
             + rhythm
+            + p.channel_slot_open[channel][slot_ix]
             + p.open_urgency * urgency
             + p.open_trust * (self.trust - 0.5)
             - p.open_fatigue * self.fatigue
@@ -223,6 +224,7 @@ class ReferenceClient:
             p.complaint_base
             + p.complaint_quiet * quiet
             + p.complaint_urgency_repeat * urgency_last_week * urgency
+            + p.complaint_fatigue * max(self.fatigue - p.fatigue_tolerance, 0.0)
         )
         complaint = deliver and u(W.S_COMPLAINT) < _sigmoid(complaint_logit)
 

@@ -127,6 +127,8 @@ class World:
         self._reset_rows(self.rows)
         self._quiet = quiet_table(response.quiet_hours)
         self._relevance = np.asarray(response.relevance, dtype=np.float64)
+        self._slot_open = np.asarray(response.channel_slot_open, dtype=np.float64).T.copy()
+        """(slots, channels) open logit of a send on a channel in a slot"""
         self._urgency = np.asarray(response.tone_urgency, dtype=np.float64)
         self._urgency_log = np.concatenate([[0.0], self._urgency])
         self._relief = np.asarray(response.tone_relief, dtype=np.float64)
@@ -251,6 +253,7 @@ class World:
             + t.base_open[rows]
             + t.channel_affinity.ravel().take(rows * N_CHANNELS + channel)
             + self._rhythm.ravel().take(slot_ix * N_SLOTS + t.slot_preference[rows])
+            + self._slot_open.ravel().take(slot_ix * N_CHANNELS + channel)
             + p.open_urgency * urgency
             + p.open_trust * (trust - 0.5)
             - p.open_fatigue * fatigue
@@ -269,6 +272,7 @@ class World:
             p.complaint_base
             + p.complaint_quiet * quiet
             + p.complaint_urgency_repeat * self.urgency_last_week[rows] * urgency
+            + p.complaint_fatigue * np.maximum(fatigue - p.fatigue_tolerance, 0.0)
         )
         return {
             "open": expit(open_logit),

@@ -249,11 +249,24 @@ def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
     ]
     _, settings, overrides = calibrate.parse(argv)
     best = calibrate.run_fit(settings, overrides, progress=False)
-    written = calibrate.ROOT / "conf" / "env" / f"{preset_name}.yaml"
+    written = calibrate.ROOT / "conf" / "population" / f"{preset_name}.yaml"
     assert written.is_file() and "Fitted by python calibrate.py fit" in written.read_text()
-    assert load_setup(env=preset_name).env.response.click_base == pytest.approx(
-        best["env.response.click_base"]
-    )
+    fitted = load_setup(population=preset_name)
+    assert fitted.env.response.click_base == pytest.approx(best["env.response.click_base"])
+    assert fitted.population == SETUP.population  # the fitted clients, nothing else moved
+    # the command line still overrides what the preset sets
+    over = load_setup(population=preset_name, overrides=["env.response.click_base=-4.5"])
+    assert over.env.response.click_base == -4.5
+    # Hydra composes the same preset for train.py
+    from hydra import compose, initialize_config_dir
+
+    from envs.config import to_setup
+    from experiment.schema import register
+
+    register()
+    with initialize_config_dir(str(calibrate.ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"population={preset_name}"])
+    assert to_setup(cfg).env.response.click_base == pytest.approx(best["env.response.click_base"])
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("cadence-realism").experiment_id
     fit_runs = [r for r in client.search_runs([experiment]) if r.data.tags.get("command") == "fit"]
