@@ -37,7 +37,8 @@ SAMPLERS = ("auto", "tpe", "cmaes")
 """auto: CMA-ES for two or more parameters (the objective is smooth under common random
 numbers), TPE for one (CMA-ES needs two)"""
 PENALTY = 1e6
-"""objective of a trial whose statistics are not finite (e.g. no complaints to divide by)"""
+"""objective of a trial whose statistics are not finite (e.g. no complaints to divide by) or
+whose protocol cannot run (the Hillstrom protocol finds too few customers)"""
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,10 @@ def fit(
 
     def run_trial(trial: optuna.Trial) -> float:
         values = {p.name: trial.suggest_float(p.name, p.low, p.high) for p in space}
-        simulated = simulate(make_setup(values), needed, clients, seed)
+        try:
+            simulated = simulate(make_setup(values), needed, clients, seed)
+        except ValueError:  # a protocol cannot run at these values (e.g. nobody ever buys)
+            return PENALTY
         return objective(simulated, targets)
 
     study.optimize(run_trial, n_trials=trials, show_progress_bar=progress)

@@ -43,6 +43,22 @@ def _fmix_int(x: int) -> int:
     return x
 
 
+def client_keys(seed: int, client_ids: np.ndarray) -> np.ndarray:
+    """The day-independent half of :func:`day_keys`, to compute once per client."""
+    seed_key = np.uint64(_fmix_int((seed & _MASK64) ^ 0x5BD1E995))
+    with np.errstate(over="ignore"):
+        x = client_ids.astype(np.uint64) * _GOLDEN
+        x ^= seed_key
+        return _fmix(x)
+
+
+def keys_on(client_key: np.ndarray, day: int) -> np.ndarray:
+    """:func:`day_keys` from the clients' :func:`client_keys` (the same values, one hash less)."""
+    day_term = np.uint64(((day & _MASK64) * 0xD6E8FEB86659FD93) & _MASK64)
+    with np.errstate(over="ignore"):
+        return _fmix(client_key ^ day_term)
+
+
 def day_keys(seed: int, client_ids: np.ndarray, day: int) -> np.ndarray:
     """Per-client keys for one day: uint64 array of the shape of ``client_ids``.
 

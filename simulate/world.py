@@ -102,6 +102,8 @@ class World:
         n = self.n = len(self.client_id)
         self.rows = np.arange(n)
         self.traits: Traits = sample_traits(population, self.seed, self.client_id)
+        self._client_key = rng.client_keys(self.seed, self.client_id)
+        """the day-independent half of each client's daily draw keys"""
         self.latent = LatentState(
             fatigue=np.zeros(n),
             novelty=np.ones((n, N_CONTENTS)),
@@ -173,6 +175,7 @@ class World:
         if rows.size == 0:
             return
         self.client_id[rows] = new_ids
+        self._client_key[rows] = rng.client_keys(self.seed, self.client_id[rows])
         self.traits.assign(rows, sample_traits(self.population, self.seed, self.client_id[rows]))
         self._reset_rows(rows)
 
@@ -182,6 +185,7 @@ class World:
         return (
             self.traits.nbytes()
             + self.client_id.nbytes
+            + self._client_key.nbytes
             + s.fatigue.nbytes
             + s.novelty.nbytes
             + s.trust.nbytes
@@ -342,7 +346,7 @@ class World:
         slot, tone, channel, content = self.check_actions(slot, tone, channel, content)
         p, t, s = self.response, self.traits, self.latent
         fx = self.schedule.effects(day)
-        keys = rng.day_keys(self.seed, self.client_id, day)
+        keys = rng.keys_on(self._client_key, day)
         alive = ~self.churned
 
         if fx.anxiety_shock or fx.trust_shock or fx.stress:

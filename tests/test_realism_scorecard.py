@@ -92,7 +92,7 @@ def test_bad_arguments_are_refused_naming_them(argv, message):
 def test_report_logs_the_scorecard_to_mlflow(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _, settings, overrides = calibrate.parse(
-        ["report", "clients=300", "seed=3", f"tracking.uri={uri}", "env.response.click_base=-3"]
+        ["report", "clients=300", "seed=3", f"tracking.uri={uri}", "env.response.click_base=-4"]
     )
     run_id = calibrate.report(settings, overrides, progress=False)
     run = mlflow.MlflowClient(uri).get_run(run_id)
@@ -114,7 +114,7 @@ def test_report_logs_the_scorecard_to_mlflow(tmp_path, capsys):
     assert metrics["realism/targets"] == 17
     printed = capsys.readouterr().out
     assert f"{int(metrics['realism/in_band'])} of 17 targets in band" in printed
-    assert run.data.params["overrides"] == "env.response.click_base=-3"
+    assert run.data.params["overrides"] == "env.response.click_base=-4"
     files = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id, "scorecard")}
     assert {
         "scorecard/scorecard.md",
@@ -191,7 +191,7 @@ def test_fit_recovers_known_parameters_from_their_own_scorecard():
     assert best["env.response.open_base"] == pytest.approx(true["env.response.open_base"], abs=0.05)
 
 
-@pytest.mark.slow  # 150 trials on 4,000 clients, every levels statistic
+@pytest.mark.slow  # 250 trials on 4,000 clients, every levels statistic
 def test_fit_recovers_four_known_parameters():
     r = SETUP.env.response
     true = {
@@ -211,9 +211,10 @@ def test_fit_recovers_four_known_parameters():
         ),
         4000,
     )
-    best = _fit(targets, list(true), 4000, 150)
-    # measured: -2.386, -0.461, -5.482, -8.186 against -2.4, -0.5, -5.5, -8.5 from a start at
-    # -1.6, -0.9, -6.0, -7.5; complaints (about 1 in 10,000 e-mails) carry the least information
+    best = _fit(targets, list(true), 4000, 250)
+    # measured: -4.145, -0.844, -5.797, -10.261 against -4.14, -0.83, -5.79, -10.24 from the
+    # calibrated defaults; 150 trials stopped short (open_base -0.925) once clicks fell to the
+    # financial-services level. Complaints (about 1 in 10,000 e-mails) carry the least information
     tolerance = {"click_base": 0.05, "open_base": 0.06, "unsub_base": 0.1, "complaint_base": 0.4}
     for name, value in true.items():
         assert best[name] == pytest.approx(value, abs=tolerance[name.split(".")[-1]]), name
@@ -303,16 +304,3 @@ def test_fit_refuses_bad_parameters_before_any_work(tmp_path, extra, message):
             *calibrate.parse(["fit", f"tracking.uri={uri}", "trials=2", *extra])[1:], progress=False
         )
     assert not (tmp_path / "mlflow.db").exists()
-
-
-def test_targets_the_simulator_cannot_compute_yet_say_what_they_wait_for(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    targets = calibrate.ROOT / "targets" / "hillstrom.yaml"
-    _, settings, overrides = calibrate.parse(
-        ["report", f"targets={targets}", f"tracking.uri={uri}"]
-    )
-    with pytest.raises(ConfigError, match="needs clients who visit on their own"):
-        calibrate.report(settings, overrides, progress=False)
-    from realism.targets import load_targets
-
-    assert calibrate.hillstrom_statistic_names() == load_targets(targets).names()
