@@ -28,9 +28,9 @@ def test_default_population_meets_every_financial_services_figure():
     assert _misses("default", "financial_services", 5000) == {}
 
 
-@pytest.mark.slow  # a simulated year for each of about 60,000 candidates
+@pytest.mark.slow  # a simulated year for each of about 100,000 candidates
 def test_hillstrom_preset_reproduces_the_hold_out_experiment():
-    assert _misses("hillstrom", "hillstrom", 3000) == {}
+    assert _misses("hillstrom", "hillstrom", 10000) == {}
 
 
 @pytest.mark.slow
