@@ -1,0 +1,178 @@
+"""Off-policy evaluation: estimate a target policy's value from data logged under another policy.
+
+One-step estimators are plain functions over numpy arrays, one entry per logged decision:
+
+* ``reward``: the reward observed after the logged action;
+* ``pscore``: the logging policy's probability of the logged action (after masks), in (0, 1];
+* ``target_pscore``: the target policy's probability of the same logged action, in [0, 1]
+  (a deterministic target policy gives 0 or 1; soften it with :func:`epsilon_soft` if its
+  support must cover the logging policy's);
+* ``q_logged`` = q̂(x, a_logged) and ``q_target`` = Σ_a π(a|x) q̂(x, a) for a reward model q̂.
+
+Each returns an :class:`Estimate`: the value, a bootstrap 95 % interval over logged rows, and the
+diagnostics an analyst reads before trusting it (effective sample size of the importance weights
+and the largest weight). Conventions follow the standard definitions (inverse propensity
+scoring, self-normalised IPS, the direct method, doubly robust, switch-DR, weight clipping).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BOOT = 500
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An off-policy estimate with its interval and weight diagnostics."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    ess: float
+    """effective sample size of the importance weights, (Σw)² / Σw²  (n when no weights are used)"""
+    max_weight: float
+    """largest importance weight (0 when no weights are used)"""
+    n: int
+    """logged rows used"""
+
+
+def _array(name: str, values, n: int | None = None) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {a.shape}")
+    if n is not None and len(a) != n:
+        raise ValueError(f"{name} has {len(a)} entries; expected {n} (one per logged row)")
+    bad = np.flatnonzero(~np.isfinite(a))
+    if bad.size:
+        raise ValueError(f"{name}[{bad[0]}] = {a[bad[0]]} is not a finite number")
+    return a
+
+
+def _check_pscores(pscore: np.ndarray, target_pscore: np.ndarray) -> None:
+    bad = np.flatnonzero((pscore <= 0) | (pscore > 1))
+    if bad.size:
+        raise ValueError(
+            f"pscore[{bad[0]}] = {pscore[bad[0]]}; a logging propensity must lie in (0, 1]"
+        )
+    bad = np.flatnonzero((target_pscore < 0) | (target_pscore > 1))
+    if bad.size:
+        raise ValueError(
+            f"target_pscore[{bad[0]}] = {target_pscore[bad[0]]}; a probability must lie in [0, 1]"
+        )
+
+
+def _weights(reward, pscore, target_pscore) -> tuple[np.ndarray, np.ndarray]:
+    r = _array("reward", reward)
+    if r.size == 0:
+        raise ValueError("reward is empty: no logged rows to estimate from")
+    p = _array("pscore", pscore, len(r))
+    t = _array("target_pscore", target_pscore, len(r))
+    _check_pscores(p, t)
+    return r, t / p
+
+
+def _diagnostics(w: np.ndarray) -> tuple[float, float]:
+    total, squares = float(w.sum()), float((w * w).sum())
+    ess = total * total / squares if squares > 0 else 0.0
+    return ess, float(w.max()) if w.size else 0.0
+
+
+def _bootstrap(
+    stat: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int
+) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n, n)) for _ in range(n_boot)]
+    lo, hi = np.nanpercentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _estimate(
+    stat: Callable[[np.ndarray], float], n: int, w: np.ndarray | None, n_boot: int, seed: int
+) -> Estimate:
+    every = np.arange(n)
+    lo, hi = _bootstrap(stat, n, n_boot, seed)
+    ess, largest = _diagnostics(w) if w is not None else (float(n), 0.0)
+    return Estimate(stat(every), lo, hi, ess, largest, n)
+
+
+def ips(
+    reward, pscore, target_pscore, clip: float = math.inf, n_boot: int = N_BOOT, seed: int = 0
+) -> Estimate:
+    """Inverse propensity scoring: mean of w·r, w = target_pscore / pscore, each weight capped at
+    ``clip`` (weight clipping trades bias for variance; inf: unclipped, unbiased)."""
+    r, w = _weights(reward, pscore, target_pscore)
+    w = np.minimum(w, _positive("clip", clip))
+    wr = w * r
+    return _estimate(lambda i: float(wr[i].mean()), len(r), w, n_boot, seed)
+
+
+def snips(reward, pscore, target_pscore, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+    """Self-normalised IPS: Σ w·r / Σ w (a little biased, far less variable when weights are large)."""
+    r, w = _weights(reward, pscore, target_pscore)
+    wr = w * r
+
+    def stat(i: np.ndarray) -> float:
+        total = w[i].sum()
+        return float(wr[i].sum() / total) if total > 0 else float("nan")
+
+    return _estimate(stat, len(r), w, n_boot, seed)
+
+
+def dm(q_target, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+    """Direct method: mean over logged contexts of the reward model's value of the target policy."""
+    q = _array("q_target", q_target)
+    if q.size == 0:
+        raise ValueError("q_target is empty: no logged rows to estimate from")
+    return _estimate(lambda i: float(q[i].mean()), len(q), None, n_boot, seed)
+
+
+def dr(
+    reward,
+    pscore,
+    target_pscore,
+    q_logged,
+    q_target,
+    clip: float = math.inf,
+    switch: float = math.inf,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> Estimate:
+    """Doubly robust: mean of q_target + w·(r − q_logged). ``clip`` caps each weight; ``switch``
+    (switch-DR) drops the correction where the weight exceeds it, leaving the reward model's
+    value there (``switch=inf``: plain DR; ``switch=0``: the direct method)."""
+    r, w = _weights(reward, pscore, target_pscore)
+    ql = _array("q_logged", q_logged, len(r))
+    qt = _array("q_target", q_target, len(r))
+    _positive("clip", clip)
+    if not switch >= 0:
+        raise ValueError(f"switch must be >= 0, got {switch}")
+    used = np.where(w <= switch, np.minimum(w, clip), 0.0)
+    per_row = qt + used * (r - ql)
+    return _estimate(lambda i: float(per_row[i].mean()), len(r), used, n_boot, seed)
+
+
+def switch_dr(reward, pscore, target_pscore, q_logged, q_target, switch: float, **kwargs):
+    """Switch-DR: :func:`dr` with the correction dropped where the weight exceeds ``switch``."""
+    return dr(reward, pscore, target_pscore, q_logged, q_target, switch=switch, **kwargs)
+
+
+def epsilon_soft(greedy: np.ndarray, chosen: np.ndarray, epsilon: float, n_actions: int):
+    """Probability of ``chosen`` under the ε-soft version of a deterministic policy that picks
+    ``greedy``: 1 − ε + ε/K on the greedy action, ε/K elsewhere (K = ``n_actions``)."""
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+    if n_actions < 1:
+        raise ValueError(f"n_actions must be >= 1, got {n_actions}")
+    base = epsilon / n_actions
+    return np.where(np.asarray(greedy) == np.asarray(chosen), 1.0 - epsilon + base, base)
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
