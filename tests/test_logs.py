@@ -1,0 +1,115 @@
+"""Logged datasets: a valid simulated log round-trips; every bad file is refused naming column
+and row, and nothing on disk changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from envs.config import load_setup
+from envs.consent import observe
+from envs.features import FEATURE_NAMES
+from evaluation.logs import SCHEMA, LogError, read_logs, validate, write_logs
+from simulate.world import OUTCOMES, World
+
+
+def _simulated_log(clients: int = 50, days: int = 3) -> pl.DataFrame:
+    """Uniformly random actions (a stochastic logging policy with known propensities)."""
+    s = load_setup()
+    ids = np.arange(clients, dtype=np.uint64)
+    world = World(s.population, s.env.response, s.scenario, 0, ids)
+    rng = np.random.default_rng(0)
+    parts = []
+    for day in range(days):
+        obs = observe(world, day, 0.0)
+        a = np.stack([rng.integers(0, k, clients) for k in (7, 5, 3, 4)], axis=1)
+        out = world.step(day, *a.T)
+        frame = {"client_id": ids.astype(np.int64), "day": np.full(clients, day)}
+        frame |= {name: obs[:, i] for i, name in enumerate(FEATURE_NAMES)}
+        frame |= {c: a[:, i] for i, c in enumerate(("slot", "tone", "channel", "content"))}
+        frame["pscore"] = np.full(clients, 1 / (7 * 5 * 3 * 4))
+        frame |= {k: out[k] for k in OUTCOMES}
+        frame["reward"] = out["clicked"].astype(float)
+        parts.append(pl.DataFrame(frame))
+    return pl.concat(parts)
+
+
+def test_a_simulated_log_round_trips(tmp_path):
+    frame = _simulated_log()
+    assert set(SCHEMA) <= set(frame.columns)
+    path = write_logs(frame, tmp_path / "logs.parquet")
+    assert read_logs(path).equals(frame)
+    assert [p.name for p in tmp_path.iterdir()] == ["logs.parquet"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: f.drop("pscore"), "missing column 'pscore'"),
+        (lambda f: f.with_columns(pl.col("slot").cast(pl.Utf8)), "column 'slot' must be integer"),
+        (
+            lambda f: f.with_columns(
+                pl.when(pl.int_range(pl.len()) == 7)
+                .then(0.0)
+                .otherwise(pl.col("pscore"))
+                .alias("pscore")
+            ),
+            "pscore is 0.0 in row 7",
+        ),
+        (
+            lambda f: f.with_columns(
+                pl.when(pl.int_range(pl.len()) == 3)
+                .then(1.5)
+                .otherwise(pl.col("pscore"))
+                .alias("pscore")
+            ),
+            r"pscore is 1.5 in row 3; .* must lie in \(0, 1\]",
+        ),
+        (lambda f: f.with_columns(pl.lit(1.0).alias("pscore")), "every pscore is 1"),
+        (lambda f: pl.concat([f, f.head(1)]), "client 0 on day 0 appears more than once"),
+        (
+            lambda f: f.with_columns(
+                pl.when(pl.int_range(pl.len()) == 5)
+                .then(9)
+                .otherwise(pl.col("channel"))
+                .alias("channel")
+            ),
+            r"column 'channel' is 9 in row 5; the action space allows 0..2",
+        ),
+        (
+            lambda f: f.with_columns(
+                pl.when(pl.int_range(pl.len()) == 2)
+                .then(None)
+                .otherwise(pl.col("reward"))
+                .alias("reward")
+            ),
+            "column 'reward' is empty in row 2",
+        ),
+        (
+            lambda f: f.with_columns(pl.lit(-1.0).alias("days_since_last_visit")),
+            "feature 'days_since_last_visit' is -1.0 in row 0",
+        ),
+    ],
+)
+def test_a_bad_log_is_refused_naming_column_and_row(tmp_path, edit, message):
+    bad = edit(_simulated_log())
+    with pytest.raises(LogError, match=message):
+        validate(bad)
+    # writing refuses it too and leaves the earlier file untouched
+    path = write_logs(_simulated_log(), tmp_path / "logs.parquet")
+    before = path.read_bytes()
+    with pytest.raises(LogError, match=message):
+        write_logs(bad, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["logs.parquet"]
+
+
+def test_a_file_that_is_not_parquet_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "logs.parquet"
+    path.write_bytes(b"not parquet")
+    with pytest.raises(LogError, match="not a readable Parquet file"):
+        read_logs(path)
+    assert path.read_bytes() == b"not parquet"
+    with pytest.raises(LogError, match="no such file"):
+        read_logs(tmp_path / "missing.parquet")
