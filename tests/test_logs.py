@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from envs.config import load_setup
+from envs.config import RewardConfig, load_setup
 from envs.consent import observe
 from envs.features import FEATURE_NAMES
 from evaluation.logs import SCHEMA, LogError, read_logs, validate, write_logs
@@ -113,3 +113,44 @@ def test_a_file_that_is_not_parquet_is_refused_and_left_alone(tmp_path):
     assert path.read_bytes() == b"not parquet"
     with pytest.raises(LogError, match="no such file"):
         read_logs(tmp_path / "missing.parquet")
+
+
+def test_a_logged_heuristic_has_exact_propensities_and_ips_finds_its_day_zero_value(tmp_path):
+    from agents.heuristics import HEURISTICS
+    from envs.core import CadenceCore
+    from evaluation import ope
+    from evaluation.logged import LOG_CLIENT_OFFSET, log_policy
+
+    setup = load_setup()
+    policy = HEURISTICS["segment_rules"]()
+    frame = log_policy(policy, setup, 3000, 4, seed=5, epsilon=0.3)
+    validate(frame)
+    assert frame.equals(log_policy(policy, setup, 3000, 4, seed=5, epsilon=0.3))
+    assert frame["pscore"].min() > 0 and frame["pscore"].max() <= 1
+    # the policy's own (deterministic) choices on day 0, on the same clients and luck
+    core = CadenceCore(setup, 3000, autoreset=False, client_id_offset=LOG_CLIENT_OFFSET)
+    obs = core.reset(5)
+    own = np.asarray(policy.act(obs, core.joint_masks()))
+    truth = core.step(own)
+    weights = RewardConfig().weights()
+    true_value = float(np.mean(sum(w * truth.outcomes[k] for k, w in weights.items())))
+    day0 = frame.filter(pl.col("day") == 0)
+    logged = day0.select("slot", "tone", "channel", "content").to_numpy()
+    target = (logged == own).all(axis=1).astype(float)
+    est = ope.ips(day0["reward"].to_numpy(), day0["pscore"].to_numpy(), target, n_boot=200)
+    assert est.ci_low <= true_value <= est.ci_high, (est, true_value)
+
+
+def test_a_policy_that_asks_for_blocked_sends_cannot_be_logged():
+    from evaluation.logged import log_policy
+
+    class LatePush:
+        name = "late_push"
+
+        def act(self, obs, masks):
+            return np.tile([6, 0, 1, 0], (len(obs), 1))  # push in the late slot: quiet hours
+
+    with pytest.raises(ValueError, match="late_push asked for a blocked action for client row 0"):
+        log_policy(LatePush(), load_setup(), 20, 2, seed=0)
+    with pytest.raises(ValueError, match="epsilon must lie in"):
+        log_policy(LatePush(), load_setup(), 20, 2, seed=0, epsilon=0.0)
