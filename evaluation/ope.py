@@ -176,3 +176,55 @@ def _positive(name: str, value: float) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
     return value
+
+
+def pdwis(
+    reward, pscore, target_pscore, alive, gamma: float = 1.0, n_boot: int = N_BOOT, seed: int = 0
+) -> Estimate:
+    """Per-decision weighted importance sampling of a policy's value over days.
+
+    Arrays are (clients, days), one trajectory per row. Conventions (a wrong one silently drops
+    or invents reward):
+
+    * ``alive[i, t]`` is False from the first day after client i ended (churned): that day and
+      later ones are an absorbing state where every policy acts alike and earns 0, so their reward
+      must be 0 and their step weight is taken as 1 (the client's weight stays what it was);
+    * the last logged day is a truncation, not a terminal: the estimate is the value over the
+      logged horizon, with no value added beyond it;
+    * the value is the per-client sum over days of ``gamma**t * reward``.
+
+    Estimate: Σ_t γ^t Σ_i (ρ_it / Σ_j ρ_jt) r_it, ρ_it the product of step weights up to day t.
+    The interval resamples whole trajectories; ``ess`` and ``max_weight`` are those of the
+    cumulative weights on the last day (where they are most spread).
+    """
+    r = np.asarray(reward, dtype=np.float64)
+    if r.ndim != 2 or r.size == 0:
+        raise ValueError(f"reward must be a non-empty (clients, days) array, got shape {r.shape}")
+    arrays = {"pscore": pscore, "target_pscore": target_pscore, "alive": alive}
+    p, t, live = (np.asarray(arrays[k]) for k in ("pscore", "target_pscore", "alive"))
+    for name, a in (("pscore", p), ("target_pscore", t), ("alive", live)):
+        if a.shape != r.shape:
+            raise ValueError(f"{name} has shape {a.shape}; expected {r.shape} like reward")
+    live = live.astype(bool)
+    _array("reward", r.ravel())
+    p = np.where(live, _array("pscore", p.ravel()).reshape(r.shape), 1.0)
+    t = np.where(live, _array("target_pscore", t.ravel()).reshape(r.shape), 1.0)
+    _check_pscores(p.ravel(), t.ravel())
+    dead = np.argwhere(~live & (r != 0))
+    if len(dead):
+        i, d = dead[0]
+        raise ValueError(f"reward[{i}, {d}] = {r[i, d]} on a day the client was no longer alive")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    rho = np.cumprod(t / p, axis=1)
+    discount = gamma ** np.arange(r.shape[1])
+
+    def stat(i: np.ndarray) -> float:
+        w = rho[i]
+        total = w.sum(axis=0)
+        per_day = np.where(total > 0, (w * r[i]).sum(axis=0) / np.where(total > 0, total, 1), 0)
+        return float((discount * per_day).sum())
+
+    ess, largest = _diagnostics(rho[:, -1])
+    lo, hi = _bootstrap(stat, len(r), n_boot, seed)
+    return Estimate(stat(np.arange(len(r))), lo, hi, ess, largest, len(r))
