@@ -85,6 +85,7 @@ def log_policy(
         frame["pscore"] = pscore[live]
         frame |= {k: r.outcomes[k][live] for k in OUTCOMES}
         frame["reward"] = sum(w * r.outcomes[k] for k, w in weights.items())[live]
+        frame["seed"] = np.full(int(live.sum()), seed, dtype=np.int64)  # lets truth be rerun
         parts.append(pl.DataFrame(frame))
         gone |= r.outcomes["churned"]
         obs = r.obs

@@ -86,7 +86,9 @@ def _bootstrap(
     stat: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int
 ) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
-    values = [stat(rng.integers(0, n, n)) for _ in range(n_boot)]
+    values = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)])
+    if np.isnan(values).all():
+        return float("nan"), float("nan")
     lo, hi = np.nanpercentile(values, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -195,7 +197,9 @@ def pdwis(
 
     Estimate: Σ_t γ^t Σ_i (ρ_it / Σ_j ρ_jt) r_it, ρ_it the product of step weights up to day t.
     The interval resamples whole trajectories; ``ess`` and ``max_weight`` are those of the
-    cumulative weights on the last day (where they are most spread).
+    cumulative weights on the last day (where they are most spread). Where no logged trajectory
+    agrees with the target policy up to some day (all weights 0), the value is NaN: the logs hold
+    no evidence about it (soften a deterministic target, or log with more exploration).
     """
     r = np.asarray(reward, dtype=np.float64)
     if r.ndim != 2 or r.size == 0:
@@ -222,8 +226,9 @@ def pdwis(
     def stat(i: np.ndarray) -> float:
         w = rho[i]
         total = w.sum(axis=0)
-        per_day = np.where(total > 0, (w * r[i]).sum(axis=0) / np.where(total > 0, total, 1), 0)
-        return float((discount * per_day).sum())
+        if not (total > 0).all():  # a day no logged trajectory supports: no estimate
+            return float("nan")
+        return float((discount * (w * r[i]).sum(axis=0) / total).sum())
 
     ess, largest = _diagnostics(rho[:, -1])
     lo, hi = _bootstrap(stat, len(r), n_boot, seed)
