@@ -12,6 +12,10 @@ Estimators: ``snips`` (one step: the mean daily reward per client-day on the log
 ``eval/value`` for the same number of days), each with a 95 % bootstrap interval.
 
     python -m evaluation.offline logs.parquet segment_rules fixed_weekly --epsilon 0.05
+
+Each policy's estimates go to MLflow (experiment ``cadence``, tag ``command=ope``) as
+``ope/<estimator>/value``, ``ope/<estimator>/ci_low``, ``ope/<estimator>/ci_high``,
+``ope/<estimator>/ess`` and, for simulated logs, ``ope/truth``.
 """
 
 from __future__ import annotations
@@ -139,6 +143,36 @@ def table(results: Sequence[OffPolicyResult]) -> str:
     return "\n".join(lines)
 
 
+def log_results(results: Sequence[OffPolicyResult], logs: str, uri: str | None) -> list[str]:
+    """One MLflow run per policy (experiment ``cadence``, tags ``policy``, ``command=ope``) with
+    ``ope/<estimator>/value``, ``/ci_low``, ``/ci_high``, ``/ess`` and ``ope/truth`` where known."""
+    import math
+
+    import mlflow
+
+    from experiment.tracking import git_commit, setup_mlflow
+
+    setup_mlflow(uri, "cadence")
+    ids = []
+    for res in results:
+        with mlflow.start_run(
+            run_name=f"ope {res.policy}",
+            tags={"policy": res.policy, "command": "ope", "git_commit": git_commit()},
+        ) as run:
+            mlflow.log_param("logs", logs)
+            metrics = {}
+            for name, e in res.estimates.items():
+                for key, v in (("value", e.value), ("ci_low", e.ci_low), ("ci_high", e.ci_high)):
+                    if math.isfinite(v):
+                        metrics[f"ope/{name}/{key}"] = v
+                metrics[f"ope/{name}/ess"] = e.ess
+            if res.truth is not None:
+                metrics["ope/truth"] = res.truth
+            mlflow.log_metrics(metrics)
+            ids.append(run.info.run_id)
+    return ids
+
+
 def main(argv: list[str] | None = None) -> int:
     from agents.config import AgentConfig
     from agents.registry import make_policy
@@ -147,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("logs", help="a logged Parquet file (docs/logged-data.md)")
     parser.add_argument("policies", nargs="+", help="heuristic or bandit names")
     parser.add_argument("--epsilon", type=float, default=0.0, help="ε-soften the targets")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: mlflow.db)")
+    parser.add_argument("--no-mlflow", action="store_true", help="print only")
     args = parser.parse_args(argv)
     try:
         frame = read_logs(args.logs)
@@ -157,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(table(results))
+    if not args.no_mlflow:
+        ids = log_results(results, args.logs, args.tracking_uri)
+        print(f"MLflow runs (experiment cadence): {', '.join(ids)}")
     return 0
 
 

@@ -179,3 +179,26 @@ def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
     assert "| segment_rules | pdwis |" in table(results)
     with pytest.raises(ValueError, match="reads the world it acts in"):
         estimate(frame, [Oracle()], setup, n_boot=5)
+
+
+def test_the_offline_command_prints_and_logs_to_mlflow(tmp_path, capsys):
+    import mlflow
+
+    from agents.heuristics import HEURISTICS
+    from evaluation import offline
+    from evaluation.logged import log_policy
+
+    path = write_logs(
+        log_policy(HEURISTICS["segment_rules"](), load_setup(), 800, 5, seed=1, epsilon=0.3),
+        tmp_path / "logs.parquet",
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert offline.main([str(path), "segment_rules", "--tracking-uri", uri]) == 0
+    assert "| segment_rules | pdwis |" in capsys.readouterr().out
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("cadence").experiment_id]
+    )
+    assert len(runs) == 1 and runs[0].data.tags["command"] == "ope"
+    metrics = runs[0].data.metrics
+    assert {"ope/pdwis/value", "ope/pdwis/ci_low", "ope/snips/value", "ope/truth"} <= set(metrics)
+    assert offline.main([str(tmp_path / "nope.parquet"), "segment_rules", "--no-mlflow"]) == 2
