@@ -78,11 +78,13 @@ def _grid(frame: pl.DataFrame, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return grid, alive
 
 
-def true_value(policy: Policy, frame: pl.DataFrame, setup: Setup) -> float | None:
-    """The policy's mean value per client over the log's days, on the log's own simulated clients
-    and luck; None unless the log came from :func:`evaluation.logged.log_policy` (it carries the
-    ``seed`` column and the simulator's client ids)."""
-    from evaluation.logged import LOG_CLIENT_OFFSET
+def true_value(
+    policy: Policy, frame: pl.DataFrame, setup: Setup, epsilon: float = 0.0
+) -> float | None:
+    """The (ε-soft, where ``epsilon`` > 0) policy's mean value per client over the log's days, on
+    the log's own simulated clients and luck; None unless the log came from
+    :func:`evaluation.logged.log_policy` (it carries the ``seed`` column and the simulator's ids)."""
+    from evaluation.logged import LOG_CLIENT_OFFSET, log_policy
 
     if "seed" not in frame.columns:
         return None
@@ -91,6 +93,9 @@ def true_value(policy: Policy, frame: pl.DataFrame, setup: Setup) -> float | Non
     if not np.array_equal(ids, LOG_CLIENT_OFFSET + np.arange(n)):
         return None
     days = int(frame["day"].max()) + 1
+    if epsilon > 0:  # the soft policy's own rollout: its rewards are the truth
+        soft = log_policy(policy, setup, n, days, int(frame["seed"][0]), epsilon)
+        return float(soft["reward"].sum() / n)
     core = CadenceCore(setup, n, autoreset=False, client_id_offset=LOG_CLIENT_OFFSET)
     obs = core.reset(int(frame["seed"][0]))
     weights = RewardConfig().weights()
@@ -124,7 +129,8 @@ def estimate(
             "snips": ope.snips(reward, pscore, t, n_boot=n_boot),
             "pdwis": ope.pdwis(r_grid, np.where(alive, p_grid, 1.0), t_grid, alive, n_boot=n_boot),
         }
-        out.append(OffPolicyResult(policy.name, estimates, true_value(policy, frame, setup)))
+        truth = true_value(policy, frame, setup, epsilon)
+        out.append(OffPolicyResult(policy.name, estimates, truth))
     return out
 
 
