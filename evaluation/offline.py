@@ -33,9 +33,10 @@ from envs.config import RewardConfig, Setup, load_setup
 from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES
 from envs.masks import MaskRules, joint_mask, mask_inputs
-from envs.spaces import multi_to_flat
+from envs.spaces import JOINT_COLUMNS, multi_to_flat
 from evaluation import ope
 from evaluation.logs import ACTIONS, read_logs, validate
+from simulate.labels import ACTION_NVEC
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,92 @@ def target_pscores(
     return (1.0 - epsilon) * (logged == own) + epsilon * masks[
         np.arange(len(logged)), logged
     ] / allowed
+
+
+_N_COMPONENTS = int(sum(ACTION_NVEC))
+_ACTION_ONEHOT = np.zeros((len(JOINT_COLUMNS), _N_COMPONENTS))
+_ACTION_ONEHOT[np.arange(len(JOINT_COLUMNS))[:, None], JOINT_COLUMNS] = 1.0
+"""(361, 19) the component one-hots of each flat action (no-send: slot 0 only)"""
+_SEND = (np.arange(len(JOINT_COLUMNS)) > 0).astype(float)
+
+
+def _phi(obs: np.ndarray, onehot: np.ndarray, send: np.ndarray) -> np.ndarray:
+    """FQE features: 1, the observation, the action's component one-hots, observation x send."""
+    return np.concatenate([np.ones((len(obs), 1)), obs, onehot, obs * send[:, None]], axis=1)
+
+
+def _policy_features(
+    policy: Policy, obs: np.ndarray, masks: np.ndarray, epsilon: float
+) -> np.ndarray:
+    """E_{a ~ π(.|x)} φ(x, a) for each row: the policy's action, ε-mixed with the allowed mean."""
+    own = multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
+    allowed = masks.sum(axis=1, keepdims=True)
+    onehot = (1.0 - epsilon) * _ACTION_ONEHOT[own] + epsilon * (masks @ _ACTION_ONEHOT) / allowed
+    send = (1.0 - epsilon) * _SEND[own] + epsilon * (masks @ _SEND) / allowed[:, 0]
+    return _phi(obs, onehot, send)
+
+
+def fqe(
+    frame: pl.DataFrame,
+    policy: Policy,
+    setup: Setup,
+    epsilon: float = 0.0,
+    ridge: float = 1.0,
+    n_boot: int = 50,
+    seed: int = 0,
+) -> ope.Estimate:
+    """Fitted-Q evaluation over the logged horizon, with a linear Q per day (ridge regression on
+    the observation, the action's components and observation × send).
+
+    Backwards from the last logged day: Q_T−1 fits the day's reward; Q_t fits the reward plus the
+    next day's E_{a'~π} Q_t+1(x', a') at the client's next logged state, and 0 where the client
+    churned that day (absorbing); nothing is added after the last day (truncation). The value is
+    the mean over clients of E_{a~π} Q_0(x_0, a). The interval refits on clients resampled with
+    replacement (``n_boot`` refits); ``ess`` is the number of clients, ``max_weight`` 0 (no weights).
+    """
+    frame = frame.sort("client_id", "day")
+    days = np.unique(frame["day"].to_numpy())
+    guard = MaskRules.from_config(setup.env.guardrails)
+    clients, client_ix = np.unique(frame["client_id"].to_numpy(), return_inverse=True)
+    day_ix = np.searchsorted(days, frame["day"].to_numpy())
+    obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float64)
+    logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
+    phi = _phi(obs, _ACTION_ONEHOT[logged], _SEND[logged])
+    masks = joint_mask(guard, *mask_inputs(obs.astype(np.float32)))
+    phi_pi = _policy_features(policy, obs.astype(np.float32), masks, epsilon)
+    reward = frame["reward"].to_numpy()
+    churned = frame["churned"].to_numpy()
+    # row of each client's next logged day (-1: none)
+    row_of = np.full((len(clients), len(days)), -1)
+    row_of[client_ix, day_ix] = np.arange(frame.height)
+    nxt = np.full(frame.height, -1)
+    later = day_ix + 1 < len(days)
+    nxt[later] = row_of[client_ix[later], day_ix[later] + 1]
+    nxt[churned] = -1
+
+    def value_on(chosen_clients: np.ndarray) -> float:
+        weight = np.bincount(chosen_clients, minlength=len(clients)).astype(float)
+        w_rows = weight[client_ix]
+        q_next = np.zeros(frame.height)  # E_pi Q_{t+1} at each row's state, filled day by day
+        coef = None
+        for t in range(len(days) - 1, -1, -1):
+            rows = np.flatnonzero((day_ix == t) & (w_rows > 0))
+            target = reward[rows] + np.where(nxt[rows] >= 0, q_next[np.maximum(nxt[rows], 0)], 0.0)
+            x, sw = phi[rows], w_rows[rows]
+            a = (x * sw[:, None]).T @ x + ridge * np.eye(x.shape[1])
+            coef = np.linalg.solve(a, (x * sw[:, None]).T @ target)
+            today = np.flatnonzero(day_ix == t)
+            q_next[today] = phi_pi[today] @ coef
+        first = np.flatnonzero(day_ix == 0)
+        return float(np.average(q_next[first], weights=weight[client_ix[first]]))
+
+    every = np.arange(len(clients))
+    rng = np.random.default_rng(seed)
+    boots = [value_on(rng.integers(0, len(clients), len(clients))) for _ in range(n_boot)]
+    lo, hi = np.percentile(boots, [2.5, 97.5]) if n_boot else (np.nan, np.nan)
+    return ope.Estimate(
+        value_on(every), float(lo), float(hi), float(len(clients)), 0.0, len(clients)
+    )
 
 
 def _grid(frame: pl.DataFrame, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +201,7 @@ def estimate(
     setup: Setup,
     epsilon: float = 0.0,
     n_boot: int = 300,
+    fqe_boot: int = 50,
 ) -> list[OffPolicyResult]:
     """Each policy's off-policy estimates from ``frame`` (validated first) and its truth where known."""
     validate(frame)
@@ -128,6 +216,7 @@ def estimate(
         estimates = {
             "snips": ope.snips(reward, pscore, t, n_boot=n_boot),
             "pdwis": ope.pdwis(r_grid, np.where(alive, p_grid, 1.0), t_grid, alive, n_boot=n_boot),
+            "fqe": fqe(frame, policy, setup, epsilon, n_boot=fqe_boot),
         }
         truth = true_value(policy, frame, setup, epsilon)
         out.append(OffPolicyResult(policy.name, estimates, truth))
@@ -141,7 +230,7 @@ def table(results: Sequence[OffPolicyResult]) -> str:
     ]
     for res in results:
         for name, e in res.estimates.items():
-            truth = "" if res.truth is None or name != "pdwis" else f"{res.truth:.4g}"
+            truth = "" if res.truth is None or name == "snips" else f"{res.truth:.4g}"
             lines.append(
                 f"| {res.policy} | {name} | {e.value:.4g} | [{e.ci_low:.4g}, {e.ci_high:.4g}] | "
                 f"{e.ess:,.0f} | {e.max_weight:.3g} | {truth} |"

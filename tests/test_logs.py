@@ -167,7 +167,11 @@ def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
     setup = load_setup()
     frame = log_policy(HEURISTICS["segment_rules"](), setup, 5000, 14, seed=3, epsilon=0.2)
     results = estimate(
-        frame, [HEURISTICS["segment_rules"](), HEURISTICS["fixed_weekly"]()], setup, n_boot=200
+        frame,
+        [HEURISTICS["segment_rules"](), HEURISTICS["fixed_weekly"]()],
+        setup,
+        n_boot=200,
+        fqe_boot=3,
     )
     same, other = results
     pdwis = same.estimates["pdwis"]
@@ -202,3 +206,17 @@ def test_the_offline_command_prints_and_logs_to_mlflow(tmp_path, capsys):
     metrics = runs[0].data.metrics
     assert {"ope/pdwis/value", "ope/pdwis/ci_low", "ope/snips/value", "ope/truth"} <= set(metrics)
     assert offline.main([str(tmp_path / "nope.parquet"), "segment_rules", "--no-mlflow"]) == 2
+
+
+def test_fitted_q_evaluation_recovers_the_logging_policys_value():
+    from agents.heuristics import HEURISTICS
+    from evaluation.logged import log_policy
+    from evaluation.offline import fqe, true_value
+
+    setup = load_setup()
+    policy = HEURISTICS["segment_rules"]()
+    frame = log_policy(policy, setup, 2000, 7, seed=4, epsilon=0.2)
+    est = fqe(frame, policy, setup, epsilon=0.2, n_boot=30)
+    truth = true_value(policy, frame, setup, epsilon=0.2)
+    assert est.ci_low <= truth <= est.ci_high, (est, truth)
+    assert est.n == frame["client_id"].n_unique()
