@@ -208,6 +208,7 @@ def test_the_offline_command_prints_and_logs_to_mlflow(tmp_path, capsys):
     assert offline.main([str(tmp_path / "nope.parquet"), "segment_rules", "--no-mlflow"]) == 2
 
 
+@pytest.mark.slow  # 30 refits of a linear Q per day
 def test_fitted_q_evaluation_recovers_the_logging_policys_value():
     from agents.heuristics import HEURISTICS
     from evaluation.logged import log_policy
