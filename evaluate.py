@@ -2,6 +2,8 @@
 
     python evaluate.py policies='[random,batch_and_blast,linucb,run:<mlflow_run_id>]'
     python evaluate.py policies='[segment_rules,run:<id>]' eval.num_clients=5000 eval.num_seeds=3 scenario=market_shock
+    python evaluate.py log=segment_rules out=logs.parquet log_epsilon=0.2 eval.num_clients=5000 eval.horizon_days=14
+    python evaluate.py logs=logs.parquet policies='[segment_rules,fixed_weekly]' log_epsilon=0.2
 
 Names: heuristics (random, no_send, batch_and_blast, fixed_weekly, segment_rules), the oracle,
 bandits (trained here on 200,000 client-days, 500 clients at a time), or ``run:<id>`` for a policy
@@ -68,7 +70,46 @@ def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run, setup = validate_run(cfg)
-    evaluate_policies(cfg, run, setup)
+    if run.log is not None:
+        write_log(run, setup)
+    elif run.logs is not None:
+        estimate_from_logs(run, setup)
+    else:
+        evaluate_policies(cfg, run, setup)
+
+
+def write_log(run: RunConfig, setup: Setup) -> Path:
+    """``log=<policy> out=<file>``: the policy with ε-exploration, logged in the simulator."""
+    from evaluation.logged import log_policy
+    from evaluation.logs import write_logs
+
+    if not run.out:
+        raise ConfigError("out: log= needs out=<file.parquet> to write to")
+    if run.log_epsilon <= 0:
+        raise ConfigError(
+            "log_epsilon: must be > 0 for log= (a deterministic log cannot be evaluated)"
+        )
+    policy, _ = resolve_policy(run.log, setup)
+    frame = log_policy(
+        policy, setup, run.eval.num_clients, run.eval.horizon_days, run.seed, run.log_epsilon, True
+    )
+    path = write_logs(frame, run.out)
+    print(f"wrote {frame.height:,} client-days of {policy.name} to {path}")
+    return path
+
+
+def estimate_from_logs(run: RunConfig, setup: Setup) -> list[str]:
+    """``logs=<file> policies=[...]``: off-policy estimates, printed and logged to MLflow."""
+    from evaluation.logs import read_logs
+    from evaluation.offline import estimate, log_results, table
+
+    frame = read_logs(run.logs)
+    policies = [resolve_policy(spec, setup)[0] for spec in run.policies]
+    results = estimate(frame, policies, setup, run.log_epsilon, n_boot=run.eval.n_boot)
+    print(table(results))
+    ids = log_results(results, run.logs, run.tracking.uri, run.tracking.experiment)
+    print(f"MLflow runs (experiment {run.tracking.experiment}): {', '.join(ids)}")
+    return ids
 
 
 def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:

@@ -238,8 +238,10 @@ def table(results: Sequence[OffPolicyResult]) -> str:
     return "\n".join(lines)
 
 
-def log_results(results: Sequence[OffPolicyResult], logs: str, uri: str | None) -> list[str]:
-    """One MLflow run per policy (experiment ``cadence``, tags ``policy``, ``command=ope``) with
+def log_results(
+    results: Sequence[OffPolicyResult], logs: str, uri: str | None, experiment: str = "cadence"
+) -> list[str]:
+    """One MLflow run per policy (experiment ``cadence`` unless named, tags ``policy``, ``command=ope``) with
     ``ope/<estimator>/value``, ``/ci_low``, ``/ci_high``, ``/ess`` and ``ope/truth`` where known."""
     import math
 
@@ -247,7 +249,7 @@ def log_results(results: Sequence[OffPolicyResult], logs: str, uri: str | None) 
 
     from experiment.tracking import git_commit, setup_mlflow
 
-    setup_mlflow(uri, "cadence")
+    setup_mlflow(uri, experiment)
     ids = []
     for res in results:
         with mlflow.start_run(

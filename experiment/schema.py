@@ -85,6 +85,17 @@ class RunConfig:
     """evaluate.py: policies to compare: heuristic or bandit names, or ``run:<mlflow run id>``"""
     experiment_name: str = "default"
     """name of the experiment preset, logged as a tag"""
+    log: str | None = None
+    """evaluate.py: log this policy (a name from ``policies``' vocabulary) with ε-exploration as a
+    logged dataset written to ``out`` (``eval.num_clients`` clients, ``eval.horizon_days`` days,
+    ``log_epsilon``), instead of comparing"""
+    out: str | None = None
+    """evaluate.py: the Parquet file ``log=`` writes (replaced atomically)"""
+    log_epsilon: float = num(0.1, 0.0, 1.0)
+    """evaluate.py: exploration of ``log=``; also the softening of the targets of ``logs=``"""
+    logs: str | None = None
+    """evaluate.py: estimate ``policies`` off-policy from this logged Parquet file (SNIPS, PDWIS,
+    FQE; the truth beside them for a simulated log) instead of simulating them"""
 
 
 def register() -> None:

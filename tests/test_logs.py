@@ -221,3 +221,53 @@ def test_fitted_q_evaluation_recovers_the_logging_policys_value():
     truth = true_value(policy, frame, setup, epsilon=0.2)
     assert est.ci_low <= truth <= est.ci_high, (est, truth)
     assert est.n == frame["client_id"].n_unique()
+
+
+@pytest.mark.slow  # two evaluate.py processes
+def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path):
+    import subprocess
+    import sys
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "logs.parquet"
+    common = [f"tracking.uri={uri}", "log_epsilon=0.3", "hydra.run.dir=" + str(tmp_path / "h")]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "log=segment_rules",
+            f"out={out}",
+            "eval.num_clients=400",
+            "eval.horizon_days=5",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_logs(out).height > 0
+    done = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            f"logs={out}",
+            "policies=[segment_rules,no_send]",
+            "eval.n_boot=20",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| no_send | pdwis |" in done.stdout
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cadence").experiment_id])
+    assert sorted(r.data.tags["policy"] for r in runs) == ["no_send", "segment_rules"]
+    missing = subprocess.run(
+        [sys.executable, "evaluate.py", "log=segment_rules", *common],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode != 0 and "log= needs out=" in missing.stderr
