@@ -257,6 +257,9 @@ class LinearBandit:
 class EpsilonGreedy(LinearBandit):
     """Greedy on the mean, a random allowed action with probability epsilon."""
 
+    stochastic = True
+    """its actions are draws: off-policy estimation needs probabilities it does not give"""
+
     name = "epsilon_greedy"
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -281,6 +284,9 @@ class LinUCB(LinearBandit):
 
 class Thompson(LinearBandit):
     """Linear Thompson sampling: 8 posterior draws a day, each client acting on one of them."""
+
+    stochastic = True
+    """its actions are draws: off-policy estimation needs probabilities it does not give"""
 
     name = "thompson"
     draws = 8

@@ -45,6 +45,9 @@ class NoSend:
 class RandomPolicy:
     """Uniform over the allowed flat actions (no-send included)."""
 
+    stochastic = True
+    """its actions are draws: off-policy estimation needs probabilities it does not give"""
+
     name = "random"
 
     def __init__(self, seed: int = 0) -> None:

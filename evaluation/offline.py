@@ -56,6 +56,12 @@ def target_pscores(
         raise ValueError(
             f"{policy.name} reads the world it acts in; it cannot be estimated from logs"
         )
+    if getattr(policy, "stochastic", False):
+        raise ValueError(
+            f"{policy.name} draws its actions at random; off-policy estimates need a target's "
+            "probabilities, which it does not give (use a deterministic policy, softened with "
+            "epsilon if need be)"
+        )
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
     obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float32)

@@ -183,6 +183,8 @@ def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
     assert "| segment_rules | pdwis |" in table(results)
     with pytest.raises(ValueError, match="reads the world it acts in"):
         estimate(frame, [Oracle()], setup, n_boot=5)
+    with pytest.raises(ValueError, match="random draws its actions at random"):
+        estimate(frame, [HEURISTICS["random"]()], setup, n_boot=5)
 
 
 def test_the_offline_command_prints_and_logs_to_mlflow(tmp_path, capsys):
