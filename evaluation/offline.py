@@ -48,10 +48,7 @@ class OffPolicyResult:
     logs only)"""
 
 
-def target_pscores(
-    policy: Policy, frame: pl.DataFrame, setup: Setup, epsilon: float = 0.0
-) -> np.ndarray:
-    """Probability of each logged action under ``policy`` (ε-soft where ``epsilon`` > 0)."""
+def _check_target(policy: Policy) -> None:
     if hasattr(policy, "bind"):
         raise ValueError(
             f"{policy.name} reads the world it acts in; it cannot be estimated from logs"
@@ -62,11 +59,32 @@ def target_pscores(
             "probabilities, which it does not give (use a deterministic policy, softened with "
             "epsilon if need be)"
         )
+
+
+def own_actions(policy: Policy, frame: pl.DataFrame, setup: Setup) -> np.ndarray:
+    """The flat action ``policy`` takes at each logged state (masks rebuilt from the features)."""
+    _check_target(policy)
+    obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float32)
+    masks = joint_mask(MaskRules.from_config(setup.env.guardrails), *mask_inputs(obs))
+    return multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
+
+
+def target_pscores(
+    policy: Policy,
+    frame: pl.DataFrame,
+    setup: Setup,
+    epsilon: float = 0.0,
+    own: np.ndarray | None = None,
+) -> np.ndarray:
+    """Probability of each logged action under ``policy`` (ε-soft where ``epsilon`` > 0);
+    ``own``: the policy's actions at the logged states when already computed."""
+    _check_target(policy)
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
     obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float32)
     masks = joint_mask(MaskRules.from_config(setup.env.guardrails), *mask_inputs(obs))
-    own = multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
+    if own is None:
+        own = multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
     logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
     allowed = masks.sum(axis=1)
     return (1.0 - epsilon) * (logged == own) + epsilon * masks[
@@ -87,10 +105,10 @@ def _phi(obs: np.ndarray, onehot: np.ndarray, send: np.ndarray) -> np.ndarray:
 
 
 def _policy_features(
-    policy: Policy, obs: np.ndarray, masks: np.ndarray, epsilon: float
+    own: np.ndarray, obs: np.ndarray, masks: np.ndarray, epsilon: float
 ) -> np.ndarray:
-    """E_{a ~ π(.|x)} φ(x, a) for each row: the policy's action, ε-mixed with the allowed mean."""
-    own = multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
+    """E_{a ~ π(.|x)} φ(x, a) for each row: the policy's action ``own``, ε-mixed with the mean
+    over allowed actions."""
     allowed = masks.sum(axis=1, keepdims=True)
     onehot = (1.0 - epsilon) * _ACTION_ONEHOT[own] + epsilon * (masks @ _ACTION_ONEHOT) / allowed
     send = (1.0 - epsilon) * _SEND[own] + epsilon * (masks @ _SEND) / allowed[:, 0]
@@ -105,6 +123,7 @@ def fqe(
     ridge: float = 1.0,
     n_boot: int = 50,
     seed: int = 0,
+    own: np.ndarray | None = None,
 ) -> ope.Estimate:
     """Fitted-Q evaluation over the logged horizon, with a linear Q per day (ridge regression on
     the observation, the action's components and observation × send).
@@ -124,7 +143,9 @@ def fqe(
     logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
     phi = _phi(obs, _ACTION_ONEHOT[logged], _SEND[logged])
     masks = joint_mask(guard, *mask_inputs(obs.astype(np.float32)))
-    phi_pi = _policy_features(policy, obs.astype(np.float32), masks, epsilon)
+    if own is None:
+        own = own_actions(policy, frame, setup)
+    phi_pi = _policy_features(own, obs.astype(np.float32), masks, epsilon)
     reward = frame["reward"].to_numpy()
     churned = frame["churned"].to_numpy()
     # row of each client's next logged day (-1: none)
@@ -208,6 +229,7 @@ def estimate(
     epsilon: float = 0.0,
     n_boot: int = 300,
     fqe_boot: int = 50,
+    with_truth: bool = True,
 ) -> list[OffPolicyResult]:
     """Each policy's off-policy estimates from ``frame`` (validated first) and its truth where known."""
     validate(frame)
@@ -217,14 +239,15 @@ def estimate(
     p_grid, _ = _grid(frame, pscore)
     out = []
     for policy in policies:
-        t = target_pscores(policy, frame, setup, epsilon)
+        own = own_actions(policy, frame, setup)
+        t = target_pscores(policy, frame, setup, epsilon, own)
         t_grid, _ = _grid(frame, t)
         estimates = {
             "snips": ope.snips(reward, pscore, t, n_boot=n_boot),
             "pdwis": ope.pdwis(r_grid, np.where(alive, p_grid, 1.0), t_grid, alive, n_boot=n_boot),
-            "fqe": fqe(frame, policy, setup, epsilon, n_boot=fqe_boot),
+            "fqe": fqe(frame, policy, setup, epsilon, n_boot=fqe_boot, own=own),
         }
-        truth = true_value(policy, frame, setup, epsilon)
+        truth = true_value(policy, frame, setup, epsilon) if with_truth else None
         out.append(OffPolicyResult(policy.name, estimates, truth))
     return out
 
