@@ -52,6 +52,18 @@ HARM = (
 )
 
 
+def agent_preset(name: str) -> AgentConfig:
+    """The agent as ``train.py agent=<name>`` configures it: conf/agent/<name>.yaml over the
+    AgentConfig defaults (the default agent's normalised returns and wider networks included)."""
+    from omegaconf import OmegaConf
+
+    from envs.config import CONF_DIR
+
+    path = CONF_DIR / "agent" / f"{name}.yaml"
+    node = OmegaConf.merge(OmegaConf.structured(AgentConfig), OmegaConf.load(path))
+    return OmegaConf.to_object(node)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -77,7 +89,7 @@ def main() -> int:
         budget = BUDGETS[name] // (20 if args.quick else 1)
         start = time.perf_counter()
         policies.append(
-            train_agent(AgentConfig(name=name), setup, budget, NUM_ENVS.get(name, 256), seed=0)
+            train_agent(agent_preset(name), setup, budget, NUM_ENVS.get(name, 256), seed=0)
         )
         print(
             f"trained {name} on {budget:,} client-days in {time.perf_counter() - start:.0f} s",
