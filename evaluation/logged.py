@@ -23,6 +23,7 @@ from agents.base import Policy
 from envs.config import RewardConfig, Setup, load_setup
 from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES
+from envs.reward import reward
 from envs.spaces import JOINT_ACTIONS, multi_to_flat
 from evaluation.logs import ACTIONS, write_logs
 from simulate.world import OUTCOMES
@@ -84,7 +85,7 @@ def log_policy(
         frame |= {c: actions[live, i] for i, c in enumerate(ACTIONS)}
         frame["pscore"] = pscore[live]
         frame |= {k: r.outcomes[k][live] for k in OUTCOMES}
-        frame["reward"] = sum(w * r.outcomes[k] for k, w in weights.items())[live]
+        frame["reward"] = reward(r.outcomes, weights)[live]
         frame["seed"] = np.full(int(live.sum()), seed, dtype=np.int64)  # lets truth be rerun
         parts.append(pl.DataFrame(frame))
         gone |= r.outcomes["churned"]

@@ -33,6 +33,7 @@ from envs.config import RewardConfig, Setup, load_setup
 from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES
 from envs.masks import MaskRules, joint_mask, mask_inputs
+from envs.reward import reward
 from envs.spaces import JOINT_COLUMNS, multi_to_flat
 from evaluation import ope
 from evaluation.logs import ACTIONS, read_logs, validate
@@ -146,7 +147,7 @@ def fqe(
     if own is None:
         own = own_actions(policy, frame, setup)
     phi_pi = _policy_features(own, obs.astype(np.float32), masks, epsilon)
-    reward = frame["reward"].to_numpy()
+    rewards = frame["reward"].to_numpy()
     churned = frame["churned"].to_numpy()
     # row of each client's next logged day (-1: none)
     row_of = np.full((len(clients), len(days)), -1)
@@ -163,7 +164,7 @@ def fqe(
         coef = None
         for t in range(len(days) - 1, -1, -1):
             rows = np.flatnonzero((day_ix == t) & (w_rows > 0))
-            target = reward[rows] + np.where(nxt[rows] >= 0, q_next[np.maximum(nxt[rows], 0)], 0.0)
+            target = rewards[rows] + np.where(nxt[rows] >= 0, q_next[np.maximum(nxt[rows], 0)], 0.0)
             x, sw = phi[rows], w_rows[rows]
             a = (x * sw[:, None]).T @ x + ridge * np.eye(x.shape[1])
             coef = np.linalg.solve(a, (x * sw[:, None]).T @ target)
@@ -216,7 +217,7 @@ def true_value(
     value, gone = np.zeros(n), np.zeros(n, dtype=bool)
     for _ in range(days):
         r = core.step(np.asarray(policy.act(obs, core.joint_masks()), dtype=np.int64))
-        value += ~gone * sum(w * r.outcomes[k] for k, w in weights.items())
+        value += ~gone * reward(r.outcomes, weights)
         gone |= r.outcomes["churned"]
         obs = r.obs
     return float(value.mean())
@@ -234,8 +235,8 @@ def estimate(
     """Each policy's off-policy estimates from ``frame`` (validated first) and its truth where known."""
     validate(frame)
     frame = frame.sort("client_id", "day")
-    reward, pscore = frame["reward"].to_numpy(), frame["pscore"].to_numpy()
-    r_grid, alive = _grid(frame, reward)
+    rewards, pscore = frame["reward"].to_numpy(), frame["pscore"].to_numpy()
+    r_grid, alive = _grid(frame, rewards)
     p_grid, _ = _grid(frame, pscore)
     out = []
     for policy in policies:
@@ -243,7 +244,7 @@ def estimate(
         t = target_pscores(policy, frame, setup, epsilon, own)
         t_grid, _ = _grid(frame, t)
         estimates = {
-            "snips": ope.snips(reward, pscore, t, n_boot=n_boot),
+            "snips": ope.snips(rewards, pscore, t, n_boot=n_boot),
             "pdwis": ope.pdwis(r_grid, np.where(alive, p_grid, 1.0), t_grid, alive, n_boot=n_boot),
             "fqe": fqe(frame, policy, setup, epsilon, n_boot=fqe_boot, own=own),
         }

@@ -235,41 +235,22 @@ def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "logs.parquet"
     common = [f"tracking.uri={uri}", "log_epsilon=0.3", "hydra.run.dir=" + str(tmp_path / "h")]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "evaluate.py",
-            "log=segment_rules",
-            f"out={out}",
-            "eval.num_clients=400",
-            "eval.horizon_days=5",
-            *common,
-        ],
-        capture_output=True,
-        text=True,
+
+    def evaluate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "evaluate.py", *args, *common], capture_output=True, text=True
+        )
+
+    done = evaluate(
+        "log=segment_rules", f"out={out}", "eval.num_clients=400", "eval.horizon_days=5"
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert read_logs(out).height > 0
-    done = subprocess.run(
-        [
-            sys.executable,
-            "evaluate.py",
-            f"logs={out}",
-            "policies=[segment_rules,no_send]",
-            "eval.n_boot=20",
-            *common,
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = evaluate(f"logs={out}", "policies=[segment_rules,no_send]", "eval.n_boot=20")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| no_send | pdwis |" in done.stdout
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("cadence").experiment_id])
     assert sorted(r.data.tags["policy"] for r in runs) == ["no_send", "segment_rules"]
-    missing = subprocess.run(
-        [sys.executable, "evaluate.py", "log=segment_rules", *common],
-        capture_output=True,
-        text=True,
-    )
+    missing = evaluate("log=segment_rules")
     assert missing.returncode != 0 and "log= needs out=" in missing.stderr
