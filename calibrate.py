@@ -6,6 +6,7 @@ beside its target and band; print the table, draw the curves, log it all to MLfl
     python calibrate.py report targets=my_firm.yaml env.response.click_base=-3.2
     python calibrate.py fit params=[env.response.click_base,env.response.complaint_base] name=fs_fit
     python calibrate.py fit targets=my_firm.yaml params=[env.response.open_base] range.env.response.open_base=-3:0 trials=80
+    python calibrate.py fit logs=logs.parquet policy=segment_rules params=[env.response.open_base,env.response.click_base] name=from_logs
 
 Keys: ``population=``, ``env=``, ``scenario=`` (presets in conf/), ``targets=`` (a targets file,
 see realism/targets.py), ``clients=`` (fresh clients per protocol run, default 5,000),
@@ -22,6 +23,15 @@ random numbers, then writes the preset ``conf/population/<name>.yaml`` (``name=`
 ``env.response`` keys that differ from their defaults, so ``population=<name>`` alone brings the
 fitted clients back, logs the
 search to MLflow and prints the fitted scorecard.
+
+``fit logs=<file>`` calibrates to a firm's own logged dataset instead (docs/logged-data.md): the
+targets are the log's statistics (open rate by channel and slot, response by weekly volume and by
+days since the last send, unsubscribes by volume, organic visits, churn; realism/fromlogs.py),
+each band its 95 % bootstrap interval over clients. The simulated side runs ``policy=<name>`` (the
+logging policy, at the exploration rate its propensities show) on as many fresh clients for as
+many days, or, without ``policy=``, replays the logged sends on fresh clients (open loop). It
+writes the preset and ``<name>_report.md`` beside the log (the log, the simulator before, the
+fitted simulator, statistic by statistic), and logs both to MLflow.
 
 The protocols are in realism/protocols.py, the search in realism/fit.py, the real datasets'
 side in realism/data.py.
@@ -66,6 +76,8 @@ FIT_DEFAULTS: dict[str, Any] = {
     "trials": 40,
     "sampler": "auto",
     "overwrite": "false",
+    "logs": None,
+    "policy": None,
 }
 COMMANDS = ("report", "fit")
 
@@ -432,12 +444,135 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
     return best
 
 
+def fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> dict:
+    """``fit logs=<file>``: calibrate to a logged dataset; writes the preset and the report
+    beside the log, logs both to MLflow; returns the fitted values."""
+    from evaluation.logs import LogError, read_logs
+    from realism import fromlogs
+    from realism.fit import apply, fit, parameters
+
+    try:
+        frame = read_logs(settings["logs"])
+    except (LogError, OSError) as exc:
+        raise ConfigError(f"logs: {exc}") from exc
+    targets = fromlogs.targets(frame, seed=settings["seed"], source=f"logs {settings['logs']}")
+    if not targets.targets:
+        raise ConfigError(f"logs: {settings['logs']} has too few sends for any statistic")
+    presets = {k: settings[k] for k in ("env", "population", "scenario")}
+    base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
+    parameters(settings["params"], base, settings["ranges"])
+    path = ROOT / "conf" / "population" / f"{settings['name']}.yaml"
+    if path.exists() and not settings["overwrite"]:
+        raise ConfigError(f"name: {path} exists; pick another name= or pass overwrite=true")
+    clients, days = frame["client_id"].n_unique(), frame["day"].n_unique()
+    seed = settings["seed"]
+    if settings["policy"]:
+        from agents.config import AgentConfig
+        from agents.registry import make_policy
+
+        policy = make_policy(AgentConfig(name=settings["policy"]))
+        try:
+            epsilon = fromlogs.log_epsilon(frame, policy, base)
+        except ValueError as exc:
+            raise ConfigError(f"policy: {exc}") from exc
+
+        def statistics(setup) -> dict[str, float]:
+            return fromlogs.statistics(
+                fromlogs.relog(setup, policy, clients, days, seed, epsilon), thin=True
+            )
+
+        how = f"{settings['policy']} re-run at ε {epsilon:.3g}"
+    else:
+
+        def statistics(setup) -> dict[str, float]:
+            return fromlogs.statistics(fromlogs.replay(setup, frame, seed), thin=True)
+
+        how = "the logged sends replayed (open loop)"
+    setup_mlflow(settings["tracking.uri"], EXPERIMENT)
+    before = statistics(base)
+    best, study = fit(
+        targets,
+        settings["params"],
+        lambda values: apply(base, values),
+        base,
+        clients,
+        seed,
+        settings["trials"],
+        settings["sampler"],
+        settings["ranges"],
+        progress,
+        statistics=statistics,
+    )
+    fitted = load_setup(
+        **presets, seed=seed, overrides=[*overrides, *(f"{k}={v!r}" for k, v in best.items())]
+    )
+    after = statistics(fitted)
+    header = (
+        f"# Fitted by python calibrate.py fit logs={Path(settings['logs']).name} "
+        f"({settings['trials']} trials, {settings['sampler']}; simulated side: {how}; seed "
+        f"{seed}; objective {study.best_value:.4g}).\n# Fitted: "
+        + ", ".join(f"{k}={v:.6g}" for k, v in best.items())
+        + "\n"
+    )
+    path.write_text(preset_yaml(fitted, header))
+    lines = [
+        f"# {settings['name']}: the simulator fitted to {settings['logs']}",
+        "",
+        f"{clients:,} clients x {days} days; simulated side: {how}.",
+        f"Fitted: {', '.join(f'{k} = {v:.4g}' for k, v in best.items())}.",
+        "",
+        "| statistic | logs | 95 % band | simulator before | fitted | in band |",
+        "|---|---:|---|---:|---:|:---:|",
+    ]
+    for t in targets.targets:
+        b, a = before.get(t.statistic, math.nan), after.get(t.statistic, math.nan)
+        mark = "yes" if t.holds(a) else "**no**"
+        lines.append(
+            f"| {t.statistic} | {t.target:.4g} | [{t.low:.4g}, {t.high:.4g}] | {b:.4g} | "
+            f"{a:.4g} | {mark} |"
+        )
+    met = sum(t.holds(after.get(t.statistic, math.nan)) for t in targets.targets)
+    lines += ["", f"{met} of {len(targets.targets)} statistics in band after the fit."]
+    text = "\n".join(lines) + "\n"
+    out = Path(settings["logs"]).with_name(f"{settings['name']}_report.md")
+    out.write_text(text)
+    with mlflow.start_run(
+        run_name=f"fit {settings['name']} from logs",
+        tags={"command": "fit", "logs": Path(settings["logs"]).name, "git_commit": git_commit()},
+    ):
+        mlflow.log_params(
+            {
+                "params": ",".join(settings["params"]),
+                "trials": settings["trials"],
+                "policy": str(settings["policy"]),
+                "seed": seed,
+                "name": settings["name"],
+            }
+        )
+        for trial in study.trials:
+            if trial.value is not None:
+                mlflow.log_metric("fit/objective", trial.value, step=trial.number)
+        mlflow.log_metrics(
+            {f"fit/{k}": v for k, v in best.items()}
+            | {"fit/best": study.best_value, "realism/in_band": met}
+        )
+        mlflow.log_artifact(str(path), "presets")
+        mlflow.log_artifact(str(out), "scorecard")
+    print(text)
+    print(f"wrote {path} and {out}")
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         command, settings, overrides = parse(sys.argv[1:] if argv is None else argv)
         if command == "report":
             report(settings, overrides)
+        elif settings["logs"]:
+            fit_logs(settings, overrides)
         else:
+            if settings["policy"]:
+                raise ConfigError("policy: names the logging policy of logs=; give logs= too")
             run_fit(settings, overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

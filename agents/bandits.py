@@ -314,6 +314,8 @@ class Recovering(LinUCB):
 
     name = "recovering"
     recovering = True
+    history_dependent = True
+    """its actions depend on what it sent each client before, which a logged state does not hold"""
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         self._recovery_before = self._recovery(len(obs))

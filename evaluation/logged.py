@@ -13,7 +13,9 @@ the guardrails would change its action and the propensity would be wrong.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -26,10 +28,23 @@ from envs.features import FEATURE_NAMES
 from envs.reward import reward
 from envs.spaces import JOINT_ACTIONS, multi_to_flat
 from evaluation.logs import ACTIONS, write_logs
+from evaluation.offline import counterfactual_column
 from simulate.world import OUTCOMES
 
 LOG_CLIENT_OFFSET = 1 << 50
 """logged clients' ids: never those of training (from 0), evaluation (2**48) or realism (2**52)"""
+
+
+def uniform_draw(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A flat action drawn uniformly from each row's allowed ones."""
+    allowed = masks.sum(axis=1)
+    pick = np.minimum((rng.random(len(masks)) * allowed).astype(np.int64), allowed - 1)
+    return (np.cumsum(masks, axis=1) > pick[:, None]).argmax(axis=1)
+
+
+def _step_copy(core: CadenceCore, actions: np.ndarray, weights) -> np.ndarray:
+    """The day's reward had ``actions`` been taken: a copy of the world steps, the world does not."""
+    return reward(copy.deepcopy(core).step(actions).outcomes, weights)
 
 
 def log_policy(
@@ -40,11 +55,18 @@ def log_policy(
     seed: int,
     epsilon: float = 0.1,
     progress: bool = False,
+    counterfactual: Sequence[Policy] = (),
 ) -> pl.DataFrame:
     """One row per living client-day of ``policy`` with ε-exploration, in the logged schema.
 
     The reward column uses the balanced weights (what evaluation scores). Same arguments, same
     frame. A churned client's later days are not logged (the client is gone).
+
+    ``counterfactual``: target policies whose one-step truth the log should carry. For each, a
+    column ``counterfactual_<name>`` holds the day's reward had the target's own action been taken
+    instead, for the same client in the same state with the same luck (the world is copied and
+    stepped once more); ``counterfactual_uniform`` holds it for an action drawn uniformly from the
+    allowed ones (for ε-soft targets). The logged days themselves are unchanged by them.
     """
     if not 0.0 < epsilon <= 1.0:
         raise ValueError(
@@ -56,6 +78,7 @@ def log_policy(
     if hasattr(policy, "bind"):
         policy.bind(core)
     rng = np.random.default_rng([seed, 0x10C])
+    what_if_rng = np.random.default_rng([seed, 0xCF])  # its own stream: the log is unchanged
     weights = RewardConfig().weights()
     ids = core.world.client_id.astype(np.int64)
     rows = np.arange(num_clients)
@@ -73,11 +96,17 @@ def log_policy(
                 "only a policy that acts within the guardrail masks can be logged"
             )
         allowed = masks.sum(axis=1)
-        pick = np.minimum((rng.random(num_clients) * allowed).astype(np.int64), allowed - 1)
-        uniform = (np.cumsum(masks, axis=1) > pick[:, None]).argmax(axis=1)
+        uniform = uniform_draw(masks, rng)
         chosen = np.where(rng.random(num_clients) < epsilon, uniform, own)
         pscore = (1.0 - epsilon) * (chosen == own) + epsilon / allowed
         actions = JOINT_ACTIONS[chosen]
+        what_if = {}
+        if counterfactual:
+            draw = uniform_draw(masks, what_if_rng)
+            what_if["uniform"] = _step_copy(core, JOINT_ACTIONS[draw], weights)
+            for target in counterfactual:
+                target_own = np.asarray(target.act(obs, masks), dtype=np.int64)
+                what_if[target.name] = _step_copy(core, target_own, weights)
         r = core.step(actions)
         live = ~gone
         frame = {"client_id": ids[live], "day": np.full(int(live.sum()), day, dtype=np.int64)}
@@ -87,6 +116,7 @@ def log_policy(
         frame |= {k: r.outcomes[k][live] for k in OUTCOMES}
         frame["reward"] = reward(r.outcomes, weights)[live]
         frame["seed"] = np.full(int(live.sum()), seed, dtype=np.int64)  # lets truth be rerun
+        frame |= {counterfactual_column(k): v[live] for k, v in what_if.items()}
         parts.append(pl.DataFrame(frame))
         gone |= r.outcomes["churned"]
         obs = r.obs

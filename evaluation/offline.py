@@ -7,15 +7,17 @@ the actions the guardrails allow), which keeps weights finite where the policies
 guardrail masks of each logged row are rebuilt from its features (opt-outs, recent sends,
 consent tier), as the serving runtime does.
 
-Estimators: ``snips`` (one step: the mean daily reward per client-day on the logged states) and
-``pdwis`` (the value over the logged horizon per client, the quantity evaluation reports as
-``eval/value`` for the same number of days), each with a 95 % bootstrap interval.
+Estimators, each with a 95 % bootstrap interval that resamples clients: one step (the mean daily
+reward per logged client-day, had the target chosen that day's action): ``ips``, ``snips``,
+``dm`` and ``dr``; over the logged horizon (the value per client, the quantity evaluation
+reports as ``eval/value`` for the same number of days): ``pdwis`` and ``fqe``.
 
     python -m evaluation.offline logs.parquet segment_rules fixed_weekly --epsilon 0.05
 
 Each policy's estimates go to MLflow (experiment ``cadence``, tag ``command=ope``) as
 ``ope/<estimator>/value``, ``ope/<estimator>/ci_low``, ``ope/<estimator>/ci_high``,
-``ope/<estimator>/ess`` and, for simulated logs, ``ope/truth``.
+``ope/<estimator>/ess`` and, for simulated logs, ``ope/truth`` (over the horizon) and
+``ope/step_truth`` (one step, where the log carries counterfactual columns).
 """
 
 from __future__ import annotations
@@ -46,13 +48,24 @@ class OffPolicyResult:
     estimates: dict[str, ope.Estimate]
     truth: float | None
     """the policy's true value over the logged horizon on the same clients and luck (simulated
-    logs only)"""
+    logs only): what ``pdwis`` and ``fqe`` estimate"""
+    step_truth: float | None = None
+    """its true mean daily reward on the logged states (logs with counterfactual columns only):
+    what the one-step estimators estimate"""
+
+    def truth_for(self, estimator: str) -> float | None:
+        return self.step_truth if estimator in ONE_STEP else self.truth
 
 
 def _check_target(policy: Policy) -> None:
     if hasattr(policy, "bind"):
         raise ValueError(
             f"{policy.name} reads the world it acts in; it cannot be estimated from logs"
+        )
+    if getattr(policy, "history_dependent", False):
+        raise ValueError(
+            f"{policy.name} acts on its own memory of past sends, which the logged states do not "
+            "hold; it cannot be estimated from logs"
         )
     if getattr(policy, "stochastic", False):
         raise ValueError(
@@ -62,12 +75,30 @@ def _check_target(policy: Policy) -> None:
         )
 
 
+def _own(policy: Policy, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    _check_target(policy)
+    return multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
+
+
+def _probabilities(
+    own: np.ndarray, logged: np.ndarray, masks: np.ndarray, epsilon: float
+) -> np.ndarray:
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+    allowed = masks.sum(axis=1)
+    uniform = masks[np.arange(len(logged)), logged] / allowed
+    return (1.0 - epsilon) * (logged == own) + epsilon * uniform
+
+
+def _observed(frame: pl.DataFrame, setup: Setup) -> tuple[np.ndarray, np.ndarray]:
+    obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float32)
+    return obs, joint_mask(MaskRules.from_config(setup.env.guardrails), *mask_inputs(obs))
+
+
 def own_actions(policy: Policy, frame: pl.DataFrame, setup: Setup) -> np.ndarray:
     """The flat action ``policy`` takes at each logged state (masks rebuilt from the features)."""
     _check_target(policy)
-    obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float32)
-    masks = joint_mask(MaskRules.from_config(setup.env.guardrails), *mask_inputs(obs))
-    return multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
+    return _own(policy, *_observed(frame, setup))
 
 
 def target_pscores(
@@ -80,17 +111,11 @@ def target_pscores(
     """Probability of each logged action under ``policy`` (ε-soft where ``epsilon`` > 0);
     ``own``: the policy's actions at the logged states when already computed."""
     _check_target(policy)
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
-    obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float32)
-    masks = joint_mask(MaskRules.from_config(setup.env.guardrails), *mask_inputs(obs))
+    obs, masks = _observed(frame, setup)
     if own is None:
-        own = multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
+        own = _own(policy, obs, masks)
     logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
-    allowed = masks.sum(axis=1)
-    return (1.0 - epsilon) * (logged == own) + epsilon * masks[
-        np.arange(len(logged)), logged
-    ] / allowed
+    return _probabilities(own, logged, masks, epsilon)
 
 
 _N_COMPONENTS = int(sum(ACTION_NVEC))
@@ -110,21 +135,105 @@ def _policy_features(
 ) -> np.ndarray:
     """E_{a ~ π(.|x)} φ(x, a) for each row: the policy's action ``own``, ε-mixed with the mean
     over allowed actions."""
-    allowed = masks.sum(axis=1, keepdims=True)
-    onehot = (1.0 - epsilon) * _ACTION_ONEHOT[own] + epsilon * (masks @ _ACTION_ONEHOT) / allowed
-    send = (1.0 - epsilon) * _SEND[own] + epsilon * (masks @ _SEND) / allowed[:, 0]
+    onehot, send = _ACTION_ONEHOT[own], _SEND[own]
+    if epsilon > 0:
+        allowed = masks.sum(axis=1, keepdims=True)
+        onehot = (1.0 - epsilon) * onehot + epsilon * (masks @ _ACTION_ONEHOT) / allowed
+        send = (1.0 - epsilon) * send + epsilon * (masks @ _SEND) / allowed[:, 0]
     return _phi(obs, onehot, send)
 
 
+FQE_GROUPS = 100
+"""clients are dealt at random into this many groups (fewer where there are under 10 clients a
+group); FQE's bootstrap resamples the groups"""
+
+
+@dataclass
+class _Logged:
+    """The policy-independent pieces of a logged frame, computed once for every target."""
+
+    frame: pl.DataFrame
+    obs: np.ndarray
+    masks: np.ndarray
+    logged: np.ndarray
+    """flat logged action of each row"""
+    phi: np.ndarray
+    """(rows, D) FQE features of the logged actions"""
+    client_ix: np.ndarray
+    day_ix: np.ndarray
+    n_clients: int
+    n_days: int
+    nxt: np.ndarray
+    """row of each row's client's next logged day; -1 after churn or on the last day"""
+    blocks: list[tuple[int, int, np.ndarray]]
+    """(day, group, rows) for every non-empty day x client group"""
+    gram: np.ndarray
+    """(days, groups, D, D) Σ φφᵀ per day and group"""
+    target: np.ndarray
+    """(days, groups, D) Σ φ·reward per day and group"""
+    first: np.ndarray
+    """rows of each client's first logged day (FQE's starting states)"""
+    group: np.ndarray
+    """each client's group (FQE's bootstrap unit)"""
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame, setup: Setup, seed: int = 0) -> _Logged:
+        frame = frame.sort("client_id", "day")
+        clients, client_ix = np.unique(frame["client_id"].to_numpy(), return_inverse=True)
+        days, day_ix = np.unique(frame["day"].to_numpy(), return_inverse=True)
+        obs, masks = _observed(frame, setup)
+        logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
+        phi = _phi(obs.astype(np.float64), _ACTION_ONEHOT[logged], _SEND[logged])
+        row_of = np.full((len(clients), len(days)), -1)
+        row_of[client_ix, day_ix] = np.arange(frame.height)
+        nxt = np.full(frame.height, -1)
+        later = day_ix + 1 < len(days)
+        nxt[later] = row_of[client_ix[later], day_ix[later] + 1]
+        nxt[frame["churned"].to_numpy()] = -1
+        groups = max(1, min(FQE_GROUPS, len(clients) // 10))  # at least 10 clients a group
+        group = np.random.default_rng([seed, 0xF0E]).permutation(len(clients)) % groups
+        key = day_ix * groups + group[client_ix]
+        order = np.argsort(key, kind="stable")
+        cuts = np.flatnonzero(np.diff(key[order])) + 1
+        rewards = frame["reward"].to_numpy()
+        d = phi.shape[1]
+        gram = np.zeros((len(days), groups, d, d))
+        target = np.zeros((len(days), groups, d))
+        blocks = []
+        for rows in np.split(order, cuts):
+            t, g = divmod(int(key[rows[0]]), groups)
+            x = phi[rows]
+            gram[t, g] = x.T @ x
+            target[t, g] = x.T @ rewards[rows]
+            blocks.append((t, g, rows))
+        first = np.flatnonzero(np.r_[True, client_ix[1:] != client_ix[:-1]])
+        return cls(
+            frame, obs, masks, logged, phi, client_ix, day_ix, len(clients), len(days), nxt, blocks,
+            gram, target, first, group,
+        )  # fmt: skip
+
+    @property
+    def groups(self) -> int:
+        return self.gram.shape[1]
+
+    def reward_model(self, ridge: float = 1.0) -> np.ndarray:
+        """Coefficients of a ridge regression of the day's reward on φ(x, a), all logged rows:
+        q̂(x, a) for the direct method and doubly robust."""
+        d = self.phi.shape[1]
+        a = self.gram.sum(axis=(0, 1)) + ridge * np.eye(d)
+        return np.linalg.solve(a, self.target.sum(axis=(0, 1)))
+
+
 def fqe(
-    frame: pl.DataFrame,
+    frame: pl.DataFrame | _Logged,
     policy: Policy,
     setup: Setup,
     epsilon: float = 0.0,
     ridge: float = 1.0,
-    n_boot: int = 50,
+    n_boot: int = 200,
     seed: int = 0,
     own: np.ndarray | None = None,
+    phi_pi: np.ndarray | None = None,
 ) -> ope.Estimate:
     """Fitted-Q evaluation over the logged horizon, with a linear Q per day (ridge regression on
     the observation, the action's components and observation × send).
@@ -132,53 +241,50 @@ def fqe(
     Backwards from the last logged day: Q_T−1 fits the day's reward; Q_t fits the reward plus the
     next day's E_{a'~π} Q_t+1(x', a') at the client's next logged state, and 0 where the client
     churned that day (absorbing); nothing is added after the last day (truncation). The value is
-    the mean over clients of E_{a~π} Q_0(x_0, a). The interval refits on clients resampled with
-    replacement (``n_boot`` refits); ``ess`` is the number of clients, ``max_weight`` 0 (no weights).
+    the mean over clients of E_{a~π} Q_t(x_t, a) at each client's first logged state x_t.
+
+    The interval: clients are dealt at random into ``FQE_GROUPS`` groups, and each of ``n_boot``
+    replicates refits every day's regression on the groups resampled with replacement (a cluster
+    bootstrap over clients; the regressions' sums are kept per group, so a refit costs no pass over
+    the rows). ``ess`` is the number of clients, ``max_weight`` 0 (no weights).
     """
-    frame = frame.sort("client_id", "day")
-    days = np.unique(frame["day"].to_numpy())
-    guard = MaskRules.from_config(setup.env.guardrails)
-    clients, client_ix = np.unique(frame["client_id"].to_numpy(), return_inverse=True)
-    day_ix = np.searchsorted(days, frame["day"].to_numpy())
-    obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float64)
-    logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
-    phi = _phi(obs, _ACTION_ONEHOT[logged], _SEND[logged])
-    masks = joint_mask(guard, *mask_inputs(obs.astype(np.float32)))
-    if own is None:
-        own = own_actions(policy, frame, setup)
-    phi_pi = _policy_features(own, obs.astype(np.float32), masks, epsilon)
-    rewards = frame["reward"].to_numpy()
-    churned = frame["churned"].to_numpy()
-    # row of each client's next logged day (-1: none)
-    row_of = np.full((len(clients), len(days)), -1)
-    row_of[client_ix, day_ix] = np.arange(frame.height)
-    nxt = np.full(frame.height, -1)
-    later = day_ix + 1 < len(days)
-    nxt[later] = row_of[client_ix[later], day_ix[later] + 1]
-    nxt[churned] = -1
+    data = frame if isinstance(frame, _Logged) else _Logged.of(frame, setup, seed)
+    if phi_pi is None:
+        if own is None:
+            own = _own(policy, data.obs, data.masks)
+        phi_pi = _policy_features(own, data.obs, data.masks, epsilon)
+    d, groups = data.phi.shape[1], data.groups
+    # Σ φ(x, a) φπ(x')ᵀ per day and group, x' the client's next logged state (0 when none)
+    cross = np.zeros((data.n_days, groups, d, d))
+    for t, g, rows in data.blocks:
+        nxt = data.nxt[rows]
+        has = nxt >= 0
+        if has.any():
+            cross[t, g] = data.phi[rows[has]].T @ phi_pi[nxt[has]]
+    # each client's first logged state, by its day and group (a client may enter after day 0)
+    start = np.zeros((data.n_days, groups, d))
+    start_group = data.group[data.client_ix[data.first]]
+    np.add.at(start, (data.day_ix[data.first], start_group), phi_pi[data.first])
+    count = np.bincount(start_group, minlength=groups).astype(float)
 
-    def value_on(chosen_clients: np.ndarray) -> float:
-        weight = np.bincount(chosen_clients, minlength=len(clients)).astype(float)
-        w_rows = weight[client_ix]
-        q_next = np.zeros(frame.height)  # E_pi Q_{t+1} at each row's state, filled day by day
-        coef = None
-        for t in range(len(days) - 1, -1, -1):
-            rows = np.flatnonzero((day_ix == t) & (w_rows > 0))
-            target = rewards[rows] + np.where(nxt[rows] >= 0, q_next[np.maximum(nxt[rows], 0)], 0.0)
-            x, sw = phi[rows], w_rows[rows]
-            a = (x * sw[:, None]).T @ x + ridge * np.eye(x.shape[1])
-            coef = np.linalg.solve(a, (x * sw[:, None]).T @ target)
-            today = np.flatnonzero(day_ix == t)
-            q_next[today] = phi_pi[today] @ coef
-        first = np.flatnonzero(day_ix == 0)
-        return float(np.average(q_next[first], weights=weight[client_ix[first]]))
-
-    every = np.arange(len(clients))
-    rng = np.random.default_rng(seed)
-    boots = [value_on(rng.integers(0, len(clients), len(clients))) for _ in range(n_boot)]
-    lo, hi = np.percentile(boots, [2.5, 97.5]) if n_boot else (np.nan, np.nan)
+    rng = np.random.default_rng([seed, 0xB00])
+    weights = np.vstack(
+        [np.ones(groups)]
+        + [rng.multinomial(groups, np.full(groups, 1.0 / groups)) for _ in range(n_boot)]
+    )  # row 0: the estimate itself
+    eye = ridge * np.eye(d)
+    coef = np.zeros((len(weights), d))
+    total = np.zeros(len(weights))
+    for t in range(data.n_days - 1, -1, -1):
+        a = (weights @ data.gram[t].reshape(groups, d * d)).reshape(-1, d, d) + eye
+        c = (weights @ cross[t].reshape(groups, d * d)).reshape(-1, d, d)
+        rhs = weights @ data.target[t] + np.einsum("bij,bj->bi", c, coef)
+        coef = np.linalg.solve(a, rhs[..., None])[..., 0]
+        total += ((weights @ start[t]) * coef).sum(axis=1)
+    values = total / (weights @ count)
+    lo, hi = np.percentile(values[1:], [2.5, 97.5]) if n_boot else (np.nan, np.nan)
     return ope.Estimate(
-        value_on(every), float(lo), float(hi), float(len(clients)), 0.0, len(clients)
+        float(values[0]), float(lo), float(hi), float(data.n_clients), 0.0, data.n_clients
     )
 
 
@@ -223,33 +329,81 @@ def true_value(
     return float(value.mean())
 
 
+ONE_STEP = ("ips", "snips", "dm", "dr")
+"""estimators of the mean daily reward per logged client-day"""
+MULTI_DAY = ("pdwis", "fqe")
+"""estimators of the value per client over the logged horizon"""
+
+
+def counterfactual_column(policy_name: str) -> str:
+    """The column :func:`evaluation.logged.log_policy` writes with a target's counterfactual
+    reward: the day's reward had that policy's own action been taken, same client and luck."""
+    return f"counterfactual_{policy_name}"
+
+
+UNIFORM_COUNTERFACTUAL = counterfactual_column("uniform")
+"""the day's reward under an action drawn uniformly from the allowed ones (ε-soft targets)"""
+
+
+def step_truth(frame: pl.DataFrame, policy: str, epsilon: float = 0.0) -> float | None:
+    """The (ε-soft) target's true mean daily reward on the logged states, from the log's
+    counterfactual columns; None where the log has none for this policy."""
+    own = counterfactual_column(policy)
+    if own not in frame.columns or (epsilon > 0 and UNIFORM_COUNTERFACTUAL not in frame.columns):
+        return None
+    value = float(frame[own].mean())
+    if epsilon > 0:
+        value = (1.0 - epsilon) * value + epsilon * float(frame[UNIFORM_COUNTERFACTUAL].mean())
+    return value
+
+
 def estimate(
     frame: pl.DataFrame,
     policies: Sequence[Policy],
     setup: Setup,
     epsilon: float = 0.0,
     n_boot: int = 300,
-    fqe_boot: int = 50,
+    fqe_boot: int = 200,
     with_truth: bool = True,
+    seed: int = 0,
 ) -> list[OffPolicyResult]:
-    """Each policy's off-policy estimates from ``frame`` (validated first) and its truth where known."""
+    """Each policy's off-policy estimates from ``frame`` (validated first) and its truth where known.
+
+    One step (mean reward per logged client-day): ``ips``, ``snips``, ``dm`` and ``dr``, with a
+    ridge reward model q̂(x, a) fitted on every logged row (the FQE features) for the last two;
+    their intervals resample whole clients. Over the logged horizon (value per client): ``pdwis``
+    and ``fqe``.
+    """
     validate(frame)
-    frame = frame.sort("client_id", "day")
+    data = _Logged.of(frame, setup, seed)
+    frame = data.frame
     rewards, pscore = frame["reward"].to_numpy(), frame["pscore"].to_numpy()
     r_grid, alive = _grid(frame, rewards)
     p_grid, _ = _grid(frame, pscore)
+    beta = data.reward_model()
+    q_logged = data.phi @ beta
+    clients = data.client_ix
     out = []
     for policy in policies:
-        own = own_actions(policy, frame, setup)
-        t = target_pscores(policy, frame, setup, epsilon, own)
+        own = _own(policy, data.obs, data.masks)
+        t = _probabilities(own, data.logged, data.masks, epsilon)
         t_grid, _ = _grid(frame, t)
+        phi_pi = _policy_features(own, data.obs, data.masks, epsilon)
+        q_target = phi_pi @ beta
+        one = {"n_boot": n_boot, "seed": seed, "cluster": clients}
         estimates = {
-            "snips": ope.snips(rewards, pscore, t, n_boot=n_boot),
-            "pdwis": ope.pdwis(r_grid, np.where(alive, p_grid, 1.0), t_grid, alive, n_boot=n_boot),
-            "fqe": fqe(frame, policy, setup, epsilon, n_boot=fqe_boot, own=own),
+            "ips": ope.ips(rewards, pscore, t, **one),
+            "snips": ope.snips(rewards, pscore, t, **one),
+            "dm": ope.dm(q_target, **one),
+            "dr": ope.dr(rewards, pscore, t, q_logged, q_target, **one),
+            "pdwis": ope.pdwis(
+                r_grid, np.where(alive, p_grid, 1.0), t_grid, alive, n_boot=n_boot, seed=seed
+            ),
+            "fqe": fqe(data, policy, setup, epsilon, n_boot=fqe_boot, seed=seed, phi_pi=phi_pi),
         }
         truth = true_value(policy, frame, setup, epsilon) if with_truth else None
-        out.append(OffPolicyResult(policy.name, estimates, truth))
+        step = step_truth(frame, policy.name, epsilon) if with_truth else None
+        out.append(OffPolicyResult(policy.name, estimates, truth, step))
     return out
 
 
@@ -260,7 +414,8 @@ def table(results: Sequence[OffPolicyResult]) -> str:
     ]
     for res in results:
         for name, e in res.estimates.items():
-            truth = "" if res.truth is None or name == "snips" else f"{res.truth:.4g}"
+            known = res.truth_for(name)
+            truth = "" if known is None else f"{known:.4g}"
             lines.append(
                 f"| {res.policy} | {name} | {e.value:.4g} | [{e.ci_low:.4g}, {e.ci_high:.4g}] | "
                 f"{e.ess:,.0f} | {e.max_weight:.3g} | {truth} |"
@@ -295,6 +450,8 @@ def log_results(
                 metrics[f"ope/{name}/ess"] = e.ess
             if res.truth is not None:
                 metrics["ope/truth"] = res.truth
+            if res.step_truth is not None:
+                metrics["ope/step_truth"] = res.step_truth
             mlflow.log_metrics(metrics)
             ids.append(run.info.run_id)
     return ids

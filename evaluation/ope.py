@@ -9,7 +9,8 @@ One-step estimators are plain functions over numpy arrays, one entry per logged 
   support must cover the logging policy's);
 * ``q_logged`` = q̂(x, a_logged) and ``q_target`` = Σ_a π(a|x) q̂(x, a) for a reward model q̂.
 
-Each returns an :class:`Estimate`: the value, a bootstrap 95 % interval over logged rows, and the
+Each returns an :class:`Estimate`: the value, a bootstrap 95 % interval over logged rows (or over
+clusters of rows, ``cluster=``: pass the client ids when rows are a client's successive days), and the
 diagnostics an analyst reads before trusting it (effective sample size of the importance weights
 and the largest weight). Conventions follow the standard definitions (inverse propensity
 scoring, self-normalised IPS, the direct method, doubly robust, switch-DR, weight clipping).
@@ -93,44 +94,68 @@ def _bootstrap(
     return float(lo), float(hi)
 
 
-def _estimate(
-    stat: Callable[[np.ndarray], float], n: int, w: np.ndarray | None, n_boot: int, seed: int
+def _clusters(cluster, n: int) -> np.ndarray | None:
+    """Index (0..m-1) of each row's cluster, or None when every row is its own."""
+    if cluster is None:
+        return None
+    c = np.asarray(cluster)
+    if c.shape != (n,):
+        raise ValueError(f"cluster has shape {c.shape}; expected ({n},), one entry per logged row")
+    return np.unique(c, return_inverse=True)[1].reshape(-1)
+
+
+def _ratio_estimate(
+    num: np.ndarray,
+    den: np.ndarray,
+    w: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+    cluster: np.ndarray | None,
 ) -> Estimate:
-    every = np.arange(n)
-    lo, hi = _bootstrap(stat, n, n_boot, seed)
+    """Σ num / Σ den with a bootstrap interval that resamples rows, or whole clusters of rows
+    (a client's days are not independent of each other: resample the client)."""
+    n = len(num)
+    if cluster is not None:
+        num = np.bincount(cluster, weights=num)
+        den = np.bincount(cluster, weights=den)
+
+    def stat(i: np.ndarray) -> float:
+        total = den[i].sum()
+        return float(num[i].sum() / total) if total > 0 else float("nan")
+
+    lo, hi = _bootstrap(stat, len(num), n_boot, seed)
     ess, largest = _diagnostics(w) if w is not None else (float(n), 0.0)
-    return Estimate(stat(every), lo, hi, ess, largest, n)
+    return Estimate(stat(np.arange(len(num))), lo, hi, ess, largest, n)
 
 
 def ips(
-    reward, pscore, target_pscore, clip: float = math.inf, n_boot: int = N_BOOT, seed: int = 0
+    reward,
+    pscore,
+    target_pscore,
+    clip: float = math.inf,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    cluster=None,
 ) -> Estimate:
     """Inverse propensity scoring: mean of w·r, w = target_pscore / pscore, each weight capped at
     ``clip`` (weight clipping trades bias for variance; inf: unclipped, unbiased)."""
     r, w = _weights(reward, pscore, target_pscore)
     w = np.minimum(w, _positive("clip", clip))
-    wr = w * r
-    return _estimate(lambda i: float(wr[i].mean()), len(r), w, n_boot, seed)
+    return _ratio_estimate(w * r, np.ones_like(r), w, n_boot, seed, _clusters(cluster, len(r)))
 
 
-def snips(reward, pscore, target_pscore, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+def snips(reward, pscore, target_pscore, n_boot: int = N_BOOT, seed: int = 0, cluster=None):
     """Self-normalised IPS: Σ w·r / Σ w (a little biased, far less variable when weights are large)."""
     r, w = _weights(reward, pscore, target_pscore)
-    wr = w * r
-
-    def stat(i: np.ndarray) -> float:
-        total = w[i].sum()
-        return float(wr[i].sum() / total) if total > 0 else float("nan")
-
-    return _estimate(stat, len(r), w, n_boot, seed)
+    return _ratio_estimate(w * r, w, w, n_boot, seed, _clusters(cluster, len(r)))
 
 
-def dm(q_target, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+def dm(q_target, n_boot: int = N_BOOT, seed: int = 0, cluster=None) -> Estimate:
     """Direct method: mean over logged contexts of the reward model's value of the target policy."""
     q = _array("q_target", q_target)
     if q.size == 0:
         raise ValueError("q_target is empty: no logged rows to estimate from")
-    return _estimate(lambda i: float(q[i].mean()), len(q), None, n_boot, seed)
+    return _ratio_estimate(q, np.ones_like(q), None, n_boot, seed, _clusters(cluster, len(q)))
 
 
 def dr(
@@ -143,6 +168,7 @@ def dr(
     switch: float = math.inf,
     n_boot: int = N_BOOT,
     seed: int = 0,
+    cluster=None,
 ) -> Estimate:
     """Doubly robust: mean of q_target + w·(r − q_logged). ``clip`` caps each weight; ``switch``
     (switch-DR) drops the correction where the weight exceeds it, leaving the reward model's
@@ -155,7 +181,7 @@ def dr(
         raise ValueError(f"switch must be >= 0, got {switch}")
     used = np.where(w <= switch, np.minimum(w, clip), 0.0)
     per_row = qt + used * (r - ql)
-    return _estimate(lambda i: float(per_row[i].mean()), len(r), used, n_boot, seed)
+    return _ratio_estimate(per_row, np.ones_like(r), used, n_boot, seed, _clusters(cluster, len(r)))
 
 
 def switch_dr(reward, pscore, target_pscore, q_logged, q_target, switch: float, **kwargs):

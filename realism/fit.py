@@ -130,7 +130,7 @@ def scale(target) -> float:
 def objective(simulated: dict[str, float], targets: Targets) -> float:
     total = 0.0
     for t in targets.targets:
-        value = simulated[t.statistic]
+        value = simulated.get(t.statistic, math.nan)
         if not math.isfinite(value):
             return PENALTY
         total += t.weight * ((value - t.target) / scale(t)) ** 2
@@ -148,15 +148,22 @@ def fit(
     sampler: str = "auto",
     ranges: dict[str, tuple[float, float]] | None = None,
     progress: bool = True,
+    statistics: Callable[[Setup], dict[str, float]] | None = None,
 ) -> tuple[dict[str, float], optuna.Study]:
     """Search ``names`` to bring the statistics to ``targets``; returns the best values and the
-    study. ``make_setup(values)`` builds the world of one trial."""
+    study. ``make_setup(values)`` builds the world of one trial; ``statistics(setup)`` computes a
+    trial's statistics (default: the protocols the targets need, on ``clients`` and ``seed``)."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if trials < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
     space = parameters(names, base, ranges)
-    needed = needed_protocols(targets)
+    if statistics is None:
+        needed = needed_protocols(targets)
+
+        def statistics(setup: Setup) -> dict[str, float]:
+            return simulate(setup, needed, clients, seed)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if sampler == "auto":
@@ -172,7 +179,7 @@ def fit(
     def run_trial(trial: optuna.Trial) -> float:
         values = {p.name: trial.suggest_float(p.name, p.low, p.high) for p in space}
         try:
-            simulated = simulate(make_setup(values), needed, clients, seed)
+            simulated = statistics(make_setup(values))
         except ValueError:  # a protocol cannot run at these values (e.g. nobody ever buys)
             return PENALTY
         return objective(simulated, targets)

@@ -1,0 +1,124 @@
+"""Off-policy estimates on simulated cadence logs: counterfactual truths, the one-step estimators
+against them, fitted-Q evaluation's grouped refits, and the targets that can and cannot be read
+from logs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents.heuristics import HEURISTICS
+from envs.config import load_setup
+from envs.spaces import multi_to_flat
+from evaluation import offline
+from evaluation.logged import log_policy
+from evaluation.logs import ACTIONS
+
+
+def _fqe_by_rows(frame, policy, setup, ridge: float = 1.0) -> float:
+    """FQE written plainly, one regression per day over its rows (the reference for the grouped one)."""
+    frame = frame.sort("client_id", "day")
+    data = offline._Logged.of(frame, setup)
+    phi_pi = offline._policy_features(
+        offline._own(policy, data.obs, data.masks), data.obs, data.masks, 0.0
+    )
+    rewards = frame["reward"].to_numpy()
+    q_pi = np.zeros(frame.height)  # E_pi Q_t at each row's state
+    for t in range(data.n_days - 1, -1, -1):
+        rows = np.flatnonzero(data.day_ix == t)
+        nxt = data.nxt[rows]
+        y = rewards[rows] + np.where(nxt >= 0, q_pi[np.maximum(nxt, 0)], 0.0)
+        x = data.phi[rows]
+        coef = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
+        q_pi[rows] = phi_pi[rows] @ coef
+    return float(q_pi[data.first].mean())
+
+
+def test_counterfactual_columns_hold_the_targets_reward_and_leave_the_log_alone():
+    setup = load_setup()
+    logger, other = HEURISTICS["segment_rules"](), HEURISTICS["fixed_weekly"]()
+    plain = log_policy(logger, setup, 300, 6, seed=2, epsilon=0.3)
+    frame = log_policy(logger, setup, 300, 6, seed=2, epsilon=0.3, counterfactual=[logger, other])
+    assert frame.select(plain.columns).equals(plain)
+    logged = multi_to_flat(frame.select(ACTIONS).to_numpy())
+    for target in (logger, other):
+        own = offline.own_actions(target, frame, setup)
+        same = own == logged
+        column = frame[offline.counterfactual_column(target.name)].to_numpy()
+        # same client, state and luck: where the log took the target's action, the same reward
+        assert same.any() and np.array_equal(column[same], frame["reward"].to_numpy()[same])
+    assert offline.step_truth(frame, "fixed_weekly") == pytest.approx(
+        frame["counterfactual_fixed_weekly"].mean()
+    )
+    assert offline.step_truth(frame, "no_send") is None
+
+
+def test_one_step_estimates_cover_the_counterfactual_truth_of_a_supported_target():
+    setup = load_setup()
+    logger = HEURISTICS["segment_rules"]()
+    frame = log_policy(logger, setup, 3000, 10, seed=5, epsilon=0.2, counterfactual=[logger])
+    (res,) = offline.estimate(frame, [logger], setup, n_boot=200, fqe_boot=20)
+    assert res.step_truth is not None
+    for name in ("ips", "snips", "dr"):
+        e = res.estimates[name]
+        assert e.ci_low <= res.step_truth <= e.ci_high, (name, e, res.step_truth)
+    # DR's correction can only narrow the interval of IPS when its reward model helps
+    width = {k: res.estimates[k].ci_high - res.estimates[k].ci_low for k in ("ips", "dr")}
+    assert width["dr"] <= width["ips"] * 1.05
+    assert res.truth_for("dr") == res.step_truth and res.truth_for("fqe") == res.truth
+    assert "| segment_rules | dm |" in offline.table([res])
+
+
+def test_grouped_fitted_q_equals_the_plain_per_day_regressions():
+    setup = load_setup()
+    logger, other = HEURISTICS["segment_rules"](), HEURISTICS["fixed_weekly"]()
+    frame = log_policy(logger, setup, 400, 5, seed=1, epsilon=0.3)
+    for target in (logger, other):
+        est = offline.fqe(frame, target, setup, n_boot=40)
+        assert est.value == pytest.approx(_fqe_by_rows(frame, target, setup), rel=1e-9, abs=1e-12)
+        assert est.ci_low < est.value < est.ci_high and est.n == 400
+        assert offline._Logged.of(frame, setup).groups == 40
+    # clients who enter the log later start from that day's Q, not day 0's
+    late = frame.filter(~((frame["client_id"] % 3 == 0) & (frame["day"] < 2)))
+    est = offline.fqe(late, logger, setup, n_boot=0)
+    assert est.value == pytest.approx(_fqe_by_rows(late, logger, setup), rel=1e-9, abs=1e-12)
+
+
+def test_history_dependent_targets_are_refused_and_a_trained_agent_is_estimated():
+    from agents.bandits import Recovering
+    from agents.config import AgentConfig
+    from agents.registry import train_agent
+
+    setup = load_setup()
+    frame = log_policy(HEURISTICS["segment_rules"](), setup, 200, 4, seed=0, epsilon=0.3)
+    with pytest.raises(ValueError, match="own memory of past sends"):
+        offline.estimate(frame, [Recovering()], setup, n_boot=5)
+    agent = train_agent(
+        AgentConfig(name="maskable_ppo", n_steps=16, batch_size=64), setup, 256, 8, progress=False
+    )
+    (res,) = offline.estimate(frame, [agent], setup, n_boot=20, fqe_boot=5)
+    assert res.policy == agent.name and res.truth is not None
+    assert np.isfinite(res.estimates["fqe"].value) and np.isfinite(res.estimates["dm"].value)
+
+
+@pytest.mark.slow  # 200 logged datasets of 1,000 clients x 10 days, and a 30,000-client truth
+def test_one_step_intervals_cover_the_truth_over_200_simulated_logs():
+    setup = load_setup()
+    logger = HEURISTICS["segment_rules"]()
+    # the target's value on the logger's state distribution, from one large log of its own
+    big = log_policy(logger, setup, 30_000, 10, seed=10_000, epsilon=0.2, counterfactual=[logger])
+    truth = offline.step_truth(big, logger.name)
+    hits, errors = {"ips": 0, "snips": 0, "dr": 0}, {"ips": [], "snips": [], "dr": []}
+    for seed in range(200):
+        frame = log_policy(logger, setup, 1000, 10, seed=seed, epsilon=0.2)
+        (res,) = offline.estimate(
+            frame, [logger], setup, n_boot=200, fqe_boot=0, with_truth=False, seed=seed
+        )
+        for name in hits:
+            e = res.estimates[name]
+            hits[name] += e.ci_low <= truth <= e.ci_high
+            errors[name].append(e.value - truth)
+    rmse = {k: float(np.sqrt(np.mean(np.square(v)))) for k, v in errors.items()}
+    for name, count in hits.items():
+        assert 0.90 <= count / 200 <= 0.98, (name, count, rmse)
+    assert rmse["dr"] <= rmse["ips"], rmse
