@@ -3,6 +3,7 @@
     python evaluate.py policies='[random,batch_and_blast,linucb,run:<mlflow_run_id>]'
     python evaluate.py policies='[segment_rules,run:<id>]' eval.num_clients=5000 eval.num_seeds=3 scenario=market_shock
     python evaluate.py log=segment_rules out=logs.parquet log_epsilon=0.2 eval.num_clients=5000 eval.horizon_days=14
+    python evaluate.py log=segment_rules out=logs.parquet log_truth='[linucb]' eval.num_clients=5000
     python evaluate.py logs=logs.parquet policies='[segment_rules,fixed_weekly]' log_epsilon=0.2
 
 Names: heuristics (random, no_send, batch_and_blast, fixed_weekly, segment_rules), the oracle,
@@ -90,8 +91,16 @@ def write_log(run: RunConfig, setup: Setup) -> Path:
             "log_epsilon: must be > 0 for log= (a deterministic log cannot be evaluated)"
         )
     policy, _ = resolve_policy(run.log, setup)
+    targets = [resolve_policy(spec, setup)[0] for spec in run.log_truth]
     frame = log_policy(
-        policy, setup, run.eval.num_clients, run.eval.horizon_days, run.seed, run.log_epsilon, True
+        policy,
+        setup,
+        run.eval.num_clients,
+        run.eval.horizon_days,
+        run.seed,
+        run.log_epsilon,
+        True,
+        counterfactual=targets,
     )
     path = write_logs(frame, run.out)
     print(f"wrote {frame.height:,} client-days of {policy.name} to {path}")

@@ -458,12 +458,15 @@ def log_results(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agents.config import AgentConfig
-    from agents.registry import make_policy
+    from evaluate import resolve_policy
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", help="a logged Parquet file (docs/logged-data.md)")
-    parser.add_argument("policies", nargs="+", help="heuristic or bandit names")
+    parser.add_argument(
+        "policies",
+        nargs="+",
+        help="heuristic or bandit names (bandits are trained first), run:<id>",
+    )
     parser.add_argument("--epsilon", type=float, default=0.0, help="ε-soften the targets")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: mlflow.db)")
     parser.add_argument("--no-mlflow", action="store_true", help="print only")
@@ -471,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frame = read_logs(args.logs)
         setup = load_setup()
-        policies = [make_policy(AgentConfig(name=name)) for name in args.policies]
+        policies = [resolve_policy(spec, setup)[0] for spec in args.policies]
         results = estimate(frame, policies, setup, args.epsilon)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -93,9 +93,12 @@ class RunConfig:
     """evaluate.py: the Parquet file ``log=`` writes (replaced atomically)"""
     log_epsilon: float = num(0.1, 0.0, 1.0)
     """evaluate.py: exploration of ``log=``; also the softening of the targets of ``logs=``"""
+    log_truth: list[str] = field(default_factory=list)
+    """evaluate.py: with ``log=``, policies whose counterfactual reward on each logged day is
+    written too (columns ``counterfactual_<name>``: the one-step truth of those targets)"""
     logs: str | None = None
-    """evaluate.py: estimate ``policies`` off-policy from this logged Parquet file (SNIPS, PDWIS,
-    FQE; the truth beside them for a simulated log) instead of simulating them"""
+    """evaluate.py: estimate ``policies`` off-policy from this logged Parquet file (IPS, SNIPS,
+    DM, DR, PDWIS, FQE; the truth beside them for a simulated log) instead of simulating them"""
 
 
 def register() -> None:

@@ -242,15 +242,21 @@ def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path):
         )
 
     done = evaluate(
-        "log=segment_rules", f"out={out}", "eval.num_clients=400", "eval.horizon_days=5"
+        "log=segment_rules",
+        f"out={out}",
+        "eval.num_clients=400",
+        "eval.horizon_days=5",
+        "log_truth=[no_send]",
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert read_logs(out).height > 0
+    assert read_logs(out).height > 0 and "counterfactual_no_send" in read_logs(out).columns
     done = evaluate(f"logs={out}", "policies=[segment_rules,no_send]", "eval.n_boot=20")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| no_send | pdwis |" in done.stdout
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("cadence").experiment_id])
     assert sorted(r.data.tags["policy"] for r in runs) == ["no_send", "segment_rules"]
+    steps = {r.data.tags["policy"]: "ope/step_truth" in r.data.metrics for r in runs}
+    assert steps == {"no_send": True, "segment_rules": False}  # only no_send's was logged
     missing = evaluate("log=segment_rules")
     assert missing.returncode != 0 and "log= needs out=" in missing.stderr
