@@ -19,16 +19,21 @@ def _fqe_by_rows(frame, policy, setup, ridge: float = 1.0) -> float:
     """FQE written plainly, one regression per day over its rows (the reference for the grouped one)."""
     frame = frame.sort("client_id", "day")
     data = offline._Logged.of(frame, setup)
-    phi_pi = offline._policy_features(
-        offline._own(policy, data.obs, data.masks), data.obs, data.masks, 0.0
-    )
+    own = offline._own(policy, data.obs, data.masks)
+    phi_pi = offline._policy_features(own, data.obs, data.masks, 0.0)
+    agree = (data.logged == own).astype(float)
+    send = (data.logged > 0).astype(float)
+    # the two target features: the logged action is the target's own (and a send); under the
+    # (deterministic) target both are what its own action gives
+    phi = np.concatenate([data.phi, agree[:, None], (agree * send)[:, None]], axis=1)
+    phi_pi = np.concatenate([phi_pi, np.ones((len(own), 1)), (own > 0)[:, None]], axis=1)
     rewards = frame["reward"].to_numpy()
     q_pi = np.zeros(frame.height)  # E_pi Q_t at each row's state
     for t in range(data.n_days - 1, -1, -1):
         rows = np.flatnonzero(data.day_ix == t)
         nxt = data.nxt[rows]
         y = rewards[rows] + np.where(nxt >= 0, q_pi[np.maximum(nxt, 0)], 0.0)
-        x = data.phi[rows]
+        x = phi[rows]
         coef = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
         q_pi[rows] = phi_pi[rows] @ coef
     return float(q_pi[data.first].mean())
@@ -122,3 +127,24 @@ def test_one_step_intervals_cover_the_truth_over_200_simulated_logs():
     for name, count in hits.items():
         assert 0.90 <= count / 200 <= 0.98, (name, count, rmse)
     assert rmse["dr"] <= rmse["ips"], rmse
+
+
+def test_a_soft_targets_expected_features_are_the_mean_over_its_action_distribution():
+    setup = load_setup()
+    frame = log_policy(HEURISTICS["segment_rules"](), setup, 30, 4, seed=3, epsilon=0.3)
+    obs, masks = offline._observed(frame, setup)
+    own = offline._own(HEURISTICS["fixed_weekly"](), obs, masks)
+    eps = 0.4
+    got = offline._policy_features(own, obs.astype(np.float64), masks, eps)
+    for i in range(0, len(obs), 7):
+        allowed = np.flatnonzero(masks[i])
+        x = np.repeat(obs[i : i + 1].astype(np.float64), len(allowed), axis=0)
+        each = offline._phi(
+            x,
+            offline._ACTION_ONEHOT[allowed],
+            offline._SEND[allowed],
+            offline._matched(x, allowed),
+        )
+        p = np.full(len(allowed), eps / len(allowed))
+        p[allowed == own[i]] += 1 - eps
+        assert got[i] == pytest.approx(p @ each, abs=1e-9)
