@@ -171,16 +171,39 @@ def _matched_mean(obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _phi(obs: np.ndarray, onehot: np.ndarray, send: np.ndarray, matched: np.ndarray) -> np.ndarray:
+def _phi(
+    obs: np.ndarray,
+    onehot: np.ndarray,
+    send: np.ndarray,
+    matched: np.ndarray,
+    extra: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """FQE features: 1, the observation, the action's component one-hots, observation x send,
-    and the matched features (how the chosen slot, channel and tone have done for this client)."""
-    return np.concatenate(
-        [np.ones((len(obs), 1)), obs, onehot, obs * send[:, None], matched], axis=1
-    )
+    and the matched features (how the chosen slot, channel and tone have done for this client);
+    ``extra`` columns after them. Written into one array, ``out`` where given (a large log's
+    features are large, and a fresh array of them costs more to allocate than to fill)."""
+    parts = [obs, onehot, None, matched] + ([extra] if extra is not None else [])
+    widths = [1, obs.shape[1], onehot.shape[1], obs.shape[1], matched.shape[1]]
+    widths += [extra.shape[1]] if extra is not None else []
+    if out is None:
+        out = np.empty((len(obs), sum(widths)))
+    edges = np.cumsum([0, *widths])
+    out[:, 0] = 1.0
+    for k, part in enumerate(parts, start=1):
+        if part is not None:
+            out[:, edges[k] : edges[k + 1]] = part
+    np.multiply(obs, send[:, None], out=out[:, edges[3] : edges[4]])
+    return out
 
 
 def _policy_features(
-    own: np.ndarray, obs: np.ndarray, masks: np.ndarray, epsilon: float
+    own: np.ndarray,
+    obs: np.ndarray,
+    masks: np.ndarray,
+    epsilon: float,
+    extra: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """E_{a ~ π(.|x)} φ(x, a) for each row: the policy's action ``own``, ε-mixed with the mean
     over allowed actions."""
@@ -190,7 +213,7 @@ def _policy_features(
         onehot = (1.0 - epsilon) * onehot + epsilon * (masks @ _ACTION_ONEHOT) / allowed
         send = (1.0 - epsilon) * send + epsilon * (masks @ _SEND) / allowed[:, 0]
         matched = (1.0 - epsilon) * matched + epsilon * _matched_mean(obs, masks)
-    return _phi(obs, onehot, send, matched)
+    return _phi(obs, onehot, send, matched, extra, out)
 
 
 FQE_GROUPS = 100
@@ -216,8 +239,8 @@ class _Logged:
     n_days: int
     nxt: np.ndarray
     """row of each row's client's next logged day; -1 after churn or on the last day"""
-    blocks: list[tuple[int, int, np.ndarray]]
-    """(day, group, rows) for every non-empty day x client group"""
+    blocks: list[tuple[int, int, slice]]
+    """(day, group, rows) for every non-empty day x client group (rows: a slice)"""
     gram: np.ndarray
     """(days, groups, D, D) Σ φφᵀ per day and group"""
     target: np.ndarray
@@ -226,12 +249,18 @@ class _Logged:
     """rows of each client's first logged day (FQE's starting states)"""
     group: np.ndarray
     """each client's group (FQE's bootstrap unit)"""
+    scratch: np.ndarray | None = None
 
     @classmethod
     def of(cls, frame: pl.DataFrame, setup: Setup, seed: int = 0) -> _Logged:
-        frame = frame.sort("client_id", "day")
+        """Rows are put in (day, client group) order, so each block is a contiguous slice."""
         clients, client_ix = np.unique(frame["client_id"].to_numpy(), return_inverse=True)
         days, day_ix = np.unique(frame["day"].to_numpy(), return_inverse=True)
+        groups = max(1, min(FQE_GROUPS, len(clients) // 10))  # at least 10 clients a group
+        group = np.random.default_rng([seed, 0xF0E]).permutation(len(clients)) % groups
+        key = day_ix * groups + group[client_ix]
+        order = np.lexsort((client_ix, key))
+        frame, client_ix, day_ix, key = frame[order], client_ix[order], day_ix[order], key[order]
         obs, masks = _observed(frame, setup)
         logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
         obs64 = obs.astype(np.float64)
@@ -242,23 +271,22 @@ class _Logged:
         later = day_ix + 1 < len(days)
         nxt[later] = row_of[client_ix[later], day_ix[later] + 1]
         nxt[frame["churned"].to_numpy()] = -1
-        groups = max(1, min(FQE_GROUPS, len(clients) // 10))  # at least 10 clients a group
-        group = np.random.default_rng([seed, 0xF0E]).permutation(len(clients)) % groups
-        key = day_ix * groups + group[client_ix]
-        order = np.argsort(key, kind="stable")
-        cuts = np.flatnonzero(np.diff(key[order])) + 1
+        first_day = np.full(len(clients), len(days))
+        np.minimum.at(first_day, client_ix, day_ix)
+        first = row_of[np.arange(len(clients)), first_day]
         rewards = frame["reward"].to_numpy()
         d = phi.shape[1]
         gram = np.zeros((len(days), groups, d, d))
         target = np.zeros((len(days), groups, d))
         blocks = []
-        for rows in np.split(order, cuts):
-            t, g = divmod(int(key[rows[0]]), groups)
+        bounds = np.r_[0, np.flatnonzero(np.diff(key)) + 1, frame.height]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            t, g = divmod(int(key[lo]), groups)
+            rows = slice(int(lo), int(hi))
             x = phi[rows]
             gram[t, g] = x.T @ x
             target[t, g] = x.T @ rewards[rows]
             blocks.append((t, g, rows))
-        first = np.flatnonzero(np.r_[True, client_ix[1:] != client_ix[:-1]])
         return cls(
             frame, obs, masks, logged, phi, rewards, client_ix, day_ix, len(clients), len(days), nxt, blocks,
             gram, target, first, group,
@@ -285,10 +313,15 @@ class _TargetView:
     target: np.ndarray
 
     @classmethod
-    def of(cls, data: _Logged, own: np.ndarray, epsilon: float) -> _TargetView:
-        base = _policy_features(own, data.obs, data.masks, epsilon)
+    def of(cls, data: _Logged, own: np.ndarray, epsilon: float, reuse: bool = False) -> _TargetView:
+        """``reuse``: write the target's features into the log's scratch array (valid until the
+        next view that reuses it; :func:`estimate` takes one target at a time)."""
         stay = (1.0 - epsilon) + epsilon / data.masks.sum(axis=1)  # P_π(a = own)
-        phi_pi = np.concatenate([base, np.stack([stay, stay * _SEND[own]], axis=1)], axis=1)
+        extra = np.stack([stay, stay * _SEND[own]], axis=1)
+        if reuse and data.scratch is None:
+            data.scratch = np.empty((len(own), data.phi.shape[1] + 2))
+        out = data.scratch if reuse else None
+        phi_pi = _policy_features(own, data.obs, data.masks, epsilon, extra, out)
         agree = (data.logged == own).astype(float)
         z = np.stack([agree, agree * _SEND[data.logged]], axis=1)
         d = data.phi.shape[1]
@@ -349,12 +382,14 @@ def fqe(
     d, groups = phi_pi.shape[1], data.groups
     # Σ φ(x, a) φπ(x')ᵀ per day and group, x' the client's next logged state (0 when none)
     cross = np.zeros((data.n_days, groups, d, d))
+    base = data.phi.shape[1]
     for t, g, rows in data.blocks:
         nxt = data.nxt[rows]
         has = nxt >= 0
         if has.any():
-            x = np.concatenate([data.phi[rows[has]], view.z[rows[has]]], axis=1)
-            cross[t, g] = x.T @ phi_pi[nxt[has]]
+            following = phi_pi[np.maximum(nxt, 0)] * has[:, None]
+            cross[t, g, :base] = data.phi[rows].T @ following
+            cross[t, g, base:] = view.z[rows].T @ following
     # each client's first logged state, by its day and group (a client may enter after day 0)
     start = np.zeros((data.n_days, groups, d))
     start_group = data.group[data.client_ix[data.first]]
@@ -480,7 +515,7 @@ def estimate(
         own = _own(policy, data.obs, data.masks)
         t = _probabilities(own, data.logged, data.masks, epsilon)
         t_grid, _ = _grid(frame, t)
-        view = _TargetView.of(data, own, epsilon)
+        view = _TargetView.of(data, own, epsilon, reuse=True)
         beta = view.reward_model()
         q_logged, q_target = view.q_logged(data, beta), view.phi_pi @ beta
         one = {"n_boot": n_boot, "seed": seed, "cluster": clients}

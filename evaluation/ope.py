@@ -83,11 +83,20 @@ def _diagnostics(w: np.ndarray) -> tuple[float, float]:
     return ess, float(w.max()) if w.size else 0.0
 
 
-def _bootstrap(
-    stat: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int
+def _count_bootstrap(
+    stats: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int, seed: int
 ) -> tuple[float, float]:
+    """A bootstrap 95 % interval: each replicate draws ``n`` units with replacement, given to
+    ``stats`` as a (replicates, n) matrix of how often each unit was drawn, so statistics that
+    are sums become one matrix product per chunk of replicates."""
     rng = np.random.default_rng(seed)
-    values = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)])
+    chunk = max(1, min(50, 20_000_000 // max(n, 1)))  # at most ~160 MB of counts at a time
+    values = []
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(k)])
+        values.append(stats(counts.astype(np.float64)))
+    values = np.concatenate(values) if values else np.array([np.nan])
     if np.isnan(values).all():
         return float("nan"), float("nan")
     lo, hi = np.nanpercentile(values, [2.5, 97.5])
@@ -119,13 +128,15 @@ def _ratio_estimate(
         num = np.bincount(cluster, weights=num)
         den = np.bincount(cluster, weights=den)
 
-    def stat(i: np.ndarray) -> float:
-        total = den[i].sum()
-        return float(num[i].sum() / total) if total > 0 else float("nan")
+    def ratios(counts: np.ndarray) -> np.ndarray:
+        total = counts @ den
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, (counts @ num) / total, np.nan)
 
-    lo, hi = _bootstrap(stat, len(num), n_boot, seed)
+    lo, hi = _count_bootstrap(ratios, len(num), n_boot, seed)
     ess, largest = _diagnostics(w) if w is not None else (float(n), 0.0)
-    return Estimate(stat(np.arange(len(num))), lo, hi, ess, largest, n)
+    value = ratios(np.ones((1, len(num))))[0]
+    return Estimate(float(value), lo, hi, ess, largest, n)
 
 
 def ips(
@@ -248,14 +259,15 @@ def pdwis(
         raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
     rho = np.cumprod(t / p, axis=1)
     discount = gamma ** np.arange(r.shape[1])
+    weighted = rho * r
 
-    def stat(i: np.ndarray) -> float:
-        w = rho[i]
-        total = w.sum(axis=0)
-        if not (total > 0).all():  # a day no logged trajectory supports: no estimate
-            return float("nan")
-        return float((discount * (w * r[i]).sum(axis=0) / total).sum())
+    def values(counts: np.ndarray) -> np.ndarray:
+        total = counts @ rho
+        supported = (total > 0).all(axis=1)  # a day no logged trajectory supports: no estimate
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_day = (counts @ weighted) / total
+        return np.where(supported, (discount * per_day).sum(axis=1), np.nan)
 
     ess, largest = _diagnostics(rho[:, -1])
-    lo, hi = _bootstrap(stat, len(r), n_boot, seed)
-    return Estimate(stat(np.arange(len(r))), lo, hi, ess, largest, len(r))
+    lo, hi = _count_bootstrap(values, len(r), n_boot, seed)
+    return Estimate(float(values(np.ones((1, len(r))))[0]), lo, hi, ess, largest, len(r))

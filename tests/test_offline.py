@@ -27,7 +27,7 @@ def _fqe_by_rows(frame, policy, setup, ridge: float = 1.0) -> float:
     # (deterministic) target both are what its own action gives
     phi = np.concatenate([data.phi, agree[:, None], (agree * send)[:, None]], axis=1)
     phi_pi = np.concatenate([phi_pi, np.ones((len(own), 1)), (own > 0)[:, None]], axis=1)
-    rewards = frame["reward"].to_numpy()
+    rewards = data.rewards
     q_pi = np.zeros(frame.height)  # E_pi Q_t at each row's state
     for t in range(data.n_days - 1, -1, -1):
         rows = np.flatnonzero(data.day_ix == t)
