@@ -535,18 +535,30 @@ def estimate(
     return out
 
 
+MIN_ESS = 30
+"""below this effective sample size an importance-weighted estimate rests on a handful of logged
+rows or trajectories, and its bootstrap interval cannot be trusted: the table says so"""
+
+
 def table(results: Sequence[OffPolicyResult]) -> str:
+    """Markdown: one row per policy and estimator, the truth where known, and a note where the
+    estimate should not be read (no support, or too few effective samples)."""
     lines = [
-        "| policy | estimator | estimate | 95 % CI | ESS | largest weight | truth |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "| policy | estimator | estimate | 95 % CI | ESS | largest weight | truth | note |",
+        "|---|---|---:|---|---:|---:|---:|---|",
     ]
     for res in results:
         for name, e in res.estimates.items():
             known = res.truth_for(name)
             truth = "" if known is None else f"{known:.4g}"
+            note = ""
+            if e.ess == 0 or not np.isfinite(e.value):
+                note = "no logged support"
+            elif e.ess < MIN_ESS:
+                note = f"ESS < {MIN_ESS}: unreliable"
             lines.append(
                 f"| {res.policy} | {name} | {e.value:.4g} | [{e.ci_low:.4g}, {e.ci_high:.4g}] | "
-                f"{e.ess:,.0f} | {e.max_weight:.3g} | {truth} |"
+                f"{e.ess:,.0f} | {e.max_weight:.3g} | {truth} | {note} |"
             )
     return "\n".join(lines)
 

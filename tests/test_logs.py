@@ -180,7 +180,11 @@ def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
     assert pdwis.ess > 100
     # a deterministic target the log never follows for two weeks: no evidence, said as NaN
     assert math.isnan(other.estimates["pdwis"].value) and other.truth is not None
-    assert "| segment_rules | pdwis |" in table(results)
+    text = table(results)
+    assert "| segment_rules | pdwis |" in text
+    assert next(r for r in text.splitlines() if "| fixed_weekly | pdwis |" in r).endswith(
+        "| no logged support |"
+    )
     with pytest.raises(ValueError, match="reads the world it acts in"):
         estimate(frame, [Oracle()], setup, n_boot=5)
     with pytest.raises(ValueError, match="random draws its actions at random"):
