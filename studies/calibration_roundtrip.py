@@ -27,6 +27,7 @@ from envs.config import load_setup  # noqa: E402
 from evaluation.compare import compare  # noqa: E402
 from evaluation.logged import log_policy  # noqa: E402
 from evaluation.logs import write_logs  # noqa: E402
+from realism import fromlogs  # noqa: E402
 from studies.agents_compare import agent_preset  # noqa: E402
 
 TRUE = {
@@ -54,6 +55,20 @@ def main() -> None:
     logger = make_policy(AgentConfig(name="segment_rules"))
     frame = log_policy(logger, true_setup, args.clients, args.days, 11, 0.3, progress=True)
     logs = write_logs(frame, work / "logs.parquet")
+    # the two simulated sides at the true parameters: re-running the policy vs replaying its sends
+    targets = fromlogs.targets(frame)
+    closed = fromlogs.statistics(
+        fromlogs.relog(true_setup, logger, args.clients, args.days, 7, 0.3), thin=True
+    )
+    opened = fromlogs.statistics(fromlogs.replay(true_setup, frame, 7), thin=True)
+    for label, stats in (("re-running segment_rules", closed), ("replaying its sends", opened)):
+        met = sum(t.holds(stats.get(t.statistic, float("nan"))) for t in targets.targets)
+        print(f"true parameters, {label}: {met} of {len(targets.targets)} statistics in band")
+    for name in ("logs/open_rate/email/early", "logs/click_rate"):
+        print(
+            f"  {name}: log {targets[name].target:.4g}, re-run {closed[name]:.4g}, "
+            f"replay {opened[name]:.4g}"
+        )
     name = f"roundtrip_{int(time.time())}"
     settings = {
         "population": "default",
