@@ -1,0 +1,135 @@
+"""The crisis monitor on synthetic streams with known change points: false alarms within the
+budget its threshold promises, detection delays as the CUSUM's drift predicts, alerts named and
+logged, and the same monitor over a logged dataset."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluation.monitor import SEGMENT_NAMES, Monitor, MonitorConfig, day_counts, segments_of
+
+RATES = {"unsubscribed": 0.002, "complaint": 0.001, "anxious_click": 0.004, "churned": 0.001}
+VISIT = 0.05
+N = 2000  # living clients per segment and day
+
+
+def _stream(monitor: Monitor, days: int, rng, change_day=None, factor=1.0, segment="saver_debt"):
+    """Binomial counts for every series; from ``change_day`` the opt-out rate of ``segment`` is
+    ``factor`` times its base. Returns the day of the first alert on that series (or None)."""
+    first = None
+    for day in range(days):
+        counts = {}
+        for seg in SEGMENT_NAMES:
+            for outcome, p in RATES.items():
+                if outcome == "unsubscribed" and seg == segment and change_day is not None:
+                    p = p * factor if day >= change_day else p
+                counts[(seg, outcome)] = (float(rng.binomial(N, p)), float(N))
+            counts[(seg, "visited")] = (float(rng.binomial(N, VISIT)), float(N))
+        for alert in monitor.update(day, counts):
+            if (alert.segment, alert.metric) == (segment, "unsubscribe_rate") and first is None:
+                first = day
+    return first
+
+
+def test_false_alerts_stay_within_the_budget_the_threshold_promises():
+    cfg = MonitorConfig(false_alarms=1.0, horizon_days=100)
+    total = 0
+    runs = 60
+    for seed in range(runs):
+        monitor = Monitor(cfg)
+        _stream(monitor, 100, np.random.default_rng(seed))
+        total += len(monitor.alerts)
+    series = len(Monitor(cfg).series)
+    assert series == len(SEGMENT_NAMES) * 6
+    assert Monitor(cfg).threshold == pytest.approx(math.log(series * 100 / 1.0))
+    # the bound is for a known baseline; the estimated one adds a little, the bound's slack covers it
+    assert total / runs <= cfg.false_alarms, total / runs
+
+
+def test_a_tripled_opt_out_rate_is_found_about_when_the_drift_predicts():
+    cfg = MonitorConfig()
+    delays = []
+    for seed in range(40):
+        monitor = Monitor(cfg)
+        first = _stream(monitor, 60, np.random.default_rng(100 + seed), 30, 3.0)
+        assert first is not None and first >= 30, first  # never before the change
+        delays.append(first - 30 + 1)  # days of changed data seen when the alert came
+    p0 = RATES["unsubscribed"]
+    p1, true = p0 * cfg.shift, p0 * 3.0
+    drift = N * (true * math.log(p1 / p0) + (1 - true) * math.log((1 - p1) / (1 - p0)))
+    theory = Monitor(cfg).threshold / drift
+    assert 0.5 * theory <= np.mean(delays) <= 2.0 * theory + 1, (np.mean(delays), theory)
+
+
+def test_an_alert_names_its_series_and_the_log_holds_it():
+    monitor = Monitor(MonitorConfig(baseline_days=5, guard_days=1))
+    rng = np.random.default_rng(0)
+    _stream(monitor, 30, rng, change_day=15, factor=10.0)
+    log = monitor.alert_log()
+    row = log.filter((log["segment"] == "saver_debt") & (log["metric"] == "unsubscribe_rate"))
+    assert row.height == 1 and row["day"][0] >= 15
+    assert row["jump"][0] > 3 and row["statistic"][0] > row["threshold"][0]
+    # in alert, the series raises nothing new and its baseline is the one before the change
+    key = ("saver_debt", "unsubscribe_rate", "up")
+    assert key in monitor.in_alert and monitor.baseline(key) == pytest.approx(row["baseline"][0])
+    monitor.release(key)
+    assert key not in monitor.in_alert and monitor.series[key].statistic == 0.0
+
+
+def test_segments_come_from_declared_goals_and_tier_zero_is_undeclared():
+    from envs.features import FEATURE_NAMES
+
+    obs = np.zeros((3, len(FEATURE_NAMES)), dtype=np.float32)
+    obs[0, FEATURE_NAMES.index("goal_saver_debt")] = 1
+    obs[1, FEATURE_NAMES.index("goal_retirement")] = 1
+    assert [SEGMENT_NAMES[i] for i in segments_of(obs)] == [
+        "saver_debt",
+        "retirement",
+        "undeclared",
+    ]
+    counts = day_counts(
+        segments_of(obs),
+        np.array([True, True, False]),
+        {
+            "sent": np.array([True, False, False]),
+            "visited": np.array([True, True, True]),
+            "unsubscribed": np.array([True, False, True]),
+            "complaint": np.zeros(3, bool),
+            "anxious_click": np.zeros(3, bool),
+            "churned": np.zeros(3, bool),
+        },
+    )
+    assert counts[("saver_debt", "unsubscribed")] == (1.0, 1.0)
+    assert counts[("saver_debt", "visited")] == (0.0, 0.0)  # the visit followed a send
+    assert counts[("retirement", "visited")] == (1.0, 1.0)
+    assert counts[("undeclared", "unsubscribed")] == (0.0, 0.0)  # gone: not counted
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"shift": 1.0}, "monitor.shift must be > 1"),
+        ({"baseline_days": 0}, "monitor.baseline_days must be >= 1"),
+        ({"false_alarms": 0}, "monitor.false_alarms must be > 0"),
+        ({"guard_days": -1}, "monitor.guard_days must be >= 0"),
+    ],
+)
+def test_bad_thresholds_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MonitorConfig(**kwargs)
+
+
+def test_the_monitor_runs_over_a_logged_dataset():
+    from agents.heuristics import HEURISTICS
+    from envs.config import load_setup
+    from evaluation.logged import log_policy
+    from evaluation.monitor import watch_logs
+
+    frame = log_policy(HEURISTICS["segment_rules"](), load_setup(), 500, 20, seed=0, epsilon=0.2)
+    monitor = watch_logs(frame, MonitorConfig(baseline_days=7))
+    s = monitor.series[("retirement", "visit_rate", "up")]
+    assert len(s.counts) == 20 and sum(s.trials) > 0
+    assert monitor.alert_log().columns[:3] == ["day", "segment", "metric"]
