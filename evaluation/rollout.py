@@ -65,6 +65,8 @@ def rollout(
     obs = core.reset(seed)
     if hasattr(policy, "bind"):  # privileged policies read the world they act in
         policy.bind(core)
+    if hasattr(policy, "start_rollout"):  # a circuit breaker forgets the last rollout's days
+        policy.start_rollout()
     balanced = RewardConfig().weights()
     totals = {k: np.zeros(num_clients) for k in (*SUMMED, "urgent")}
     value = np.zeros(num_clients)
@@ -79,6 +81,8 @@ def rollout(
         actions[churned, 0] = 0
         r = core.step(actions)
         alive = ~churned
+        if hasattr(policy, "after_day"):  # a circuit breaker watches the day's outcomes
+            policy.after_day(day, r.outcomes, alive)
         for k in SUMMED:
             totals[k] += r.outcomes[k] & alive
         totals["urgent"] += r.outcomes["sent"] & (actions[:, 1] == URGENT)

@@ -1,0 +1,170 @@
+"""A circuit breaker around any policy: on a monitor alert the affected segment switches to a
+safe fallback until its alerted metrics are back within their baseline band for a set number of
+days; every switch and return is logged with its reason.
+
+The breaker is itself a Policy. Evaluation calls two hooks a plain policy does not have:
+``start_rollout()`` before the first day and ``after_day(day, outcomes, alive)`` after each
+(the day's outcomes of every client; the breaker counts only what a firm sees: outcomes and the
+declared segments of the observation, never latent state). ``trip(segment, day)`` and
+``release(segment, day)`` let an engineer do it by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from agents.base import Policy
+from agents.heuristics import CONTENT, SLOT, TONE, _with_channel_fallback
+from envs.features import I_WEEKDAY
+from evaluation.monitor import SEGMENT_NAMES, Monitor, MonitorConfig, day_counts, segments_of
+
+
+class SafeFallback:
+    """Reassuring and educational, low frequency, no product offers: an education message in a
+    reassuring tone once a week (Thursday morning, e-mail, else push, else SMS)."""
+
+    name = "safe_fallback"
+
+    def __init__(
+        self, tone: str = "reassuring", content: str = "education", weekday: int = 3
+    ) -> None:
+        if content == "product_offer":
+            raise ValueError("fallback content: a fallback sends no product offers")
+        if tone not in TONE or content not in CONTENT or not 0 <= weekday <= 6:
+            raise ValueError(
+                f"fallback: tone must be one of {list(TONE)}, content one of {list(CONTENT)}, "
+                f"weekday 0-6; got {tone!r}, {content!r}, {weekday}"
+            )
+        self.tone, self.content, self.weekday = TONE[tone], CONTENT[content], weekday
+
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        send = obs[:, I_WEEKDAY + self.weekday] > 0.5
+        return _with_channel_fallback(SLOT["morning"], self.tone, self.content, send, masks)
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """When a tripped segment comes back."""
+
+    hold_days: int = 7
+    """days an alerted metric must be back within its band before the segment returns (and the
+    least time a segment stays on the fallback)"""
+    band: float = 1.5
+    """within band: the rate over the last ``hold_days`` at most ``band`` times the baseline (a
+    rise), at least the baseline over ``band`` (a fall)"""
+
+    def __post_init__(self) -> None:
+        if self.hold_days < 1:
+            raise ValueError(f"breaker.hold_days must be >= 1, got {self.hold_days}")
+        if not self.band >= 1.0:
+            raise ValueError(f"breaker.band must be >= 1, got {self.band}")
+
+
+class CircuitBreaker:
+    """``policy`` with a monitor and a fallback per declared segment.
+
+    Args:
+        policy: the policy served while the circuit is closed.
+        fallback: what a tripped segment gets (default :class:`SafeFallback`).
+        monitor: the monitor's thresholds.
+        cfg: when a segment returns.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        fallback: Policy | None = None,
+        monitor: MonitorConfig | None = None,
+        cfg: BreakerConfig | None = None,
+    ) -> None:
+        self.policy = policy
+        self.fallback = fallback or SafeFallback()
+        self.monitor_cfg = monitor or MonitorConfig()
+        self.cfg = cfg or BreakerConfig()
+        self.name = f"{policy.name}+breaker"
+        self.start_rollout()
+
+    # ----- state ---------------------------------------------------------------------------
+    def start_rollout(self) -> None:
+        """Forget every day seen: a fresh monitor, every segment on the policy."""
+        self.monitor = Monitor(self.monitor_cfg)
+        self.tripped: dict[str, int] = {}
+        """segment -> day it switched to the fallback"""
+        self.by_hand: set[str] = set()
+        """segments tripped by hand: they return only by hand"""
+        self.events: list[dict] = []
+        self._segment: np.ndarray | None = None
+        if hasattr(self.policy, "start_rollout"):
+            self.policy.start_rollout()
+
+    def trip(self, segment: str, day: int, reason: str = "by hand") -> None:
+        """Switch ``segment`` to the fallback (no-op if it already is)."""
+        if segment not in SEGMENT_NAMES:
+            raise ValueError(f"unknown segment {segment!r}; use one of {list(SEGMENT_NAMES)}")
+        if segment not in self.tripped:
+            self.tripped[segment] = day
+            if reason == "by hand":
+                self.by_hand.add(segment)
+            self.events.append(
+                {"day": day, "segment": segment, "event": "switch", "reason": reason}
+            )
+
+    def release(self, segment: str, day: int, reason: str = "by hand") -> None:
+        """Return ``segment`` to the policy and end its series' alerts."""
+        if segment in self.tripped:
+            del self.tripped[segment]
+            self.by_hand.discard(segment)
+            for key in [k for k in self.monitor.in_alert if k[0] == segment]:
+                self.monitor.release(key)
+            self.events.append(
+                {"day": day, "segment": segment, "event": "return", "reason": reason}
+            )
+
+    def event_log(self) -> pl.DataFrame:
+        """Every switch and return: day, segment, event, reason."""
+        schema = {"day": pl.Int64, "segment": pl.Utf8, "event": pl.Utf8, "reason": pl.Utf8}
+        return pl.DataFrame(self.events, schema=schema)
+
+    # ----- Policy ----------------------------------------------------------------------------
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        self._segment = segments_of(obs)
+        actions = np.array(self.policy.act(obs, masks), dtype=np.int64, copy=True)
+        if self.tripped:
+            ids = [SEGMENT_NAMES.index(s) for s in self.tripped]
+            safe = np.isin(self._segment, ids)
+            if safe.any():
+                actions[safe] = self.fallback.act(obs[safe], masks[safe])
+        return actions
+
+    def after_day(self, day: int, outcomes: dict[str, np.ndarray], alive: np.ndarray) -> None:
+        """Count the day, switch segments the monitor alerts on, return those back in band."""
+        if self._segment is None:
+            raise RuntimeError("after_day before act: the breaker has not seen today's clients")
+        counts = day_counts(self._segment, np.asarray(alive, dtype=bool), outcomes)
+        for alert in self.monitor.update(day, counts):
+            reason = (
+                f"{alert.metric} {alert.direction}: {alert.observed:.4g} against a baseline of "
+                f"{alert.baseline:.4g} (CUSUM {alert.statistic:.1f} > {alert.threshold:.1f})"
+            )
+            self.trip(alert.segment, day, reason)
+        for segment, since in list(self.tripped.items()):
+            if segment in self.by_hand:
+                continue
+            if day - since + 1 >= self.cfg.hold_days and self._back_in_band(segment):
+                self.release(segment, day, f"back within band for {self.cfg.hold_days} days")
+
+    def _back_in_band(self, segment: str) -> bool:
+        h = self.cfg.hold_days
+        for key in [k for k in self.monitor.in_alert if k[0] == segment]:
+            s = self.monitor.series[key]
+            n = sum(s.trials[-h:])
+            rate = sum(s.counts[-h:]) / n if n > 0 else 0.0
+            base = s.frozen
+            if key[2] == "up" and rate > base * self.cfg.band:
+                return False
+            if key[2] == "down" and rate < base / self.cfg.band:
+                return False
+        return True

@@ -1,0 +1,126 @@
+"""The circuit breaker: a tripped segment gets the fallback and only it, holds, returns when its
+metric is back in band, logs every switch and return; the fallback never offers products; a
+rollout drives the breaker through its hooks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents.breaker import BreakerConfig, CircuitBreaker, SafeFallback
+from agents.heuristics import HEURISTICS
+from envs.features import FEATURE_NAMES
+from envs.spaces import JOINT_ACTIONS
+from evaluation.monitor import MonitorConfig
+from simulate.labels import CONTENTS, SEGMENTS, TONES
+
+N_PER = 400
+
+
+def _obs(weekday: int) -> np.ndarray:
+    """N_PER clients of each declared segment and N_PER undeclared, on ``weekday``."""
+    obs = np.zeros((N_PER * (len(SEGMENTS) + 1), len(FEATURE_NAMES)), dtype=np.float32)
+    for i, seg in enumerate(SEGMENTS):
+        obs[i * N_PER : (i + 1) * N_PER, FEATURE_NAMES.index(f"goal_{seg}")] = 1
+    obs[
+        :,
+        FEATURE_NAMES.index(
+            f"weekday_{['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'][weekday]}"
+        ),
+    ] = 1
+    return obs
+
+
+def _outcomes(rng, n: int, unsub: np.ndarray) -> dict[str, np.ndarray]:
+    out = {k: np.zeros(n, bool) for k in ("sent", "complaint", "anxious_click", "churned")}
+    out["unsubscribed"] = rng.random(n) < unsub
+    out["visited"] = rng.random(n) < 0.05
+    return out
+
+
+class Always:
+    """Sends a product offer to everyone, every day (when allowed)."""
+
+    name = "always"
+
+    def act(self, obs, masks):
+        wanted = JOINT_ACTIONS[1 + 2]  # some send; masks allow everything in these tests
+        return np.tile(wanted, (len(obs), 1))
+
+
+def test_a_segment_switches_on_an_alert_holds_and_returns_with_every_event_logged():
+    breaker = CircuitBreaker(
+        Always(), monitor=MonitorConfig(baseline_days=7), cfg=BreakerConfig(hold_days=5)
+    )
+    rng = np.random.default_rng(0)
+    masks = np.ones((N_PER * 5, len(JOINT_ACTIONS)), dtype=bool)
+    saver = np.arange(N_PER * 3, N_PER * 4)
+    switched_on = returned_on = None
+    for day in range(60):
+        obs = _obs(day % 7)
+        actions = breaker.act(obs, masks)
+        bad = 20 <= day < 30  # saver/debt clients opt out ten times as often for ten days
+        unsub = np.full(len(obs), 0.002)
+        unsub[saver] = 0.02 if bad else 0.002
+        if "saver_debt" in breaker.tripped:
+            # only the tripped segment gets the fallback
+            assert np.array_equal(actions[saver], SafeFallback().act(obs[saver], masks[saver]))
+            others = np.setdiff1d(np.arange(len(obs)), saver)
+            assert (actions[others] == JOINT_ACTIONS[3]).all()
+        breaker.after_day(day, _outcomes(rng, len(obs), unsub), np.ones(len(obs), bool))
+        if switched_on is None and "saver_debt" in breaker.tripped:
+            switched_on = day
+        if switched_on is not None and returned_on is None and "saver_debt" not in breaker.tripped:
+            returned_on = day
+    assert switched_on is not None and 20 <= switched_on <= 23, switched_on
+    assert returned_on is not None and returned_on >= 30  # held until the rate fell back
+    log = breaker.event_log()
+    saver_events = log.filter(log["segment"] == "saver_debt")
+    assert saver_events["event"].to_list()[:2] == ["switch", "return"]
+    assert "unsubscribe_rate up" in saver_events["reason"][0]
+    assert saver_events["reason"][1] == "back within band for 5 days"
+
+
+def test_a_segment_tripped_by_hand_stays_until_released_by_hand():
+    breaker = CircuitBreaker(HEURISTICS["segment_rules"](), cfg=BreakerConfig(hold_days=2))
+    breaker.trip("retirement", day=0)
+    rng = np.random.default_rng(1)
+    for day in range(10):
+        obs = _obs(day % 7)
+        breaker.act(obs, np.ones((len(obs), len(JOINT_ACTIONS)), dtype=bool))
+        breaker.after_day(
+            day, _outcomes(rng, len(obs), np.full(len(obs), 0.002)), np.ones(len(obs), bool)
+        )
+    assert "retirement" in breaker.tripped
+    breaker.release("retirement", day=10)
+    assert breaker.event_log()["reason"].to_list() == ["by hand", "by hand"]
+    with pytest.raises(ValueError, match="unknown segment 'vip'"):
+        breaker.trip("vip", day=0)
+
+
+def test_the_fallback_is_reassuring_educational_weekly_and_offers_nothing():
+    fallback = SafeFallback()
+    masks = np.ones((N_PER * 5, len(JOINT_ACTIONS)), dtype=bool)
+    sends = []
+    for weekday in range(7):
+        actions = fallback.act(_obs(weekday), masks)
+        sends.append((actions[:, 0] > 0).mean())
+        sent = actions[actions[:, 0] > 0]
+        assert (sent[:, 1] == TONES.index("reassuring")).all()
+        assert (sent[:, 3] == CONTENTS.index("education")).all()
+    assert sends == [0, 0, 0, 1, 0, 0, 0]  # once a week, Thursday
+    with pytest.raises(ValueError, match="sends no product offers"):
+        SafeFallback(content="product_offer")
+
+
+def test_a_rollout_drives_the_breaker_and_starts_it_afresh_each_time():
+    from envs.config import load_setup
+    from evaluation.rollout import rollout
+
+    breaker = CircuitBreaker(HEURISTICS["segment_rules"]())
+    breaker.trip("retirement", day=0)
+    first = rollout(breaker, load_setup(), 300, 20, seed=0)
+    assert not breaker.tripped  # start_rollout forgot the trip
+    assert len(breaker.monitor.series[("retirement", "churn_rate", "up")].counts) == 20
+    again = rollout(breaker, load_setup(), 300, 20, seed=0)
+    assert np.array_equal(first.value, again.value) and breaker.name == "segment_rules+breaker"
