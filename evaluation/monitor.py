@@ -3,9 +3,12 @@ latent state.
 
 Series: for each declared segment (the goal a client declared at onboarding, seen at consent
 tier >= 1; tier-0 clients form the segment ``undeclared``) and each watched metric, the day's
-count of events among the segment's living clients. Metrics and the direction that raises an
-alert: opt-outs (``unsubscribed``), ``complaint``, ``anxious_click`` and ``churned`` going up, and
-organic visits (``visited`` on a day without a send) going up or down (two series).
+count of events and of the units they are a rate of. Metrics and the direction that raises an
+alert: opt-outs (``unsubscribed``), ``complaint`` and ``anxious_click`` per delivered message,
+``churned`` per living client, all going up; organic visits (a visit that was not a message's
+click) per living client, going up or down (two series). Per message, so a policy's own weekly
+rhythm of sends does not read as a change; visits keep a weekly rhythm of their own (weekends),
+so their baseline is the same weekday's.
 
 Test: a one-sided binomial CUSUM per series. Each day, the count ``x`` among ``n`` clients adds
 the log-likelihood ratio of a rate ``shift`` times the baseline against the baseline,
@@ -18,9 +21,9 @@ correction for the number of segments × metrics). A change to rate ``p1`` is de
 ``h / KL(p1 ‖ p0)`` trials, i.e. ``h / (n · KL)`` days.
 
 Baseline: each series' rate over the ``baseline_days`` that end ``guard_days`` before today (the
-guard keeps a change out of its own baseline for a few days); frozen while the series is in
-alert, so "back to baseline" means back to what it was before. Until a series has
-``baseline_days`` of history it is not tested.
+guard keeps a change out of its own baseline for a few days; for visits, only the days of
+today's weekday in that window); frozen while the series is in alert, so "back to baseline" means
+back to what it was before. Until a series has ``baseline_days`` of history it is not tested.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("visit_rate", "visited", "down"),
 )
 """(metric, outcome counted, direction of the alert)"""
+PER_MESSAGE = ("unsubscribed", "complaint", "anxious_click")
+"""outcomes counted per delivered message (the others per living client)"""
+SEASONAL = ("visited",)
+"""outcomes whose baseline is the same weekday's"""
 _GOAL_COLUMNS = [FEATURE_NAMES.index(f"goal_{s}") for s in SEGMENTS]
 
 
@@ -52,8 +59,8 @@ _GOAL_COLUMNS = [FEATURE_NAMES.index(f"goal_{s}") for s in SEGMENTS]
 class MonitorConfig:
     """Thresholds of the crisis monitor (``monitor.*`` in the Hydra config)."""
 
-    baseline_days: int = 14
-    """days of history that set a series' baseline rate"""
+    baseline_days: int = 21
+    """days of history that set a series' baseline rate (visits: the 3 same weekdays in them)"""
     guard_days: int = 2
     """days between the baseline window and today"""
     shift: float = 2.0
@@ -147,14 +154,18 @@ class Monitor:
         s = self.series[key]
         if s.frozen is not None:
             return s.frozen
-        end = len(s.counts) - self.cfg.guard_days
+        today = len(s.counts)
+        end = today - self.cfg.guard_days
         start = end - self.cfg.baseline_days
         if start < 0:
             return None
-        n = sum(s.trials[start:end])
+        days = range(start, end)
+        if s.outcome in SEASONAL:
+            days = [d for d in days if (today - d) % 7 == 0]
+        n = sum(s.trials[d] for d in days)
         if n <= 0:
             return None
-        return min(max(sum(s.counts[start:end]) / n, self.cfg.min_rate), 0.5)
+        return min(max(sum(s.counts[d] for d in days) / n, self.cfg.min_rate), 0.5)
 
     def update(
         self, day: int, counts: Mapping[tuple[str, str], tuple[float, float]]
@@ -214,20 +225,22 @@ class Monitor:
 def day_counts(
     segment: np.ndarray, alive: np.ndarray, outcomes: Mapping[str, np.ndarray]
 ) -> dict[tuple[str, str], tuple[float, float]]:
-    """One day's counts per (segment, outcome) among living clients; organic visits count on
-    days without a send (a click is a visit the message caused)."""
+    """One day's (events, units) per (segment, outcome) among living clients: per delivered
+    message for opt-outs, complaints and anxious clicks; per living client for churn and organic
+    visits (a visit that was not a message's click)."""
     out = {}
     sent = np.asarray(outcomes["sent"], dtype=bool)
+    clicked = np.asarray(outcomes.get("clicked", np.zeros_like(sent)), dtype=bool)
     for i, seg in enumerate(SEGMENT_NAMES):
         who = alive & (segment == i)
-        n = float(who.sum())
         for _, outcome, _ in METRICS:
             events = np.asarray(outcomes[outcome], dtype=bool) & who
-            if outcome == "visited":
-                quiet = who & ~sent
-                out[(seg, outcome)] = (float((events & ~sent).sum()), float(quiet.sum()))
+            if outcome in PER_MESSAGE:
+                out[(seg, outcome)] = (float((events & sent).sum()), float((who & sent).sum()))
+            elif outcome == "visited":
+                out[(seg, outcome)] = (float((events & ~clicked).sum()), float(who.sum()))
             else:
-                out[(seg, outcome)] = (float(events.sum()), n)
+                out[(seg, outcome)] = (float(events.sum()), float(who.sum()))
     return out
 
 

@@ -32,7 +32,8 @@ def _obs(weekday: int) -> np.ndarray:
 
 
 def _outcomes(rng, n: int, unsub: np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.zeros(n, bool) for k in ("sent", "complaint", "anxious_click", "churned")}
+    out = {k: np.zeros(n, bool) for k in ("clicked", "complaint", "anxious_click", "churned")}
+    out["sent"] = np.ones(n, bool)  # every client gets a message every day
     out["unsubscribed"] = rng.random(n) < unsub
     out["visited"] = rng.random(n) < 0.05
     return out

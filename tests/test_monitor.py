@@ -16,9 +16,18 @@ VISIT = 0.05
 N = 2000  # living clients per segment and day
 
 
-def _stream(monitor: Monitor, days: int, rng, change_day=None, factor=1.0, segment="saver_debt"):
+def _stream(
+    monitor: Monitor,
+    days: int,
+    rng,
+    change_day=None,
+    factor=1.0,
+    segment="saver_debt",
+    weekend: float = 1.0,
+):
     """Binomial counts for every series; from ``change_day`` the opt-out rate of ``segment`` is
-    ``factor`` times its base. Returns the day of the first alert on that series (or None)."""
+    ``factor`` times its base; organic visits are ``weekend`` times as likely on days 5 and 6 of
+    each week. Returns the day of the first alert on that series (or None)."""
     first = None
     for day in range(days):
         counts = {}
@@ -27,7 +36,8 @@ def _stream(monitor: Monitor, days: int, rng, change_day=None, factor=1.0, segme
                 if outcome == "unsubscribed" and seg == segment and change_day is not None:
                     p = p * factor if day >= change_day else p
                 counts[(seg, outcome)] = (float(rng.binomial(N, p)), float(N))
-            counts[(seg, "visited")] = (float(rng.binomial(N, VISIT)), float(N))
+            visit = VISIT * (weekend if day % 7 >= 5 else 1.0)
+            counts[(seg, "visited")] = (float(rng.binomial(N, visit)), float(N))
         for alert in monitor.update(day, counts):
             if (alert.segment, alert.metric) == (segment, "unsubscribe_rate") and first is None:
                 first = day
@@ -47,6 +57,16 @@ def test_false_alerts_stay_within_the_budget_the_threshold_promises():
     assert Monitor(cfg).threshold == pytest.approx(math.log(series * 100 / 1.0))
     # the bound is for a known baseline; the estimated one adds a little, the bound's slack covers it
     assert total / runs <= cfg.false_alarms, total / runs
+
+
+def test_a_weekly_rhythm_of_visits_is_not_a_change():
+    cfg = MonitorConfig(false_alarms=1.0, horizon_days=100)
+    alerts = 0
+    for seed in range(30):
+        monitor = Monitor(cfg)
+        _stream(monitor, 100, np.random.default_rng(500 + seed), weekend=1.6)
+        alerts += sum(a.metric == "visit_rate" for a in monitor.alerts)
+    assert alerts / 30 <= cfg.false_alarms, alerts / 30
 
 
 def test_a_tripled_opt_out_rate_is_found_about_when_the_drift_predicts():
@@ -95,6 +115,7 @@ def test_segments_come_from_declared_goals_and_tier_zero_is_undeclared():
         np.array([True, True, False]),
         {
             "sent": np.array([True, False, False]),
+            "clicked": np.array([True, False, False]),
             "visited": np.array([True, True, True]),
             "unsubscribed": np.array([True, False, True]),
             "complaint": np.zeros(3, bool),
@@ -102,10 +123,11 @@ def test_segments_come_from_declared_goals_and_tier_zero_is_undeclared():
             "churned": np.zeros(3, bool),
         },
     )
-    assert counts[("saver_debt", "unsubscribed")] == (1.0, 1.0)
-    assert counts[("saver_debt", "visited")] == (0.0, 0.0)  # the visit followed a send
-    assert counts[("retirement", "visited")] == (1.0, 1.0)
-    assert counts[("undeclared", "unsubscribed")] == (0.0, 0.0)  # gone: not counted
+    assert counts[("saver_debt", "unsubscribed")] == (1.0, 1.0)  # per delivered message
+    assert counts[("retirement", "unsubscribed")] == (0.0, 0.0)  # no message, no rate
+    assert counts[("saver_debt", "visited")] == (0.0, 1.0)  # the visit was the message's click
+    assert counts[("retirement", "visited")] == (1.0, 1.0)  # organic, per living client
+    assert counts[("undeclared", "churned")] == (0.0, 0.0)  # gone: not counted
 
 
 @pytest.mark.parametrize(
