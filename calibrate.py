@@ -369,6 +369,16 @@ def report(settings: dict[str, Any], overrides: list[str], progress: bool = True
     return run.info.run_id
 
 
+def _header(source: str, detail: str, settings: dict[str, Any], best: dict, study) -> str:
+    """The comment a fitted preset opens with: how it was fitted and the values."""
+    return (
+        f"# Fitted by python calibrate.py fit {source} ({settings['trials']} trials, {detail}, "
+        f"seed {settings['seed']}; objective {study.best_value:.4g}).\n# Fitted: "
+        + ", ".join(f"{k}={v:.6g}" for k, v in best.items())
+        + "\n"
+    )
+
+
 def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> dict:
     """Search, write the fitted preset(s), log the search, print the fitted scorecard; returns
     the fitted values."""
@@ -404,12 +414,12 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
         seed=settings["seed"],
         overrides=[*overrides, *(f"{k}={v!r}" for k, v in best.items())],
     )
-    header = (
-        f"# Fitted by python calibrate.py fit to {Path(settings['targets']).name} "
-        f"({settings['trials']} trials, {settings['sampler']}, {settings['clients']:,} clients, "
-        f"seed {settings['seed']}; objective {study.best_value:.4g}).\n# Fitted: "
-        + ", ".join(f"{k}={v:.6g}" for k, v in best.items())
-        + "\n"
+    header = _header(
+        f"to {Path(settings['targets']).name}",
+        f"{settings['sampler']}, {settings['clients']:,} clients",
+        settings,
+        best,
+        study,
     )
     path.write_text(preset_yaml(fitted, header))
     print(f"wrote {path}")
@@ -507,12 +517,12 @@ def fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool = Tr
         **presets, seed=seed, overrides=[*overrides, *(f"{k}={v!r}" for k, v in best.items())]
     )
     after = statistics(fitted)
-    header = (
-        f"# Fitted by python calibrate.py fit logs={Path(settings['logs']).name} "
-        f"({settings['trials']} trials, {settings['sampler']}; simulated side: {how}; seed "
-        f"{seed}; objective {study.best_value:.4g}).\n# Fitted: "
-        + ", ".join(f"{k}={v:.6g}" for k, v in best.items())
-        + "\n"
+    header = _header(
+        f"logs={Path(settings['logs']).name}",
+        f"{settings['sampler']}; simulated side: {how}",
+        settings,
+        best,
+        study,
     )
     path.write_text(preset_yaml(fitted, header))
     lines = [
