@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from serve import circuit as circuit_state
 from serve import contract
 from serve.guards import Guards
 
@@ -214,6 +215,7 @@ class PolicyRuntime:
         manifest: dict[str, Any],
         consent: str = "zero",
         max_rows: int = MAX_ROWS,
+        circuit: str | Path | None = None,
     ) -> None:
         if consent not in CONSENT_MODES:
             raise ValueError(f"consent must be one of {CONSENT_MODES}, got {consent!r}")
@@ -223,6 +225,10 @@ class PolicyRuntime:
         self.manifest = manifest
         self.consent = consent
         self.max_rows = max_rows
+        self.circuit = None if circuit is None else Path(circuit)
+        """the circuit file (serve/circuit.py), read on every request; None: no breaker"""
+        if self.circuit is not None:
+            circuit_state.read(self.circuit)  # refuse a bad file at load, not at the first request
         self.feature_names: list[str] = list(manifest["feature_names"])
         self.low = np.asarray(manifest["feature_low"], dtype=np.float32)
         self.high = np.asarray(manifest["feature_high"], dtype=np.float32)
@@ -268,6 +274,7 @@ class PolicyRuntime:
         consent: str = "zero",
         max_rows: int = MAX_ROWS,
         key: str | bytes | None = None,
+        circuit: str | Path | None = None,
     ) -> PolicyRuntime:
         """Read ``manifest.json`` and ``policy.onnx`` from ``directory``; refuse anything not
         trustworthy (:class:`ExportError` naming what differs).
@@ -280,6 +287,8 @@ class PolicyRuntime:
             max_rows: most rows one request may carry.
             key: the signing key (default $CADENCE_EXPORT_KEY); when set, the export must carry
                 a valid HMAC signature made with it.
+            circuit: a circuit file (``serve/circuit.py``) naming segments tripped to the safe
+                fallback; read on every request.
         """
         directory = Path(directory)
         manifest_path, onnx_path = directory / MANIFEST_FILE, directory / ONNX_FILE
@@ -320,7 +329,7 @@ class PolicyRuntime:
                 f"{onnx_path} gives {outputs}, not logits [batch, {sum(manifest['nvec'])}] "
                 f"(the sum of nvec {manifest['nvec']})"
             )
-        return cls(session, manifest, consent=consent, max_rows=max_rows)
+        return cls(session, manifest, consent=consent, max_rows=max_rows, circuit=circuit)
 
     # ----- validation ---------------------------------------------------------------------
     def validate(self, features: Any) -> np.ndarray:
@@ -547,6 +556,12 @@ class PolicyRuntime:
         x = self.validate(features)
         logits = self.logits(x)
         actions, probability = self.choose(logits, x)
+        tripped = self._tripped(x)
+        if tripped is not None:  # the circuit breaker: these rows get the safe fallback
+            actions[tripped] = circuit_state.fallback(
+                self.feature_names, self.labels, x[tripped], self.guards.joint_mask(x[tripped])
+            )
+            probability[tripped] = 1.0
         send = actions[:, 0] > 0
         reasons: list[list[str]] | list[tuple[()]] = [()] * len(x)  # nothing to say without explain
         if explain:
@@ -558,6 +573,10 @@ class PolicyRuntime:
                     reasons[i].append(why)
             for i, text in enumerate(self._explain(x, logits, actions)):
                 reasons[i][:0] = text
+            if tripped is not None:
+                segment = circuit_state.segment_of(self.feature_names, x)
+                for i in np.flatnonzero(tripped):
+                    reasons[i] = [f"circuit tripped for {segment[i]}: the safe fallback decides"]
         none = np.array([None], dtype=object)
         return Decisions(
             action=actions,
@@ -569,6 +588,16 @@ class PolicyRuntime:
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
         )
+
+    def _tripped(self, x: np.ndarray) -> np.ndarray | None:
+        """Rows whose segment the circuit file trips (None when none is)."""
+        if self.circuit is None:
+            return None
+        tripped = circuit_state.read(self.circuit)
+        if not tripped:
+            return None
+        rows = np.isin(circuit_state.segment_of(self.feature_names, x), list(tripped))
+        return rows if rows.any() else None
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
         """(N, 19) float64 scores the choice compares: per-component log-probabilities for

@@ -193,6 +193,68 @@ def test_arbitrary_guard_inputs_are_refused_or_exactly_obeyed(export, rows):
     assert allowed[np.arange(len(x)), multi_to_flat(actions)].all()
 
 
+def _allowed(x: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Whether each action passes the exact in-process guardrails."""
+    mask = joint_mask(
+        MaskRules.from_config(GuardrailConfig()),
+        x[:, COL["opted_out_email"] : COL["opted_out_email"] + 3].astype(bool),
+        x[:, COL["sent_7d_email"] : COL["sent_7d_email"] + 3].astype(np.int64),
+        x[:, COL["consent_tier_0"] : COL["consent_tier_0"] + 4].argmax(axis=1),
+    )
+    return mask[np.arange(len(x)), multi_to_flat(actions)]
+
+
+def test_a_tripped_segment_gets_the_safe_fallback_within_the_guards(export, tmp_path):
+    from serve.circuit import CircuitError
+
+    state = tmp_path / "circuit.json"
+    state.write_text(json.dumps({"tripped": ["saver_debt"], "reason": "wrong fund"}))
+    runtime, plain = PolicyRuntime.load(export, circuit=state), PolicyRuntime.load(export)
+    x = clients(3000, tier=1, seed=7)
+    x[: len(x) // 2, COL["opted_out_email"]] = 1  # half must fall back to push or SMS
+    got, base = runtime.decide(x), plain.decide(x)
+    saver = x[:, COL["goal_saver_debt"]] == 1
+    np.testing.assert_array_equal(got.action[~saver], base.action[~saver])
+    fallback = got.action[saver]
+    sent = fallback[:, 0] > 0
+    assert sent.any() and (x[saver][sent, COL["weekday_thu"]] == 1).all()
+    assert set(np.array(got.tone, dtype=object)[saver][sent]) == {"reassuring"}
+    assert set(np.array(got.content, dtype=object)[saver][sent]) == {"education"}
+    assert _allowed(x[saver], fallback).all()
+    assert got.reasons[int(np.flatnonzero(saver)[0])] == [
+        "circuit tripped for saver_debt: the safe fallback decides"
+    ]
+    # tier 0 hides the goal: such clients are 'undeclared', whatever their request says
+    hidden = clients(500, tier=0, seed=8)
+    np.testing.assert_array_equal(runtime.decide(hidden).action, plain.decide(hidden).action)
+    # the file is read on every request: untripping applies to the next one
+    state.write_text(json.dumps({"tripped": []}))
+    np.testing.assert_array_equal(runtime.decide(x).action, base.action)
+    # a file the runtime cannot read, or that names an unknown segment, is refused by name
+    state.write_text(json.dumps({"tripped": ["vip"]}))
+    with pytest.raises(CircuitError, match=r"unknown segment\(s\) \['vip'\]"):
+        runtime.decide(x)
+    state.write_text("{not json")
+    with pytest.raises(CircuitError, match="is not readable JSON"):
+        runtime.decide(x)
+    with pytest.raises(CircuitError, match="is missing"):
+        PolicyRuntime.load(export, circuit=tmp_path / "nope.json")
+
+
+def test_the_fallback_finds_the_flat_index_the_action_space_uses():
+    from envs.spaces import JOINT_ACTIONS
+    from serve.circuit import fallback
+
+    labels = {k: list(v) for k, v in ACTION_LABELS.items()}
+    x = np.zeros((1, len(NAMES)))
+    x[0, COL["weekday_thu"]] = 1
+    allowed = np.zeros((1, len(JOINT_ACTIONS)), dtype=bool)
+    allowed[0, 0] = True
+    action = np.array([[2, 2, 1, 1]])  # morning, reassuring, push, education
+    allowed[0, multi_to_flat(action)[0]] = True  # e-mail closed, push open
+    np.testing.assert_array_equal(fallback(NAMES, labels, x, allowed), action)
+
+
 def test_non_numeric_and_complex_requests_are_refused(export):
     runtime = PolicyRuntime.load(export)
     x = clients(3, tier=2)
