@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from serve.circuit import CircuitError
 from serve.runtime import (
     CONSENT_MODES,
     MAX_ROWS,
@@ -160,6 +161,9 @@ def make_server(
             except RequestError as error:
                 self._error(HTTPStatus.BAD_REQUEST, str(error))
                 return
+            except CircuitError as error:  # no decision on a circuit state it cannot read
+                self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+                return
             for r in records:
                 r["reasons"] = "; ".join(r["reasons"])
             self._answer(HTTPStatus.OK, {"predictions": records})
@@ -177,10 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=MAX_ROWS)
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / 2**20)
     parser.add_argument("--consent", choices=CONSENT_MODES, default="zero")
+    parser.add_argument(
+        "--circuit",
+        type=Path,
+        default=None,
+        help='a JSON file {"tripped": [segments]} read on every request (serve/circuit.py)',
+    )
     args = parser.parse_args(argv)
     if args.max_rows < 1 or args.max_body_mb <= 0:
         parser.error("--max-rows and --max-body-mb must be positive")
-    runtime = PolicyRuntime.load(args.export, consent=args.consent, max_rows=args.max_rows)
+    runtime = PolicyRuntime.load(
+        args.export, consent=args.consent, max_rows=args.max_rows, circuit=args.circuit
+    )
     server = make_server(runtime, args.host, args.port, int(args.max_body_mb * 2**20))
     print(f"serving {args.export} on http://{args.host}:{args.port}/invocations", flush=True)
     try:

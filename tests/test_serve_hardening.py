@@ -525,3 +525,29 @@ def test_http_server_answers_and_enforces_its_limits(server):
     assert status == 400 and "favourite_colour" in answer["message"]
     status, answer = _post(server, b"not json")
     assert status == 400 and "not valid JSON" in answer["message"]
+
+
+def test_http_server_serves_the_circuit_and_refuses_an_unreadable_one(export, tmp_path):
+    state = tmp_path / "circuit.json"
+    state.write_text(json.dumps({"tripped": ["retirement", "growth_investor"]}))
+    httpd = make_server(PolicyRuntime.load(export, circuit=state), "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        x = clients(20, tier=1, seed=3)
+        x[:, COL["goal_retirement"] : COL["goal_retirement"] + 4] = 0
+        x[:, COL["goal_retirement"]] = 1
+        frame = pd.DataFrame(x, columns=NAMES)
+        status, answer = _post(
+            url, {"dataframe_split": frame.to_dict(orient="split"), "params": {"explain": True}}
+        )
+        assert status == 200
+        assert {p["reasons"] for p in answer["predictions"]} == {
+            "circuit tripped for retirement: the safe fallback decides"
+        }
+        state.write_text("[]")
+        status, answer = _post(url, {"dataframe_split": frame.to_dict(orient="split")})
+        assert status == 503 and "must be an object" in answer["message"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
