@@ -97,7 +97,6 @@ def _observed(frame: pl.DataFrame, setup: Setup) -> tuple[np.ndarray, np.ndarray
 
 def own_actions(policy: Policy, frame: pl.DataFrame, setup: Setup) -> np.ndarray:
     """The flat action ``policy`` takes at each logged state (masks rebuilt from the features)."""
-    _check_target(policy)
     return _own(policy, *_observed(frame, setup))
 
 
@@ -417,15 +416,11 @@ def fqe(
     )
 
 
-def _grid(frame: pl.DataFrame, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(clients, days) array of ``values`` and the mask of logged (living) client-days."""
-    clients, client_ix = np.unique(frame["client_id"].to_numpy(), return_inverse=True)
-    days, day_ix = np.unique(frame["day"].to_numpy(), return_inverse=True)
-    grid = np.zeros((len(clients), len(days)))
-    alive = np.zeros((len(clients), len(days)), dtype=bool)
-    grid[client_ix, day_ix] = values
-    alive[client_ix, day_ix] = True
-    return grid, alive
+def _grid(data: _Logged, values: np.ndarray) -> np.ndarray:
+    """(clients, days) array of ``values`` (one per logged row); 0 where nothing was logged."""
+    grid = np.zeros((data.n_clients, data.n_days))
+    grid[data.client_ix, data.day_ix] = values
+    return grid
 
 
 def true_value(
@@ -507,14 +502,15 @@ def estimate(
     data = _Logged.of(frame, setup, seed)
     frame = data.frame
     rewards, pscore = frame["reward"].to_numpy(), frame["pscore"].to_numpy()
-    r_grid, alive = _grid(frame, rewards)
-    p_grid, _ = _grid(frame, pscore)
+    alive = np.zeros((data.n_clients, data.n_days), dtype=bool)
+    alive[data.client_ix, data.day_ix] = True
+    r_grid, p_grid = _grid(data, rewards), _grid(data, pscore)
     clients = data.client_ix
     out = []
     for policy in policies:
         own = _own(policy, data.obs, data.masks)
         t = _probabilities(own, data.logged, data.masks, epsilon)
-        t_grid, _ = _grid(frame, t)
+        t_grid = _grid(data, t)
         view = _TargetView.of(data, own, epsilon, reuse=True)
         beta = view.reward_model()
         q_logged, q_target = view.q_logged(data, beta), view.phi_pi @ beta

@@ -39,6 +39,9 @@ import numpy as np
 import polars as pl
 
 from envs.config import Setup
+from envs.spaces import multi_to_flat
+from evaluation.logs import ACTIONS
+from evaluation.offline import _observed, _own
 from realism.targets import Target, Targets
 from simulate.labels import CHANNELS, SLOT_KEYS
 from simulate.world import World
@@ -165,13 +168,8 @@ def targets(frame: pl.DataFrame, n_boot: int = 300, seed: int = 0, source: str =
 def log_epsilon(frame: pl.DataFrame, policy, setup: Setup) -> float:
     """The exploration rate of a log written by :func:`evaluation.logged.log_policy` with
     ``policy``: on a row where the logged action is not the policy's own, pscore = ε / allowed."""
-    from evaluation.logs import ACTIONS
-    from evaluation.offline import _observed, _own
-
     obs, masks = _observed(frame, setup)
     own = _own(policy, obs, masks)
-    from envs.spaces import multi_to_flat
-
     logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
     other = logged != own
     if not other.any():

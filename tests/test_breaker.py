@@ -40,12 +40,12 @@ def _outcomes(rng, n: int, unsub: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class Always:
-    """Sends a product offer to everyone, every day (when allowed)."""
+    """Sends everyone the same message every day: an early e-mail product offer, informative."""
 
     name = "always"
 
     def act(self, obs, masks):
-        wanted = JOINT_ACTIONS[1 + 2]  # some send; masks allow everything in these tests
+        wanted = JOINT_ACTIONS[3]  # masks allow everything in these tests
         return np.tile(wanted, (len(obs), 1))
 
 

@@ -43,49 +43,30 @@ def test_a_simulated_log_round_trips(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["logs.parquet"]  # no temporary file left
 
 
+def _set_cell(frame: pl.DataFrame, column: str, row: int, value) -> pl.DataFrame:
+    """``frame`` with one cell changed."""
+    return frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == row).then(value).otherwise(pl.col(column)).alias(column)
+    )
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (lambda f: f.drop("pscore"), "missing column 'pscore'"),
         (lambda f: f.with_columns(pl.col("slot").cast(pl.Utf8)), "column 'slot' must be integer"),
+        (lambda f: _set_cell(f, "pscore", 7, 0.0), "pscore is 0.0 in row 7"),
         (
-            lambda f: f.with_columns(
-                pl.when(pl.int_range(pl.len()) == 7)
-                .then(0.0)
-                .otherwise(pl.col("pscore"))
-                .alias("pscore")
-            ),
-            "pscore is 0.0 in row 7",
-        ),
-        (
-            lambda f: f.with_columns(
-                pl.when(pl.int_range(pl.len()) == 3)
-                .then(1.5)
-                .otherwise(pl.col("pscore"))
-                .alias("pscore")
-            ),
+            lambda f: _set_cell(f, "pscore", 3, 1.5),
             r"pscore is 1.5 in row 3; .* must lie in \(0, 1\]",
         ),
         (lambda f: f.with_columns(pl.lit(1.0).alias("pscore")), "every pscore is 1"),
         (lambda f: pl.concat([f, f.head(1)]), "client 0 on day 0 appears more than once"),
         (
-            lambda f: f.with_columns(
-                pl.when(pl.int_range(pl.len()) == 5)
-                .then(9)
-                .otherwise(pl.col("channel"))
-                .alias("channel")
-            ),
+            lambda f: _set_cell(f, "channel", 5, 9),
             r"column 'channel' is 9 in row 5; the action space allows 0..2",
         ),
-        (
-            lambda f: f.with_columns(
-                pl.when(pl.int_range(pl.len()) == 2)
-                .then(None)
-                .otherwise(pl.col("reward"))
-                .alias("reward")
-            ),
-            "column 'reward' is empty in row 2",
-        ),
+        (lambda f: _set_cell(f, "reward", 2, None), "column 'reward' is empty in row 2"),
         (
             lambda f: f.with_columns(pl.lit(-1.0).alias("days_since_last_visit")),
             "feature 'days_since_last_visit' is -1.0 in row 0",
