@@ -11,7 +11,7 @@ declared segments of the observation, never latent state). ``trip(segment, day)`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -19,42 +19,75 @@ import polars as pl
 from agents.base import Policy
 from agents.heuristics import CONTENT, SLOT, TONE, _with_channel_fallback
 from envs.features import I_WEEKDAY
-from evaluation.monitor import SEGMENT_NAMES, Monitor, MonitorConfig, day_counts, segments_of
+from evaluation.monitor import (
+    EVERYONE,
+    SEGMENT_NAMES,
+    WATCHED,
+    Monitor,
+    MonitorConfig,
+    day_counts,
+    segments_of,
+)
+from simulate.config import ConfigError, num
 
 
 class SafeFallback:
-    """Reassuring and educational, low frequency, no product offers: an education message in a
-    reassuring tone once a week (Thursday morning, e-mail, else push, else SMS)."""
+    """Reassuring and educational, low frequency, no product offers: by default an education
+    message in a reassuring tone on Monday and Thursday mornings (e-mail, else push, else SMS).
+
+    Args:
+        tone, content: names from the action space (never ``product_offer``).
+        weekdays: days of the week it sends on (0 = Monday).
+    """
 
     name = "safe_fallback"
 
     def __init__(
-        self, tone: str = "reassuring", content: str = "education", weekday: int = 3
+        self, tone: str = "reassuring", content: str = "education", weekdays=(0, 3)
     ) -> None:
         if content == "product_offer":
             raise ValueError("fallback content: a fallback sends no product offers")
-        if tone not in TONE or content not in CONTENT or not 0 <= weekday <= 6:
+        weekdays = sorted(set(weekdays))
+        if tone not in TONE or content not in CONTENT or not all(0 <= d <= 6 for d in weekdays):
             raise ValueError(
                 f"fallback: tone must be one of {list(TONE)}, content one of {list(CONTENT)}, "
-                f"weekday 0-6; got {tone!r}, {content!r}, {weekday}"
+                f"weekdays within 0-6; got {tone!r}, {content!r}, {weekdays}"
             )
-        self.tone, self.content, self.weekday = TONE[tone], CONTENT[content], weekday
+        self.tone, self.content = TONE[tone], CONTENT[content]
+        self.weekdays = [I_WEEKDAY + d for d in weekdays]
 
-    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        send = obs[:, I_WEEKDAY + self.weekday] > 0.5
+    def act(
+        self, obs: np.ndarray, masks: np.ndarray, first: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Actions for ``obs``; ``first`` (bool per client) also sends to clients whose segment
+        switched yesterday, whatever the weekday."""
+        send = obs[:, self.weekdays].max(axis=1, initial=0.0) > 0.5
+        if first is not None:
+            send |= first
         return _with_channel_fallback(SLOT["morning"], self.tone, self.content, send, masks)
 
 
-@dataclass(frozen=True)
+@dataclass
 class BreakerConfig:
-    """When a tripped segment comes back."""
+    """When a tripped segment comes back, and what it gets meanwhile (``crisis.breaker.*``)."""
 
-    hold_days: int = 7
+    hold_days: int = num(7, 1, 365)
     """days an alerted metric must be back within its band before the segment returns (and the
     least time a segment stays on the fallback)"""
-    band: float = 1.5
+    band: float = num(1.5, 1.0, 100.0)
     """within band: the rate over the last ``hold_days`` at most ``band`` times the baseline (a
     rise), at least the baseline over ``band`` (a fall)"""
+    fallback_tone: str = "reassuring"
+    """tone of the safe fallback's messages"""
+    fallback_content: str = "education"
+    """content of the safe fallback's messages (never ``product_offer``)"""
+    fallback_weekdays: list[int] = field(default_factory=lambda: [0, 3])
+    """days of the week the safe fallback sends on (0 = Monday): twice a week by default, as
+    calm and regular as a crisis allows (measured under market_shock, README: once a week let
+    more clients go)"""
+    first_message: bool = True
+    """the fallback also sends the day after a segment switches, whatever the weekday (so a
+    segment in a crisis hears a reassuring word at once, not on the next fallback weekday)"""
 
     def __post_init__(self) -> None:
         if self.hold_days < 1:
@@ -62,15 +95,27 @@ class BreakerConfig:
         if not self.band >= 1.0:
             raise ValueError(f"breaker.band must be >= 1, got {self.band}")
 
+    def check(self, prefix: str) -> None:
+        try:
+            self.fallback()
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}.{exc}") from None
+
+    def fallback(self) -> SafeFallback:
+        """The safe fallback this config describes."""
+        return SafeFallback(self.fallback_tone, self.fallback_content, self.fallback_weekdays)
+
 
 class CircuitBreaker:
     """``policy`` with a monitor and a fallback per declared segment.
 
     Args:
         policy: the policy served while the circuit is closed.
-        fallback: what a tripped segment gets (default :class:`SafeFallback`).
+        fallback: what a tripped segment gets (default: the one ``cfg`` describes).
         monitor: the monitor's thresholds.
         cfg: when a segment returns.
+        act_on_alerts: False watches only: alerts are raised and logged, no segment switches
+            (a hand trip still does); the policy's decisions are untouched.
     """
 
     def __init__(
@@ -79,12 +124,14 @@ class CircuitBreaker:
         fallback: Policy | None = None,
         monitor: MonitorConfig | None = None,
         cfg: BreakerConfig | None = None,
+        act_on_alerts: bool = True,
     ) -> None:
         self.policy = policy
-        self.fallback = fallback or SafeFallback()
-        self.monitor_cfg = monitor or MonitorConfig()
         self.cfg = cfg or BreakerConfig()
-        self.name = f"{policy.name}+breaker"
+        self.fallback = fallback or self.cfg.fallback()
+        self.monitor_cfg = monitor or MonitorConfig()
+        self.act_on_alerts = act_on_alerts
+        self.name = f"{policy.name}+{'breaker' if act_on_alerts else 'watch'}"
         self.start_rollout()
 
     # ----- state ---------------------------------------------------------------------------
@@ -97,13 +144,15 @@ class CircuitBreaker:
         """segments tripped by hand: they return only by hand"""
         self.events: list[dict] = []
         self._segment: np.ndarray | None = None
+        self._day = 0
+        """the day the next act() decides"""
         if hasattr(self.policy, "start_rollout"):
             self.policy.start_rollout()
 
     def trip(self, segment: str, day: int, reason: str = "by hand") -> None:
         """Switch ``segment`` to the fallback (no-op if it already is)."""
-        if segment not in SEGMENT_NAMES:
-            raise ValueError(f"unknown segment {segment!r}; use one of {list(SEGMENT_NAMES)}")
+        if segment not in WATCHED:
+            raise ValueError(f"unknown segment {segment!r}; use one of {list(WATCHED)}")
         if segment not in self.tripped:
             self.tripped[segment] = day
             if reason == "by hand":
@@ -133,18 +182,34 @@ class CircuitBreaker:
         self._segment = segments_of(obs)
         actions = np.array(self.policy.act(obs, masks), dtype=np.int64, copy=True)
         if self.tripped:
-            ids = [SEGMENT_NAMES.index(s) for s in self.tripped]
-            safe = np.isin(self._segment, ids)
+            safe = self._covered(self.tripped)
             if safe.any():
-                actions[safe] = self.fallback.act(obs[safe], masks[safe])
+                fresh = {s for s, d in self.tripped.items() if d == self._day - 1}
+                first = self._covered(fresh)[safe] if self.cfg.first_message else None
+                if isinstance(self.fallback, SafeFallback):
+                    actions[safe] = self.fallback.act(obs[safe], masks[safe], first)
+                else:
+                    actions[safe] = self.fallback.act(obs[safe], masks[safe])
         return actions
+
+    def _covered(self, segments) -> np.ndarray:
+        """Today's clients in any of ``segments`` (``all``: every client)."""
+        if EVERYONE in segments:
+            return np.ones(len(self._segment), dtype=bool)
+        return np.isin(self._segment, [SEGMENT_NAMES.index(s) for s in segments])
 
     def after_day(self, day: int, outcomes: dict[str, np.ndarray], alive: np.ndarray) -> None:
         """Count the day, switch segments the monitor alerts on, return those back in band."""
         if self._segment is None:
             raise RuntimeError("after_day before act: the breaker has not seen today's clients")
-        counts = day_counts(self._segment, np.asarray(alive, dtype=bool), outcomes)
-        for alert in self.monitor.update(day, counts):
+        paused = set(self.tripped) if self.act_on_alerts else set()
+        counts = day_counts(self._segment, np.asarray(alive, dtype=bool), outcomes, paused)
+        self._day = day + 1
+        if EVERYONE in paused:
+            paused = set(WATCHED)
+        for alert in self.monitor.update(day, counts, paused):
+            if not self.act_on_alerts:
+                continue
             reason = (
                 f"{alert.metric} {alert.direction}: {alert.observed:.4g} against a baseline of "
                 f"{alert.baseline:.4g} (CUSUM {alert.statistic:.1f} > {alert.threshold:.1f})"
@@ -162,7 +227,7 @@ class CircuitBreaker:
             s = self.monitor.series[key]
             n = sum(s.trials[-h:])
             rate = sum(s.counts[-h:]) / n if n > 0 else 0.0
-            base = s.frozen
+            base = s.frozen[0]
             if key[2] == "up" and rate > base * self.cfg.band:
                 return False
             if key[2] == "down" and rate < base / self.cfg.band:

@@ -2,74 +2,101 @@
 latent state.
 
 Series: for each declared segment (the goal a client declared at onboarding, seen at consent
-tier >= 1; tier-0 clients form the segment ``undeclared``) and each watched metric, the day's
-count of events and of the units they are a rate of. Metrics and the direction that raises an
-alert: opt-outs (``unsubscribed``), ``complaint`` and ``anxious_click`` per delivered message,
-``churned`` per living client, all going up; organic visits (a visit that was not a message's
-click) per living client, going up or down (two series). Per message, so a policy's own weekly
-rhythm of sends does not read as a change; visits keep a weekly rhythm of their own (weekends),
-so their baseline is the same weekday's.
+tier >= 1; tier-0 clients form the segment ``undeclared``), for every client together (``all``:
+a change that touches everyone shows there first), and for each watched metric, the day's count
+of events and of the units they are a rate of. Metrics and the direction that raises an alert:
+opt-outs (``unsubscribed``), ``complaint`` and ``anxious_click`` per delivered message, and
+``churned`` per living client, all going up; clicks per delivered message going down (a message
+that misfires stops being clicked); organic visits (a visit that was not a message's click) per
+living client, going up or down (two series). Per message, so a policy's own weekly rhythm of
+sends does not read as a change.
 
-Test: a one-sided binomial CUSUM per series. Each day, the count ``x`` among ``n`` clients adds
-the log-likelihood ratio of a rate ``shift`` times the baseline against the baseline,
-``x·log(p1/p0) + (n − x)·log((1 − p1)/(1 − p0))``; the statistic is the running sum floored at 0,
-and an alert is raised when it exceeds ``h``. Under no change the statistic's exponential is a
-nonnegative supermartingale, so a series crosses ``h`` on a given day with probability at most
-``exp(−h)``; with ``M`` series watched for ``D`` days, ``h = log(M·D / false_alarms)`` keeps the
-expected number of false alerts across all of them under ``false_alarms`` (a Bonferroni-style
-correction for the number of segments × metrics). A change to rate ``p1`` is detected after about
-``h / KL(p1 ‖ p0)`` trials, i.e. ``h / (n · KL)`` days.
+Test: one-sided binomial CUSUMs per series. Each day, the count ``x`` among ``n`` units adds to
+each statistic the log-likelihood ratio of a rate ``shift`` times the baseline against the
+baseline, ``x·log(p1/p0) + (n − x)·log((1 − p1)/(1 − p0))``; a statistic is the running sum
+floored at 0, and an alert is raised when one exceeds ``h``. Rates get two CUSUMs (``shift`` for
+a doubling, ``large_shift`` for an abrupt many-fold jump of a rare event), visits one
+(``visit_shift``). Under no change a statistic's exponential is a nonnegative supermartingale,
+so it crosses ``h`` on a given day with probability at most ``exp(−h)``; with ``M`` statistics
+watched for ``D`` days, ``h = log(M·D / false_alarms)`` keeps the expected number of false alerts
+across all of them under ``false_alarms`` (a Bonferroni-style correction for the number of
+segments × metrics × shifts). A change to rate ``p1`` is detected after about ``h / KL(p1 ‖ p0)``
+trials, i.e. ``h / (n · KL)`` days. An ``all`` statistic is set back to 0 while a segment's series
+of the same metric is in alert: that segment's alert already names the change.
 
 Baseline: each series' rate over the ``baseline_days`` that end ``guard_days`` before today (the
-guard keeps a change out of its own baseline for a few days; for visits, only the days of
-today's weekday in that window); frozen while the series is in alert, so "back to baseline" means
-back to what it was before. Until a series has ``baseline_days`` of history it is not tested.
+guard keeps a change out of its own baseline for a few days); for visits, the level of the
+window's last 7 days times today's weekday's share of the whole window (visits drift as trust
+grows, and a level three weeks old would read the drift as a change); frozen while the series is
+in alert, so "back to baseline" means back to what it was before. Until a series has
+``baseline_days`` of history it is not tested.
+
+Dispersion: where a series expects several events a day, its baseline days' Pearson χ² per
+degree of freedom against a binomial (floored at 1) divides each day's log-likelihood ratio: a
+quasi-likelihood CUSUM. Visits swing together from day to day more than independent clients
+would, and a binomial test would read each swing as evidence.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
 from envs.features import FEATURE_NAMES
+from simulate.config import num
 from simulate.labels import SEGMENTS
 
 SEGMENT_NAMES: tuple[str, ...] = (*SEGMENTS, "undeclared")
+EVERYONE = "all"
+"""the series over every client: a change that touches everyone (a market shock) shows there
+first, where the counts are largest"""
+WATCHED: tuple[str, ...] = (*SEGMENT_NAMES, EVERYONE)
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("unsubscribe_rate", "unsubscribed", "up"),
     ("complaint_rate", "complaint", "up"),
     ("anxious_click_rate", "anxious_click", "up"),
+    ("click_rate", "clicked", "down"),
     ("churn_rate", "churned", "up"),
     ("visit_rate", "visited", "up"),
     ("visit_rate", "visited", "down"),
 )
 """(metric, outcome counted, direction of the alert)"""
-PER_MESSAGE = ("unsubscribed", "complaint", "anxious_click")
+PER_MESSAGE = ("unsubscribed", "complaint", "anxious_click", "clicked")
 """outcomes counted per delivered message (the others per living client)"""
 SEASONAL = ("visited",)
 """outcomes whose baseline is the same weekday's"""
 _GOAL_COLUMNS = [FEATURE_NAMES.index(f"goal_{s}") for s in SEGMENTS]
 
 
-@dataclass(frozen=True)
+@dataclass
 class MonitorConfig:
-    """Thresholds of the crisis monitor (``monitor.*`` in the Hydra config)."""
+    """Thresholds of the crisis monitor (``crisis.monitor.*`` in the Hydra config)."""
 
-    baseline_days: int = 21
+    baseline_days: int = num(21, 1, 3650)
     """days of history that set a series' baseline rate (visits: the 3 same weekdays in them)"""
-    guard_days: int = 2
+    guard_days: int = num(2, 0, 365)
     """days between the baseline window and today"""
-    shift: float = 2.0
-    """the rate ratio the test is tuned to (1/shift for a fall)"""
-    false_alarms: float = 0.5
+    shift: float = num(2.0, 1.01, 1000.0)
+    """the rate ratio the test of each rate per message and of churn is tuned to (1/shift for a
+    fall)"""
+    large_shift: float = num(8.0, 1.01, 1e6)
+    """a second CUSUM per rate (not visits) tuned to an abrupt jump: rare events (a handful of
+    anxious clicks or complaints a day) that jump many-fold are seen in a day or two, where the
+    ``shift`` test needs a week; both share the false-alarm budget"""
+    visit_shift: float = num(1.3, 1.01, 1000.0)
+    """the same for organic visits: a common event (several in a hundred clients a day), so a
+    smaller change is worth an alert and is seen within days (a market shock raises visits by a
+    quarter to a half; measured in the README's crisis study, 1.25 to 1.5 all keep calm free of
+    false alerts and 1.5 finds the shock days later)"""
+    false_alarms: float = num(0.5, 1e-9, 1000.0)
     """expected false alerts over ``horizon_days`` across every series, at most"""
-    horizon_days: int = 100
+    horizon_days: int = num(100, 1, 100_000)
     """the horizon the false-alarm budget is spread over"""
-    min_rate: float = 1e-5
+    min_rate: float = num(1e-5, 1e-12, 0.5)
     """floor of a baseline rate (a metric never seen still has a baseline)"""
 
     def __post_init__(self) -> None:
@@ -78,16 +105,18 @@ class MonitorConfig:
                 raise ValueError(f"monitor.{name} must be >= 1, got {getattr(self, name)}")
         if self.guard_days < 0:
             raise ValueError(f"monitor.guard_days must be >= 0, got {self.guard_days}")
-        if not self.shift > 1.0:
-            raise ValueError(f"monitor.shift must be > 1, got {self.shift}")
+        for name in ("shift", "large_shift", "visit_shift"):
+            if not getattr(self, name) > 1.0:
+                raise ValueError(f"monitor.{name} must be > 1, got {getattr(self, name)}")
         if not self.false_alarms > 0:
             raise ValueError(f"monitor.false_alarms must be > 0, got {self.false_alarms}")
         if not 0 < self.min_rate < 1:
             raise ValueError(f"monitor.min_rate must lie in (0, 1), got {self.min_rate}")
 
-    def threshold(self, series: int) -> float:
-        """The CUSUM threshold h for ``series`` series: log(series · horizon / false_alarms)."""
-        return math.log(series * self.horizon_days / self.false_alarms)
+    def threshold(self, statistics: int) -> float:
+        """The CUSUM threshold h for ``statistics`` CUSUMs watched together:
+        log(statistics · horizon / false_alarms)."""
+        return math.log(statistics * self.horizon_days / self.false_alarms)
 
 
 @dataclass(frozen=True)
@@ -122,11 +151,53 @@ class _Series:
     name: str
     outcome: str
     direction: str
+    shifts: tuple[float, ...]
+    """the rate ratios its CUSUMs are tuned to (1/shift for a fall), one statistic each"""
     counts: list[float] = field(default_factory=list)
     trials: list[float] = field(default_factory=list)
-    statistic: float = 0.0
-    frozen: float | None = None
-    """the baseline held while in alert"""
+    statistics: list[float] = field(default_factory=list)
+    frozen: tuple[float, float, float] | None = None
+    """the baseline (rate, dispersion, relative variance) held while in alert"""
+
+    def __post_init__(self) -> None:
+        self.statistics = [0.0] * len(self.shifts)
+
+    @property
+    def statistic(self) -> float:
+        """the largest of its CUSUM statistics"""
+        return max(self.statistics)
+
+
+MIN_EXPECTED = 5.0
+"""a series' dispersion is estimated only where it expects this many events a day on average"""
+MAX_DISPERSION = 10.0
+
+
+def _dispersion(s: _Series, days: range) -> float:
+    """Pearson χ² / degrees of freedom of the baseline days' counts against a binomial (the rate
+    of each day's weekday for visits, one rate otherwise), floored at 1: how much more the series
+    varies from day to day than independent clients would. 1 where events are too few a day."""
+    seasonal = s.outcome in SEASONAL
+    groups: dict[int, list[int]] = {}
+    for d in days:
+        groups.setdefault(d % 7 if seasonal else 0, []).append(d)
+    chi2 = expected = 0.0
+    dof = 0
+    for group in groups.values():
+        n = sum(s.trials[d] for d in group)
+        x = sum(s.counts[d] for d in group)
+        if n <= 0 or x <= 0 or x >= n:
+            continue
+        p = x / n
+        dof += len(group) - 1
+        for d in group:
+            e = s.trials[d] * p
+            expected += e
+            if e > 0:
+                chi2 += (s.counts[d] - e) ** 2 / (e * (1 - p))
+    if dof <= 0 or expected / len(days) < MIN_EXPECTED:
+        return 1.0
+    return min(max(chi2 / dof, 1.0), MAX_DISPERSION)
 
 
 class Monitor:
@@ -137,20 +208,32 @@ class Monitor:
         segments: the segment names (default: the four declared goals and ``undeclared``).
     """
 
-    def __init__(self, cfg: MonitorConfig | None = None, segments=SEGMENT_NAMES) -> None:
+    def __init__(self, cfg: MonitorConfig | None = None, segments=WATCHED) -> None:
         self.cfg = cfg or MonitorConfig()
         self.segments = tuple(segments)
+        c = self.cfg
         self.series = {
-            (seg, name, direction): _Series(name, outcome, direction)
+            (seg, name, direction): _Series(
+                name,
+                outcome,
+                direction,
+                (c.visit_shift,) if outcome == "visited" else (c.shift, c.large_shift),
+            )
             for seg in self.segments
             for name, outcome, direction in METRICS
         }
-        self.threshold = self.cfg.threshold(len(self.series))
+        self.threshold = c.threshold(sum(len(s.shifts) for s in self.series.values()))
         self.alerts: list[Alert] = []
         self.in_alert: set[tuple[str, str, str]] = set()
 
     def baseline(self, key: tuple[str, str, str]) -> float | None:
         """The series' baseline rate today (None until it has enough history)."""
+        b = self._baseline(key)
+        return None if b is None else b[0]
+
+    def _baseline(self, key: tuple[str, str, str]) -> tuple[float, float, float] | None:
+        """(baseline rate, dispersion, relative variance of the rate's estimate) today, or None
+        until the series has enough history."""
         s = self.series[key]
         if s.frozen is not None:
             return s.frozen
@@ -160,36 +243,60 @@ class Monitor:
         if start < 0:
             return None
         days = range(start, end)
-        if s.outcome in SEASONAL:
-            days = [d for d in days if (today - d) % 7 == 0]
         n = sum(s.trials[d] for d in days)
         if n <= 0:
             return None
-        return min(max(sum(s.counts[d] for d in days) / n, self.cfg.min_rate), 0.5)
+        events = sum(s.counts[d] for d in days)
+        rate, spread = events / n, 1.0 / max(events, 1.0)
+        if s.outcome in SEASONAL and rate > 0:
+            # today's weekday's share of the window, times the level of the window's last week
+            same = [d for d in days if (today - d) % 7 == 0]
+            week = range(max(start, end - 7), end)
+            n_same, n_week = sum(s.trials[d] for d in same), sum(s.trials[d] for d in week)
+            x_same, x_week = sum(s.counts[d] for d in same), sum(s.counts[d] for d in week)
+            if n_same <= 0 or n_week <= 0:
+                return None
+            rate = x_same / n_same / rate * x_week / n_week
+            spread = 1.0 / max(x_same, 1.0) + 1.0 / max(x_week, 1.0)
+        return min(max(rate, self.cfg.min_rate), 0.5), _dispersion(s, days), spread
 
     def update(
-        self, day: int, counts: Mapping[tuple[str, str], tuple[float, float]]
+        self,
+        day: int,
+        counts: Mapping[tuple[str, str], tuple[float, float]],
+        paused: Set[str] = frozenset(),
     ) -> list[Alert]:
-        """Add a day: ``counts[(segment, outcome)] = (events, living clients)``; returns the
-        alerts raised today (a series in alert raises no new one until it has returned)."""
+        """Add a day: ``counts[(segment, outcome)] = (events, units)``; returns the alerts raised
+        today (a series in alert raises no new one until it has returned). Segments in
+        ``paused`` (on a fallback: what they are sent is not the policy's) are counted, not
+        tested."""
         today = []
         for key, s in self.series.items():
             seg = key[0]
             x, n = counts.get((seg, s.outcome), (0.0, 0.0))
-            p0 = self.baseline(key)
+            base = self._baseline(key)
             s.counts.append(float(x))
             s.trials.append(float(n))
-            if p0 is None or n <= 0:
+            if base is None or n <= 0 or seg in paused:
                 continue
-            p1 = p0 * self.cfg.shift if s.direction == "up" else p0 / self.cfg.shift
-            p1 = min(p1, 0.999)
-            llr = x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0))
-            s.statistic = max(0.0, s.statistic + llr)
+            if seg == EVERYONE and any(
+                (other, *key[1:]) in self.in_alert for other in self.segments if other != seg
+            ):
+                s.statistics = [0.0] * len(s.shifts)  # a segment's alert already names it
+                continue
+            p0, phi, spread = base
+            # today's count varies by phi·n·p0 around n·p0 and the baseline's own estimate by
+            # phi·(n·p0)²·spread: the ratio of the two widens the test where the baseline is thin
+            phi *= 1.0 + n * p0 * spread
+            for i, shift in enumerate(s.shifts):
+                p1 = min(p0 * shift if s.direction == "up" else p0 / shift, 0.999)
+                llr = x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0))
+                s.statistics[i] = max(0.0, s.statistics[i] + llr / phi)
             if s.statistic > self.threshold and key not in self.in_alert:
                 alert = Alert(day, seg, s.name, s.direction, p0, x / n, s.statistic, self.threshold)
                 today.append(alert)
                 self.in_alert.add(key)
-                s.frozen = p0
+                s.frozen = base
         self.alerts.extend(today)
         return today
 
@@ -198,7 +305,7 @@ class Monitor:
         baseline thaws."""
         self.in_alert.discard(key)
         s = self.series[key]
-        s.statistic, s.frozen = 0.0, None
+        s.statistics, s.frozen = [0.0] * len(s.shifts), None
 
     def alert_log(self) -> pl.DataFrame:
         """Every alert so far, one row each."""
@@ -223,16 +330,21 @@ class Monitor:
 
 
 def day_counts(
-    segment: np.ndarray, alive: np.ndarray, outcomes: Mapping[str, np.ndarray]
+    segment: np.ndarray,
+    alive: np.ndarray,
+    outcomes: Mapping[str, np.ndarray],
+    apart: Set[str] = frozenset(),
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """One day's (events, units) per (segment, outcome) among living clients: per delivered
-    message for opt-outs, complaints and anxious clicks; per living client for churn and organic
-    visits (a visit that was not a message's click)."""
+    message for opt-outs, complaints, clicks and anxious clicks; per living client for churn and
+    organic visits (a visit that was not a message's click). ``all`` counts every client but
+    those of the segments ``apart`` (on a fallback)."""
     out = {}
     sent = np.asarray(outcomes["sent"], dtype=bool)
     clicked = np.asarray(outcomes.get("clicked", np.zeros_like(sent)), dtype=bool)
-    for i, seg in enumerate(SEGMENT_NAMES):
-        who = alive & (segment == i)
+    kept = ~np.isin(segment, [SEGMENT_NAMES.index(s) for s in apart if s in SEGMENT_NAMES])
+    for i, seg in enumerate(WATCHED):
+        who = alive & kept if seg == EVERYONE else alive & (segment == i)
         for _, outcome, _ in METRICS:
             events = np.asarray(outcomes[outcome], dtype=bool) & who
             if outcome in PER_MESSAGE:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,11 +55,18 @@ class Rollout:
 
 
 def rollout(
-    policy: Policy, setup: Setup, num_clients: int, horizon_days: int, seed: int
+    policy: Policy,
+    setup: Setup,
+    num_clients: int,
+    horizon_days: int,
+    seed: int,
+    on_day: Callable[[int, np.ndarray, dict[str, np.ndarray], np.ndarray], None] | None = None,
 ) -> Rollout:
     """Run ``policy`` for ``horizon_days`` on ``num_clients`` fresh clients of ``seed``.
 
     The value is always scored with the balanced weights, whatever reward ``setup`` names.
+    ``on_day(day, actions, outcomes, alive)`` is called after each day (``alive``: not churned
+    before today), for callers that keep a daily record.
     """
     core = CadenceCore(setup, num_clients, autoreset=False, client_id_offset=EVAL_CLIENT_OFFSET)
     obs = core.reset(seed)
@@ -83,6 +90,8 @@ def rollout(
         alive = ~churned
         if hasattr(policy, "after_day"):  # a circuit breaker watches the day's outcomes
             policy.after_day(day, r.outcomes, alive)
+        if on_day is not None:
+            on_day(day, actions, r.outcomes, alive)
         for k in SUMMED:
             totals[k] += r.outcomes[k] & alive
         totals["urgent"] += r.outcomes["sent"] & (actions[:, 1] == URGENT)

@@ -356,8 +356,8 @@ class ScenarioEvent:
     """days for market stress to halve after ``start_day``"""
     segment: str = "all"
     """goal segment the relevance/send effects target, or ``all``"""
-    content: str = "all"
-    """content type the relevance/send effects target, or ``all``"""
+    content: list[str] = field(default_factory=lambda: ["all"])
+    """content types the relevance/send effects target (``[all]``: every one)"""
     relevance_delta: float = num(0.0, -2.0, 2.0)
     """relevance added to the targeted (segment, content) between start_day and end_day"""
     send_trust_delta: float = num(0.0, -1.0, 1.0)
@@ -372,9 +372,11 @@ class ScenarioEvent:
             raise ConfigError(
                 f"{prefix}.segment must be 'all' or one of {list(SEGMENTS)}, got {self.segment!r}"
             )
-        if self.content != "all" and self.content not in CONTENTS:
+        unknown = [c for c in self.content if c != "all" and c not in CONTENTS]
+        if not self.content or unknown:
             raise ConfigError(
-                f"{prefix}.content must be 'all' or one of {list(CONTENTS)}, got {self.content!r}"
+                f"{prefix}.content must list 'all' or content types of {list(CONTENTS)}, "
+                f"got {list(self.content)!r}"
             )
 
 

@@ -49,7 +49,11 @@ class ScenarioSchedule:
                 stress += ev.stress_peak * 0.5 ** ((day - ev.start_day) / ev.stress_half_life_days)
             if ev.start_day <= day <= ev.end_day:
                 rows = slice(None) if ev.segment == "all" else SEGMENTS.index(ev.segment)
-                cols = slice(None) if ev.content == "all" else CONTENTS.index(ev.content)
+                cols = (
+                    slice(None)
+                    if "all" in ev.content
+                    else [CONTENTS.index(c) for c in dict.fromkeys(ev.content)]
+                )
                 relevance[rows, cols] += ev.relevance_delta
                 send_trust[rows, cols] += ev.send_trust_delta
         out = DayEffects(anxiety, trust, stress, relevance, send_trust)

@@ -64,8 +64,11 @@ def test_a_segment_switches_on_an_alert_holds_and_returns_with_every_event_logge
         unsub = np.full(len(obs), 0.002)
         unsub[saver] = 0.02 if bad else 0.002
         if "saver_debt" in breaker.tripped:
-            # only the tripped segment gets the fallback
-            assert np.array_equal(actions[saver], SafeFallback().act(obs[saver], masks[saver]))
+            # only the tripped segment gets the fallback: its weekly message, and one at once
+            fresh = breaker.tripped["saver_debt"] == day - 1  # switched after yesterday
+            fallback = SafeFallback().act(obs[saver], masks[saver], np.full(len(saver), fresh))
+            assert np.array_equal(actions[saver], fallback)
+            assert (actions[saver, 0] > 0).all() == (day % 7 in (0, 3) or fresh)
             others = np.setdiff1d(np.arange(len(obs)), saver)
             assert (actions[others] == JOINT_ACTIONS[3]).all()
         breaker.after_day(day, _outcomes(rng, len(obs), unsub), np.ones(len(obs), bool))
@@ -99,7 +102,7 @@ def test_a_segment_tripped_by_hand_stays_until_released_by_hand():
         breaker.trip("vip", day=0)
 
 
-def test_the_fallback_is_reassuring_educational_weekly_and_offers_nothing():
+def test_the_fallback_is_reassuring_educational_twice_a_week_and_offers_nothing():
     fallback = SafeFallback()
     masks = np.ones((N_PER * 5, len(JOINT_ACTIONS)), dtype=bool)
     sends = []
@@ -109,7 +112,7 @@ def test_the_fallback_is_reassuring_educational_weekly_and_offers_nothing():
         sent = actions[actions[:, 0] > 0]
         assert (sent[:, 1] == TONES.index("reassuring")).all()
         assert (sent[:, 3] == CONTENTS.index("education")).all()
-    assert sends == [0, 0, 0, 1, 0, 0, 0]  # once a week, Thursday
+    assert sends == [1, 0, 0, 1, 0, 0, 0]  # twice a week, Monday and Thursday
     with pytest.raises(ValueError, match="sends no product offers"):
         SafeFallback(content="product_offer")
 

@@ -1,0 +1,291 @@
+"""Crisis studies: each policy with and without the circuit breaker, on the same clients and luck,
+under a scenario and under ``calm``.
+
+Arms: ``off`` runs the policy as it is, with the monitor watching only (its alerts are logged, so
+the detection delay is known, but nothing switches); ``on`` lets the breaker switch alerted
+segments to the safe fallback. Every (policy, seed) is also run under ``calm`` in both arms: the
+``on`` arm's alerts there are false alerts, and the ``off`` arm is the counterfactual the crisis
+is measured against (same clients, same luck, no crisis).
+
+Metrics (``crisis/*``), over the clients the crisis touches (the event's segment by the world's
+labels, every client when it names none) and the ``window_days`` from its start:
+
+- ``detection_delay_days``: first alert in the touched declared segment or on every client
+  together (any segment when the event names none) on or after the start, minus the start;
+  censored at the horizon when none.
+- ``false_alerts_per_100_days``: the ``on`` arm's alerts under ``calm`` per 100 days the monitor
+  tested (days after its baseline window filled), over every segment and metric.
+- ``clients_lost``: touched clients who churned in the window; ``excess_clients_lost``: minus
+  those who churned in the ``calm`` counterfactual (the clients the crisis cost).
+- ``anxious_clicks`` (and ``excess_anxious_clicks``) the same way.
+- ``recovery_days``: days from the start until the touched clients' conversions (7-day sums) are
+  back within ``recovery_band`` of the calm counterfactual's and stay there for 7 days; censored
+  at the horizon.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+from tqdm.auto import tqdm
+
+from agents.base import Policy
+from agents.breaker import BreakerConfig, CircuitBreaker
+from envs.config import Setup
+from evaluation.monitor import EVERYONE, MonitorConfig
+from evaluation.rollout import rollout
+from simulate.config import ConfigError, ScenarioConfig, num
+from simulate.labels import SEGMENTS
+
+ARMS = ("off", "on")
+DAILY = ("sent", "anxious_click", "converted", "churned", "unsubscribed", "complaint")
+"""outcomes counted per day among the touched clients"""
+METRICS = (
+    "detection_delay_days",
+    "false_alerts_per_100_days",
+    "clients_lost",
+    "excess_clients_lost",
+    "anxious_clicks",
+    "excess_anxious_clicks",
+    "recovery_days",
+    "switches",
+)
+RECOVERY_WEEK = 7
+
+
+@dataclass
+class CrisisConfig:
+    """The monitor, the breaker and the crisis study (``crisis.*`` in the Hydra config)."""
+
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    window_days: int = num(30, 1, 3650)
+    """days from a crisis's start over which clients lost and anxious clicks are counted"""
+    recovery_band: float = num(0.1, 0.0, 1.0)
+    """conversions are recovered within this relative distance of the calm counterfactual's"""
+
+
+@dataclass(frozen=True)
+class Crisis:
+    """When a scenario's crisis starts and whom it touches."""
+
+    scenario: str
+    start_day: int | None
+    """first day of the earliest event (None: no event, e.g. ``calm``)"""
+    segment: str | None
+    """the goal segment the events target (None: every client)"""
+
+
+def crisis_of(scenario: ScenarioConfig) -> Crisis:
+    """The crisis a scenario describes: its earliest event's start and the segment its events
+    share (every client if they differ or name ``all``)."""
+    if not scenario.events:
+        return Crisis(scenario.name, None, None)
+    segments = {ev.segment for ev in scenario.events}
+    segment = segments.pop() if len(segments) == 1 else "all"
+    return Crisis(
+        scenario.name,
+        min(ev.start_day for ev in scenario.events),
+        None if segment == "all" else segment,
+    )
+
+
+@dataclass
+class Trace:
+    """One rollout of a policy in one arm: the daily record of the touched clients and the
+    monitor's and breaker's logs."""
+
+    policy: str
+    arm: str
+    scenario: str
+    seed: int
+    daily: dict[str, np.ndarray]
+    """(days,) counts among the touched clients: :data:`DAILY` and ``alive`` (at the day's start)"""
+    alerts: pl.DataFrame
+    events: pl.DataFrame
+    series: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
+    """the monitor's series: (segment, metric, direction) -> (daily events, daily units)"""
+    tested_days: int
+    """days the monitor tested (after its baseline window filled)"""
+
+
+def run_trace(
+    policy: Policy,
+    arm: str,
+    setup: Setup,
+    crisis: Crisis,
+    cfg: CrisisConfig,
+    num_clients: int,
+    horizon_days: int,
+    seed: int,
+) -> Trace:
+    """Roll ``policy`` out in ``arm`` (``off``: watch only; ``on``: the breaker acts)."""
+    breaker = CircuitBreaker(policy, monitor=cfg.monitor, cfg=cfg.breaker, act_on_alerts=arm == "on")
+    per_day: list[dict[str, np.ndarray]] = []
+
+    def record(day, actions, outcomes, alive) -> None:
+        today = {k: outcomes[k] & alive for k in DAILY}
+        today["alive"] = alive.copy()
+        per_day.append(today)
+
+    result = rollout(breaker, setup, num_clients, horizon_days, seed, on_day=record)
+    touched = (
+        np.ones(num_clients, bool)
+        if crisis.segment is None
+        else result.segment == SEGMENTS.index(crisis.segment)
+    )
+    daily = {
+        k: np.array([(d[k] & touched).sum() for d in per_day], dtype=float)
+        for k in (*DAILY, "alive")
+    }
+    warmup = cfg.monitor.baseline_days + cfg.monitor.guard_days
+    return Trace(
+        policy.name,
+        arm,
+        setup.scenario.name,
+        seed,
+        daily,
+        breaker.monitor.alert_log(),
+        breaker.event_log(),
+        {
+            key: (np.array(s.counts), np.array(s.trials))
+            for key, s in breaker.monitor.series.items()
+        },
+        max(horizon_days - warmup, 0),
+    )
+
+
+def _window_sum(values: np.ndarray, start: int, days: int) -> float:
+    return float(values[start : start + days].sum())
+
+
+def recovery_days(trace: Trace, calm: Trace, start: int, band: float) -> float:
+    """Days from ``start`` until the touched clients' 7-day conversions are within ``band`` of
+    the calm counterfactual's and stay so for 7 days (the days left to the horizon if never)."""
+    horizon = len(trace.daily["converted"])
+    kernel = np.ones(RECOVERY_WEEK)
+    crisis = np.convolve(trace.daily["converted"], kernel)[:horizon]
+    base = np.convolve(calm.daily["converted"], kernel)[:horizon]
+    near = np.abs(crisis - base) <= band * np.maximum(base, 1.0)
+    for day in range(start, horizon - RECOVERY_WEEK + 1):
+        if near[day : day + RECOVERY_WEEK].all():
+            return float(day - start)
+    return float(horizon - start)
+
+
+def trace_metrics(trace: Trace, calm_off: Trace, crisis: Crisis, cfg: CrisisConfig) -> dict:
+    """The ``crisis/*`` metrics of one trace (NaN where they do not apply)."""
+    out = dict.fromkeys(METRICS, math.nan)
+    out["switches"] = float((trace.events["event"] == "switch").sum()) if trace.events.height else 0.0
+    if crisis.start_day is None:
+        out["false_alerts_per_100_days"] = 100.0 * trace.alerts.height / max(trace.tested_days, 1)
+        return out
+    start, w = crisis.start_day, cfg.window_days
+    alerts = trace.alerts.filter(pl.col("day") >= start)
+    if crisis.segment is not None:  # an alert on every client together covers the segment too
+        alerts = alerts.filter(pl.col("segment").is_in([crisis.segment, EVERYONE]))
+    horizon = len(trace.daily["alive"])
+    out["detection_delay_days"] = (
+        float(alerts["day"].min() - start) if alerts.height else float(horizon - start)
+    )
+    for metric, outcome in (("clients_lost", "churned"), ("anxious_clicks", "anxious_click")):
+        here = _window_sum(trace.daily[outcome], start, w)
+        out[metric] = here
+        out[f"excess_{metric}"] = here - _window_sum(calm_off.daily[outcome], start, w)
+    out["recovery_days"] = recovery_days(trace, calm_off, start, cfg.recovery_band)
+    return out
+
+
+@dataclass
+class CrisisResult:
+    """Every trace of a crisis study and its table."""
+
+    crisis: Crisis
+    traces: list[Trace]
+    rows: pl.DataFrame
+    """one row per (policy, arm, seed) with the :data:`METRICS`"""
+
+    def table(self) -> pl.DataFrame:
+        """Mean of each metric over seeds, per (policy, arm)."""
+        return (
+            self.rows.group_by(["policy", "monitor"], maintain_order=True)
+            .agg([pl.col(m).mean() for m in METRICS] + [pl.len().alias("seeds")])
+            .sort(["policy", "monitor"], maintain_order=True)
+        )
+
+    def cut(self, policy: str, metric: str) -> float:
+        """1 - (``on`` arm / ``off`` arm) of a metric summed over seeds."""
+        sums = {
+            arm: self.rows.filter((pl.col("policy") == policy) & (pl.col("monitor") == arm))[
+                metric
+            ].sum()
+            for arm in ARMS
+        }
+        return 1.0 - sums["on"] / sums["off"] if sums["off"] else math.nan
+
+    def markdown(self) -> str:
+        """The table as Markdown (means over seeds)."""
+        t = self.table()
+        head = ["policy", "monitor", *METRICS]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in t.iter_rows(named=True):
+            cells = [row["policy"], row["monitor"]]
+            cells += ["—" if math.isnan(row[m]) else f"{row[m]:.3g}" for m in METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def crisis_study(
+    policies: Sequence[Policy],
+    setup: Setup,
+    cfg: CrisisConfig | None = None,
+    num_clients: int = 2000,
+    horizon_days: int = 90,
+    seeds: Sequence[int] = (1000, 1001, 1002),
+    progress: bool = True,
+) -> CrisisResult:
+    """Each policy in both arms under ``setup``'s scenario and under ``calm``, same clients and
+    seeds; returns the traces and the per-seed metrics."""
+    cfg = cfg or CrisisConfig()
+    crisis = crisis_of(setup.scenario)
+    warmup = cfg.monitor.baseline_days + cfg.monitor.guard_days
+    if crisis.start_day is not None and crisis.start_day < warmup:
+        raise ConfigError(
+            f"scenario {crisis.scenario!r} starts on day {crisis.start_day}, before the monitor's "
+            f"baseline fills (day {warmup} = crisis.monitor.baseline_days + guard_days): "
+            "shorten the baseline or start the crisis later"
+        )
+    if crisis.start_day is not None and horizon_days < crisis.start_day + cfg.window_days:
+        raise ConfigError(
+            f"eval.horizon_days={horizon_days} ends before the crisis window does (day "
+            f"{crisis.start_day} + crisis.window_days {cfg.window_days}): raise eval.horizon_days"
+        )
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"policy names must be unique, got {names}")
+    calm_setup = Setup(setup.env, setup.population, ScenarioConfig(), setup.reward, setup.seed)
+    worlds = [("calm", calm_setup)] + ([] if crisis.start_day is None else [("crisis", setup)])
+    jobs = [(s, p, arm, w) for s in seeds for p in policies for w in worlds for arm in ARMS]
+    traces: dict[tuple, Trace] = {}
+    with tqdm(jobs, desc="crisis study", unit="rollout", disable=None if progress else True) as bar:
+        for seed, policy, arm, (world, world_setup) in bar:
+            bar.set_postfix_str(f"{policy.name} {world} monitor={arm} seed {seed}")
+            traces[(seed, policy.name, world, arm)] = run_trace(
+                policy, arm, world_setup, crisis, cfg, num_clients, horizon_days, seed
+            )
+    rows = []
+    for seed in seeds:
+        for name in names:
+            calm_off = traces[(seed, name, "calm", "off")]
+            for arm in ARMS:
+                m = trace_metrics(traces[(seed, name, worlds[-1][0], arm)], calm_off, crisis, cfg)
+                calm_on = traces[(seed, name, "calm", "on")]
+                m["false_alerts_per_100_days"] = 100.0 * calm_on.alerts.height / max(
+                    calm_on.tested_days, 1
+                ) if arm == "on" else math.nan
+                rows.append({"policy": name, "monitor": arm, "seed": seed, **m})
+    return CrisisResult(crisis, list(traces.values()), pl.DataFrame(rows))
