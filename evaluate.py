@@ -5,6 +5,7 @@
     python evaluate.py log=segment_rules out=logs.parquet log_epsilon=0.2 eval.num_clients=5000 eval.horizon_days=14
     python evaluate.py log=segment_rules out=logs.parquet log_truth='[linucb]' eval.num_clients=5000
     python evaluate.py logs=logs.parquet policies='[segment_rules,fixed_weekly]' log_epsilon=0.2
+    python evaluate.py scenario=misfire monitor=on policies='[segment_rules,run:<id>]' eval.num_clients=5000
 
 Names: heuristics (random, no_send, batch_and_blast, fixed_weekly, segment_rules), the oracle,
 bandits (trained here on 200,000 client-days, 500 clients at a time), or ``run:<id>`` for a policy
@@ -75,6 +76,8 @@ def main(cfg: DictConfig) -> None:
         write_log(run, setup)
     elif run.logs is not None:
         estimate_from_logs(run, setup)
+    elif run.monitor == "on":
+        crisis_policies(cfg, run, setup)
     else:
         evaluate_policies(cfg, run, setup)
 
@@ -121,6 +124,86 @@ def estimate_from_logs(run: RunConfig, setup: Setup) -> list[str]:
     return ids
 
 
+def _common_tags(run: RunConfig) -> dict[str, str]:
+    tags = {
+        "reward": run.reward.name,
+        "scenario": run.scenario.name,
+        "seed": str(run.seed),
+        "git_commit": git_commit(),
+    }
+    try:
+        tags["population"] = str(HydraConfig.get().runtime.choices.get("population", "default"))
+    except ValueError:
+        tags["population"] = "default"
+    return tags
+
+
+def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
+    """``monitor=on``: the crisis study (each policy with and without the circuit breaker, under
+    the scenario and under calm); returns the parent run id."""
+    from evaluation.crisis import METRICS, crisis_study
+
+    setup_mlflow(run.tracking.uri, run.tracking.experiment)
+    if not run.policies:
+        raise ConfigError("policies must name at least one policy")
+    resolved = [resolve_policy(spec, setup) for spec in run.policies]
+    e = run.eval
+    result = crisis_study(
+        [p for p, _ in resolved],
+        setup,
+        run.crisis,
+        e.num_clients,
+        e.horizon_days,
+        seeds=range(1000, 1000 + e.num_seeds),
+        progress=True,
+    )
+    common = _common_tags(run)
+    work = Path(tempfile.mkdtemp(prefix="cadence-crisis-"))
+    with mlflow.start_run(
+        run_name=f"crisis {run.scenario.name}", tags={**common, "crisis": "true"}
+    ) as parent:
+        mlflow.log_params(
+            {
+                k: v
+                for k, v in flatten(cfg).items()
+                if k.startswith(("eval.", "scenario.", "population.", "policies", "crisis."))
+            }
+        )
+        (work / "crisis.md").write_text(result.markdown() + "\n")
+        result.rows.write_parquet(work / "crisis_per_seed.parquet")
+        result.logs().write_parquet(work / "alerts_and_switches.parquet")
+        plots.crisis_timeline(result, work / f"timeline_{run.scenario.name}.png")
+        mlflow.log_artifacts(str(work))
+        for row in result.table().iter_rows(named=True):
+            name, arm = row["policy"], row["monitor"]
+            extra = next((tags for p, tags in resolved if p.name == name), {"agent": name})
+            with mlflow.start_run(
+                run_name=f"{name} monitor={arm}",
+                nested=True,
+                tags={
+                    **common,
+                    **extra,
+                    "policy": name,
+                    "monitor": arm,
+                    "mlflow.parentRunId": parent.info.run_id,
+                },
+            ):
+                mlflow.log_metrics(
+                    {f"crisis/{m}": row[m] for m in METRICS if row[m] == row[m]}  # not NaN
+                )
+    print(result.markdown())
+    if result.crisis.start_day is not None:
+        for name in dict.fromkeys(result.rows["policy"]):
+            print(
+                f"{name}: the breaker cut clients lost by {result.cut(name, 'clients_lost'):.0%} "
+                f"and anxious clicks by {result.cut(name, 'anxious_clicks'):.0%}"
+            )
+    print(
+        f"\nMLflow crisis run {parent.info.run_id}; see `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`"
+    )
+    return parent.info.run_id
+
+
 def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     """Evaluate ``run.policies``; returns the parent run id."""
     setup_mlflow(run.tracking.uri, run.tracking.experiment)
@@ -138,16 +221,7 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
         n_boot=e.n_boot,
         progress=True,
     )
-    common = {
-        "reward": run.reward.name,
-        "scenario": run.scenario.name,
-        "seed": str(run.seed),
-        "git_commit": git_commit(),
-    }
-    try:
-        common["population"] = str(HydraConfig.get().runtime.choices.get("population", "default"))
-    except ValueError:
-        common["population"] = "default"
+    common = _common_tags(run)
     work = Path(tempfile.mkdtemp(prefix="cadence-eval-"))
     with mlflow.start_run(
         run_name=f"compare {len(policies)} policies", tags={**common, "comparison": "true"}

@@ -30,6 +30,12 @@ from evaluation.monitor import (
 )
 from simulate.config import ConfigError, num
 
+FALLBACK_MOVES = ("click_rate",)
+"""metrics the fallback itself moves (its own messages are clicked less than the policy's): while
+a segment is on the fallback they say nothing about the policy, so its return waits on the others
+and on ``hold_days``; if the policy's messages still misfire after the return, the series, held
+at its baseline from before the alert, is tested again at once"""
+
 
 class SafeFallback:
     """Reassuring and educational, low frequency, no product offers: by default an education
@@ -74,9 +80,11 @@ class BreakerConfig:
     hold_days: int = num(7, 1, 365)
     """days an alerted metric must be back within its band before the segment returns (and the
     least time a segment stays on the fallback)"""
-    band: float = num(1.5, 1.0, 100.0)
-    """within band: the rate over the last ``hold_days`` at most ``band`` times the baseline (a
-    rise), at least the baseline over ``band`` (a fall)"""
+    band: float = num(0.5, 0.0, 1.0)
+    """within band: the rate over the last ``hold_days`` off its baseline by at most this share
+    of the change the monitor's test is tuned to, on a log scale (0.5: for a series tuned to a
+    doubling, at most 1.41 times the baseline for a rise, at least 1/1.41 of it for a fall; for
+    visits, tuned to 1.3, within 1.14)"""
     fallback_tone: str = "reassuring"
     """tone of the safe fallback's messages"""
     fallback_content: str = "education"
@@ -91,15 +99,27 @@ class BreakerConfig:
 
     def __post_init__(self) -> None:
         if self.hold_days < 1:
-            raise ValueError(f"breaker.hold_days must be >= 1, got {self.hold_days}")
-        if not self.band >= 1.0:
-            raise ValueError(f"breaker.band must be >= 1, got {self.band}")
+            raise ValueError(f"crisis.breaker.hold_days must be >= 1, got {self.hold_days}")
+        if not 0.0 <= self.band <= 1.0:
+            raise ValueError(f"crisis.breaker.band must lie in [0, 1], got {self.band}")
 
     def check(self, prefix: str) -> None:
-        try:
-            self.fallback()
-        except ValueError as exc:
-            raise ConfigError(f"{prefix}.{exc}") from None
+        if self.fallback_content == "product_offer":
+            raise ConfigError(f"{prefix}.fallback_content: a fallback sends no product offers")
+        if self.fallback_content not in CONTENT:
+            raise ConfigError(
+                f"{prefix}.fallback_content must be one of {list(CONTENT)}, "
+                f"got {self.fallback_content!r}"
+            )
+        if self.fallback_tone not in TONE:
+            raise ConfigError(
+                f"{prefix}.fallback_tone must be one of {list(TONE)}, got {self.fallback_tone!r}"
+            )
+        if not all(isinstance(d, int) and 0 <= d <= 6 for d in self.fallback_weekdays):
+            raise ConfigError(
+                f"{prefix}.fallback_weekdays must be days 0-6 (0 = Monday), "
+                f"got {list(self.fallback_weekdays)}"
+            )
 
     def fallback(self) -> SafeFallback:
         """The safe fallback this config describes."""
@@ -203,7 +223,8 @@ class CircuitBreaker:
         if self._segment is None:
             raise RuntimeError("after_day before act: the breaker has not seen today's clients")
         paused = set(self.tripped) if self.act_on_alerts else set()
-        counts = day_counts(self._segment, np.asarray(alive, dtype=bool), outcomes, paused)
+        apart = paused - {EVERYONE}  # every client together, or all but the tripped segments
+        counts = day_counts(self._segment, np.asarray(alive, dtype=bool), outcomes, apart)
         self._day = day + 1
         if EVERYONE in paused:
             paused = set(WATCHED)
@@ -224,12 +245,17 @@ class CircuitBreaker:
     def _back_in_band(self, segment: str) -> bool:
         h = self.cfg.hold_days
         for key in [k for k in self.monitor.in_alert if k[0] == segment]:
+            if key[1] in FALLBACK_MOVES:
+                continue
             s = self.monitor.series[key]
             n = sum(s.trials[-h:])
-            rate = sum(s.counts[-h:]) / n if n > 0 else 0.0
+            if n <= 0:
+                continue
+            rate = sum(s.counts[-h:]) / n
+            band = min(s.shifts) ** self.cfg.band
             base = s.frozen[0]
-            if key[2] == "up" and rate > base * self.cfg.band:
+            if key[2] == "up" and rate > base * band:
                 return False
-            if key[2] == "down" and rate < base / self.cfg.band:
+            if key[2] == "down" and rate < base / band:
                 return False
         return True

@@ -18,9 +18,10 @@ labels, every client when it names none) and the ``window_days`` from its start:
 - ``clients_lost``: touched clients who churned in the window; ``excess_clients_lost``: minus
   those who churned in the ``calm`` counterfactual (the clients the crisis cost).
 - ``anxious_clicks`` (and ``excess_anxious_clicks``) the same way.
-- ``recovery_days``: days from the start until the touched clients' conversions (7-day sums) are
-  back within ``recovery_band`` of the calm counterfactual's and stay there for 7 days; censored
-  at the horizon.
+- ``recovery_days``: days from the start to the end of the first 7-day window in which the touched
+  clients' conversions per living client are back to ``1 - recovery_band`` of their rate over the
+  monitor's baseline window before the start, staying so for 7 days (6 at the soonest: a crisis
+  that never lowers conversions); censored at the horizon (the days left) when never.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class CrisisConfig:
     window_days: int = num(30, 1, 3650)
     """days from a crisis's start over which clients lost and anxious clicks are counted"""
     recovery_band: float = num(0.1, 0.0, 1.0)
-    """conversions are recovered within this relative distance of the calm counterfactual's"""
+    """conversions are recovered at ``1 - recovery_band`` of their rate before the crisis"""
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Crisis:
     scenario: str
     start_day: int | None
     """first day of the earliest event (None: no event, e.g. ``calm``)"""
+    end_day: int | None
+    """last day of the latest event"""
     segment: str | None
     """the goal segment the events target (None: every client)"""
 
@@ -84,12 +87,13 @@ def crisis_of(scenario: ScenarioConfig) -> Crisis:
     """The crisis a scenario describes: its earliest event's start and the segment its events
     share (every client if they differ or name ``all``)."""
     if not scenario.events:
-        return Crisis(scenario.name, None, None)
+        return Crisis(scenario.name, None, None, None)
     segments = {ev.segment for ev in scenario.events}
     segment = segments.pop() if len(segments) == 1 else "all"
     return Crisis(
         scenario.name,
         min(ev.start_day for ev in scenario.events),
+        max(ev.end_day for ev in scenario.events),
         None if segment == "all" else segment,
     )
 
@@ -124,7 +128,9 @@ def run_trace(
     seed: int,
 ) -> Trace:
     """Roll ``policy`` out in ``arm`` (``off``: watch only; ``on``: the breaker acts)."""
-    breaker = CircuitBreaker(policy, monitor=cfg.monitor, cfg=cfg.breaker, act_on_alerts=arm == "on")
+    breaker = CircuitBreaker(
+        policy, monitor=cfg.monitor, cfg=cfg.breaker, act_on_alerts=arm == "on"
+    )
     per_day: list[dict[str, np.ndarray]] = []
 
     def record(day, actions, outcomes, alive) -> None:
@@ -146,7 +152,7 @@ def run_trace(
     return Trace(
         policy.name,
         arm,
-        setup.scenario.name,
+        "calm" if not setup.scenario.events else setup.scenario.name,
         seed,
         daily,
         breaker.monitor.alert_log(),
@@ -163,16 +169,23 @@ def _window_sum(values: np.ndarray, start: int, days: int) -> float:
     return float(values[start : start + days].sum())
 
 
-def recovery_days(trace: Trace, calm: Trace, start: int, band: float) -> float:
-    """Days from ``start`` until the touched clients' 7-day conversions are within ``band`` of
-    the calm counterfactual's and stay so for 7 days (the days left to the horizon if never)."""
-    horizon = len(trace.daily["converted"])
+def recovery_days(trace: Trace, start: int, baseline_days: int, band: float) -> float:
+    """Days from ``start`` to the end of the first 7-day window in which the touched clients'
+    conversions per living client are back to at least ``1 - band`` of their rate over the
+    ``baseline_days`` before ``start``, and stay so for the next 6 windows (the days left to the
+    horizon if never)."""
+    conv, alive = trace.daily["converted"], trace.daily["alive"]
+    horizon = len(conv)
+    before = slice(max(start - baseline_days, 0), start)
+    base = conv[before].sum() / max(alive[before].sum(), 1.0)
     kernel = np.ones(RECOVERY_WEEK)
-    crisis = np.convolve(trace.daily["converted"], kernel)[:horizon]
-    base = np.convolve(calm.daily["converted"], kernel)[:horizon]
-    near = np.abs(crisis - base) <= band * np.maximum(base, 1.0)
-    for day in range(start, horizon - RECOVERY_WEEK + 1):
-        if near[day : day + RECOVERY_WEEK].all():
+    rate = np.convolve(conv, kernel)[:horizon] / np.maximum(
+        np.convolve(alive, kernel)[:horizon], 1.0
+    )
+    back = rate >= (1.0 - band) * base
+    first = start + RECOVERY_WEEK - 1  # the first window wholly after the start
+    for day in range(first, horizon - RECOVERY_WEEK + 1):
+        if back[day : day + RECOVERY_WEEK].all():
             return float(day - start)
     return float(horizon - start)
 
@@ -180,7 +193,9 @@ def recovery_days(trace: Trace, calm: Trace, start: int, band: float) -> float:
 def trace_metrics(trace: Trace, calm_off: Trace, crisis: Crisis, cfg: CrisisConfig) -> dict:
     """The ``crisis/*`` metrics of one trace (NaN where they do not apply)."""
     out = dict.fromkeys(METRICS, math.nan)
-    out["switches"] = float((trace.events["event"] == "switch").sum()) if trace.events.height else 0.0
+    out["switches"] = (
+        float((trace.events["event"] == "switch").sum()) if trace.events.height else 0.0
+    )
     if crisis.start_day is None:
         out["false_alerts_per_100_days"] = 100.0 * trace.alerts.height / max(trace.tested_days, 1)
         return out
@@ -196,7 +211,7 @@ def trace_metrics(trace: Trace, calm_off: Trace, crisis: Crisis, cfg: CrisisConf
         here = _window_sum(trace.daily[outcome], start, w)
         out[metric] = here
         out[f"excess_{metric}"] = here - _window_sum(calm_off.daily[outcome], start, w)
-    out["recovery_days"] = recovery_days(trace, calm_off, start, cfg.recovery_band)
+    out["recovery_days"] = recovery_days(trace, start, cfg.monitor.baseline_days, cfg.recovery_band)
     return out
 
 
@@ -226,6 +241,34 @@ class CrisisResult:
             for arm in ARMS
         }
         return 1.0 - sums["on"] / sums["off"] if sums["off"] else math.nan
+
+    def logs(self) -> pl.DataFrame:
+        """Every alert and every switch and return of every trace, one row each, with the
+        policy, arm, world and seed."""
+        frames = []
+        for t in self.traces:
+            tag = [
+                pl.lit(t.policy).alias("policy"),
+                pl.lit(t.arm).alias("monitor"),
+                pl.lit(t.scenario).alias("world"),
+                pl.lit(t.seed).alias("seed"),
+            ]
+            alerts = t.alerts.select(
+                "day",
+                "segment",
+                pl.lit("alert").alias("event"),
+                (
+                    pl.col("metric")
+                    + " "
+                    + pl.col("direction")
+                    + ": "
+                    + pl.col("observed").round(5).cast(pl.Utf8)
+                    + " vs baseline "
+                    + pl.col("baseline").round(5).cast(pl.Utf8)
+                ).alias("reason"),
+            )
+            frames.append(pl.concat([alerts, t.events]).with_columns(tag))
+        return pl.concat(frames).sort(["policy", "monitor", "world", "seed", "day"])
 
     def markdown(self) -> str:
         """The table as Markdown (means over seeds)."""
@@ -284,8 +327,69 @@ def crisis_study(
             for arm in ARMS:
                 m = trace_metrics(traces[(seed, name, worlds[-1][0], arm)], calm_off, crisis, cfg)
                 calm_on = traces[(seed, name, "calm", "on")]
-                m["false_alerts_per_100_days"] = 100.0 * calm_on.alerts.height / max(
-                    calm_on.tested_days, 1
-                ) if arm == "on" else math.nan
+                m["false_alerts_per_100_days"] = (
+                    100.0 * calm_on.alerts.height / max(calm_on.tested_days, 1)
+                    if arm == "on"
+                    else math.nan
+                )
                 rows.append({"policy": name, "monitor": arm, "seed": seed, **m})
     return CrisisResult(crisis, list(traces.values()), pl.DataFrame(rows))
+
+
+def timeline_series(result: CrisisResult, policy: str) -> dict:
+    """What the timeline plot draws for ``policy`` on the study's first seed: the series that
+    alerted first in the touched segment (the ``on`` arm's, else the ``off`` arm's; visits when
+    none did), its daily rate in both arms, the touched clients lost so far in both arms and
+    under calm, the breaker's switches and returns there, the alert and the recovery day."""
+    crisis = result.crisis
+    seed = result.rows["seed"][0]
+    world = crisis.scenario
+    pick = {(t.arm, t.scenario): t for t in result.traces if t.policy == policy and t.seed == seed}
+    arms = {arm: pick[(arm, world)] for arm in ARMS}
+    calm = pick[("off", "calm")]
+    where = [crisis.segment, EVERYONE] if crisis.segment is not None else None
+    start = crisis.start_day or 0
+
+    def first_alert(trace: Trace):
+        alerts = trace.alerts.filter(pl.col("day") >= start)
+        if where is not None:
+            alerts = alerts.filter(pl.col("segment").is_in(where))
+        return alerts.row(0, named=True) if alerts.height else None
+
+    alert = first_alert(arms["on"]) or first_alert(arms["off"])
+    key = (
+        (alert["segment"], alert["metric"], alert["direction"])
+        if alert
+        else (crisis.segment or EVERYONE, "visit_rate", "up")
+    )
+    rate = {}
+    for arm, trace in arms.items():
+        counts, trials = trace.series[key]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate[arm] = np.where(trials > 0, counts / np.maximum(trials, 1), np.nan)
+    events = arms["on"].events
+    if where is not None:
+        events = events.filter(pl.col("segment").is_in(where))
+    row = result.rows.filter(
+        (pl.col("policy") == policy) & (pl.col("monitor") == "on") & (pl.col("seed") == seed)
+    ).row(0, named=True)
+    horizon = len(calm.daily["alive"])
+    recovery = row["recovery_days"]
+    return {
+        "metric": f"{key[1]} {key[2]}",
+        "segment": key[0],
+        "touched": crisis.segment or "every client",
+        "rate": rate,
+        "lost": {
+            "off": np.cumsum(arms["off"].daily["churned"]),
+            "on": np.cumsum(arms["on"].daily["churned"]),
+            "calm": np.cumsum(calm.daily["churned"]),
+        },
+        "events": list(zip(events["day"].to_list(), events["event"].to_list(), strict=True)),
+        "alert": None if alert is None else alert["day"],
+        "recovery": (
+            None
+            if crisis.start_day is None or math.isnan(recovery) or start + recovery >= horizon
+            else start + recovery
+        ),
+    }

@@ -28,8 +28,9 @@ Baseline: each series' rate over the ``baseline_days`` that end ``guard_days`` b
 guard keeps a change out of its own baseline for a few days); for visits, the level of the
 window's last 7 days times today's weekday's share of the whole window (visits drift as trust
 grows, and a level three weeks old would read the drift as a change); frozen while the series is
-in alert, so "back to baseline" means back to what it was before. Until a series has
-``baseline_days`` of history it is not tested.
+in alert (and for a baseline window after it returns), so "back to baseline" means back to what
+it was before. Days a segment spends on a fallback are kept out of its baselines (what it was
+sent was not the policy's). Until a series has ``baseline_days`` of history it is not tested.
 
 Dispersion: where a series expects several events a day, its baseline days' Pearson χ² per
 degree of freedom against a binomial (floored at 1) divides each day's log-likelihood ratio: a
@@ -40,7 +41,7 @@ would, and a binomial test would read each swing as evidence.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,16 +103,16 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         for name in ("baseline_days", "horizon_days"):
             if getattr(self, name) < 1:
-                raise ValueError(f"monitor.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"crisis.monitor.{name} must be >= 1, got {getattr(self, name)}")
         if self.guard_days < 0:
-            raise ValueError(f"monitor.guard_days must be >= 0, got {self.guard_days}")
+            raise ValueError(f"crisis.monitor.guard_days must be >= 0, got {self.guard_days}")
         for name in ("shift", "large_shift", "visit_shift"):
             if not getattr(self, name) > 1.0:
-                raise ValueError(f"monitor.{name} must be > 1, got {getattr(self, name)}")
+                raise ValueError(f"crisis.monitor.{name} must be > 1, got {getattr(self, name)}")
         if not self.false_alarms > 0:
-            raise ValueError(f"monitor.false_alarms must be > 0, got {self.false_alarms}")
+            raise ValueError(f"crisis.monitor.false_alarms must be > 0, got {self.false_alarms}")
         if not 0 < self.min_rate < 1:
-            raise ValueError(f"monitor.min_rate must lie in (0, 1), got {self.min_rate}")
+            raise ValueError(f"crisis.monitor.min_rate must lie in (0, 1), got {self.min_rate}")
 
     def threshold(self, statistics: int) -> float:
         """The CUSUM threshold h for ``statistics`` CUSUMs watched together:
@@ -156,8 +157,13 @@ class _Series:
     counts: list[float] = field(default_factory=list)
     trials: list[float] = field(default_factory=list)
     statistics: list[float] = field(default_factory=list)
+    paused: list[bool] = field(default_factory=list)
+    """per day: the segment was on a fallback (the day is kept out of baselines)"""
     frozen: tuple[float, float, float] | None = None
-    """the baseline (rate, dispersion, relative variance) held while in alert"""
+    """the baseline (rate, dispersion, relative variance) held while in alert and for a baseline
+    window after it returns"""
+    thaw_day: int | None = None
+    """the day a returned series' baseline window is clear of its alert again (None: in alert)"""
 
     def __post_init__(self) -> None:
         self.statistics = [0.0] * len(self.shifts)
@@ -173,7 +179,7 @@ MIN_EXPECTED = 5.0
 MAX_DISPERSION = 10.0
 
 
-def _dispersion(s: _Series, days: range) -> float:
+def _dispersion(s: _Series, days: Sequence[int]) -> float:
     """Pearson χ² / degrees of freedom of the baseline days' counts against a binomial (the rate
     of each day's weekday for visits, one rate otherwise), floored at 1: how much more the series
     varies from day to day than independent clients would. 1 where events are too few a day."""
@@ -235,14 +241,16 @@ class Monitor:
         """(baseline rate, dispersion, relative variance of the rate's estimate) today, or None
         until the series has enough history."""
         s = self.series[key]
-        if s.frozen is not None:
-            return s.frozen
         today = len(s.counts)
+        if s.frozen is not None:
+            if s.thaw_day is None or today < s.thaw_day:
+                return s.frozen
+            s.frozen = s.thaw_day = None
         end = today - self.cfg.guard_days
-        start = end - self.cfg.baseline_days
-        if start < 0:
+        days = [d for d in range(end - 1, -1, -1) if not s.paused[d]][: self.cfg.baseline_days]
+        if len(days) < self.cfg.baseline_days:
             return None
-        days = range(start, end)
+        days.reverse()
         n = sum(s.trials[d] for d in days)
         if n <= 0:
             return None
@@ -251,7 +259,7 @@ class Monitor:
         if s.outcome in SEASONAL and rate > 0:
             # today's weekday's share of the window, times the level of the window's last week
             same = [d for d in days if (today - d) % 7 == 0]
-            week = range(max(start, end - 7), end)
+            week = days[-7:]
             n_same, n_week = sum(s.trials[d] for d in same), sum(s.trials[d] for d in week)
             x_same, x_week = sum(s.counts[d] for d in same), sum(s.counts[d] for d in week)
             if n_same <= 0 or n_week <= 0:
@@ -277,6 +285,7 @@ class Monitor:
             base = self._baseline(key)
             s.counts.append(float(x))
             s.trials.append(float(n))
+            s.paused.append(seg in paused)
             if base is None or n <= 0 or seg in paused:
                 continue
             if seg == EVERYONE and any(
@@ -296,16 +305,18 @@ class Monitor:
                 alert = Alert(day, seg, s.name, s.direction, p0, x / n, s.statistic, self.threshold)
                 today.append(alert)
                 self.in_alert.add(key)
-                s.frozen = base
+                s.frozen, s.thaw_day = base, None
         self.alerts.extend(today)
         return today
 
     def release(self, key: tuple[str, str, str]) -> None:
-        """End a series' alert (the breaker decides when): its statistic restarts from 0 and its
-        baseline thaws."""
+        """End a series' alert (the breaker decides when): its statistics restart from 0; its
+        baseline stays the one from before the alert until the baseline window is clear of the
+        alert's days, so a change that has not ended is found again at once."""
         self.in_alert.discard(key)
         s = self.series[key]
-        s.statistics, s.frozen = [0.0] * len(s.shifts), None
+        s.statistics = [0.0] * len(s.shifts)
+        s.thaw_day = len(s.counts) + self.cfg.guard_days + self.cfg.baseline_days
 
     def alert_log(self) -> pl.DataFrame:
         """Every alert so far, one row each."""

@@ -128,3 +128,56 @@ def retention_curves(rollouts: Sequence[Rollout], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def crisis_timeline(result, path: Path) -> Path:
+    """A crisis study's timeline, one row per policy (first seed): the watched metric that
+    alerted first in the touched segment, with and without the breaker; the crisis, the alert,
+    each switch and return, the recovery; below, the touched clients lost so far."""
+    from evaluation.crisis import timeline_series
+
+    crisis = result.crisis
+    policies = list(dict.fromkeys(t.policy for t in result.traces))
+    fig, axes = plt.subplots(
+        2, len(policies), figsize=(6.5 * len(policies), 6.5), squeeze=False, sharex=True
+    )
+    for col, name in enumerate(policies):
+        view = timeline_series(result, name)
+        top, bottom = axes[0, col], axes[1, col]
+        days = np.arange(len(view["lost"]["off"]))
+        for arm, style in (("off", dict(color="tab:red")), ("on", dict(color="tab:blue"))):
+            label = "no monitor" if arm == "off" else "monitor + breaker"
+            top.plot(days, view["rate"][arm], marker="o", ms=2.5, lw=0.8, label=label, **style)
+            bottom.plot(days, view["lost"][arm], lw=1.5, label=label, **style)
+        bottom.plot(days, view["lost"]["calm"], lw=1, ls="--", color="grey", label="no crisis")
+        for ax in (top, bottom):
+            if crisis.start_day is not None:
+                end = min(crisis.end_day, len(days) - 1)
+                ax.axvspan(crisis.start_day, end, color="orange", alpha=0.12, lw=0)
+            for day, event in view["events"]:
+                ax.axvline(
+                    day,
+                    color="tab:green" if event == "return" else "black",
+                    lw=0.8,
+                    ls="-" if event == "switch" else ":",
+                )
+            if view["alert"] is not None:
+                ax.axvline(view["alert"], color="tab:red", lw=1.2, ls="--")
+            if view["recovery"] is not None:
+                ax.axvline(view["recovery"], color="tab:purple", lw=1.2, ls="-.")
+            ax.grid(alpha=0.3)
+        top.set_title(f"{name}: {view['metric']} ({view['segment']})", fontsize=9)
+        top.set_ylabel("daily rate")
+        bottom.set_ylabel(f"clients lost ({view['touched']})")
+        bottom.set_xlabel(
+            "day (shaded: crisis; red dashed: alert; black: switch; green dotted: return; "
+            "purple: recovered)",
+            fontsize=7,
+        )
+        top.legend(fontsize=7)
+        bottom.legend(fontsize=7)
+    fig.suptitle(f"crisis study: {crisis.scenario}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

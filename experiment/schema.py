@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from agents.config import HEURISTIC_AGENTS, AgentConfig
 from envs.config import EnvConfig, RewardConfig, Setup, to_setup
+from evaluation.crisis import CrisisConfig
 from simulate.config import ConfigError, PopulationConfig, ScenarioConfig, num, validate
 
 
@@ -96,6 +97,12 @@ class RunConfig:
     log_truth: list[str] = field(default_factory=list)
     """evaluate.py: with ``log=``, policies whose counterfactual reward on each logged day is
     written too (columns ``counterfactual_<name>``: the one-step truth of those targets)"""
+    monitor: str = "off"
+    """evaluate.py: ``on`` runs the crisis study: each policy with and without the circuit
+    breaker (``crisis.*``) on the same clients and luck, under the scenario and under calm,
+    reporting ``crisis/*`` metrics and a timeline plot; ``off`` compares policies as usual"""
+    crisis: CrisisConfig = field(default_factory=CrisisConfig)
+    """the crisis monitor's thresholds, the circuit breaker and its fallback, the study's window"""
     logs: str | None = None
     """evaluate.py: estimate ``policies`` off-policy from this logged Parquet file (IPS, SNIPS,
     DM, DR, PDWIS, FQE; the truth beside them for a simulated log) instead of simulating them"""
@@ -115,6 +122,10 @@ def validate_run(cfg: Any) -> tuple[RunConfig, Setup]:
     validate(run.agent, "agent")
     validate(run.trainer, "trainer")
     validate(run.eval, "eval")
+    validate(run.crisis, "crisis")
+    run.monitor = {"true": "on", "false": "off"}.get(str(run.monitor).lower(), str(run.monitor))
+    if run.monitor not in ("on", "off"):
+        raise ConfigError(f"monitor must be 'on' or 'off', got {run.monitor!r}")
     setup = to_setup(
         {
             "env": cfg.env,

@@ -56,7 +56,7 @@ def _stream(
             visit = VISIT * (weekend if day % 7 >= 5 else 1.0) * math.exp(wobble * rng.normal())
             counts[(seg, "visited")] = (float(rng.binomial(N, visit)), float(N))
         for outcome in (*RATES, "visited"):  # every client together
-            events, units = zip(*(counts[(seg, outcome)] for seg in SEGMENT_NAMES))
+            events, units = zip(*(counts[(seg, outcome)] for seg in SEGMENT_NAMES), strict=True)
             counts[("all", outcome)] = (sum(events), sum(units))
         for alert in monitor.update(day, counts):
             if (alert.segment, alert.metric) == (segment, "unsubscribe_rate") and first is None:
@@ -132,6 +132,71 @@ def test_an_alert_names_its_series_and_the_log_holds_it():
     assert key in monitor.in_alert and monitor.baseline(key) == pytest.approx(row["baseline"][0])
     monitor.release(key)
     assert key not in monitor.in_alert and monitor.series[key].statistic == 0.0
+
+
+def _day(
+    rng, visit: float = VISIT, saver_unsub: float = RATES["unsubscribed"], apart=()
+) -> dict:
+    """One day's counts of every segment and of everyone together but the segments ``apart``
+    (``_stream`` in one day)."""
+    counts = {}
+    for seg in SEGMENT_NAMES:
+        for outcome, p in RATES.items():
+            if outcome == "unsubscribed" and seg == "saver_debt":
+                p = saver_unsub
+            counts[(seg, outcome)] = (float(rng.binomial(N, p)), float(N))
+        counts[(seg, "visited")] = (float(rng.binomial(N, visit)), float(N))
+    for outcome in (*RATES, "visited"):
+        kept = [counts[(seg, outcome)] for seg in SEGMENT_NAMES if seg not in apart]
+        events, units = zip(*kept, strict=True)
+        counts[("all", outcome)] = (sum(events), sum(units))
+    return counts
+
+
+def test_a_change_every_segment_shares_is_seen_on_everyone_together_first():
+    # visits up by a quarter everywhere: slow to show in one segment's series, plain on the
+    # five segments together
+    found = []
+    for seed in range(10):
+        monitor, rng = Monitor(), np.random.default_rng(700 + seed)
+        for day in range(60):
+            alerts = monitor.update(day, _day(rng, VISIT * (1.25 if day >= 30 else 1.0)))
+            if alerts:
+                found.append((day, alerts[0].segment, alerts[0].metric))
+                break
+    assert len(found) == 10 and all(day >= 30 and m == "visit_rate" for day, _, m in found)
+    assert sum(seg == "all" for _, seg, _ in found) >= 8, found
+    assert np.mean([day - 30 for day, _, _ in found]) <= 3, found
+
+
+def test_a_returned_series_is_held_to_its_old_baseline_and_found_again_at_once():
+    monitor, rng = Monitor(), np.random.default_rng(3)
+    key = ("saver_debt", "unsubscribe_rate", "up")
+    alerts = []
+    for day in range(70):
+        bad = day >= 30  # the change never ends
+        if day == 45:
+            before = monitor.baseline(key)
+            monitor.release(key)
+            # the window still holds the changed days: the baseline stays the old one
+            assert monitor.baseline(key) == before
+        today = _day(rng, saver_unsub=RATES["unsubscribed"] * (6 if bad else 1))
+        alerts += [(day, a.segment) for a in monitor.update(day, today) if a.metric == key[1]]
+    days = [day for day, seg in alerts if seg == "saver_debt"]
+    assert len(days) == 2 and 30 <= days[0] <= 32 and 45 <= days[1] <= 46, alerts
+
+
+def test_a_paused_segment_is_counted_but_not_tested_and_its_days_stay_out_of_baselines():
+    monitor, rng = Monitor(), np.random.default_rng(4)
+    key = ("saver_debt", "unsubscribe_rate", "up")
+    for day in range(60):
+        paused = {"saver_debt"} if 30 <= day < 45 else set()
+        # on the fallback the segment's opt-outs run at ten times the rate: not the policy's
+        rate = RATES["unsubscribed"] * (10 if paused else 1)
+        assert not monitor.update(day, _day(rng, saver_unsub=rate, apart=paused), paused)
+    assert monitor.series[key].paused[30:45] == [True] * 15
+    assert len(monitor.series[key].counts) == 60
+    assert monitor.baseline(key) == pytest.approx(RATES["unsubscribed"], rel=0.3)
 
 
 def test_segments_come_from_declared_goals_and_tier_zero_is_undeclared():
