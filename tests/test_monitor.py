@@ -134,9 +134,7 @@ def test_an_alert_names_its_series_and_the_log_holds_it():
     assert key not in monitor.in_alert and monitor.series[key].statistic == 0.0
 
 
-def _day(
-    rng, visit: float = VISIT, saver_unsub: float = RATES["unsubscribed"], apart=()
-) -> dict:
+def _day(rng, visit: float = VISIT, saver_unsub: float = RATES["unsubscribed"], apart=()) -> dict:
     """One day's counts of every segment and of everyone together but the segments ``apart``
     (``_stream`` in one day)."""
     counts = {}
