@@ -40,9 +40,14 @@ would, and a binomial test would read each swing as evidence.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -377,3 +382,59 @@ def watch_logs(frame: pl.DataFrame, cfg: MonitorConfig | None = None) -> Monitor
         }
         monitor.update(int(day), day_counts(segments_of(obs), np.ones(rows.height, bool), outcomes))
     return monitor
+
+
+def write_circuit(monitor: Monitor, path: str | Path, first_day: dt.date | None = None) -> Path:
+    """Write the serving circuit file (``serve/circuit.py``) tripping every segment with a
+    series still in alert, atomically; with ``first_day`` (the date of the log's day 0) each
+    switch is dated by its first alert, so the runtime sends the fallback's first message."""
+    since: dict[str, int] = {}
+    for alert in monitor.alerts:
+        if any(k[0] == alert.segment for k in monitor.in_alert):
+            since.setdefault(alert.segment, alert.day)
+    if first_day is None:
+        tripped: list | dict = sorted(since)
+    else:
+        tripped = {s: (first_day + dt.timedelta(days=d)).isoformat() for s, d in since.items()}
+    reasons = [
+        f"{a.segment} {a.metric} {a.direction} on day {a.day}: {a.observed:.4g} vs {a.baseline:.4g}"
+        for a in monitor.alerts
+        if a.segment in since
+    ]
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"tripped": tripped, "reason": "; ".join(reasons)}, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m evaluation.monitor <logs.parquet> [--circuit circuit.json]``: the alert log
+    of a logged dataset; with ``--circuit``, the serving circuit file tripping the segments
+    still in alert at its last day."""
+    import argparse
+
+    from evaluation.logs import read_logs
+
+    parser = argparse.ArgumentParser(prog="python -m evaluation.monitor", description=main.__doc__)
+    parser.add_argument("logs", help="a logged dataset (docs/logged-data.md)")
+    parser.add_argument("--circuit", help="write the serving circuit file here")
+    parser.add_argument(
+        "--first-day", type=dt.date.fromisoformat, help="the date of the log's day 0 (YYYY-MM-DD)"
+    )
+    args = parser.parse_args(argv)
+    monitor = watch_logs(read_logs(args.logs))
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160):
+        print(monitor.alert_log())
+    if args.circuit:
+        path = write_circuit(monitor, args.circuit, args.first_day)
+        print(f"wrote {path}: {json.loads(path.read_text())['tripped']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

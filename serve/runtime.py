@@ -15,6 +15,7 @@ complete and in range, and the session is built from the very bytes that were ha
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -229,6 +230,8 @@ class PolicyRuntime:
         """the circuit file (serve/circuit.py), read on every request; None: no breaker"""
         if self.circuit is not None:
             circuit_state.read(self.circuit)  # refuse a bad file at load, not at the first request
+        self.today = lambda: dt.datetime.now(dt.UTC).date()
+        """today's date (UTC) for the circuit's first message; replace it to decide for another day"""
         self.feature_names: list[str] = list(manifest["feature_names"])
         self.low = np.asarray(manifest["feature_low"], dtype=np.float32)
         self.high = np.asarray(manifest["feature_high"], dtype=np.float32)
@@ -556,10 +559,14 @@ class PolicyRuntime:
         x = self.validate(features)
         logits = self.logits(x)
         actions, probability = self.choose(logits, x)
-        tripped = self._tripped(x)
+        tripped, first = self._tripped(x)
         if tripped is not None:  # the circuit breaker: these rows get the safe fallback
             actions[tripped] = circuit_state.fallback(
-                self.feature_names, self.labels, x[tripped], self.guards.joint_mask(x[tripped])
+                self.feature_names,
+                self.labels,
+                x[tripped],
+                self.guards.joint_mask(x[tripped]),
+                first[tripped],
             )
             probability[tripped] = 1.0
         send = actions[:, 0] > 0
@@ -589,15 +596,19 @@ class PolicyRuntime:
             needs_review=self.guards.needs_review(x, actions),
         )
 
-    def _tripped(self, x: np.ndarray) -> np.ndarray | None:
-        """Rows whose segment the circuit file trips (None when none is)."""
+    def _tripped(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Rows whose segment the circuit file trips (None when none is), and the rows whose
+        segment switched yesterday by the runtime's ``today``."""
         if self.circuit is None:
-            return None
-        tripped = circuit_state.read(self.circuit)
-        if not tripped:
-            return None
-        rows = np.isin(circuit_state.segment_of(self.feature_names, x), list(tripped))
-        return rows if rows.any() else None
+            return None, None
+        state = circuit_state.read(self.circuit)
+        if not state:
+            return None, None
+        segment = circuit_state.segment_of(self.feature_names, x)
+        rows = circuit_state.covered(state, segment)
+        if not rows.any():
+            return None, None
+        return rows, circuit_state.first_message(state, segment, self.today())
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
         """(N, 19) float64 scores the choice compares: per-component log-probabilities for

@@ -4,6 +4,7 @@ one, request limits, every dtype pandas makes, and errors that name the feature 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import shutil
@@ -217,7 +218,9 @@ def test_a_tripped_segment_gets_the_safe_fallback_within_the_guards(export, tmp_
     np.testing.assert_array_equal(got.action[~saver], base.action[~saver])
     fallback = got.action[saver]
     sent = fallback[:, 0] > 0
-    assert sent.any() and (x[saver][sent, COL["weekday_thu"]] == 1).all()
+    weekday = x[saver][sent, COL["weekday_mon"] : COL["weekday_mon"] + 7].argmax(axis=1)
+    assert sent.any() and set(weekday) == {0, 3}  # Monday and Thursday
+    assert (fallback[:, 0] > 0)[x[saver][:, COL["weekday_mon"]] == 1].all()
     assert set(np.array(got.tone, dtype=object)[saver][sent]) == {"reassuring"}
     assert set(np.array(got.content, dtype=object)[saver][sent]) == {"education"}
     assert _allowed(x[saver], fallback).all()
@@ -227,12 +230,25 @@ def test_a_tripped_segment_gets_the_safe_fallback_within_the_guards(export, tmp_
     # tier 0 hides the goal: such clients are 'undeclared', whatever their request says
     hidden = clients(500, tier=0, seed=8)
     np.testing.assert_array_equal(runtime.decide(hidden).action, plain.decide(hidden).action)
+    # a dated switch: the day after it, the segment hears from the fallback whatever the weekday
+    state.write_text(json.dumps({"tripped": {"saver_debt": "2026-11-23"}}))
+    runtime.today = lambda: datetime.date(2026, 11, 24)
+    assert (runtime.decide(x).action[saver, 0] > 0).all()
+    runtime.today = lambda: datetime.date(2026, 11, 25)
+    np.testing.assert_array_equal(runtime.decide(x).action, got.action)
+    # 'all' trips every client, tier 0 included
+    state.write_text(json.dumps({"tripped": ["all"]}))
+    everyone = runtime.decide(hidden)
+    assert set(np.array(everyone.tone, dtype=object)[everyone.action[:, 0] > 0]) <= {"reassuring"}
     # the file is read on every request: untripping applies to the next one
     state.write_text(json.dumps({"tripped": []}))
     np.testing.assert_array_equal(runtime.decide(x).action, base.action)
     # a file the runtime cannot read, or that names an unknown segment, is refused by name
     state.write_text(json.dumps({"tripped": ["vip"]}))
     with pytest.raises(CircuitError, match=r"unknown segment\(s\) \['vip'\]"):
+        runtime.decide(x)
+    state.write_text(json.dumps({"tripped": {"saver_debt": "yesterday"}}))
+    with pytest.raises(CircuitError, match="switch date of 'saver_debt' must be YYYY-MM-DD"):
         runtime.decide(x)
     state.write_text("{not json")
     with pytest.raises(CircuitError, match="is not readable JSON"):
@@ -253,6 +269,22 @@ def test_the_fallback_finds_the_flat_index_the_action_space_uses():
     action = np.array([[2, 2, 1, 1]])  # morning, reassuring, push, education
     allowed[0, multi_to_flat(action)[0]] = True  # e-mail closed, push open
     np.testing.assert_array_equal(fallback(NAMES, labels, x, allowed), action)
+
+
+def test_the_serving_fallback_is_the_one_evaluation_uses():
+    from agents.breaker import SafeFallback
+    from serve.circuit import fallback
+
+    labels = {k: list(v) for k, v in ACTION_LABELS.items()}
+    rng = np.random.default_rng(5)
+    x = np.zeros((700, len(NAMES)), dtype=np.float32)
+    x[np.arange(700), COL["weekday_mon"] + np.arange(700) % 7] = 1
+    masks = rng.random((700, 361)) < 0.7  # channels and slots closed at random
+    masks[:, 0] = True
+    first = rng.random(700) < 0.2
+    np.testing.assert_array_equal(
+        fallback(NAMES, labels, x, masks, first), SafeFallback().act(x, masks, first)
+    )
 
 
 def test_non_numeric_and_complex_requests_are_refused(export):
