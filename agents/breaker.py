@@ -79,7 +79,8 @@ class BreakerConfig:
 
     hold_days: int = num(7, 1, 365)
     """days an alerted metric must be back within its band before the segment returns (and the
-    least time a segment stays on the fallback)"""
+    least time a segment stays on the fallback); a segment that trips again sooner than its last
+    hold after returning holds twice as long (the trouble was not over)"""
     band: float = num(0.5, 0.0, 1.0)
     """within band: the rate over the last ``hold_days`` off its baseline by at most this share
     of the change the monitor's test is tuned to, on a log scale (0.5: for a series tuned to a
@@ -162,6 +163,10 @@ class CircuitBreaker:
         """segment -> day it switched to the fallback"""
         self.by_hand: set[str] = set()
         """segments tripped by hand: they return only by hand"""
+        self.hold: dict[str, int] = {}
+        """segment -> days its current switch holds at least (doubled by each quick re-trip)"""
+        self.returned: dict[str, int] = {}
+        """segment -> day it last returned"""
         self.events: list[dict] = []
         self._segment: np.ndarray | None = None
         self._day = 0
@@ -177,6 +182,13 @@ class CircuitBreaker:
             self.tripped[segment] = day
             if reason == "by hand":
                 self.by_hand.add(segment)
+            back = self.returned.get(segment)
+            quick = back is not None and day - back < self.hold.get(segment, self.cfg.hold_days)
+            self.hold[segment] = 2 * self.hold[segment] if quick else self.cfg.hold_days
+            if quick:
+                reason += (
+                    f" (again {day - back} days after returning: holds {self.hold[segment]} days)"
+                )
             self.events.append(
                 {"day": day, "segment": segment, "event": "switch", "reason": reason}
             )
@@ -186,6 +198,7 @@ class CircuitBreaker:
         if segment in self.tripped:
             del self.tripped[segment]
             self.by_hand.discard(segment)
+            self.returned[segment] = day
             for key in [k for k in self.monitor.in_alert if k[0] == segment]:
                 self.monitor.release(key)
             self.events.append(
@@ -239,7 +252,8 @@ class CircuitBreaker:
         for segment, since in list(self.tripped.items()):
             if segment in self.by_hand:
                 continue
-            if day - since + 1 >= self.cfg.hold_days and self._back_in_band(segment):
+            hold = self.hold.get(segment, self.cfg.hold_days)
+            if day - since + 1 >= hold and self._back_in_band(segment):
                 self.release(segment, day, f"back within band for {self.cfg.hold_days} days")
 
     def _back_in_band(self, segment: str) -> bool:

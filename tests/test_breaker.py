@@ -5,6 +5,7 @@ rollout drives the breaker through its hooks."""
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from agents.breaker import BreakerConfig, CircuitBreaker, SafeFallback
@@ -128,3 +129,32 @@ def test_a_rollout_drives_the_breaker_and_starts_it_afresh_each_time():
     assert len(breaker.monitor.series[("retirement", "churn_rate", "up")].counts) == 20
     again = rollout(breaker, load_setup(), 300, 20, seed=0)
     assert np.array_equal(first.value, again.value) and breaker.name == "segment_rules+breaker"
+
+
+def test_a_segment_that_trips_again_soon_after_returning_holds_twice_as_long():
+    # the policy's messages to saver/debt clients misfire from day 20 on and never stop; the
+    # fallback's do not: on the fallback the segment calms, back on the policy it trips again
+    breaker = CircuitBreaker(
+        Always(), monitor=MonitorConfig(baseline_days=7), cfg=BreakerConfig(hold_days=5)
+    )
+    rng = np.random.default_rng(2)
+    masks = np.ones((N_PER * 5, len(JOINT_ACTIONS)), dtype=bool)
+    saver = np.arange(N_PER * 3, N_PER * 4)
+    for day in range(70):
+        obs = _obs(day % 7)
+        actions = breaker.act(obs, masks)
+        policy_message = (actions == JOINT_ACTIONS[3]).all(axis=1)
+        unsub = np.full(len(obs), 0.002)
+        unsub[saver] = np.where(policy_message[saver] & (day >= 20), 0.03, 0.002)
+        outcomes = _outcomes(rng, len(obs), unsub)
+        outcomes["sent"] = actions[:, 0] > 0
+        breaker.after_day(day, outcomes, np.ones(len(obs), bool))
+    log = breaker.event_log().filter(pl.col("segment") == "saver_debt")
+    switches = log.filter(pl.col("event") == "switch")["day"].to_list()
+    returns = log.filter(pl.col("event") == "return")["day"].to_list()
+    assert len(switches) >= 3 and len(returns) >= 2, log
+    # each return holds at least as long as the last doubled hold: 5, then 10, then 20 days
+    assert returns[0] - switches[0] + 1 >= 5
+    assert returns[1] - switches[1] + 1 >= 10
+    assert "again" in log.filter(pl.col("event") == "switch")["reason"][1]
+    assert switches[1] - returns[0] <= 2  # found again at once: the baseline is the old one
