@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -138,6 +139,15 @@ def _common_tags(run: RunConfig) -> dict[str, str]:
     return tags
 
 
+@contextmanager
+def _parent_run(cfg: DictConfig, name: str, tags: dict[str, str], *sections: str):
+    """The parent run of a comparison or a crisis study, with the evaluation's parameters."""
+    prefixes = ("eval.", "scenario.", "population.", "policies", *sections)
+    with mlflow.start_run(run_name=name, tags=tags) as parent:
+        mlflow.log_params({k: v for k, v in flatten(cfg).items() if k.startswith(prefixes)})
+        yield parent
+
+
 def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     """``monitor=on``: the crisis study (each policy with and without the circuit breaker, under
     the scenario and under calm); returns the parent run id."""
@@ -159,16 +169,9 @@ def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     )
     common = _common_tags(run)
     work = Path(tempfile.mkdtemp(prefix="cadence-crisis-"))
-    with mlflow.start_run(
-        run_name=f"crisis {run.scenario.name}", tags={**common, "crisis": "true"}
+    with _parent_run(
+        cfg, f"crisis {run.scenario.name}", {**common, "crisis": "true"}, "crisis."
     ) as parent:
-        mlflow.log_params(
-            {
-                k: v
-                for k, v in flatten(cfg).items()
-                if k.startswith(("eval.", "scenario.", "population.", "policies", "crisis."))
-            }
-        )
         (work / "crisis.md").write_text(result.markdown() + "\n")
         result.rows.write_parquet(work / "crisis_per_seed.parquet")
         result.logs().write_parquet(work / "alerts_and_switches.parquet")
@@ -223,16 +226,9 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     )
     common = _common_tags(run)
     work = Path(tempfile.mkdtemp(prefix="cadence-eval-"))
-    with mlflow.start_run(
-        run_name=f"compare {len(policies)} policies", tags={**common, "comparison": "true"}
+    with _parent_run(
+        cfg, f"compare {len(policies)} policies", {**common, "comparison": "true"}, "env."
     ) as parent:
-        mlflow.log_params(
-            {
-                k: v
-                for k, v in flatten(cfg).items()
-                if k.startswith(("eval.", "env.", "scenario.", "population.", "policies"))
-            }
-        )
         write_tables(result, work, "comparison")
         plots.kpi_bars(result.metrics, KPI_PLOT, work / "kpis.png")
         plots.retention_curves(result.rollouts, work / "retention.png")

@@ -94,6 +94,10 @@ class BreakerConfig:
     """days of the week the safe fallback sends on (0 = Monday): twice a week by default, as
     calm and regular as a crisis allows (measured under market_shock, README: once a week let
     more clients go)"""
+    escalate: int = num(2, 1, 6)
+    """when this many declared segments (or ``undeclared``) are on the fallback at once, every
+    client goes on it: a change that reaches several segments reaches everyone (a market shock
+    is seen first where it is strongest)"""
     first_message: bool = True
     """the fallback also sends the day after a segment switches, whatever the weekday (so a
     segment in a crisis hears a reassuring word at once, not on the next fallback weekday)"""
@@ -249,6 +253,15 @@ class CircuitBreaker:
                 f"{alert.baseline:.4g} (CUSUM {alert.statistic:.1f} > {alert.threshold:.1f})"
             )
             self.trip(alert.segment, day, reason)
+        several = sorted(s for s in self.tripped if s != EVERYONE and s not in self.by_hand)
+        if (
+            self.act_on_alerts
+            and EVERYONE not in self.tripped
+            and len(several) >= self.cfg.escalate
+        ):
+            self.trip(
+                EVERYONE, day, f"{len(several)} segments on the fallback: {', '.join(several)}"
+            )
         for segment, since in list(self.tripped.items()):
             if segment in self.by_hand:
                 continue

@@ -21,8 +21,9 @@ so it crosses ``h`` on a given day with probability at most ``exp(−h)``; with 
 watched for ``D`` days, ``h = log(M·D / false_alarms)`` keeps the expected number of false alerts
 across all of them under ``false_alarms`` (a Bonferroni-style correction for the number of
 segments × metrics × shifts). A change to rate ``p1`` is detected after about ``h / KL(p1 ‖ p0)``
-trials, i.e. ``h / (n · KL)`` days. An ``all`` statistic is set back to 0 while a segment's series
-of the same metric is in alert: that segment's alert already names the change.
+trials, i.e. ``h / (n · KL)`` days. The ``all`` series counts every client but those of segments
+on a fallback or in alert on the same metric (an alert there is news about the others), and its
+statistics restart when a segment's alert names the change they were gathering.
 
 Baseline: each series' rate over the ``baseline_days`` that end ``guard_days`` before today (the
 guard keeps a change out of its own baseline for a few days); for visits, the level of the
@@ -284,19 +285,24 @@ class Monitor:
         ``paused`` (on a fallback: what they are sent is not the policy's) are counted, not
         tested."""
         today = []
-        for key, s in self.series.items():
+        for key, s in self.series.items():  # the segments first, everyone together last
             seg = key[0]
-            x, n = counts.get((seg, s.outcome), (0.0, 0.0))
+            if seg == EVERYONE:
+                # every client but those of segments on a fallback or already in alert on this
+                # metric: an alert here is news about the others
+                named = {o for o in self.segments if (o, *key[1:]) in self.in_alert}
+                if any((a.metric, a.direction) == key[1:] for a in today):
+                    s.statistics = [0.0] * len(s.shifts)  # what it gathered was that segment's
+                left = [o for o in self.segments if o != seg and o not in paused | named]
+                x = sum(counts.get((o, s.outcome), (0.0, 0.0))[0] for o in left)
+                n = sum(counts.get((o, s.outcome), (0.0, 0.0))[1] for o in left)
+            else:
+                x, n = counts.get((seg, s.outcome), (0.0, 0.0))
             base = self._baseline(key)
             s.counts.append(float(x))
             s.trials.append(float(n))
             s.paused.append(seg in paused)
             if base is None or n <= 0 or seg in paused:
-                continue
-            if seg == EVERYONE and any(
-                (other, *key[1:]) in self.in_alert for other in self.segments if other != seg
-            ):
-                s.statistics = [0.0] * len(s.shifts)  # a segment's alert already names it
                 continue
             p0, phi, spread = base
             # today's count varies by phi·n·p0 around n·p0 and the baseline's own estimate by
