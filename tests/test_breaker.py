@@ -158,3 +158,29 @@ def test_a_segment_that_trips_again_soon_after_returning_holds_twice_as_long():
     assert returns[1] - switches[1] + 1 >= 10
     assert "again" in log.filter(pl.col("event") == "switch")["reason"][1]
     assert switches[1] - returns[0] <= 2  # found again at once: the baseline is the old one
+
+
+def test_two_segments_on_the_fallback_at_once_put_every_client_on_it():
+    breaker = CircuitBreaker(Always(), monitor=MonitorConfig(baseline_days=7))
+    rng = np.random.default_rng(6)
+    masks = np.ones((N_PER * 5, len(JOINT_ACTIONS)), dtype=bool)
+    hit = np.r_[np.arange(0, N_PER), np.arange(N_PER * 3, N_PER * 4)]  # retirement, saver/debt
+    for day in range(30):
+        obs = _obs(day % 7)
+        actions = breaker.act(obs, masks)
+        if "all" in breaker.tripped:
+            # the day after: every client, undeclared too, gets the fallback's first message
+            assert (actions[:, 0] > 0).all()
+            assert (actions[:, 1] == TONES.index("reassuring")).all()
+            assert (actions[:, 3] == CONTENTS.index("education")).all()
+            break
+        unsub = np.full(len(obs), 0.002)
+        unsub[hit] = 0.02 if day >= 20 else 0.002
+        breaker.after_day(day, _outcomes(rng, len(obs), unsub), np.ones(len(obs), bool))
+    else:
+        pytest.fail(f"never escalated: {breaker.event_log()}")
+    log = breaker.event_log()
+    assert set(log["segment"]) == {"retirement", "saver_debt", "all"}
+    assert log.filter(pl.col("segment") == "all")["reason"][0] == (
+        "2 segments on the fallback: retirement, saver_debt"
+    )
