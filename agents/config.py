@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from simulate.config import ConfigError, num
 
-SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "ppo_lagrangian")
+SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "ppo_lagrangian", "recurrent_ppo")
 BANDITS = ("epsilon_greedy", "linucb", "thompson", "recovering")
 HEURISTIC_AGENTS = ("random", "no_send", "batch_and_blast", "fixed_weekly", "segment_rules")
 AGENTS = (*SB3_AGENTS, *BANDITS, *HEURISTIC_AGENTS, "oracle")
@@ -41,6 +41,8 @@ class AgentConfig:
     penalties otherwise swamp the value function); evaluation always uses raw rewards"""
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     """hidden layer sizes of the policy and value networks"""
+    lstm_hidden_size: int = num(64, 1, 4096)
+    """recurrent_ppo: units of the LSTM that carries each client's memory from day to day"""
     buffer_size: int = num(200_000, 1000, 10_000_000)
     """DQN replay buffer, client-days"""
     exploration_fraction: float = num(0.3, 0.0, 1.0)

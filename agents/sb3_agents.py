@@ -1,7 +1,10 @@
-"""SB3 agents (PPO, A2C, DQN on the flat view, MaskablePPO, PPO-Lagrangian) on the batched VecEnv.
+"""SB3 agents (PPO, A2C, DQN on the flat view, MaskablePPO, PPO-Lagrangian, RecurrentPPO) on the
+batched VecEnv.
 
 Observations are divided by their upper bounds (``envs.features.OBS_HIGH``) before the
-network sees them; the same division is part of the exported graph. Acting for evaluation
+network sees them; the same division is part of the exported graph. ``recurrent_ppo`` keeps an
+LSTM state per client from day to day (reset by ``start_rollout``); it is not exportable, since
+the serving runtime decides each request from its features alone. Acting for evaluation
 and export is deterministic and within masks: send when the allowed sends together are likelier
 than no-send, then the likeliest allowed send (``agents.base.best_factored``); DQN takes the best
 allowed of its 361 Q-values.
@@ -15,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sb3_contrib import MaskablePPO
+from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -34,6 +37,7 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "dqn": DQN,
     "maskable_ppo": MaskablePPO,
     "ppo_lagrangian": PPO,
+    "recurrent_ppo": RecurrentPPO,
 }
 OBS_SCALE = 1.0 / OBS_HIGH
 
@@ -197,8 +201,10 @@ def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
         )
     rollout = cfg.n_steps * env.num_envs
     batch = min(cfg.batch_size, rollout)
+    if cfg.name == "recurrent_ppo":
+        policy_kwargs["lstm_hidden_size"] = cfg.lstm_hidden_size
     return algo(
-        "MlpPolicy",
+        "MlpLstmPolicy" if cfg.name == "recurrent_ppo" else "MlpPolicy",
         env,
         n_steps=cfg.n_steps,
         batch_size=batch,
@@ -216,18 +222,56 @@ class SB3Policy:
     def __init__(self, model: BaseAlgorithm, name: str) -> None:
         self.model = model
         self.name = name
+        self._memory: tuple[torch.Tensor, torch.Tensor] | None = None
+        """recurrent_ppo: each client's LSTM state after the last day it acted on"""
 
     @property
     def flat_view(self) -> bool:
         return isinstance(self.model, DQN)
 
-    def scores(self, obs: np.ndarray) -> np.ndarray:
-        """Per-component log-probabilities (N, 19), or Q-values (N, 361) for DQN, from raw observations."""
+    @property
+    def recurrent(self) -> bool:
+        return isinstance(self.model, RecurrentPPO)
+
+    @property
+    def history_dependent(self) -> bool:
+        """recurrent_ppo decides from its memory of each client's days, which logged states do
+        not hold: off-policy estimation refuses it"""
+        return self.recurrent
+
+    def start_rollout(self) -> None:
+        """Forget every client's memory (recurrent_ppo): the next act() is each client's first day."""
+        self._memory = None
+
+    def _recurrent_distribution(self, x: torch.Tensor, remember: bool):
+        """The distribution of a recurrent policy for rows ``x``: from each client's memory when
+        the rows are the clients it has been acting for, from a fresh one otherwise."""
+        n = len(x)
+        fresh = self._memory is None or self._memory[0].shape[1] != n
+        if fresh:
+            size = self.model.policy.lstm_actor.hidden_size
+            layers = self.model.policy.lstm_actor.num_layers
+            memory = (torch.zeros(layers, n, size), torch.zeros(layers, n, size))
+        else:
+            memory = self._memory
+        starts = torch.full((n,), 1.0 if fresh else 0.0)
+        dist, after = self.model.policy.get_distribution(x, memory, starts)
+        if remember:
+            self._memory = after
+        return dist
+
+    def scores(self, obs: np.ndarray, remember: bool = False) -> np.ndarray:
+        """Per-component log-probabilities (N, 19), or Q-values (N, 361) for DQN, from raw
+        observations. ``remember`` (recurrent_ppo): this is a day the clients live through, so
+        their memories move on."""
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32) * OBS_SCALE.astype(np.float32))
         with torch.no_grad():
             if self.flat_view:
                 return self.model.q_net(x).numpy()
-            dist = self.model.policy.get_distribution(x)
+            if self.recurrent:
+                dist = self._recurrent_distribution(x, remember)
+            else:
+                dist = self.model.policy.get_distribution(x)
             parts = getattr(dist, "distributions", None) or dist.distribution  # maskable vs plain
             return torch.cat([d.logits for d in parts], dim=1).numpy()
 
@@ -237,6 +281,10 @@ class SB3Policy:
                 lambda o, m: JOINT_ACTIONS[np.where(m, self.scores(o), -np.inf).argmax(axis=1)],
                 obs,
                 masks,
+            )
+        if self.recurrent:  # one pass: the memories are the whole population's
+            return best_factored(
+                self.scores(obs, remember=True).astype(np.float64), masks, "log_probs"
             )
         return in_chunks(
             lambda o, m: best_factored(self.scores(o).astype(np.float64), m, "log_probs"),

@@ -77,6 +77,8 @@ def log_policy(
     obs = core.reset(seed)
     if hasattr(policy, "bind"):
         policy.bind(core)
+    if hasattr(policy, "start_rollout"):  # a policy with memory starts every client afresh
+        policy.start_rollout()
     rng = np.random.default_rng([seed, 0x10C])
     what_if_rng = np.random.default_rng([seed, 0xCF])  # its own stream: the log is unchanged
     weights = RewardConfig().weights()

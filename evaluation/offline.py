@@ -64,8 +64,8 @@ def _check_target(policy: Policy) -> None:
         )
     if getattr(policy, "history_dependent", False):
         raise ValueError(
-            f"{policy.name} acts on its own memory of past sends, which the logged states do not "
-            "hold; it cannot be estimated from logs"
+            f"{policy.name} acts on its own memory of past sends and days, which the logged "
+            "states do not hold; it cannot be estimated from logs"
         )
     if getattr(policy, "stochastic", False):
         raise ValueError(

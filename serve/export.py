@@ -133,8 +133,15 @@ def graph_for(policy: Policy) -> nn.Module:
         return BanditGraph(policy)
     model = getattr(policy, "model", None)
     if model is not None:
+        from sb3_contrib import RecurrentPPO
         from stable_baselines3 import DQN
 
+        if isinstance(model, RecurrentPPO):
+            raise NotExportable(
+                "recurrent_ppo carries an LSTM memory per client from day to day; the serving "
+                "runtime decides each request from its features alone, so it has no stateless "
+                "ONNX form (export ppo_lagrangian, ppo, a2c or maskable_ppo instead)"
+            )
         if isinstance(model, DQN):
             raise NotExportable(
                 "DQN scores the 361 joint actions; its Q-values do not factor into the 19 "

@@ -22,14 +22,21 @@ SETUP = load_setup(overrides=["env.horizon_days=60"])
 def _acts_within_masks_and_reloads(policy: Policy, tmp_path, n: int = 300) -> None:
     core = CadenceCore(SETUP, n, client_id_offset=1 << 40)
     obs = core.reset(7)
+    days = []
     for _ in range(10):
         masks = core.joint_masks()
         actions = policy.act(obs, masks)
         assert masks[np.arange(n), multi_to_flat(actions)].all()
+        days.append((obs, masks))
         obs = core.step(actions).obs
     again = load_policy(save_policy(policy, tmp_path / policy.name))
-    masks = core.joint_masks()
-    np.testing.assert_array_equal(again.act(obs, masks), policy.act(obs, masks))
+    # a policy with memory (recurrent_ppo) decides from the days it has seen: both live the
+    # same days again from a fresh start
+    for p in (policy, again):
+        if hasattr(p, "start_rollout"):
+            p.start_rollout()
+    for seen, allowed in days:
+        np.testing.assert_array_equal(again.act(seen, allowed), policy.act(seen, allowed))
 
 
 def _value(policy: Policy, clients: int = 1500, days: int = 60) -> float:
@@ -124,6 +131,24 @@ def test_sb3_agent_acts_within_masks_and_reloads(name, tmp_path):
     cfg = AgentConfig(name=name, n_steps=8, batch_size=512, learning_starts=500, buffer_size=5_000)
     policy = train_agent(cfg, SETUP, total_timesteps=4_096, num_envs=64, progress=False)
     _acts_within_masks_and_reloads(policy, tmp_path)
+
+
+def test_a_recurrent_agent_remembers_each_client_and_forgets_on_a_new_rollout():
+    cfg = AgentConfig(name="recurrent_ppo", n_steps=8, batch_size=512)
+    policy = train_agent(cfg, SETUP, total_timesteps=4_096, num_envs=64, progress=False)
+    core = CadenceCore(SETUP, 200, client_id_offset=1 << 40)
+    obs = core.reset(3)
+    first_day = (obs, core.joint_masks())
+    fresh = policy.scores(obs)  # no memory yet: what it makes of a first day
+    first_actions = policy.act(*first_day)
+    obs = core.step(first_actions).obs
+    for _ in range(4):
+        obs = core.step(policy.act(obs, core.joint_masks())).obs
+    # five days of memory change what it makes of the same day
+    assert np.abs(policy.scores(first_day[0]) - fresh).max() > 1e-4
+    # a new rollout starts every client afresh: the first day's decisions come back
+    policy.start_rollout()
+    np.testing.assert_array_equal(policy.act(*first_day), first_actions)
 
 
 @pytest.mark.parametrize("name", ["ppo_lagrangian", "linucb"])

@@ -99,6 +99,11 @@ def test_history_dependent_targets_are_refused_and_a_trained_agent_is_estimated(
     frame = log_policy(HEURISTICS["segment_rules"](), setup, 200, 4, seed=0, epsilon=0.3)
     with pytest.raises(ValueError, match="own memory of past sends"):
         offline.estimate(frame, [Recovering()], setup, n_boot=5)
+    recurrent = train_agent(
+        AgentConfig(name="recurrent_ppo", n_steps=8), setup, 64, 8, progress=False
+    )
+    with pytest.raises(ValueError, match="own memory of past sends and days"):
+        offline.estimate(frame, [recurrent], setup, n_boot=5)
     agent = train_agent(
         AgentConfig(name="maskable_ppo", n_steps=16, batch_size=64), setup, 256, 8, progress=False
     )

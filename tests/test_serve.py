@@ -96,10 +96,11 @@ def test_onnx_actions_equal_the_in_process_policy(name, exported, observations):
     assert {"numpy", "onnxruntime", "torch"} <= set(manifest["package_versions"])
 
 
-@pytest.mark.parametrize("name", ["dqn", "recovering"])
+@pytest.mark.parametrize("name", ["dqn", "recovering", "recurrent_ppo"])
 def test_policies_without_a_stateless_factored_action_are_refused(name, tmp_path):
     with pytest.raises(NotExportable, match="DQN|memory"):
         export_policy(_train(name), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written
 
 
 def test_runtime_masks_equal_the_env_masks(observations):
