@@ -1,5 +1,6 @@
 """Side-by-side comparison of policies on the same fresh clients: KPIs with CIs, normalized
-value against never sending and the privileged oracle, pairwise differences, harm, fairness."""
+value against never sending and the privileged oracle, the share of the deployable ceiling's,
+pairwise differences, harm, fairness."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from agents.base import Policy
+from agents.ceiling import DeployableCeiling
 from agents.heuristics import NoSend
 from agents.oracle import Oracle
 from envs.config import Setup
@@ -20,6 +22,7 @@ Interval = tuple[float, float, float]
 
 TABLE: tuple[str, ...] = (
     "eval/normalized_value",
+    "eval/ceiling_share",
     "eval/value",
     "eval/retention",
     "eval/clicks_per_client",
@@ -62,11 +65,12 @@ def compare(
     n_boot: int = 300,
     progress: bool = True,
 ) -> Comparison:
-    """Evaluate ``policies`` (plus no_send and the oracle as references) on the same clients."""
+    """Evaluate ``policies`` (plus no_send, the oracle and the deployable ceiling as references)
+    on the same clients. ``eval/ceiling_share`` is normalized value over the ceiling's."""
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"policy names must be unique, got {names}")
-    refs = [p for p in (NoSend(), Oracle()) if p.name not in names]
+    refs = [p for p in (NoSend(), Oracle(), DeployableCeiling(setup)) if p.name not in names]
     everyone = [*policies, *refs]
     rollouts = evaluate(everyone, setup, num_clients, horizon_days, seeds, progress)
     by_name = {p.name: [r for r in rollouts if r.policy == p.name] for p in everyone}
@@ -75,6 +79,9 @@ def compare(
         m = kpis(by_name[p.name], n_boot=n_boot)
         m["eval/normalized_value"] = normalized_value(
             by_name[p.name], by_name["no_send"], by_name["oracle"], n_boot=n_boot
+        )
+        m["eval/ceiling_share"] = normalized_value(
+            by_name[p.name], by_name["no_send"], by_name["deployable_ceiling"], n_boot=n_boot
         )
         m |= incremental(by_name[p.name], by_name["no_send"], n_boot=n_boot)
         metrics[p.name] = m

@@ -177,6 +177,7 @@ def test_train_then_evaluate_end_to_end(tmp_path):
         f"epsilon_greedy@{row.run_id[:8]}",
         "no_send",
         "oracle",
+        "deployable_ceiling",
     } == set(children["tags.policy"])
     parent = runs[runs["tags.comparison"] == "true"].iloc[0]
     assert (children["tags.mlflow.parentRunId"] == parent.run_id).all()
