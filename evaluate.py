@@ -29,7 +29,14 @@ from agents.base import Policy
 from agents.config import BANDITS, HEURISTIC_AGENTS, SB3_AGENTS, AgentConfig
 from agents.registry import load_policy, make_policy, train_agent
 from envs.config import Setup
-from evaluation.compare import KPI_PLOT, TABLE, compare, markdown_table, write_tables
+from evaluation.compare import (
+    KPI_PLOT,
+    TABLE,
+    compare,
+    markdown_table,
+    tier_table,
+    write_tables,
+)
 from experiment import plots
 from experiment.schema import RunConfig, register, validate_run
 from experiment.tracking import download_policy, find_run, flatten, git_commit, setup_mlflow
@@ -248,6 +255,7 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
                 out.mkdir()
                 log_comparison(result, name, out, with_artifacts=False)
     print(markdown_table(result, TABLE))
+    print("\n" + tier_table(result))
     print(
         f"\nMLflow comparison run {parent.info.run_id}; see `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`"
     )

@@ -82,7 +82,7 @@ def log_comparison(
         if lo != hi:
             metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = lo, hi
     for name in m:
-        if name.startswith("harm/"):
+        if name.startswith(("harm/", "tier/")):
             metrics[name] = m[name][0]
     mlflow.log_metrics(metrics)
     if with_artifacts:

@@ -2,9 +2,12 @@
 the population's trait distribution, but of each client only what a firm sees.
 
 It never reads the world it acts in (it has no ``bind``): its inputs are the observation and the
-masks each day, and the day's outcomes afterwards (``after_day``), like any firm. Per client it
-keeps a belief over the hidden traits that matter most to planning and updates it from the
-responses it observes:
+masks each day, and the day's outcomes afterwards (``after_day``), like any firm, and it uses
+them only as far as each client's consent tier allows: responses (opens, clicks, conversions)
+shape a client's beliefs only at the tier that permits behavioural history (3), visits only where
+visit recency is visible (1); its own send log counts at every tier. Per client it keeps a belief
+over the hidden traits that matter most to planning and, where consent allows, updates it from
+the responses it observes:
 
 - the favourite send slot: a categorical posterior over the six slots (prior: the population's
   shares), updated by Bayes' rule from each delivered message's open or not;
@@ -28,7 +31,8 @@ import numpy as np
 
 from agents.oracle import Oracle
 from envs.config import Setup
-from envs.features import FEATURE_NAMES
+from envs.consent import MIN_TIER
+from envs.features import FEATURE_NAMES, I_ENGAGEMENT, I_TIER, I_VISIT_RECENCY
 from envs.spaces import JOINT_ACTIONS
 from simulate.dynamics import anxiety_after_message, trust_change
 from simulate.labels import N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
@@ -131,6 +135,7 @@ class DeployableCeiling:
         if self.world is None or self.world.n != len(obs):
             self._start(len(obs))
         self._segments(obs)
+        self._tier = np.asarray(obs)[:, I_TIER : I_TIER + 4].argmax(axis=1)
         w = self.world
         original = w.response_probabilities
 
@@ -157,6 +162,27 @@ class DeployableCeiling:
         base = np.log(p / (1 - p)) - w._rhythm[slot_ix, mode]
         return 1.0 / (1.0 + np.exp(-(base[:, None] + w._rhythm[slot_ix])))
 
+    def _learn(self, rows, actions, pr, opened, clicked) -> None:
+        """Update the beliefs of clients ``rows`` from the responses to their messages."""
+        b = self.beliefs
+        slot_ix, tone, channel = actions[:, 0] - 1, actions[:, 1], actions[:, 2]
+        # the favourite slot: Bayes' rule on the open
+        by_slot = self._open_by_slot(pr, rows, slot_ix)
+        like = np.where(opened[:, None], by_slot, 1.0 - by_slot)
+        b["slot_logp"][rows] += np.log(np.clip(like, 1e-12, 1.0))
+        b["slot_logp"][rows] -= b["slot_logp"][rows].max(axis=1, keepdims=True)
+        # the channel's open offset: a Laplace step on the logistic likelihood
+        p_open = (by_slot * self.slot_posterior()[rows]).sum(axis=1)
+        prec = b["open_precision"][rows, channel] + p_open * (1 - p_open)
+        b["open_precision"][rows, channel] = prec
+        b["open_mean"][rows, channel] += (opened - p_open) / prec
+        # the tone's calm-click offset, from the clicks of opened messages
+        calm = pr["calm_click"][opened]
+        rows_o, tone_o = rows[opened], tone[opened]
+        prec = b["tone_precision"][rows_o, tone_o] + calm * (1 - calm)
+        b["tone_precision"][rows_o, tone_o] = prec
+        b["tone_mean"][rows_o, tone_o] += (clicked[opened] - calm) / prec
+
     def after_day(self, day: int, outcomes: dict[str, np.ndarray], alive: np.ndarray) -> None:
         """Learn from the day's responses to its own actions; move the tracked state on a day."""
         self.observe(day, self._actions, outcomes)
@@ -164,7 +190,7 @@ class DeployableCeiling:
     def observe(self, day: int, actions: np.ndarray, outcomes: dict[str, np.ndarray]) -> None:
         """Learn from the day's responses to ``actions`` (what was sent; only the delivered ones
         count) and move the tracked state on by one day."""
-        w, b, a = self.world, self.beliefs, np.asarray(actions)
+        w, a = self.world, np.asarray(actions)
         p = w.response
         self.view.day = day
         sent = np.flatnonzero(np.asarray(outcomes["sent"], dtype=bool))
@@ -172,26 +198,22 @@ class DeployableCeiling:
         pr = w.response_probabilities(day, sent, slot_ix, tone, channel, content)
         opened = np.asarray(outcomes["opened"], dtype=bool)[sent]
         clicked = np.asarray(outcomes["clicked"], dtype=bool)[sent]
-        converted = np.asarray(outcomes["converted"], dtype=bool)
+        tier = self._tier
+        behaviour = tier >= MIN_TIER[I_ENGAGEMENT]  # responses may shape this client's beliefs
+        converted = np.asarray(outcomes["converted"], dtype=float)
+        # below that tier a message's conversion counts only as the model expects it
+        p_conv = pr["open"] * pr["calm_click"] * pr["calm_convert"]
+        converted[sent] = np.where(behaviour[sent], converted[sent], p_conv)
+        converted[~behaviour & ~np.isin(np.arange(w.n), sent)] = 0.0
         if self.learn:
-            # the favourite slot: Bayes' rule on the open
-            by_slot = self._open_by_slot(pr, sent, slot_ix)
-            like = np.where(opened[:, None], by_slot, 1.0 - by_slot)
-            b["slot_logp"][sent] += np.log(np.clip(like, 1e-12, 1.0))
-            b["slot_logp"][sent] -= b["slot_logp"][sent].max(axis=1, keepdims=True)
-            # the channel's open offset: a Laplace step on the logistic likelihood
-            post = self.slot_posterior()[sent]
-            p_open = (by_slot * post).sum(axis=1)
-            prec = b["open_precision"][sent, channel] + p_open * (1 - p_open)
-            b["open_precision"][sent, channel] = prec
-            b["open_mean"][sent, channel] += (opened - p_open) / prec
-            # the tone's calm-click offset, from the clicks of opened messages
-            o = opened
-            calm = pr["calm_click"][o]
-            rows_o, tone_o = sent[o], tone[o]
-            prec = b["tone_precision"][rows_o, tone_o] + calm * (1 - calm)
-            b["tone_precision"][rows_o, tone_o] = prec
-            b["tone_mean"][rows_o, tone_o] += (clicked[o] - calm) / prec
+            keep = behaviour[sent]
+            self._learn(
+                sent[keep],
+                a[sent[keep]],
+                {k: v[keep] for k, v in pr.items()},
+                opened[keep],
+                clicked[keep],
+            )
         # the tracked state: exactly from the send log, in expectation where it is hidden
         t, s = w.traits, w.latent
         fx = w.schedule.effects(day)
@@ -215,8 +237,8 @@ class DeployableCeiling:
         s.novelty += 1.0 - w._novelty_decay
         s.novelty.ravel()[sent * N_CONTENTS + content] *= p.novelty_drop
         s.trust[sent] += d_trust
-        organic = converted & ~np.isin(np.arange(w.n), sent)
-        s.trust[organic] += p.trust_conversion
+        organic = np.flatnonzero(~np.isin(np.arange(w.n), sent))
+        s.trust[organic] += p.trust_conversion * converted[organic]
         np.clip(s.trust, 0.0, 1.0, out=s.trust)
         s.anxiety *= w._anxiety_decay
         s.anxiety[sent] = anxiety_after_message(
@@ -227,7 +249,7 @@ class DeployableCeiling:
         self._urgency_log[:, column] = 0.0
         self._urgency_log[sent, column] = pr["urgency"]
         w.urgency_last_week[:] = self._urgency_log.sum(axis=1)
-        visited = np.asarray(outcomes["visited"], dtype=bool)
+        visited = np.asarray(outcomes["visited"], dtype=bool) & (tier >= MIN_TIER[I_VISIT_RECENCY])
         w.last_visit_day[visited] = day
         self.view.day = day + 1
         self._sync()

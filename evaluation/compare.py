@@ -4,6 +4,7 @@ pairwise differences, harm, fairness."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,17 @@ def compare(
         m["eval/ceiling_share"] = normalized_value(
             by_name[p.name], by_name["no_send"], by_name["deployable_ceiling"], n_boot=n_boot
         )
+        for tier in range(N_TIERS):  # what each consent tier lets a policy do
+            groups = [
+                _of_tier(by_name[q], tier)
+                for q in (p.name, "no_send", "oracle", "deployable_ceiling")
+            ]
+            if any(r.value.size == 0 for r in groups[0]):
+                continue
+            m[f"tier/{tier}/normalized_value"] = normalized_value(*groups[:3], n_boot=n_boot)
+            m[f"tier/{tier}/ceiling_share"] = normalized_value(
+                groups[0], groups[1], groups[3], n_boot=n_boot
+            )
         m |= incremental(by_name[p.name], by_name["no_send"], n_boot=n_boot)
         metrics[p.name] = m
     differences = {
@@ -92,6 +104,14 @@ def compare(
         if a < b
     }
     return Comparison(metrics, differences, rollouts)
+
+
+N_TIERS = 4
+
+
+def _of_tier(rollouts: Sequence[Rollout], tier: int) -> list[Rollout]:
+    """The rollouts restricted to the clients of one consent tier (values only)."""
+    return [dataclasses.replace(r, value=r.value[r.tier == tier]) for r in rollouts]
 
 
 def markdown_table(comparison: Comparison, columns: Sequence[str]) -> str:
@@ -108,6 +128,29 @@ def markdown_table(comparison: Comparison, columns: Sequence[str]) -> str:
         for c in columns:
             est, lo, hi = comparison.metrics[p][c]
             cells.append(f"{est:.3g}" if lo == hi else f"{est:.3f} [{lo:.3f}, {hi:.3f}]")
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tier_table(comparison: Comparison) -> str:
+    """A Markdown table of normalized value and ceiling share per consent tier (point
+    estimates), one row per policy in the main table's order; empty without tier metrics."""
+    order = sorted(
+        comparison.metrics, key=lambda p: -comparison.metrics[p]["eval/normalized_value"][0]
+    )
+    tiers = [
+        t for t in range(N_TIERS) if f"tier/{t}/normalized_value" in comparison.metrics[order[0]]
+    ]
+    if not tiers:
+        return ""
+    head = [f"tier {t} normalized value" for t in tiers] + [
+        f"tier {t} ceiling share" for t in tiers
+    ]
+    lines = ["| policy | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for p in order:
+        m = comparison.metrics[p]
+        cells = [f"{m[f'tier/{t}/normalized_value'][0]:.3f}" for t in tiers]
+        cells += [f"{m[f'tier/{t}/ceiling_share'][0]:.3f}" for t in tiers]
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -134,6 +177,9 @@ def write_tables(comparison: Comparison, folder: Path, stem: str) -> None:
     """``<stem>.md`` (the table and, where there are any, the paired value differences) and
     ``<stem>.parquet`` (every metric) in ``folder``."""
     text = markdown_table(comparison, TABLE) + "\n"
+    tiers = tier_table(comparison)
+    if tiers:
+        text += "\n" + tiers + "\n"
     if comparison.differences:
         text += "\n| a | b | value of a minus b (same clients) |\n|---|---|---:|\n" + "".join(
             f"| {a} | {b} | {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] |\n"

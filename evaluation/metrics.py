@@ -35,6 +35,7 @@ messages caused, not what they were credited with: a clicked client might have c
 CONTRACT: tuple[str, ...] = (
     KPI_NAMES[0],
     "eval/normalized_value",
+    "eval/ceiling_share",
     *KPI_NAMES[1:6],
     *INCREMENTAL,
     *KPI_NAMES[6:],

@@ -52,6 +52,8 @@ class Rollout:
     """(segments 4, tones 5) delivered messages"""
     alive_by_day: np.ndarray | None = None
     """(horizon,) share of clients not churned at the end of each day"""
+    tier: np.ndarray | None = None
+    """consent tier of each client (0..3)"""
 
 
 def rollout(
@@ -119,6 +121,7 @@ def rollout(
         t.segment.copy(),
         tone_by_segment,
         alive_by_day,
+        t.consent_tier.copy(),
     )
 
 

@@ -57,6 +57,7 @@ def test_beliefs_converge_on_clients_whose_favourite_slot_is_known():
             "population.slot_preference_probs=[0,0,0,0,1,0]",
             "population.channel_affinity_mean=[1.5,0.2,0.3]",
             "population.channel_affinity_sd=0.01",
+            "population.consent_tier_probs=[0,0,0,1]",  # responses may shape beliefs
         ]
     )
     ceiling = DeployableCeiling(SETUP)
@@ -78,6 +79,20 @@ def test_beliefs_converge_on_clients_whose_favourite_slot_is_known():
     assert found[2] > 0.7, found
     email = ceiling.beliefs["open_mean"][:, 0]
     assert np.median(email) > 0.9  # the e-mail open offset moved from its prior of 0 to the truth
+
+
+def test_responses_shape_beliefs_only_where_consent_allows():
+    world = load_setup(overrides=["population.consent_tier_probs=[0.34,0.33,0.33,0]"])
+    ceiling = DeployableCeiling(SETUP)
+    _live(ceiling, CadenceCore(world, 300, autoreset=False), 30)
+    prior = np.log(np.asarray(SETUP.population.slot_preference_probs))
+    logp = ceiling.beliefs["slot_logp"]
+    np.testing.assert_allclose(
+        logp - logp.max(axis=1, keepdims=True), np.tile(prior - prior.max(), (300, 1))
+    )
+    np.testing.assert_array_equal(
+        ceiling.beliefs["open_mean"], np.tile(SETUP.population.channel_affinity_mean, (300, 1))
+    )
 
 
 def test_the_ceiling_starts_afresh_each_rollout():
