@@ -18,8 +18,9 @@ the responses it observes:
 
 Traits it cannot learn quickly (literacy, anxiety susceptibility, weekend affinity, visit
 propensity) stay at the population's means; the goal segment is the declared one (tier >= 1; the
-likeliest segment otherwise). Fatigue, content novelty and the week's urgency follow exactly from
-its own send log; trust and anxiety are tracked as their expectations under the true dynamics and
+likeliest segment otherwise: planning on the population's average relevance instead did worse at
+tier 0, 0.02 against 0.17 normalized value, measured). Fatigue, content novelty and the week's
+urgency follow exactly from its own send log; trust and anxiety are tracked as their expectations under the true dynamics and
 the scenario, moved by what it observes (deliveries, conversions, visits). It plans as the
 :class:`agents.oracle.Oracle` does, on a stand-in world whose traits and state are these beliefs
 (the open probability averaged over the slot posterior). It is never exported: it reads the model.
@@ -59,6 +60,8 @@ class DeployableCeiling:
     """
 
     name = "deployable_ceiling"
+    history_dependent = True
+    """its beliefs are built from each client's past days: off-policy estimation refuses it"""
 
     def __init__(self, setup: Setup, learn: bool = True) -> None:
         self.setup = setup

@@ -1,8 +1,9 @@
 """Every agent side by side on the same fresh clients (the table in README.md).
 
 Trains each learner on training clients (ids from 0), then evaluates all policies, the
-never-send baseline and the privileged oracle on fresh clients (ids from 2**48) with common
-random numbers, and prints a Markdown table of KPIs with 95% bootstrap CIs.
+never-send baseline, the privileged oracle and the deployable ceiling on fresh clients (ids from
+2**48) with common random numbers, and prints Markdown tables of KPIs with 95% bootstrap CIs, of
+harm, and of normalized value and ceiling share per consent tier.
 
     python studies/agents_compare.py                      # default population, balanced, 90 days, 3 seeds
     python studies/agents_compare.py --clients 1000 --quick
@@ -23,7 +24,7 @@ from agents.config import AgentConfig  # noqa: E402
 from agents.heuristics import HEURISTICS  # noqa: E402
 from agents.registry import train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
-from evaluation.compare import TABLE, compare, markdown_table  # noqa: E402
+from evaluation.compare import TABLE, compare, markdown_table, tier_table  # noqa: E402
 
 # client-days of training per agent, and its hyperparameters (beyond AgentConfig defaults)
 BUDGETS = {
@@ -36,6 +37,7 @@ BUDGETS = {
     "ppo_lagrangian": 6_000_000,
     "a2c": 6_000_000,
     "dqn": 1_000_000,
+    "recurrent_ppo": 6_000_000,
 }
 NUM_ENVS = {"epsilon_greedy": 500, "linucb": 500, "thompson": 500, "recovering": 500}
 COLUMNS = (*TABLE, "eval/complaints_per_client")
@@ -101,6 +103,8 @@ def main() -> int:
     print(markdown_table(result, COLUMNS))
     print()
     print(markdown_table(result, HARM))
+    print()
+    print(tier_table(result))  # normalized value and ceiling share per consent tier
     return 0
 
 
