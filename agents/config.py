@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from simulate.config import ConfigError, num
 
 SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "ppo_lagrangian", "recurrent_ppo")
+ASYMMETRIC = ("ppo", "ppo_lagrangian", "a2c")
+"""SB3 agents whose critic may read privileged state while training (asymmetric_critic)"""
 BANDITS = ("epsilon_greedy", "linucb", "thompson", "recovering")
 HEURISTIC_AGENTS = ("random", "no_send", "batch_and_blast", "fixed_weekly", "segment_rules")
 AGENTS = (*SB3_AGENTS, *BANDITS, *HEURISTIC_AGENTS, "oracle")
@@ -43,6 +45,10 @@ class AgentConfig:
     """hidden layer sizes of the policy and value networks"""
     lstm_hidden_size: int = num(64, 1, 4096)
     """recurrent_ppo: units of the LSTM that carries each client's memory from day to day"""
+    asymmetric_critic: bool = False
+    """ppo, ppo_lagrangian, a2c: while training in simulation the critic also reads each client's
+    latent state and hidden traits; the actor sees only the observation, so the trained (and
+    exported) policy needs nothing a firm lacks"""
     buffer_size: int = num(200_000, 1000, 10_000_000)
     """DQN replay buffer, client-days"""
     exploration_fraction: float = num(0.3, 0.0, 1.0)
@@ -84,6 +90,10 @@ class AgentConfig:
     def check(self, prefix: str) -> None:
         if self.name not in AGENTS:
             raise ConfigError(f"{prefix}.name must be one of {list(AGENTS)}, got {self.name!r}")
+        if self.asymmetric_critic and self.name not in ASYMMETRIC:
+            raise ConfigError(
+                f"{prefix}.asymmetric_critic is for {list(ASYMMETRIC)}, not {self.name!r}"
+            )
         if not self.net_arch or any(int(h) < 1 for h in self.net_arch):
             raise ConfigError(
                 f"{prefix}.net_arch must be a non-empty list of positive sizes, got {self.net_arch}"

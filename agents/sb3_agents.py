@@ -18,16 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces as gym_spaces
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from agents.base import best_factored, in_chunks
 from agents.config import AgentConfig
 from envs.config import Setup
-from envs.features import OBS_HIGH
+from envs.features import OBS_DIM, OBS_HIGH
 from envs.sb3_vec_env import CadenceVecEnv
 from envs.spaces import JOINT_ACTIONS
 
@@ -53,6 +56,92 @@ class ScaledObs(VecEnvWrapper):
         for i in np.flatnonzero(dones):
             infos[i]["terminal_observation"] = infos[i]["terminal_observation"] * OBS_SCALE
         return obs * OBS_SCALE, rewards, dones, infos
+
+
+PRIVILEGED_NAMES: tuple[str, ...] = (
+    "trust",
+    "anxiety",
+    "fatigue",
+    *(f"slot_preference_{k}" for k in range(6)),
+    *(f"channel_affinity_{k}" for k in range(3)),
+    *(f"tone_affinity_{k}" for k in range(5)),
+    "base_open",
+    "susceptibility",
+    "literacy",
+    "weekend_affinity",
+)
+"""what an asymmetric critic reads beyond the observation (never the actor)"""
+
+
+def privileged_features(world: Any) -> np.ndarray:
+    """(N, len(PRIVILEGED_NAMES)) float32 latent state and hidden traits of every client, on
+    scales near 0..1 (fatigue / 5)."""
+    t, s = world.traits, world.latent
+    slot = np.zeros((world.n, 6), dtype=np.float32)
+    slot[np.arange(world.n), t.slot_preference] = 1.0
+    return np.concatenate(
+        [
+            np.stack([s.trust, s.anxiety, np.minimum(s.fatigue / 5.0, 2.0)], axis=1),
+            slot,
+            t.channel_affinity,
+            t.tone_affinity,
+            np.stack([t.base_open, t.susceptibility, t.literacy, t.weekend_affinity], axis=1),
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+
+class PrivilegedObs(VecEnvWrapper):
+    """Appends :func:`privileged_features` to the (scaled) observation, for an asymmetric critic.
+    A finished slot's terminal observation gets the privileged part of the client who replaced
+    it (the world has moved on); it only bootstraps a truncated episode's last value."""
+
+    def __init__(self, venv: VecEnv) -> None:
+        low = np.concatenate([venv.observation_space.low, np.full(len(PRIVILEGED_NAMES), -10.0)])
+        high = np.concatenate([venv.observation_space.high, np.full(len(PRIVILEGED_NAMES), 10.0)])
+        space = gym_spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+        super().__init__(venv, observation_space=space)
+        self.world_of = next(
+            layer for layer in _wrappers(venv) if isinstance(layer, CadenceVecEnv)
+        ).core
+
+    def _with(self, obs: np.ndarray) -> np.ndarray:
+        return np.concatenate([obs, privileged_features(self.world_of.world)], axis=1)
+
+    def reset(self) -> np.ndarray:
+        return self._with(self.venv.reset())
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        extra = privileged_features(self.world_of.world)
+        for i in np.flatnonzero(dones):
+            infos[i]["terminal_observation"] = np.concatenate(
+                [infos[i]["terminal_observation"], extra[i]]
+            )
+        return np.concatenate([obs, extra], axis=1), rewards, dones, infos
+
+
+class ObservationOnly(BaseFeaturesExtractor):
+    """The actor's features: the observation, with every privileged input set to 0."""
+
+    def __init__(self, observation_space: gym_spaces.Box) -> None:
+        super().__init__(observation_space, int(observation_space.shape[0]))
+        keep = torch.zeros(int(observation_space.shape[0]))
+        keep[:OBS_DIM] = 1.0
+        self.register_buffer("keep", keep)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.flatten(1) * self.keep
+
+
+class AsymmetricPolicy(ActorCriticPolicy):
+    """An actor-critic whose critic reads the whole (privileged) input and whose actor reads
+    only the observation's features."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["share_features_extractor"] = False
+        super().__init__(*args, **kwargs)
+        self.pi_features_extractor = ObservationOnly(self.observation_space)
 
 
 class LagrangianCosts(VecEnvWrapper):
@@ -157,6 +246,8 @@ def make_training_env(cfg: AgentConfig, setup: Setup, num_envs: int | None = Non
     """The batched SB3 env an agent trains on (flat view for DQN), observations scaled."""
     view = "flat" if cfg.name == "dqn" else "multi"
     env: VecEnv = ScaledObs(CadenceVecEnv(setup, num_envs=num_envs, action_view=view))
+    if cfg.asymmetric_critic:
+        env = PrivilegedObs(env)
     if cfg.name == "ppo_lagrangian":
         env = LagrangianCosts(env)
     if cfg.normalize_reward:
@@ -190,9 +281,10 @@ def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
             target_update_interval=cfg.target_update_interval,
             **common,
         )
+    policy = AsymmetricPolicy if cfg.asymmetric_critic else "MlpPolicy"
     if cfg.name == "a2c":
         return A2C(
-            "MlpPolicy",
+            policy,
             env,
             n_steps=cfg.n_steps,
             gae_lambda=cfg.gae_lambda,
@@ -204,7 +296,7 @@ def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
     if cfg.name == "recurrent_ppo":
         policy_kwargs["lstm_hidden_size"] = cfg.lstm_hidden_size
     return algo(
-        "MlpLstmPolicy" if cfg.name == "recurrent_ppo" else "MlpPolicy",
+        "MlpLstmPolicy" if cfg.name == "recurrent_ppo" else policy,
         env,
         n_steps=cfg.n_steps,
         batch_size=batch,
@@ -265,6 +357,9 @@ class SB3Policy:
         observations. ``remember`` (recurrent_ppo): this is a day the clients live through, so
         their memories move on."""
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32) * OBS_SCALE.astype(np.float32))
+        width = int(self.model.observation_space.shape[0])
+        if width > x.shape[1]:  # an asymmetric critic's privileged inputs: the actor ignores them
+            x = torch.cat([x, torch.zeros(len(x), width - x.shape[1])], dim=1)
         with torch.no_grad():
             if self.flat_view:
                 return self.model.q_net(x).numpy()

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.policies import BaseModel
 from torch import nn
 
 from agents.bandits import (
@@ -91,7 +92,12 @@ class SB3Graph(nn.Module):
         self.register_buffer("scale", torch.as_tensor(1.0 / OBS_HIGH, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor):
-        features = self.policy.extract_features(obs * self.scale, self.policy.pi_features_extractor)
+        x = obs * self.scale
+        width = int(self.policy.observation_space.shape[0])
+        if width > x.shape[1]:  # an asymmetric critic's privileged inputs: the actor ignores them
+            x = torch.cat([x, torch.zeros(x.shape[0], width - x.shape[1], dtype=x.dtype)], dim=1)
+        # the actor's own features (a critic with its own extractor is left out)
+        features = BaseModel.extract_features(self.policy, x, self.policy.pi_features_extractor)
         raw = self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
         return _decide(raw, self.rule), raw
 

@@ -15,6 +15,7 @@ from envs.config import load_setup
 from envs.core import CadenceCore
 from envs.spaces import multi_to_flat
 from evaluation import evaluate, kpis
+from simulate.config import ConfigError, validate
 
 SETUP = load_setup(overrides=["env.horizon_days=60"])
 
@@ -149,6 +150,32 @@ def test_a_recurrent_agent_remembers_each_client_and_forgets_on_a_new_rollout():
     # a new rollout starts every client afresh: the first day's decisions come back
     policy.start_rollout()
     np.testing.assert_array_equal(policy.act(*first_day), first_actions)
+
+
+def test_an_asymmetric_critic_reads_privileged_state_and_the_actor_does_not(tmp_path):
+    import torch
+
+    from agents.sb3_agents import OBS_SCALE, PRIVILEGED_NAMES
+
+    cfg = AgentConfig(name="ppo_lagrangian", n_steps=8, batch_size=512, asymmetric_critic=True)
+    policy = train_agent(cfg, SETUP, total_timesteps=4_096, num_envs=64, progress=False)
+    model = policy.model
+    assert model.observation_space.shape == (len(OBS_SCALE) + len(PRIVILEGED_NAMES),)
+    obs, _ = _probe()
+    x = torch.as_tensor(obs * OBS_SCALE, dtype=torch.float32)
+    blank = torch.cat([x, torch.zeros(len(x), len(PRIVILEGED_NAMES))], dim=1)
+    told = torch.cat([x, torch.randn(len(x), len(PRIVILEGED_NAMES))], dim=1)
+    with torch.no_grad():
+        logits = [
+            torch.cat([d.logits for d in model.policy.get_distribution(v).distribution], dim=1)
+            for v in (blank, told)
+        ]
+        values = [model.policy.predict_values(v) for v in (blank, told)]
+    torch.testing.assert_close(logits[0], logits[1])  # the actor: the observation only
+    assert not torch.allclose(values[0], values[1])  # the critic: the privileged state too
+    _acts_within_masks_and_reloads(policy, tmp_path)  # and it acts on observations alone
+    with pytest.raises(ConfigError, match="asymmetric_critic is for"):
+        validate(AgentConfig(name="dqn", asymmetric_critic=True), "agent")
 
 
 @pytest.mark.parametrize("name", ["ppo_lagrangian", "linucb"])

@@ -29,6 +29,7 @@ EXPORTABLE = (
     "a2c",
     "maskable_ppo",
     "ppo_lagrangian",
+    "ppo_lagrangian:asymmetric",  # its critic read privileged state in training; its actor did not
     "epsilon_greedy",
     "linucb",
     "thompson",
@@ -50,10 +51,11 @@ def observations() -> np.ndarray:
 
 
 def _train(name: str):
+    name, _, variant = name.partition(":")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return train_agent(
-            AgentConfig(name=name, n_steps=16),
+            AgentConfig(name=name, n_steps=16, asymmetric_critic=variant == "asymmetric"),
             SETUP,
             8192 if name not in ("linucb",) else 4096,
             128,
@@ -66,7 +68,7 @@ def exported(tmp_path_factory):
     out = {}
     for name in EXPORTABLE:
         policy = _train(name)
-        folder = tmp_path_factory.mktemp(name)
+        folder = tmp_path_factory.mktemp(name.replace(":", "-"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export_policy(policy, folder, run_id=f"test-{name}", metrics={"eval/value": 1.0})
