@@ -30,7 +30,15 @@ from rich.console import Console
 from agents.config import SB3_AGENTS, AgentConfig
 from agents.registry import make_policy, save_policy, train_agent
 from envs.config import Setup
-from evaluation.compare import KPI_PLOT, TABLE, Comparison, compare, markdown_table, write_tables
+from evaluation.compare import (
+    KPI_PLOT,
+    TABLE,
+    Comparison,
+    compare,
+    markdown_table,
+    tier_table,
+    write_tables,
+)
 from evaluation.metrics import CONTRACT
 from experiment import plots
 from experiment.schema import RunConfig, register, validate_run
@@ -293,6 +301,7 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
     evaluation.mkdir()
     metrics = log_comparison(result, policy.name, evaluation)
     print(markdown_table(result, TABLE), flush=True)
+    print("\n" + tier_table(result), flush=True)
     if baselines:
         margins = log_margins(result, policy.name, [b.name for b in baselines])
         say(margins)
