@@ -15,6 +15,7 @@ each policy gets a child run tagged ``policy`` with the same metric names as tra
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -146,6 +147,14 @@ def _common_tags(run: RunConfig) -> dict[str, str]:
     return tags
 
 
+def _resolve_policies(run: RunConfig, setup: Setup) -> list[tuple[Policy, dict[str, str]]]:
+    """MLflow set up and ``run.policies`` resolved (a clear error when there are none)."""
+    setup_mlflow(run.tracking.uri, run.tracking.experiment)
+    if not run.policies:
+        raise ConfigError("policies must name at least one policy")
+    return [resolve_policy(spec, setup) for spec in run.policies]
+
+
 @contextmanager
 def _parent_run(cfg: DictConfig, name: str, tags: dict[str, str], *sections: str):
     """The parent run of a comparison or a crisis study, with the evaluation's parameters."""
@@ -160,10 +169,7 @@ def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     the scenario and under calm); returns the parent run id."""
     from evaluation.crisis import METRICS, crisis_study
 
-    setup_mlflow(run.tracking.uri, run.tracking.experiment)
-    if not run.policies:
-        raise ConfigError("policies must name at least one policy")
-    resolved = [resolve_policy(spec, setup) for spec in run.policies]
+    resolved = _resolve_policies(run, setup)
     e = run.eval
     result = crisis_study(
         [p for p, _ in resolved],
@@ -199,7 +205,7 @@ def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
                 },
             ):
                 mlflow.log_metrics(
-                    {f"crisis/{m}": row[m] for m in METRICS if row[m] == row[m]}  # not NaN
+                    {f"crisis/{m}": row[m] for m in METRICS if not math.isnan(row[m])}
                 )
     print(result.markdown())
     if result.crisis.start_day is not None:
@@ -216,10 +222,7 @@ def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
 
 def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     """Evaluate ``run.policies``; returns the parent run id."""
-    setup_mlflow(run.tracking.uri, run.tracking.experiment)
-    if not run.policies:
-        raise ConfigError("policies must name at least one policy")
-    resolved = [resolve_policy(spec, setup) for spec in run.policies]
+    resolved = _resolve_policies(run, setup)
     policies = [p for p, _ in resolved]
     e = run.eval
     result = compare(

@@ -240,8 +240,7 @@ class CircuitBreaker:
         if self._segment is None:
             raise RuntimeError("after_day before act: the breaker has not seen today's clients")
         paused = set(self.tripped) if self.act_on_alerts else set()
-        apart = paused - {EVERYONE}  # every client together, or all but the tripped segments
-        counts = day_counts(self._segment, np.asarray(alive, dtype=bool), outcomes, apart)
+        counts = day_counts(self._segment, np.asarray(alive, dtype=bool), outcomes)
         self._day = day + 1
         if EVERYONE in paused:
             paused = set(WATCHED)

@@ -20,8 +20,9 @@ Traits it cannot learn quickly (literacy, anxiety susceptibility, weekend affini
 propensity) stay at the population's means; the goal segment is the declared one (tier >= 1; the
 likeliest segment otherwise: planning on the population's average relevance instead did worse at
 tier 0, 0.02 against 0.17 normalized value, measured). Fatigue, content novelty and the week's
-urgency follow exactly from its own send log; trust and anxiety are tracked as their expectations under the true dynamics and
-the scenario, moved by what it observes (deliveries, conversions, visits). It plans as the
+urgency follow exactly from its own send log; trust and anxiety are tracked as their expectations
+under the true dynamics and the scenario, moved by what it observes (deliveries, conversions,
+visits). It plans as the
 :class:`agents.oracle.Oracle` does, on a stand-in world whose traits and state are these beliefs
 (the open probability averaged over the slot posterior). It is never exported: it reads the model.
 """
@@ -203,11 +204,14 @@ class DeployableCeiling:
         clicked = np.asarray(outcomes["clicked"], dtype=bool)[sent]
         tier = self._tier
         behaviour = tier >= MIN_TIER[I_ENGAGEMENT]  # responses may shape this client's beliefs
+        unsent = np.ones(w.n, dtype=bool)
+        unsent[sent] = False
         converted = np.asarray(outcomes["converted"], dtype=float)
-        # below that tier a message's conversion counts only as the model expects it
+        # below that tier a message's conversion counts only as the model expects it, and a
+        # conversion without a message not at all
         p_conv = pr["open"] * pr["calm_click"] * pr["calm_convert"]
         converted[sent] = np.where(behaviour[sent], converted[sent], p_conv)
-        converted[~behaviour & ~np.isin(np.arange(w.n), sent)] = 0.0
+        converted[~behaviour & unsent] = 0.0
         if self.learn:
             keep = behaviour[sent]
             self._learn(
@@ -240,8 +244,7 @@ class DeployableCeiling:
         s.novelty += 1.0 - w._novelty_decay
         s.novelty.ravel()[sent * N_CONTENTS + content] *= p.novelty_drop
         s.trust[sent] += d_trust
-        organic = np.flatnonzero(~np.isin(np.arange(w.n), sent))
-        s.trust[organic] += p.trust_conversion * converted[organic]
+        s.trust[unsent] += p.trust_conversion * converted[unsent]
         np.clip(s.trust, 0.0, 1.0, out=s.trust)
         s.anxiety *= w._anxiety_decay
         s.anxiety[sent] = anxiety_after_message(

@@ -43,7 +43,7 @@ from simulate.config import ConfigError, ScenarioConfig, num
 from simulate.labels import SEGMENTS
 
 ARMS = ("off", "on")
-DAILY = ("sent", "anxious_click", "converted", "churned", "unsubscribed", "complaint")
+DAILY = ("sent", "anxious_click", "converted", "churned")
 """outcomes counted per day among the touched clients"""
 METRICS = (
     "detection_delay_days",
@@ -191,13 +191,13 @@ def recovery_days(trace: Trace, start: int, baseline_days: int, band: float) -> 
 
 
 def trace_metrics(trace: Trace, calm_off: Trace, crisis: Crisis, cfg: CrisisConfig) -> dict:
-    """The ``crisis/*`` metrics of one trace (NaN where they do not apply)."""
+    """The ``crisis/*`` metrics of one trace but the false alerts, which come from the ``on``
+    arm under calm (NaN where they do not apply)."""
     out = dict.fromkeys(METRICS, math.nan)
     out["switches"] = (
         float((trace.events["event"] == "switch").sum()) if trace.events.height else 0.0
     )
     if crisis.start_day is None:
-        out["false_alerts_per_100_days"] = 100.0 * trace.alerts.height / max(trace.tested_days, 1)
         return out
     start, w = crisis.start_day, cfg.window_days
     alerts = trace.alerts.filter(pl.col("day") >= start)
@@ -323,15 +323,12 @@ def crisis_study(
     rows = []
     for seed in seeds:
         for name in names:
-            calm_off = traces[(seed, name, "calm", "off")]
+            calm_off, calm_on = (traces[(seed, name, "calm", arm)] for arm in ARMS)
+            false_alerts = 100.0 * calm_on.alerts.height / max(calm_on.tested_days, 1)
             for arm in ARMS:
                 m = trace_metrics(traces[(seed, name, worlds[-1][0], arm)], calm_off, crisis, cfg)
-                calm_on = traces[(seed, name, "calm", "on")]
-                m["false_alerts_per_100_days"] = (
-                    100.0 * calm_on.alerts.height / max(calm_on.tested_days, 1)
-                    if arm == "on"
-                    else math.nan
-                )
+                if arm == "on":
+                    m["false_alerts_per_100_days"] = false_alerts
                 rows.append({"policy": name, "monitor": arm, "seed": seed, **m})
     return CrisisResult(crisis, list(traces.values()), pl.DataFrame(rows))
 

@@ -48,6 +48,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 PER_MESSAGE = ("unsubscribed", "complaint", "anxious_click", "clicked")
 """outcomes counted per delivered message (the others per living client)"""
 SEASONAL = ("visited",)
-"""outcomes whose baseline is the same weekday's"""
+"""outcomes whose baseline is last week's level times today's weekday's share"""
 _GOAL_COLUMNS = [FEATURE_NAMES.index(f"goal_{s}") for s in SEGMENTS]
 
 
@@ -84,7 +85,7 @@ class MonitorConfig:
     """Thresholds of the crisis monitor (``crisis.monitor.*`` in the Hydra config)."""
 
     baseline_days: int = num(21, 1, 3650)
-    """days of history that set a series' baseline rate (visits: the 3 same weekdays in them)"""
+    """days of history that set a series' baseline rate (visits: each weekday's share of them)"""
     guard_days: int = num(2, 0, 365)
     """days between the baseline window and today"""
     shift: float = num(2.0, 1.01, 1000.0)
@@ -217,7 +218,8 @@ class Monitor:
 
     Args:
         cfg: thresholds.
-        segments: the segment names (default: the four declared goals and ``undeclared``).
+        segments: the segment names (default: the four declared goals, ``undeclared`` and
+            ``all``, whose counts the monitor sums from the others).
     """
 
     def __init__(self, cfg: MonitorConfig | None = None, segments=WATCHED) -> None:
@@ -253,7 +255,8 @@ class Monitor:
                 return s.frozen
             s.frozen = s.thaw_day = None
         end = today - self.cfg.guard_days
-        days = [d for d in range(end - 1, -1, -1) if not s.paused[d]][: self.cfg.baseline_days]
+        unpaused = (d for d in range(end - 1, -1, -1) if not s.paused[d])
+        days = list(islice(unpaused, self.cfg.baseline_days))
         if len(days) < self.cfg.baseline_days:
             return None
         days.reverse()
@@ -352,22 +355,18 @@ class Monitor:
 
 
 def day_counts(
-    segment: np.ndarray,
-    alive: np.ndarray,
-    outcomes: Mapping[str, np.ndarray],
-    apart: Set[str] = frozenset(),
+    segment: np.ndarray, alive: np.ndarray, outcomes: Mapping[str, np.ndarray]
 ) -> dict[tuple[str, str], tuple[float, float]]:
-    """One day's (events, units) per (segment, outcome) among living clients: per delivered
-    message for opt-outs, complaints, clicks and anxious clicks; per living client for churn and
-    organic visits (a visit that was not a message's click). ``all`` counts every client but
-    those of the segments ``apart`` (on a fallback)."""
+    """One day's (events, units) per (declared segment, outcome) among living clients: per
+    delivered message for opt-outs, complaints, clicks and anxious clicks; per living client for
+    churn and organic visits (a visit that was not a message's click). The monitor sums ``all``
+    from these itself."""
     out = {}
     sent = np.asarray(outcomes["sent"], dtype=bool)
     clicked = np.asarray(outcomes.get("clicked", np.zeros_like(sent)), dtype=bool)
-    kept = ~np.isin(segment, [SEGMENT_NAMES.index(s) for s in apart if s in SEGMENT_NAMES])
-    for i, seg in enumerate(WATCHED):
-        who = alive & kept if seg == EVERYONE else alive & (segment == i)
-        for _, outcome, _ in METRICS:
+    for i, seg in enumerate(SEGMENT_NAMES):
+        who = alive & (segment == i)
+        for outcome in dict.fromkeys(o for _, o, _ in METRICS):
             events = np.asarray(outcomes[outcome], dtype=bool) & who
             if outcome in PER_MESSAGE:
                 out[(seg, outcome)] = (float((events & sent).sum()), float((who & sent).sum()))

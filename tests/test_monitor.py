@@ -55,9 +55,6 @@ def _stream(
                 counts[(seg, outcome)] = (float(rng.binomial(N, p)), float(N))
             visit = VISIT * (weekend if day % 7 >= 5 else 1.0) * math.exp(wobble * rng.normal())
             counts[(seg, "visited")] = (float(rng.binomial(N, visit)), float(N))
-        for outcome in (*RATES, "visited"):  # every client together
-            events, units = zip(*(counts[(seg, outcome)] for seg in SEGMENT_NAMES), strict=True)
-            counts[("all", outcome)] = (sum(events), sum(units))
         for alert in monitor.update(day, counts):
             if (alert.segment, alert.metric) == (segment, "unsubscribe_rate") and first is None:
                 first = day
@@ -134,9 +131,8 @@ def test_an_alert_names_its_series_and_the_log_holds_it():
     assert key not in monitor.in_alert and monitor.series[key].statistic == 0.0
 
 
-def _day(rng, visit: float = VISIT, saver_unsub: float = RATES["unsubscribed"], apart=()) -> dict:
-    """One day's counts of every segment and of everyone together but the segments ``apart``
-    (``_stream`` in one day)."""
+def _day(rng, visit: float = VISIT, saver_unsub: float = RATES["unsubscribed"]) -> dict:
+    """One day's counts of every segment (``_stream`` in one day)."""
     counts = {}
     for seg in SEGMENT_NAMES:
         for outcome, p in RATES.items():
@@ -144,10 +140,6 @@ def _day(rng, visit: float = VISIT, saver_unsub: float = RATES["unsubscribed"], 
                 p = saver_unsub
             counts[(seg, outcome)] = (float(rng.binomial(N, p)), float(N))
         counts[(seg, "visited")] = (float(rng.binomial(N, visit)), float(N))
-    for outcome in (*RATES, "visited"):
-        kept = [counts[(seg, outcome)] for seg in SEGMENT_NAMES if seg not in apart]
-        events, units = zip(*kept, strict=True)
-        counts[("all", outcome)] = (sum(events), sum(units))
     return counts
 
 
@@ -191,7 +183,7 @@ def test_a_paused_segment_is_counted_but_not_tested_and_its_days_stay_out_of_bas
         paused = {"saver_debt"} if 30 <= day < 45 else set()
         # on the fallback the segment's opt-outs run at ten times the rate: not the policy's
         rate = RATES["unsubscribed"] * (10 if paused else 1)
-        assert not monitor.update(day, _day(rng, saver_unsub=rate, apart=paused), paused)
+        assert not monitor.update(day, _day(rng, saver_unsub=rate), paused)
     assert monitor.series[key].paused[30:45] == [True] * 15
     assert len(monitor.series[key].counts) == 60
     assert monitor.baseline(key) == pytest.approx(RATES["unsubscribed"], rel=0.3)
