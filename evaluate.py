@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from agents.base import Policy
-from agents.config import BANDITS, HEURISTIC_AGENTS, SB3_AGENTS, AgentConfig
+from agents.config import BANDITS, HEURISTIC_AGENTS, MODEL_BASED, SB3_AGENTS, AgentConfig
 from agents.registry import load_policy, make_policy, train_agent
 from envs.config import Setup
 from evaluation.compare import (
@@ -67,7 +67,7 @@ def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
         return train_agent(AgentConfig(name=spec), setup, BANDIT_TIMESTEPS, 500, progress=False), {
             "agent": spec
         }
-    if spec in SB3_AGENTS:
+    if spec in SB3_AGENTS or spec in MODEL_BASED:
         raise ConfigError(
             f"policies: {spec!r} must be trained first: run `python train.py agent={spec}` "
             f"and pass run:<its run id>"

@@ -10,7 +10,8 @@ over the hidden traits that matter most to planning and, where consent allows, u
 the responses it observes:
 
 - the favourite send slot: a categorical posterior over the six slots (prior: the population's
-  shares), updated by Bayes' rule from each delivered message's open or not;
+  shares, times the likelihood of the contact time the client declared where the tier shows it),
+  updated by Bayes' rule from each delivered message's open or not;
 - the open propensity on each channel (the client's own offset plus the channel's affinity): a
   Gaussian posterior per channel (prior: the population's mean and spread), updated by a
   Laplace step on the logistic likelihood of the open;
@@ -30,11 +31,12 @@ visits). It plans as the
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtr
 
 from agents.oracle import Oracle
 from envs.config import Setup
 from envs.consent import MIN_TIER
-from envs.features import FEATURE_NAMES, I_ENGAGEMENT, I_TIER, I_VISIT_RECENCY
+from envs.features import FEATURE_NAMES, I_DECLARED_SLOT, I_ENGAGEMENT, I_TIER, I_VISIT_RECENCY
 from envs.spaces import JOINT_ACTIONS
 from simulate.dynamics import anxiety_after_message, trust_change
 from simulate.labels import N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
@@ -43,6 +45,17 @@ from simulate.world import World
 _GOALS = [FEATURE_NAMES.index(f) for f in FEATURE_NAMES if f.startswith("goal_")]
 STAND_IN_OFFSET = 1 << 60
 """client ids of the stand-in world: clients drawn from the population, never the real ones"""
+
+
+def declared_likelihood(noise_sd: float) -> np.ndarray:
+    """(declared, favourite) probability that a client whose favourite slot is ``favourite``
+    declares ``declared`` (the population's noise model: favourite + N(0, sd), rounded, clipped)."""
+    slots = np.arange(N_SLOTS, dtype=np.float64)
+    if noise_sd <= 0:
+        return np.eye(N_SLOTS)
+    upper = np.where(slots[:, None] == N_SLOTS - 1, np.inf, slots[:, None] + 0.5)
+    lower = np.where(slots[:, None] == 0, -np.inf, slots[:, None] - 0.5)
+    return ndtr((upper - slots[None, :]) / noise_sd) - ndtr((lower - slots[None, :]) / noise_sd)
 
 
 class _View:
@@ -111,6 +124,17 @@ class DeployableCeiling:
         self._actions = np.zeros((n, 4), dtype=np.int64)
         self._sync()
 
+    def _declared(self, obs: np.ndarray) -> None:
+        """Fold each visible declared contact time into the slot belief (once, on first sight)."""
+        flags = np.asarray(obs)[:, I_DECLARED_SLOT : I_DECLARED_SLOT + N_SLOTS]
+        shown = flags.max(axis=1) > 0.5
+        self.beliefs["slot_logp"][shown] += np.log(
+            declared_likelihood(self.setup.population.declared_slot_noise_sd)[
+                flags[shown].argmax(axis=1)
+            ]
+            + 1e-12
+        )
+
     def slot_posterior(self) -> np.ndarray:
         """(N, 6) each client's belief over its favourite send slot."""
         logp = self.beliefs["slot_logp"]
@@ -138,6 +162,7 @@ class DeployableCeiling:
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         if self.world is None or self.world.n != len(obs):
             self._start(len(obs))
+            self._declared(obs)
         self._segments(obs)
         self._tier = np.asarray(obs)[:, I_TIER : I_TIER + 4].argmax(axis=1)
         w = self.world

@@ -11,7 +11,8 @@ ASYMMETRIC = ("ppo", "ppo_lagrangian", "a2c")
 """SB3 agents whose critic may read privileged state while training (asymmetric_critic)"""
 BANDITS = ("epsilon_greedy", "linucb", "thompson", "recovering")
 HEURISTIC_AGENTS = ("random", "no_send", "batch_and_blast", "fixed_weekly", "segment_rules")
-AGENTS = (*SB3_AGENTS, *BANDITS, *HEURISTIC_AGENTS, "oracle")
+MODEL_BASED = ("propensity",)
+AGENTS = (*SB3_AGENTS, *BANDITS, *MODEL_BASED, *HEURISTIC_AGENTS, "oracle")
 """every agent name ``agent=`` accepts"""
 
 
@@ -79,7 +80,19 @@ class AgentConfig:
     """Thompson sampling: posterior scale"""
     recovery_days: float = num(4.0, 0.1, 365.0)
     """recovering bandit: time scale (days) over which an arm's value recovers after use"""
-    # --- oracle ---
+    # --- propensity (model-based) ---
+    send_threshold: float = num(0.05, -100.0, 100.0)
+    """propensity: a message goes out only when its one-step value beats not sending by this
+    (reward units): the allowance for tomorrow's fatigue, which a one-day model cannot see"""
+    model_rounds: int = num(3, 1, 100)
+    """propensity: rounds of collect-then-refit (the first explores at random)"""
+    explore: float = num(0.2, 0.0, 1.0)
+    """propensity: share of random allowed messages after the first round"""
+    model_epochs: int = num(3, 1, 1000)
+    """propensity: passes of the optimiser over the data per fit"""
+    distil: bool = False
+    """propensity: teach the fitted agent's choices to an exportable network (``net_arch``)"""
+    # --- oracle and propensity ---
     lookahead_days: int = num(30, 1, 365)
     """days over which the oracle counts an action's effect on churn"""
     churn_value: float = num(60.0, 0.0, 10_000.0)

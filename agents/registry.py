@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from agents.bandits import BANDIT_CLASSES, LinearBandit
 from agents.base import Policy
-from agents.config import BANDITS, HEURISTIC_AGENTS, SB3_AGENTS, AgentConfig
+from agents.config import BANDITS, HEURISTIC_AGENTS, MODEL_BASED, SB3_AGENTS, AgentConfig
 from agents.heuristics import HEURISTICS
 from agents.oracle import Oracle
 from envs.config import Setup
@@ -98,6 +98,13 @@ def train_agent(
             progress,
             hook,
         )
+    if cfg.name in MODEL_BASED:
+        from agents.propensity import distil, train_propensity
+
+        agent = train_propensity(cfg, setup, total_timesteps, num_envs, seed, progress, hook)
+        if not cfg.distil:
+            return agent
+        return distil(agent, cfg, setup, total_timesteps, num_envs, seed, progress, hook)
     if cfg.name in SB3_AGENTS:
         from stable_baselines3.common.vec_env import VecNormalize
 
@@ -211,10 +218,14 @@ def load_policy(directory: str | Path) -> Policy:
         raise FileNotFoundError(f"{directory} holds no saved policy (agent.json is missing)")
     meta = json.loads(meta_path.read_text())
     name = meta.get("name")
-    if name in SB3_AGENTS:
+    if name in SB3_AGENTS or name == "propensity_distilled":
         from agents.sb3_agents import SB3Policy
 
         return SB3Policy.load(directory / meta["file"], name)
+    if name in MODEL_BASED:
+        from agents.propensity import PropensityAgent
+
+        return PropensityAgent.load(directory / meta["file"], AgentConfig(**meta["cfg"]))
     if name in BANDITS:
         policy = LinearBandit.load(directory / meta["file"])
         policy.deterministic = True

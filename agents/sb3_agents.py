@@ -41,6 +41,7 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "maskable_ppo": MaskablePPO,
     "ppo_lagrangian": PPO,
     "recurrent_ppo": RecurrentPPO,
+    "propensity_distilled": PPO,  # the propensity agent taught to a network (agents/propensity.py)
 }
 OBS_SCALE = 1.0 / OBS_HIGH
 

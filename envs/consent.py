@@ -1,9 +1,10 @@
 """Consent gating: which observation features a client's consent tier lets a policy see.
 
-Tiers follow a consent-first framework: 0 no personalisation (calendar, consent, opt-outs
-and recent sends only: what every send needs to respect the guardrails), 1 basic history
-(recency of sends and of the client's own visits, visits in 30 days, declared goal and risk), 2 enhanced context (market stress), 3 predictive
-behavioural (engagement averages). A feature the tier does not allow reads 0. The tier
+Tiers follow a consent-first framework: 0 no personalisation (calendar, consent, opt-outs and
+the firm's own send log: what it sent, when, on which channel, in which tone; what every send
+needs to respect the guardrails), 1 basic history (the client's own visits, visits in 30 days,
+declared goal, risk and preferred contact time), 2 enhanced context (market stress), 3
+predictive behavioural (engagement averages: responses by channel, slot and tone). A feature the tier does not allow reads 0. The tier
 limits what a policy may *see*; which contents it may *send* is a guardrail (``envs/masks.py``).
 """
 
@@ -12,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from envs.features import (
+    I_DECLARED_SLOT,
     I_ENGAGEMENT,
     I_GOAL,
-    I_RECENCY,
     I_RISK,
     I_STRESS,
     I_VISIT_RECENCY,
@@ -22,16 +23,16 @@ from envs.features import (
     OBS_DIM,
     raw_features,
 )
-from simulate.labels import N_SEGMENTS
+from simulate.labels import N_SEGMENTS, N_SLOTS
 from simulate.world import N_ENGAGEMENT, World
 
 MIN_TIER = np.zeros(OBS_DIM, dtype=np.int8)
 """lowest consent tier at which each feature is visible"""
-MIN_TIER[I_RECENCY] = 1
 MIN_TIER[I_VISIT_RECENCY] = 1
 MIN_TIER[I_VISITS] = 1
 MIN_TIER[I_GOAL : I_GOAL + N_SEGMENTS] = 1
 MIN_TIER[I_RISK] = 1
+MIN_TIER[I_DECLARED_SLOT : I_DECLARED_SLOT + N_SLOTS] = 1
 MIN_TIER[I_STRESS] = 2
 MIN_TIER[I_ENGAGEMENT : I_ENGAGEMENT + N_ENGAGEMENT] = 3
 

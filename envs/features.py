@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulate.labels import CHANNELS, N_CHANNELS, SEGMENTS, SLOT_KEYS, TONES
-from simulate.world import N_ENGAGEMENT, VISIT_WINDOW, World
+from simulate.labels import (
+    CHANNELS,
+    CONTENTS,
+    N_CHANNELS,
+    N_CONTENTS,
+    N_SLOTS,
+    N_TONES,
+    SEGMENTS,
+    SLOT_KEYS,
+    TONES,
+)
+from simulate.world import HISTORY_DAYS, N_ENGAGEMENT, VISIT_WINDOW, World
+
+URGENT = TONES.index("urgent")
 
 RECENCY_CAP_DAYS = 30
 """``days_since_last_send`` and ``days_since_last_visit`` are capped here (a never-messaged
@@ -32,6 +44,12 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"ema_click_{c}" for c in CHANNELS),
     *(f"ema_open_slot_{s}" for s in SLOT_KEYS),
     *(f"ema_click_tone_{t}" for t in TONES),
+    *(f"days_since_channel_{c}" for c in CHANNELS),
+    *(f"days_since_tone_{t}" for t in TONES),
+    *(f"days_since_content_{c}" for c in CONTENTS),
+    "urgent_7d",
+    "sent_30d",
+    *(f"declared_slot_{s}" for s in SLOT_KEYS),
 )
 """observation features, in vector order (part of the export contract)"""
 OBS_DIM = len(FEATURE_NAMES)
@@ -48,6 +66,15 @@ I_GOAL = IX[f"goal_{SEGMENTS[0]}"]
 I_RISK = IX["declared_risk"]
 I_STRESS = IX["market_stress"]
 I_ENGAGEMENT = IX[f"ema_open_{CHANNELS[0]}"]
+I_SINCE_CHANNEL = IX[f"days_since_channel_{CHANNELS[0]}"]
+I_SINCE_TONE = IX[f"days_since_tone_{TONES[0]}"]
+I_SINCE_CONTENT = IX[f"days_since_content_{CONTENTS[0]}"]
+I_URGENT_7D = IX["urgent_7d"]
+I_SENT_30D = IX["sent_30d"]
+I_DECLARED_SLOT = IX[f"declared_slot_{SLOT_KEYS[0]}"]
+N_SEND_LOG = I_SENT_30D + 1 - I_SINCE_CHANNEL
+"""the send-log features: days since each channel, tone and content was last sent (capped at
+30), urgent messages in 7 days, messages in 30 days"""
 
 OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
 """upper bound of each feature (lower bounds are 0)"""
@@ -56,7 +83,12 @@ OBS_HIGH[I_RECENCY] = RECENCY_CAP_DAYS
 OBS_HIGH[I_VISIT_RECENCY] = RECENCY_CAP_DAYS
 OBS_HIGH[I_VISITS] = VISIT_WINDOW
 OBS_HIGH[I_STRESS] = STRESS_CAP
-assert I_ENGAGEMENT + N_ENGAGEMENT == OBS_DIM
+OBS_HIGH[I_SINCE_CHANNEL:I_URGENT_7D] = RECENCY_CAP_DAYS
+OBS_HIGH[I_URGENT_7D] = HISTORY_DAYS
+OBS_HIGH[I_SENT_30D] = VISIT_WINDOW
+assert I_ENGAGEMENT + N_ENGAGEMENT == I_SINCE_CHANNEL
+assert I_DECLARED_SLOT + N_SLOTS == OBS_DIM
+assert N_SEND_LOG == N_CHANNELS + N_TONES + N_CONTENTS + 2
 
 
 def channel_counts(world: World) -> np.ndarray:
@@ -92,5 +124,12 @@ def raw_features(
     obs[rows, I_GOAL + world.traits.segment] = 1.0
     obs[:, I_RISK] = world.traits.declared_risk
     obs[:, I_STRESS] = min(stress, STRESS_CAP)
-    obs[:, I_ENGAGEMENT:] = world.engagement
+    obs[:, I_ENGAGEMENT:I_SINCE_CHANNEL] = world.engagement
+    at = I_SINCE_CHANNEL
+    for last in (world.last_channel_day, world.last_tone_day, world.last_content_day):
+        obs[:, at : at + last.shape[1]] = np.minimum(day - last, RECENCY_CAP_DAYS)
+        at += last.shape[1]
+    obs[:, I_URGENT_7D] = (world.tone_log == URGENT + 1).sum(axis=1)
+    obs[:, I_SENT_30D] = np.bitwise_count(world.send_log)
+    obs[rows, I_DECLARED_SLOT + world.traits.declared_slot] = 1.0
     return obs

@@ -43,7 +43,7 @@ _FEATURES: list[tuple[str, float, int, str]] = [
     *((f"consent_tier_{k}", 1.0, 0, "flag") for k in range(N_TIERS)),
     *((f"opted_out_{c}", 1.0, 0, "flag") for c in CHANNELS),
     *((f"sent_7d_{c}", 7.0, 0, "count") for c in CHANNELS),
-    ("days_since_last_send", 30.0, 1, "value"),
+    ("days_since_last_send", 30.0, 0, "value"),
     ("days_since_last_visit", 30.0, 1, "value"),
     ("visits_30d", 30.0, 1, "count"),
     *((f"goal_{s}", 1.0, 1, "flag") for s in SEGMENTS),
@@ -53,14 +53,26 @@ _FEATURES: list[tuple[str, float, int, str]] = [
     *((f"ema_click_{c}", 1.0, 3, "value") for c in CHANNELS),
     *((f"ema_open_slot_{s}", 1.0, 3, "value") for s in SLOT_KEYS),
     *((f"ema_click_tone_{t}", 1.0, 3, "value") for t in TONES),
+    *((f"days_since_channel_{c}", 30.0, 0, "value") for c in CHANNELS),
+    *((f"days_since_tone_{t}", 30.0, 0, "value") for t in TONES),
+    *((f"days_since_content_{c}", 30.0, 0, "value") for c in CONTENTS),
+    ("urgent_7d", 7.0, 0, "count"),
+    ("sent_30d", 30.0, 0, "count"),
+    *((f"declared_slot_{s}", 1.0, 1, "flag") for s in SLOT_KEYS),
 ]
 FEATURE_NAMES = [f[0] for f in _FEATURES]
 FEATURE_HIGH = [f[1] for f in _FEATURES]
 FEATURE_MIN_TIER = [f[2] for f in _FEATURES]
 FEATURE_KIND = [f[3] for f in _FEATURES]
 
-ONE_HOT_GROUPS = {"weekday_": (1, 1), "consent_tier_": (1, 1), "goal_": (0, 1)}
-"""feature-name prefix -> (fewest, most) flags set per row (no goal: undeclared or not consented)"""
+ONE_HOT_GROUPS = {
+    "weekday_": (1, 1),
+    "consent_tier_": (1, 1),
+    "goal_": (0, 1),
+    "declared_slot_": (0, 1),
+}
+"""feature-name prefix -> (fewest, most) flags set per row (no goal or contact time: undeclared
+or not consented)"""
 
 CONTRACT_FIELDS: dict[str, Any] = {
     "feature_names": FEATURE_NAMES,

@@ -154,6 +154,12 @@ def graph_for(policy: Policy) -> nn.Module:
                 "per-component scores the export contract gives"
             )
         return SB3Graph(model.policy)
+    if getattr(policy, "theta", None) is not None and policy.name == "propensity":
+        raise NotExportable(
+            "the propensity agent scores all 361 joint actions with its response models, which "
+            "do not factor into the 19 per-component scores the export contract gives; train it "
+            "with agent.distil=true to teach its choices to an exportable network"
+        )
     raise NotExportable(f"{policy.name} has no trained network or linear model to export")
 
 

@@ -166,6 +166,9 @@ class PopulationConfig:
     """logit mean of risk tolerance per segment"""
     declared_risk_noise_sd: float = num(0.15, 0.0, 1.0)
     """noise between true and declared risk tolerance (declared is observable)"""
+    declared_slot_noise_sd: float = num(0.6, 0.0, 5.0)
+    """noise, in slots, between the favourite send slot and the contact time a client declares at
+    onboarding (declared = favourite + noise, rounded, within the day; observable at tier >= 1)"""
     base_open_sd: float = num(0.5, 0.0, 5.0)
     """spread of a client's own open propensity (logit)"""
     weekend_affinity_sd: float = num(0.4, 0.0, 5.0)

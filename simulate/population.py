@@ -9,12 +9,13 @@ from scipy.special import ndtri
 
 from simulate import rng
 from simulate.config import PopulationConfig
-from simulate.labels import N_CHANNELS, N_TONES
+from simulate.labels import N_CHANNELS, N_SLOTS, N_TONES
 
 # Draw names of the trait streams; changing one changes every synthetic client.
 S_SEGMENT, S_TIER, S_GENDER, S_AGE, S_SLOT = 101, 102, 103, 104, 105
 S_LITERACY, S_SUSCEPTIBILITY, S_RISK, S_DECLARED = 106, 107, 108, 109
 S_BASE_OPEN, S_WEEKEND, S_TRUST, S_VISIT, S_AWAY = 110, 111, 112, 113, 114
+S_DECLARED_SLOT = 115
 S_CHANNEL0 = 120  # + channel index
 S_TONE0 = 130  # + tone index
 
@@ -29,6 +30,12 @@ def days_away_at_start(u: np.ndarray, visit_propensity: np.ndarray) -> np.ndarra
     p = sigmoid(visit_propensity)
     gap = 1.0 + np.floor(np.log(u) / np.log1p(-p))
     return np.minimum(gap, MAX_DAYS_AWAY).astype(np.int16)
+
+
+def declared_slot(slot: np.ndarray, z: np.ndarray, noise_sd: float) -> np.ndarray:
+    """The contact time a client declares (int8 0..5): the favourite ``slot`` plus ``noise_sd``
+    times the standard normal ``z``, rounded half to even and kept within the day."""
+    return np.clip(np.rint(slot + noise_sd * z), 0, N_SLOTS - 1).astype(np.int8)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -56,6 +63,9 @@ class Traits:
     """int8 protected attribute, audit only"""
     slot_preference: np.ndarray
     """int8 favourite send slot 0..5"""
+    declared_slot: np.ndarray
+    """int8 preferred contact time declared at onboarding, 0..5 (noisy copy of
+    ``slot_preference``; observable at tier >= 1)"""
     literacy: np.ndarray
     """financial literacy 0..1"""
     susceptibility: np.ndarray
@@ -127,12 +137,14 @@ def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> T
         axis=1,
     )
     visit_propensity = cfg.visit_logit_mean + cfg.visit_logit_sd * z(S_VISIT)
+    slot = categorical(rng.uniform(keys, S_SLOT), cfg.slot_preference_probs)
     return Traits(
         segment=segment,
         consent_tier=categorical(rng.uniform(keys, S_TIER), cfg.consent_tier_probs),
         gender=categorical(rng.uniform(keys, S_GENDER), cfg.gender_probs),
         age_band=age_band,
-        slot_preference=categorical(rng.uniform(keys, S_SLOT), cfg.slot_preference_probs),
+        slot_preference=slot,
+        declared_slot=declared_slot(slot, z(S_DECLARED_SLOT), cfg.declared_slot_noise_sd),
         literacy=literacy,
         susceptibility=susceptibility,
         risk=risk,

@@ -52,6 +52,13 @@ class ReferenceClient:
         self.gender = _categorical(u(pop.S_GENDER), cfg.gender_probs)
         self.age_band = _categorical(u(pop.S_AGE), cfg.age_band_probs)
         self.slot_preference = _categorical(u(pop.S_SLOT), cfg.slot_preference_probs)
+        self.declared_slot = int(
+            _clip(
+                round(self.slot_preference + cfg.declared_slot_noise_sd * z(pop.S_DECLARED_SLOT)),
+                0,
+                N_SLOTS - 1,
+            )
+        )
         self.literacy = _clip(
             cfg.literacy_mean
             + cfg.literacy_age_shift[self.age_band]
@@ -96,7 +103,7 @@ class ReferenceClient:
         self.opted_out = [False] * N_CHANNELS
         self.churned = False
         # the firm's records
-        self.sends: dict[int, tuple[int, int]] = {}  # day -> (channel, tone)
+        self.sends: dict[int, tuple[int, int, int]] = {}  # day -> (channel, tone, content)
         self.last_send_day = W.NEVER
         self.visit_days = [-away]  # days the client visited (the firm's visit log)
         self.engagement = (
@@ -218,7 +225,7 @@ class ReferenceClient:
         )
         unsubscribed = deliver and u(W.S_UNSUB) < _sigmoid(unsub_logit)
         urgency_last_week = sum(
-            p.tone_urgency[k] for d, (_, k) in self.sends.items() if day - 7 <= d < day
+            p.tone_urgency[k] for d, (_, k, _) in self.sends.items() if day - 7 <= d < day
         )
         complaint_logit = (
             p.complaint_base
@@ -252,7 +259,7 @@ class ReferenceClient:
         if unsubscribed:
             self.opted_out[channel] = True
         if deliver:
-            self.sends[day] = (channel, tone)
+            self.sends[day] = (channel, tone, content)
             self.last_send_day = day
             a = W.ENGAGEMENT_EMA
             for column, outcome in (
@@ -284,6 +291,20 @@ class ReferenceClient:
             "visited": visited,
             "churned": churned,
         }
+
+    def days_since_sent(self, day: int, component: int, value: int) -> int:
+        """Days from the last message whose channel (0), tone (1) or content (2) was ``value``
+        to ``day`` (``day - NEVER`` when there was none)."""
+        days = [d for d, send in self.sends.items() if send[component] == value and d < day]
+        return day - max(days, default=W.NEVER)
+
+    def sent_within(self, day: int, window: int, tone: int | None = None) -> int:
+        """Messages (of ``tone`` only, when given) sent in the ``window`` days before ``day``."""
+        return sum(
+            1
+            for d, (_, k, _) in self.sends.items()
+            if day - window <= d < day and (tone is None or k == tone)
+        )
 
     def visits_30d(self, day: int) -> int:
         """Visits in the 30 days before ``day``."""

@@ -36,7 +36,7 @@ HISTORY_DAYS = 7
 NEVER = -10_000
 """``last_send_day`` of a client never messaged"""
 VISIT_WINDOW = 30
-"""days of visits the firm's visit log keeps (``visits_30d``)"""
+"""days of visits the firm's visit log keeps (``visits_30d``); its send log keeps as many"""
 _VISIT_MASK = np.uint32((1 << VISIT_WINDOW) - 1)
 
 _COMPONENTS = tuple(ACTION_LABELS)
@@ -118,6 +118,14 @@ class World:
         self.tone_log = np.zeros((n, HISTORY_DAYS), dtype=np.int8)
         """tone + 1 of the message sent on day d at column d % 7 (0: none)"""
         self.last_send_day = np.full(n, NEVER, dtype=np.int32)
+        self.last_channel_day = np.full((n, N_CHANNELS), NEVER, dtype=np.int32)
+        """(N, channels) calendar day of the last message on each channel (NEVER: none)"""
+        self.last_tone_day = np.full((n, N_TONES), NEVER, dtype=np.int32)
+        """(N, tones) calendar day of the last message in each tone"""
+        self.last_content_day = np.full((n, N_CONTENTS), NEVER, dtype=np.int32)
+        """(N, contents) calendar day of the last message of each content"""
+        self.send_log = np.zeros(n, dtype=np.uint32)
+        """bit i set: a message was delivered i + 1 days before the next step (30 days kept)"""
         self.engagement = np.zeros((n, N_ENGAGEMENT), dtype=np.float32)
         """(N, 17) the firm's EMAs of opens/clicks by channel, slot and tone"""
         self.urgency_last_week = np.zeros(n)
@@ -158,6 +166,10 @@ class World:
         self.tone_log[rows] = 0
         self.urgency_last_week[rows] = 0.0
         self.last_send_day[rows] = NEVER
+        self.last_channel_day[rows] = NEVER
+        self.last_tone_day[rows] = NEVER
+        self.last_content_day[rows] = NEVER
+        self.send_log[rows] = 0
         away = t.initial_days_away[rows].astype(np.int32)
         self.last_visit_day[rows] = -away
         self.visit_log[rows] = np.where(
@@ -195,6 +207,10 @@ class World:
             + self.channel_log.nbytes
             + self.tone_log.nbytes
             + self.last_send_day.nbytes
+            + self.last_channel_day.nbytes
+            + self.last_tone_day.nbytes
+            + self.last_content_day.nbytes
+            + self.send_log.nbytes
             + self.urgency_last_week.nbytes
             + self.last_visit_day.nbytes
             + self.visit_log.nbytes
@@ -426,6 +442,12 @@ class World:
         self.tone_log[:, column] = 0
         self.tone_log[who, column] = tone_w + 1
         self.last_send_day[who] = day
+        self.last_channel_day[who, channel_w] = day
+        self.last_tone_day[who, tone_w] = day
+        self.last_content_day[who, content_w] = day
+        self.send_log <<= np.uint32(1)
+        self.send_log[who] |= np.uint32(1)
+        self.send_log &= _VISIT_MASK
         self._record_engagement(who, slot_w, tone_w, channel_w, opened, clicked)
         self.last_visit_day[visited] = day
         self.visit_log <<= np.uint32(1)

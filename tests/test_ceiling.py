@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.ceiling import STAND_IN_OFFSET, DeployableCeiling
+from agents.ceiling import STAND_IN_OFFSET, DeployableCeiling, declared_likelihood
 from envs.config import load_setup
 from envs.core import CadenceCore
+from envs.features import I_DECLARED_SLOT
 from envs.spaces import multi_to_flat
+from simulate.labels import N_SLOTS
 
 SETUP = load_setup()
 
@@ -51,7 +53,7 @@ def test_beliefs_converge_on_clients_whose_favourite_slot_is_known():
     # every client of this world prefers the evening (slot index 4) and e-mail well; the
     # ceiling's prior is the default population's (a fifth prefer the evening). Messages go out
     # every other day by e-mail, the slot going round all six, and the ceiling learns from
-    # each response
+    # each response (the declared contact time is left out: what is learnt is the responses)
     world = load_setup(
         overrides=[
             "population.slot_preference_probs=[0,0,0,0,1,0]",
@@ -63,6 +65,7 @@ def test_beliefs_converge_on_clients_whose_favourite_slot_is_known():
     ceiling = DeployableCeiling(SETUP)
     core = CadenceCore(world, 400, autoreset=False)
     obs = core.reset(0)
+    obs[:, I_DECLARED_SLOT : I_DECLARED_SLOT + N_SLOTS] = 0.0
     ceiling.act(obs, core.joint_masks())  # meets its clients
     beliefs = [ceiling.slot_posterior()]
     for day in range(240):
@@ -84,15 +87,44 @@ def test_beliefs_converge_on_clients_whose_favourite_slot_is_known():
 def test_responses_shape_beliefs_only_where_consent_allows():
     world = load_setup(overrides=["population.consent_tier_probs=[0.34,0.33,0.33,0]"])
     ceiling = DeployableCeiling(SETUP)
-    _live(ceiling, CadenceCore(world, 300, autoreset=False), 30)
-    prior = np.log(np.asarray(SETUP.population.slot_preference_probs))
+    core = CadenceCore(world, 300, autoreset=False)
+    _live(ceiling, core, 30)
+    # the slot belief is the prior times the declared contact time's likelihood (tiers 1 and 2
+    # show it) and nothing more: no response has moved it
+    traits = core.world.traits
+    like = declared_likelihood(SETUP.population.declared_slot_noise_sd)[traits.declared_slot]
+    shown = (traits.consent_tier >= 1)[:, None]
+    expected = np.log(SETUP.population.slot_preference_probs) + np.where(
+        shown, np.log(like + 1e-12), 0.0
+    )
     logp = ceiling.beliefs["slot_logp"]
+    assert shown.any() and (~shown).any()
     np.testing.assert_allclose(
-        logp - logp.max(axis=1, keepdims=True), np.tile(prior - prior.max(), (300, 1))
+        logp - logp.max(axis=1, keepdims=True),
+        expected - expected.max(axis=1, keepdims=True),
+        atol=1e-6,
     )
     np.testing.assert_array_equal(
         ceiling.beliefs["open_mean"], np.tile(SETUP.population.channel_affinity_mean, (300, 1))
     )
+
+
+def test_the_declared_contact_time_follows_its_noise_model():
+    # the population draws the declared slot as favourite + N(0, sd), rounded and kept within
+    # the day; the ceiling's likelihood table is that model: each column sums to one and
+    # matches the frequencies of a large draw
+    setup = load_setup(overrides=["population.declared_slot_noise_sd=0.8"])
+    core = CadenceCore(setup, 60_000, autoreset=False)
+    core.reset(0)
+    t = core.world.traits
+    table = declared_likelihood(0.8)
+    np.testing.assert_allclose(table.sum(axis=0), 1.0)
+    for favourite in range(N_SLOTS):
+        declared = t.declared_slot[t.slot_preference == favourite]
+        freq = np.bincount(declared, minlength=N_SLOTS) / len(declared)
+        np.testing.assert_allclose(freq, table[:, favourite], atol=0.03)
+    assert 0.4 < (t.declared_slot == t.slot_preference).mean() < 0.6  # noisy, yet informative
+    np.testing.assert_array_equal(declared_likelihood(0.0), np.eye(N_SLOTS))
 
 
 def test_the_ceiling_starts_afresh_each_rollout():

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from envs.config import load_setup
+from envs.features import IX, RECENCY_CAP_DAYS, raw_features
+from simulate.labels import CHANNELS, CONTENTS, SLOT_KEYS, TONES
 from simulate.reference import ReferenceWorld
 from simulate.world import OUTCOMES, World
 
@@ -47,6 +49,17 @@ def test_batched_world_matches_reference(scenario):
         world.traits.susceptibility, [c.susceptibility for c in clients], atol=1e-12
     )
     assert events > 500  # the comparison covered real events, not only zeros
+    # the firm's send log as the observation reads it, against the plain records
+    obs = raw_features(world, DAYS, 0.0)
+    for i, c in enumerate(clients):
+        for component, names in enumerate((CHANNELS, TONES, CONTENTS)):
+            kind = ("channel", "tone", "content")[component]
+            for v, name in enumerate(names):
+                want = min(c.days_since_sent(DAYS, component, v), RECENCY_CAP_DAYS)
+                assert obs[i, IX[f"days_since_{kind}_{name}"]] == want, (i, kind, name)
+        assert obs[i, IX["urgent_7d"]] == c.sent_within(DAYS, 7, TONES.index("urgent"))
+        assert obs[i, IX["sent_30d"]] == c.sent_within(DAYS, 30)
+        assert obs[i, IX[f"declared_slot_{SLOT_KEYS[c.declared_slot]}"]] == 1.0
 
 
 def test_rng_vector_and_scalar_agree():

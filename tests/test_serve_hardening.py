@@ -69,7 +69,7 @@ def clients(n: int, tier: int, seed: int = 0) -> np.ndarray:
     random (as a firm's feature store would send every column it has)."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 1, (n, len(NAMES))) * OBS_HIGH
-    for prefix in ("weekday_", "consent_tier_", "goal_", "opted_out_"):
+    for prefix in ("weekday_", "consent_tier_", "goal_", "opted_out_", "declared_slot_"):
         x[:, [COL[c] for c in NAMES if c.startswith(prefix)]] = 0
     x[np.arange(n), COL["weekday_mon"] + rng.integers(0, 7, n)] = 1
     x[:, COL["consent_tier_0"] + tier] = 1
@@ -77,6 +77,9 @@ def clients(n: int, tier: int, seed: int = 0) -> np.ndarray:
     sent = [COL[f"sent_7d_{c}"] for c in ("email", "push", "sms")]
     x[:, sent] = rng.integers(0, 2, (n, 3))
     x[:, COL["visits_30d"]] = rng.integers(0, 31, n)
+    x[np.arange(n), COL["declared_slot_early"] + rng.integers(0, 6, n)] = 1
+    x[:, COL["urgent_7d"]] = rng.integers(0, 2, n)
+    x[:, COL["sent_30d"]] = rng.integers(0, 31, n)
     return x
 
 
@@ -344,7 +347,7 @@ def test_each_manifest_edit_is_refused_naming_what_differs(export, tmp_path, edi
     [
         (
             lambda m: m["feature_names"].reverse(),
-            "feature_names differs from the contract at position 0: 'ema_click_tone_urgent'",
+            "feature_names differs from the contract at position 0: 'declared_slot_late'",
         ),
         (lambda m: m.__setitem__("nvec", [7, 5, 3, 3]), "nvec differs from the contract"),
         (lambda m: m["mask_rules"].pop("channel_caps"), "mask_rules lacks 'channel_caps'"),
