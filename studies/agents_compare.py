@@ -7,6 +7,12 @@ harm, and of normalized value and ceiling share per consent tier.
 
     python studies/agents_compare.py                      # default population, balanced, 90 days, 3 seeds
     python studies/agents_compare.py --clients 1000 --quick
+    python studies/agents_compare.py --agents ppo_lagrangian,propensity --train-seeds 3
+
+With ``--train-seeds K`` each learner is trained K times (seeds 0..K-1; policies named
+``<agent>@s<seed>``) and a last table gives each learner's normalized value and ceiling share,
+overall and per consent tier, as the mean over training seeds with a t-interval: one training's
+spread is about +-0.03, so learners are compared over seeds, not on one.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from agents.config import AgentConfig  # noqa: E402
 from agents.heuristics import HEURISTICS  # noqa: E402
+from agents.propensity import distil  # noqa: E402
 from agents.registry import train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from evaluation.compare import TABLE, compare, markdown_table, tier_table  # noqa: E402
@@ -38,6 +46,7 @@ BUDGETS = {
     "a2c": 6_000_000,
     "dqn": 1_000_000,
     "recurrent_ppo": 6_000_000,
+    "propensity": 3_000_000,  # and as much again to distil it (propensity_distilled)
 }
 NUM_ENVS = {"epsilon_greedy": 500, "linucb": 500, "thompson": 500, "recovering": 500}
 COLUMNS = (*TABLE, "eval/complaints_per_client")
@@ -79,6 +88,9 @@ def main() -> int:
     parser.add_argument(
         "--agents", default=",".join(BUDGETS), help="comma-separated learners to train"
     )
+    parser.add_argument(
+        "--train-seeds", type=int, default=1, help="train each learner on seeds 0..K-1"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     setup = load_setup()
@@ -87,16 +99,26 @@ def main() -> int:
         for name, cls in HEURISTICS.items()
         if name != "no_send"
     ]
+    learners: dict[str, list[str]] = {}
     for name in args.agents.split(","):
         budget = BUDGETS[name] // (20 if args.quick else 1)
-        start = time.perf_counter()
-        policies.append(
-            train_agent(agent_preset(name), setup, budget, NUM_ENVS.get(name, 256), seed=0)
-        )
-        print(
-            f"trained {name} on {budget:,} client-days in {time.perf_counter() - start:.0f} s",
-            flush=True,
-        )
+        cfg = agent_preset(name)
+        for seed in range(args.train_seeds):
+            start = time.perf_counter()
+            trained = [train_agent(cfg, setup, budget, NUM_ENVS.get(name, 256), seed=seed)]
+            if name == "propensity":  # the teacher, and the network it teaches
+                trained.append(distil(trained[0], cfg, setup, budget, 2048, seed=seed))
+            for policy in trained:
+                if args.train_seeds > 1:
+                    base = policy.name
+                    policy.name = f"{base}@s{seed}"
+                    learners.setdefault(base, []).append(policy.name)
+                policies.append(policy)
+            print(
+                f"trained {name} (seed {seed}) on {budget:,} client-days in "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
     start = time.perf_counter()
     result = compare(policies, setup, args.clients, args.days, seeds=range(1000, 1000 + args.seeds))
     print(f"\nevaluated {len(result.metrics)} policies in {time.perf_counter() - start:.0f} s\n")
@@ -105,7 +127,37 @@ def main() -> int:
     print(markdown_table(result, HARM))
     print()
     print(tier_table(result))  # normalized value and ceiling share per consent tier
+    if learners:
+        print()
+        print(seed_table(result, learners))
     return 0
+
+
+def seed_table(result, learners: dict[str, list[str]]) -> str:
+    """Markdown: per learner, normalized value and ceiling share (overall and per tier) as the
+    mean over training seeds with a 95 % t-interval, and each seed's value."""
+    from scipy import stats
+
+    keys = ["eval/normalized_value", "eval/ceiling_share"]
+    tiers = [k for k in result.metrics[next(iter(result.metrics))] if k.startswith("tier/")]
+    keys += sorted(tiers)
+    head = [
+        "learner",
+        "seeds",
+        *(k.removeprefix("eval/") for k in keys),
+        "normalized_value by seed",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for learner, names in learners.items():
+        cells = [learner, str(len(names))]
+        for key in keys:
+            x = np.array([result.metrics[n][key][0] for n in names])
+            half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+            cells.append(f"{x.mean():.3f} ± {half:.3f}")
+        by_seed = [result.metrics[n]["eval/normalized_value"][0] for n in names]
+        cells.append(", ".join(f"{v:.3f}" for v in by_seed))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
