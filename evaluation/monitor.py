@@ -324,13 +324,20 @@ class Monitor:
         return today
 
     def release(self, key: tuple[str, str, str]) -> None:
-        """End a series' alert (the breaker decides when): its statistics restart from 0; its
-        baseline stays the one from before the alert until the baseline window is clear of the
-        alert's days, so a change that has not ended is found again at once."""
+        """End a series' alert (the breaker decides when): its statistics restart from 0. A
+        rate's baseline stays the one from before the alert until the baseline window is clear of
+        the alert's days, so a change that has not ended is found again at once. Visits' baseline
+        (last week's level) follows the days since the return at once: the breaker returns a
+        segment only after a week back within band, and a level frozen from before would
+        mistake the slow rise of visits as trust grows under a good policy for a new change
+        (measured: 6 alerts in 485 calm days against 2 with the monitor watching only)."""
         self.in_alert.discard(key)
         s = self.series[key]
         s.statistics = [0.0] * len(s.shifts)
-        s.thaw_day = len(s.counts) + self.cfg.guard_days + self.cfg.baseline_days
+        if s.outcome in SEASONAL:
+            s.frozen = s.thaw_day = None
+        else:
+            s.thaw_day = len(s.counts) + self.cfg.guard_days + self.cfg.baseline_days
 
     def alert_log(self) -> pl.DataFrame:
         """Every alert so far, one row each."""
