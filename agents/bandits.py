@@ -19,13 +19,17 @@ import numpy as np
 from agents.base import best_additive
 from agents.config import AgentConfig
 from envs.features import (
+    I_DECLARED_SLOT,
     I_ENGAGEMENT,
     I_GOAL,
     I_RECENCY,
     I_RISK,
     I_SENT_7D,
+    I_SENT_30D,
+    I_SINCE_CHANNEL,
     I_STRESS,
     I_TIER,
+    I_URGENT_7D,
     I_WEEKDAY,
     OBS_DIM,
 )
@@ -35,6 +39,7 @@ from simulate.world import E_CLICK_TONE, E_OPEN_CHANNEL, E_OPEN_SLOT
 
 N_ACTION_FEATURES = 1 + N_SLOTS + N_TONES + N_CHANNELS + N_CONTENTS
 """send flag, then one-hot slot, tone, channel and content"""
+N_SINCE = N_CHANNELS + N_TONES + N_CONTENTS
 
 
 def action_features() -> np.ndarray:
@@ -67,6 +72,14 @@ def _context_map() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         *({e + E_CLICK_TONE + t: 1.0} for t in range(N_TONES)),
         {I_TIER + 3: 1.0},
         {I_TIER: 1.0},
+        # the firm's send log (every tier), recency capped at RECENCY_CAP and scaled to 0..1:
+        # crossed with the action's one-hots these say how long since *this* channel, tone and
+        # content was sent (novelty and fatigue per component)
+        *({I_SINCE_CHANNEL + k: 1.0 / RECENCY_CAP} for k in range(N_SINCE)),
+        {I_URGENT_7D: 1.0 / 3.0},
+        {I_SENT_30D: 1.0 / 30.0},
+        # the declared preferred contact time (tier >= 1), crossed with the slot one-hot
+        *({I_DECLARED_SLOT + s: 1.0} for s in range(N_SLOTS)),
     ]
     weights = np.zeros((OBS_DIM, len(columns)))
     for j, column in enumerate(columns):
@@ -76,6 +89,7 @@ def _context_map() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bias[0] = 1.0
     cap = np.full(OBS_DIM, np.inf)
     cap[I_RECENCY] = RECENCY_CAP
+    cap[I_SINCE_CHANNEL : I_SINCE_CHANNEL + N_SINCE] = RECENCY_CAP
     return weights, bias, cap
 
 
@@ -83,7 +97,9 @@ RECENCY_CAP = 14.0
 """days since the last message beyond which the bandit context no longer distinguishes"""
 CONTEXT_WEIGHTS, CONTEXT_BIAS, CONTEXT_CAP = _context_map()
 N_CONTEXT = CONTEXT_WEIGHTS.shape[1]
-"""26 context features: constant, goal, risk, recency, recent volume, stress, weekend, engagement, tier"""
+"""46 context features: constant, goal, risk, recency, recent volume, stress, weekend, engagement,
+tier, days since each channel / tone / content was sent, urgent in 7 days, sent in 30 days, declared
+slot"""
 
 
 def client_context(obs: np.ndarray) -> np.ndarray:
@@ -244,6 +260,13 @@ class LinearBandit:
         meta = json.loads(str(data["meta"]))
         kind = BANDIT_CLASSES[meta["name"]]
         agent = kind(AgentConfig(**meta["cfg"]))
+        d = N_CONTEXT * N_ACTION_FEATURES + (RECOVERY_FEATURES if agent.recovering else 0)
+        if data["theta"].shape != (d,) or data["precision"].shape != (d, d):
+            raise ValueError(
+                f"{path}: bandit model has {data['theta'].shape[0]} weights, this version "
+                f"expects {d} ({N_CONTEXT} context x {N_ACTION_FEATURES} action features): "
+                "it was trained on another observation; retrain it"
+            )
         agent.precision, agent.target, agent.theta = (
             data["precision"],
             data["target"],

@@ -265,3 +265,16 @@ def test_load_policy_names_the_problem(tmp_path):
 
 def test_bandit_classes_cover_config_names():
     assert set(BANDIT_CLASSES) == set(BANDITS)
+
+
+def test_a_bandit_saved_for_another_context_is_refused_by_name(tmp_path):
+    bandit = BANDIT_CLASSES["linucb"](AgentConfig(name="linucb"))
+    path = bandit.save(tmp_path / "model")
+    data = dict(np.load(path, allow_pickle=False))
+    d = 26 * 19  # the context of the 43-feature observation
+    data["theta"], data["precision"], data["target"] = np.zeros(d), np.eye(d), np.zeros(d)
+    np.savez(path, **data)
+    with pytest.raises(ValueError, match="another observation; retrain"):
+        BANDIT_CLASSES["linucb"].load(path)
+    bandit.save(path)
+    assert BANDIT_CLASSES["linucb"].load(path).theta.shape == bandit.theta.shape
