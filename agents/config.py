@@ -50,6 +50,9 @@ class AgentConfig:
     """ppo, ppo_lagrangian, a2c: while training in simulation the critic also reads each client's
     latent state and hidden traits; the actor sees only the observation, so the trained (and
     exported) policy needs nothing a firm lacks"""
+    action_masking: bool = False
+    """ppo_lagrangian: sample only the options the guardrails and consent allow while training
+    (sb3-contrib's MaskablePPO under the Lagrangian costs), as maskable_ppo does"""
     buffer_size: int = num(200_000, 1000, 10_000_000)
     """DQN replay buffer, client-days"""
     exploration_fraction: float = num(0.3, 0.0, 1.0)
@@ -106,6 +109,16 @@ class AgentConfig:
         if self.asymmetric_critic and self.name not in ASYMMETRIC:
             raise ConfigError(
                 f"{prefix}.asymmetric_critic is for {list(ASYMMETRIC)}, not {self.name!r}"
+            )
+        if self.action_masking and self.name != "ppo_lagrangian":
+            raise ConfigError(
+                f"{prefix}.action_masking is for ppo_lagrangian (maskable_ppo always masks), "
+                f"not {self.name!r}"
+            )
+        if self.action_masking and self.asymmetric_critic:
+            raise ConfigError(
+                f"{prefix}.action_masking and {prefix}.asymmetric_critic cannot be combined "
+                "(the masked policy has no asymmetric form)"
             )
         if not self.net_arch or any(int(h) < 1 for h in self.net_arch):
             raise ConfigError(

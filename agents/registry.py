@@ -119,9 +119,9 @@ def train_agent(
         env = make_training_env(cfg, setup, num_envs)
         env.seed(seed)
         if resume_from is not None:
-            from agents.sb3_agents import ALGORITHMS
+            from agents.sb3_agents import algorithm
 
-            model = ALGORITHMS[cfg.name].load(Path(resume_from), env=env, device="cpu")
+            model = algorithm(cfg).load(Path(resume_from), env=env, device="cpu")
             restore_training_state(env, resume_state or {})
         else:
             model = build_model(cfg, env, seed)

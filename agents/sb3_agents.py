@@ -46,6 +46,30 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
 OBS_SCALE = 1.0 / OBS_HIGH
 
 
+def algorithm(cfg: AgentConfig) -> type[BaseAlgorithm]:
+    """The SB3 class that trains ``cfg``: MaskablePPO for ppo_lagrangian with action masking."""
+    if cfg.name == "ppo_lagrangian" and cfg.action_masking:
+        return MaskablePPO
+    return ALGORITHMS[cfg.name]
+
+
+def saved_algorithm(path: str | Path, name: str) -> type[BaseAlgorithm]:
+    """The SB3 class of a saved model of agent ``name`` (a masked ppo_lagrangian is a MaskablePPO
+    model: its zip names the policy's module)."""
+    if name == "ppo_lagrangian":
+        import json
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                module = json.loads(z.read("data"))["policy_class"].get("__module__", "")
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path}: not a readable SB3 model ({err})") from err
+        if "maskable" in module:
+            return MaskablePPO
+    return ALGORITHMS[name]
+
+
 class ScaledObs(VecEnvWrapper):
     """Divides observations (and terminal observations) by their upper bounds."""
 
@@ -258,7 +282,7 @@ def make_training_env(cfg: AgentConfig, setup: Setup, num_envs: int | None = Non
 
 def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
     """An untrained SB3 model of ``cfg.name`` on ``env``."""
-    algo = ALGORITHMS[cfg.name]
+    algo = algorithm(cfg)
     policy_kwargs: dict[str, Any] = {"net_arch": list(cfg.net_arch)}
     common = {
         "learning_rate": cfg.learning_rate,
@@ -395,5 +419,5 @@ class SB3Policy:
 
     @classmethod
     def load(cls, path: str | Path, name: str) -> SB3Policy:
-        algo = ALGORITHMS[name]
+        algo = saved_algorithm(Path(path), name)
         return cls(algo.load(Path(path), device="cpu"), name)

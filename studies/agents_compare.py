@@ -8,6 +8,8 @@ harm, and of normalized value and ceiling share per consent tier.
     python studies/agents_compare.py                      # default population, balanced, 90 days, 3 seeds
     python studies/agents_compare.py --clients 1000 --quick
     python studies/agents_compare.py --agents ppo_lagrangian,propensity --train-seeds 3
+    python studies/agents_compare.py --agents ppo_lagrangian \
+        --variant ppo_lagrangian:action_masking=false --train-seeds 3   # a preset with overrides
 
 With ``--train-seeds K`` each learner is trained K times (seeds 0..K-1; policies named
 ``<agent>@s<seed>``) and a last table gives each learner's normalized value and ceiling share,
@@ -75,6 +77,26 @@ def agent_preset(name: str) -> AgentConfig:
     return OmegaConf.to_object(node)
 
 
+def variant(spec: str) -> tuple[str, AgentConfig]:
+    """``NAME:KEY=VALUE[:KEY=VALUE]`` -> (NAME, its preset with the overrides), checked."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    name, *overrides = spec.split(":")
+    if name not in BUDGETS or not overrides:
+        raise SystemExit(
+            f"--variant {spec!r}: expected NAME:KEY=VALUE[:KEY=VALUE] with NAME one of "
+            f"{list(BUDGETS)}"
+        )
+    base = OmegaConf.structured(agent_preset(name))
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.from_dotlist(overrides)))
+        cfg.check("agent")
+    except (OmegaConfBaseException, ValueError) as err:
+        raise SystemExit(f"--variant {spec!r}: {err}") from err
+    return name, cfg
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,6 +113,15 @@ def main() -> int:
     parser.add_argument(
         "--train-seeds", type=int, default=1, help="train each learner on seeds 0..K-1"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[:KEY=VALUE]",
+        help="also train agent NAME's preset with these overrides (repeatable), e.g. "
+        "ppo_lagrangian:action_masking=false or ppo_lagrangian:net_arch=[64,64]; the policy is "
+        "named by the whole spec",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     setup = load_setup()
@@ -100,22 +131,25 @@ def main() -> int:
         if name != "no_send"
     ]
     learners: dict[str, list[str]] = {}
-    for name in args.agents.split(","):
+    specs = [(name, agent_preset(name), None) for name in args.agents.split(",") if name]
+    specs += [(*variant(spec), spec) for spec in args.variant]
+    for name, cfg, label in specs:
         budget = BUDGETS[name] // (20 if args.quick else 1)
-        cfg = agent_preset(name)
         for seed in range(args.train_seeds):
             start = time.perf_counter()
             trained = [train_agent(cfg, setup, budget, NUM_ENVS.get(name, 256), seed=seed)]
             if name == "propensity":  # the teacher, and the network it teaches
                 trained.append(distil(trained[0], cfg, setup, budget, 2048, seed=seed))
             for policy in trained:
+                if label is not None:
+                    policy.name = label
                 if args.train_seeds > 1:
                     base = policy.name
                     policy.name = f"{base}@s{seed}"
                     learners.setdefault(base, []).append(policy.name)
                 policies.append(policy)
             print(
-                f"trained {name} (seed {seed}) on {budget:,} client-days in "
+                f"trained {label or name} (seed {seed}) on {budget:,} client-days in "
                 f"{time.perf_counter() - start:.0f} s",
                 flush=True,
             )
