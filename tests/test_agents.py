@@ -134,6 +134,39 @@ def test_sb3_agent_acts_within_masks_and_reloads(name, tmp_path):
     _acts_within_masks_and_reloads(policy, tmp_path)
 
 
+def test_a_masked_lagrangian_agent_trains_as_maskable_ppo_acts_within_masks_and_reloads(tmp_path):
+    from sb3_contrib import MaskablePPO
+
+    cfg = AgentConfig(name="ppo_lagrangian", action_masking=True, n_steps=8, batch_size=512)
+    policy = train_agent(cfg, SETUP, total_timesteps=4_096, num_envs=64, progress=False)
+    assert isinstance(policy.model, MaskablePPO) and policy.name == "ppo_lagrangian"
+    _acts_within_masks_and_reloads(policy, tmp_path)
+    assert isinstance(load_policy(tmp_path / "ppo_lagrangian").model, MaskablePPO)
+    plain = train_agent(
+        AgentConfig(name="ppo_lagrangian", n_steps=8, batch_size=512),
+        SETUP,
+        total_timesteps=512,
+        num_envs=64,
+        progress=False,
+    )
+    assert not isinstance(plain.model, MaskablePPO)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"name": "ppo", "action_masking": True}, "action_masking is for ppo_lagrangian"),
+        (
+            {"name": "ppo_lagrangian", "action_masking": True, "asymmetric_critic": True},
+            "cannot be combined",
+        ),
+    ],
+)
+def test_action_masking_is_refused_where_it_does_not_apply(change, message):
+    with pytest.raises(ConfigError, match=message):
+        AgentConfig(**change).check("agent")
+
+
 def test_a_recurrent_agent_remembers_each_client_and_forgets_on_a_new_rollout():
     cfg = AgentConfig(name="recurrent_ppo", n_steps=8, batch_size=512)
     policy = train_agent(cfg, SETUP, total_timesteps=4_096, num_envs=64, progress=False)

@@ -30,6 +30,7 @@ EXPORTABLE = (
     "maskable_ppo",
     "ppo_lagrangian",
     "ppo_lagrangian:asymmetric",  # its critic read privileged state in training; its actor did not
+    "ppo_lagrangian:masked",  # the default preset: MaskablePPO under the Lagrangian costs
     "epsilon_greedy",
     "linucb",
     "thompson",
@@ -55,7 +56,12 @@ def _train(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return train_agent(
-            AgentConfig(name=name, n_steps=16, asymmetric_critic=variant == "asymmetric"),
+            AgentConfig(
+                name=name,
+                n_steps=16,
+                asymmetric_critic=variant == "asymmetric",
+                action_masking=variant == "masked",
+            ),
             SETUP,
             8192 if name not in ("linucb",) else 4096,
             128,
