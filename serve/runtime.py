@@ -278,6 +278,7 @@ class PolicyRuntime:
         max_rows: int = MAX_ROWS,
         key: str | bytes | None = None,
         circuit: str | Path | None = None,
+        require_signature: bool = False,
     ) -> PolicyRuntime:
         """Read ``manifest.json`` and ``policy.onnx`` from ``directory``; refuse anything not
         trustworthy (:class:`ExportError` naming what differs).
@@ -292,6 +293,10 @@ class PolicyRuntime:
                 a valid HMAC signature made with it.
             circuit: a circuit file (``serve/circuit.py``) naming segments tripped to the safe
                 fallback; read on every request.
+            require_signature: refuse an export that carries no HMAC signature (unsigned, or
+                signed with its signature stripped): anyone who can write an unsigned export's
+                folder can relax the caps, quiet hours and consent rules and recompute its
+                hashes. A signed export then also needs the key to be verified.
         """
         directory = Path(directory)
         manifest_path, onnx_path = directory / MANIFEST_FILE, directory / ONNX_FILE
@@ -312,6 +317,13 @@ class PolicyRuntime:
             )
         onnx = onnx_path.read_bytes()  # hashed and loaded from these same bytes
         verify_manifest(manifest, onnx, signing_key(key), manifest_path)
+        if require_signature and "hmac_sha256" not in manifest["integrity"]:
+            raise ExportError(
+                f"{manifest_path} carries no signature and a signed export is required: anyone "
+                "who can write an unsigned export's folder can relax its caps, quiet hours and "
+                f"consent rules and recompute its hashes. Export with ${KEY_ENV} set and serve "
+                "with the same key (or allow unsigned exports explicitly)"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
