@@ -242,6 +242,34 @@ class CrisisResult:
         }
         return 1.0 - sums["on"] / sums["off"] if sums["off"] else math.nan
 
+    def summary(self, policy: str) -> str:
+        """One line on what the breaker did for ``policy``'s touched clients (clients lost,
+        anxious clicks; summed over seeds): "segment_rules: the breaker cut clients lost by 41%
+        and cut anxious clicks by 12%". A count that is zero in the ``off`` arm has no
+        percentage: "no anxious clicks in either arm", or the ``on`` arm's count against none."""
+        cuts, plain = [], []
+        for metric, noun in (
+            ("clients_lost", "clients lost"),
+            ("anxious_clicks", "anxious clicks"),
+        ):
+            on, off = (
+                float(
+                    self.rows.filter((pl.col("policy") == policy) & (pl.col("monitor") == arm))[
+                        metric
+                    ].sum()
+                )
+                for arm in ("on", "off")
+            )
+            if off > 0:
+                cut = 1.0 - on / off
+                cuts.append(f"{'cut' if cut >= 0 else 'raised'} {noun} by {abs(cut):.0%}")
+            elif on > 0:
+                plain.append(f"{on:.0f} {noun} with the breaker, none without it")
+            else:
+                plain.append(f"no {noun} in either arm")
+        said = [f"the breaker {' and '.join(cuts)}"] if cuts else []
+        return f"{policy}: " + "; ".join(said + plain)
+
     def logs(self) -> pl.DataFrame:
         """Every alert and every switch and return of every trace, one row each, with the
         policy, arm, world and seed."""

@@ -44,8 +44,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import tempfile
+import sys
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from itertools import islice
@@ -55,6 +54,7 @@ import numpy as np
 import polars as pl
 
 from envs.features import FEATURE_NAMES
+from serve.files import NotARegularFile, write_atomic
 from simulate.config import num
 from simulate.labels import SEGMENTS
 
@@ -399,7 +399,11 @@ def watch_logs(frame: pl.DataFrame, cfg: MonitorConfig | None = None) -> Monitor
 def write_circuit(monitor: Monitor, path: str | Path, first_day: dt.date | None = None) -> Path:
     """Write the serving circuit file (``serve/circuit.py``) tripping every segment with a
     series still in alert, atomically; with ``first_day`` (the date of the log's day 0) each
-    switch is dated by its first alert, so the runtime sends the fallback's first message."""
+    switch is dated by its first alert, so the runtime sends the fallback's first message.
+
+    The file is written as :func:`serve.files.write_atomic` does: it keeps the mode of the file
+    it replaces (a new one is 0644), a symlink at ``path`` has its target replaced, and a FIFO,
+    device or directory there is refused (:class:`serve.files.NotARegularFile`)."""
     since: dict[str, int] = {}
     for alert in monitor.alerts:
         if any(k[0] == alert.segment for k in monitor.in_alert):
@@ -413,24 +417,19 @@ def write_circuit(monitor: Monitor, path: str | Path, first_day: dt.date | None 
         for a in monitor.alerts
         if a.segment in since
     ]
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"tripped": tripped, "reason": "; ".join(reasons)}, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    state = {"tripped": tripped, "reason": "; ".join(reasons)}
+    write_atomic(path, json.dumps(state, indent=1).encode())
+    return Path(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m evaluation.monitor <logs.parquet> [--circuit circuit.json]``: the alert log
     of a logged dataset; with ``--circuit``, the serving circuit file tripping the segments
-    still in alert at its last day."""
+    still in alert at its last day. A log or a circuit path it cannot use ends it with one line
+    naming the problem on stderr and exit status 2 (no traceback)."""
     import argparse
 
-    from evaluation.logs import read_logs
+    from evaluation.logs import LogError, read_logs
 
     parser = argparse.ArgumentParser(prog="python -m evaluation.monitor", description=main.__doc__)
     parser.add_argument("logs", help="a logged dataset (docs/logged-data.md)")
@@ -439,13 +438,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--first-day", type=dt.date.fromisoformat, help="the date of the log's day 0 (YYYY-MM-DD)"
     )
     args = parser.parse_args(argv)
-    monitor = watch_logs(read_logs(args.logs))
+    try:
+        frame = read_logs(args.logs)
+    except (LogError, OSError) as error:
+        return _fail(f"cannot use the log {args.logs}: {error}")
+    monitor = watch_logs(frame)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160):
         print(monitor.alert_log())
     if args.circuit:
-        path = write_circuit(monitor, args.circuit, args.first_day)
+        try:
+            path = write_circuit(monitor, args.circuit, args.first_day)
+        except (NotARegularFile, OSError) as error:
+            return _fail(f"cannot write the circuit file {args.circuit}: {error}")
         print(f"wrote {path}: {json.loads(path.read_text())['tripped']}")
     return 0
+
+
+def _fail(message: str) -> int:
+    """Print ``message`` as one line on stderr; the exit status of a refused input (2)."""
+    line = " ".join(message.split())
+    print(f"python -m evaluation.monitor: {line[:500]}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

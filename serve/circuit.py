@@ -7,11 +7,15 @@ segment by hand without redeploying::
 
 Segments: the goals a client declared (``retirement``, ``growth_investor``, ``active_trader``,
 ``saver_debt``; seen at consent tier >= 1), ``undeclared``, and ``all`` (every client). The second
-form dates each switch: on the day after it the segment's clients also get the fallback's first
-message, whatever the weekday, as in evaluation. The runtime reads the file on every request (a
-change applies to the next request). A file that cannot be read or says something unknown is
+form dates each switch: it applies from that date (a switch dated after the server's today, the
+UTC date, waits for its date), and on the day after it the segment's clients also get the
+fallback's first message, whatever the weekday, as in evaluation. The runtime looks at the file on
+every request (a change applies to the next request); an unchanged file costs one ``stat``, its
+parse is cached by the file's identity. A file that cannot be read or says something unknown is
 refused by name (:class:`CircuitError`): a decision is never made on a circuit state the runtime
-could not read.
+could not read. So is anything but a regular file (a FIFO or a device is never opened for a
+read that could block) and a file over :data:`MAX_BYTES` (1 MiB). Write the file with
+:func:`serve.files.write_atomic` (as ``python -m evaluation.monitor --circuit`` does).
 
 The fallback is the one evaluation uses by default (``agents.breaker.SafeFallback``), written
 again here over the manifest's names so the runtime needs only numpy: an education message in a
@@ -23,9 +27,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import stat
+import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
+
+from serve.files import kind_of
 
 SEGMENTS = ("retirement", "growth_investor", "active_trader", "saver_debt", "undeclared")
 EVERYONE = "all"
@@ -36,21 +48,125 @@ FALLBACK = {
     "weekdays": ("mon", "thu"),
 }
 CHANNEL_ORDER = ("email", "push", "sms")
+MAX_BYTES = 1 << 20
+"""largest circuit file read, in bytes (1 MiB: a list of six segments and a reason fit in a few
+hundred); a larger one is refused unread"""
+FRESH_SECONDS = 2
+"""a file modified less than this many seconds before it was read is read again on the next
+request (the coarsest common filesystem timestamp is 2 s)"""
+_CACHE_PATHS = 16
+_cache: dict[str, tuple[tuple[int, int, int, int, int], Mapping[str, dt.date | None]]] = {}
+_lock = threading.Lock()
 
 
 class CircuitError(ValueError):
     """The circuit file cannot be read or names something unknown."""
 
 
-def read(path: str | Path) -> dict[str, dt.date | None]:
-    """The tripped segments named in the circuit file at ``path``, each with the date it
-    switched (None when the file does not say)."""
+def today_utc() -> dt.date:
+    """The server's date: today in UTC (what :class:`serve.runtime.PolicyRuntime` uses)."""
+    return dt.datetime.now(dt.UTC).date()
+
+
+def read(path: str | Path, today: dt.date | None = None) -> dict[str, dt.date | None]:
+    """The segments the circuit file at ``path`` trips on ``today``, each with the date it
+    switched (None when the file does not say). A switch dated after ``today`` is left out
+    until its date comes. ``today`` defaults to :func:`today_utc`, the server's date.
+
+    Called on every request: an unchanged file is parsed once (see :func:`load`)."""
+    day = today_utc() if today is None else today
+    return {s: d for s, d in load(path).items() if d is None or d <= day}
+
+
+def load(path: str | Path) -> Mapping[str, dt.date | None]:
+    """Every switch the circuit file at ``path`` names, dated or not, future ones included
+    (read-only). The parse is cached by the file's identity (device, inode, size, modification
+    and change times): a request that finds the file unchanged costs one ``stat``. A file
+    modified less than :data:`FRESH_SECONDS` before it was read is read again, since a rewrite
+    in the same timestamp tick could keep all of these.
+
+    Raises:
+        CircuitError: the file is missing, not a regular file (a FIFO or device is refused by
+            name, never opened for a blocking read), larger than :data:`MAX_BYTES`, not JSON,
+            or names an unknown segment or a malformed date.
+    """
     path = Path(path)
+    key = _identity(_stat(path))
+    with _lock:
+        hit = _cache.get(str(path))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    started_ns = time.time_ns()
+    data, key = _read_bytes(path)
+    state = MappingProxyType(_parse(path, data))
+    if started_ns - key[3] >= FRESH_SECONDS * 1_000_000_000:
+        with _lock:
+            _cache.pop(str(path), None)
+            _cache[str(path)] = (key, state)
+            while len(_cache) > _CACHE_PATHS:
+                _cache.pop(next(iter(_cache)))
+    return state
+
+
+def _stat(path: Path, fd: int | None = None) -> os.stat_result:
+    """A stat of ``path`` (of the open ``fd`` when given), refusing a missing file, anything
+    but a regular file, and a file over :data:`MAX_BYTES`, by name."""
     try:
-        state = json.loads(path.read_text())
+        st = os.stat(path) if fd is None else os.fstat(fd)
     except FileNotFoundError as exc:
         raise CircuitError(f"circuit file {path} is missing") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise CircuitError(f"circuit file {path} cannot be read: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise CircuitError(
+            f"circuit file {path} is {kind_of(st.st_mode)}, not a regular file: point the "
+            "runtime at a JSON file"
+        )
+    if st.st_size > MAX_BYTES:
+        raise CircuitError(
+            f"circuit file {path} is {st.st_size:,} bytes; a circuit file is at most "
+            f"{MAX_BYTES:,} bytes (1 MiB)"
+        )
+    return st
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """(device, inode, size in bytes, mtime ns, ctime ns): what changes when the file does."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_bytes(path: Path) -> tuple[bytes, tuple[int, int, int, int, int]]:
+    """The file's bytes and the identity of what was read. Opened non-blocking and checked
+    again once open, so a FIFO swapped in after the first check cannot hang the request."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise CircuitError(f"circuit file {path} is missing") from exc
+    except OSError as exc:
+        raise CircuitError(f"circuit file {path} cannot be read: {exc.strerror}") from exc
+    try:
+        key = _identity(_stat(path, fd))
+        chunks, size = [], 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise CircuitError(f"circuit file {path} cannot be read: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:  # it grew after the check
+        raise CircuitError(f"circuit file {path} is over {MAX_BYTES:,} bytes (1 MiB)")
+    return b"".join(chunks), key
+
+
+def _parse(path: Path, data: bytes) -> dict[str, dt.date | None]:
+    """The switches a circuit file's bytes name."""
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CircuitError(f"circuit file {path} is not readable JSON: {exc}") from exc
     tripped = state.get("tripped") if isinstance(state, dict) else None
     if not isinstance(tripped, (list, dict)):
