@@ -441,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         frame = read_logs(args.logs)
     except (LogError, OSError) as error:
-        return _fail(f"cannot use the log {args.logs}: {error}")
+        return _fail(f"bad log: {error}")
     monitor = watch_logs(frame)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160):
         print(monitor.alert_log())
@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             path = write_circuit(monitor, args.circuit, args.first_day)
         except (NotARegularFile, OSError) as error:
-            return _fail(f"cannot write the circuit file {args.circuit}: {error}")
+            return _fail(f"cannot write the circuit file: {error}")
         print(f"wrote {path}: {json.loads(path.read_text())['tripped']}")
     return 0
 
