@@ -210,10 +210,7 @@ def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     print(result.markdown())
     if result.crisis.start_day is not None:
         for name in dict.fromkeys(result.rows["policy"]):
-            print(
-                f"{name}: the breaker cut clients lost by {result.cut(name, 'clients_lost'):.0%} "
-                f"and anxious clicks by {result.cut(name, 'anxious_clicks'):.0%}"
-            )
+            print(result.summary(name))
     print(
         f"\nMLflow crisis run {parent.info.run_id}; see `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`"
     )
