@@ -98,10 +98,12 @@ def rule_problems(rules: Any) -> list[str]:
             problems.append(f"mask_rules lacks {key!r}")
     extra = sorted(set(rules) - {"quiet_hours", "max_per_week", "channel_caps", "content_min_tier"})
     if extra:
-        problems.append(f"mask_rules has unknown key(s) {extra}")
+        problems.append(f"mask_rules has unknown key(s) {_shown(extra)}")
     weekly = rules.get("max_per_week")
     if "max_per_week" in rules and not _whole_in(weekly, 0, MAX_PER_WEEK):
-        problems.append(f"mask_rules.max_per_week must be a whole number in [0, 7], got {weekly!r}")
+        problems.append(
+            f"mask_rules.max_per_week must be a whole number in [0, 7], got {_shown(weekly)}"
+        )
     problems += _per_name(rules, "channel_caps", CHANNELS, 0, MAX_PER_WEEK)
     problems += _per_name(rules, "content_min_tier", CONTENTS, 0, N_TIERS - 1)
     quiet = rules.get("quiet_hours", {})
@@ -113,13 +115,47 @@ def rule_problems(rules: Any) -> list[str]:
                 problems.append(f"mask_rules.quiet_hours lacks channel {channel!r}")
         for channel, slots in quiet.items():
             if channel not in CHANNELS:
-                problems.append(f"mask_rules.quiet_hours has unknown channel {channel!r}")
+                problems.append(f"mask_rules.quiet_hours has unknown channel {_shown(channel)}")
             elif not isinstance(slots, list) or any(s not in SLOT_KEYS for s in slots):
                 problems.append(
                     f"mask_rules.quiet_hours.{channel} must list slots among {list(SLOT_KEYS)}, "
-                    f"got {slots!r}"
+                    f"got {_shown(slots)}"
                 )
     return problems
+
+
+REVIEW_NAMES: dict[str, tuple[str, ...]] = {
+    "tones": TONES,
+    "goals": SEGMENTS,
+    "loss_contents": CONTENTS,
+}
+"""review_rules key -> the names its list may hold"""
+
+
+def review_problems(rules: Any) -> list[str]:
+    """What is wrong with a manifest's ``review_rules`` (empty when each of its three lists names
+    only known tones, goals and contents)."""
+    if not isinstance(rules, dict):
+        return ["review_rules is not a mapping"]
+    problems = [f"review_rules lacks {key!r}" for key in REVIEW_NAMES if key not in rules]
+    extra = sorted(set(rules) - set(REVIEW_NAMES))
+    if extra:
+        problems.append(f"review_rules has unknown key(s) {_shown(extra)}")
+    for key, names in REVIEW_NAMES.items():
+        listed = rules.get(key, [])
+        if not isinstance(listed, list) or any(
+            not isinstance(n, str) or n not in names for n in listed
+        ):
+            problems.append(
+                f"review_rules.{key} must list names among {list(names)}, got {_shown(listed)}"
+            )
+    return problems
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a hostile manifest can hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _whole_in(value: Any, low: int, high: int) -> bool:
@@ -133,9 +169,9 @@ def _per_name(rules: dict, key: str, names: tuple[str, ...], low: int, high: int
     if not isinstance(table, dict):
         return [f"mask_rules.{key} is not a mapping"]
     problems = [f"mask_rules.{key} lacks {n!r}" for n in names if n not in table]
-    problems += [f"mask_rules.{key} has unknown name {n!r}" for n in table if n not in names]
+    problems += [f"mask_rules.{key} has unknown name {_shown(n)}" for n in table if n not in names]
     problems += [
-        f"mask_rules.{key}.{n} must be a whole number in [{low}, {high}], got {v!r}"
+        f"mask_rules.{key}.{n} must be a whole number in [{low}, {high}], got {_shown(v)}"
         for n, v in table.items()
         if n in names and not _whole_in(v, low, high)
     ]

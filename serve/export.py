@@ -7,8 +7,11 @@ which the runtime normalises; additive scores for bandits).
 
 The export is written into a new sibling folder and then swapped in for ``out`` in one step, so
 a reader (or a killed export) sees the old export or the new one, never a mix, and never none.
+The folder is 0755 and its files 0644, so a server running under another account can read it.
 The manifest's integrity block covers every manifest section and the ONNX bytes; with a key
-(``key=`` or $CADENCE_EXPORT_KEY) it is an HMAC-SHA256 signature the runtime then requires.
+(``key=`` or $CADENCE_EXPORT_KEY) it is an HMAC-SHA256 signature the runtime then requires, and
+the ``signing`` section records that the export was signed, and by which key
+(``serve/integrity.py`` says what that does and does not protect).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from envs.config import GuardrailConfig
 from envs.consent import MIN_TIER
 from envs.features import FEATURE_NAMES, OBS_HIGH
 from envs.spaces import NVEC
+from serve.integrity import signing_section
 from serve.runtime import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -197,6 +201,19 @@ def swap_in(new: Path, out: Path) -> None:
     shutil.rmtree(aside)
 
 
+FOLDER_MODE, FILE_MODE = 0o755, 0o644
+"""an export's folder and files: readable by a server running under another account (the
+temporary folder they are written in is created 0700), writable by the exporting account only"""
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Give ``folder`` :data:`FOLDER_MODE` and each file in it :data:`FILE_MODE`, whatever the
+    umask, before it is swapped in (so the export never appears with other modes)."""
+    for path in folder.iterdir():
+        os.chmod(path, FILE_MODE)
+    os.chmod(folder, FOLDER_MODE)
+
+
 def _write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -262,11 +279,13 @@ def export_policy(
         )
         onnx = (new / ONNX_FILE).read_bytes()
         manifest = build_manifest(policy.name, graph.rule, guardrails, run_id, metrics)
+        manifest["signing"] = signing_section(signing_key(key))
         manifest["onnx_sha256"] = hashlib.sha256(onnx).hexdigest()
         manifest["integrity"] = integrity_block(manifest, onnx, signing_key(key))
         verify_manifest(manifest, onnx, signing_key(key), new / MANIFEST_FILE)
         _write(new / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
         _sync(new / ONNX_FILE)  # on disk before the swap makes it the export
+        _readable_by_all(new)
         swap_in(new, out)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)

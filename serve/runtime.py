@@ -7,19 +7,20 @@ any reason is written), run the network, rebuild the guardrail masks from the fe
 manifest's rules, pick the best *allowed* action (a policy can never override consent, opt-outs,
 quiet hours or caps), then explain it and flag sensitive sends for review.
 
-Loading verifies the whole export: the manifest's integrity block holds a SHA-256 of each of its
-sections and of the ONNX bytes (and, when the export was made with a key, an HMAC-SHA256 over
-them), the fixed fields must equal the contract (``serve/contract.py``), the rules must be
-complete and in range, and the session is built from the very bytes that were hashed.
+Loading verifies the whole export (``serve/integrity.py``): the manifest's integrity block holds
+a SHA-256 of each of its sections and of the ONNX bytes (and, when the export was made with a
+key, an HMAC-SHA256 over them), the fixed fields must equal the contract (``serve/contract.py``),
+the rules must be complete and in range, and the session is built from the very bytes that were
+hashed. An unsigned export loads with an :class:`UnsignedExportWarning` (anyone who can write its
+folder can relax its rules), or not at all with ``require_signature=True``.
+
+The policy's scores are never trusted to be finite: see :meth:`PolicyRuntime.choose` for what
++inf, -inf and NaN scores decide.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,15 @@ import onnxruntime as ort
 from serve import circuit as circuit_state
 from serve import contract
 from serve.guards import Guards
+from serve.integrity import FORMAT_VERSION as FORMAT_VERSION
+from serve.integrity import KEY_ENV as KEY_ENV
+from serve.integrity import ExportError as ExportError
+from serve.integrity import UnsignedExportWarning as UnsignedExportWarning
+from serve.integrity import canonical as canonical
+from serve.integrity import check_signed, read_manifest, signing_key, verify_manifest
+from serve.integrity import integrity_block as integrity_block
 
-FORMAT_VERSION = 3
-"""manifest format this runtime reads (3: consent tiers per feature and an integrity block)"""
 ONNX_FILE, MANIFEST_FILE = "policy.onnx", "manifest.json"
-KEY_ENV = "CADENCE_EXPORT_KEY"
-"""environment variable holding the signing key (export signs, the runtime then requires it)"""
 MAX_ROWS = 100_000
 """default most rows one request may carry"""
 CONSENT_MODES = ("zero", "refuse")
@@ -49,11 +53,10 @@ def wants_reasons(explain: bool | None, rows: int) -> bool:
     return bool(explain) if explain is not None else rows <= EXPLAIN_UP_TO
 
 
+SCORE_CAP = 1e300
+"""+inf scores read as this (float64; the graph gives float32 scores, at most about 3.4e38)"""
+
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-
-class ExportError(ValueError):
-    """The export on disk cannot be trusted (tampered, incomplete, or of another format)."""
 
 
 class RequestError(ValueError):
@@ -95,116 +98,6 @@ class Decisions:
             }
             for i in range(len(self.slot))
         ]
-
-
-def canonical(value: Any) -> bytes:
-    """The JSON bytes a manifest section is hashed over (sorted keys, no spaces)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
-def integrity_block(manifest: dict[str, Any], onnx: bytes, key: bytes | None) -> dict[str, Any]:
-    """Hashes of every manifest section and of the ONNX bytes, and their digest (an HMAC-SHA256
-    under ``key`` when one is given, else a plain SHA-256)."""
-    sections = {k: hashlib.sha256(canonical(v)).hexdigest() for k, v in sorted(manifest.items())}
-    sections["policy.onnx"] = hashlib.sha256(onnx).hexdigest()
-    body = canonical(sections)
-    if key:
-        return {"sections": sections, "hmac_sha256": hmac.new(key, body, "sha256").hexdigest()}
-    return {"sections": sections, "sha256": hashlib.sha256(body).hexdigest()}
-
-
-def signing_key(key: str | bytes | None = None) -> bytes | None:
-    """``key`` if given, else $CADENCE_EXPORT_KEY, else None (hashed, not signed)."""
-    key = key if key is not None else os.environ.get(KEY_ENV)
-    if not key:
-        return None
-    return key.encode() if isinstance(key, str) else key
-
-
-REQUIRED = (
-    "feature_names",
-    "feature_low",
-    "feature_high",
-    "feature_min_tier",
-    "nvec",
-    "action_labels",
-    "mask_rules",
-    "review_rules",
-    "score_rule",
-    "onnx_sha256",
-    "integrity",
-)
-
-
-def verify_manifest(
-    manifest: dict[str, Any], onnx: bytes, key: bytes | None, where: Path | str = "manifest"
-) -> None:
-    """Raise :class:`ExportError` unless ``manifest`` and ``onnx`` are exactly what was exported
-    (every section's hash, the ONNX hash, the digest or signature over them) and the manifest
-    keeps the contract (fixed fields equal, rules complete and in range)."""
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise ExportError(f"{where} lacks {missing}")
-    block = manifest["integrity"]
-    if not isinstance(block, dict) or not isinstance(block.get("sections"), dict):
-        raise ExportError(f"{where}: the integrity block is malformed")
-    recorded: dict[str, Any] = block["sections"]
-    body = {k: v for k, v in manifest.items() if k != "integrity"}
-    try:
-        fresh = integrity_block(body, onnx, None)["sections"]
-    except ValueError as exc:  # NaN or infinity in a section
-        raise ExportError(f"{where} holds a value JSON cannot carry: {exc}") from exc
-    if not fresh["policy.onnx"] == recorded.get("policy.onnx") == manifest["onnx_sha256"]:
-        raise ExportError(
-            f"{where}: policy.onnx has SHA-256 {fresh['policy.onnx']}, but the manifest says "
-            f"{recorded.get('policy.onnx')}: the file was changed after export; refusing to load it"
-        )
-    dropped = sorted(set(recorded) - set(fresh))
-    added = sorted(set(fresh) - set(recorded))
-    changed = sorted(k for k in set(fresh) & set(recorded) if fresh[k] != recorded[k])
-    if dropped or added or changed:
-        parts = [
-            *(f"section {k!r} was removed" for k in dropped),
-            *(f"section {k!r} was added" for k in added),
-            *(f"section {k!r} differs from what was exported" for k in changed),
-        ]
-        raise ExportError(f"{where} was edited after export: {'; '.join(parts)}")
-    digest_body = canonical(recorded)
-    if key is not None:
-        expected = hmac.new(key, digest_body, "sha256").hexdigest()
-        if not hmac.compare_digest(str(block.get("hmac_sha256", "")), expected):
-            raise ExportError(
-                f"{where}: the signature does not match the signing key "
-                f"(${KEY_ENV}): unsigned, signed with another key, or edited"
-            )
-    elif block.get("sha256") != hashlib.sha256(digest_body).hexdigest():
-        signed = "hmac_sha256" in block
-        raise ExportError(
-            f"{where}: "
-            + (
-                f"the export is signed; set ${KEY_ENV} (or pass key=) to verify it"
-                if signed
-                else "the integrity digest does not match its section hashes"
-            )
-        )
-    for field, expected in contract.CONTRACT_FIELDS.items():
-        if manifest[field] != expected:
-            raise ExportError(f"{where}: {field} {_first_difference(manifest[field], expected)}")
-    problems = contract.rule_problems(manifest["mask_rules"])
-    if problems:
-        raise ExportError(f"{where}: {'; '.join(problems)}")
-    if manifest["score_rule"] not in ("log_probs", "additive"):
-        raise ExportError(f"{where}: unknown score_rule {manifest['score_rule']!r}")
-
-
-def _first_difference(got: Any, expected: Any) -> str:
-    """Where ``got`` first departs from the contract's ``expected``, in words."""
-    if isinstance(got, list) and isinstance(expected, list):
-        if len(got) != len(expected):
-            return f"has {len(got)} entries; the contract has {len(expected)}"
-        i = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
-        return f"differs from the contract at position {i}: {got[i]!r} where {expected[i]!r} is expected"
-    return f"differs from the contract: {got!r} where {expected!r} is expected"
 
 
 class PolicyRuntime:
@@ -283,6 +176,13 @@ class PolicyRuntime:
         """Read ``manifest.json`` and ``policy.onnx`` from ``directory``; refuse anything not
         trustworthy (:class:`ExportError` naming what differs).
 
+        An unsigned export loads with an :class:`UnsignedExportWarning` naming the risk, unless
+        ``require_signature`` refuses it. A manifest that records it was signed but arrives
+        without its signature is refused, key or not; an editor who also deletes that record
+        and recomputes the hashes makes an export that cannot be told from an unsigned one, so
+        only ``require_signature`` (the default of ``serve.http``) protects against that
+        (see ``serve/integrity.py``).
+
         Args:
             directory: the export folder.
             threads: onnxruntime intra-op threads.
@@ -296,34 +196,17 @@ class PolicyRuntime:
             require_signature: refuse an export that carries no HMAC signature (unsigned, or
                 signed with its signature stripped): anyone who can write an unsigned export's
                 folder can relax the caps, quiet hours and consent rules and recompute its
-                hashes. A signed export then also needs the key to be verified.
+                hashes. A signed export always needs the key to be verified.
         """
         directory = Path(directory)
         manifest_path, onnx_path = directory / MANIFEST_FILE, directory / ONNX_FILE
         for path in (manifest_path, onnx_path):
             if not path.is_file():
                 raise ExportError(f"{path} is missing: not a complete export")
-        try:
-            manifest = json.loads(manifest_path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ExportError(f"{manifest_path} is not valid JSON: {exc}") from exc
-        if not isinstance(manifest, dict):
-            raise ExportError(f"{manifest_path} is not a JSON object")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ExportError(
-                f"{manifest_path} has format_version {version!r}; this runtime reads "
-                f"{FORMAT_VERSION} (export the run again: python export.py run_id=<id>)"
-            )
+        manifest = read_manifest(manifest_path)
         onnx = onnx_path.read_bytes()  # hashed and loaded from these same bytes
         verify_manifest(manifest, onnx, signing_key(key), manifest_path)
-        if require_signature and "hmac_sha256" not in manifest["integrity"]:
-            raise ExportError(
-                f"{manifest_path} carries no signature and a signed export is required: anyone "
-                "who can write an unsigned export's folder can relax its caps, quiet hours and "
-                f"consent rules and recompute its hashes. Export with ${KEY_ENV} set and serve "
-                "with the same key (or allow unsigned exports explicitly)"
-            )
+        check_signed(manifest, manifest_path, require=require_signature)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -411,11 +294,17 @@ class PolicyRuntime:
                     f"expected an array of shape (N, {len(self.feature_names)}), got {features.shape}"
                 )
             self._check_rows(len(features))
-            if features.dtype.kind not in "biuf":
+            if features.dtype.kind == "c":
                 raise RequestError(
                     f"features must be numbers (integer or float), got dtype {features.dtype}"
                 )
-            return features if features.dtype == np.float32 else features.astype(np.float64)
+            if features.dtype.kind in "iuf":
+                return features if features.dtype == np.float32 else features.astype(np.float64)
+            # booleans, strings, objects: the first cell that is not a number is named
+            return np.stack(
+                [_column(name, features[:, j]) for j, name in enumerate(self.feature_names)],
+                axis=1,
+            )
         if not isinstance(features, Mapping) and not hasattr(features, "columns"):
             raise RequestError("a request is a table with one column per feature name")
         columns = list(features.columns) if hasattr(features, "columns") else list(features.keys())
@@ -427,24 +316,12 @@ class PolicyRuntime:
             raise RequestError(
                 f"unknown feature(s): {', '.join(map(str, extra))}; expected {self.feature_names}"
             )
-        self._check_rows(len(np.asarray(features[self.feature_names[0]])))
-        out = None
+        first = _column(self.feature_names[0], features[self.feature_names[0]])
+        self._check_rows(len(first))
+        out = np.empty((len(first), len(self.feature_names)), dtype=np.float64)
         for j, name in enumerate(self.feature_names):
-            column = np.asarray(features[name])
-            if column.dtype.kind not in "biuf":
-                try:
-                    if column.dtype.kind == "c":
-                        raise TypeError
-                    column = column.astype(np.float64)
-                except (TypeError, ValueError) as exc:
-                    raise RequestError(
-                        f"feature {name} must be numeric, got {column.dtype} values"
-                    ) from exc
-            if column.ndim != 1:
-                raise RequestError(f"feature {name} must be one number per row")
-            if out is None:
-                out = np.empty((len(column), len(self.feature_names)), dtype=np.float64)
-            elif len(column) != len(out):
+            column = first if j == 0 else _column(name, features[name])
+            if len(column) != len(out):
                 raise RequestError(f"feature {name} has {len(column)} rows; others have {len(out)}")
             out[:, j] = column
         return out
@@ -482,6 +359,21 @@ class PolicyRuntime:
 
         Laid out one row per score and one column per client (long vectors for numpy), in
         float64 as the in-process policies.
+
+        Scores that are not finite never give an action outside the masks or a probability that
+        is not a number in [0, 1]:
+
+        * +inf reads as :data:`SCORE_CAP` (1e300, above any float32 score): under ``log_probs``
+          a component's probability is then shared equally by its +inf entries (the softmax's
+          limit), and among equals the lowest index wins, as for any tie. Under ``additive``
+          the probability is then rounded: an action tied with others at +inf reads 1.0.
+        * -inf is weight 0: such a slot, tone, channel or content is never part of the chosen
+          send (a component whose every entry is -inf allows no send at all).
+        * NaN anywhere in a client's 19 scores: the policy defines no distribution for that
+          client, who gets no-send with probability 1.0.
+        * When every allowed action has weight 0 (no-send's score is -inf and so is every
+          allowed send's) the client also gets no-send with probability 1.0: probability 1.0
+          with no-send marks a decision the runtime took because the policy gave none.
         """
         n, (s, t, c, _k) = len(x), self.nvec
         z = self.scores(logits).T  # (19, N), contiguous
@@ -521,14 +413,21 @@ class PolicyRuntime:
             )
         no_send = z[0]
         deciding = all_sends if self.score_rule == "log_probs" else best_send
-        send = np.isfinite(best_send) & (deciding > no_send)
+        with np.errstate(invalid="ignore"):
+            total = np.logaddexp(no_send, all_sends)  # log weight of every allowed action
+        # no distribution (NaN) or none over the allowed actions: no-send, probability 1
+        undefined = np.isnan(z).any(axis=0) | ~(total > -np.inf)
+        send = np.isfinite(best_send) & (deciding > no_send) & ~undefined
         actions = np.zeros((n, 4), dtype=np.int64)
         actions[:, 0] = np.where(send, 1 + best_pair_slot, 0)
         actions[:, 1] = np.where(send, best_tone, 0)
         actions[:, 2] = np.where(send, best_channel, 0)
         actions[:, 3] = np.where(send, best_content, 0)
         chosen = np.where(send, best_send, no_send)
-        return actions, np.exp(chosen - np.logaddexp(no_send, all_sends))
+        with np.errstate(invalid="ignore", over="ignore"):
+            probability = np.exp(chosen - total)
+        probability[undefined] = 1.0
+        return actions, np.clip(probability, 0.0, 1.0)
 
     def _pair_logsumexp(
         self,
@@ -541,6 +440,7 @@ class PolicyRuntime:
         """(N,) log of the summed weight of the allowed (slot, channel) pairs, ``top`` their best
         score: per channel, its weight times the summed weight of its open slots."""
         slot_top = slot.max(axis=0)
+        slot_top[~np.isfinite(slot_top)] = 0.0  # every slot -inf: inner sums 0, not NaN
         inner = np.stack(
             [
                 np.exp(slot[rows] - slot_top).sum(axis=0) if len(rows) else np.zeros(len(top))
@@ -564,6 +464,7 @@ class PolicyRuntime:
                 for r in rows
             ]
             out[j] = np.logaddexp.reduce(np.array(values, dtype=np.float64))
+        out[top == -np.inf] = -np.inf  # no allowed pair has weight (0 * inf would say NaN)
         return out
 
     def decide(self, features: Any, explain: bool = True) -> Decisions:
@@ -592,6 +493,8 @@ class PolicyRuntime:
                     reasons[i].append(why)
             for i, text in enumerate(self._explain(x, logits, actions)):
                 reasons[i][:0] = text
+            for i in np.flatnonzero(np.isnan(logits).any(axis=1)):
+                reasons[i] = ["the policy's scores for this client are not numbers: no message"]
             if tripped is not None:
                 segment = circuit_state.segment_of(self.feature_names, x)
                 for i in np.flatnonzero(tripped):
@@ -626,7 +529,8 @@ class PolicyRuntime:
         """(N, 19) float64 scores the choice compares: per-component log-probabilities for
         ``log_probs`` exports (the graph gives raw logits), the additive scores otherwise; the
         transpose of a contiguous (19, N) array."""
-        z = np.ascontiguousarray(logits.T, dtype=np.float64)
+        z = np.array(logits.T, dtype=np.float64, order="C")  # a copy: the caller's stays as is
+        np.minimum(z, SCORE_CAP, out=z)  # +inf (see choose); NaN stays NaN
         if self.score_rule == "log_probs":
             _log_softmax_rows(z, self._bounds)
         return z.T
@@ -667,7 +571,8 @@ class PolicyRuntime:
             occluded[g][:, cols] = 0.0
         without = self.logits(occluded.reshape(-1, x.shape[1]))
         scores = self.action_scores(without, np.tile(actions, (groups, 1))).reshape(groups, n)
-        push = self.action_scores(logits, actions)[None, :] - scores  # (groups, N)
+        with np.errstate(invalid="ignore"):  # NaN or capped scores: no group is quoted
+            push = self.action_scores(logits, actions)[None, :] - scores  # (groups, N)
         # a group the client's consent tier hides is never quoted (it reads 0 anyway)
         tier = np.argmax(x[:, self.guards.i_tier], axis=1)
         group_tier = np.array([self.min_tier[cols].max() for _, cols in self._groups])
@@ -706,12 +611,67 @@ class PolicyRuntime:
         return "past engagement with these channels, times and tones"
 
 
+def _column(name: str, values: Any) -> np.ndarray:
+    """(N,) integer or float array of one feature's values, or :class:`RequestError` naming the
+    feature and the row of the first value that is not a number: a string (even ``"0.5"``), a
+    boolean, None, or an integer beyond the float range are refused, as over HTTP."""
+    if isinstance(values, list | tuple) and not all(map(_is_number_type, set(map(type, values)))):
+        return _cells(name, values)  # numpy would read [0.0, True] as [0.0, 1.0]: look first
+    try:
+        column = np.asarray(values)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise RequestError(f"feature {name} must be one number per row") from exc
+    if column.ndim != 1:
+        raise RequestError(f"feature {name} must be one number per row")
+    kind = column.dtype.kind
+    if kind in "iuf":
+        return column
+    if kind == "c":
+        raise RequestError(f"feature {name} must be numeric, got {column.dtype} values")
+    if kind == "b":
+        raise RequestError(
+            f"feature {name} must be numeric, got {bool(column[0])} (bool) in row 0: a flag is "
+            "0 or 1"
+        )
+    # strings or objects: look at what the caller gave (numpy turns [1, "0.5"] into two strings)
+    return _cells(name, column if kind == "O" else np.asarray(values, dtype=object))
+
+
+def _is_number_type(kind: type) -> bool:
+    """Whether values of type ``kind`` are numbers a request may carry (booleans are not)."""
+    return kind in (int, float) or issubclass(kind, np.integer | np.floating)
+
+
+def _cells(name: str, cells: Any) -> np.ndarray:
+    """(N,) float64 from a sequence of Python or numpy scalars, one at a time (the slow path,
+    for object columns), or :class:`RequestError` at the first that is not a number."""
+    out = np.empty(len(cells), dtype=np.float64)
+    for row, cell in enumerate(cells):
+        if not _is_number_type(type(cell)):
+            shown = repr(cell) if len(repr(cell)) <= 40 else repr(cell)[:37] + "..."
+            raise RequestError(
+                f"feature {name} must be numeric, got {shown} ({type(cell).__name__}) in row {row}"
+            )
+        try:
+            out[row] = cell
+        except OverflowError as exc:
+            raise RequestError(
+                f"feature {name} in row {row} is an integer beyond the float range"
+            ) from exc
+    return out
+
+
 def _log_softmax_rows(z: np.ndarray, bounds: list[tuple[int, int]]) -> None:
     """In place: each component's rows ``z[a:b]`` (one column per client) become log-probabilities."""
     for a, b in bounds:
         part = z[a:b]
-        part -= part.max(axis=0)
-        part -= np.log(np.exp(part).sum(axis=0))
+        top = part.max(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            part -= top
+            part -= np.log(np.exp(part).sum(axis=0))
+        empty = top == -np.inf  # every entry -inf: each keeps weight 0 (not -inf - -inf = NaN)
+        if empty.any():
+            part[:, empty] = -np.inf
 
 
 def _argmax_rows(a: np.ndarray) -> np.ndarray:
