@@ -80,6 +80,9 @@ READ_TIMEOUT_S = 10.0
 """default seconds a connection has for a request's headers, and then for its body"""
 KEEP_ALIVE_S = 5
 """most seconds an idle keep-alive connection is held between requests"""
+LINGER_S = 2.0
+"""seconds a closing connection still reads (and discards) what its client sends, so that a
+client still sending a refused body reads the answer rather than a reset"""
 WORKERS = 4
 """default threads deciding requests"""
 QUEUE = 16
@@ -132,8 +135,10 @@ class Limits:
 
 
 # ----- the body, as it streams in -------------------------------------------------------------
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
-_OPEN_LIST, _OPEN_OBJECT, _CLOSE_LIST, _CLOSE_OBJECT = map(ord, "[{]}")
+_QUOTE, _BACKSLASH, _OPEN_LIST, _OPEN_OBJECT = map(ord, '"\\[{')
+_STEP = np.zeros(256, dtype=np.int8)
+"""+1 for a byte that opens a list or object, -1 for one that closes it"""
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 
 
 class BodyScan:
@@ -141,9 +146,9 @@ class BodyScan:
     parsing a value: the state between chunks is the depth, whether a string is open and the
     backslashes that end the chunk. Rows are the lists opening at depth 4 (a
     ``dataframe_split`` row) and the objects opening at depth 3 (a ``dataframe_records``
-    record); in a body the parser then accepts, nothing else opens there, so the count is
+    record); in a body the parser then accepts nothing else opens there, so the count is
     exact. For bytes that are not valid JSON the count may be off, but such a body is refused
-    either way.
+    either way. Scanned in slices of :data:`SCAN_BYTES`.
 
     Raises :class:`RequestError` past :data:`MAX_DEPTH` levels and :class:`TooLarge` at row
     ``max_rows + 1``.
@@ -164,35 +169,40 @@ class BodyScan:
             self._feed(np.frombuffer(view[start : start + SCAN_BYTES], dtype=np.uint8))
 
     def _feed(self, data: np.ndarray) -> None:
-        at = np.arange(len(data), dtype=np.int32)
+        if not len(data):
+            return
+        quotes = np.flatnonzero(data == _QUOTE)
         slash = data == _BACKSLASH
-        last_other = np.maximum.accumulate(np.where(slash, -1, at))
-        run = at - last_other  # backslashes ending at each byte (0 where it is not one)
-        run[last_other < 0] += self.backslashes
-        before = np.empty_like(run)  # backslashes just before each byte
-        before[0], before[1:] = self.backslashes, run[:-1]
-        quote = (data == _QUOTE) & (before % 2 == 0)
-        inside = (np.cumsum(quote, dtype=np.int32) % 2).astype(bool) ^ self.in_string
-        opens = ((data == _OPEN_LIST) | (data == _OPEN_OBJECT)) & ~inside
-        closes = ((data == _CLOSE_LIST) | (data == _CLOSE_OBJECT)) & ~inside
-        depth = self.depth + np.cumsum(opens.view(np.int8) - closes.view(np.int8), dtype=np.int32)
+        if self.backslashes or slash.any():
+            others = np.flatnonzero(~slash)
+            last = np.searchsorted(others, quotes) - 1  # the last other byte before each quote
+            run = quotes - np.where(last >= 0, others[np.maximum(last, 0)], -1) - 1
+            run[last < 0] += self.backslashes  # a run of backslashes from the previous chunk
+            quotes = quotes[run % 2 == 0]  # an odd run escapes the quote
+            tail = len(data) - 1 - (int(others[-1]) if len(others) else -1)
+            self.backslashes = tail + (self.backslashes if tail == len(data) else 0)
+        marks = np.flatnonzero(_STEP[data])
+        inside = (np.searchsorted(quotes, marks) + self.in_string) % 2 == 1
+        marks = marks[~inside]
+        steps = _STEP[data[marks]]
+        depth = self.depth + np.cumsum(steps, dtype=np.int64)
         if len(depth) and depth.max() > MAX_DEPTH:
-            where = self.bytes + int(np.argmax(depth > MAX_DEPTH))
+            where = self.bytes + int(marks[np.argmax(depth > MAX_DEPTH)])
             raise RequestError(
                 f"the body nests JSON deeper than {MAX_DEPTH} levels (at byte {where:,}); "
                 "a request needs 4"
             )
-        rows = opens & (
-            ((data == _OPEN_LIST) & (depth == 4)) | ((data == _OPEN_OBJECT) & (depth == 3))
-        )
+        opened = data[marks]
+        rows = ((opened == _OPEN_LIST) & (depth == 4)) | ((opened == _OPEN_OBJECT) & (depth == 3))
         self.rows += int(np.count_nonzero(rows))
         if self.rows > self.max_rows:
             raise TooLarge(
                 f"the request has at least {self.max_rows + 1:,} rows; at most "
                 f"{self.max_rows:,} are allowed (refused at byte {self.bytes + len(data):,})"
             )
-        self.depth, self.in_string = int(depth[-1]), bool(inside[-1])
-        self.backslashes = int(run[-1])
+        if len(depth):
+            self.depth = int(depth[-1])
+        self.in_string = bool((len(quotes) + self.in_string) % 2)
         self.bytes += len(data)
 
 
@@ -304,8 +314,9 @@ def _split(split: Any, max_rows: int) -> dict[str, np.ndarray]:
             raise RequestError(f"column {i} of dataframe_split must be a name, got {name!r}")
     twice = [name for name, n in Counter(columns).items() if n > 1]
     if twice:
+        times = columns.count(twice[0])
         raise RequestError(
-            f"column {twice[0]} appears {columns.count(twice[0])} times in "
+            f"column {twice[0]} appears {'twice' if times == 2 else f'{times} times'} in "
             "dataframe_split.columns; each feature must appear once"
         )
     for i, row in enumerate(rows):
@@ -531,11 +542,41 @@ def _refusal(refusal: Exception, close: bool) -> JSONResponse:
 
 
 # ----- the connection -------------------------------------------------------------------------
+class LingeringTransport:
+    """A connection's transport whose ``close`` first half-closes (the answer, then end of
+    stream) and reads and discards what the client still sends for up to ``linger`` seconds
+    before closing. Closing at once with unread bytes in the socket makes the kernel reset the
+    connection, and a client still sending a refused body would see the reset instead of the
+    413 or 400 that says why. Everything else is the wrapped transport's."""
+
+    def __init__(self, transport: asyncio.Transport, linger: float) -> None:
+        self.transport, self.linger = transport, linger
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering:
+            return
+        self.lingering = True
+        if self.transport.is_closing() or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        asyncio.get_running_loop().call_later(self.linger, self.transport.close)
+
+
 class TimedH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 connection with a deadline for the request's headers: armed when the
     connection opens and after each answer, cleared when the headers are in (the body then has
     its own deadline, :func:`read_body`), it closes a connection that stays idle or trickles
-    its headers. uvicorn alone holds such a connection for ever."""
+    its headers; uvicorn alone holds such a connection for ever. Connections close through a
+    :class:`LingeringTransport`."""
 
     read_timeout: float = READ_TIMEOUT_S
 
@@ -558,8 +599,14 @@ class TimedH11Protocol(H11Protocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        linger = min(LINGER_S, self.read_timeout)
+        super().connection_made(LingeringTransport(transport, linger))  # type: ignore[arg-type]
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():  # lingering: what a refused client still sends
+            return
+        super().data_received(data)
 
     def handle_events(self) -> None:
         super().handle_events()
