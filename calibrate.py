@@ -40,8 +40,12 @@ side in realism/data.py.
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +59,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from envs.config import load_setup  # noqa: E402
-from experiment.tracking import ROOT, git_commit, setup_mlflow  # noqa: E402
+from experiment.tracking import ROOT, git_commit, hold, setup_mlflow  # noqa: E402
 from realism import protocols  # noqa: E402
 from realism.targets import Targets, load_targets  # noqa: E402
 from simulate.config import ConfigError  # noqa: E402
@@ -124,9 +128,31 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
             raise ConfigError(f"sampler must be one of {SAMPLERS}, got {settings['sampler']!r}")
         if settings["trials"] < 1:
             raise ConfigError(f"trials must be >= 1, got {settings['trials']}")
-        if not settings["name"].replace("_", "").isalnum():
-            raise ConfigError(f"name must be letters, digits and _, got {settings['name']!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,100}", settings["name"]):
+            raise ConfigError(
+                f"name must be 1 to 100 letters, digits and _, got {settings['name']!r}"
+            )
+        if settings["policy"] is not None:
+            _check_policy(settings["policy"])
     return command, settings, overrides
+
+
+def _check_policy(name: str) -> None:
+    """``policy=`` must name a logging policy that runs without training (the simulated side
+    re-runs it); a :class:`ConfigError` saying what to give instead."""
+    from agents.config import AGENTS, BANDITS, HEURISTIC_AGENTS
+
+    runnable = [*HEURISTIC_AGENTS, *BANDITS, "oracle"]
+    instead = "or leave policy= out to replay the logged sends on fresh clients (open loop)"
+    if name not in AGENTS:
+        raise ConfigError(
+            f"policy must name the log's logging policy, one of {runnable}, got {name!r}; {instead}"
+        )
+    if name not in runnable:
+        raise ConfigError(
+            f"policy: {name} learns in training, and calibration re-runs the logging policy "
+            f"without training, so it must be one of {runnable}; {instead}"
+        )
 
 
 def preset_yaml(setup, header: str = "") -> str:
@@ -326,17 +352,31 @@ def report(settings: dict[str, Any], overrides: list[str], progress: bool = True
         overrides=overrides,
     )
     setup_mlflow(settings["tracking.uri"], EXPERIMENT)
+    simulated = simulate_protocols(setup, settings, progress)
+    run_id = log_scorecard(simulated, targets, settings, overrides)
+    print_scorecard(simulated, targets, settings, run_id)
+    return run_id
+
+
+def simulate_protocols(setup, settings: dict[str, Any], progress: bool) -> dict[str, float]:
+    """Every protocol's statistics on ``settings['clients']`` fresh clients of ``setup``."""
     simulated: dict[str, float] = {}
     for protocol in tqdm(
         protocols.PROTOCOLS.values(), desc="protocols", disable=not progress, unit="protocol"
     ):
         simulated.update(protocol(setup, settings["clients"], settings["seed"]))
+    return simulated
+
+
+def log_scorecard(
+    simulated: dict[str, float], targets: Targets, settings: dict[str, Any], overrides: list[str]
+) -> str:
+    """One MLflow run holding the scorecard (params, a metric per statistic, table, plots);
+    returns its id."""
     table = scorecard(simulated, targets)
-    met = int(table["in_band"].sum())
-    text = markdown(table)
     work = Path(tempfile.mkdtemp(prefix="cadence-realism-"))
     (work / "scorecard.md").write_text(
-        f"targets: {settings['targets']}\nsource: {targets.source}\n\n{text}\n"
+        f"targets: {settings['targets']}\nsource: {targets.source}\n\n{markdown(table)}\n"
     )
     table.write_parquet(work / "scorecard.parquet")
     plots(simulated, work, targets)
@@ -357,16 +397,147 @@ def report(settings: dict[str, Any], overrides: list[str], progress: bool = True
         )
         mlflow.log_metrics(
             {f"realism/{k}": v for k, v in simulated.items() if math.isfinite(v)}
-            | {"realism/in_band": met, "realism/targets": len(targets.targets)}
+            | {
+                "realism/in_band": int(table["in_band"].sum()),
+                "realism/targets": len(targets.targets),
+            }
         )
         mlflow.log_artifacts(str(work), "scorecard")
-    print(text)
-    print(
-        f"\n{met} of {len(targets.targets)} targets in band ({settings['population']} population, "
-        f"{settings['clients']:,} clients per protocol run, seed {settings['seed']}); "
-        f"MLflow run {run.info.run_id} in experiment {EXPERIMENT}"
-    )
     return run.info.run_id
+
+
+def print_scorecard(
+    simulated: dict[str, float], targets: Targets, settings: dict[str, Any], run_id: str
+) -> None:
+    table = scorecard(simulated, targets)
+    print(markdown(table))
+    print(
+        f"\n{int(table['in_band'].sum())} of {len(targets.targets)} targets in band "
+        f"({settings['population']} population, {settings['clients']:,} clients per protocol "
+        f"run, seed {settings['seed']}); MLflow run {run_id} in experiment {EXPERIMENT}"
+    )
+
+
+def free(key: str, path: Path, overwrite: bool) -> None:
+    """Refuse, by ``key``, a destination that is a directory or other non-file, or one that
+    exists without ``overwrite=true``."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}: {path} exists and is not a file; remove it or pick another name="
+        )
+    if not overwrite:
+        raise ConfigError(f"{key}: {path} exists; pick another name= or pass overwrite=true")
+
+
+class Unit:
+    """A fit's outputs kept or lost together: each file is written to a hidden temporary beside
+    its destination (:meth:`stage`), the MLflow runs are made and recorded (:meth:`add_run`), then
+    every file is renamed into place (:meth:`commit`); on any failure :meth:`abort` removes the
+    temporaries, deletes the runs and puts back whatever a commit had already replaced. Use it
+    through :func:`one_unit`, under the fit's name lock."""
+
+    def __init__(self, overwrite: bool) -> None:
+        self.overwrite = overwrite
+        self.files: list[tuple[str, Path, Path]] = []
+        """(key, temporary, destination) of each staged file"""
+        self.runs: list[str] = []
+        self.placed: list[tuple[Path, Path | None]] = []
+        """(destination, backup of the file it replaced or None) of each file already renamed"""
+
+    def stage(self, key: str, path: Path, text: str) -> None:
+        """Write ``text`` to a temporary beside ``path`` (mode 0644 less the umask); a
+        :class:`ConfigError` naming ``key`` and ``path`` when it cannot be written."""
+        free(key, path, self.overwrite)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a fit that was killed
+            stale.unlink(missing_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            self.files.append((key, temporary, path))
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot write {path}: {exc.strerror or exc}") from exc
+
+    def add_run(self, run_id: str) -> None:
+        self.runs.append(run_id)
+
+    def commit(self) -> None:
+        """Rename every staged file into place (an existing one moved aside until all are)."""
+        for key, temporary, path in self.files:
+            free(key, path, self.overwrite)
+            backup = None
+            if path.exists() or path.is_symlink():
+                backup = path.with_name(f".{path.name}.{os.getpid()}.old")
+                os.replace(path, backup)
+            try:
+                os.replace(temporary, path)
+            except OSError as exc:
+                if backup is not None:
+                    os.replace(backup, path)
+                raise ConfigError(f"{key}: cannot write {path}: {exc.strerror or exc}") from exc
+            self.placed.append((path, backup))
+        for _, backup in self.placed:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+        self.files, self.placed = [], []
+
+    def abort(self) -> list[str]:
+        """Undo everything; returns what could not be undone (each a sentence)."""
+        left = []
+        for path, backup in reversed(self.placed):
+            try:
+                path.unlink(missing_ok=True)
+                if backup is not None:
+                    os.replace(backup, path)
+            except OSError as exc:
+                left.append(f"{path}: {exc.strerror or exc}")
+        for _, temporary, _ in self.files:
+            temporary.unlink(missing_ok=True)
+        for run_id in self.runs:
+            try:
+                mlflow.MlflowClient().delete_run(run_id)
+            except Exception as exc:  # the store may be what failed
+                left.append(f"MLflow run {run_id} could not be deleted ({type(exc).__name__})")
+        self.files, self.placed, self.runs = [], [], []
+        return left
+
+
+@contextmanager
+def one_unit(settings: dict[str, Any]) -> Iterator[Unit]:
+    """A :class:`Unit` committed when the block ends, aborted if it raises (anything, Ctrl-C
+    included). A failure to log to MLflow or to write a file becomes a :class:`ConfigError`
+    saying that nothing was kept and that the same ``name=`` may be used again."""
+    unit = Unit(settings["overwrite"])
+    try:
+        yield unit
+        unit.commit()
+    except BaseException as exc:
+        left = unit.abort()
+        tail = "; not undone: " + "; ".join(left) if left else ""
+        if isinstance(exc, ConfigError):
+            raise ConfigError(f"{exc}; nothing was kept{tail}") from exc
+        if isinstance(exc, (mlflow.exceptions.MlflowException, OSError)):
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ConfigError(
+                f"mlflow: logging the fit failed ({type(exc).__name__}: {first}); nothing was "
+                f"kept, so name={settings['name']} may be used again{tail}"
+            ) from exc
+        raise
+
+
+def fit_lock(settings: dict[str, Any]):
+    """The lock on the fit's ``name=``, held for the whole fit: a second fit of the same name
+    meanwhile is refused."""
+    name = settings["name"]
+    return hold(
+        f"fit-{name}",
+        f"name: a fit named {name} is in progress; pick another name= or wait for it to end",
+    )
 
 
 def _header(source: str, detail: str, settings: dict[str, Any], best: dict, study) -> str:
@@ -379,10 +550,23 @@ def _header(source: str, detail: str, settings: dict[str, Any], best: dict, stud
     )
 
 
-def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> dict:
-    """Search, write the fitted preset(s), log the search, print the fitted scorecard; returns
-    the fitted values."""
+def _log_search(study, best: dict[str, float]) -> None:
+    """The search's objective per trial and the fitted values, to the active run."""
+    for trial in study.trials:
+        if trial.value is not None:
+            mlflow.log_metric("fit/objective", trial.value, step=trial.number)
+    mlflow.log_metrics({f"fit/{k}": v for k, v in best.items()} | {"fit/best": study.best_value})
 
+
+def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> dict:
+    """Search, write the fitted preset, log the search and the fitted scorecard, print the
+    scorecard; returns the fitted values. The preset and both MLflow runs are kept together or
+    not at all, under a lock on ``name=``."""
+    with fit_lock(settings):
+        return _run_fit(settings, overrides, progress)
+
+
+def _run_fit(settings: dict[str, Any], overrides: list[str], progress: bool) -> dict:
     from realism.fit import apply, fit, parameters
 
     targets = simulated_targets(settings["targets"])
@@ -390,8 +574,7 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
     base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
     parameters(settings["params"], base, settings["ranges"])  # every name and range checked first
     path = ROOT / "conf" / "population" / f"{settings['name']}.yaml"
-    if path.exists() and not settings["overwrite"]:
-        raise ConfigError(f"name: {path} exists; pick another name= or pass overwrite=true")
+    free("name", path, settings["overwrite"])
     setup_mlflow(settings["tracking.uri"], EXPERIMENT)
 
     def make_setup(values: dict[str, float]):
@@ -421,46 +604,57 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
         best,
         study,
     )
-    path.write_text(preset_yaml(fitted, header))
-    print(f"wrote {path}")
-    with mlflow.start_run(
-        run_name=f"fit {settings['name']}",
-        tags={
-            "command": "fit",
-            "targets": Path(settings["targets"]).name,
-            "git_commit": git_commit(),
-        },
-    ):
-        mlflow.log_params(
-            {
-                "params": ",".join(settings["params"]),
-                "trials": settings["trials"],
-                "sampler": settings["sampler"],
-                "clients": settings["clients"],
-                "seed": settings["seed"],
-                "name": settings["name"],
-                "overrides": " ".join(overrides),
-            }
-        )
-        for trial in study.trials:
-            if trial.value is not None:
-                mlflow.log_metric("fit/objective", trial.value, step=trial.number)
-        mlflow.log_metrics(
-            {f"fit/{k}": v for k, v in best.items()} | {"fit/best": study.best_value}
-        )
-        mlflow.log_artifact(str(path), "presets")
+    text = preset_yaml(fitted, header)
     chosen = dict(settings) | {"population": settings["name"]}
-    report(chosen, [o for o in overrides if o.split("=")[0] not in best], progress=progress)
+    simulated = simulate_protocols(fitted, chosen, progress)
+    with one_unit(settings) as unit:
+        unit.stage("name", path, text)
+        with mlflow.start_run(
+            run_name=f"fit {settings['name']}",
+            tags={
+                "command": "fit",
+                "targets": Path(settings["targets"]).name,
+                "git_commit": git_commit(),
+            },
+        ) as run:
+            unit.add_run(run.info.run_id)
+            mlflow.log_params(
+                {
+                    "params": ",".join(settings["params"]),
+                    "trials": settings["trials"],
+                    "sampler": settings["sampler"],
+                    "clients": settings["clients"],
+                    "seed": settings["seed"],
+                    "name": settings["name"],
+                    "overrides": " ".join(overrides),
+                }
+            )
+            _log_search(study, best)
+            mlflow.log_text(text, f"presets/{path.name}")
+        kept = [o for o in overrides if o.split("=")[0] not in best]
+        unit.add_run(report_id := log_scorecard(simulated, targets, chosen, kept))
+    print(f"wrote {path}")
+    print_scorecard(simulated, targets, chosen, report_id)
     return best
 
 
 def fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> dict:
     """``fit logs=<file>``: calibrate to a logged dataset; writes the preset and the report
-    beside the log, logs both to MLflow; returns the fitted values."""
+    beside the log and logs both to MLflow, all kept together or not at all, under a lock on
+    ``name=``; returns the fitted values."""
+    with fit_lock(settings):
+        return _fit_logs(settings, overrides, progress)
+
+
+def _fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool) -> dict:
     from evaluation.logs import LogError, read_logs
     from realism import fromlogs
     from realism.fit import apply, fit, parameters
 
+    path = ROOT / "conf" / "population" / f"{settings['name']}.yaml"
+    out = Path(settings["logs"]).with_name(f"{settings['name']}_report.md")
+    free("name", path, settings["overwrite"])
+    free("report", out, settings["overwrite"])
     try:
         frame = read_logs(settings["logs"])
     except (LogError, OSError) as exc:
@@ -471,9 +665,6 @@ def fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool = Tr
     presets = {k: settings[k] for k in ("env", "population", "scenario")}
     base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
     parameters(settings["params"], base, settings["ranges"])
-    path = ROOT / "conf" / "population" / f"{settings['name']}.yaml"
-    if path.exists() and not settings["overwrite"]:
-        raise ConfigError(f"name: {path} exists; pick another name= or pass overwrite=true")
     clients, days = frame["client_id"].n_unique(), frame["day"].n_unique()
     seed = settings["seed"]
     if settings["policy"]:
@@ -524,7 +715,6 @@ def fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool = Tr
         best,
         study,
     )
-    path.write_text(preset_yaml(fitted, header))
     lines = [
         f"# {settings['name']}: the simulator fitted to {settings['logs']}",
         "",
@@ -544,30 +734,32 @@ def fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool = Tr
     met = sum(t.holds(after.get(t.statistic, math.nan)) for t in targets.targets)
     lines += ["", f"{met} of {len(targets.targets)} statistics in band after the fit."]
     text = "\n".join(lines) + "\n"
-    out = Path(settings["logs"]).with_name(f"{settings['name']}_report.md")
-    out.write_text(text)
-    with mlflow.start_run(
-        run_name=f"fit {settings['name']} from logs",
-        tags={"command": "fit", "logs": Path(settings["logs"]).name, "git_commit": git_commit()},
-    ):
-        mlflow.log_params(
-            {
-                "params": ",".join(settings["params"]),
-                "trials": settings["trials"],
-                "policy": str(settings["policy"]),
-                "seed": seed,
-                "name": settings["name"],
-            }
-        )
-        for trial in study.trials:
-            if trial.value is not None:
-                mlflow.log_metric("fit/objective", trial.value, step=trial.number)
-        mlflow.log_metrics(
-            {f"fit/{k}": v for k, v in best.items()}
-            | {"fit/best": study.best_value, "realism/in_band": met}
-        )
-        mlflow.log_artifact(str(path), "presets")
-        mlflow.log_artifact(str(out), "scorecard")
+    preset = preset_yaml(fitted, header)
+    with one_unit(settings) as unit:
+        unit.stage("name", path, preset)
+        unit.stage("report", out, text)
+        with mlflow.start_run(
+            run_name=f"fit {settings['name']} from logs",
+            tags={
+                "command": "fit",
+                "logs": Path(settings["logs"]).name,
+                "git_commit": git_commit(),
+            },
+        ) as run:
+            unit.add_run(run.info.run_id)
+            mlflow.log_params(
+                {
+                    "params": ",".join(settings["params"]),
+                    "trials": settings["trials"],
+                    "policy": str(settings["policy"]),
+                    "seed": seed,
+                    "name": settings["name"],
+                }
+            )
+            _log_search(study, best)
+            mlflow.log_metric("realism/in_band", met)
+            mlflow.log_text(preset, f"presets/{path.name}")
+            mlflow.log_text(text, f"scorecard/{out.name}")
     print(text)
     print(f"wrote {path} and {out}")
     return best

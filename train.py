@@ -5,6 +5,9 @@
     python train.py -m agent=ppo,linucb seed=0,1,2    # a sweep: one parent run, a child per job
     python train.py resume=<mlflow run id>            # continue an interrupted run from its checkpoint
 
+A resume holds a lock on its run (``.locks/resume-<run id>.lock``) from its checks to its end: a
+second resume of the same run meanwhile is refused by name.
+
 Tracking URI: ``tracking.uri=`` or $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db.
 """
 
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ from experiment.tracking import (
     find_run,
     flatten,
     git_commit,
+    hold,
     setup_mlflow,
     sweep_id,
     sweep_parent,
@@ -177,6 +184,26 @@ def prepare_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         OmegaConf.update(restored, key, OmegaConf.select(cfg, key), merge=False)
     restored.resume = run_id
     return restored
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""what an MLflow run id can look like (MLflow's own are 32 hex digits)"""
+
+
+@contextmanager
+def resume_lock(run_id: str) -> Iterator[None]:
+    """Hold the lock on resuming ``run_id`` for the whole resume (checks, training, evaluation).
+
+    Two resumes of one run would both log every step into it; the second is refused by name while
+    the first lives. The lock is the kernel's, so it ends with its process, crash or not."""
+    if not RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"resume: {run_id!r} is not an MLflow run id (32 hex digits)")
+    refusal = (
+        f"resume: run {run_id} is being resumed by another train.py; wait for it to end "
+        "(two resumes would log every step twice into the one run)"
+    )
+    with hold(f"resume-{run_id}", refusal):
+        yield
 
 
 class Stopped(KeyboardInterrupt):
@@ -346,10 +373,13 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        if cfg.get("resume"):
+        if not cfg.get("resume"):
+            run, setup = validate_run(cfg)  # every value checked before any work
+            return run_training(cfg, run, setup)
+        with resume_lock(str(cfg.resume)):  # held from the checks to the end of the run
             cfg = prepare_resume(cfg, list(HydraConfig.get().overrides.task))
-        run, setup = validate_run(cfg)  # every value checked before any work
-        return run_training(cfg, run, setup)
+            run, setup = validate_run(cfg)
+            return run_training(cfg, run, setup)
     except Exception as error:
         if not multirun:
             raise

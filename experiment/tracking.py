@@ -1,10 +1,14 @@
-"""MLflow tracking: the URI rule, flattened params, tags, and the parent run of a sweep."""
+"""MLflow tracking: the URI rule, flattened params, tags, the parent run of a sweep, and the
+named locks that keep two processes from writing one run or one preset at once."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,8 @@ from simulate.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 """the project root (where ``mlflow.db`` lives by default)"""
+LOCKS = ROOT / ".locks"
+"""where :func:`hold` keeps its lock files (one per name held; removed on release)"""
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -146,3 +152,51 @@ def download_policy(run_id: str, key: str, dst: Path) -> Path:
         raise ConfigError(
             f"{key}: run {run_id} has no 'policy' artifact (was it made by train.py?)"
         ) from exc
+
+
+class Busy(ConfigError):
+    """Another live process holds the lock asked for."""
+
+
+@contextmanager
+def hold(name: str, refusal: str, folder: Path | None = None) -> Iterator[Path]:
+    """Hold the lock ``<folder>/<name>.lock`` (``folder`` defaults to :data:`LOCKS`) for the block.
+
+    The lock is the kernel's (``flock``): it goes with its process, so a holder that crashes or is
+    killed never leaves it stuck, and the next taker needs no staleness check. A lock held by a
+    live process is refused at once with :class:`Busy`: ``refusal`` followed by the holder's pid.
+    The file names its holder's pid while held and is removed on release. ``name``: letters,
+    digits, ``_``, ``-`` and ``.``, at most 128 characters (never a path)."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", name):
+        raise ValueError(f"lock name must be letters, digits, _, - and ., got {name!r}")
+    folder = LOCKS if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.lock"
+    fd = _acquire(path, refusal)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        # unlinked while still held: a process that opened the old file finds it gone and retries
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _acquire(path: Path, refusal: str) -> int:
+    """An open descriptor of ``path`` holding its exclusive flock; :class:`Busy` if held."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise Busy(f"{refusal} (held by process {holder}; lock {path})") from None
+        try:
+            current = os.stat(path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)  # the holder released and removed it between our open and lock: again

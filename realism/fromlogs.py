@@ -166,8 +166,11 @@ def targets(frame: pl.DataFrame, n_boot: int = 300, seed: int = 0, source: str =
 
 
 def log_epsilon(frame: pl.DataFrame, policy, setup: Setup) -> float:
-    """The exploration rate of a log written by :func:`evaluation.logged.log_policy` with
-    ``policy``: on a row where the logged action is not the policy's own, pscore = ε / allowed."""
+    """The exploration rate ε (in (0, 1]) of a log written by
+    :func:`evaluation.logged.log_policy` with ``policy``: on a row where the logged action is not
+    the policy's own, pscore = ε / allowed. A ``ValueError`` saying what to do instead when the
+    log was plainly not written so (it never departs from the policy, or the rate falls outside
+    (0, 1], as a deterministic log of another policy gives)."""
     obs, masks = _observed(frame, setup)
     own = _own(policy, obs, masks)
     logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
@@ -175,10 +178,19 @@ def log_epsilon(frame: pl.DataFrame, policy, setup: Setup) -> float:
     if not other.any():
         raise ValueError(
             f"the log never departs from {policy.name}'s own action: it was not logged by "
-            f"{policy.name} with exploration"
+            f"{policy.name} with exploration; name the policy that wrote it, or leave policy= "
+            "out to replay the logged sends (open loop)"
         )
-    eps = frame["pscore"].to_numpy()[other] * masks[other].sum(axis=1)
-    return float(np.median(eps))
+    eps = float(np.median(frame["pscore"].to_numpy()[other] * masks[other].sum(axis=1)))
+    if not 0.0 < eps <= 1.0:
+        # e.g. a deterministic log (every pscore 1) of another policy gives ε = allowed actions
+        raise ValueError(
+            f"the log's propensities give {policy.name} an exploration rate of {eps:.4g}, "
+            f"outside (0, 1]: the log was not written by {policy.name} with ε-exploration (a "
+            f"deterministic log, every pscore 1, has no exploration to re-run); name the policy "
+            f"that wrote it, or leave policy= out to replay the logged sends (open loop)"
+        )
+    return eps
 
 
 def relog(setup: Setup, policy, clients: int, days: int, seed: int, epsilon: float) -> pl.DataFrame:
