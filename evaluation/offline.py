@@ -146,6 +146,8 @@ def _matched_groups() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 _MATCHED = _matched_groups()
+_N_FEATURES = 1 + 2 * len(FEATURE_NAMES) + _N_COMPONENTS + len(_MATCHED)
+"""FQE's features of a (state, action) before the two target features (D = 151)"""
 
 
 def _matched(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -219,132 +221,273 @@ FQE_GROUPS = 100
 """clients are dealt at random into this many groups (fewer where there are under 10 clients a
 group); FQE's bootstrap resamples the groups"""
 
+CHUNK_ROWS = 8_192
+"""logged rows whose features are built at a time: 8,192 rows of 153 float64 features is 10 MB,
+so memory stays O(rows × observation features) however the rows fall into days"""
+
+MAX_TRUTH_DAYS = 3_661
+"""longest span (days, first to last logged day) a simulated log's truth is rolled out over: ten
+years of daily decisions, :mod:`evaluation.logs`' day horizon. A longer span is a mis-dated row,
+and its rollout would run for hours."""
+
+
+def _columns(frame: pl.DataFrame, names: Sequence[str], order: np.ndarray, dtype) -> np.ndarray:
+    """(rows, len(names)) the named columns in ``order``, filled column by column (no full-width
+    temporary of another dtype)."""
+    out = np.empty((len(order), len(names)), dtype=dtype)
+    for j, name in enumerate(names):
+        out[:, j] = frame[name].to_numpy()[order]
+    return out
+
+
+def _chunks(lo: int, hi: int) -> list[slice]:
+    return [slice(a, min(hi, a + CHUNK_ROWS)) for a in range(lo, hi, CHUNK_ROWS)]
+
 
 @dataclass
 class _Logged:
-    """The policy-independent pieces of a logged frame, computed once for every target."""
+    """The policy-independent pieces of a logged frame, computed once for every target.
 
-    frame: pl.DataFrame
+    Rows are put in (day, client group, client) order, so each day and each (day, group) block is
+    a contiguous run of rows. Everything kept is one entry per row (or per client) except the
+    observation features and the guardrail masks (packed eight actions a byte): FQE's features and
+    sums are built a chunk of rows and a day at a time, so memory does not grow with the number of
+    distinct days."""
+
     obs: np.ndarray
-    masks: np.ndarray
+    """(rows, features) float32 observation of each row"""
+    packed_masks: np.ndarray
+    """(rows, 46) uint8 the guardrail mask over the 361 flat actions, eight to a byte"""
+    allowed: np.ndarray
+    """(rows,) how many flat actions the guardrails allow (no-send included)"""
     logged: np.ndarray
     """flat logged action of each row"""
-    phi: np.ndarray
-    """(rows, D) FQE features of the logged actions (those that do not depend on the target)"""
+    logged_allowed: np.ndarray
+    """(rows,) whether the guardrails allow the logged action"""
     rewards: np.ndarray
+    pscore: np.ndarray
     client_ix: np.ndarray
     day_ix: np.ndarray
+    """index of each row's day among the log's distinct days (FQE's and PDWIS's step)"""
     n_clients: int
     n_days: int
     nxt: np.ndarray
-    """row of each row's client's next logged day; -1 after churn or on the last day"""
-    blocks: list[tuple[int, int, slice]]
-    """(day, group, rows) for every non-empty day x client group (rows: a slice)"""
-    gram: np.ndarray
-    """(days, groups, D, D) Σ φφᵀ per day and group"""
-    target: np.ndarray
-    """(days, groups, D) Σ φ·reward per day and group"""
+    """row of each row's client's next logged day; -1 after churn, on the last day, or where the
+    client has no row on the next logged day"""
+    blocks: np.ndarray
+    """(blocks, 4) day, group, first row, end row of every non-empty day x client group"""
+    day_blocks: np.ndarray
+    """(days + 1,) the blocks of day t are ``blocks[day_blocks[t]:day_blocks[t + 1]]``"""
     first: np.ndarray
-    """rows of each client's first logged day (FQE's starting states)"""
+    """row of each client's first logged day (FQE's starting states)"""
     group: np.ndarray
     """each client's group (FQE's bootstrap unit)"""
-    scratch: np.ndarray | None = None
+    groups: int
+    order: np.ndarray
+    """the frame's row of each of these rows"""
 
     @classmethod
     def of(cls, frame: pl.DataFrame, setup: Setup, seed: int = 0) -> _Logged:
-        """Rows are put in (day, client group) order, so each block is a contiguous slice."""
         clients, client_ix = np.unique(frame["client_id"].to_numpy(), return_inverse=True)
         days, day_ix = np.unique(frame["day"].to_numpy(), return_inverse=True)
         groups = max(1, min(FQE_GROUPS, len(clients) // 10))  # at least 10 clients a group
         group = np.random.default_rng([seed, 0xF0E]).permutation(len(clients)) % groups
         key = day_ix * groups + group[client_ix]
         order = np.lexsort((client_ix, key))
-        frame, client_ix, day_ix, key = frame[order], client_ix[order], day_ix[order], key[order]
-        obs, masks = _observed(frame, setup)
-        logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
-        obs64 = obs.astype(np.float64)
-        phi = _phi(obs64, _ACTION_ONEHOT[logged], _SEND[logged], _matched(obs64, logged))
-        row_of = np.full((len(clients), len(days)), -1)
-        row_of[client_ix, day_ix] = np.arange(frame.height)
-        nxt = np.full(frame.height, -1)
-        later = day_ix + 1 < len(days)
-        nxt[later] = row_of[client_ix[later], day_ix[later] + 1]
-        nxt[frame["churned"].to_numpy()] = -1
-        first_day = np.full(len(clients), len(days))
-        np.minimum.at(first_day, client_ix, day_ix)
-        first = row_of[np.arange(len(clients)), first_day]
-        rewards = frame["reward"].to_numpy()
-        d = phi.shape[1]
-        gram = np.zeros((len(days), groups, d, d))
-        target = np.zeros((len(days), groups, d))
-        blocks = []
-        bounds = np.r_[0, np.flatnonzero(np.diff(key)) + 1, frame.height]
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            t, g = divmod(int(key[lo]), groups)
-            rows = slice(int(lo), int(hi))
-            x = phi[rows]
-            gram[t, g] = x.T @ x
-            target[t, g] = x.T @ rewards[rows]
-            blocks.append((t, g, rows))
+        client_ix, day_ix, key = client_ix[order], day_ix[order], key[order]
+        obs = _columns(frame, FEATURE_NAMES, order, np.float32)
+        logged = multi_to_flat(_columns(frame, ACTIONS, order, np.int64))
+        packed, allowed, logged_allowed = _masks(obs, logged, setup)
+        nxt, first = _next_rows(client_ix, day_ix, frame["churned"].to_numpy()[order])
+        bounds = np.r_[0, np.flatnonzero(np.diff(key)) + 1, len(key)]
+        lo = bounds[:-1]
+        blocks = np.stack([key[lo] // groups, key[lo] % groups, lo, bounds[1:]], axis=1)
+        day_blocks = np.searchsorted(blocks[:, 0], np.arange(len(days) + 1))
+        rewards = frame["reward"].to_numpy().astype(np.float64)[order]
+        pscore = frame["pscore"].to_numpy().astype(np.float64)[order]
         return cls(
-            frame, obs, masks, logged, phi, rewards, client_ix, day_ix, len(clients), len(days), nxt, blocks,
-            gram, target, first, group,
+            obs, packed, allowed, logged, logged_allowed, rewards, pscore, client_ix, day_ix,
+            len(clients), len(days), nxt, blocks, day_blocks, first, group, groups, order,
         )  # fmt: skip
 
+    def masks_of(self, rows: slice | np.ndarray) -> np.ndarray:
+        """(len(rows), 361) bool guardrail masks of the given rows."""
+        bits = np.unpackbits(self.packed_masks[rows], axis=1, count=len(JOINT_ACTIONS))
+        return bits.view(bool)
+
     @property
-    def groups(self) -> int:
-        return self.gram.shape[1]
+    def masks(self) -> np.ndarray:
+        """(rows, 361) every row's mask at once (for inspection; the estimators take chunks)."""
+        return self.masks_of(slice(None))
+
+    @property
+    def phi(self) -> np.ndarray:
+        """(rows, D) every row's FQE features of its logged action at once (for inspection)."""
+        return np.concatenate([_logged_phi(self, c) for c in _chunks(0, len(self.logged))])
+
+
+def _masks(obs: np.ndarray, logged: np.ndarray, setup: Setup):
+    """Each row's guardrail mask rebuilt from its features, packed, its allowed count, and whether
+    it allows the logged action; a chunk of rows at a time (a full mask is 361 bytes a row)."""
+    rules = MaskRules.from_config(setup.env.guardrails)
+    n = len(obs)
+    packed = np.empty((n, (len(JOINT_ACTIONS) + 7) // 8), dtype=np.uint8)
+    allowed = np.empty(n, dtype=np.int64)
+    logged_allowed = np.empty(n, dtype=bool)
+    for rows in _chunks(0, n):
+        masks = joint_mask(rules, *mask_inputs(obs[rows]))
+        packed[rows] = np.packbits(masks, axis=1)
+        allowed[rows] = masks.sum(axis=1)
+        logged_allowed[rows] = masks[np.arange(len(masks)), logged[rows]]
+    return packed, allowed, logged_allowed
+
+
+def _next_rows(
+    client_ix: np.ndarray, day_ix: np.ndarray, churned: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's client's row on the next logged day or -1, each client's first row)."""
+    by_client = np.lexsort((day_ix, client_ix))
+    earlier, later = by_client[:-1], by_client[1:]
+    same = client_ix[later] == client_ix[earlier]
+    step = same & (day_ix[later] == day_ix[earlier] + 1)
+    nxt = np.full(len(client_ix), -1)
+    nxt[earlier[step]] = later[step]
+    nxt[churned] = -1
+    first = by_client[np.r_[True, ~same]]  # clients are 0..n-1, in order
+    return nxt, first
 
 
 @dataclass
-class _TargetView:
-    """One target's view of a logged frame: the FQE features gain two that depend on the target,
-    whether the logged action is the target's own (and that action is a send); Q can then tell
-    following the target from departing from it, which the logged action's components alone
-    describe only in part (without them FQE underestimated a trained agent by 7 %)."""
+class _Target:
+    """One target's view of a logged frame: its own action and its probability of the logged one
+    at each row. FQE's features gain two that depend on the target, whether the logged action is
+    the target's own (and that action is a send); Q can then tell following the target from
+    departing from it, which the logged action's components alone describe only in part (without
+    them FQE underestimated a trained agent by 7 %)."""
 
     own: np.ndarray
-    phi_pi: np.ndarray
-    """(rows, D + 2) E_{a~π} of the augmented features at each row's state"""
-    z: np.ndarray
-    """(rows, 2) the two target features of the logged actions"""
-    gram: np.ndarray
-    target: np.ndarray
+    probs: np.ndarray
+    """(rows,) the target's probability of the logged action"""
+    epsilon: float
 
     @classmethod
-    def of(cls, data: _Logged, own: np.ndarray, epsilon: float, reuse: bool = False) -> _TargetView:
-        """``reuse``: write the target's features into the log's scratch array (valid until the
-        next view that reuses it; :func:`estimate` takes one target at a time)."""
-        stay = (1.0 - epsilon) + epsilon / data.masks.sum(axis=1)  # P_π(a = own)
-        extra = np.stack([stay, stay * _SEND[own]], axis=1)
-        if reuse and data.scratch is None:
-            data.scratch = np.empty((len(own), data.phi.shape[1] + 2))
-        out = data.scratch if reuse else None
-        phi_pi = _policy_features(own, data.obs, data.masks, epsilon, extra, out)
-        agree = (data.logged == own).astype(float)
-        z = np.stack([agree, agree * _SEND[data.logged]], axis=1)
-        d = data.phi.shape[1]
-        gram = np.zeros((*data.gram.shape[:2], d + 2, d + 2))
-        gram[..., :d, :d] = data.gram
-        target = np.zeros((*data.target.shape[:2], d + 2))
-        target[..., :d] = data.target
-        for t, g, rows in data.blocks:
-            zb = z[rows]
-            xz = data.phi[rows].T @ zb
-            gram[t, g, :d, d:], gram[t, g, d:, :d] = xz, xz.T
-            gram[t, g, d:, d:] = zb.T @ zb
-            target[t, g, d:] = zb.T @ data.rewards[rows]
-        return cls(own, phi_pi, z, gram, target)
+    def of(cls, data: _Logged, policy: Policy, epsilon: float = 0.0) -> _Target:
+        _check_target(policy)
+        own = np.empty(len(data.logged), dtype=np.int64)
+        for rows in _chunks(0, len(own)):  # the target acts on each row alone
+            own[rows] = _own(policy, data.obs[rows], data.masks_of(rows))
+        return cls.with_actions(data, own, epsilon)
 
-    def reward_model(self, ridge: float = 1.0) -> np.ndarray:
-        """Coefficients of a ridge regression of the day's reward on the augmented features, all
-        logged rows: q̂(x, a) for the direct method and doubly robust."""
-        a = self.gram.sum(axis=(0, 1)) + ridge * np.eye(self.gram.shape[-1])
-        return np.linalg.solve(a, self.target.sum(axis=(0, 1)))
+    @classmethod
+    def with_actions(cls, data: _Logged, own: np.ndarray, epsilon: float = 0.0) -> _Target:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+        uniform = data.logged_allowed / data.allowed
+        probs = (1.0 - epsilon) * (data.logged == own) + epsilon * uniform
+        return cls(own, probs, epsilon)
 
-    def q_logged(self, data: _Logged, beta: np.ndarray) -> np.ndarray:
-        d = data.phi.shape[1]
-        return data.phi @ beta[:d] + self.z @ beta[d:]
+
+def _logged_phi(data: _Logged, rows: slice | np.ndarray) -> np.ndarray:
+    """(rows, D) FQE features of the logged actions (those that do not depend on the target)."""
+    obs, logged = data.obs[rows].astype(np.float64), data.logged[rows]
+    return _phi(obs, _ACTION_ONEHOT[logged], _SEND[logged], _matched(obs, logged))
+
+
+def _logged_features(data: _Logged, target: _Target, rows: slice | np.ndarray) -> np.ndarray:
+    """(rows, D + 2) FQE features of the logged actions, with the two target features."""
+    obs, logged = data.obs[rows].astype(np.float64), data.logged[rows]
+    agree = (logged == target.own[rows]).astype(float)
+    z = np.stack([agree, agree * _SEND[logged]], axis=1)
+    return _phi(obs, _ACTION_ONEHOT[logged], _SEND[logged], _matched(obs, logged), z)
+
+
+def _target_features(data: _Logged, target: _Target, rows: slice | np.ndarray) -> np.ndarray:
+    """(rows, D + 2) E_{a~π} of the augmented features at each row's state."""
+    own, eps = target.own[rows], target.epsilon
+    stay = (1.0 - eps) + eps / data.allowed[rows]  # P_π(a = own)
+    extra = np.stack([stay, stay * _SEND[own]], axis=1)
+    obs = data.obs[rows].astype(np.float64)
+    return _policy_features(own, obs, data.masks_of(rows), eps, extra)
+
+
+@dataclass
+class _DaySums:
+    """One day's regression sums per client group present that day (``groups``)."""
+
+    groups: np.ndarray
+    gram: np.ndarray
+    """(k, D', D') Σ φφᵀ of the logged features"""
+    target: np.ndarray
+    """(k, D') Σ φ·reward"""
+    cross: np.ndarray
+    """(k, D', D') Σ φ(x, a) φπ(x')ᵀ, x' the client's next logged state (0 when none)"""
+    start: np.ndarray
+    """(k, D') Σ φπ over the clients whose first logged state is this day"""
+
+
+def _day_sums(data: _Logged, target: _Target, day: int, is_first: np.ndarray) -> _DaySums:
+    """The sums of day ``day``, a chunk of rows at a time (the next day's target features are
+    built for the rows that follow one of these, so no day's features are kept)."""
+    blocks = data.blocks[data.day_blocks[day] : data.day_blocks[day + 1]]
+    d = _N_FEATURES + 2
+    k = len(blocks)
+    sums = _DaySums(
+        blocks[:, 1], np.zeros((k, d, d)), np.zeros((k, d)), np.zeros((k, d, d)), np.zeros((k, d))
+    )
+    for j, (_, _, lo, hi) in enumerate(blocks):
+        for rows in _chunks(int(lo), int(hi)):
+            x = _logged_features(data, target, rows)
+            sums.gram[j] += x.T @ x
+            sums.target[j] += x.T @ data.rewards[rows]
+            nxt = data.nxt[rows]
+            has = nxt >= 0
+            if has.any():
+                following = np.zeros_like(x)
+                following[has] = _target_features(data, target, nxt[has])
+                sums.cross[j] += x.T @ following
+            starts = np.flatnonzero(is_first[rows]) + rows.start
+            if starts.size:
+                sums.start[j] += _target_features(data, target, starts).sum(axis=0)
+    return sums
+
+
+def _fitted_q(
+    data: _Logged, target: _Target, ridge: float, n_boot: int, seed: int
+) -> tuple[ope.Estimate, np.ndarray, np.ndarray]:
+    """FQE (see :func:`fqe`) and, from the same pass, Σ φφᵀ and Σ φ·reward over all logged rows
+    (the direct method's reward model). One day's sums are held at a time: memory
+    O(groups × D²), whatever the number of days."""
+    d, groups = _N_FEATURES + 2, data.groups
+    is_first = np.zeros(len(data.logged), dtype=bool)
+    is_first[data.first] = True
+    count = np.bincount(data.group, minlength=groups).astype(float)
+    rng = np.random.default_rng([seed, 0xB00])
+    weights = np.vstack(
+        [np.ones(groups)]
+        + [rng.multinomial(groups, np.full(groups, 1.0 / groups)) for _ in range(n_boot)]
+    )  # row 0: the estimate itself
+    eye = ridge * np.eye(d)
+    coef = np.zeros((len(weights), d))
+    total = np.zeros(len(weights))
+    gram_all, target_all = np.zeros((d, d)), np.zeros(d)
+    for t in range(data.n_days - 1, -1, -1):
+        day = _day_sums(data, target, t, is_first)
+        gram_all += day.gram.sum(axis=0)
+        target_all += day.target.sum(axis=0)
+        k, w = len(day.groups), weights[:, day.groups]
+        a = (w @ day.gram.reshape(k, d * d)).reshape(-1, d, d) + eye
+        c = (w @ day.cross.reshape(k, d * d)).reshape(-1, d, d)
+        rhs = w @ day.target + np.einsum("bij,bj->bi", c, coef)
+        coef = np.linalg.solve(a, rhs[..., None])[..., 0]
+        total += ((w @ day.start) * coef).sum(axis=1)
+    values = total / (weights @ count)
+    lo, hi = np.percentile(values[1:], [2.5, 97.5]) if n_boot else (np.nan, np.nan)
+    n = data.n_clients
+    return (
+        ope.Estimate(float(values[0]), float(lo), float(hi), float(n), 0.0, n),
+        gram_all,
+        target_all,
+    )
 
 
 def fqe(
@@ -356,7 +499,6 @@ def fqe(
     n_boot: int = 200,
     seed: int = 0,
     own: np.ndarray | None = None,
-    view: _TargetView | None = None,
 ) -> ope.Estimate:
     """Fitted-Q evaluation over the logged horizon, with a linear Q per day (ridge regression on
     the observation, the action's components, observation × send, how the chosen slot, channel
@@ -371,64 +513,43 @@ def fqe(
     replicates refits every day's regression on the groups resampled with replacement (a cluster
     bootstrap over clients; the regressions' sums are kept per group, so a refit costs no pass over
     the rows). ``ess`` is the number of clients, ``max_weight`` 0 (no weights).
+
+    Memory: the log's rows (observation and packed masks) and one day's sums per group; time:
+    O(rows × D²) for the sums and O(days × (replicates × D³)) for the refits.
     """
     data = frame if isinstance(frame, _Logged) else _Logged.of(frame, setup, seed)
-    if view is None:
-        if own is None:
-            own = _own(policy, data.obs, data.masks)
-        view = _TargetView.of(data, own, epsilon)
-    phi_pi = view.phi_pi
-    d, groups = phi_pi.shape[1], data.groups
-    # Σ φ(x, a) φπ(x')ᵀ per day and group, x' the client's next logged state (0 when none)
-    cross = np.zeros((data.n_days, groups, d, d))
-    base = data.phi.shape[1]
-    for t, g, rows in data.blocks:
-        nxt = data.nxt[rows]
-        has = nxt >= 0
-        if has.any():
-            following = phi_pi[np.maximum(nxt, 0)] * has[:, None]
-            cross[t, g, :base] = data.phi[rows].T @ following
-            cross[t, g, base:] = view.z[rows].T @ following
-    # each client's first logged state, by its day and group (a client may enter after day 0)
-    start = np.zeros((data.n_days, groups, d))
-    start_group = data.group[data.client_ix[data.first]]
-    np.add.at(start, (data.day_ix[data.first], start_group), phi_pi[data.first])
-    count = np.bincount(start_group, minlength=groups).astype(float)
-
-    rng = np.random.default_rng([seed, 0xB00])
-    weights = np.vstack(
-        [np.ones(groups)]
-        + [rng.multinomial(groups, np.full(groups, 1.0 / groups)) for _ in range(n_boot)]
-    )  # row 0: the estimate itself
-    eye = ridge * np.eye(d)
-    coef = np.zeros((len(weights), d))
-    total = np.zeros(len(weights))
-    for t in range(data.n_days - 1, -1, -1):
-        a = (weights @ view.gram[t].reshape(groups, d * d)).reshape(-1, d, d) + eye
-        c = (weights @ cross[t].reshape(groups, d * d)).reshape(-1, d, d)
-        rhs = weights @ view.target[t] + np.einsum("bij,bj->bi", c, coef)
-        coef = np.linalg.solve(a, rhs[..., None])[..., 0]
-        total += ((weights @ start[t]) * coef).sum(axis=1)
-    values = total / (weights @ count)
-    lo, hi = np.percentile(values[1:], [2.5, 97.5]) if n_boot else (np.nan, np.nan)
-    return ope.Estimate(
-        float(values[0]), float(lo), float(hi), float(data.n_clients), 0.0, data.n_clients
-    )
+    if own is None:
+        target = _Target.of(data, policy, epsilon)
+    else:
+        target = _Target.with_actions(data, np.asarray(own, dtype=np.int64), epsilon)
+    return _fitted_q(data, target, ridge, n_boot, seed)[0]
 
 
-def _grid(data: _Logged, values: np.ndarray) -> np.ndarray:
-    """(clients, days) array of ``values`` (one per logged row); 0 where nothing was logged."""
-    grid = np.zeros((data.n_clients, data.n_days))
-    grid[data.client_ix, data.day_ix] = values
-    return grid
+def _q_values(data: _Logged, target: _Target, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(q̂(x, a_logged), E_{a~π} q̂(x, a)) at every row, a chunk of rows at a time."""
+    q_logged, q_target = np.empty(len(data.logged)), np.empty(len(data.logged))
+    for rows in _chunks(0, len(data.logged)):
+        q_logged[rows] = _logged_features(data, target, rows) @ beta
+        q_target[rows] = _target_features(data, target, rows) @ beta
+    return q_logged, q_target
 
 
 def true_value(
-    policy: Policy, frame: pl.DataFrame, setup: Setup, epsilon: float = 0.0
+    policy: Policy,
+    frame: pl.DataFrame,
+    setup: Setup,
+    epsilon: float = 0.0,
+    max_days: int = MAX_TRUTH_DAYS,
 ) -> float | None:
-    """The (ε-soft, where ``epsilon`` > 0) policy's mean value per client over the log's days, on
-    the log's own simulated clients and luck; None unless the log came from
-    :func:`evaluation.logged.log_policy` (it carries the ``seed`` column and the simulator's ids)."""
+    """The (ε-soft, where ``epsilon`` > 0) policy's mean value per client over the log's own days,
+    on the log's own simulated clients and luck; None unless the log came from
+    :func:`evaluation.logged.log_policy` (it carries the ``seed`` column and the simulator's ids).
+
+    The rollout covers the log's span, its first to its last logged day, starting where the log
+    started: the simulator's clients fresh from the log's seed (a log's first day is the one the
+    simulator began on; a log whose days are all shifted keeps its truth). A span over
+    ``max_days`` (default :data:`MAX_TRUTH_DAYS`) is refused by name rather than rolled out.
+    """
     from evaluation.logged import LOG_CLIENT_OFFSET, log_policy
 
     if "seed" not in frame.columns:
@@ -437,7 +558,14 @@ def true_value(
     n = len(ids)
     if not np.array_equal(ids, LOG_CLIENT_OFFSET + np.arange(n)):
         return None
-    days = int(frame["day"].max()) + 1
+    first, last = int(frame["day"].min()), int(frame["day"].max())
+    days = last - first + 1
+    if days > max_days:
+        raise ValueError(
+            f"the log spans days {first}..{last} ({days:,} days); a truth rollout covers at most "
+            f"{max_days:,} days (evaluation.offline.MAX_TRUTH_DAYS): a day that far from the "
+            "others is a mis-dated row (estimate with with_truth=False to skip the truth)"
+        )
     if epsilon > 0:  # the soft policy's own rollout: its rewards are the truth
         soft = log_policy(policy, setup, n, days, int(frame["seed"][0]), epsilon)
         return float(soft["reward"].sum() / n)
@@ -481,6 +609,23 @@ def step_truth(frame: pl.DataFrame, policy: str, epsilon: float = 0.0) -> float 
     return value
 
 
+def _below_floor(data: _Logged, frame: pl.DataFrame, floor: float, below_floor: str) -> None:
+    """Refuse, naming the first row, a log with propensities under ``floor`` when asked to."""
+    if below_floor not in ("clip", "refuse"):
+        raise ValueError(f"below_floor must be 'clip' or 'refuse', got {below_floor!r}")
+    if not 0.0 < floor <= 1.0:
+        raise ValueError(f"pscore_floor must lie in (0, 1], got {floor}")
+    low = np.flatnonzero(data.pscore < floor)
+    if below_floor == "refuse" and low.size:
+        row = int(data.order[low].min())
+        raise ValueError(
+            f"row {row} (client {frame['client_id'][row]}, day {frame['day'][row]}): pscore "
+            f"{frame['pscore'][row]:g} is below the floor {floor:g} ({low.size:,} rows in all); "
+            "no exploring logging policy writes such a propensity: fix the log, or clip them to "
+            "the floor (below_floor='clip')"
+        )
+
+
 def estimate(
     frame: pl.DataFrame,
     policies: Sequence[Policy],
@@ -490,6 +635,8 @@ def estimate(
     fqe_boot: int = 200,
     with_truth: bool = True,
     seed: int = 0,
+    pscore_floor: float = ope.PSCORE_FLOOR,
+    below_floor: str = "clip",
 ) -> list[OffPolicyResult]:
     """Each policy's off-policy estimates from ``frame`` (validated first) and its truth where known.
 
@@ -497,33 +644,46 @@ def estimate(
     ridge reward model q̂(x, a) fitted on every logged row (FQE's features) for the last two;
     their intervals resample whole clients. Over the logged horizon (value per client): ``pdwis``
     and ``fqe``.
+
+    Logged propensities below ``pscore_floor`` (a probability, default
+    :data:`evaluation.ope.PSCORE_FLOOR`) are raised to it and counted in each weighted estimate
+    (``below_floor='clip'``, the table's note says how many), or refused naming the first such row
+    (``below_floor='refuse'``).
+
+    Memory: O(rows × observation features) for the log and O(groups × D²) for FQE's sums of one
+    day (D = 153 features), whatever the number of distinct days (``benchmarks/ope_memory.py``).
     """
     validate(frame)
     data = _Logged.of(frame, setup, seed)
-    frame = data.frame
-    rewards, pscore = frame["reward"].to_numpy(), frame["pscore"].to_numpy()
-    alive = np.zeros((data.n_clients, data.n_days), dtype=bool)
-    alive[data.client_ix, data.day_ix] = True
-    r_grid, p_grid = _grid(data, rewards), _grid(data, pscore)
-    clients = data.client_ix
+    _below_floor(data, frame, pscore_floor, below_floor)
+    rewards, pscore, clients = data.rewards, data.pscore, data.client_ix
     out = []
     for policy in policies:
-        own = _own(policy, data.obs, data.masks)
-        t = _probabilities(own, data.logged, data.masks, epsilon)
-        t_grid = _grid(data, t)
-        view = _TargetView.of(data, own, epsilon, reuse=True)
-        beta = view.reward_model()
-        q_logged, q_target = view.q_logged(data, beta), view.phi_pi @ beta
+        target = _Target.of(data, policy, epsilon)
+        t = target.probs
+        fitted, gram, rhs = _fitted_q(data, target, 1.0, fqe_boot, seed)
+        beta = np.linalg.solve(gram + np.eye(len(rhs)), rhs)  # the reward model (ridge 1)
+        q_logged, q_target = _q_values(data, target, beta)
         one = {"n_boot": n_boot, "seed": seed, "cluster": clients}
+        weighted = one | {"pscore_floor": pscore_floor}
         estimates = {
-            "ips": ope.ips(rewards, pscore, t, **one),
-            "snips": ope.snips(rewards, pscore, t, **one),
+            "ips": ope.ips(rewards, pscore, t, **weighted),
+            "snips": ope.snips(rewards, pscore, t, **weighted),
             "dm": ope.dm(q_target, **one),
-            "dr": ope.dr(rewards, pscore, t, q_logged, q_target, **one),
-            "pdwis": ope.pdwis(
-                r_grid, np.where(alive, p_grid, 1.0), t_grid, alive, n_boot=n_boot, seed=seed
-            ),
-            "fqe": fqe(data, policy, setup, epsilon, n_boot=fqe_boot, seed=seed, view=view),
+            "dr": ope.dr(rewards, pscore, t, q_logged, q_target, **weighted),
+            "pdwis": ope.pdwis_rows(
+                rewards,
+                pscore,
+                t,
+                clients,
+                data.day_ix,
+                data.n_clients,
+                data.n_days,
+                n_boot=n_boot,
+                seed=seed,
+                pscore_floor=pscore_floor,
+            ),  # fmt: skip
+            "fqe": fitted,
         }
         truth = true_value(policy, frame, setup, epsilon) if with_truth else None
         step = step_truth(frame, policy.name, epsilon) if with_truth else None
@@ -538,7 +698,8 @@ rows or trajectories, and its bootstrap interval cannot be trusted: the table sa
 
 def table(results: Sequence[OffPolicyResult]) -> str:
     """Markdown: one row per policy and estimator, the truth where known, and a note where the
-    estimate should not be read (no support, or too few effective samples)."""
+    estimate should not be read or be read with care (:func:`evaluation.ope.caveat`: no logged
+    support, weights too extreme, too few effective samples, propensities clipped)."""
     lines = [
         "| policy | estimator | estimate | 95 % CI | ESS | largest weight | truth | note |",
         "|---|---|---:|---|---:|---:|---:|---|",
@@ -547,11 +708,7 @@ def table(results: Sequence[OffPolicyResult]) -> str:
         for name, e in res.estimates.items():
             known = res.truth_for(name)
             truth = "" if known is None else f"{known:.4g}"
-            note = ""
-            if e.ess == 0 or not np.isfinite(e.value):
-                note = "no logged support"
-            elif e.ess < MIN_ESS:
-                note = f"ESS < {MIN_ESS}: unreliable"
+            note = ope.caveat(e, MIN_ESS)
             lines.append(
                 f"| {res.policy} | {name} | {e.value:.4g} | [{e.ci_low:.4g}, {e.ci_high:.4g}] | "
                 f"{e.ess:,.0f} | {e.max_weight:.3g} | {truth} | {note} |"
@@ -604,6 +761,17 @@ def main(argv: list[str] | None = None) -> int:
         help="heuristic or bandit names (bandits are trained first), run:<id>",
     )
     parser.add_argument("--epsilon", type=float, default=0.0, help="ε-soften the targets")
+    parser.add_argument(
+        "--pscore-floor",
+        type=float,
+        default=ope.PSCORE_FLOOR,
+        help=f"smallest logged propensity weighted as is (default {ope.PSCORE_FLOOR:g})",
+    )
+    parser.add_argument(
+        "--refuse-below-floor",
+        action="store_true",
+        help="refuse a log with a propensity below the floor (default: clip it to the floor)",
+    )
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: mlflow.db)")
     parser.add_argument("--no-mlflow", action="store_true", help="print only")
     args = parser.parse_args(argv)
@@ -611,7 +779,10 @@ def main(argv: list[str] | None = None) -> int:
         frame = read_logs(args.logs)
         setup = load_setup()
         policies = [resolve_policy(spec, setup)[0] for spec in args.policies]
-        results = estimate(frame, policies, setup, args.epsilon)
+        below = "refuse" if args.refuse_below_floor else "clip"
+        results = estimate(
+            frame, policies, setup, args.epsilon, pscore_floor=args.pscore_floor, below_floor=below
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

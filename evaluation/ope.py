@@ -11,9 +11,16 @@ One-step estimators are plain functions over numpy arrays, one entry per logged 
 
 Each returns an :class:`Estimate`: the value, a bootstrap 95 % interval over logged rows (or over
 clusters of rows, ``cluster=``: pass the client ids when rows are a client's successive days), and the
-diagnostics an analyst reads before trusting it (effective sample size of the importance weights
-and the largest weight). Conventions follow the standard definitions (inverse propensity
-scoring, self-normalised IPS, the direct method, doubly robust, switch-DR, weight clipping).
+diagnostics an analyst reads before trusting it (effective sample size of the importance weights,
+the largest weight, how many rows carry any weight, how many propensities were clipped; see
+:func:`caveat`). Conventions follow the standard definitions (inverse propensity scoring,
+self-normalised IPS, the direct method, doubly robust, switch-DR, weight clipping).
+
+Propensities below :data:`PSCORE_FLOOR` (``pscore_floor=``) are raised to it before weighting and
+counted in the estimate's ``clipped``: a logging policy that explores does not log an action with
+probability 1e-300, and one such row would otherwise carry the whole estimate (a weight of 1e300)
+or overflow it. The effective sample size is computed on weights scaled by their largest, so it is
+finite whenever the weights are.
 """
 
 from __future__ import annotations
@@ -25,6 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 
 N_BOOT = 500
+
+PSCORE_FLOOR = 1e-6
+"""smallest logging propensity an importance weight is built on (a probability): smaller ones are
+raised to it and counted. A logging policy with ε-exploration over the cadence action space's 361
+joint actions logs any allowed action with probability at least ε / 361 (2.8e-5 at ε = 0.01), so
+the floor touches no propensity such a policy writes; a weight is then at most 1e6 per row (per
+day for :func:`pdwis`)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,12 @@ class Estimate:
     """largest importance weight (0 when no weights are used)"""
     n: int
     """logged rows used"""
+    support: int | None = None
+    """rows (trajectories for :func:`pdwis`) with a nonzero weight; None when no weights are used"""
+    clipped: int = 0
+    """logged propensities below ``pscore_floor`` that were raised to it"""
+    pscore_floor: float = PSCORE_FLOOR
+    """the floor the propensities were held to (a probability)"""
 
 
 def _array(name: str, values, n: int | None = None) -> np.ndarray:
@@ -67,20 +87,37 @@ def _check_pscores(pscore: np.ndarray, target_pscore: np.ndarray) -> None:
         )
 
 
-def _weights(reward, pscore, target_pscore) -> tuple[np.ndarray, np.ndarray]:
+def _floor(pscore_floor: float) -> float:
+    if not 0.0 < pscore_floor <= 1.0:
+        raise ValueError(f"pscore_floor must lie in (0, 1], got {pscore_floor}")
+    return float(pscore_floor)
+
+
+def _weights(
+    reward, pscore, target_pscore, pscore_floor: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rewards, importance weights target / max(pscore, floor), and how many were clipped."""
     r = _array("reward", reward)
     if r.size == 0:
         raise ValueError("reward is empty: no logged rows to estimate from")
     p = _array("pscore", pscore, len(r))
     t = _array("target_pscore", target_pscore, len(r))
     _check_pscores(p, t)
-    return r, t / p
+    floor = _floor(pscore_floor)
+    clipped = int(np.count_nonzero(p < floor))
+    return r, t / np.maximum(p, floor), clipped
 
 
-def _diagnostics(w: np.ndarray) -> tuple[float, float]:
-    total, squares = float(w.sum()), float((w * w).sum())
-    ess = total * total / squares if squares > 0 else 0.0
-    return ess, float(w.max()) if w.size else 0.0
+def _diagnostics(w: np.ndarray) -> tuple[float, float, int]:
+    """(ESS, largest weight, rows with a nonzero weight) of finite, non-negative weights. The ESS
+    (Σw)² / Σw² is taken on the weights divided by the largest (it does not change with scale), so
+    weights of 1e300 give a finite ESS instead of inf / inf."""
+    largest = float(w.max()) if w.size else 0.0
+    support = int(np.count_nonzero(w))
+    if not largest > 0:
+        return 0.0, largest, support
+    scaled = w / largest
+    return float(scaled.sum() ** 2 / (scaled * scaled).sum()), largest, support
 
 
 def _count_bootstrap(
@@ -120,6 +157,8 @@ def _ratio_estimate(
     n_boot: int,
     seed: int,
     cluster: np.ndarray | None,
+    clipped: int = 0,
+    pscore_floor: float = PSCORE_FLOOR,
 ) -> Estimate:
     """Σ num / Σ den with a bootstrap interval that resamples rows, or whole clusters of rows
     (a client's days are not independent of each other: resample the client)."""
@@ -134,9 +173,9 @@ def _ratio_estimate(
             return np.where(total > 0, (counts @ num) / total, np.nan)
 
     lo, hi = _count_bootstrap(ratios, len(num), n_boot, seed)
-    ess, largest = _diagnostics(w) if w is not None else (float(n), 0.0)
+    ess, largest, support = _diagnostics(w) if w is not None else (float(n), 0.0, None)
     value = ratios(np.ones((1, len(num))))[0]
-    return Estimate(float(value), lo, hi, ess, largest, n)
+    return Estimate(float(value), lo, hi, ess, largest, n, support, clipped, pscore_floor)
 
 
 def ips(
@@ -147,18 +186,31 @@ def ips(
     n_boot: int = N_BOOT,
     seed: int = 0,
     cluster=None,
+    pscore_floor: float = PSCORE_FLOOR,
 ) -> Estimate:
-    """Inverse propensity scoring: mean of w·r, w = target_pscore / pscore, each weight capped at
-    ``clip`` (weight clipping trades bias for variance; inf: unclipped, unbiased)."""
-    r, w = _weights(reward, pscore, target_pscore)
+    """Inverse propensity scoring: mean of w·r, w = target_pscore / max(pscore, ``pscore_floor``),
+    each weight capped at ``clip`` (weight clipping trades bias for variance; inf: unclipped)."""
+    r, w, clipped = _weights(reward, pscore, target_pscore, pscore_floor)
     w = np.minimum(w, _positive("clip", clip))
-    return _ratio_estimate(w * r, np.ones_like(r), w, n_boot, seed, _clusters(cluster, len(r)))
+    return _ratio_estimate(
+        w * r, np.ones_like(r), w, n_boot, seed, _clusters(cluster, len(r)), clipped, pscore_floor
+    )
 
 
-def snips(reward, pscore, target_pscore, n_boot: int = N_BOOT, seed: int = 0, cluster=None):
+def snips(
+    reward,
+    pscore,
+    target_pscore,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    cluster=None,
+    pscore_floor: float = PSCORE_FLOOR,
+) -> Estimate:
     """Self-normalised IPS: Σ w·r / Σ w (a little biased, far less variable when weights are large)."""
-    r, w = _weights(reward, pscore, target_pscore)
-    return _ratio_estimate(w * r, w, w, n_boot, seed, _clusters(cluster, len(r)))
+    r, w, clipped = _weights(reward, pscore, target_pscore, pscore_floor)
+    return _ratio_estimate(
+        w * r, w, w, n_boot, seed, _clusters(cluster, len(r)), clipped, pscore_floor
+    )
 
 
 def dm(q_target, n_boot: int = N_BOOT, seed: int = 0, cluster=None) -> Estimate:
@@ -180,11 +232,12 @@ def dr(
     n_boot: int = N_BOOT,
     seed: int = 0,
     cluster=None,
+    pscore_floor: float = PSCORE_FLOOR,
 ) -> Estimate:
     """Doubly robust: mean of q_target + w·(r − q_logged). ``clip`` caps each weight; ``switch``
     (switch-DR) drops the correction where the weight exceeds it, leaving the reward model's
     value there (``switch=inf``: plain DR; ``switch=0``: the direct method)."""
-    r, w = _weights(reward, pscore, target_pscore)
+    r, w, clipped = _weights(reward, pscore, target_pscore, pscore_floor)
     ql = _array("q_logged", q_logged, len(r))
     qt = _array("q_target", q_target, len(r))
     _positive("clip", clip)
@@ -192,7 +245,16 @@ def dr(
         raise ValueError(f"switch must be >= 0, got {switch}")
     used = np.where(w <= switch, np.minimum(w, clip), 0.0)
     per_row = qt + used * (r - ql)
-    return _ratio_estimate(per_row, np.ones_like(r), used, n_boot, seed, _clusters(cluster, len(r)))
+    return _ratio_estimate(
+        per_row,
+        np.ones_like(r),
+        used,
+        n_boot,
+        seed,
+        _clusters(cluster, len(r)),
+        clipped,
+        pscore_floor,
+    )
 
 
 def switch_dr(reward, pscore, target_pscore, q_logged, q_target, switch: float, **kwargs):
@@ -218,9 +280,16 @@ def _positive(name: str, value: float) -> float:
 
 
 def pdwis(
-    reward, pscore, target_pscore, alive, gamma: float = 1.0, n_boot: int = N_BOOT, seed: int = 0
+    reward,
+    pscore,
+    target_pscore,
+    alive,
+    gamma: float = 1.0,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    pscore_floor: float = PSCORE_FLOOR,
 ) -> Estimate:
-    """Per-decision weighted importance sampling of a policy's value over days.
+    """Per-decision weighted importance sampling of a policy's value over days, from dense arrays.
 
     Arrays are (clients, days), one trajectory per row. Conventions (a wrong one silently drops
     or invents reward):
@@ -232,11 +301,8 @@ def pdwis(
       logged horizon, with no value added beyond it;
     * the value is the per-client sum over days of ``gamma**t * reward``.
 
-    Estimate: Σ_t γ^t Σ_i (ρ_it / Σ_j ρ_jt) r_it, ρ_it the product of step weights up to day t.
-    The interval resamples whole trajectories; ``ess`` and ``max_weight`` are those of the
-    cumulative weights on the last day (where they are most spread). Where no logged trajectory
-    agrees with the target policy up to some day (all weights 0), the value is NaN: the logs hold
-    no evidence about it (soften a deterministic target, or log with more exploration).
+    The same estimate as :func:`pdwis_rows` on the alive cells (which see for the estimate, the
+    interval and the diagnostics); a log whose clients and days are many is better given as rows.
     """
     r = np.asarray(reward, dtype=np.float64)
     if r.ndim != 2 or r.size == 0:
@@ -248,26 +314,145 @@ def pdwis(
             raise ValueError(f"{name} has shape {a.shape}; expected {r.shape} like reward")
     live = live.astype(bool)
     _array("reward", r.ravel())
-    p = np.where(live, _array("pscore", p.ravel()).reshape(r.shape), 1.0)
-    t = np.where(live, _array("target_pscore", t.ravel()).reshape(r.shape), 1.0)
-    _check_pscores(p.ravel(), t.ravel())
     dead = np.argwhere(~live & (r != 0))
     if len(dead):
         i, d = dead[0]
         raise ValueError(f"reward[{i}, {d}] = {r[i, d]} on a day the client was no longer alive")
+    client, day = np.nonzero(live)
+    return pdwis_rows(
+        r[live], p[live], t[live], client, day, r.shape[0], r.shape[1], gamma, n_boot, seed,
+        pscore_floor,
+    )  # fmt: skip
+
+
+def _index(name: str, values, n: int) -> np.ndarray:
+    a = np.asarray(values)
+    if a.shape != (n,):
+        raise ValueError(f"{name} has shape {a.shape}; expected ({n},), one entry per logged row")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer indices, got {a.dtype}")
+    if n and a.min() < 0:
+        raise ValueError(f"{name}[{int(np.argmin(a))}] = {a.min()}; indices start at 0")
+    return a.astype(np.int64)
+
+
+def pdwis_rows(
+    reward,
+    pscore,
+    target_pscore,
+    client,
+    day,
+    n_clients: int | None = None,
+    n_days: int | None = None,
+    gamma: float = 1.0,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    pscore_floor: float = PSCORE_FLOOR,
+) -> Estimate:
+    """Per-decision weighted importance sampling from logged rows, one per (client, day).
+
+    ``client`` (0 .. ``n_clients`` − 1) and ``day`` (0 .. ``n_days`` − 1, the step index) say whose
+    row and which day. A client's days without a row are an absorbing state or a gap: reward 0 and
+    step weight 1 (its weight stays what it was), as are its days before its first row; the last day
+    is a truncation; the value is the per-client sum over days of ``gamma**day * reward``.
+
+    Estimate: Σ_t γ^t Σ_i (ρ_it / Σ_j ρ_jt) r_it, ρ_it the product of client i's step weights
+    target_pscore / max(pscore, ``pscore_floor``) up to day t. The interval resamples whole clients;
+    ``ess``, ``max_weight`` and ``support`` are those of the cumulative weights on the last day
+    (where they are most spread); ``n`` is the number of clients (trajectories). Where no logged trajectory agrees with the target policy up to
+    some day (all weights 0), the value is NaN: the logs hold no evidence about it (soften a
+    deterministic target, or log with more exploration).
+
+    Memory is O(rows + clients): the weights are carried day by day in log space (a product over
+    many days of weights up to 1e6 overflows a float) and scaled by each day's largest, which
+    leaves each day's self-normalised ratio unchanged. Time is O(days × clients × replicates), as
+    for the dense form.
+    """
+    r = _array("reward", reward)
+    if r.size == 0:
+        raise ValueError("reward is empty: no logged rows to estimate from")
+    p = _array("pscore", pscore, len(r))
+    t = _array("target_pscore", target_pscore, len(r))
+    _check_pscores(p, t)
+    who, when = _index("client", client, len(r)), _index("day", day, len(r))
+    n_clients = int(who.max()) + 1 if n_clients is None else int(n_clients)
+    n_days = int(when.max()) + 1 if n_days is None else int(n_days)
+    if who.max() >= n_clients or when.max() >= n_days:
+        raise ValueError(
+            f"client or day index beyond n_clients {n_clients} / n_days {n_days} "
+            f"(largest: client {who.max()}, day {when.max()})"
+        )
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-    rho = np.cumprod(t / p, axis=1)
-    discount = gamma ** np.arange(r.shape[1])
-    weighted = rho * r
+    floor = _floor(pscore_floor)
+    order = np.lexsort((who, when))
+    who, when, r = who[order], when[order], r[order]
+    twice = np.flatnonzero((np.diff(who) == 0) & (np.diff(when) == 0))
+    if twice.size:
+        raise ValueError(f"client {who[twice[0]]} has two rows on day {when[twice[0]]}")
+    with np.errstate(divide="ignore"):  # a target probability of 0: a weight of 0, log −inf
+        step = np.log(t[order]) - np.log(np.maximum(p[order], floor))
+    day_rows = np.searchsorted(when, np.arange(n_days + 1))
+    log_rho = np.zeros(n_clients)  # each client's cumulative log-weight, carried day by day
+    at_row = np.empty(len(r))
+    for d in range(n_days):
+        rows = slice(day_rows[d], day_rows[d + 1])
+        log_rho[who[rows]] += step[rows]
+        at_row[rows] = log_rho[who[rows]]
+    discount = gamma ** np.arange(n_days)
 
     def values(counts: np.ndarray) -> np.ndarray:
-        total = counts @ rho
-        supported = (total > 0).all(axis=1)  # a day no logged trajectory supports: no estimate
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_day = (counts @ weighted) / total
-        return np.where(supported, (discount * per_day).sum(axis=1), np.nan)
+        carried = np.zeros(n_clients)
+        total = np.zeros(len(counts))
+        supported = np.ones(len(counts), dtype=bool)
+        for d in range(n_days):
+            rows = slice(day_rows[d], day_rows[d + 1])
+            carried[who[rows]] = at_row[rows]
+            top = carried.max()
+            scaled = np.exp(carried - (top if np.isfinite(top) else 0.0))
+            weight = counts @ scaled  # a day no logged trajectory supports: no estimate
+            earned = counts[:, who[rows]] @ (scaled[who[rows]] * r[rows])
+            supported &= weight > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                total += discount[d] * np.where(weight > 0, earned / weight, 0.0)
+        return np.where(supported, total, np.nan)
 
-    ess, largest = _diagnostics(rho[:, -1])
-    lo, hi = _count_bootstrap(values, len(r), n_boot, seed)
-    return Estimate(float(values(np.ones((1, len(r))))[0]), lo, hi, ess, largest, len(r))
+    finite = log_rho[np.isfinite(log_rho)]
+    top = float(finite.max()) if finite.size else 0.0
+    ess, _, support = _diagnostics(np.exp(log_rho - top))
+    with np.errstate(over="ignore"):
+        largest = float(np.exp(top)) if finite.size else 0.0
+    lo, hi = _count_bootstrap(values, n_clients, n_boot, seed)
+    value = float(values(np.ones((1, n_clients)))[0])
+    return Estimate(
+        value, lo, hi, ess, largest, n_clients, support, int(np.count_nonzero(p < floor)), floor
+    )
+
+
+def caveat(estimate: Estimate, min_ess: float) -> str:
+    """Why ``estimate`` should not be read, or be read with care ('' when nothing is wrong).
+
+    * "no logged support": no logged row (trajectory) agrees with the target, so every weight is 0;
+    * "weights too extreme": rows do agree with the target, but a few weights dominate (an ESS
+      under ``min_ess`` from at least ``min_ess`` supported rows), or the estimate overflowed;
+    * "ESS < min_ess: unreliable": too few rows agree with the target to trust an interval;
+    * and, after any of these, how many propensities were clipped to the floor.
+    """
+    notes = []
+    finite = math.isfinite(estimate.value)
+    if estimate.ess == 0 or (not finite and estimate.support == 0):
+        notes.append("no logged support")
+    elif not finite:
+        notes.append("weights too extreme: the estimate is not finite")
+    elif estimate.ess < min_ess:
+        if estimate.support is not None and estimate.support >= min_ess:
+            notes.append(
+                f"weights too extreme: ESS {estimate.ess:.3g} from {estimate.support:,} "
+                "supported rows"
+            )
+        else:
+            notes.append(f"ESS < {min_ess:g}: unreliable")
+    if estimate.clipped:
+        what = "propensity" if estimate.clipped == 1 else "propensities"
+        notes.append(f"clipped {estimate.clipped:,} {what} below {estimate.pscore_floor:g}")
+    return "; ".join(notes)
