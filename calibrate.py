@@ -33,6 +33,13 @@ many days, or, without ``policy=``, replays the logged sends on fresh clients (o
 writes the preset and ``<name>_report.md`` beside the log (the log, the simulator before, the
 fitted simulator, statistic by statistic), and logs both to MLflow.
 
+A fit's outputs are kept together or not at all: the preset, the report and the MLflow runs are
+written to temporaries and renamed into place only once all of them are made, so a failure at any
+step (a report that cannot be written, an MLflow store that fails) keeps none of them and the same
+``name=`` works again. The whole fit holds a lock on its name (``.locks/fit-<name>.lock``, the
+kernel's: it ends with the process), so a second fit of the same name meanwhile is refused.
+Errors the user can fix print one ``error:`` line and exit 2.
+
 The protocols are in realism/protocols.py, the search in realism/fit.py, the real datasets'
 side in realism/data.py.
 """
@@ -470,17 +477,10 @@ class Unit:
         """Rename every staged file into place (an existing one moved aside until all are)."""
         for key, temporary, path in self.files:
             free(key, path, self.overwrite)
-            backup = None
-            if path.exists() or path.is_symlink():
-                backup = path.with_name(f".{path.name}.{os.getpid()}.old")
-                os.replace(path, backup)
             try:
-                os.replace(temporary, path)
+                self.placed.append((path, _replace(temporary, path)))
             except OSError as exc:
-                if backup is not None:
-                    os.replace(backup, path)
                 raise ConfigError(f"{key}: cannot write {path}: {exc.strerror or exc}") from exc
-            self.placed.append((path, backup))
         for _, backup in self.placed:
             if backup is not None:
                 backup.unlink(missing_ok=True)
@@ -505,6 +505,22 @@ class Unit:
                 left.append(f"MLflow run {run_id} could not be deleted ({type(exc).__name__})")
         self.files, self.placed, self.runs = [], [], []
         return left
+
+
+def _replace(temporary: Path, path: Path) -> Path | None:
+    """Rename ``temporary`` to ``path``, the file it replaces moved aside first (its backup is
+    returned, None if there was none) and put back if the rename fails."""
+    backup = None
+    if path.exists() or path.is_symlink():
+        backup = path.with_name(f".{path.name}.{os.getpid()}.old")
+        os.replace(path, backup)
+    try:
+        os.replace(temporary, path)
+    except OSError:
+        if backup is not None:
+            os.replace(backup, path)
+        raise
+    return backup
 
 
 @contextmanager

@@ -382,6 +382,9 @@ def main(cfg: DictConfig) -> float | None:
             return run_training(cfg, run, setup)
     except Exception as error:
         if not multirun:
+            if isinstance(error, ConfigError):  # the user's to fix: one line, no traceback
+                print(f"error: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
             raise
         # a failed job must not stop the sweep: it is recorded as a FAILED child run instead
         say(f"[red]job failed[/red] ({' '.join(HydraConfig.get().overrides.task)}): {error}")

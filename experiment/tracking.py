@@ -170,9 +170,14 @@ def hold(name: str, refusal: str, folder: Path | None = None) -> Iterator[Path]:
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", name):
         raise ValueError(f"lock name must be letters, digits, _, - and ., got {name!r}")
     folder = LOCKS if folder is None else folder
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.lock"
-    fd = _acquire(path, refusal)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, refusal)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot take the lock {path}: {exc.strerror or exc} (is {folder} writable?)"
+        ) from exc
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
