@@ -10,25 +10,31 @@ import pytest
 from envs.config import RewardConfig, load_setup
 from envs.consent import observe
 from envs.features import FEATURE_NAMES
+from envs.masks import MaskRules, joint_mask, mask_inputs
+from envs.spaces import JOINT_ACTIONS
+from evaluation.logged import uniform_draw
 from evaluation.logs import SCHEMA, LogError, read_logs, validate, write_logs
 from simulate.world import OUTCOMES, World
 
 
 def _simulated_log(clients: int = 50, days: int = 3) -> pl.DataFrame:
-    """Uniformly random actions (a stochastic logging policy with known propensities)."""
+    """Actions drawn uniformly from those the guardrails allow (a stochastic logging policy with
+    known propensities)."""
     s = load_setup()
     ids = np.arange(clients, dtype=np.uint64)
     world = World(s.population, s.env.response, s.scenario, 0, ids)
+    rules = MaskRules.from_config(s.env.guardrails)
     rng = np.random.default_rng(0)
     parts = []
     for day in range(days):
         obs = observe(world, day, 0.0)
-        a = np.stack([rng.integers(0, k, clients) for k in (7, 5, 3, 4)], axis=1)
+        allowed = joint_mask(rules, *mask_inputs(obs))
+        a = JOINT_ACTIONS[uniform_draw(allowed, rng)]
         out = world.step(day, *a.T)
         frame = {"client_id": ids.astype(np.int64), "day": np.full(clients, day)}
         frame |= {name: obs[:, i] for i, name in enumerate(FEATURE_NAMES)}
         frame |= {c: a[:, i] for i, c in enumerate(("slot", "tone", "channel", "content"))}
-        frame["pscore"] = np.full(clients, 1 / (7 * 5 * 3 * 4))
+        frame["pscore"] = 1 / allowed.sum(axis=1)
         frame |= {k: out[k] for k in OUTCOMES}
         frame["reward"] = out["clicked"].astype(float)
         parts.append(pl.DataFrame(frame))
