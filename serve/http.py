@@ -15,12 +15,16 @@ an unsigned export is refused at start, since anyone who can write its folder ca
 caps, quiet hours and consent rules and recompute its hashes. ``--allow-unsigned`` serves one
 anyway (``--require-signature``, the default, says it explicitly).
 
-Limits (each answered with a JSON ``{"error_code", "message"}`` naming what is wrong):
+Limits (each refusal is a JSON ``{"error_code", "message"}`` naming what is wrong, but for the
+plain-text 400 of uvicorn's HTTP parser, for a malformed request line or header, and its 503
+past ``--max-connections``):
 
 * time: a connection has ``--read-timeout`` seconds (default 10) from opening, or from its last
   answer, to send a request's headers, and then as long again for the whole body; a connection
   that has not is closed (408 when its headers had arrived). An idle keep-alive connection is
-  closed after at most 5 s. A stalled or trickling client holds a socket, never a thread.
+  closed after at most 5 s. A stalled or trickling client holds a socket, never a thread. A
+  connection closed before its body was read still reads and discards for up to 2 s, so that
+  a client still sending reads the refusal rather than a reset.
 * size: a body over ``--max-body-mb`` (default 64) is refused with 413, by its Content-Length
   before it is read or, when chunked, as soon as it passes the limit; the body is scanned as it
   arrives and a request with more than ``--max-rows`` rows (default 100,000) is refused with 413
@@ -28,7 +32,7 @@ Limits (each answered with a JSON ``{"error_code", "message"}`` naming what is w
   256) bounds the request bytes held at once over all connections (503 past it).
 * work: requests are decided by ``--workers`` threads (default 4) with at most ``--queue``
   (default 16) more waiting; past that the answer is 503 with ``Retry-After: 1``. At most
-  ``--max-connections`` (default 1,024) connections are served at once (503 past it).
+  ``--max-connections`` (default 1,024) connections are served at once.
 * reasons: ``"explain": true`` is served for at most ``--max-explain-rows`` rows (default 1,000;
   more is 413); left out, requests of up to 100 rows get reasons (``wants_reasons``).
 * malformed (400): a body that is not UTF-8 JSON, JSON nested deeper than 16 levels (a request
@@ -102,7 +106,8 @@ SCAN_BYTES = 2**18
 
 @dataclass(frozen=True)
 class Limits:
-    """What one server accepts; each field has a command-line flag of the same name."""
+    """What one server accepts; each field has a command-line flag of its name (the byte
+    sizes in MiB: ``--max-body-mb``, ``--max-buffered-mb``)."""
 
     max_body_bytes: int = MAX_BODY_BYTES
     """largest request body (bytes)"""
@@ -364,7 +369,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def decide(runtime: PolicyRuntime, body: bytes | bytearray, limits: Limits) -> bytes:
+def decide_body(runtime: PolicyRuntime, body: bytes | bytearray, limits: Limits) -> bytes:
     """The JSON answer to a body already scanned by :class:`BodyScan` (runs in a worker)."""
     table, explain = table_of(decode(body), runtime.max_rows)
     rows = len(next(iter(table.values()))) if table else 0
@@ -500,7 +505,9 @@ def make_app(runtime: PolicyRuntime, limits: Limits | None = None) -> Starlette:
             gate.busy += 1
             try:
                 loop = asyncio.get_running_loop()
-                answer = await loop.run_in_executor(gate.executor, decide, runtime, body, limits)
+                answer = await loop.run_in_executor(
+                    gate.executor, decide_body, runtime, body, limits
+                )
             except (RequestError, CircuitError) as refusal:
                 return _refusal(refusal, close=False)
             finally:
