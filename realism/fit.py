@@ -26,6 +26,7 @@ from simulate.config import ConfigError, PopulationConfig, ResponseConfig
 
 PREFIX_PROTOCOL = {
     "email/": "levels",
+    "email_mix/": "varied_mix",
     "volume/": "volume",
     "recovery/": "recovery",
     "time_of_day/": "time_of_day",

@@ -7,6 +7,12 @@ protocol measures the clients, not a cadence rule):
 
 * **levels**: a weekly informative e-mail (portfolio summary, Monday morning) for 12 weeks.
   Opens, clicks, click-to-open, unsubscribes and complaints per e-mail.
+* **varied mix**: the same weekly e-mail (Monday morning, 12 weeks) with the content and tone a
+  firm's newsletter actually varies: the four contents in turn, each in the tone a firm would
+  give it (:data:`MIX`). The published open, click, unsubscribe and complaint rates are averages
+  over firms' real mixes, so the levels must hold here as well as for the fixed summary: the
+  difference between the two is the novelty effect at a weekly cadence, reported as the mix's
+  open rate over the fixed summary's on the same clients.
 * **volume**: the same clients, 1 to 7 informative e-mails a week (spread over the week, the
   contents in turn) for 12 weeks. Clicks per message, clicks per client-week, unsubscribes and
   complaints per message at each volume, and their shape as ratios.
@@ -55,7 +61,9 @@ GAPS = (1, 2, 4, 7, 14, 28)
 EMAIL, PUSH = CHANNELS.index("email"), CHANNELS.index("push")
 INFORMATIVE, URGENT = TONES.index("informative"), TONES.index("urgent")
 OPPORTUNITY = TONES.index("opportunity")
+EDUCATIONAL, REASSURING = TONES.index("educational"), TONES.index("reassuring")
 SUMMARY = CONTENTS.index("portfolio_summary")
+EDUCATION, UPDATE = CONTENTS.index("education"), CONTENTS.index("market_update")
 MORNING = 1 + SLOT_KEYS.index("morning")
 COUNTED = ("sent", "opened", "clicked", "unsubscribed", "complaint")
 SMS = CHANNELS.index("sms")
@@ -123,15 +131,68 @@ def weekly(tone: int = INFORMATIVE) -> Plan:
     return lambda day: Send(MORNING, tone, EMAIL, SUMMARY) if day % 7 == 0 else None
 
 
+LEVELS = (
+    "open_rate",
+    "click_rate",
+    "click_to_open",
+    "unsubscribes_per_email",
+    "complaints_per_email",
+)
+"""the per-e-mail level statistics of the levels and varied-mix protocols"""
+
+
+def _levels(t: dict[str, np.ndarray], prefix: str) -> dict[str, float]:
+    """Opens, clicks, click-to-open, unsubscribes and complaints per e-mail of a run."""
+    values = (
+        _per(t, "opened"),
+        _per(t, "clicked"),
+        _per(t, "clicked", "opened"),
+        _per(t, "unsubscribed"),
+        _per(t, "complaint"),
+    )
+    return {f"{prefix}/{name}": v for name, v in zip(LEVELS, values, strict=True)}
+
+
 def levels(setup: Setup, clients: int, seed: int) -> dict[str, float]:
-    t = run(setup, clients, 7 * WEEKS, seed, weekly())
-    return {
-        "email/open_rate": _per(t, "opened"),
-        "email/click_rate": _per(t, "clicked"),
-        "email/click_to_open": _per(t, "clicked", "opened"),
-        "email/unsubscribes_per_email": _per(t, "unsubscribed"),
-        "email/complaints_per_email": _per(t, "complaint"),
-    }
+    return _levels(run(setup, clients, 7 * WEEKS, seed, weekly()), "email")
+
+
+MIX: tuple[tuple[int, int], ...] = (
+    (SUMMARY, INFORMATIVE),
+    (EDUCATION, EDUCATIONAL),
+    (OFFER, OPPORTUNITY),
+    (UPDATE, INFORMATIVE),
+    (SUMMARY, REASSURING),
+    (EDUCATION, EDUCATIONAL),
+    (OFFER, OPPORTUNITY),
+    (UPDATE, URGENT),
+    (SUMMARY, INFORMATIVE),
+    (EDUCATION, EDUCATIONAL),
+    (OFFER, OPPORTUNITY),
+    (UPDATE, INFORMATIVE),
+)
+"""(content, tone) of the varied mix's e-mail in each of its 12 weeks: the four contents in turn
+(each comes back every 4 weeks), in the tone a firm gives it: summaries informative (one
+reassuring), lessons educational, offers as opportunities, market updates informative with one
+urgent alert a quarter. Tones over the quarter: 4 informative, 3 educational, 3 opportunity,
+1 reassuring, 1 urgent (an assumed house mix: calm and useful first, one alert)."""
+
+
+def varied_weekly(day: int) -> Send | None:
+    """The varied mix: week ``day // 7``'s content and tone of :data:`MIX`, Monday morning."""
+    if day % 7:
+        return None
+    content, tone = MIX[day // 7 % len(MIX)]
+    return Send(MORNING, tone, EMAIL, content)
+
+
+def varied_mix(setup: Setup, clients: int, seed: int) -> dict[str, float]:
+    """The levels of the varied mix, and its open rate over the fixed summary's on the same
+    clients and luck (the novelty effect at a weekly cadence, with the tones' part)."""
+    out = _levels(run(setup, clients, 7 * WEEKS, seed, varied_weekly), "email_mix")
+    fixed = _per(run(setup, clients, 7 * WEEKS, seed, weekly()), "opened")
+    out["email_mix/open_rate_vs_summary"] = _ratio(out["email_mix/open_rate"], fixed)
+    return out
 
 
 def volume_days(k: int) -> set[int]:
@@ -331,6 +392,7 @@ def hillstrom(setup: Setup, clients: int, seed: int) -> dict[str, float]:
 
 PROTOCOLS: dict[str, Callable[[Setup, int, int], dict[str, float]]] = {
     "levels": levels,
+    "varied_mix": varied_mix,
     "volume": volume,
     "recovery": recovery,
     "time_of_day": time_of_day,
@@ -343,13 +405,8 @@ PROTOCOLS: dict[str, Callable[[Setup, int, int], dict[str, float]]] = {
 
 def statistic_names() -> list[str]:
     """Every statistic the simulated protocols report (what a targets file may name)."""
-    names = [
-        "email/open_rate",
-        "email/click_rate",
-        "email/click_to_open",
-        "email/unsubscribes_per_email",
-        "email/complaints_per_email",
-    ]
+    names = [f"email/{name}" for name in LEVELS] + [f"email_mix/{name}" for name in LEVELS]
+    names += ["email_mix/open_rate_vs_summary"]
     for k in range(1, 8):
         names += [
             f"volume/clicks_per_message/{k}",

@@ -111,9 +111,9 @@ def test_report_logs_the_scorecard_to_mlflow(tmp_path, capsys):
         if math.isfinite(row["simulated"]):
             assert metrics[f"realism/{row['statistic']}"] == pytest.approx(row["simulated"])
     assert metrics["realism/in_band"] == table["in_band"].sum()
-    assert metrics["realism/targets"] == 17
+    assert metrics["realism/targets"] == 23
     printed = capsys.readouterr().out
-    assert f"{int(metrics['realism/in_band'])} of 17 targets in band" in printed
+    assert f"{int(metrics['realism/in_band'])} of 23 targets in band" in printed
     assert run.data.params["overrides"] == "env.response.click_base=-4"
     files = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id, "scorecard")}
     assert {
@@ -145,7 +145,7 @@ def test_the_default_targets_name_only_known_statistics():
     from realism.targets import load_targets
 
     targets = load_targets(calibrate.DEFAULTS["targets"], protocols.statistic_names())
-    assert len(targets.targets) == 17
+    assert len(targets.targets) == 23
     assert np.isfinite([t.target for t in targets.targets]).all()
 
 
