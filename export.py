@@ -3,6 +3,10 @@
     python export.py run_id=<mlflow run id>                 # writes exports/<run_id>/{policy.onnx,manifest.json}
     python export.py run_id=<id> out=/srv/policy promote=true
 
+The export folder is 0755 with 0644 files (``serve/export.py``), readable by a server running
+under another account; without $CADENCE_EXPORT_KEY it is unsigned, which loading it here warns
+about (``serve.http`` refuses it unless told to allow unsigned exports).
+
 The export is logged to the training run as a pyfunc model registered as ``cadence-policy``;
 ``promote=true`` points the alias ``champion`` at the new version, which
 ``mlflow models serve -m models:/cadence-policy@champion --env-manager local`` serves.
@@ -71,14 +75,14 @@ def example_input(runtime: PolicyRuntime, rows: int = 3) -> pd.DataFrame:
 def run_export(cfg: ExportConfig) -> Path:
     setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
     run = find_run(cfg.run_id, "run_id")
-    work = Path(tempfile.mkdtemp(prefix="cadence-export-"))
-    folder = download_policy(cfg.run_id, "run_id", work)
-    policy = load_policy(folder)
+    # the run's files are read into memory here; the scratch folder (private, 0700) then goes
+    with tempfile.TemporaryDirectory(prefix="cadence-export-") as work:
+        policy = load_policy(download_policy(cfg.run_id, "run_id", Path(work)))
+        config_path = mlflow.artifacts.download_artifacts(
+            run_id=cfg.run_id, artifact_path="config.yaml", dst_path=work
+        )
+        trained = OmegaConf.load(config_path)
     guardrails = GuardrailConfig()
-    config_path = mlflow.artifacts.download_artifacts(
-        run_id=cfg.run_id, artifact_path="config.yaml", dst_path=str(work)
-    )
-    trained = OmegaConf.load(config_path)
     if "env" in trained and "guardrails" in trained.env:
         guardrails = OmegaConf.to_object(
             OmegaConf.merge(OmegaConf.structured(GuardrailConfig), trained.env.guardrails)

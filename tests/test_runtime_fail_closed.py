@@ -267,7 +267,7 @@ def _apply(manifest: dict[str, Any], path: tuple, op: str, value: Any) -> None:
 
 
 @settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -278,13 +278,12 @@ def test_any_json_edit_of_the_manifest_loads_or_is_an_export_error(
     """An edit of any field, hashes recomputed or not: ExportError or a runtime whose decisions
     keep the guardrails, never a KeyError, TypeError or other crash."""
     manifest = _manifest(unsigned)
-    pool = _paths(manifest)
+    # values of the export itself, to be moved where they do not belong
+    found = [_value_at(manifest, p) for p in _paths(manifest) if p]
     for _ in range(data.draw(st.integers(1, 3))):
-        paths = [p for p in _paths(manifest) if p] or pool
-        path = data.draw(st.sampled_from(paths))
+        path = data.draw(st.sampled_from([p for p in _paths(manifest) if p]))
         op = data.draw(st.sampled_from(["set", "delete", "add"]))
-        old_values = [v for p in pool if p for v in [_value_at(_manifest(unsigned), p)]]
-        value = data.draw(JSON | st.sampled_from(old_values[:200]))
+        value = data.draw(JSON | st.sampled_from(found))
         _apply(manifest, path, op, copy.deepcopy(value))
     folder = tmp_path / "fuzzed"
     try:
@@ -366,7 +365,7 @@ SCORE = st.one_of(
 SLOTS = st.lists(st.sampled_from(contract.SLOT_KEYS), unique=True)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     scores=st.lists(st.lists(SCORE, min_size=19, max_size=19), min_size=1, max_size=6),
     rule=st.sampled_from(["log_probs", "additive"]),
