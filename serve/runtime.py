@@ -120,7 +120,8 @@ class PolicyRuntime:
         self.consent = consent
         self.max_rows = max_rows
         self.circuit = None if circuit is None else Path(circuit)
-        """the circuit file (serve/circuit.py), read on every request; None: no breaker"""
+        """the circuit file (serve/circuit.py), checked on every request (parsed again only when it
+        changes); None: no breaker"""
         if self.circuit is not None:
             circuit_state.read(self.circuit)  # refuse a bad file at load, not at the first request
         self.today = lambda: dt.datetime.now(dt.UTC).date()
@@ -192,7 +193,7 @@ class PolicyRuntime:
             key: the signing key (default $CADENCE_EXPORT_KEY); when set, the export must carry
                 a valid HMAC signature made with it.
             circuit: a circuit file (``serve/circuit.py``) naming segments tripped to the safe
-                fallback; read on every request.
+                fallback; checked on every request, parsed again only when it changes.
             require_signature: refuse an export that carries no HMAC signature (unsigned, or
                 signed with its signature stripped): anyone who can write an unsigned export's
                 folder can relax the caps, quiet hours and consent rules and recompute its
@@ -516,7 +517,7 @@ class PolicyRuntime:
         segment switched yesterday by the runtime's ``today``."""
         if self.circuit is None:
             return None, None
-        state = circuit_state.read(self.circuit)
+        state = circuit_state.read(self.circuit, today=self.today())
         if not state:
             return None, None
         segment = circuit_state.segment_of(self.feature_names, x)

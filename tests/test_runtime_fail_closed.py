@@ -505,3 +505,20 @@ def test_an_export_is_0755_with_0644_files_whatever_the_umask(bandit, tmp_path):
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]  # nothing left beside it
     _load(folder)
+
+
+def test_a_trip_dated_after_the_runtimes_today_waits_for_its_date(unsigned, tmp_path):
+    """The runtime's ``today`` decides which dated trips are in force: a switch dated tomorrow
+    leaves today's decisions as without a breaker."""
+    import datetime
+
+    state = tmp_path / "circuit.json"
+    state.write_text(json.dumps({"tripped": {"all": "2026-11-23"}}))
+    runtime, plain = _load(unsigned, circuit=state), _load(unsigned)
+    x = clients(400, seed=3)
+    runtime.today = lambda: datetime.date(2026, 11, 22)
+    np.testing.assert_array_equal(runtime.decide(x).action, plain.decide(x).action)
+    runtime.today = lambda: datetime.date(2026, 11, 24)
+    tripped = runtime.decide(x)
+    assert not np.array_equal(tripped.action, plain.decide(x).action)
+    assert all(r[0].startswith("circuit tripped for") for r in tripped.reasons)
