@@ -5,8 +5,10 @@
     python train.py -m agent=ppo,linucb seed=0,1,2    # a sweep: one parent run, a child per job
     python train.py resume=<mlflow run id>            # continue an interrupted run from its checkpoint
 
-A resume holds a lock on its run (``.locks/resume-<run id>.lock``) from its checks to its end: a
-second resume of the same run meanwhile is refused by name.
+A resume holds a lock on its run (``.locks/resume-<run id>.lock`` under the project, the kernel's
+``flock``: it ends with the process, crash or not) from its checks to its end, so a second resume
+of the same run on this machine meanwhile is refused by name. Errors the user can fix print one
+``error:`` line and exit 2.
 
 Tracking URI: ``tracking.uri=`` or $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db.
 """

@@ -95,6 +95,7 @@ def test_a_second_resume_of_a_running_resume_is_refused_by_name(tmp_path):
 
     lock = LOCKS / f"resume-{run_id}.lock"
     first = train(f"resume={run_id}", "trainer.total_timesteps=50000000")
+    second = None
     try:
         deadline = time.time() + 120
         while time.time() < deadline and first.poll() is None:
@@ -111,8 +112,9 @@ def test_a_second_resume_of_a_running_resume_is_refused_by_name(tmp_path):
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
     finally:
-        if first.poll() is None:
-            first.kill()
+        for job in (first, second):
+            if job is not None and job.poll() is None:
+                job.kill()
     assert first.returncode == 128 + signal.SIGTERM
     assert not lock.exists()  # released as the first ended
     assert client.get_run(run_id).data.tags["error"] == "stopped by SIGTERM"
