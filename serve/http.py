@@ -70,6 +70,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from serve.circuit import CircuitError
 from serve.runtime import (
     CONSENT_MODES,
+    EXPLAIN_AT_MOST,
     MAX_ROWS,
     ExportError,
     PolicyRuntime,
@@ -91,7 +92,7 @@ WORKERS = 4
 """default threads deciding requests"""
 QUEUE = 16
 """default requests waiting for a worker beyond those being decided"""
-MAX_EXPLAIN_ROWS = 1_000
+MAX_EXPLAIN_ROWS = EXPLAIN_AT_MOST
 """default most rows ``"explain": true`` is served for (reasons cost one network pass per
 feature group: 100,000 rows took 4.9 s and 1.3 GB)"""
 MAX_CONNECTIONS = 1_024

@@ -5,7 +5,8 @@ channel, content, probability, reasons, needs_review. The model's code travels w
 
 Params: ``explain``: true or false; left out, reasons are written for requests of up to
 :data:`serve.runtime.EXPLAIN_UP_TO` rows and skipped for larger batches (they cost one extra network pass per
-feature group). The model has no input schema on purpose: MLflow would drop
+feature group); ``explain: true`` for more than :data:`serve.runtime.EXPLAIN_AT_MOST` rows is
+refused. The model has no input schema on purpose: MLflow would drop
 unknown columns and refuse float64 before the runtime could name them; the runtime checks
 every column itself. A refused request is an MLflow ``INVALID_PARAMETER_VALUE`` error (HTTP
 400) whose message names the feature and row.
@@ -22,7 +23,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ParamSchema, ParamSpec
 
-from serve.runtime import PolicyRuntime, RequestError, wants_reasons
+from serve.runtime import EXPLAIN_AT_MOST, PolicyRuntime, RequestError, wants_reasons
 
 
 class CadencePolicyModel(mlflow.pyfunc.PythonModel):
@@ -36,6 +37,11 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         explain = wants_reasons((params or {}).get("explain"), len(model_input))
         try:
+            if explain and len(model_input) > EXPLAIN_AT_MOST:
+                raise RequestError(
+                    f"explain is served for at most {EXPLAIN_AT_MOST:,} rows, got "
+                    f"{len(model_input):,}: split the request or leave explain out"
+                )
             return self._predict_frame(self.runtime, model_input, explain)
         except RequestError as error:
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from error

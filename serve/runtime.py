@@ -46,6 +46,9 @@ MAX_ROWS = 100_000
 CONSENT_MODES = ("zero", "refuse")
 EXPLAIN_UP_TO = 100
 """served without an ``explain`` param, requests of at most this many rows get reasons"""
+EXPLAIN_AT_MOST = 1_000
+"""served, ``explain: true`` is refused past this many rows (reasons cost one network pass per
+feature group: 100,000 rows took 4.9 s and 1.3 GB)"""
 
 
 def wants_reasons(explain: bool | None, rows: int) -> bool:

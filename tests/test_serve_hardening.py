@@ -511,6 +511,19 @@ def test_pyfunc_names_the_feature_of_a_bad_request(pyfunc_model):
         pyfunc_model.predict(frame)
 
 
+def test_pyfunc_refuses_explain_past_its_row_bound(pyfunc_model):
+    """Reasons cost one network pass per feature group: ``explain: true`` is bounded by rows."""
+    from serve.runtime import EXPLAIN_AT_MOST
+
+    x = clients(EXPLAIN_AT_MOST + 1, tier=3)
+    frame = pd.DataFrame(x, columns=NAMES)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="explain is served for at most"):
+        pyfunc_model.predict(frame, params={"explain": True})
+    assert len(pyfunc_model.predict(frame.iloc[:EXPLAIN_AT_MOST], params={"explain": True})) == (
+        EXPLAIN_AT_MOST
+    )
+
+
 @pytest.fixture(scope="module")
 def server(export):
     runtime = PolicyRuntime.load(export, max_rows=50)
