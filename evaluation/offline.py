@@ -12,6 +12,12 @@ reward per logged client-day, had the target chosen that day's action): ``ips``,
 ``dm`` and ``dr``; over the logged horizon (the value per client, the quantity evaluation
 reports as ``eval/value`` for the same number of days): ``pdwis`` and ``fqe``.
 
+Bounds a hostile log cannot move: memory is O(rows × observation features) plus one day's
+regression sums per client group, however many distinct days the log holds; logged propensities
+below :data:`evaluation.ope.PSCORE_FLOOR` are clipped to it (or refused, ``--refuse-below-floor``)
+and the table counts them; a simulated log's truth is rolled out over the log's own span of days,
+at most :data:`MAX_TRUTH_DAYS`.
+
     python -m evaluation.offline logs.parquet segment_rules fixed_weekly --epsilon 0.05
 
 Each policy's estimates go to MLflow (experiment ``cadence``, tag ``command=ope``) as
