@@ -417,6 +417,20 @@ def _target_features(data: _Logged, target: _Target, rows: slice | np.ndarray) -
 
 
 @dataclass
+class _DayRows:
+    """A day's rows themselves, kept where they are fewer than the features (see
+    :func:`_refit_few`)."""
+
+    x: np.ndarray
+    """(n, D') logged features"""
+    following: np.ndarray
+    """(n, D') target features at the client's next logged state (0 when none)"""
+    rewards: np.ndarray
+    block: np.ndarray
+    """(n,) index of each row's group among the day's ``groups``"""
+
+
+@dataclass
 class _DaySums:
     """One day's regression sums per client group present that day (``groups``)."""
 
@@ -429,17 +443,28 @@ class _DaySums:
     """(k, D', D') Σ φ(x, a) φπ(x')ᵀ, x' the client's next logged state (0 when none)"""
     start: np.ndarray
     """(k, D') Σ φπ over the clients whose first logged state is this day"""
+    rows: _DayRows | None = None
+    """the rows themselves, on a day with fewer rows than features"""
+
+
+FEW_ROWS = _N_FEATURES + 2
+"""a day with fewer logged rows than this (FQE's feature count) is refitted through its rows'
+kernel (an n x n solve per replicate) rather than its D x D sums: the same regression, far
+cheaper where days are many and thin"""
 
 
 def _day_sums(data: _Logged, target: _Target, day: int, is_first: np.ndarray) -> _DaySums:
     """The sums of day ``day``, a chunk of rows at a time (the next day's target features are
-    built for the rows that follow one of these, so no day's features are kept)."""
+    built for the rows that follow one of these, so no day's features are kept, except on a day
+    of fewer than :data:`FEW_ROWS` rows)."""
     blocks = data.blocks[data.day_blocks[day] : data.day_blocks[day + 1]]
     d = _N_FEATURES + 2
     k = len(blocks)
     sums = _DaySums(
         blocks[:, 1], np.zeros((k, d, d)), np.zeros((k, d)), np.zeros((k, d, d)), np.zeros((k, d))
     )
+    few = int(blocks[-1, 3] - blocks[0, 2]) < FEW_ROWS
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for j, (_, _, lo, hi) in enumerate(blocks):
         for rows in _chunks(int(lo), int(hi)):
             x = _logged_features(data, target, rows)
@@ -447,14 +472,30 @@ def _day_sums(data: _Logged, target: _Target, day: int, is_first: np.ndarray) ->
             sums.target[j] += x.T @ data.rewards[rows]
             nxt = data.nxt[rows]
             has = nxt >= 0
+            following = np.zeros_like(x)
             if has.any():
-                following = np.zeros_like(x)
                 following[has] = _target_features(data, target, nxt[has])
                 sums.cross[j] += x.T @ following
             starts = np.flatnonzero(is_first[rows]) + rows.start
             if starts.size:
                 sums.start[j] += _target_features(data, target, starts).sum(axis=0)
+            if few:
+                kept.append((x, following, data.rewards[rows], np.full(len(x), j)))
+    if few:
+        sums.rows = _DayRows(*(np.concatenate(part) for part in zip(*kept, strict=True)))
     return sums
+
+
+def _refit_few(rows: _DayRows, w: np.ndarray, coef: np.ndarray, ridge: float) -> np.ndarray:
+    """Each replicate's ridge coefficients on a day of few rows: with W the rows' group weights
+    and y = reward + the next day's Q, (λI + XᵀWX)⁻¹ XᵀW y = XᵀW½ (λI + W½XXᵀW½)⁻¹ W½ y, an
+    n x n solve in place of a D x D one."""
+    root = np.sqrt(w[:, rows.block])  # (replicates, n)
+    y = rows.rewards + coef @ rows.following.T
+    kernel = rows.x @ rows.x.T
+    m = root[:, :, None] * kernel * root[:, None, :] + ridge * np.eye(len(kernel))
+    u = np.linalg.solve(m, (root * y)[..., None])[..., 0]
+    return (root * u) @ rows.x
 
 
 def _fitted_q(
@@ -481,10 +522,13 @@ def _fitted_q(
         gram_all += day.gram.sum(axis=0)
         target_all += day.target.sum(axis=0)
         k, w = len(day.groups), weights[:, day.groups]
-        a = (w @ day.gram.reshape(k, d * d)).reshape(-1, d, d) + eye
-        c = (w @ day.cross.reshape(k, d * d)).reshape(-1, d, d)
-        rhs = w @ day.target + np.einsum("bij,bj->bi", c, coef)
-        coef = np.linalg.solve(a, rhs[..., None])[..., 0]
+        if day.rows is not None:
+            coef = _refit_few(day.rows, w, coef, ridge)
+        else:
+            a = (w @ day.gram.reshape(k, d * d)).reshape(-1, d, d) + eye
+            c = (w @ day.cross.reshape(k, d * d)).reshape(-1, d, d)
+            rhs = w @ day.target + np.einsum("bij,bj->bi", c, coef)
+            coef = np.linalg.solve(a, rhs[..., None])[..., 0]
         total += ((w @ day.start) * coef).sum(axis=1)
     values = total / (weights @ count)
     lo, hi = np.percentile(values[1:], [2.5, 97.5]) if n_boot else (np.nan, np.nan)
@@ -521,7 +565,7 @@ def fqe(
     the rows). ``ess`` is the number of clients, ``max_weight`` 0 (no weights).
 
     Memory: the log's rows (observation and packed masks) and one day's sums per group; time:
-    O(rows × D²) for the sums and O(days × (replicates × D³)) for the refits.
+    O(rows × D²) for the sums and, per day, O(replicates × min(D, rows that day)³) for the refits.
     """
     data = frame if isinstance(frame, _Logged) else _Logged.of(frame, setup, seed)
     if own is None:

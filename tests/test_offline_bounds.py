@@ -162,3 +162,17 @@ def test_the_truth_covers_the_logs_own_days_and_a_far_day_is_refused():
     )
     with pytest.raises(ValueError, match=r"spans days 0\.\.1000000000 .*at most 3,661 days"):
         offline.true_value(policy, far, setup)
+
+
+def test_a_thin_days_refit_through_its_rows_equals_the_refit_through_its_sums(monkeypatch):
+    setup = load_setup()
+    frame = log_policy(HEURISTICS["segment_rules"](), setup, 60, 6, seed=4, epsilon=0.3)
+    for policy in (HEURISTICS["segment_rules"](), HEURISTICS["fixed_weekly"]()):
+        thin = offline.fqe(frame, policy, setup, epsilon=0.1, n_boot=20)  # 60 rows a day
+        with monkeypatch.context() as patch:
+            patch.setattr(offline, "FEW_ROWS", 0)  # every day through its D x D sums
+            full = offline.fqe(frame, policy, setup, epsilon=0.1, n_boot=20)
+        thin_figures = (thin.value, thin.ci_low, thin.ci_high)
+        full_figures = (full.value, full.ci_low, full.ci_high)
+        # the same regression solved two ways: equal to the conditioning of its normal equations
+        assert thin_figures == pytest.approx(full_figures, rel=1e-7)
