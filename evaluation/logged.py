@@ -27,7 +27,7 @@ from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES
 from envs.reward import reward
 from envs.spaces import JOINT_ACTIONS, multi_to_flat
-from evaluation.logs import ACTIONS, write_logs
+from evaluation.logs import ACTIONS, MAX_DAY, write_logs
 from evaluation.offline import counterfactual_column
 from simulate.world import OUTCOMES
 
@@ -60,7 +60,10 @@ def log_policy(
     """One row per living client-day of ``policy`` with ε-exploration, in the logged schema.
 
     The reward column uses the balanced weights (what evaluation scores). Same arguments, same
-    frame. A churned client's later days are not logged (the client is gone).
+    frame. A churned client's later days are not logged (the client is gone). ``days`` is at most
+    ``MAX_DAY + 1`` (days 0..:data:`evaluation.logs.MAX_DAY`). Every logged send is one the
+    guardrails of ``setup`` allow, so the frame passes
+    ``evaluation.logs.validate(frame, guardrails=setup.env.guardrails)``.
 
     ``counterfactual``: target policies whose one-step truth the log should carry. For each, a
     column ``counterfactual_<name>`` holds the day's reward had the target's own action been taken
@@ -68,6 +71,11 @@ def log_policy(
     stepped once more); ``counterfactual_uniform`` holds it for an action drawn uniformly from the
     allowed ones (for ε-soft targets). The logged days themselves are unchanged by them.
     """
+    if not 1 <= days <= MAX_DAY + 1:
+        raise ValueError(
+            f"days must lie in 1..{MAX_DAY + 1} (a log's days run 0..{MAX_DAY}, "
+            f"evaluation.logs.MAX_DAY), got {days}"
+        )
     if not 0.0 < epsilon <= 1.0:
         raise ValueError(
             f"epsilon must lie in (0, 1]; a deterministic log (epsilon 0) cannot be "
@@ -137,15 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    setup = load_setup()
     try:
         policy = make_policy(AgentConfig(name=args.policy), args.seed)
         frame = log_policy(
-            policy, load_setup(), args.clients, args.days, args.seed, args.epsilon, progress=True
+            policy, setup, args.clients, args.days, args.seed, args.epsilon, progress=True
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = write_logs(frame, args.out)
+    path = write_logs(frame, args.out, setup.env.guardrails)
     print(f"wrote {frame.height:,} client-days to {path}")
     return 0
 

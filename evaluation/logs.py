@@ -198,7 +198,7 @@ def _send_text(frame: pl.DataFrame, row: int) -> str:
     channel = CHANNELS[frame["channel"][row]]
     slot = SLOTS[frame["slot"][row] - 1]
     return (
-        f"row {row} logs a {channel} send ({slot}, {CONTENTS[frame['content'][row]]}) to client "
+        f"row {row} logs a send on {channel} ({slot}, {CONTENTS[frame['content'][row]]}) to client "
         f"{frame['client_id'][row]} on day {frame['day'][row]}"
     )
 
