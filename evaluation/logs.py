@@ -60,7 +60,7 @@ estimators would run to it."""
 
 MAX_ROWS = 2_000_000
 """most rows :func:`read_logs` decodes unless told otherwise (client-days). A simulated log takes
-about 350 bytes a row in memory, a float64 one about 600, so the default bounds a read near
+about 325 bytes a row in memory, a float64 one about 580, so the default bounds a read near
 1.2 GB. Counted from the Parquet metadata before any column is decoded: a few MB of constant
 values can expand to gigabytes."""
 
