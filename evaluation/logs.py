@@ -96,13 +96,17 @@ def _kind_ok(kind: str, dtype: pl.DataType) -> bool:
     return dtype == pl.Boolean
 
 
+_TIER = "_consent_tier"
+"""a working column: each row's consent tier"""
+
+
 def _value(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.Float64)
 
 
 def _tier() -> pl.Expr:
     """The consent tier of each row (meaningful once exactly one tier flag is set)."""
-    return pl.sum_horizontal(_value(c) * k for k, c in enumerate(TIER_COLUMNS))
+    return pl.sum_horizontal(pl.col(c) * k for k, c in enumerate(TIER_COLUMNS))
 
 
 def _row_tier(frame: pl.DataFrame, row: int) -> int:
@@ -134,14 +138,15 @@ def _range_rules(max_day: int) -> list[_Rule]:
 
 
 def _feature_rules() -> list[_Rule]:
-    """Bounds, exact flags, whole counts, one-hot groups and consent: the serving contract."""
+    """Bounds, exact flags, whole counts, one-hot groups and consent: the serving contract
+    (feature columns already float, the working tier column present)."""
     rules = []
     for i, name in enumerate(FEATURE_NAMES):
         high = float(OBS_HIGH[i])
-        value = _value(name)
         rules.append(
             _Rule(
-                ~value.is_finite() | (value < 0) | (value > high),
+                # NaN and infinities fall outside too (polars orders NaN above every number)
+                ~pl.col(name).is_between(0.0, high),
                 lambda f, r, n=name, h=high: (
                     f"feature {n!r} is {f[n][r]} in row {r}; allowed 0..{h:g}"
                 ),
@@ -150,7 +155,7 @@ def _feature_rules() -> list[_Rule]:
     for name in FLAGS:
         rules.append(
             _Rule(
-                (_value(name) != 0) & (_value(name) != 1),
+                (pl.col(name) != 0) & (pl.col(name) != 1),
                 lambda f, r, n=name: (
                     f"feature {n!r} is {f[n][r]} in row {r}; a flag must be exactly 0 or 1"
                 ),
@@ -159,7 +164,7 @@ def _feature_rules() -> list[_Rule]:
     for name in COUNTS:
         rules.append(
             _Rule(
-                _value(name) != _value(name).floor(),
+                pl.col(name) != pl.col(name).floor(),
                 lambda f, r, n=name: (
                     f"feature {n!r} is {f[n][r]} in row {r}; a count must be a whole number"
                 ),
@@ -167,7 +172,7 @@ def _feature_rules() -> list[_Rule]:
         )
     for prefix, (fewest, most) in contract.ONE_HOT_GROUPS.items():
         group = [n for n in FEATURE_NAMES if n.startswith(prefix)]
-        set_ = pl.sum_horizontal(_value(n) for n in group)
+        set_ = pl.sum_horizontal(group)
         rules.append(
             _Rule(
                 (set_ < fewest) | (set_ > most),
@@ -183,7 +188,7 @@ def _feature_rules() -> list[_Rule]:
             continue
         rules.append(
             _Rule(
-                (_value(name) != 0) & (_tier() < need),
+                (pl.col(name) != 0) & (pl.col(_TIER) < need),
                 lambda f, r, n=name, t=need: (
                     f"feature {n!r} is {f[n][r]} in row {r}, but the client's consent tier "
                     f"{_row_tier(f, r)} does not allow it (tier {t} needed); a feature the "
@@ -207,14 +212,14 @@ def _guardrail_rules(rules: MaskRules) -> list[tuple[str, pl.Expr, Callable]]:
     """(rule, expression True where a logged send breaks it, why) in the serving runtime's order
     (``serve/guards.py``): opt-out, weekly cap, channel cap, quiet hours, content tier."""
     send, channel, slot = pl.col("slot") > 0, pl.col("channel"), pl.col("slot")
-    sent = [_value(f"sent_7d_{c}") for c in CHANNELS]
+    sent = [pl.col(f"sent_7d_{c}") for c in CHANNELS]
 
     def on_channel(per_channel: list[pl.Expr]) -> pl.Expr:
         return pl.any_horizontal(
             [pl.lit(False), *((channel == k) & e for k, e in enumerate(per_channel))]
         )
 
-    opted = on_channel([_value(f"opted_out_{c}") > 0.5 for c in CHANNELS])
+    opted = on_channel([pl.col(f"opted_out_{c}") > 0.5 for c in CHANNELS])
     over_channel = on_channel(
         [s >= int(cap) for s, cap in zip(sent, rules.channel_cap, strict=True)]
     )
@@ -368,17 +373,18 @@ def validate(
     row and how many rows break it.
     """
     _check_structure(frame, where)
+    work = frame.with_columns(
+        pl.col(n).cast(pl.Float64) for n in FEATURE_NAMES if frame.schema[n].is_integer()
+    ).with_columns(_tier().alias(_TIER))
     rules = _contract_rules(guardrails, max_day)
-    found = frame.select(
-        *(rule.bad.arg_true().first().alias(f"first_{i}") for i, rule in enumerate(rules)),
-        *(rule.bad.sum().alias(f"count_{i}") for i, rule in enumerate(rules)),
-    ).row(0, named=True)
-    for i, rule in enumerate(rules):
-        row = found[f"first_{i}"]
-        if row is not None:
-            count = found[f"count_{i}"]
-            total = f" ({count:,} rows break this rule)" if count > 1 else ""
-            raise LogError(f"{where}: {rule.message(frame, int(row))}{total}")
+    broken = work.select(rule.bad.any().alias(str(i)) for i, rule in enumerate(rules)).row(0)
+    if any(broken):
+        rule = rules[broken.index(True)]
+        row, count = work.select(
+            rule.bad.arg_true().first().alias("row"), rule.bad.sum().alias("count")
+        ).row(0)
+        total = f" ({count:,} rows break this rule)" if count > 1 else ""
+        raise LogError(f"{where}: {rule.message(work, int(row))}{total}")
     if frame.select((pl.col("pscore") == 1).all()).item():
         raise LogError(
             f"{where}: every pscore is 1: the logging policy was deterministic, and no "

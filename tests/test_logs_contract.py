@@ -128,6 +128,11 @@ def test_tier_zero_rows_carrying_goal_or_engagement_features_are_refused(log):
             | {"consent_tier_1": 1.0, "consent_tier_2": 0.0, "consent_tier_3": 0.0},
             r"features goal_\* have 2 set in row 3; at most 1 may be",
         ),
+        (
+            {"market_stress": float("nan")},
+            r"feature 'market_stress' is nan in row 3; allowed 0..10",
+        ),
+        ({"sent_30d": float("inf")}, r"feature 'sent_30d' is inf in row 3; allowed 0..30"),
         ({"day": 10**9}, r"day is 1000000000 in row 3; days lie in 0..3660"),
         ({"day": -1}, r"day is -1 in row 3; days lie in 0..3660"),
     ],
@@ -137,6 +142,17 @@ def test_inexact_features_and_days_beyond_the_horizon_are_refused_naming_row_and
 ):
     # row 3 is a day-0 client (a Monday); the edit makes it break exactly the named rule
     _refused(_edit(log, pl.int_range(pl.len()) == 3, **values), message)
+
+
+def test_a_firms_log_with_integer_flags_and_counts_is_read_as_serving_reads_it(log):
+    from evaluation.logs import COUNTS, FLAGS
+
+    whole = log.with_columns(pl.col(*FLAGS, *COUNTS).cast(pl.Int64))
+    assert validate(whole) is whole
+    _refused(
+        _edit(whole, pl.int_range(pl.len()) == 5, opted_out_sms=2),
+        "feature 'opted_out_sms' is 2.0 in row 5; allowed 0..1",
+    )
 
 
 def _one_send(log: pl.DataFrame, tier: int, slot: int, channel: int, content: int, **features):
