@@ -27,8 +27,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from agents.base import Policy
-from agents.config import BANDITS, HEURISTIC_AGENTS, MODEL_BASED, SB3_AGENTS, AgentConfig
-from agents.registry import load_policy, make_policy, train_agent
 from envs.config import Setup
 from evaluation.compare import (
     KPI_PLOT,
@@ -39,43 +37,13 @@ from evaluation.compare import (
     write_tables,
 )
 from experiment import plots
+from experiment.policies import resolve_policy
 from experiment.schema import RunConfig, register, validate_run
-from experiment.tracking import download_policy, find_run, flatten, git_commit, setup_mlflow
+from experiment.tracking import flatten, git_commit, setup_mlflow
 from simulate.config import ConfigError
 from train import log_comparison
 
 register()
-BANDIT_TIMESTEPS = 200_000
-"""client-days a bandit named in ``policies`` is trained on before it is evaluated"""
-
-
-def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
-    """A policy and its tags from a name or ``run:<id>``; clear errors for anything else."""
-    spec = spec.strip()
-    if spec.startswith("run:"):
-        run_id = spec[4:]
-        run = find_run(run_id, "policies")
-        folder = download_policy(
-            run_id, "policies", Path(tempfile.mkdtemp(prefix="cadence-policy-"))
-        )
-        policy = load_policy(folder)
-        policy.name = f"{run.data.tags.get('agent', policy.name)}@{run_id[:8]}"
-        return policy, {"source_run": run_id, "agent": run.data.tags.get("agent", "")}
-    if spec in HEURISTIC_AGENTS or spec == "oracle":
-        return make_policy(AgentConfig(name=spec)), {"agent": spec}
-    if spec in BANDITS:
-        return train_agent(AgentConfig(name=spec), setup, BANDIT_TIMESTEPS, 500, progress=False), {
-            "agent": spec
-        }
-    if spec in SB3_AGENTS or spec in MODEL_BASED:
-        raise ConfigError(
-            f"policies: {spec!r} must be trained first: run `python train.py agent={spec}` "
-            f"and pass run:<its run id>"
-        )
-    raise ConfigError(
-        f"policies: unknown policy {spec!r}; use a heuristic {list(HEURISTIC_AGENTS)}, "
-        f"'oracle', a bandit {list(BANDITS)} or run:<mlflow run id>"
-    )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -128,7 +96,8 @@ def estimate_from_logs(run: RunConfig, setup: Setup) -> list[str]:
     policies = [resolve_policy(spec, setup)[0] for spec in run.policies]
     results = estimate(frame, policies, setup, run.log_epsilon, n_boot=run.eval.n_boot)
     print(table(results))
-    ids = log_results(results, run.logs, run.tracking.uri, run.tracking.experiment)
+    setup_mlflow(run.tracking.uri, run.tracking.experiment)
+    ids = log_results(results, run.logs, git_commit())
     print(f"MLflow runs (experiment {run.tracking.experiment}): {', '.join(ids)}")
     return ids
 

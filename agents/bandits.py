@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import best_additive
+from agents.base import ExportKind, Policy, best_additive
 from agents.config import AgentConfig
 from envs.features import (
     I_DECLARED_SLOT,
@@ -112,8 +112,11 @@ ACTION_FEATURES = action_features()
 RECOVERY_FEATURES = 3  # recency of the same content, tone and channel for this client
 
 
-class LinearBandit:
+class LinearBandit(Policy):
     """Shared ridge model over ``context x action`` features; subclasses choose how to explore.
+
+    Exported (``export_kind = "linear"``) as its mean score, additive over the 19 per-component
+    scores (``theta``'s context-action block).
 
     Args:
         cfg: agent configuration (ridge, alpha, epsilon, noise, recovery_days).
@@ -122,6 +125,7 @@ class LinearBandit:
 
     name = "linear_bandit"
     recovering = False
+    export_kind: ExportKind | None = "linear"
 
     def __init__(self, cfg: AgentConfig | None = None, seed: int = 0) -> None:
         self.cfg = cfg or AgentConfig(name=self.name)
@@ -236,6 +240,9 @@ class LinearBandit:
             self._memory[np.asarray(done, dtype=bool)] = 99.0
 
     # ----- persistence -------------------------------------------------------------------
+    def agent_config(self) -> AgentConfig:
+        return self.cfg
+
     def save(self, path: str | Path) -> Path:
         """Write the model as ``.npz`` (arrays + JSON config; no pickle)."""
         path = Path(path).with_suffix(".npz")
@@ -339,6 +346,14 @@ class Recovering(LinUCB):
     recovering = True
     history_dependent = True
     """its actions depend on what it sent each client before, which a logged state does not hold"""
+    export_kind = None
+
+    @property
+    def export_refusal(self) -> str:
+        return (
+            "the recovering bandit keeps per-client memory of past sends; it has no "
+            "stateless ONNX form"
+        )
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         self._recovery_before = self._recovery(len(obs))

@@ -1,29 +1,113 @@
-"""The one Policy protocol that evaluation and export see, and the choice within masks that
+"""The policy contract every agent follows (:class:`Policy`), and the choice within masks that
 several policies share."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 
 from envs.spaces import JOINT_ACTIONS, JOINT_COLUMNS, MASK_SPLITS, multi_to_flat
 from simulate.labels import N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
 
+if TYPE_CHECKING:
+    from agents.config import AgentConfig
+    from envs.core import CadenceCore
 
-@runtime_checkable
-class Policy(Protocol):
-    """Chooses one action per client for a batch.
+ExportKind = Literal["linear", "network"]
+"""how serving exports a policy (``serve.export.graph_for``): ``linear``, a linear model whose
+score is additive over the 19 per-component scores (``agents.bandits.LinearBandit``: reads
+``theta``); ``network``, an on-policy SB3 actor network giving per-component logits
+(``agents.sb3_agents.SB3Policy``: reads ``model``)"""
 
-    ``act(obs, masks)`` takes (N, OBS_DIM) float32 observations and (N, 361) bool joint masks
-    (index 0, no-send, always allowed) and returns (N, 4) int64 MultiDiscrete actions
-    ``(slot, tone, channel, content)`` that the masks allow. Online learners also implement
-    ``update(obs, actions, rewards, info)``.
+
+class Policy(ABC):
+    """Chooses one action per client for a batch; the one contract evaluation, off-policy
+    estimation, saving and export see.
+
+    Every hook is here, with a no-op default; a policy overrides the ones it needs and declares
+    what it is with the class attributes below. Callers never probe for a hook.
+
+    Lifecycle, in the order evaluation (``evaluation.rollout.begin_rollout`` and the rollouts that
+    use it) calls it:
+
+    ==================================  =====================================================
+    ``bind(core)``                      privileged policies only (``privileged = True``): the
+                                        simulator core they read, before the first day
+    ``start_rollout()``                 before the first day: forget the clients of the last
+                                        rollout (memory, beliefs, a breaker's monitor)
+    ``act(obs, masks)``                 each day: (N, OBS_DIM) float32 observations and (N, 361)
+                                        bool joint masks (index 0, no-send, always allowed) in;
+                                        (N, 4) int64 MultiDiscrete actions
+                                        ``(slot, tone, channel, content)`` the masks allow out
+    ``after_day(day, outcomes, alive)`` after each day: every client's outcomes (bool arrays of
+                                        shape (N,) by outcome name) and who had not churned
+                                        before the day
+    ==================================  =====================================================
+
+    Online learners also implement ``update(obs, actions, rewards, info)`` (``agents.registry``
+    calls it while training; evaluation never does).
+
+    Declarations:
+        name: the policy's name in tables, runs and saved folders.
+        privileged: it reads the world it acts in (``bind``); it cannot be deployed, logged from
+            a firm's data, or estimated off-policy.
+        stochastic: its actions are draws; off-policy estimation needs a target's probabilities,
+            which it does not give.
+        history_dependent: it acts on its own memory of past sends and days, which a logged
+            state does not hold; off-policy estimation refuses it.
+        export_kind: how serving exports it (:data:`ExportKind`), or None: no ONNX form, for the
+            reason :attr:`export_refusal` gives.
+
+    Saving: :meth:`save` writes what training learned and returns the file (None: nothing to
+    save, the policy is rebuilt from its name and :meth:`agent_config`); a policy that saves
+    also has a ``load`` classmethod that ``agents.registry.load_policy`` calls.
+
+    Example, a heuristic with only ``act``::
+
+        class Quiet(Policy):
+            name = "quiet"
+
+            def act(self, obs, masks):
+                return np.zeros((len(obs), 4), dtype=np.int64)
     """
 
-    name: str
+    name: str = "policy"
+    privileged: ClassVar[bool] = False
+    stochastic: bool = False
+    history_dependent: bool = False
+    export_kind: ExportKind | None = None
 
-    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
+    @abstractmethod
+    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(N, 4) int64 actions for (N, OBS_DIM) observations within (N, 361) joint masks."""
+
+    def bind(self, core: CadenceCore) -> None:  # noqa: B027 (an optional hook)
+        """Give a privileged policy the simulator core it reads (called only where
+        ``privileged``); nothing for any other policy."""
+
+    def start_rollout(self) -> None:  # noqa: B027 (an optional hook)
+        """Called before a rollout's first day: forget every client of the last one."""
+
+    def after_day(self, day: int, outcomes: dict[str, np.ndarray], alive: np.ndarray) -> None:  # noqa: B027 (an optional hook)
+        """Called after each day with the day's outcomes of every client ((N,) bool arrays by
+        outcome name) and ``alive`` ((N,) bool: not churned before the day)."""
+
+    def save(self, path: str | Path) -> Path | None:
+        """Write what the policy learned next to ``path`` (its suffix is the policy's own);
+        returns the file written, or None where there is nothing to save."""
+        return None
+
+    def agent_config(self) -> AgentConfig | None:
+        """The agent configuration it was built from (saved beside it), or None."""
+        return None
+
+    @property
+    def export_refusal(self) -> str:
+        """Why the policy has no ONNX form (where ``export_kind`` is None), as a sentence."""
+        return f"{self.name} has no trained network or linear model to export"
 
 
 def first_allowed(candidates: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
+from agents.base import Policy
 from agents.oracle import Oracle
 from envs.config import Setup
 from envs.consent import MIN_TIER
@@ -66,7 +67,7 @@ class _View:
         self.day = 0
 
 
-class DeployableCeiling:
+class DeployableCeiling(Policy):
     """A belief-state planner on the firm's own view of each client.
 
     Args:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.base import factor_masks, first_allowed, flat
+from agents.base import Policy, factor_masks, first_allowed, flat
 from envs.features import I_GOAL, I_RISK, I_WEEKDAY
 from envs.spaces import JOINT_ACTIONS
 from simulate.labels import CHANNELS, CONTENTS, N_CHANNELS, N_SEGMENTS, SLOT_KEYS, TONES
@@ -15,10 +15,15 @@ CONTENT = {k: i for i, k in enumerate(CONTENTS)}
 SLOT = {s: i + 1 for i, s in enumerate(SLOT_KEYS)}  # action slot numbers (0 is no-send)
 
 
-def _with_channel_fallback(
+def with_channel_fallback(
     slot, tone, content, send: np.ndarray, masks: np.ndarray, channels=(EMAIL, PUSH, SMS)
 ) -> np.ndarray:
-    """Wanted (slot, tone, content) on the first allowed channel of ``channels``; no-send where ``send`` is False."""
+    """(N, 4) actions: the wanted (slot, tone, content) on the first channel of ``channels``
+    the masks allow (no-send where none is), and no-send where ``send`` is False.
+
+    ``slot`` (an action slot number, 1..6; 0 is no-send), ``tone`` and ``content`` (indices into
+    the action space's labels) are scalars or (N,) arrays; ``send`` and ``masks`` are (N,) bool
+    and (N, 361) bool. The heuristics and the circuit breaker's safe fallback choose this way."""
     candidates = np.stack(
         [flat(slot, tone, c, content) * np.ones(len(masks), dtype=np.int64) for c in channels],
         axis=1,
@@ -33,7 +38,7 @@ def _nth_true(allowed: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return (np.cumsum(allowed, axis=1) > rank[:, None]).argmax(axis=1)
 
 
-class NoSend:
+class NoSend(Policy):
     """Never messages anyone: the zero point of ``eval/normalized_value``."""
 
     name = "no_send"
@@ -42,7 +47,7 @@ class NoSend:
         return np.zeros((len(obs), 4), dtype=np.int64)
 
 
-class RandomPolicy:
+class RandomPolicy(Policy):
     """Uniform over the allowed flat actions (no-send included)."""
 
     stochastic = True
@@ -80,14 +85,14 @@ class RandomPolicy:
         return actions
 
 
-class BatchAndBlast:
+class BatchAndBlast(Policy):
     """Every day, morning, urgent product offer by push (email if push is blocked)."""
 
     name = "batch_and_blast"
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         send = np.ones(len(obs), dtype=bool)
-        return _with_channel_fallback(
+        return with_channel_fallback(
             SLOT["morning"],
             TONE["urgent"],
             CONTENT["product_offer"],
@@ -97,19 +102,19 @@ class BatchAndBlast:
         )
 
 
-class FixedWeekly:
+class FixedWeekly(Policy):
     """A weekly digest: Monday morning, informative portfolio summary by email."""
 
     name = "fixed_weekly"
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         send = obs[:, I_WEEKDAY + 0] > 0.5
-        return _with_channel_fallback(
+        return with_channel_fallback(
             SLOT["morning"], TONE["informative"], CONTENT["portfolio_summary"], send, masks
         )
 
 
-class SegmentRules:
+class SegmentRules(Policy):
     """A traditional segmented campaign: twice a week (Tuesday, Friday), slot, tone and content
     by declared goal; risk-seeking clients get opportunity tone. Clients who share no goal
     (consent tier 0) get the generic Tuesday digest."""
@@ -134,7 +139,7 @@ class SegmentRules:
         plan[bold, 1] = TONE["opportunity"]
         weekday = obs[:, I_WEEKDAY : I_WEEKDAY + 7].argmax(axis=1)
         send = np.where(known, (weekday == 1) | (weekday == 4), weekday == 1)
-        return _with_channel_fallback(plan[:, 0], plan[:, 1], plan[:, 2], send, masks)
+        return with_channel_fallback(plan[:, 0], plan[:, 1], plan[:, 2], send, masks)
 
 
 HEURISTICS = {p.name: p for p in (NoSend, RandomPolicy, BatchAndBlast, FixedWeekly, SegmentRules)}

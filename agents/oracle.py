@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agents.base import Policy
 from agents.config import AgentConfig
 from envs.config import RewardConfig
 from envs.core import CadenceCore
@@ -20,10 +21,12 @@ from simulate.dynamics import anxiety_after_message, churn_hazard, trust_change
 from simulate.labels import N_SLOTS
 
 
-class Oracle:
+class Oracle(Policy):
     """Needs the env core it acts in: call :meth:`bind` before :meth:`act` (evaluation does)."""
 
     name = "oracle"
+    privileged = True
+    """it reads every client's latent state and hidden traits in the world it acts in"""
 
     def __init__(self, cfg: AgentConfig | None = None) -> None:
         self.cfg = cfg or AgentConfig(name="oracle")
@@ -33,6 +36,9 @@ class Oracle:
     def bind(self, core: CadenceCore) -> None:
         """Give the oracle the world it may read."""
         self.core = core
+
+    def agent_config(self) -> AgentConfig:
+        return self.cfg
 
     def action_values(self, masks: np.ndarray) -> np.ndarray:
         """(N, 361) expected value of each action (no-send 0; masked actions -inf)."""

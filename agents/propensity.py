@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents.base import Policy
 from agents.config import AgentConfig
 from envs.config import Setup
 from envs.core import CadenceCore
@@ -137,7 +138,7 @@ def fit_model(
     return theta.detach().numpy().copy()
 
 
-class PropensityAgent:
+class PropensityAgent(Policy):
     """One-step planning on fitted response models; see the module's docstring.
 
     Args:
@@ -148,6 +149,7 @@ class PropensityAgent:
 
     name = "propensity"
     history_dependent = False
+    export_kind = None
 
     def __init__(self, cfg: AgentConfig | None = None, weights: RewardConfig | None = None) -> None:
         self.cfg = cfg or AgentConfig(name="propensity")
@@ -207,6 +209,17 @@ class PropensityAgent:
                 seed + k,
             )
         return self
+
+    @property
+    def export_refusal(self) -> str:
+        return (
+            "the propensity agent scores all 361 joint actions with its response models, which "
+            "do not factor into the 19 per-component scores the export contract gives; train it "
+            "with agent.distil=true to teach its choices to an exportable network"
+        )
+
+    def agent_config(self) -> AgentConfig:
+        return self.cfg
 
     def save(self, path: str | Path) -> Path:
         path = Path(path).with_suffix(".npz")

@@ -198,14 +198,18 @@ def _CheckpointCallback(save: Callable[[Any, int], None], every: int):
 
 
 def save_policy(policy: Policy, directory: str | Path) -> Path:
-    """Save a trained policy into ``directory`` (SB3 zip or bandit npz, plus ``agent.json``)."""
+    """Save a trained policy into ``directory``: what :meth:`Policy.save` writes (SB3 zip,
+    bandit or propensity npz; nothing for a heuristic) plus ``agent.json`` (its name and
+    :meth:`Policy.agent_config`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"name": policy.name}
-    if hasattr(policy, "save"):
-        meta["file"] = policy.save(directory / "policy").name
-    if hasattr(policy, "cfg"):
-        meta["cfg"] = asdict(policy.cfg)
+    saved = policy.save(directory / "policy")
+    if saved is not None:
+        meta["file"] = saved.name
+    cfg = policy.agent_config()
+    if cfg is not None:
+        meta["cfg"] = asdict(cfg)
     (directory / "agent.json").write_text(json.dumps(meta, indent=2))
     return directory
 

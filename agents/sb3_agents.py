@@ -27,7 +27,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
-from agents.base import best_factored, in_chunks
+from agents.base import ExportKind, Policy, best_factored, in_chunks
 from agents.config import AgentConfig
 from envs.config import Setup
 from envs.features import OBS_DIM, OBS_HIGH
@@ -333,8 +333,10 @@ def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
     )
 
 
-class SB3Policy:
-    """A trained SB3 model behind the Policy protocol (deterministic, within masks)."""
+class SB3Policy(Policy):
+    """A trained SB3 model behind the :class:`agents.base.Policy` contract (deterministic,
+    within masks). Exported (``export_kind = "network"``) as its actor network, except DQN and
+    recurrent_ppo (:attr:`export_refusal` says why)."""
 
     def __init__(self, model: BaseAlgorithm, name: str) -> None:
         self.model = model
@@ -355,6 +357,27 @@ class SB3Policy:
         """recurrent_ppo decides from its memory of each client's days, which logged states do
         not hold: off-policy estimation refuses it"""
         return self.recurrent
+
+    @property
+    def export_kind(self) -> ExportKind | None:
+        """``network`` for the on-policy agents with per-component logits; None for DQN (361
+        joint Q-values) and recurrent_ppo (a memory per client)."""
+        return None if self.recurrent or self.flat_view else "network"
+
+    @property
+    def export_refusal(self) -> str:
+        if self.recurrent:
+            return (
+                "recurrent_ppo carries an LSTM memory per client from day to day; the serving "
+                "runtime decides each request from its features alone, so it has no stateless "
+                "ONNX form (export ppo_lagrangian, ppo, a2c or maskable_ppo instead)"
+            )
+        if self.flat_view:
+            return (
+                "DQN scores the 361 joint actions; its Q-values do not factor into the 19 "
+                "per-component scores the export contract gives"
+            )
+        return super().export_refusal
 
     def start_rollout(self) -> None:
         """Forget every client's memory (recurrent_ppo): the next act() is each client's first day."""

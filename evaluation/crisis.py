@@ -35,8 +35,8 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from agents.base import Policy
-from agents.breaker import BreakerConfig, CircuitBreaker
 from envs.config import Setup
+from evaluation.breaker import BreakerConfig, CircuitBreaker
 from evaluation.monitor import EVERYONE, MonitorConfig
 from evaluation.rollout import rollout
 from simulate.config import ConfigError, ScenarioConfig, num

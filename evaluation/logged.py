@@ -28,11 +28,21 @@ from envs.features import FEATURE_NAMES
 from envs.reward import reward
 from envs.spaces import JOINT_ACTIONS, multi_to_flat
 from evaluation.logs import ACTIONS, MAX_DAY, write_logs
-from evaluation.offline import counterfactual_column
+from evaluation.rollout import begin_rollout
 from simulate.world import OUTCOMES
 
 LOG_CLIENT_OFFSET = 1 << 50
 """logged clients' ids: never those of training (from 0), evaluation (2**48) or realism (2**52)"""
+
+
+def counterfactual_column(policy_name: str) -> str:
+    """The column :func:`log_policy` writes with a target's counterfactual reward: the day's
+    reward had that policy's own action been taken, same client and luck."""
+    return f"counterfactual_{policy_name}"
+
+
+UNIFORM_COUNTERFACTUAL = counterfactual_column("uniform")
+"""the day's reward under an action drawn uniformly from the allowed ones (ε-soft targets)"""
 
 
 def uniform_draw(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -81,12 +91,7 @@ def log_policy(
             f"epsilon must lie in (0, 1]; a deterministic log (epsilon 0) cannot be "
             f"evaluated off-policy, got {epsilon}"
         )
-    core = CadenceCore(setup, num_clients, autoreset=False, client_id_offset=LOG_CLIENT_OFFSET)
-    obs = core.reset(seed)
-    if hasattr(policy, "bind"):
-        policy.bind(core)
-    if hasattr(policy, "start_rollout"):  # a policy with memory starts every client afresh
-        policy.start_rollout()
+    core, obs = begin_rollout(policy, setup, num_clients, seed, LOG_CLIENT_OFFSET)
     rng = np.random.default_rng([seed, 0x10C])
     what_if_rng = np.random.default_rng([seed, 0xCF])  # its own stream: the log is unchanged
     weights = RewardConfig().weights()

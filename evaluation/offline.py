@@ -38,13 +38,19 @@ import polars as pl
 
 from agents.base import Policy
 from envs.config import RewardConfig, Setup, load_setup
-from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES
 from envs.masks import MaskRules, joint_mask, mask_inputs
 from envs.reward import reward
 from envs.spaces import JOINT_ACTIONS, JOINT_COLUMNS, multi_to_flat
 from evaluation import ope
+from evaluation.logged import (
+    LOG_CLIENT_OFFSET,
+    UNIFORM_COUNTERFACTUAL,
+    counterfactual_column,
+    log_policy,
+)
 from evaluation.logs import ACTIONS, read_logs, validate
+from evaluation.rollout import begin_rollout
 from simulate.labels import ACTION_NVEC
 
 
@@ -64,16 +70,18 @@ class OffPolicyResult:
 
 
 def _check_target(policy: Policy) -> None:
-    if hasattr(policy, "bind"):
+    """Refuse, by name, a target whose value logged states cannot give: one that reads the world
+    (``privileged``), acts on its own memory (``history_dependent``) or draws (``stochastic``)."""
+    if policy.privileged:
         raise ValueError(
             f"{policy.name} reads the world it acts in; it cannot be estimated from logs"
         )
-    if getattr(policy, "history_dependent", False):
+    if policy.history_dependent:
         raise ValueError(
             f"{policy.name} acts on its own memory of past sends and days, which the logged "
             "states do not hold; it cannot be estimated from logs"
         )
-    if getattr(policy, "stochastic", False):
+    if policy.stochastic:
         raise ValueError(
             f"{policy.name} draws its actions at random; off-policy estimates need a target's "
             "probabilities, which it does not give (use a deterministic policy, softened with "
@@ -81,7 +89,10 @@ def _check_target(policy: Policy) -> None:
         )
 
 
-def _own(policy: Policy, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+def target_actions(policy: Policy, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(rows,) the flat action (0..360) a target ``policy`` takes at (rows, OBS_DIM) observations
+    within (rows, 361) masks; a :class:`ValueError` naming it where it cannot be estimated from
+    logs (privileged, history-dependent or stochastic)."""
     _check_target(policy)
     return multi_to_flat(np.asarray(policy.act(obs, masks), dtype=np.int64))
 
@@ -96,14 +107,16 @@ def _probabilities(
     return (1.0 - epsilon) * (logged == own) + epsilon * uniform
 
 
-def _observed(frame: pl.DataFrame, setup: Setup) -> tuple[np.ndarray, np.ndarray]:
+def logged_inputs(frame: pl.DataFrame, setup: Setup) -> tuple[np.ndarray, np.ndarray]:
+    """A log's (rows, OBS_DIM) float32 observations and (rows, 361) bool joint masks, the masks
+    rebuilt from the features under ``setup``'s guardrails (as the serving runtime does)."""
     obs = frame.select(FEATURE_NAMES).to_numpy().astype(np.float32)
     return obs, joint_mask(MaskRules.from_config(setup.env.guardrails), *mask_inputs(obs))
 
 
 def own_actions(policy: Policy, frame: pl.DataFrame, setup: Setup) -> np.ndarray:
     """The flat action ``policy`` takes at each logged state (masks rebuilt from the features)."""
-    return _own(policy, *_observed(frame, setup))
+    return target_actions(policy, *logged_inputs(frame, setup))
 
 
 def target_pscores(
@@ -116,9 +129,9 @@ def target_pscores(
     """Probability of each logged action under ``policy`` (ε-soft where ``epsilon`` > 0);
     ``own``: the policy's actions at the logged states when already computed."""
     _check_target(policy)
-    obs, masks = _observed(frame, setup)
+    obs, masks = logged_inputs(frame, setup)
     if own is None:
-        own = _own(policy, obs, masks)
+        own = target_actions(policy, obs, masks)
     logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
     return _probabilities(own, logged, masks, epsilon)
 
@@ -381,7 +394,7 @@ class _Target:
         _check_target(policy)
         own = np.empty(len(data.logged), dtype=np.int64)
         for rows in _chunks(0, len(own)):  # the target acts on each row alone
-            own[rows] = _own(policy, data.obs[rows], data.masks_of(rows))
+            own[rows] = target_actions(policy, data.obs[rows], data.masks_of(rows))
         return cls.with_actions(data, own, epsilon)
 
     @classmethod
@@ -600,8 +613,6 @@ def true_value(
     simulator began on; a log whose days are all shifted keeps its truth). A span over
     ``max_days`` (default :data:`MAX_TRUTH_DAYS`) is refused by name rather than rolled out.
     """
-    from evaluation.logged import LOG_CLIENT_OFFSET, log_policy
-
     if "seed" not in frame.columns:
         return None
     ids = np.unique(frame["client_id"].to_numpy())
@@ -619,8 +630,7 @@ def true_value(
     if epsilon > 0:  # the soft policy's own rollout: its rewards are the truth
         soft = log_policy(policy, setup, n, days, int(frame["seed"][0]), epsilon)
         return float(soft["reward"].sum() / n)
-    core = CadenceCore(setup, n, autoreset=False, client_id_offset=LOG_CLIENT_OFFSET)
-    obs = core.reset(int(frame["seed"][0]))
+    core, obs = begin_rollout(policy, setup, n, int(frame["seed"][0]), LOG_CLIENT_OFFSET)
     weights = RewardConfig().weights()
     value, gone = np.zeros(n), np.zeros(n, dtype=bool)
     for _ in range(days):
@@ -635,16 +645,6 @@ ONE_STEP = ("ips", "snips", "dm", "dr")
 """estimators of the mean daily reward per logged client-day"""
 MULTI_DAY = ("pdwis", "fqe")
 """estimators of the value per client over the logged horizon"""
-
-
-def counterfactual_column(policy_name: str) -> str:
-    """The column :func:`evaluation.logged.log_policy` writes with a target's counterfactual
-    reward: the day's reward had that policy's own action been taken, same client and luck."""
-    return f"counterfactual_{policy_name}"
-
-
-UNIFORM_COUNTERFACTUAL = counterfactual_column("uniform")
-"""the day's reward under an action drawn uniformly from the allowed ones (ε-soft targets)"""
 
 
 def step_truth(frame: pl.DataFrame, policy: str, epsilon: float = 0.0) -> float | None:
@@ -766,23 +766,20 @@ def table(results: Sequence[OffPolicyResult]) -> str:
     return "\n".join(lines)
 
 
-def log_results(
-    results: Sequence[OffPolicyResult], logs: str, uri: str | None, experiment: str = "cadence"
-) -> list[str]:
-    """One MLflow run per policy (experiment ``cadence`` unless named, tags ``policy``, ``command=ope``) with
-    ``ope/<estimator>/value``, ``/ci_low``, ``/ci_high``, ``/ess`` and ``ope/truth`` where known."""
+def log_results(results: Sequence[OffPolicyResult], logs: str, commit: str) -> list[str]:
+    """One MLflow run per policy in MLflow's active store and experiment (the caller points
+    MLflow there: :func:`experiment.tracking.setup_mlflow`), tagged ``policy``, ``command=ope``
+    and ``git_commit`` (``commit``), with ``ope/<estimator>/value``, ``/ci_low``, ``/ci_high``,
+    ``/ess`` and ``ope/truth`` where known; returns the run ids."""
     import math
 
     import mlflow
 
-    from experiment.tracking import git_commit, setup_mlflow
-
-    setup_mlflow(uri, experiment)
     ids = []
     for res in results:
         with mlflow.start_run(
             run_name=f"ope {res.policy}",
-            tags={"policy": res.policy, "command": "ope", "git_commit": git_commit()},
+            tags={"policy": res.policy, "command": "ope", "git_commit": commit},
         ) as run:
             mlflow.log_param("logs", logs)
             metrics = {}
@@ -801,7 +798,10 @@ def log_results(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evaluate import resolve_policy
+    """``python -m evaluation.offline``: the command's entry point, which (as any entry point)
+    may read MLflow runs; the library above it never does."""
+    from experiment.policies import resolve_policy
+    from experiment.tracking import git_commit, setup_mlflow
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", help="a logged Parquet file (docs/logged-data.md)")
@@ -838,7 +838,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(results))
     if not args.no_mlflow:
-        ids = log_results(results, args.logs, args.tracking_uri)
+        setup_mlflow(args.tracking_uri, "cadence")
+        ids = log_results(results, args.logs, git_commit())
         print(f"MLflow runs (experiment cadence): {', '.join(ids)}")
     return 0
 

@@ -56,6 +56,34 @@ class Rollout:
     """consent tier of each client (0..3)"""
 
 
+def begin_rollout(
+    policy: Policy,
+    setup: Setup,
+    num_clients: int,
+    seed: int,
+    client_id_offset: int = EVAL_CLIENT_OFFSET,
+) -> tuple[CadenceCore, np.ndarray]:
+    """The simulator core a rollout of ``policy`` runs in and its first (N, OBS_DIM) observations.
+
+    ``num_clients`` fresh clients of ``seed`` (ids from ``client_id_offset``; no autoreset: a
+    churned client stays gone); a privileged policy is bound to the core; the policy's
+    ``start_rollout`` forgets the clients of any rollout before. Every rollout of a policy in
+    evaluation (:func:`rollout`, :func:`evaluation.logged.log_policy`,
+    :func:`evaluation.offline.true_value`) starts here.
+    """
+    if not isinstance(policy, Policy):
+        raise TypeError(
+            f"{type(policy).__name__} is not an agents.base.Policy: derive the class from it "
+            "(only act() is required; every other hook has a default)"
+        )
+    core = CadenceCore(setup, num_clients, autoreset=False, client_id_offset=client_id_offset)
+    obs = core.reset(seed)
+    if policy.privileged:
+        policy.bind(core)
+    policy.start_rollout()
+    return core, obs
+
+
 def rollout(
     policy: Policy,
     setup: Setup,
@@ -70,12 +98,7 @@ def rollout(
     ``on_day(day, actions, outcomes, alive)`` is called after each day (``alive``: not churned
     before today), for callers that keep a daily record.
     """
-    core = CadenceCore(setup, num_clients, autoreset=False, client_id_offset=EVAL_CLIENT_OFFSET)
-    obs = core.reset(seed)
-    if hasattr(policy, "bind"):  # privileged policies read the world they act in
-        policy.bind(core)
-    if hasattr(policy, "start_rollout"):  # a circuit breaker forgets the last rollout's days
-        policy.start_rollout()
+    core, obs = begin_rollout(policy, setup, num_clients, seed)
     balanced = RewardConfig().weights()
     totals = {k: np.zeros(num_clients) for k in (*SUMMED, "urgent")}
     value = np.zeros(num_clients)
@@ -90,8 +113,7 @@ def rollout(
         actions[churned, 0] = 0
         r = core.step(actions)
         alive = ~churned
-        if hasattr(policy, "after_day"):  # a circuit breaker watches the day's outcomes
-            policy.after_day(day, r.outcomes, alive)
+        policy.after_day(day, r.outcomes, alive)
         if on_day is not None:
             on_day(day, actions, r.outcomes, alive)
         for k in SUMMED:

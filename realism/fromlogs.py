@@ -41,7 +41,7 @@ import polars as pl
 from envs.config import Setup
 from envs.spaces import multi_to_flat
 from evaluation.logs import ACTIONS
-from evaluation.offline import _observed, _own
+from evaluation.offline import logged_inputs, target_actions
 from realism.targets import Target, Targets
 from simulate.labels import CHANNELS, SLOT_KEYS
 from simulate.world import World
@@ -171,8 +171,8 @@ def log_epsilon(frame: pl.DataFrame, policy, setup: Setup) -> float:
     the policy's own, pscore = ε / allowed. A ``ValueError`` saying what to do instead when the
     log was plainly not written so (it never departs from the policy, or the rate falls outside
     (0, 1], as a deterministic log of another policy gives)."""
-    obs, masks = _observed(frame, setup)
-    own = _own(policy, obs, masks)
+    obs, masks = logged_inputs(frame, setup)
+    own = target_actions(policy, obs, masks)
     logged = multi_to_flat(frame.select(ACTIONS).to_numpy().astype(np.int64))
     other = logged != own
     if not other.any():

@@ -43,6 +43,7 @@ from agents.bandits import (
     LinearBandit,
 )
 from agents.base import Policy
+from agents.sb3_agents import SB3Policy
 from envs.config import GuardrailConfig
 from envs.consent import MIN_TIER
 from envs.features import FEATURE_NAMES, OBS_HIGH
@@ -133,38 +134,19 @@ class BanditGraph(nn.Module):
 
 
 def graph_for(policy: Policy) -> nn.Module:
-    """The exportable module of ``policy`` or :class:`NotExportable` saying why not."""
-    if isinstance(policy, LinearBandit):
-        if policy.recovering:
-            raise NotExportable(
-                "the recovering bandit keeps per-client memory of past sends; it has no "
-                "stateless ONNX form"
-            )
+    """The exportable module of ``policy``, by the form it declares (:attr:`Policy.export_kind`),
+    or :class:`NotExportable` with the reason it gives (:attr:`Policy.export_refusal`)."""
+    kind = policy.export_kind
+    if kind is None:
+        raise NotExportable(policy.export_refusal)
+    if kind == "linear" and isinstance(policy, LinearBandit):
         return BanditGraph(policy)
-    model = getattr(policy, "model", None)
-    if model is not None:
-        from sb3_contrib import RecurrentPPO
-        from stable_baselines3 import DQN
-
-        if isinstance(model, RecurrentPPO):
-            raise NotExportable(
-                "recurrent_ppo carries an LSTM memory per client from day to day; the serving "
-                "runtime decides each request from its features alone, so it has no stateless "
-                "ONNX form (export ppo_lagrangian, ppo, a2c or maskable_ppo instead)"
-            )
-        if isinstance(model, DQN):
-            raise NotExportable(
-                "DQN scores the 361 joint actions; its Q-values do not factor into the 19 "
-                "per-component scores the export contract gives"
-            )
-        return SB3Graph(model.policy)
-    if getattr(policy, "theta", None) is not None and policy.name == "propensity":
-        raise NotExportable(
-            "the propensity agent scores all 361 joint actions with its response models, which "
-            "do not factor into the 19 per-component scores the export contract gives; train it "
-            "with agent.distil=true to teach its choices to an exportable network"
-        )
-    raise NotExportable(f"{policy.name} has no trained network or linear model to export")
+    if kind == "network" and isinstance(policy, SB3Policy):
+        return SB3Graph(policy.model.policy)
+    raise NotExportable(
+        f"{policy.name} declares export_kind {kind!r}, which the export builds for "
+        "agents.bandits.LinearBandit ('linear') and agents.sb3_agents.SB3Policy ('network') only"
+    )
 
 
 RENAME_EXCHANGE = 2

@@ -8,10 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from agents.breaker import BreakerConfig, CircuitBreaker, SafeFallback
+from agents.base import Policy
 from agents.heuristics import HEURISTICS
 from envs.features import FEATURE_NAMES
 from envs.spaces import JOINT_ACTIONS
+from evaluation.breaker import BreakerConfig, CircuitBreaker, SafeFallback
 from evaluation.monitor import MonitorConfig
 from simulate.labels import CONTENTS, SEGMENTS, TONES
 
@@ -40,7 +41,7 @@ def _outcomes(rng, n: int, unsub: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-class Always:
+class Always(Policy):
     """Sends everyone the same message every day: an early e-mail product offer, informative."""
 
     name = "always"

@@ -36,7 +36,7 @@ def _live(policy, core: CadenceCore, days: int, seed: int = 0):
 
 def test_the_ceiling_decides_from_what_the_firm_sees_only():
     ceiling = DeployableCeiling(SETUP)
-    assert not hasattr(ceiling, "bind")  # evaluation never hands it the world
+    assert not ceiling.privileged  # evaluation never hands it the world
     seen, actions = _live(ceiling, CadenceCore(SETUP, 300, autoreset=False), 20)
     # its stand-in world is clients drawn from the population, not the ones it serves
     assert (ceiling.world.client_id >= STAND_IN_OFFSET).all()

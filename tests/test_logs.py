@@ -129,9 +129,10 @@ def test_a_logged_heuristic_has_exact_propensities_and_ips_finds_its_day_zero_va
 
 
 def test_a_policy_that_asks_for_blocked_sends_cannot_be_logged():
+    from agents.base import Policy
     from evaluation.logged import log_policy
 
-    class LatePush:
+    class LatePush(Policy):
         name = "late_push"
 
         def act(self, obs, masks):

@@ -19,7 +19,7 @@ def _fqe_by_rows(frame, policy, setup, ridge: float = 1.0) -> float:
     """FQE written plainly, one regression per day over its rows (the reference for the grouped one)."""
     frame = frame.sort("client_id", "day")
     data = offline._Logged.of(frame, setup)
-    own = offline._own(policy, data.obs, data.masks)
+    own = offline.target_actions(policy, data.obs, data.masks)
     phi_pi = offline._policy_features(own, data.obs, data.masks, 0.0)
     agree = (data.logged == own).astype(float)
     send = (data.logged > 0).astype(float)
@@ -138,8 +138,8 @@ def test_one_step_intervals_cover_the_truth_over_200_simulated_logs():
 def test_a_soft_targets_expected_features_are_the_mean_over_its_action_distribution():
     setup = load_setup()
     frame = log_policy(HEURISTICS["segment_rules"](), setup, 30, 4, seed=3, epsilon=0.3)
-    obs, masks = offline._observed(frame, setup)
-    own = offline._own(HEURISTICS["fixed_weekly"](), obs, masks)
+    obs, masks = offline.logged_inputs(frame, setup)
+    own = offline.target_actions(HEURISTICS["fixed_weekly"](), obs, masks)
     eps = 0.4
     got = offline._policy_features(own, obs.astype(np.float64), masks, eps)
     for i in range(0, len(obs), 7):

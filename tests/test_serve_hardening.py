@@ -275,7 +275,7 @@ def test_the_fallback_finds_the_flat_index_the_action_space_uses():
 
 
 def test_the_serving_fallback_is_the_one_evaluation_uses():
-    from agents.breaker import SafeFallback
+    from evaluation.breaker import SafeFallback
     from serve.circuit import fallback
 
     labels = {k: list(v) for k, v in ACTION_LABELS.items()}

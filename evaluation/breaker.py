@@ -2,11 +2,17 @@
 safe fallback until its alerted metrics are back within their baseline band for a set number of
 days; every switch and return is logged with its reason.
 
-The breaker is itself a Policy. Evaluation calls two hooks a plain policy does not have:
+The breaker is itself a :class:`agents.base.Policy` that uses two of its hooks:
 ``start_rollout()`` before the first day and ``after_day(day, outcomes, alive)`` after each
 (the day's outcomes of every client; the breaker counts only what a firm sees: outcomes and the
-declared segments of the observation, never latent state). ``trip(segment, day)`` and
-``release(segment, day)`` let an engineer do it by hand.
+declared segments of the observation, never latent state). It passes ``bind`` and
+``start_rollout`` on to the policy it wraps, not ``after_day``: a tripped segment was sent the
+fallback's messages, and a policy that learns from its own days would learn from messages it did
+not choose. ``trip(segment, day)`` and ``release(segment, day)`` let an engineer do it by hand.
+
+It lives above the crisis monitor (:mod:`evaluation.monitor`), whose statistics it acts on; the
+serving runtime's side of it (the circuit file and the same fallback over the manifest's names)
+is :mod:`serve.circuit`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import numpy as np
 import polars as pl
 
 from agents.base import Policy
-from agents.heuristics import CONTENT, SLOT, TONE, _with_channel_fallback
+from agents.heuristics import CONTENT, SLOT, TONE, with_channel_fallback
+from envs.core import CadenceCore
 from envs.features import I_WEEKDAY
 from evaluation.monitor import (
     EVERYONE,
@@ -37,7 +44,7 @@ and on ``hold_days``; if the policy's messages still misfire after the return, t
 at its baseline from before the alert, is tested again at once"""
 
 
-class SafeFallback:
+class SafeFallback(Policy):
     """Reassuring and educational, low frequency, no product offers: by default an education
     message in a reassuring tone on Monday and Thursday mornings (e-mail, else push, else SMS).
 
@@ -70,7 +77,7 @@ class SafeFallback:
         send = obs[:, self.weekdays].max(axis=1, initial=0.0) > 0.5
         if first is not None:
             send |= first
-        return _with_channel_fallback(SLOT["morning"], self.tone, self.content, send, masks)
+        return with_channel_fallback(SLOT["morning"], self.tone, self.content, send, masks)
 
 
 @dataclass
@@ -131,8 +138,12 @@ class BreakerConfig:
         return SafeFallback(self.fallback_tone, self.fallback_content, self.fallback_weekdays)
 
 
-class CircuitBreaker:
+class CircuitBreaker(Policy):
     """``policy`` with a monitor and a fallback per declared segment.
+
+    It declares what the policy it wraps declares (privileged, stochastic), and is
+    history-dependent whatever it wraps: which segments are on the fallback depends on the days
+    it has watched.
 
     Args:
         policy: the policy served while the circuit is closed.
@@ -157,7 +168,20 @@ class CircuitBreaker:
         self.monitor_cfg = monitor or MonitorConfig()
         self.act_on_alerts = act_on_alerts
         self.name = f"{policy.name}+{'breaker' if act_on_alerts else 'watch'}"
+        self.stochastic = policy.stochastic
         self.start_rollout()
+
+    history_dependent = True
+    """which segments get the fallback depends on the days it has watched"""
+
+    @property
+    def privileged(self) -> bool:  # type: ignore[override]
+        """whether the policy it wraps reads the world it acts in"""
+        return self.policy.privileged
+
+    def bind(self, core: CadenceCore) -> None:
+        """Pass the world on to a privileged policy it wraps."""
+        self.policy.bind(core)
 
     # ----- state ---------------------------------------------------------------------------
     def start_rollout(self) -> None:
@@ -175,8 +199,7 @@ class CircuitBreaker:
         self._segment: np.ndarray | None = None
         self._day = 0
         """the day the next act() decides"""
-        if hasattr(self.policy, "start_rollout"):
-            self.policy.start_rollout()
+        self.policy.start_rollout()
 
     def trip(self, segment: str, day: int, reason: str = "by hand") -> None:
         """Switch ``segment`` to the fallback (no-op if it already is)."""
