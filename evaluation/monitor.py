@@ -54,12 +54,19 @@ import numpy as np
 import polars as pl
 
 from envs.features import FEATURE_NAMES
-from serve.files import NotARegularFile, write_atomic
+from serve import circuit
+from serve.files import NotARegularFile
 from simulate.config import num
 from simulate.labels import SEGMENTS
 
-SEGMENT_NAMES: tuple[str, ...] = (*SEGMENTS, "undeclared")
-EVERYONE = "all"
+SEGMENT_NAMES: tuple[str, ...] = circuit.SEGMENTS
+"""the declared segments and ``undeclared``, as the serving circuit file names them"""
+if SEGMENT_NAMES[:-1] != SEGMENTS:
+    raise ImportError(
+        f"serve.circuit.SEGMENTS {SEGMENT_NAMES} must be simulate.labels.SEGMENTS {SEGMENTS} "
+        "then 'undeclared': the monitor's segments are the circuit file's"
+    )
+EVERYONE = circuit.EVERYONE
 """the series over every client: a change that touches everyone (a market shock) shows there
 first, where the counts are largest"""
 WATCHED: tuple[str, ...] = (*SEGMENT_NAMES, EVERYONE)
@@ -401,25 +408,24 @@ def write_circuit(monitor: Monitor, path: str | Path, first_day: dt.date | None 
     series still in alert, atomically; with ``first_day`` (the date of the log's day 0) each
     switch is dated by its first alert, so the runtime sends the fallback's first message.
 
-    The file is written as :func:`serve.files.write_atomic` does: it keeps the mode of the file
-    it replaces (a new one is 0644), a symlink at ``path`` has its target replaced, and a FIFO,
-    device or directory there is refused (:class:`serve.files.NotARegularFile`)."""
+    The file is written by :func:`serve.circuit.write`, the format's one writer: atomically, it
+    keeps the mode of the file it replaces (a new one is 0644), a symlink at ``path`` has its
+    target replaced, and a FIFO, device or directory there is refused
+    (:class:`serve.files.NotARegularFile`)."""
     since: dict[str, int] = {}
     for alert in monitor.alerts:
         if any(k[0] == alert.segment for k in monitor.in_alert):
             since.setdefault(alert.segment, alert.day)
     if first_day is None:
-        tripped: list | dict = sorted(since)
+        tripped: list[str] | dict[str, dt.date] = sorted(since)
     else:
-        tripped = {s: (first_day + dt.timedelta(days=d)).isoformat() for s, d in since.items()}
+        tripped = {s: first_day + dt.timedelta(days=d) for s, d in since.items()}
     reasons = [
         f"{a.segment} {a.metric} {a.direction} on day {a.day}: {a.observed:.4g} vs {a.baseline:.4g}"
         for a in monitor.alerts
         if a.segment in since
     ]
-    state = {"tripped": tripped, "reason": "; ".join(reasons)}
-    write_atomic(path, json.dumps(state, indent=1).encode())
-    return Path(path)
+    return circuit.write(path, tripped, "; ".join(reasons))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

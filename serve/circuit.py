@@ -15,9 +15,10 @@ parse is cached by the file's identity. A file that cannot be read or says somet
 refused by name (:class:`CircuitError`): a decision is never made on a circuit state the runtime
 could not read. So is anything but a regular file (a FIFO or a device is never opened for a
 read that could block) and a file over :data:`MAX_BYTES` (1 MiB). Write the file with
-:func:`serve.files.write_atomic` (as ``python -m evaluation.monitor --circuit`` does).
+:func:`write` (as ``python -m evaluation.monitor --circuit`` does): the one writer and the one
+reader of the format are both here.
 
-The fallback is the one evaluation uses by default (``agents.breaker.SafeFallback``), written
+The fallback is the one evaluation uses by default (``evaluation.breaker.SafeFallback``), written
 again here over the manifest's names so the runtime needs only numpy: an education message in a
 reassuring tone on Monday and Thursday mornings by e-mail (else push, else SMS), no product
 offers, within the guards.
@@ -31,16 +32,22 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 
-from serve.files import kind_of
+from serve import contract
+from serve.files import kind_of, write_atomic
 
-SEGMENTS = ("retirement", "growth_investor", "active_trader", "saver_debt", "undeclared")
+UNDECLARED = "undeclared"
+"""the segment of clients who declared no goal (or whose consent tier hides it)"""
+SEGMENTS: tuple[str, ...] = (*contract.SEGMENTS, UNDECLARED)
+"""the segments a circuit file trips, in this order everywhere (the crisis monitor's series
+too, ``evaluation.monitor.SEGMENT_NAMES``): the declared goals, then ``undeclared``"""
 EVERYONE = "all"
+"""the name that trips every client at once"""
 FALLBACK = {
     "tone": "reassuring",
     "content": "education",
@@ -191,6 +198,25 @@ def _parse(path: Path, data: bytes) -> dict[str, dt.date | None]:
                 f"got {day!r}"
             ) from None
     return out
+
+
+def write(
+    path: str | Path, tripped: Sequence[str] | Mapping[str, dt.date], reason: str = ""
+) -> Path:
+    """Write the circuit file at ``path``: the segments ``tripped`` (a list, or each with the
+    date it switched) and why, as :func:`load` reads it. Written as
+    :func:`serve.files.write_atomic` does: atomically, keeping the mode of the file it replaces
+    (a new one is 0644), replacing a symlink's target, refusing a FIFO, device or directory
+    (:class:`serve.files.NotARegularFile`). An unknown segment is a :class:`CircuitError`."""
+    unknown = [s for s in tripped if s not in (*SEGMENTS, EVERYONE)]
+    if unknown:
+        raise CircuitError(f"unknown segment(s) {unknown}; use {[*SEGMENTS, EVERYONE]}")
+    if isinstance(tripped, Mapping):
+        named: list[str] | dict[str, str] = {s: d.isoformat() for s, d in tripped.items()}
+    else:
+        named = list(tripped)
+    write_atomic(path, json.dumps({"tripped": named, "reason": reason}, indent=1).encode())
+    return Path(path)
 
 
 def covered(state: dict[str, dt.date | None], segment: np.ndarray) -> np.ndarray:
