@@ -35,7 +35,7 @@ TRUE = {
     "env.response.click_base": -3.0,
     "population.visit_logit_mean": -2.3,
 }
-"""the true simulator's parameters (defaults: -1.23, -3.34, -2.5)"""
+"""the true simulator's parameters (defaults: -1.55, -3.34, -2.5)"""
 TOLERANCE = {"env.response.open_base": 0.15, "env.response.click_base": 0.15}
 """how far a fitted parameter may sit from the truth (a logit); visits are reported, not held"""
 
