@@ -1,5 +1,6 @@
-"""Policies behind one protocol: heuristics, linear bandits, SB3 agents and the privileged oracle
-(``agents.registry`` builds, trains, saves and loads any of them by name)."""
+"""Policies behind one contract, :class:`agents.base.Policy`: heuristics, linear bandits, SB3
+agents, the propensity agent and the privileged oracle (``agents.registry`` builds, trains, saves
+and loads any of them by name)."""
 
 from agents.base import Policy
 from agents.heuristics import HEURISTICS

@@ -30,8 +30,9 @@ class Policy(ABC):
     Every hook is here, with a no-op default; a policy overrides the ones it needs and declares
     what it is with the class attributes below. Callers never probe for a hook.
 
-    Lifecycle, in the order evaluation (``evaluation.rollout.begin_rollout`` and the rollouts that
-    use it) calls it:
+    Lifecycle, in the order a rollout calls it (``evaluation.rollout.begin_rollout`` starts every
+    rollout: evaluation's, the logger's and the off-policy truth's; ``after_day`` is called by
+    evaluation's :func:`evaluation.rollout.rollout`, where the policy's own actions were taken):
 
     ==================================  =====================================================
     ``bind(core)``                      privileged policies only (``privileged = True``): the
@@ -52,8 +53,8 @@ class Policy(ABC):
 
     Declarations:
         name: the policy's name in tables, runs and saved folders.
-        privileged: it reads the world it acts in (``bind``); it cannot be deployed, logged from
-            a firm's data, or estimated off-policy.
+        privileged: it reads the world it acts in (``bind``: latent state a firm never sees);
+            it cannot be deployed or estimated off-policy.
         stochastic: its actions are draws; off-policy estimation needs a target's probabilities,
             which it does not give.
         history_dependent: it acts on its own memory of past sends and days, which a logged
