@@ -38,10 +38,10 @@ from evaluation.compare import (
 )
 from experiment import plots
 from experiment.policies import resolve_policy
+from experiment.reporting import log_comparison
 from experiment.schema import RunConfig, register, validate_run
 from experiment.tracking import flatten, git_commit, setup_mlflow
 from simulate.config import ConfigError
-from train import log_comparison
 
 register()
 

@@ -42,7 +42,7 @@ def targets(setup: Setup, agent: str | None) -> list[Policy]:
     chosen = [make_policy(AgentConfig(name=n)) for n in ("segment_rules", "fixed_weekly")]
     chosen.append(train_agent(AgentConfig(name="linucb"), setup, 200_000, 500, progress=False))
     if agent:
-        from evaluate import resolve_policy
+        from experiment.policies import resolve_policy
 
         chosen.append(resolve_policy(agent, setup)[0])
     return chosen
