@@ -671,15 +671,15 @@ def _fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool) ->
     out = Path(settings["logs"]).with_name(f"{settings['name']}_report.md")
     free("name", path, settings["overwrite"])
     free("report", out, settings["overwrite"])
-    try:
-        frame = read_logs(settings["logs"])
+    presets = {k: settings[k] for k in ("env", "population", "scenario")}
+    base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
+    try:  # the log must keep the guardrails of the setup it is fitted in
+        frame = read_logs(settings["logs"], guardrails=base.env.guardrails)
     except (LogError, OSError) as exc:
         raise ConfigError(f"logs: {exc}") from exc
     targets = fromlogs.targets(frame, seed=settings["seed"], source=f"logs {settings['logs']}")
     if not targets.targets:
         raise ConfigError(f"logs: {settings['logs']} has too few sends for any statistic")
-    presets = {k: settings[k] for k in ("env", "population", "scenario")}
-    base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
     parameters(settings["params"], base, settings["ranges"])
     clients, days = frame["client_id"].n_unique(), frame["day"].n_unique()
     seed = settings["seed"]

@@ -204,3 +204,24 @@ def test_the_cli_refuses_an_unknown_policy_without_a_traceback(logs, tmp_path):
     )
     assert done.returncode == 2
     assert "policy must name the log's logging policy" in _one_error_line(done.stderr)
+
+
+def test_a_log_is_checked_against_the_guardrails_of_the_setup_it_is_fitted_in(
+    name, tmp_path, capsys
+):
+    """A firm whose caps are looser than the defaults fits its log with its own caps: the same
+    log is refused under the default caps (naming the rule) and accepted under its own."""
+    from calibrate import main
+
+    looser = ["env.guardrails.max_per_week=7", "env.guardrails.channel_caps.email=7"]
+    frame = log_policy(
+        HEURISTICS["batch_and_blast"](), load_setup(overrides=looser), 200, 14, seed=3, epsilon=0.3
+    )
+    logs = write_logs(
+        frame, tmp_path / "looser.parquet", guardrails=load_setup(overrides=looser).env.guardrails
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(_args(logs, name, uri, "policy=batch_and_blast")) == 2
+    assert "cap" in _one_error_line(capsys.readouterr().err)
+    _nothing_staged(name, tmp_path)
+    assert main(_args(logs, name, uri, "policy=batch_and_blast", *looser)) == 0
