@@ -199,6 +199,7 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
         seeds=range(1000, 1000 + e.num_seeds),
         n_boot=e.n_boot,
         progress=True,
+        yardstick=e.reward,
     )
     common = _common_tags(run)
     work = Path(tempfile.mkdtemp(prefix="cadence-eval-"))

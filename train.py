@@ -35,7 +35,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from agents.config import SB3_AGENTS, AgentConfig
+from agents.config import AgentConfig
+from agents.kinds import kind
 from agents.registry import make_policy, save_policy, train_agent
 from envs.config import Setup
 from evaluation.compare import (
@@ -251,7 +252,7 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         run.seed,
         progress=run.trainer.progress,
         hook=hook,
-        checkpoint=checkpoint if run.agent.name in SB3_AGENTS else None,
+        checkpoint=checkpoint if kind(run.agent.name).checkpoints else None,
         checkpoint_every=run.trainer.checkpoint_every,
         resume_from=resume_from,
         resume_state=resume_state,
@@ -275,6 +276,7 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         seeds=range(1000, 1000 + e.num_seeds),
         n_boot=e.n_boot,
         progress=run.trainer.progress,
+        yardstick=e.reward,
     )
     evaluation = work / "evaluation"
     evaluation.mkdir()

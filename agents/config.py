@@ -6,22 +6,34 @@ from dataclasses import dataclass, field
 
 from simulate.config import ConfigError, num
 
-SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "ppo_lagrangian", "recurrent_ppo")
-ASYMMETRIC = ("ppo", "ppo_lagrangian", "a2c")
-"""SB3 agents whose critic may read privileged state while training (asymmetric_critic)"""
-BANDITS = ("epsilon_greedy", "linucb", "thompson", "recovering")
-HEURISTIC_AGENTS = ("random", "no_send", "batch_and_blast", "fixed_weekly", "segment_rules")
-MODEL_BASED = ("propensity",)
-AGENTS = (*SB3_AGENTS, *BANDITS, *MODEL_BASED, *HEURISTIC_AGENTS, "oracle")
-"""every agent name ``agent=`` accepts"""
+_FAMILY_NAMES = {
+    "SB3_AGENTS": "sb3",
+    "BANDITS": "bandit",
+    "HEURISTIC_AGENTS": "heuristic",
+    "MODEL_BASED": "model_based",
+}
+
+
+def __getattr__(attr: str) -> tuple[str, ...]:
+    """``AGENTS`` (every agent name ``agent=`` accepts) and the names of each family
+    (``SB3_AGENTS``, ``BANDITS``, ``HEURISTIC_AGENTS``, ``MODEL_BASED``), read from the agent
+    registry (:mod:`agents.kinds`), where each kind is registered once."""
+    from agents.kinds import names
+
+    if attr == "AGENTS":
+        return names()
+    if attr in _FAMILY_NAMES:
+        return names(_FAMILY_NAMES[attr])  # type: ignore[arg-type]
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 @dataclass
 class AgentConfig:
-    """Hyperparameters of every agent kind; each agent reads the fields that concern it."""
+    """Hyperparameters of every agent kind; each kind reads the fields its registration in
+    :mod:`agents.kinds` lists (``AgentKind.fields``)."""
 
     name: str = "ppo_lagrangian"
-    """which agent: one of ``agents.config.AGENTS``"""
+    """which agent: a kind registered in :mod:`agents.kinds` (``agents.config.AGENTS``)"""
     # --- SB3 (ppo, a2c, maskable_ppo, ppo_lagrangian; dqn where marked) ---
     learning_rate: float = num(1e-3, 1e-7, 1.0)
     """optimiser step size (all SB3 agents)"""
@@ -104,17 +116,15 @@ class AgentConfig:
     """value the oracle charges per unit of fatigue per day it lasts"""
 
     def check(self, prefix: str) -> None:
-        if self.name not in AGENTS:
-            raise ConfigError(f"{prefix}.name must be one of {list(AGENTS)}, got {self.name!r}")
-        if self.asymmetric_critic and self.name not in ASYMMETRIC:
-            raise ConfigError(
-                f"{prefix}.asymmetric_critic is for {list(ASYMMETRIC)}, not {self.name!r}"
-            )
-        if self.action_masking and self.name != "ppo_lagrangian":
-            raise ConfigError(
-                f"{prefix}.action_masking is for ppo_lagrangian (maskable_ppo always masks), "
-                f"not {self.name!r}"
-            )
+        from agents.kinds import kind, kinds
+
+        reads = kind(self.name, f"{prefix}.name").fields
+        for switch in ("asymmetric_critic", "action_masking"):
+            if getattr(self, switch) and switch not in reads:
+                readers = [k.name for k in kinds() if switch in k.fields]
+                raise ConfigError(
+                    f"{prefix}.{switch} is for {', '.join(readers)}, not {self.name!r}"
+                )
         if self.action_masking and self.asymmetric_critic:
             raise ConfigError(
                 f"{prefix}.action_masking and {prefix}.asymmetric_critic cannot be combined "

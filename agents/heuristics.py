@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.base import Policy, factor_masks, first_allowed, flat
+from agents.kinds import PolicyClasses
 from envs.features import I_GOAL, I_RISK, I_WEEKDAY
 from envs.spaces import JOINT_ACTIONS
 from simulate.labels import CHANNELS, CONTENTS, N_CHANNELS, N_SEGMENTS, SLOT_KEYS, TONES
@@ -102,18 +103,6 @@ class BatchAndBlast(Policy):
         )
 
 
-class FixedWeekly(Policy):
-    """A weekly digest: Monday morning, informative portfolio summary by email."""
-
-    name = "fixed_weekly"
-
-    def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        send = obs[:, I_WEEKDAY + 0] > 0.5
-        return with_channel_fallback(
-            SLOT["morning"], TONE["informative"], CONTENT["portfolio_summary"], send, masks
-        )
-
-
 class SegmentRules(Policy):
     """A traditional segmented campaign: twice a week (Tuesday, Friday), slot, tone and content
     by declared goal; risk-seeking clients get opportunity tone. Clients who share no goal
@@ -142,5 +131,6 @@ class SegmentRules(Policy):
         return with_channel_fallback(plan[:, 0], plan[:, 1], plan[:, 2], send, masks)
 
 
-HEURISTICS = {p.name: p for p in (NoSend, RandomPolicy, BatchAndBlast, FixedWeekly, SegmentRules)}
-"""heuristic policy classes by name"""
+HEURISTICS = PolicyClasses("heuristic")
+"""heuristic policy classes by name: every heuristic kind in the agent registry
+(:mod:`agents.kinds`), wherever its module defines it"""

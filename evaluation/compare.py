@@ -15,7 +15,7 @@ from agents.base import Policy
 from agents.ceiling import DeployableCeiling
 from agents.heuristics import NoSend
 from agents.oracle import Oracle
-from envs.config import Setup
+from envs.config import RewardConfig, Setup
 from evaluation.metrics import incremental, kpis, normalized_value, paired_difference
 from evaluation.rollout import Rollout, evaluate
 
@@ -65,15 +65,19 @@ def compare(
     seeds: Sequence[int] = (1000, 1001, 1002),
     n_boot: int = 300,
     progress: bool = True,
+    yardstick: RewardConfig | None = None,
 ) -> Comparison:
     """Evaluate ``policies`` (plus no_send, the oracle and the deployable ceiling as references)
-    on the same clients. ``eval/ceiling_share`` is normalized value over the ceiling's."""
+    on the same clients, valued with ``yardstick`` (the run's ``eval.reward``; None: the
+    balanced defaults). ``eval/ceiling_share`` is normalized value over the ceiling's."""
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"policy names must be unique, got {names}")
     refs = [p for p in (NoSend(), Oracle(), DeployableCeiling(setup)) if p.name not in names]
     everyone = [*policies, *refs]
-    rollouts = evaluate(everyone, setup, num_clients, horizon_days, seeds, progress)
+    rollouts = evaluate(
+        everyone, setup, num_clients, horizon_days, seeds, progress, yardstick=yardstick
+    )
     by_name = {p.name: [r for r in rollouts if r.policy == p.name] for p in everyone}
     metrics = {}
     for p in everyone:

@@ -91,15 +91,17 @@ def rollout(
     horizon_days: int,
     seed: int,
     on_day: Callable[[int, np.ndarray, dict[str, np.ndarray], np.ndarray], None] | None = None,
+    yardstick: RewardConfig | None = None,
 ) -> Rollout:
     """Run ``policy`` for ``horizon_days`` on ``num_clients`` fresh clients of ``seed``.
 
-    The value is always scored with the balanced weights, whatever reward ``setup`` names.
+    The value is scored with the ``yardstick`` weights (the run's ``eval.reward``; None: the
+    balanced defaults of :class:`RewardConfig`), whatever reward ``setup`` trains on.
     ``on_day(day, actions, outcomes, alive)`` is called after each day (``alive``: not churned
     before today), for callers that keep a daily record.
     """
     core, obs = begin_rollout(policy, setup, num_clients, seed)
-    balanced = RewardConfig().weights()
+    balanced = (yardstick or RewardConfig()).weights()
     totals = {k: np.zeros(num_clients) for k in (*SUMMED, "urgent")}
     value = np.zeros(num_clients)
     churned = np.zeros(num_clients, dtype=bool)
@@ -148,12 +150,12 @@ def rollout(
 
 
 _FORKED: tuple | None = (
-    None  # (policies, setup, num_clients, horizon_days) shared with forked workers
+    None  # (policies, setup, num_clients, horizon_days, yardstick) shared with forked workers
 )
 
 
 def _forked_rollout(job: tuple[int, int]) -> Rollout:
-    policies, setup, num_clients, horizon_days = _FORKED
+    policies, setup, num_clients, horizon_days, yardstick = _FORKED
     try:
         import torch
 
@@ -161,7 +163,7 @@ def _forked_rollout(job: tuple[int, int]) -> Rollout:
     except ImportError:
         pass
     seed, index = job
-    return rollout(policies[index], setup, num_clients, horizon_days, seed)
+    return rollout(policies[index], setup, num_clients, horizon_days, seed, yardstick=yardstick)
 
 
 def evaluate(
@@ -172,8 +174,10 @@ def evaluate(
     seeds: Sequence[int] = (1000, 1001, 1002),
     progress: bool = True,
     workers: int = 1,
+    yardstick: RewardConfig | None = None,
 ) -> list[Rollout]:
-    """Roll every policy out on the same clients for each seed (common random numbers).
+    """Roll every policy out on the same clients for each seed (common random numbers), each
+    scored with ``yardstick`` (see :func:`rollout`).
 
     Shows a progress bar over (seed, policy) pairs on a terminal when ``progress`` is set.
     ``workers > 1`` runs the rollouts in forked processes; each starts from the policy as it is
@@ -182,7 +186,7 @@ def evaluate(
     if workers > 1 and hasattr(os, "fork"):
         # each (seed, policy) rollout is independent: run them in forked processes (one per core)
         global _FORKED
-        _FORKED = (list(policies), setup, num_clients, horizon_days)
+        _FORKED = (list(policies), setup, num_clients, horizon_days, yardstick)
         jobs = [(seed, i) for seed in seeds for i in range(len(policies))]
         try:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -203,5 +207,5 @@ def evaluate(
     with tqdm(jobs, desc="evaluating", unit="rollout", disable=None if progress else True) as bar:
         for seed, policy in bar:
             bar.set_postfix_str(f"{policy.name} seed {seed}")
-            out.append(rollout(policy, setup, num_clients, horizon_days, seed))
+            out.append(rollout(policy, setup, num_clients, horizon_days, seed, yardstick=yardstick))
     return out

@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from agents.base import Policy
-from agents.config import BANDITS, HEURISTIC_AGENTS, MODEL_BASED, SB3_AGENTS, AgentConfig
+from agents.config import AgentConfig
+from agents.kinds import kinds
 from agents.registry import load_policy, make_policy, train_agent
 from envs.config import Setup
 from experiment.tracking import download_policy, find_run
@@ -26,7 +27,8 @@ BANDIT_CLIENTS = 500
 def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
     """A policy and its tags from a name or ``run:<id>``; clear errors for anything else.
 
-    A heuristic or the oracle is built; a bandit is trained on :data:`BANDIT_TIMESTEPS`
+    A kind with nothing to learn (a heuristic, the oracle) is built; a kind the registry marks
+    ``trained_on_the_spot`` (a bandit) is trained on :data:`BANDIT_TIMESTEPS`
     client-days of ``setup``, :data:`BANDIT_CLIENTS` at a time; ``run:<id>`` downloads the
     ``policy`` artifact of that MLflow run (in the store MLflow points at) and loads it. Tags:
     ``agent`` (the agent's kind) and, for a run, ``source_run``.
@@ -41,19 +43,22 @@ def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
         policy = load_policy(folder)
         policy.name = f"{run.data.tags.get('agent', policy.name)}@{run_id[:8]}"
         return policy, {"source_run": run_id, "agent": run.data.tags.get("agent", "")}
-    if spec in HEURISTIC_AGENTS or spec == "oracle":
+    agent = next((k for k in kinds() if k.name == spec), None)
+    if agent is not None and agent.train is None:  # nothing to learn: a heuristic, the oracle
         return make_policy(AgentConfig(name=spec)), {"agent": spec}
-    if spec in BANDITS:
-        bandit = train_agent(
+    if agent is not None and agent.trained_on_the_spot:
+        trained = train_agent(
             AgentConfig(name=spec), setup, BANDIT_TIMESTEPS, BANDIT_CLIENTS, progress=False
         )
-        return bandit, {"agent": spec}
-    if spec in SB3_AGENTS or spec in MODEL_BASED:
+        return trained, {"agent": spec}
+    if agent is not None:
         raise ConfigError(
             f"policies: {spec!r} must be trained first: run `python train.py agent={spec}` "
             f"and pass run:<its run id>"
         )
+    ready = [k.name for k in kinds() if k.train is None]
+    on_the_spot = [k.name for k in kinds() if k.trained_on_the_spot]
     raise ConfigError(
-        f"policies: unknown policy {spec!r}; use a heuristic {list(HEURISTIC_AGENTS)}, "
-        f"'oracle', a bandit {list(BANDITS)} or run:<mlflow run id>"
+        f"policies: unknown policy {spec!r}; use a heuristic or reference {ready}, "
+        f"a bandit {on_the_spot} or run:<mlflow run id>"
     )

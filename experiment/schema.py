@@ -12,7 +12,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from agents.config import HEURISTIC_AGENTS, AgentConfig
+from agents.config import AgentConfig
+from agents.kinds import names
 from envs.config import EnvConfig, RewardConfig, Setup, to_setup
 from evaluation.crisis import CrisisConfig
 from simulate.config import ConfigError, PopulationConfig, ScenarioConfig, num, validate
@@ -45,12 +46,16 @@ class EvalConfig:
     baselines: list[str] = field(default_factory=lambda: ["segment_rules"])
     """heuristics train.py evaluates beside the trained policy on the same clients; the best of
     them (by normalized value) is the yardstick of the ``eval/margin/*`` metrics"""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """the weights every evaluated policy's value is scored with, whatever ``reward`` it trained
+    on: a ``conf/reward/`` preset (``reward@eval.reward=<name>``; default ``balanced``)"""
 
     def check(self, prefix: str) -> None:
-        unknown = [b for b in self.baselines if b not in HEURISTIC_AGENTS]
+        heuristics = names("heuristic")
+        unknown = [b for b in self.baselines if b not in heuristics]
         if unknown:
             raise ConfigError(
-                f"{prefix}.baselines must name heuristics {list(HEURISTIC_AGENTS)}, got {unknown}"
+                f"{prefix}.baselines must name heuristics {list(heuristics)}, got {unknown}"
             )
 
 

@@ -30,27 +30,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from agents.config import AgentConfig  # noqa: E402
-from agents.heuristics import HEURISTICS  # noqa: E402
+from agents.kinds import kinds  # noqa: E402
 from agents.propensity import distil  # noqa: E402
-from agents.registry import train_agent  # noqa: E402
+from agents.registry import make_policy, train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from evaluation.compare import TABLE, compare, markdown_table, tier_table  # noqa: E402
 
-# client-days of training per agent, and its hyperparameters (beyond AgentConfig defaults)
-BUDGETS = {
-    "epsilon_greedy": 200_000,
-    "linucb": 200_000,
-    "thompson": 200_000,
-    "recovering": 200_000,
-    "ppo": 6_000_000,
-    "maskable_ppo": 6_000_000,
-    "ppo_lagrangian": 6_000_000,
-    "a2c": 6_000_000,
-    "dqn": 1_000_000,
-    "recurrent_ppo": 6_000_000,
-    "propensity": 3_000_000,  # and as much again to distil it (propensity_distilled)
-}
-NUM_ENVS = {"epsilon_greedy": 500, "linucb": 500, "thompson": 500, "recovering": 500}
+BUDGETS = {k.name: k.budget for k in kinds() if k.budget is not None}
+"""client-days of training per agent: each kind's default budget in the agent registry"""
+NUM_ENVS = {k.name: k.train_envs for k in kinds() if k.train_envs is not None}
+"""clients trained at a time, where a kind's registration sets it (else 256)"""
 COLUMNS = (*TABLE, "eval/complaints_per_client")
 HARM = (
     "harm/vulnerable_anxious_clicks",
@@ -126,9 +115,7 @@ def main() -> int:
     torch.set_num_threads(2)
     setup = load_setup()
     policies = [
-        cls(0) if name == "random" else cls()
-        for name, cls in HEURISTICS.items()
-        if name != "no_send"
+        make_policy(AgentConfig(name=k.name)) for k in kinds("heuristic") if k.name != "no_send"
     ]
     learners: dict[str, list[str]] = {}
     specs = [(name, agent_preset(name), None) for name in args.agents.split(",") if name]

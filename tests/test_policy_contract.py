@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import agents
+import agents.kinds
 from agents.base import Policy
 from agents.config import AGENTS, BANDITS, HEURISTIC_AGENTS, SB3_AGENTS, AgentConfig
 from agents.oracle import Oracle
@@ -35,9 +36,12 @@ class Quiet(Policy):
 
 
 def _policy_classes() -> list[type]:
-    """Every class with an ``act`` method defined in agents/ or the evaluation's breaker."""
+    """Every class with an ``act`` method defined in agents/ (its kinds included) or the
+    evaluation's breaker."""
     modules = [
-        importlib.import_module(f"agents.{m.name}") for m in pkgutil.iter_modules(agents.__path__)
+        importlib.import_module(f"{package.__name__}.{m.name}")
+        for package in (agents, agents.kinds)
+        for m in pkgutil.iter_modules(package.__path__)
     ]
     modules.append(importlib.import_module("evaluation.breaker"))
     return [
