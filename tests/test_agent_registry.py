@@ -222,3 +222,21 @@ def test_a_new_heuristic_is_one_module_and_one_yaml(tmp_path):
     )
     assert check.returncode == 0, check.stderr[-3000:]
     assert "daily_lesson sends" in check.stdout
+
+
+def test_the_yardstick_is_composed_from_the_reward_presets():
+    """``eval.reward`` is the ``conf/reward/`` group placed at eval.reward: the same file as
+    the training reward (so editing balanced.yaml moves both), chosen on its own."""
+    from hydra import compose, initialize_config_dir
+
+    from experiment.schema import register, validate_run
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        default = compose("config")
+        chosen = compose("config", overrides=["reward@eval.reward=engagement"])
+    run, setup = validate_run(default)
+    assert run.eval.reward == setup.reward == RewardConfig()
+    run, setup = validate_run(chosen)
+    assert run.eval.reward.name == "engagement" and run.eval.reward.anxious_click == 1.0
+    assert setup.reward == RewardConfig()
