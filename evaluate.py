@@ -92,7 +92,7 @@ def estimate_from_logs(run: RunConfig, setup: Setup) -> list[str]:
     from evaluation.logs import read_logs
     from evaluation.offline import estimate, log_results, table
 
-    frame = read_logs(run.logs)
+    frame = read_logs(run.logs, guardrails=setup.env.guardrails)
     policies = [resolve_policy(spec, setup)[0] for spec in run.policies]
     results = estimate(frame, policies, setup, run.log_epsilon, n_boot=run.eval.n_boot)
     print(table(results))

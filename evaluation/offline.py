@@ -703,7 +703,7 @@ def estimate(
     Memory: O(rows × observation features) for the log and O(groups × D²) for FQE's sums of one
     day (D = 153 features), whatever the number of distinct days (``benchmarks/ope_memory.py``).
     """
-    validate(frame)
+    validate(frame, guardrails=setup.env.guardrails)  # the log keeps the setup's own rules
     data = _Logged.of(frame, setup, seed)
     _below_floor(data, frame, pscore_floor, below_floor)
     rewards, pscore, clients = data.rewards, data.pscore, data.client_ix
@@ -826,8 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mlflow", action="store_true", help="print only")
     args = parser.parse_args(argv)
     try:
-        frame = read_logs(args.logs)
         setup = load_setup()
+        frame = read_logs(args.logs, guardrails=setup.env.guardrails)
         policies = [resolve_policy(spec, setup)[0] for spec in args.policies]
         below = "refuse" if args.refuse_below_floor else "clip"
         results = estimate(

@@ -283,3 +283,18 @@ def test_the_cap_is_checked_before_the_schema(tmp_path):
 def test_the_logger_keeps_within_the_horizon():
     with pytest.raises(ValueError, match=f"days must lie in 1..{MAX_DAY + 1}"):
         log_policy(HEURISTICS["segment_rules"](), load_setup(), 10, MAX_DAY + 2, seed=0)
+
+
+def test_estimates_hold_a_log_to_the_guardrails_of_their_setup():
+    """A firm with looser caps estimates on its own log under its own rules; the project's
+    defaults refuse the same log by the rule it breaks."""
+    from evaluation.offline import estimate
+
+    looser = load_setup(
+        overrides=["env.guardrails.max_per_week=7", "env.guardrails.channel_caps.email=7"]
+    )
+    frame = log_policy(HEURISTICS["batch_and_blast"](), looser, 150, 14, seed=4, epsilon=0.3)
+    with pytest.raises(LogError, match="cap"):
+        estimate(frame, [HEURISTICS["segment_rules"]()], load_setup(), n_boot=10)
+    (result,) = estimate(frame, [HEURISTICS["segment_rules"]()], looser, n_boot=10)
+    assert result.policy == "segment_rules"
