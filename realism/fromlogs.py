@@ -41,7 +41,7 @@ import polars as pl
 from envs.config import Setup
 from envs.spaces import multi_to_flat
 from evaluation.logs import ACTIONS
-from evaluation.offline import logged_inputs, target_actions
+from evaluation.target_view import logged_inputs, target_actions
 from realism.targets import Target, Targets
 from simulate.labels import CHANNELS, SLOT_KEYS
 from simulate.world import World

@@ -30,7 +30,8 @@ from agents.config import AgentConfig  # noqa: E402
 from agents.registry import make_policy, train_agent  # noqa: E402
 from envs.config import Setup, load_setup  # noqa: E402
 from evaluation.logged import log_policy  # noqa: E402
-from evaluation.offline import MULTI_DAY, ONE_STEP, estimate, step_truth  # noqa: E402
+from evaluation.offline import MULTI_DAY, ONE_STEP, estimate  # noqa: E402
+from evaluation.truth import step_truth  # noqa: E402
 
 DAYS = 30
 LOG_EPSILON = 0.2

@@ -10,7 +10,7 @@ import pytest
 from agents.heuristics import HEURISTICS
 from envs.config import load_setup
 from envs.spaces import multi_to_flat
-from evaluation import offline
+from evaluation import fqe, offline
 from evaluation.logged import log_policy
 from evaluation.logs import ACTIONS
 
@@ -18,9 +18,9 @@ from evaluation.logs import ACTIONS
 def _fqe_by_rows(frame, policy, setup, ridge: float = 1.0) -> float:
     """FQE written plainly, one regression per day over its rows (the reference for the grouped one)."""
     frame = frame.sort("client_id", "day")
-    data = offline._Logged.of(frame, setup)
+    data = fqe._Logged.of(frame, setup)
     own = offline.target_actions(policy, data.obs, data.masks)
-    phi_pi = offline._policy_features(own, data.obs, data.masks, 0.0)
+    phi_pi = fqe._policy_features(own, data.obs, data.masks, 0.0)
     agree = (data.logged == own).astype(float)
     send = (data.logged > 0).astype(float)
     # the two target features: the logged action is the target's own (and a send); under the
@@ -83,7 +83,7 @@ def test_grouped_fitted_q_equals_the_plain_per_day_regressions():
         est = offline.fqe(frame, target, setup, n_boot=40)
         assert est.value == pytest.approx(_fqe_by_rows(frame, target, setup), rel=1e-9, abs=1e-12)
         assert est.ci_low < est.value < est.ci_high and est.n == 400
-        assert offline._Logged.of(frame, setup).groups == 40
+        assert fqe._Logged.of(frame, setup).groups == 40
     # clients who enter the log later start from that day's Q, not day 0's
     late = frame.filter(~((frame["client_id"] % 3 == 0) & (frame["day"] < 2)))
     est = offline.fqe(late, logger, setup, n_boot=0)
@@ -141,15 +141,15 @@ def test_a_soft_targets_expected_features_are_the_mean_over_its_action_distribut
     obs, masks = offline.logged_inputs(frame, setup)
     own = offline.target_actions(HEURISTICS["fixed_weekly"](), obs, masks)
     eps = 0.4
-    got = offline._policy_features(own, obs.astype(np.float64), masks, eps)
+    got = fqe._policy_features(own, obs.astype(np.float64), masks, eps)
     for i in range(0, len(obs), 7):
         allowed = np.flatnonzero(masks[i])
         x = np.repeat(obs[i : i + 1].astype(np.float64), len(allowed), axis=0)
-        each = offline._phi(
+        each = fqe._phi(
             x,
-            offline._ACTION_ONEHOT[allowed],
-            offline._SEND[allowed],
-            offline._matched(x, allowed),
+            fqe._ACTION_ONEHOT[allowed],
+            fqe._SEND[allowed],
+            fqe._matched(x, allowed),
         )
         p = np.full(len(allowed), eps / len(allowed))
         p[allowed == own[i]] += 1 - eps

@@ -14,7 +14,7 @@ import pytest
 from agents.heuristics import HEURISTICS
 from envs.config import load_setup
 from envs.spaces import multi_to_flat
-from evaluation import offline, ope
+from evaluation import fqe, offline, ope
 from evaluation.logged import log_policy
 from evaluation.logs import ACTIONS
 
@@ -170,7 +170,7 @@ def test_a_thin_days_refit_through_its_rows_equals_the_refit_through_its_sums(mo
     for policy in (HEURISTICS["segment_rules"](), HEURISTICS["fixed_weekly"]()):
         thin = offline.fqe(frame, policy, setup, epsilon=0.1, n_boot=20)  # 60 rows a day
         with monkeypatch.context() as patch:
-            patch.setattr(offline, "FEW_ROWS", 0)  # every day through its D x D sums
+            patch.setattr(fqe, "FEW_ROWS", 0)  # every day through its D x D sums
             full = offline.fqe(frame, policy, setup, epsilon=0.1, n_boot=20)
         thin_figures = (thin.value, thin.ci_low, thin.ci_high)
         full_figures = (full.value, full.ci_low, full.ci_high)
