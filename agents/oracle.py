@@ -44,14 +44,14 @@ class Oracle(Policy):
         """(N, 361) expected value of each action (no-send 0; masked actions -inf)."""
         if self.core is None:
             raise RuntimeError("the oracle reads the world: call oracle.bind(core) first")
-        world, cfg, w = self.core.world, self.cfg, self.weights
-        p, s, t = world.response, world.latent, world.traits
+        world, cfg, weights = self.core.world, self.cfg, self.weights
+        params, latent, traits = world.response, world.latent, world.traits
         n = world.n
         rows_n, cols = np.nonzero(masks[:, 1:])
         cols = cols + 1
-        a = JOINT_ACTIONS[cols]
+        actions = JOINT_ACTIONS[cols]  # (M, 4) slot, tone, channel, content of each allowed send
         pr = world.response_probabilities(
-            self.core.day, rows_n, a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3]
+            self.core.day, rows_n, actions[:, 0] - 1, actions[:, 1], actions[:, 2], actions[:, 3]
         )
         p_open, calm, anx = pr["open"], pr["calm_click"], pr["anxious_click"]
         p_calm = p_open * calm
@@ -62,52 +62,56 @@ class Oracle(Policy):
         organic = world.visit_probability(day) * world.visit_convert_probability(day, world.rows)
         p_convert = (
             p_calm * pr["calm_convert"]
-            + p_anx * p.anxious_convert
+            + p_anx * params.anxious_convert
             - (p_calm + p_anx) * organic.take(rows_n)
         )
         p_harm = p_anx * pr["harm"]
         today = (
-            w.calm_click * p_calm
-            + w.anxious_click * p_anx
-            + w.conversion * p_convert
-            + w.harmful * p_harm
-            + w.unsubscribe * pr["unsubscribe"]
-            + w.complaint * pr["complaint"]
-            + w.message
+            weights.calm_click * p_calm
+            + weights.anxious_click * p_anx
+            + weights.conversion * p_convert
+            + weights.harmful * p_harm
+            + weights.unsubscribe * pr["unsubscribe"]
+            + weights.complaint * pr["complaint"]
+            + weights.message
         )
         # lookahead: change of the daily churn logit, by day, caused by this message
         urgency, relevance = pr["urgency"], pr["relevance"]
         fx = world.schedule.effects(self.core.day)
-        segment = t.segment[rows_n]
+        segment = traits.segment[rows_n]
         d_trust = trust_change(
-            p,
+            params,
             relevance,
             urgency,
-            a[:, 0] == N_SLOTS,
+            actions[:, 0] == N_SLOTS,
             p_convert,
             p_harm,
-            fx.send_trust[segment, a[:, 3]],
+            fx.send_trust[segment, actions[:, 3]],
         )
-        anxiety = s.anxiety[rows_n]
+        anxiety = latent.anxiety[rows_n]
         d_anxiety = (
             anxiety_after_message(
-                p, anxiety, t.susceptibility[rows_n], urgency, np.asarray(p.tone_relief)[a[:, 1]]
+                params,
+                anxiety,
+                traits.susceptibility[rows_n],
+                urgency,
+                np.asarray(params.tone_relief)[actions[:, 1]],
             )
             - anxiety
         )
-        hazard = churn_hazard(p, s.trust[rows_n], anxiety, s.fatigue[rows_n])
-        fatigue = s.fatigue[rows_n]
+        hazard = churn_hazard(params, latent.trust[rows_n], anxiety, latent.fatigue[rows_n])
+        fatigue = latent.fatigue[rows_n]
         slope = hazard * (1.0 - hazard)
-        f_decay = 0.5 ** (1.0 / p.fatigue_half_life_days)
-        a_decay = 0.5 ** (1.0 / p.anxiety_half_life_days)
+        f_decay = 0.5 ** (1.0 / params.fatigue_half_life_days)
+        a_decay = 0.5 ** (1.0 / params.anxiety_half_life_days)
         days = np.arange(1, cfg.lookahead_days + 1)
         fatigue_days = (f_decay**days).sum()
         anxiety_days = (a_decay**days).sum()
-        over = (fatigue + 1.0 > p.fatigue_tolerance).astype(float)
+        over = (fatigue + 1.0 > params.fatigue_tolerance).astype(float)
         extra_churn = slope * (
-            -p.churn_trust * d_trust * cfg.lookahead_days
-            + p.churn_anxiety * d_anxiety * anxiety_days
-            + p.churn_fatigue * over * fatigue_days
+            -params.churn_trust * d_trust * cfg.lookahead_days
+            + params.churn_anxiety * d_anxiety * anxiety_days
+            + params.churn_fatigue * over * fatigue_days
         )
         value = today - cfg.churn_value * extra_churn - cfg.fatigue_cost * fatigue_days
         out = np.full((n, masks.shape[1]), -np.inf)

@@ -16,7 +16,7 @@ from simulate.config import PopulationConfig, ResponseConfig, ScenarioConfig, qu
 from simulate.dynamics import anxiety_after_message, churn_hazard, expit, trust_change
 from simulate.labels import ACTION_LABELS, ACTION_NVEC, N_CHANNELS, N_CONTENTS, N_SLOTS, N_TONES
 from simulate.population import MAX_DAYS_AWAY, Traits, sample_traits
-from simulate.scenarios import ScenarioSchedule
+from simulate.scenarios import DayEffects, ScenarioSchedule
 
 # Draw names of the daily streams.
 S_OPEN, S_CLICK, S_CONVERT, S_HARM, S_UNSUB, S_COMPLAINT, S_CHURN, S_VISIT = 1, 2, 3, 4, 5, 6, 7, 8
@@ -73,6 +73,54 @@ class LatentState:
     """trust in the firm 0..1"""
     anxiety: np.ndarray
     """anxiety 0..1"""
+
+
+@dataclass
+class _Delivered:
+    """Today's delivered messages: one entry per client who got one (the clients ``rows``)."""
+
+    mask: np.ndarray
+    """(N,) bool: a message reached the client today"""
+    rows: np.ndarray
+    """(M,) client rows that got a message, ascending"""
+    keys: np.ndarray
+    """(M,) today's draw keys of those clients"""
+    slot: np.ndarray
+    """(M,) send slot 0..5 (the action's slot number - 1)"""
+    tone: np.ndarray
+    """(M,) tone index"""
+    channel: np.ndarray
+    """(M,) channel index"""
+    content: np.ndarray
+    """(M,) content index"""
+
+
+@dataclass
+class _Responses:
+    """How the clients who got a message responded, (M,) bool arrays aligned with
+    :attr:`_Delivered.rows`."""
+
+    opened: np.ndarray
+    calm_click: np.ndarray
+    anxious_click: np.ndarray
+    clicked: np.ndarray
+    """a calm or an anxious click"""
+    converted: np.ndarray
+    """a beneficial action after the click"""
+    harmful: np.ndarray
+    """a harmful action (panic selling) after an anxious click"""
+
+
+@dataclass
+class _Visits:
+    """Today's visits to the app or site."""
+
+    visited: np.ndarray
+    """(N,) bool: a click or an organic visit"""
+    organic: np.ndarray
+    """rows that visited without a click"""
+    organic_converted: np.ndarray
+    """bool per ``organic`` row: the visit converted"""
 
 
 class World:
@@ -155,11 +203,11 @@ class World:
         """log(days since the last visit), by days (0 reads as 1)"""
 
     def _reset_rows(self, rows: np.ndarray) -> None:
-        t, s = self.traits, self.latent
-        s.fatigue[rows] = 0.0
-        s.novelty[rows] = 1.0
-        s.trust[rows] = t.initial_trust[rows]
-        s.anxiety[rows] = self.population.initial_anxiety_scale * t.susceptibility[rows]
+        traits, latent = self.traits, self.latent
+        latent.fatigue[rows] = 0.0
+        latent.novelty[rows] = 1.0
+        latent.trust[rows] = traits.initial_trust[rows]
+        latent.anxiety[rows] = self.population.initial_anxiety_scale * traits.susceptibility[rows]
         self.opted_out[rows] = False
         self.churned[rows] = False
         self.channel_log[rows] = 0
@@ -170,7 +218,7 @@ class World:
         self.last_tone_day[rows] = NEVER
         self.last_content_day[rows] = NEVER
         self.send_log[rows] = 0
-        away = t.initial_days_away[rows].astype(np.int32)
+        away = traits.initial_days_away[rows].astype(np.int32)
         self.last_visit_day[rows] = -away
         self.visit_log[rows] = np.where(
             away <= VISIT_WINDOW, np.left_shift(np.uint32(1), (away - 1).clip(0, 31)), 0
@@ -193,15 +241,15 @@ class World:
 
     def state_nbytes(self) -> int:
         """Bytes of per-client state held by the world (traits, latent state, records)."""
-        s = self.latent
+        latent = self.latent
         return (
             self.traits.nbytes()
             + self.client_id.nbytes
             + self._client_key.nbytes
-            + s.fatigue.nbytes
-            + s.novelty.nbytes
-            + s.trust.nbytes
-            + s.anxiety.nbytes
+            + latent.fatigue.nbytes
+            + latent.novelty.nbytes
+            + latent.trust.nbytes
+            + latent.anxiety.nbytes
             + self.opted_out.nbytes
             + self.churned.nbytes
             + self.channel_log.nbytes
@@ -261,54 +309,56 @@ class World:
         anxious click); ``unsubscribe``; ``complaint``; plus ``relevance`` and ``urgency``.
         The world's own draws use exactly these; the privileged oracle reads them too.
         """
-        p, t, s = self.response, self.traits, self.latent
-        fx = self.schedule.effects(day)
-        relevance_today = self._relevance + fx.relevance_delta + fx.stress * self._stress_relevance
-        relevance = relevance_today.ravel().take(t.segment[rows] * N_CONTENTS + content)
+        params, traits, latent = self.response, self.traits, self.latent
+        effects = self.schedule.effects(day)
+        relevance_today = (
+            self._relevance + effects.relevance_delta + effects.stress * self._stress_relevance
+        )
+        relevance = relevance_today.ravel().take(traits.segment[rows] * N_CONTENTS + content)
         urgency = self._urgency.take(tone)
         quiet = self._quiet.ravel().take(slot_ix * N_CHANNELS + channel)
-        trust, fatigue = s.trust[rows], s.fatigue[rows]
+        trust, fatigue = latent.trust[rows], latent.fatigue[rows]
         open_logit = (
-            p.open_base
-            + t.base_open[rows]
-            + t.channel_affinity.ravel().take(rows * N_CHANNELS + channel)
-            + self._rhythm.ravel().take(slot_ix * N_SLOTS + t.slot_preference[rows])
+            params.open_base
+            + traits.base_open[rows]
+            + traits.channel_affinity.ravel().take(rows * N_CHANNELS + channel)
+            + self._rhythm.ravel().take(slot_ix * N_SLOTS + traits.slot_preference[rows])
             + self._slot_open.ravel().take(slot_ix * N_CHANNELS + channel)
-            + p.open_urgency * urgency
-            + p.open_trust * (trust - 0.5)
-            - p.open_fatigue * fatigue
-            + p.open_novelty * (s.novelty.ravel().take(rows * N_CONTENTS + content) - 1.0)
+            + params.open_urgency * urgency
+            + params.open_trust * (trust - 0.5)
+            - params.open_fatigue * fatigue
+            + params.open_novelty * (latent.novelty.ravel().take(rows * N_CONTENTS + content) - 1.0)
         )
         if (day % 7) >= 5:  # weekend
-            open_logit += t.weekend_affinity[rows]
+            open_logit += traits.weekend_affinity[rows]
         unsub_logit = (
-            p.unsub_base
-            + p.unsub_fatigue * fatigue
-            + p.unsub_irrelevance * np.maximum(-relevance, 0.0)
-            + p.unsub_quiet * quiet
-            + p.unsub_urgency * urgency
+            params.unsub_base
+            + params.unsub_fatigue * fatigue
+            + params.unsub_irrelevance * np.maximum(-relevance, 0.0)
+            + params.unsub_quiet * quiet
+            + params.unsub_urgency * urgency
         )
         complaint_logit = (
-            p.complaint_base
-            + p.complaint_quiet * quiet
-            + p.complaint_urgency_repeat * self.urgency_last_week[rows] * urgency
-            + p.complaint_fatigue * np.maximum(fatigue - p.fatigue_tolerance, 0.0)
+            params.complaint_base
+            + params.complaint_quiet * quiet
+            + params.complaint_urgency_repeat * self.urgency_last_week[rows] * urgency
+            + params.complaint_fatigue * np.maximum(fatigue - params.fatigue_tolerance, 0.0)
         )
         return {
             "open": expit(open_logit),
             "calm_click": expit(
-                p.click_base
-                + p.click_relevance * relevance
-                + t.tone_affinity.ravel().take(rows * N_TONES + tone)
-                + p.click_trust * (trust - 0.5)
+                params.click_base
+                + params.click_relevance * relevance
+                + traits.tone_affinity.ravel().take(rows * N_TONES + tone)
+                + params.click_trust * (trust - 0.5)
             ),
-            "anxious_click": p.anxious_click_max * s.anxiety[rows] * urgency,
+            "anxious_click": params.anxious_click_max * latent.anxiety[rows] * urgency,
             "calm_convert": expit(
-                p.convert_base
-                + p.convert_literacy * t.literacy[rows]
-                + p.convert_relevance * relevance
+                params.convert_base
+                + params.convert_literacy * traits.literacy[rows]
+                + params.convert_relevance * relevance
             ),
-            "harm": p.harm_given_anxious * t.susceptibility[rows],
+            "harm": params.harm_given_anxious * traits.susceptibility[rows],
             "unsubscribe": expit(unsub_logit),
             "complaint": expit(complaint_logit),
             "relevance": relevance,
@@ -318,29 +368,31 @@ class World:
     def visit_probability(self, day: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Probability of an organic visit today for clients ``rows`` (all when None), before
         any message: own propensity, trust, weekend, market stress and days since the last visit."""
-        p, t, s = self.response, self.traits, self.latent
+        params, traits, latent = self.response, self.traits, self.latent
         rows = self.rows if rows is None else rows
         away = np.minimum(day - self.last_visit_day[rows], MAX_DAYS_AWAY)
-        logit = t.visit_propensity[rows] + p.visit_trust * (s.trust[rows] - 0.5)
-        logit -= p.visit_recency * self._log_away.take(away)
-        shift = p.visit_stress * self.schedule.effects(day).stress
+        logit = traits.visit_propensity[rows] + params.visit_trust * (latent.trust[rows] - 0.5)
+        logit -= params.visit_recency * self._log_away.take(away)
+        shift = params.visit_stress * self.schedule.effects(day).stress
         if (day % 7) >= 5:
-            shift += p.visit_weekend
+            shift += params.visit_weekend
         if shift:
             logit += shift
         return expit(logit)
 
     def visit_convert_probability(self, day: int, rows: np.ndarray) -> np.ndarray:
         """Probability that an organic visit (no click) of clients ``rows`` converts today."""
-        p, t = self.response, self.traits
-        fx = self.schedule.effects(day)
-        relevance = self._relevance + fx.relevance_delta + fx.stress * self._stress_relevance
-        mean_relevance = relevance.mean(axis=1).take(t.segment[rows])
+        params, traits = self.response, self.traits
+        effects = self.schedule.effects(day)
+        relevance = (
+            self._relevance + effects.relevance_delta + effects.stress * self._stress_relevance
+        )
+        mean_relevance = relevance.mean(axis=1).take(traits.segment[rows])
         return expit(
-            p.convert_base
-            + p.visit_convert
-            + p.convert_literacy * t.literacy[rows]
-            + p.convert_relevance * mean_relevance
+            params.convert_base
+            + params.visit_convert
+            + params.convert_literacy * traits.literacy[rows]
+            + params.convert_relevance * mean_relevance
         )
 
     def step(
@@ -358,123 +410,250 @@ class World:
         length or a non-integer dtype) raise ``ValueError`` before any state moves: the env
         faces check actions first, and this is the second line. Returns the outcomes named
         in :data:`OUTCOMES`.
+
+        The day runs in named stages, each drawing from its own named stream
+        (:mod:`simulate.rng`), so a draw does not depend on the stages before it; the stages
+        still run in this order because each reads the state the previous ones left.
         """
         slot, tone, channel, content = self.check_actions(slot, tone, channel, content)
-        p, t, s = self.response, self.traits, self.latent
-        fx = self.schedule.effects(day)
+        effects = self.schedule.effects(day)
         keys = rng.keys_on(self._client_key, day)
         alive = ~self.churned
-
-        if fx.anxiety_shock or fx.trust_shock or fx.stress:
-            s.anxiety += (fx.anxiety_shock + p.stress_anxiety * fx.stress) * t.susceptibility
-            s.trust += fx.trust_shock
-            np.clip(s.anxiety, 0.0, 1.0, out=s.anxiety)
-            np.clip(s.trust, 0.0, 1.0, out=s.trust)
-
-        slot = np.asarray(slot)
-        deliver = (slot > 0) & alive
-        deliver[deliver] &= ~self.opted_out[np.flatnonzero(deliver), np.asarray(channel)[deliver]]
-        who = np.flatnonzero(deliver)
-        # The response is computed for the clients who got a message only (subscript _w).
-        keys_w = keys[who]
-        channel_w, tone_w, content_w = (
-            np.asarray(a, dtype=np.intp)[who] for a in (channel, tone, content)
+        self._apply_scenario_shocks(effects)
+        sent = self._deliver(keys, alive, slot, tone, channel, content)
+        probabilities = self.response_probabilities(
+            day, sent.rows, sent.slot, sent.tone, sent.channel, sent.content
         )
-        slot_w = slot[who].astype(np.intp) - 1
-        pr = self.response_probabilities(day, who, slot_w, tone_w, channel_w, content_w)
-        relevance, urgency = pr["relevance"], pr["urgency"]
-        opened = rng.uniform(keys_w, S_OPEN) < pr["open"]
-        u_click = rng.uniform(keys_w, S_CLICK)
-        calm_p = pr["calm_click"]
-        calm_click = opened & (u_click < calm_p)
+        responses = self._draw_responses(sent, probabilities)
+        visits = self._draw_visits(day, keys, alive, sent.rows, responses.clicked)
+        unsubscribed, complaint = self._draw_unsubscribes_and_complaints(sent, probabilities)
+        self._update_latent(effects, sent, probabilities, responses, visits)
+        self.opted_out[sent.rows[unsubscribed], sent.channel[unsubscribed]] = True
+        self._record_sends(day, sent, probabilities["urgency"])
+        self._record_engagement(
+            sent.rows, sent.slot, sent.tone, sent.channel, responses.opened, responses.clicked
+        )
+        self._record_visits(day, visits.visited)
+        churned = self._draw_churn(keys, alive)
+        return self._outcomes(sent, responses, visits, unsubscribed, complaint, churned)
+
+    def _apply_scenario_shocks(self, effects: DayEffects) -> None:
+        """Today's scenario shocks, before any message: anxiety += (shock + stress_anxiety x
+        stress) x susceptibility and trust += trust shock (both 0..1, clipped), for everyone."""
+        if not (effects.anxiety_shock or effects.trust_shock or effects.stress):
+            return
+        params, latent = self.response, self.latent
+        latent.anxiety += (
+            effects.anxiety_shock + params.stress_anxiety * effects.stress
+        ) * self.traits.susceptibility
+        latent.trust += effects.trust_shock
+        np.clip(latent.anxiety, 0.0, 1.0, out=latent.anxiety)
+        np.clip(latent.trust, 0.0, 1.0, out=latent.trust)
+
+    def _deliver(
+        self,
+        keys: np.ndarray,
+        alive: np.ndarray,
+        slot: np.ndarray,
+        tone: np.ndarray,
+        channel: np.ndarray,
+        content: np.ndarray,
+    ) -> _Delivered:
+        """The messages that reach a client today: asked for (slot >= 1), to a client who has not
+        churned, on a channel the client has not opted out of. The guards of the env faces
+        come first; this is the world's own last check."""
+        slot = np.asarray(slot)
+        delivered = (slot > 0) & alive
+        delivered[delivered] &= ~self.opted_out[
+            np.flatnonzero(delivered), np.asarray(channel)[delivered]
+        ]
+        rows = np.flatnonzero(delivered)
+        channel_sent, tone_sent, content_sent = (
+            np.asarray(a, dtype=np.intp)[rows] for a in (channel, tone, content)
+        )
+        return _Delivered(
+            mask=delivered,
+            rows=rows,
+            keys=keys[rows],
+            slot=slot[rows].astype(np.intp) - 1,
+            tone=tone_sent,
+            channel=channel_sent,
+            content=content_sent,
+        )
+
+    def _draw_responses(self, sent: _Delivered, probabilities: dict[str, np.ndarray]) -> _Responses:
+        """Opens, clicks (labelled calm or anxious), conversions and harm of the delivered messages.
+
+        One uniform u decides the click: calm if u < P(calm click); otherwise anxious if
+        u < P(calm) + (1 - P(calm)) x P(anxious part). A calm click converts with the
+        content's conversion probability, an anxious one with ``anxious_convert``; an anxious
+        click is harmful with probability ``harm_given_anxious`` x susceptibility.
+        """
+        opened = rng.uniform(sent.keys, S_OPEN) < probabilities["open"]
+        click_draw = rng.uniform(sent.keys, S_CLICK)
+        calm_probability = probabilities["calm_click"]
+        calm_click = opened & (click_draw < calm_probability)
         anxious_click = (
-            opened & ~calm_click & (u_click < calm_p + (1.0 - calm_p) * pr["anxious_click"])
+            opened
+            & ~calm_click
+            & (
+                click_draw
+                < calm_probability + (1.0 - calm_probability) * probabilities["anxious_click"]
+            )
         )
         clicked = calm_click | anxious_click
-        convert_p = np.where(calm_click, pr["calm_convert"], p.anxious_convert)
-        converted = clicked & (rng.uniform(keys_w, S_CONVERT) < convert_p)
-        susceptibility = t.susceptibility[who]
-        harmful = anxious_click & (rng.uniform(keys_w, S_HARM) < pr["harm"])
-        # organic visits: a click is that day's visit, so the organic chance only adds the rest
+        convert_probability = np.where(
+            calm_click, probabilities["calm_convert"], self.response.anxious_convert
+        )
+        converted = clicked & (rng.uniform(sent.keys, S_CONVERT) < convert_probability)
+        harmful = anxious_click & (rng.uniform(sent.keys, S_HARM) < probabilities["harm"])
+        return _Responses(opened, calm_click, anxious_click, clicked, converted, harmful)
+
+    def _draw_visits(
+        self,
+        day: int,
+        keys: np.ndarray,
+        alive: np.ndarray,
+        rows_sent: np.ndarray,
+        clicked: np.ndarray,
+    ) -> _Visits:
+        """Who comes to the app or site today, and which organic visits convert.
+
+        A click is that day's visit, so the organic chance (:meth:`visit_probability`, read
+        before today's latent updates) only adds the clients who did not click; an organic visit
+        converts with :meth:`visit_convert_probability`.
+        """
         visited = alive & (rng.uniform(keys, S_VISIT) < self.visit_probability(day))
-        clicked_dense = np.zeros(self.n, dtype=bool)
-        clicked_dense[who] = clicked
-        visited |= clicked_dense
-        organic = np.flatnonzero(visited & ~clicked_dense)
+        clicked_all = np.zeros(self.n, dtype=bool)
+        clicked_all[rows_sent] = clicked
+        visited |= clicked_all
+        organic = np.flatnonzero(visited & ~clicked_all)
         organic_converted = rng.uniform(keys[organic], S_CONVERT) < (
             self.visit_convert_probability(day, organic)
         )
-        unsubscribed = rng.uniform(keys_w, S_UNSUB) < pr["unsubscribe"]
-        complaint = rng.uniform(keys_w, S_COMPLAINT) < pr["complaint"]
-        trust = s.trust[who]
-        pair_w = t.segment[who] * N_CONTENTS + content_w
-        at_content = who * N_CONTENTS + content_w
+        return _Visits(visited, organic, organic_converted)
 
-        # latent dynamics: today's message, then the day's recovery
-        s.fatigue *= self._fatigue_decay
-        s.fatigue[who] += 1.0
-        s.novelty *= self._novelty_decay
-        s.novelty += 1.0 - self._novelty_decay
-        s.novelty.ravel()[at_content] *= p.novelty_drop
-        s.trust[who] = trust + trust_change(
-            p,
-            relevance,
-            urgency,
-            slot_w == N_SLOTS - 1,
-            converted,
-            harmful,
-            fx.send_trust.ravel().take(pair_w),
-        )
-        s.trust[organic[organic_converted]] += p.trust_conversion
-        np.clip(s.trust, 0.0, 1.0, out=s.trust)
-        s.anxiety *= self._anxiety_decay
-        s.anxiety[who] = anxiety_after_message(
-            p, s.anxiety[who], susceptibility, urgency, self._relief.take(tone_w)
-        )
-        np.clip(s.anxiety, 0.0, 1.0, out=s.anxiety)
-        self.opted_out[who[unsubscribed], channel_w[unsubscribed]] = True
+    def _draw_unsubscribes_and_complaints(
+        self, sent: _Delivered, probabilities: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(unsubscribed, complaint) per delivered message, drawn whether or not it was opened."""
+        unsubscribed = rng.uniform(sent.keys, S_UNSUB) < probabilities["unsubscribe"]
+        complaint = rng.uniform(sent.keys, S_COMPLAINT) < probabilities["complaint"]
+        return unsubscribed, complaint
 
+    def _update_latent(
+        self,
+        effects: DayEffects,
+        sent: _Delivered,
+        probabilities: dict[str, np.ndarray],
+        responses: _Responses,
+        visits: _Visits,
+    ) -> None:
+        """Today's message moves the latent state, then the day's recovery:
+
+        - fatigue (messages): x 0.5^(1 / half-life) for everyone, + 1 per message;
+        - novelty (0..1) of each content: relaxes toward 1 by the same half-life rule, and the
+          content sent today is multiplied by ``novelty_drop``;
+        - trust (0..1): + :func:`~simulate.dynamics.trust_change` of the message (relevance,
+          fear, a late slot, its conversion or harm, the scenario's send effect), +
+          ``trust_conversion`` per organic conversion; clipped;
+        - anxiety (0..1): x 0.5^(1 / half-life) for everyone, then
+          :func:`~simulate.dynamics.anxiety_after_message` for the messaged; clipped.
+        """
+        params, latent, rows = self.response, self.latent, sent.rows
+        trust_before = latent.trust[rows]
+        latent.fatigue *= self._fatigue_decay
+        latent.fatigue[rows] += 1.0
+        latent.novelty *= self._novelty_decay
+        latent.novelty += 1.0 - self._novelty_decay
+        latent.novelty.ravel()[rows * N_CONTENTS + sent.content] *= params.novelty_drop
+        segment_content = self.traits.segment[rows] * N_CONTENTS + sent.content
+        latent.trust[rows] = trust_before + trust_change(
+            params,
+            probabilities["relevance"],
+            probabilities["urgency"],
+            sent.slot == N_SLOTS - 1,
+            responses.converted,
+            responses.harmful,
+            effects.send_trust.ravel().take(segment_content),
+        )
+        latent.trust[visits.organic[visits.organic_converted]] += params.trust_conversion
+        np.clip(latent.trust, 0.0, 1.0, out=latent.trust)
+        latent.anxiety *= self._anxiety_decay
+        latent.anxiety[rows] = anxiety_after_message(
+            params,
+            latent.anxiety[rows],
+            self.traits.susceptibility[rows],
+            probabilities["urgency"],
+            self._relief.take(sent.tone),
+        )
+        np.clip(latent.anxiety, 0.0, 1.0, out=latent.anxiety)
+
+    def _record_sends(self, day: int, sent: _Delivered, urgency: np.ndarray) -> None:
+        """The firm's send log: today's column of the 7-day channel and tone logs (and the
+        summed urgency kept with them), the last day of each channel, tone and content, and
+        the 30-day send bits."""
+        rows = sent.rows
         column = day % HISTORY_DAYS
         self.urgency_last_week -= self._urgency_log.take(self.tone_log[:, column])
-        self.urgency_last_week[who] += urgency
+        self.urgency_last_week[rows] += urgency
         self.channel_log[:, column] = 0
-        self.channel_log[who, column] = channel_w + 1
+        self.channel_log[rows, column] = sent.channel + 1
         self.tone_log[:, column] = 0
-        self.tone_log[who, column] = tone_w + 1
-        self.last_send_day[who] = day
-        self.last_channel_day[who, channel_w] = day
-        self.last_tone_day[who, tone_w] = day
-        self.last_content_day[who, content_w] = day
+        self.tone_log[rows, column] = sent.tone + 1
+        self.last_send_day[rows] = day
+        self.last_channel_day[rows, sent.channel] = day
+        self.last_tone_day[rows, sent.tone] = day
+        self.last_content_day[rows, sent.content] = day
         self.send_log <<= np.uint32(1)
-        self.send_log[who] |= np.uint32(1)
+        self.send_log[rows] |= np.uint32(1)
         self.send_log &= _VISIT_MASK
-        self._record_engagement(who, slot_w, tone_w, channel_w, opened, clicked)
+
+    def _record_visits(self, day: int, visited: np.ndarray) -> None:
+        """The firm's visit log: the day of each client's last visit and the 30-day visit bits."""
         self.last_visit_day[visited] = day
         self.visit_log <<= np.uint32(1)
         self.visit_log |= visited
         self.visit_log &= _VISIT_MASK
 
-        hazard = churn_hazard(p, s.trust, s.anxiety, s.fatigue)
+    def _draw_churn(self, keys: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """Who leaves today (absorbing): probability :func:`~simulate.dynamics.churn_hazard`
+        of the trust, anxiety and fatigue after today's updates."""
+        latent = self.latent
+        hazard = churn_hazard(self.response, latent.trust, latent.anxiety, latent.fatigue)
         churned = alive & (rng.uniform(keys, S_CHURN) < hazard)
         self.churned |= churned
-        out = {"sent": deliver}
-        converted_dense = np.zeros(self.n, dtype=bool)
-        converted_dense[organic] = organic_converted
+        return churned
+
+    def _outcomes(
+        self,
+        sent: _Delivered,
+        responses: _Responses,
+        visits: _Visits,
+        unsubscribed: np.ndarray,
+        complaint: np.ndarray,
+        churned: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """The day's :data:`OUTCOMES` as (N,) bool arrays over every client; ``converted``
+        counts a conversion after a click or after an organic visit."""
+        out = {"sent": sent.mask}
+        converted = np.zeros(self.n, dtype=bool)
+        converted[visits.organic] = visits.organic_converted
         for name, values in (
-            ("opened", opened),
-            ("clicked", clicked),
-            ("calm_click", calm_click),
-            ("anxious_click", anxious_click),
-            ("harmful", harmful),
+            ("opened", responses.opened),
+            ("clicked", responses.clicked),
+            ("calm_click", responses.calm_click),
+            ("anxious_click", responses.anxious_click),
+            ("harmful", responses.harmful),
             ("unsubscribed", unsubscribed),
             ("complaint", complaint),
         ):
             dense = np.zeros(self.n, dtype=bool)
-            dense[who] = values
+            dense[sent.rows] = values
             out[name] = dense
-        converted_dense[who] |= converted
-        out["converted"] = converted_dense
-        out["visited"] = visited
+        converted[sent.rows] |= responses.converted
+        out["converted"] = converted
+        out["visited"] = visits.visited
         out["churned"] = churned
         return {name: out[name] for name in OUTCOMES}
 
