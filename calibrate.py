@@ -582,14 +582,53 @@ def run_fit(settings: dict[str, Any], overrides: list[str], progress: bool = Tru
         return _run_fit(settings, overrides, progress)
 
 
+@contextmanager
+def _kept_fit(
+    settings: dict[str, Any],
+    files: list[tuple[str, Path, str]],
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    study,
+    best: dict[str, float],
+    metrics: dict[str, float],
+    artifacts: list[tuple[str, str]],
+) -> Iterator[Unit]:
+    """A fit's unit of work (:func:`one_unit`), entered with ``files`` (key, destination, text)
+    staged and the fit's MLflow run made (tags ``command=fit``, ``tags``, ``git_commit``): its
+    ``params``, the search, ``metrics`` and ``artifacts`` (text, artifact path). The caller may
+    add to the unit (a second run) in the block; it is committed when the block ends, aborted if
+    anything in it raises."""
+    with one_unit(settings) as unit:
+        for key, path, text in files:
+            unit.stage(key, path, text)
+        with mlflow.start_run(
+            run_name=run_name, tags={"command": "fit", **tags, "git_commit": git_commit()}
+        ) as run:
+            unit.add_run(run.info.run_id)
+            mlflow.log_params(params)
+            _log_search(study, best)
+            for key, value in metrics.items():
+                mlflow.log_metric(key, value)
+            for text, artifact in artifacts:
+                mlflow.log_text(text, artifact)
+        yield unit
+
+
+def _preset_path(settings: dict[str, Any]) -> Path:
+    """Where the fitted preset goes: ``conf/population/<name>.yaml``."""
+    return ROOT / "conf" / "population" / f"{settings['name']}.yaml"
+
+
 def _run_fit(settings: dict[str, Any], overrides: list[str], progress: bool) -> dict:
+    from realism.calibration import PRESET_KEYS, fitted_setup
     from realism.fit import apply, fit, parameters
 
     targets = simulated_targets(settings["targets"])
-    presets = {k: settings[k] for k in ("env", "population", "scenario")}
+    presets = {k: settings[k] for k in PRESET_KEYS}
     base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
     parameters(settings["params"], base, settings["ranges"])  # every name and range checked first
-    path = ROOT / "conf" / "population" / f"{settings['name']}.yaml"
+    path = _preset_path(settings)
     free("name", path, settings["overwrite"])
     setup_mlflow(settings["tracking.uri"], EXPERIMENT)
 
@@ -608,11 +647,7 @@ def _run_fit(settings: dict[str, Any], overrides: list[str], progress: bool) -> 
         settings["ranges"],
         progress,
     )
-    fitted = load_setup(  # the fitted values through the checked config path once more
-        **presets,
-        seed=settings["seed"],
-        overrides=[*overrides, *(f"{k}={v!r}" for k, v in best.items())],
-    )
+    fitted = fitted_setup(presets, settings["seed"], overrides, best)
     header = _header(
         f"to {Path(settings['targets']).name}",
         f"{settings['sampler']}, {settings['clients']:,} clients",
@@ -623,30 +658,26 @@ def _run_fit(settings: dict[str, Any], overrides: list[str], progress: bool) -> 
     text = preset_yaml(fitted, header)
     chosen = dict(settings) | {"population": settings["name"]}
     simulated = simulate_protocols(fitted, chosen, progress)
-    with one_unit(settings) as unit:
-        unit.stage("name", path, text)
-        with mlflow.start_run(
-            run_name=f"fit {settings['name']}",
-            tags={
-                "command": "fit",
-                "targets": Path(settings["targets"]).name,
-                "git_commit": git_commit(),
-            },
-        ) as run:
-            unit.add_run(run.info.run_id)
-            mlflow.log_params(
-                {
-                    "params": ",".join(settings["params"]),
-                    "trials": settings["trials"],
-                    "sampler": settings["sampler"],
-                    "clients": settings["clients"],
-                    "seed": settings["seed"],
-                    "name": settings["name"],
-                    "overrides": " ".join(overrides),
-                }
-            )
-            _log_search(study, best)
-            mlflow.log_text(text, f"presets/{path.name}")
+    params = {
+        "params": ",".join(settings["params"]),
+        "trials": settings["trials"],
+        "sampler": settings["sampler"],
+        "clients": settings["clients"],
+        "seed": settings["seed"],
+        "name": settings["name"],
+        "overrides": " ".join(overrides),
+    }
+    with _kept_fit(
+        settings,
+        [("name", path, text)],
+        f"fit {settings['name']}",
+        {"targets": Path(settings["targets"]).name},
+        params,
+        study,
+        best,
+        {},
+        [(text, f"presets/{path.name}")],
+    ) as unit:
         kept = [o for o in overrides if o.split("=")[0] not in best]
         unit.add_run(report_id := log_scorecard(simulated, targets, chosen, kept))
     print(f"wrote {path}")
@@ -655,127 +686,72 @@ def _run_fit(settings: dict[str, Any], overrides: list[str], progress: bool) -> 
 
 
 def fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool = True) -> dict:
-    """``fit logs=<file>``: calibrate to a logged dataset; writes the preset and the report
-    beside the log and logs both to MLflow, all kept together or not at all, under a lock on
-    ``name=``; returns the fitted values."""
+    """``fit logs=<file>``: calibrate to a logged dataset (:mod:`realism.calibration`); writes
+    the preset and the report beside the log and logs both to MLflow, all kept together or not
+    at all, under a lock on ``name=``; returns the fitted values."""
     with fit_lock(settings):
         return _fit_logs(settings, overrides, progress)
 
 
 def _fit_logs(settings: dict[str, Any], overrides: list[str], progress: bool) -> dict:
-    from evaluation.logs import LogError, read_logs
-    from realism import fromlogs
-    from realism.fit import apply, fit, parameters
+    from realism import calibration
 
-    path = ROOT / "conf" / "population" / f"{settings['name']}.yaml"
+    path = _preset_path(settings)
     out = Path(settings["logs"]).with_name(f"{settings['name']}_report.md")
     free("name", path, settings["overwrite"])
     free("report", out, settings["overwrite"])
-    presets = {k: settings[k] for k in ("env", "population", "scenario")}
+    presets = {k: settings[k] for k in calibration.PRESET_KEYS}
     base = load_setup(**presets, seed=settings["seed"], overrides=overrides)
-    try:  # the log must keep the guardrails of the setup it is fitted in
-        frame = read_logs(settings["logs"], guardrails=base.env.guardrails)
-    except (LogError, OSError) as exc:
-        raise ConfigError(f"logs: {exc}") from exc
-    targets = fromlogs.targets(frame, seed=settings["seed"], source=f"logs {settings['logs']}")
-    if not targets.targets:
-        raise ConfigError(f"logs: {settings['logs']} has too few sends for any statistic")
-    parameters(settings["params"], base, settings["ranges"])
-    clients, days = frame["client_id"].n_unique(), frame["day"].n_unique()
-    seed = settings["seed"]
-    if settings["policy"]:
-        from agents.config import AgentConfig
-        from agents.registry import make_policy
-
-        policy = make_policy(AgentConfig(name=settings["policy"]))
-        try:
-            epsilon = fromlogs.log_epsilon(frame, policy, base)
-        except ValueError as exc:
-            raise ConfigError(f"policy: {exc}") from exc
-
-        def statistics(setup) -> dict[str, float]:
-            return fromlogs.statistics(
-                fromlogs.relog(setup, policy, clients, days, seed, epsilon), thin=True
-            )
-
-        how = f"{settings['policy']} re-run at ε {epsilon:.3g}"
-    else:
-
-        def statistics(setup) -> dict[str, float]:
-            return fromlogs.statistics(fromlogs.replay(setup, frame, seed), thin=True)
-
-        how = "the logged sends replayed (open loop)"
-    setup_mlflow(settings["tracking.uri"], EXPERIMENT)
-    before = statistics(base)
-    best, study = fit(
-        targets,
-        settings["params"],
-        lambda values: apply(base, values),
+    side = calibration.prepare(
+        settings["logs"],
         base,
-        clients,
-        seed,
+        settings["params"],
+        settings["ranges"],
+        settings["policy"],
+        settings["seed"],
+    )
+    setup_mlflow(settings["tracking.uri"], EXPERIMENT)
+    result = calibration.search(
+        side,
+        base,
+        presets,
+        overrides,
+        settings["params"],
+        settings["ranges"],
+        settings["seed"],
         settings["trials"],
         settings["sampler"],
-        settings["ranges"],
         progress,
-        statistics=statistics,
     )
-    fitted = load_setup(
-        **presets, seed=seed, overrides=[*overrides, *(f"{k}={v!r}" for k, v in best.items())]
-    )
-    after = statistics(fitted)
+    best, study = result.best, result.study
     header = _header(
         f"logs={Path(settings['logs']).name}",
-        f"{settings['sampler']}; simulated side: {how}",
+        f"{settings['sampler']}; simulated side: {side.how}",
         settings,
         best,
         study,
     )
-    lines = [
-        f"# {settings['name']}: the simulator fitted to {settings['logs']}",
-        "",
-        f"{clients:,} clients x {days} days; simulated side: {how}.",
-        f"Fitted: {', '.join(f'{k} = {v:.4g}' for k, v in best.items())}.",
-        "",
-        "| statistic | logs | 95 % band | simulator before | fitted | in band |",
-        "|---|---:|---|---:|---:|:---:|",
-    ]
-    for t in targets.targets:
-        b, a = before.get(t.statistic, math.nan), after.get(t.statistic, math.nan)
-        mark = "yes" if t.holds(a) else "**no**"
-        lines.append(
-            f"| {t.statistic} | {t.target:.4g} | [{t.low:.4g}, {t.high:.4g}] | {b:.4g} | "
-            f"{a:.4g} | {mark} |"
-        )
-    met = sum(t.holds(after.get(t.statistic, math.nan)) for t in targets.targets)
-    lines += ["", f"{met} of {len(targets.targets)} statistics in band after the fit."]
-    text = "\n".join(lines) + "\n"
-    preset = preset_yaml(fitted, header)
-    with one_unit(settings) as unit:
-        unit.stage("name", path, preset)
-        unit.stage("report", out, text)
-        with mlflow.start_run(
-            run_name=f"fit {settings['name']} from logs",
-            tags={
-                "command": "fit",
-                "logs": Path(settings["logs"]).name,
-                "git_commit": git_commit(),
-            },
-        ) as run:
-            unit.add_run(run.info.run_id)
-            mlflow.log_params(
-                {
-                    "params": ",".join(settings["params"]),
-                    "trials": settings["trials"],
-                    "policy": str(settings["policy"]),
-                    "seed": seed,
-                    "name": settings["name"],
-                }
-            )
-            _log_search(study, best)
-            mlflow.log_metric("realism/in_band", met)
-            mlflow.log_text(preset, f"presets/{path.name}")
-            mlflow.log_text(text, f"scorecard/{out.name}")
+    text = result.report(settings["name"], settings["logs"])
+    preset = preset_yaml(result.fitted, header)
+    params = {
+        "params": ",".join(settings["params"]),
+        "trials": settings["trials"],
+        "policy": str(settings["policy"]),
+        "seed": settings["seed"],
+        "name": settings["name"],
+    }
+    with _kept_fit(
+        settings,
+        [("name", path, preset), ("report", out, text)],
+        f"fit {settings['name']} from logs",
+        {"logs": Path(settings["logs"]).name},
+        params,
+        study,
+        best,
+        {"realism/in_band": result.met},
+        [(preset, f"presets/{path.name}"), (text, f"scorecard/{out.name}")],
+    ):
+        pass
     print(text)
     print(f"wrote {path} and {out}")
     return best

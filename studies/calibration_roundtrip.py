@@ -1,8 +1,8 @@
 """Calibration from logs, round trip (the table in README.md, *Calibration from logs*).
 
 A "true" simulator with known parameters (not the defaults) writes a log of ``segment_rules``
-with ε-exploration; ``calibrate.py fit logs=`` fits the parameters back from the log alone,
-starting from the defaults. Then the default agent is trained on the true simulator, on the
+with ε-exploration; the fit of ``calibrate.py fit logs=`` (:func:`realism.calibration.fit_to_logs`)
+fits the parameters back from the log alone, starting from the defaults. Then the default agent is trained on the true simulator, on the
 fitted one and (for contrast) on the uncalibrated defaults, with the same budget and seed, and
 all three are evaluated on the *true* simulator, same clients and luck.
 
@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.config import AgentConfig  # noqa: E402
 from agents.registry import make_policy, train_agent  # noqa: E402
-from calibrate import fit_logs  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from evaluation.compare import compare  # noqa: E402
 from evaluation.logged import log_policy  # noqa: E402
 from evaluation.logs import write_logs  # noqa: E402
 from realism import fromlogs  # noqa: E402
+from realism.calibration import fit_to_logs  # noqa: E402
 from studies.agents_compare import agent_preset  # noqa: E402
 
 TRUE = {
@@ -69,25 +69,9 @@ def main() -> None:
             f"  {name}: log {targets[name].target:.4g}, re-run {closed[name]:.4g}, "
             f"replay {opened[name]:.4g}"
         )
-    name = f"roundtrip_{int(time.time())}"
-    settings = {
-        "population": "default",
-        "env": "default",
-        "scenario": "calm",
-        "seed": 0,
-        "tracking.uri": f"sqlite:///{work / 'mlflow.db'}",
-        "params": list(TRUE),
-        "name": name,
-        "trials": args.trials,
-        "sampler": "auto",
-        "overwrite": False,
-        "ranges": {},
-        "logs": str(logs),
-        "policy": "segment_rules",
-    }
-    fitted = fit_logs(settings, [])
-    preset = Path(__file__).resolve().parents[1] / "conf" / "population" / f"{name}.yaml"
-    preset.unlink()  # the study keeps its numbers, not the preset
+    result = fit_to_logs(str(logs), list(TRUE), policy="segment_rules", trials=args.trials)
+    print(result.report("roundtrip", str(logs)))
+    fitted = result.best
     print("| parameter | true | default | fitted | within |")
     print("|---|---:|---:|---:|---|")
     default = load_setup()
