@@ -222,7 +222,7 @@ class PolicyRuntime:
         (``guarded=False``: over every action, as if no rule applied). How the factored rules
         are combined, and what +inf, -inf and NaN scores decide: ``serve/choice.py``."""
         z = self.scores(logits).T  # (19, N), contiguous
-        s, t, c, k = (int(v) for v in self.nvec)
+        c, k = int(self.nvec[2]), int(self.nvec[3])  # channels, contents
         if guarded:
             channel_ok, content_ok = self.guards.allowed_channels_contents(x)  # (c, N), (k, N)
             channel_ok &= self._has_open_slot[:, None]  # a channel quiet all day takes nothing
