@@ -93,16 +93,22 @@ def _floor(pscore_floor: float) -> float:
     return float(pscore_floor)
 
 
-def _weights(
-    reward, pscore, target_pscore, pscore_floor: float
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Rewards, importance weights target / max(pscore, floor), and how many were clipped."""
+def _logged(reward, pscore, target_pscore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rewards, logging and target propensities as checked float arrays of one length."""
     r = _array("reward", reward)
     if r.size == 0:
         raise ValueError("reward is empty: no logged rows to estimate from")
     p = _array("pscore", pscore, len(r))
     t = _array("target_pscore", target_pscore, len(r))
     _check_pscores(p, t)
+    return r, p, t
+
+
+def _weights(
+    reward, pscore, target_pscore, pscore_floor: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rewards, importance weights target / max(pscore, floor), and how many were clipped."""
+    r, p, t = _logged(reward, pscore, target_pscore)
     floor = _floor(pscore_floor)
     clipped = int(np.count_nonzero(p < floor))
     return r, t / np.maximum(p, floor), clipped
@@ -368,12 +374,7 @@ def pdwis_rows(
     leaves each day's self-normalised ratio unchanged. Time is O(days × clients × replicates), as
     for the dense form.
     """
-    r = _array("reward", reward)
-    if r.size == 0:
-        raise ValueError("reward is empty: no logged rows to estimate from")
-    p = _array("pscore", pscore, len(r))
-    t = _array("target_pscore", target_pscore, len(r))
-    _check_pscores(p, t)
+    r, p, t = _logged(reward, pscore, target_pscore)
     who, when = _index("client", client, len(r)), _index("day", day, len(r))
     n_clients = int(who.max()) + 1 if n_clients is None else int(n_clients)
     n_days = int(when.max()) + 1 if n_days is None else int(n_days)
