@@ -130,14 +130,61 @@ def sweep_parent(sweep_dir: Path, experiment: str, sweep_id: str, tags: dict[str
         return run.info.run_id
 
 
+MIN_PREFIX = 6
+"""fewest leading hex digits of a run id accepted in its place (the docs print 8)"""
+_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},31}}")
+_SHOWN = 5
+"""candidates an ambiguous prefix names"""
+
+
 def find_run(run_id: str, key: str) -> mlflow.entities.Run:
-    """The MLflow run ``run_id``; a :class:`ConfigError` naming ``key`` and the store if there is none."""
+    """The MLflow run ``run_id`` in the store MLflow points at, or the one run whose id starts
+    with it: a prefix of at least :data:`MIN_PREFIX` hex digits (the docs print the first 8)
+    that no other run's id starts with. Callers use ``.info.run_id``, the full id, afterwards.
+
+    A :class:`ConfigError` naming ``key`` and the store for an id no run has or starts with, a
+    prefix shorter than :data:`MIN_PREFIX`, or a prefix several runs share (naming them)."""
+    store = mlflow.get_tracking_uri()
     try:
         return mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
+        missing = exc
+    prefix = run_id.lower()
+    if not _PREFIX.fullmatch(prefix):
+        short = len(prefix) < MIN_PREFIX and re.fullmatch(r"[0-9a-f]+", prefix) is not None
+        hint = f" (a prefix must have at least {MIN_PREFIX} hex digits)" if short else ""
+        raise ConfigError(f"{key}: no MLflow run {run_id!r} in {store}{hint}") from missing
+    matches = _runs_starting_with(prefix)
+    if not matches:
         raise ConfigError(
-            f"{key}: no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}"
-        ) from exc
+            f"{key}: no MLflow run {run_id!r} in {store} (no run id there starts with it)"
+        ) from missing
+    if len(matches) > 1:
+        shown = ", ".join(sorted(run.info.run_id for run in matches[:_SHOWN]))
+        more = " and more" if len(matches) > _SHOWN else ""
+        raise ConfigError(
+            f"{key}: {run_id!r} is the start of several run ids in {store}: {shown}{more}; "
+            "give more of the id"
+        )
+    return matches[0]
+
+
+def _runs_starting_with(prefix: str) -> list[mlflow.entities.Run]:
+    """Up to ``_SHOWN + 1`` runs, of every experiment (deleted ones included), whose id starts
+    with ``prefix`` (hex digits only, so nothing in it is a LIKE wildcard)."""
+    client = mlflow.MlflowClient()
+    everything = mlflow.entities.ViewType.ALL
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=everything)]
+    if not experiments:
+        return []
+    return list(
+        client.search_runs(
+            experiments,
+            filter_string=f"attributes.run_id LIKE '{prefix}%'",
+            run_view_type=everything,
+            max_results=_SHOWN + 1,
+        )
+    )
 
 
 def download_policy(run_id: str, key: str, dst: Path) -> Path:
