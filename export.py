@@ -45,7 +45,7 @@ class ExportConfig:
     """What export.py reads."""
 
     run_id: str = MISSING
-    """MLflow run id of a train.py run"""
+    """MLflow run id of a train.py run (or a unique prefix of it, at least 6 hex digits)"""
     out: str | None = None
     """output folder (default: exports/<run_id> at the project root)"""
     promote: bool = False
@@ -75,6 +75,7 @@ def example_input(runtime: PolicyRuntime, rows: int = 3) -> pd.DataFrame:
 def run_export(cfg: ExportConfig) -> Path:
     setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
     run = find_run(cfg.run_id, "run_id")
+    cfg.run_id = run.info.run_id  # a unique prefix given names the full id from here on
     # the run's files are read into memory here; the scratch folder (private, 0700) then goes
     with tempfile.TemporaryDirectory(prefix="cadence-export-") as work:
         policy = load_policy(download_policy(cfg.run_id, "run_id", Path(work)))

@@ -330,6 +330,8 @@ def main(cfg: DictConfig) -> float | None:
         if not cfg.get("resume"):
             run, setup = validate_run(cfg)  # every value checked before any work
             return run_training(cfg, run, setup)
+        setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
+        cfg.resume = find_run(str(cfg.resume), "resume").info.run_id  # a unique prefix will do
         with resume_lock(str(cfg.resume)):  # held from the checks to the end of the run
             cfg = prepare_resume(cfg, list(HydraConfig.get().overrides.task))
             run, setup = validate_run(cfg)

@@ -29,14 +29,14 @@ def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
 
     A kind with nothing to learn (a heuristic, the oracle) is built; a kind the registry marks
     ``trained_on_the_spot`` (a bandit) is trained on :data:`BANDIT_TIMESTEPS`
-    client-days of ``setup``, :data:`BANDIT_CLIENTS` at a time; ``run:<id>`` downloads the
-    ``policy`` artifact of that MLflow run (in the store MLflow points at) and loads it. Tags:
+    client-days of ``setup``, :data:`BANDIT_CLIENTS` at a time; ``run:<id>`` (the full id or a
+    unique prefix of it) downloads the ``policy`` artifact of that MLflow run (in the store MLflow points at) and loads it. Tags:
     ``agent`` (the agent's kind) and, for a run, ``source_run``.
     """
     spec = spec.strip()
     if spec.startswith("run:"):
-        run_id = spec[4:]
-        run = find_run(run_id, "policies")
+        run = find_run(spec[4:], "policies")  # a unique prefix of the id is enough
+        run_id = run.info.run_id
         folder = download_policy(
             run_id, "policies", Path(tempfile.mkdtemp(prefix="cadence-policy-"))
         )
