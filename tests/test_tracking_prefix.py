@@ -73,3 +73,20 @@ def test_a_prefix_shorter_than_the_minimum_is_refused_saying_the_minimum(store):
     mlflow.set_tracking_uri(store)
     with pytest.raises(ConfigError, match=f"at least {MIN_PREFIX} hex digits"):
         find_run(FIRST[: MIN_PREFIX - 1], "run_id")
+
+
+def test_run_prefix_in_policies_loads_the_policy_under_its_full_id(store, tmp_path):
+    from agents.config import AgentConfig
+    from agents.registry import make_policy, save_policy
+    from envs.config import Setup
+    from experiment.policies import resolve_policy
+
+    mlflow.set_tracking_uri(store)
+    experiment = mlflow.get_experiment_by_name("prefixes").experiment_id
+    saved = save_policy(make_policy(AgentConfig(name="segment_rules")), tmp_path / "policy")
+    with mlflow.start_run(experiment_id=experiment, tags={"agent": "segment_rules"}) as run:
+        mlflow.log_artifacts(str(saved), "policy")
+    full = run.info.run_id
+    policy, tags = resolve_policy(f"run:{full[:8]}", Setup())
+    assert tags == {"source_run": full, "agent": "segment_rules"}
+    assert policy.name == f"segment_rules@{full[:8]}"
