@@ -9,7 +9,8 @@ about (``serve.http`` refuses it unless told to allow unsigned exports).
 
 The export is logged to the training run as a pyfunc model registered as ``cadence-policy``;
 ``promote=true`` points the alias ``champion`` at the new version, which
-``mlflow models serve -m models:/cadence-policy@champion --env-manager local`` serves.
+``mlflow models serve -m models:/cadence-policy@champion --env-manager local`` serves, with
+``MLFLOW_TRACKING_URI`` set to the store's absolute URI (the command printed says it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from agents.registry import load_policy
 from envs.config import GuardrailConfig
 from envs.features import FEATURE_NAMES
 from experiment.schema import TrackingConfig
-from experiment.tracking import ROOT, download_policy, find_run, setup_mlflow
+from experiment.tracking import ROOT, download_policy, find_run, serve_command, setup_mlflow
 from serve.export import NotExportable, export_policy
 from serve.pyfunc import CadencePolicyModel
 from serve.pyfunc import signature as model_signature
@@ -114,10 +115,9 @@ def run_export(cfg: ExportConfig) -> Path:
         print(f"registered {REGISTERED_NAME} version {version}")
         if cfg.promote:
             mlflow.MlflowClient().set_registered_model_alias(REGISTERED_NAME, "champion", version)
-            print(
-                f"alias champion -> version {version}; serve it with:\n  mlflow models serve -m "
-                f"models:/{REGISTERED_NAME}@champion --env-manager local -p 5001"
-            )
+            serve = serve_command(f"models:/{REGISTERED_NAME}@champion", 5001)
+            print(f"alias champion -> version {version}; serve it (from any directory) with:")
+            print(f"  {serve}")
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +25,28 @@ LOCKS = ROOT / ".locks"
 
 
 def tracking_uri(uri: str | None) -> str:
-    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db``
-    (an absolute path: never Hydra's run directory)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db``.
+
+    A SQLite file is always named by its absolute path (a relative one is taken from the current
+    directory now), so a URI printed for another command (:func:`serve_command`) or read from
+    Hydra's run directory names the same store wherever it is used."""
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+    path = sqlite_path(chosen)
+    if path is not None and not path.is_absolute():
+        return f"sqlite:///{os.path.abspath(path)}"
+    return chosen
+
+
+def serve_command(model_uri: str, port: int) -> str:
+    """The shell command that serves ``model_uri`` (a ``models:/`` URI of the store MLflow points
+    at) with MLflow's scoring server on ``port``, runnable from any directory: it names the store
+    by its absolute URI (without it MLflow opens ``./mlflow.db`` of the directory it is run from,
+    which is empty anywhere but the project root, and finds no model)."""
+    store = tracking_uri(mlflow.get_tracking_uri())
+    return (
+        f"MLFLOW_TRACKING_URI={shlex.quote(store)} mlflow models serve -m {shlex.quote(model_uri)} "
+        f"--env-manager local -p {port}"
+    )
 
 
 def setup_mlflow(uri: str | None, experiment: str) -> str:
