@@ -273,7 +273,7 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         setup,
         e.num_clients,
         e.horizon_days,
-        seeds=range(1000, 1000 + e.num_seeds),
+        seeds=e.seeds,
         n_boot=e.n_boot,
         progress=run.trainer.progress,
         yardstick=e.reward,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from agents.base import ExportKind, Policy, best_additive
-from agents.config import AgentConfig
+from agents.config import AgentConfig, saved_config
 from envs.features import (
     I_DECLARED_SLOT,
     I_ENGAGEMENT,
@@ -266,7 +266,7 @@ class LinearBandit(Policy):
         data = np.load(Path(path), allow_pickle=False)
         meta = json.loads(str(data["meta"]))
         kind = BANDIT_CLASSES[meta["name"]]
-        agent = kind(AgentConfig(**meta["cfg"]))
+        agent = kind(saved_config(meta["cfg"]))
         d = N_CONTEXT * N_ACTION_FEATURES + (RECOVERY_FEATURES if agent.recovering else 0)
         if data["theta"].shape != (d,) or data["precision"].shape != (d, d):
             raise ValueError(

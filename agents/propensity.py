@@ -358,13 +358,11 @@ def distil(
     into). The loss is the cross-entropy of each action component, the tone, channel and
     content only on days the teacher sends. Returns an :class:`agents.sb3_agents.SB3Policy`.
     """
-    import dataclasses
 
     from agents.sb3_agents import OBS_SCALE, SB3Policy, build_model, make_training_env
 
-    student_cfg = dataclasses.replace(
-        cfg, name="ppo", normalize_reward=False, asymmetric_critic=False
-    )
+    # a PPO network of the propensity agent's width; PPO's defaults for everything else
+    student_cfg = AgentConfig(name="ppo", net_arch=list(cfg.net_arch))
     model = build_model(student_cfg, make_training_env(student_cfg, setup, 8), seed)
     student = SB3Policy(model, DISTILLED)
     net = model.policy

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import Policy
-from agents.config import AgentConfig
+from agents.config import AgentConfig, saved_config
 from agents.kinds import TrainHook, Training, for_saved, kind
 from envs.config import Setup
 
@@ -83,7 +83,11 @@ def save_policy(policy: Policy, directory: str | Path) -> Path:
 
 
 def load_policy(directory: str | Path) -> Policy:
-    """Load what :func:`save_policy` wrote; a clear error if the folder holds no policy."""
+    """Load what :func:`save_policy` wrote; a clear error if the folder holds no policy.
+
+    A saved config keeps the fields its kind has and drops the rest
+    (:func:`agents.config.saved_config`), so folders saved with the former flat config of
+    every kind's fields still load."""
     directory = Path(directory)
     meta_path = directory / "agent.json"
     if not meta_path.is_file():
@@ -95,4 +99,4 @@ def load_policy(directory: str | Path) -> Policy:
         raise ValueError(f"{meta_path}: unknown agent name {name!r}")
     if agent.load is not None:
         return agent.load(directory, meta)
-    return make_policy(AgentConfig(**meta["cfg"]) if "cfg" in meta else AgentConfig(name=name))
+    return make_policy(saved_config(meta["cfg"]) if "cfg" in meta else AgentConfig(name=name))

@@ -28,6 +28,15 @@ from simulate.labels import CHANNELS, CONTENTS
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 """the project's ``conf/`` folder (Hydra config root)"""
 
+EVAL_SEED_BASE = 1000
+"""the first evaluation seed: evaluation seed ``k`` is ``EVAL_SEED_BASE + k`` (fresh clients
+and luck that training, which uses ``Setup.seed`` from 0, never meets)"""
+
+
+def eval_seeds(num_seeds: int) -> range:
+    """The evaluation seeds of a comparison over ``num_seeds`` seeds (1000, 1001, ...)."""
+    return range(EVAL_SEED_BASE, EVAL_SEED_BASE + num_seeds)
+
 
 @dataclass
 class GuardrailConfig:

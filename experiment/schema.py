@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from agents.config import AgentConfig
-from agents.kinds import names
-from envs.config import EnvConfig, RewardConfig, Setup, to_setup
+from agents.kinds import kinds, names
+from envs.config import EnvConfig, RewardConfig, Setup, eval_seeds, to_setup
 from evaluation.crisis import CrisisConfig
 from simulate.config import ConfigError, PopulationConfig, ScenarioConfig, num, validate
 
@@ -40,7 +40,7 @@ class EvalConfig:
     horizon_days: int = num(90, 1, 3650)
     """days each client is followed"""
     num_seeds: int = num(3, 1, 100)
-    """evaluation seeds (1000, 1001, ...)"""
+    """evaluation seeds (``envs.config.EVAL_SEED_BASE`` = 1000, 1001, ...: :attr:`seeds`)"""
     n_boot: int = num(200, 10, 100_000)
     """bootstrap replicates for the confidence intervals"""
     baselines: list[str] = field(default_factory=lambda: ["segment_rules"])
@@ -49,6 +49,11 @@ class EvalConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     """the weights every evaluated policy's value is scored with, whatever ``reward`` it trained
     on: a ``conf/reward/`` preset (``reward@eval.reward=<name>``; default ``balanced``)"""
+
+    @property
+    def seeds(self) -> range:
+        """The evaluation seeds: ``num_seeds`` of them from ``envs.config.EVAL_SEED_BASE``."""
+        return eval_seeds(self.num_seeds)
 
     def check(self, prefix: str) -> None:
         heuristics = names("heuristic")
@@ -77,7 +82,9 @@ class RunConfig:
     population: PopulationConfig = field(default_factory=PopulationConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    agent: AgentConfig = field(default_factory=AgentConfig)
+    agent: AgentConfig = MISSING
+    """the chosen kind's own config (``agent=<name>``: ``conf/agent/<name>.yaml`` over the
+    kind's dataclass, stored as ``agent_schema/<name>``): a key the kind lacks is refused"""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -114,8 +121,12 @@ class RunConfig:
 
 
 def register() -> None:
-    """Register the schema as ``schema`` in Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(name="schema", node=RunConfig)
+    """Register the schema as ``schema`` in Hydra's ConfigStore, and each agent kind's config
+    dataclass as ``agent_schema/<name>`` (what ``conf/agent/<name>.yaml`` extends); idempotent."""
+    store = ConfigStore.instance()
+    store.store(name="schema", node=RunConfig)
+    for k in kinds():
+        store.store(group="agent_schema", name=k.name, node=k.config(name=k.name))
 
 
 def validate_run(cfg: Any) -> tuple[RunConfig, Setup]:

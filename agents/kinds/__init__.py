@@ -3,9 +3,11 @@
 Each module of this package registers the kinds it defines (:func:`register`, or the
 :func:`heuristic` class decorator) with what the rest of the project needs to know about them:
 how a policy is made, trained (or that there is nothing to learn), loaded from a saved folder,
-which :class:`agents.config.AgentConfig` fields it reads, and its default training budget. The
-registry is filled on first use by importing every module here (:func:`discover`), so adding an
-agent is one module in ``agents/kinds/`` plus ``conf/agent/<name>.yaml``; nothing else names it.
+its config dataclass (a subclass of :class:`agents.config.AgentConfig` holding exactly the
+fields it reads: its Hydra schema, which ``conf/agent/<name>.yaml`` extends), and its default
+training budget. The registry is filled on first use by importing every module here
+(:func:`discover`), so adding an agent is one module in ``agents/kinds/`` plus
+``conf/agent/<name>.yaml``; nothing else names it.
 
 Export is declared by the policy class itself (:attr:`agents.base.Policy.export_kind` and
 :attr:`~agents.base.Policy.export_refusal`), which ``serve.export.graph_for`` reads.
@@ -17,15 +19,15 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from agents.config import AgentConfig, field_names
 from simulate.config import ConfigError
 
 if TYPE_CHECKING:
     from agents.base import Policy
-    from agents.config import AgentConfig
     from envs.config import Setup
 
 Family = Literal["heuristic", "bandit", "sb3", "model_based", "reference"]
@@ -65,6 +67,9 @@ class AgentKind:
     name: str
     """the name ``agent=`` and ``policies=`` take (and its ``conf/agent/<name>.yaml``)"""
     family: Family
+    config: type[AgentConfig]
+    """its config dataclass: :class:`~agents.config.AgentConfig` plus exactly the fields it
+    reads (the schema of ``conf/agent/<name>.yaml``, stored as ``agent_schema/<name>``)"""
     make: Callable[[AgentConfig, int], Policy] | None = None
     """``make(cfg, seed)``: an untrained, ready policy; None where only training makes one"""
     train: Callable[[AgentConfig, Training], Policy] | None = None
@@ -75,8 +80,6 @@ class AgentKind:
     ``agent.json``); None: the policy is rebuilt by :attr:`make` from the saved config"""
     saved_names: tuple[str, ...] = ()
     """other names its saved folders may carry (``propensity_distilled``)"""
-    fields: tuple[str, ...] = ()
-    """the :class:`~agents.config.AgentConfig` fields it reads besides ``name``"""
     budget: int | None = None
     """default client-days of training in ``studies.agents_compare`` (None: not trained there)"""
     train_envs: int | None = None
@@ -89,14 +92,18 @@ class AgentKind:
     """the policy class a heuristic or reference kind makes"""
 
     def __post_init__(self) -> None:
-        from agents.config import AgentConfig
-
-        known = {f.name for f in fields(AgentConfig)}
-        unknown = [f for f in self.fields if f not in known]
-        if unknown:
-            raise ValueError(f"agent kind {self.name!r} reads unknown AgentConfig fields {unknown}")
+        if not (isinstance(self.config, type) and issubclass(self.config, AgentConfig)):
+            raise ValueError(
+                f"agent kind {self.name!r}: config must be a subclass of AgentConfig, "
+                f"got {self.config!r}"
+            )
         if self.make is None and self.train is None:
             raise ValueError(f"agent kind {self.name!r} needs make or train (or both)")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """the fields of its config besides ``name``: what it reads"""
+        return field_names(self.config)
 
 
 _KINDS: dict[str, AgentKind] = {}
@@ -111,6 +118,11 @@ def register(kind: AgentKind) -> AgentKind:
     return kind
 
 
+@dataclass
+class HeuristicConfig(AgentConfig):
+    """A fixed rule's config: its name only (there is nothing to tune)."""
+
+
 def heuristic(cls: type[Policy]) -> type[Policy]:
     """Class decorator: register a fixed-rule policy as the heuristic kind ``cls.name``.
 
@@ -121,7 +133,11 @@ def heuristic(cls: type[Policy]) -> type[Policy]:
     def make(cfg: AgentConfig, seed: int = 0) -> Policy:
         return cls(seed) if seeded else cls()
 
-    register(AgentKind(name=cls.name, family="heuristic", make=make, policy_class=cls))
+    register(
+        AgentKind(
+            name=cls.name, family="heuristic", config=HeuristicConfig, make=make, policy_class=cls
+        )
+    )
     return cls
 
 

@@ -3,27 +3,67 @@ clients, saved as npz, exported as linear models."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from agents.bandits import BANDIT_CLASSES, LinearBandit
-from agents.config import AgentConfig
+from agents.config import RidgeConfig
 from agents.kinds import AgentKind, Training, register
 from envs.core import CadenceCore
+from simulate.config import num
 
 BUDGET = 200_000
 """default client-days of online learning in the agents comparison"""
 TRAIN_ENVS = 500
 """clients a bandit learns from at a time in the agents comparison"""
-OWN_FIELDS = {
-    "epsilon_greedy": ("epsilon",),
-    "linucb": ("alpha",),
-    "thompson": ("noise",),
-    "recovering": ("alpha", "recovery_days"),
+
+
+@dataclass
+class EpsilonGreedyConfig(RidgeConfig):
+    """Epsilon-greedy on the ridge model's mean."""
+
+    name: str = "epsilon_greedy"
+    epsilon: float = num(0.05, 0.0, 1.0)
+    """share of random allowed actions"""
+
+
+@dataclass
+class LinUCBConfig(RidgeConfig):
+    """LinUCB: the mean plus a confidence bonus."""
+
+    name: str = "linucb"
+    alpha: float = num(0.3, 0.0, 100.0)
+    """width of the confidence bonus"""
+
+
+@dataclass
+class ThompsonConfig(RidgeConfig):
+    """Thompson sampling from the ridge posterior."""
+
+    name: str = "thompson"
+    noise: float = num(0.3, 0.0, 100.0)
+    """posterior scale"""
+
+
+@dataclass
+class RecoveringConfig(LinUCBConfig):
+    """LinUCB whose arms' values recover with time since last use."""
+
+    name: str = "recovering"
+    recovery_days: float = num(4.0, 0.1, 365.0)
+    """time scale (days) over which an arm's value recovers after use"""
+
+
+CONFIGS: dict[str, type[RidgeConfig]] = {
+    "epsilon_greedy": EpsilonGreedyConfig,
+    "linucb": LinUCBConfig,
+    "thompson": ThompsonConfig,
+    "recovering": RecoveringConfig,
 }
-"""per bandit, the fields besides ``ridge`` (the prior precision all of them read)"""
+"""each bandit's config class"""
 
 
 def train_bandit(bandit: LinearBandit, training: Training) -> LinearBandit:
@@ -56,11 +96,11 @@ def train_bandit(bandit: LinearBandit, training: Training) -> LinearBandit:
     return bandit
 
 
-def _make(cfg: AgentConfig, seed: int = 0) -> LinearBandit:
+def _make(cfg: RidgeConfig, seed: int = 0) -> LinearBandit:
     return BANDIT_CLASSES[cfg.name](cfg, seed)
 
 
-def _train(cfg: AgentConfig, training: Training) -> LinearBandit:
+def _train(cfg: RidgeConfig, training: Training) -> LinearBandit:
     return train_bandit(_make(cfg, training.seed), training)
 
 
@@ -75,10 +115,10 @@ for _name in BANDIT_CLASSES:
         AgentKind(
             name=_name,
             family="bandit",
+            config=CONFIGS[_name],
             make=_make,
             train=_train,
             load=_load,
-            fields=("ridge", *OWN_FIELDS[_name]),
             budget=BUDGET,
             train_envs=TRAIN_ENVS,
             trained_on_the_spot=True,

@@ -4,12 +4,14 @@ collect-then-refit, optionally distilled into an exportable network (saved as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agents.base import Policy
-from agents.config import AgentConfig
+from agents.config import LookaheadConfig, NetworkConfig, RidgeConfig, saved_config
 from agents.kinds import AgentKind, Training, register
+from simulate.config import num
 
 BUDGET = 3_000_000
 """default client-days in the agents comparison (and as much again to distil it)"""
@@ -17,7 +19,27 @@ DISTILLED = "propensity_distilled"
 """the name a distilled propensity agent is saved under"""
 
 
-def _train(cfg: AgentConfig, training: Training) -> Policy:
+@dataclass
+class PropensityConfig(RidgeConfig, LookaheadConfig, NetworkConfig):
+    """The propensity agent: ridge-fitted response models (``ridge``), one-step scoring with
+    the churn effect counted over ``lookahead_days``; ``net_arch`` is the network it is
+    distilled into (``distil``)."""
+
+    name: str = "propensity"
+    send_threshold: float = num(0.05, -100.0, 100.0)
+    """a message goes out only when its one-step value beats not sending by this (reward
+    units): the allowance for tomorrow's fatigue, which a one-day model cannot see"""
+    model_rounds: int = num(3, 1, 100)
+    """rounds of collect-then-refit (the first explores at random)"""
+    explore: float = num(0.2, 0.0, 1.0)
+    """share of random allowed messages after the first round"""
+    model_epochs: int = num(3, 1, 1000)
+    """passes of the optimiser over the data per fit"""
+    distil: bool = False
+    """teach the fitted agent's choices to an exportable network (``net_arch``)"""
+
+
+def _train(cfg: PropensityConfig, training: Training) -> Policy:
     from agents.propensity import distil, train_propensity
 
     t = training
@@ -36,26 +58,17 @@ def _load(folder: Path, meta: dict[str, Any]) -> Policy:
         return SB3Policy.load(folder / meta["file"], DISTILLED)
     from agents.propensity import PropensityAgent
 
-    return PropensityAgent.load(folder / meta["file"], AgentConfig(**meta["cfg"]))
+    return PropensityAgent.load(folder / meta["file"], saved_config(meta["cfg"]))
 
 
 register(
     AgentKind(
         name="propensity",
         family="model_based",
+        config=PropensityConfig,
         train=_train,
         load=_load,
         saved_names=(DISTILLED,),
-        fields=(
-            "ridge",
-            "send_threshold",
-            "model_rounds",
-            "explore",
-            "model_epochs",
-            "distil",
-            "net_arch",
-            "lookahead_days",
-        ),
         budget=BUDGET,
     )
 )

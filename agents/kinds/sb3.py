@@ -4,33 +4,129 @@ resumption, saved as SB3 zips, exported as networks (recurrent_ppo refuses: it n
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.base import Policy
-from agents.config import AgentConfig
+from agents.config import SB3Config
 from agents.kinds import AgentKind, TrainHook, Training, register
+from simulate.config import ConfigError, num
 
 BUDGET = 6_000_000
 """default client-days of training in the agents comparison"""
-OPTIMISER = ("learning_rate", "gamma", "net_arch", "normalize_reward")
-"""fields every SB3 learner reads"""
-ON_POLICY = ("n_steps", "gae_lambda", "ent_coef")
-PPO = (*ON_POLICY, "batch_size", "n_epochs", "clip_range")
-LAGRANGIAN = ("churn_limit", "anxiety_limit", "multiplier_lr", "action_masking")
-DQN = (
-    "batch_size",
-    "buffer_size",
-    "exploration_fraction",
-    "exploration_final_eps",
-    "learning_starts",
-    "target_update_interval",
-)
 
 
-def _train(cfg: AgentConfig, training: Training) -> Policy:
+@dataclass
+class OnPolicyConfig(SB3Config):
+    """The on-policy learners (a2c and the PPO variants)."""
+
+    n_steps: int = num(64, 1, 10_000)
+    """days collected per client slot before each update"""
+    gae_lambda: float = num(0.95, 0.0, 1.0)
+    """GAE lambda"""
+    ent_coef: float = num(0.003, 0.0, 1.0)
+    """entropy bonus"""
+
+
+@dataclass
+class A2CConfig(OnPolicyConfig):
+    """SB3's A2C."""
+
+    name: str = "a2c"
+    asymmetric_critic: bool = False
+    """while training in simulation the critic also reads each client's latent state and hidden
+    traits; the actor sees only the observation, so the trained (and exported) policy needs
+    nothing a firm lacks"""
+
+
+@dataclass
+class PPOFamilyConfig(OnPolicyConfig):
+    """What every PPO variant reads."""
+
+    batch_size: int = num(4096, 8, 1_000_000)
+    """minibatch size in client-days"""
+    n_epochs: int = num(4, 1, 100)
+    """passes over each rollout"""
+    clip_range: float = num(0.2, 0.0, 1.0)
+    """PPO clipping"""
+
+
+@dataclass
+class PPOConfig(PPOFamilyConfig):
+    """SB3's PPO."""
+
+    name: str = "ppo"
+    asymmetric_critic: bool = False
+    """while training in simulation the critic also reads each client's latent state and hidden
+    traits; the actor sees only the observation, so the trained (and exported) policy needs
+    nothing a firm lacks"""
+
+
+@dataclass
+class MaskablePPOConfig(PPOFamilyConfig):
+    """sb3-contrib's MaskablePPO: samples only the options the guardrails and consent allow."""
+
+    name: str = "maskable_ppo"
+
+
+@dataclass
+class RecurrentPPOConfig(PPOFamilyConfig):
+    """sb3-contrib's RecurrentPPO: an LSTM carries each client's memory from day to day."""
+
+    name: str = "recurrent_ppo"
+    lstm_hidden_size: int = num(64, 1, 4096)
+    """units of the LSTM"""
+
+
+@dataclass
+class PPOLagrangianConfig(PPOConfig):
+    """PPO under Lagrangian costs on churn and anxious clicks."""
+
+    name: str = "ppo_lagrangian"
+    churn_limit: float = num(0.03, 0.0, 1.0)
+    """allowed churn per episode (share of clients lost over the horizon)"""
+    anxiety_limit: float = num(0.02, 0.0, 100.0)
+    """allowed anxiety-driven clicks per client episode (0.02: about one client in fifty clicks
+    in fear once in 90 days; segment_rules' calm tones give about 0.03)"""
+    multiplier_lr: float = num(1.0, 0.0, 1000.0)
+    """step of the Lagrange multipliers per rollout per unit of *relative* violation
+    ((cost - limit) / limit)"""
+    action_masking: bool = False
+    """sample only the options the guardrails and consent allow while training (sb3-contrib's
+    MaskablePPO under the Lagrangian costs), as maskable_ppo does"""
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.action_masking and self.asymmetric_critic:
+            raise ConfigError(
+                f"{prefix}.action_masking and {prefix}.asymmetric_critic cannot be combined "
+                "(the masked policy has no asymmetric form)"
+            )
+
+
+@dataclass
+class DQNConfig(SB3Config):
+    """SB3's DQN on the flat Discrete(361) view."""
+
+    name: str = "dqn"
+    batch_size: int = num(4096, 8, 1_000_000)
+    """minibatch size in client-days (at most 1024 are used)"""
+    buffer_size: int = num(200_000, 1000, 10_000_000)
+    """replay buffer, client-days"""
+    exploration_fraction: float = num(0.3, 0.0, 1.0)
+    """share of training over which epsilon anneals"""
+    exploration_final_eps: float = num(0.02, 0.0, 1.0)
+    """final epsilon"""
+    learning_starts: int = num(20_000, 0, 10_000_000)
+    """client-days before learning starts"""
+    target_update_interval: int = num(2_000, 1, 10_000_000)
+    """steps between target network updates"""
+
+
+def _train(cfg: SB3Config, training: Training) -> Policy:
     """Train an SB3 learner; calls ``training.checkpoint(model, client_days)`` every
     ``checkpoint_every`` client-days and once more when interrupted (``KeyboardInterrupt``:
     SIGINT, or SIGTERM as train.py raises it); ``resume_from`` continues a run up to
@@ -57,7 +153,7 @@ def _train(cfg: AgentConfig, training: Training) -> Policy:
     callbacks: list[Any] = [_HookCallback(t.hook)] if t.hook else []
     if t.checkpoint is not None:
         callbacks.append(_CheckpointCallback(t.checkpoint, t.checkpoint_every))
-    if "churn_limit" in kind_fields(cfg.name):  # a Lagrangian learner: its multipliers
+    if isinstance(cfg, PPOLagrangianConfig):  # a Lagrangian learner: its multipliers
         costs = env.venv if isinstance(env, VecNormalize) else env
         limits = {"churn": cfg.churn_limit, "anxiety": cfg.anxiety_limit}
         callbacks.append(LagrangeUpdate(costs, limits, cfg.multiplier_lr))
@@ -75,11 +171,6 @@ def _train(cfg: AgentConfig, training: Training) -> Policy:
                 t.checkpoint(model, model.num_timesteps)
             raise
     return SB3Policy(model, cfg.name)
-
-
-def kind_fields(name: str) -> tuple[str, ...]:
-    """The fields the SB3 kind ``name`` reads."""
-    return FIELDS[name]
 
 
 def _load(folder: Path, meta: dict[str, Any]) -> Policy:
@@ -131,26 +222,26 @@ def _CheckpointCallback(save: Callable[[Any, int], None], every: int):
     return CheckpointCallback()
 
 
-FIELDS: dict[str, tuple[str, ...]] = {
-    "ppo": (*OPTIMISER, *PPO, "asymmetric_critic"),
-    "a2c": (*OPTIMISER, *ON_POLICY, "asymmetric_critic"),
-    "dqn": (*OPTIMISER, *DQN),
-    "maskable_ppo": (*OPTIMISER, *PPO),
-    "ppo_lagrangian": (*OPTIMISER, *PPO, *LAGRANGIAN, "asymmetric_critic"),
-    "recurrent_ppo": (*OPTIMISER, *PPO, "lstm_hidden_size"),
+CONFIGS: dict[str, type[SB3Config]] = {
+    "ppo": PPOConfig,
+    "maskable_ppo": MaskablePPOConfig,
+    "ppo_lagrangian": PPOLagrangianConfig,
+    "a2c": A2CConfig,
+    "dqn": DQNConfig,
+    "recurrent_ppo": RecurrentPPOConfig,
 }
-"""per SB3 learner, the :class:`~agents.config.AgentConfig` fields it reads"""
+"""each SB3 learner's config class"""
 BUDGETS = {"dqn": 1_000_000}
 """default training budgets other than :data:`BUDGET` (client-days)"""
 
-for _name in ("ppo", "maskable_ppo", "ppo_lagrangian", "a2c", "dqn", "recurrent_ppo"):
+for _name, _config in CONFIGS.items():
     register(
         AgentKind(
             name=_name,
             family="sb3",
+            config=_config,
             train=_train,
             load=_load,
-            fields=FIELDS[_name],
             budget=BUDGETS.get(_name, BUDGET),
             checkpoints=True,
         )
