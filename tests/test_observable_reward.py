@@ -147,3 +147,43 @@ def test_the_yardstick_can_be_the_observable_reward():
     assert setup.reward.observable and run.eval.reward == RewardConfig()
     run, setup = validate_run(judged)
     assert run.eval.reward.observable and setup.reward == RewardConfig()
+
+
+def test_the_study_finds_every_wrongly_ordered_pair_and_its_cost():
+    from studies.observable_reward import Scores, agreement
+
+    clients = np.ones(40)
+    scores = Scores(
+        policies=["a", "b", "c"],
+        trained_on=["-", "-", "-"],
+        balanced=np.stack([3.0 * clients, 2.0 * clients, 1.0 * clients]),
+        observable=np.stack([2.0 * clients, 3.0 * clients, 1.0 * clients]),
+        anxious_share=np.zeros(3),
+    )
+    agree = agreement(scores, n_boot=20)
+    assert agree.discordant == [("a", "b", 1.0)]
+    assert agree.pairs == 3
+    assert agree.spearman[0] == pytest.approx(0.5)
+    assert agree.kendall[0] == pytest.approx(1 / 3)
+    assert agree.top_regret == pytest.approx(1.0)  # the observable's first choice is b
+    assert agree.top_agreement == 0.0
+
+
+def test_the_study_scores_both_rewards_on_the_same_rollout():
+    """The observable value a rollout accumulates day by day is the observable weights applied
+    to the rollout's own per-client totals (churn included): nothing latent enters it."""
+    from agents.config import AgentConfig
+    from agents.registry import make_policy
+    from evaluation.rollout import rollout
+    from studies.observable_reward import Sizes, score
+
+    sizes = Sizes(clients=200, days=20, seeds=1, bandit_budget=0, sb3_budget=0, n_boot=10)
+    policies = [make_policy(AgentConfig(name=n)) for n in ("batch_and_blast", "segment_rules")]
+    scores = score(policies, ["-", "-"], load_setup(), sizes)
+    observable = load_setup(reward="observable").reward
+    for i, policy in enumerate(policies):
+        run = rollout(policy, load_setup(), sizes.clients, sizes.days, 1000)
+        totals = dict(run.totals) | {"churned": (~run.retained).astype(np.float64)}
+        np.testing.assert_allclose(scores.observable[i], observable_value(totals, observable))
+        np.testing.assert_allclose(scores.balanced[i], run.value)
+    assert scores.anxious_share[0] > scores.anxious_share[1]  # batch_and_blast urges
