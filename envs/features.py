@@ -28,6 +28,11 @@ RECENCY_CAP_DAYS = 30
 """``days_since_last_send`` and ``days_since_last_visit`` are capped here (a never-messaged
 client reads 30)"""
 STRESS_CAP = 10.0
+"""``market_stress`` reads the day's stress, capped here"""
+SHORT_WINDOW_DAYS = HISTORY_DAYS
+"""``sent_7d_*`` and ``urgent_7d`` count the messages of the days d - 7 .. d - 1 (decision day d)"""
+LONG_WINDOW_DAYS = VISIT_WINDOW
+"""``sent_30d`` and ``visits_30d`` count the days d - 30 .. d - 1 with a message / a visit"""
 
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"weekday_{d}" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
@@ -89,6 +94,34 @@ OBS_HIGH[I_SENT_30D] = VISIT_WINDOW
 assert I_ENGAGEMENT + N_ENGAGEMENT == I_SINCE_CHANNEL
 assert I_DECLARED_SLOT + N_SLOTS == OBS_DIM
 assert N_SEND_LOG == N_CHANNELS + N_TONES + N_CONTENTS + 2
+
+DEFINITIONS: tuple[tuple[str, str], ...] = (
+    ("weekday_*", "1 for the weekday of the decision day d (d % 7, 0 is a Monday)"),
+    ("consent_tier_*", "1 for the client's consent tier on day d"),
+    ("opted_out_*", "1 once the client unsubscribed from the channel (any day before d)"),
+    ("sent_7d_*", "messages delivered on the channel on days d - 7 .. d - 1"),
+    ("days_since_last_send", "d minus the day of the last message, capped at 30 (none: 30)"),
+    ("days_since_last_visit", "d minus the day of the last visit, capped at 30 (none: 30)"),
+    ("visits_30d", "days among d - 30 .. d - 1 with a visit"),
+    ("goal_*", "1 for the declared goal segment"),
+    ("declared_risk", "the declared risk tolerance, 0..1"),
+    ("market_stress", "the market stress of day d, capped at 10"),
+    (
+        "ema_*",
+        "average of opens (clicks) of the messages before d on that channel (slot, tone): starts "
+        "at 0.3 for opens and 0.05 for clicks, and each message moves it by 0.2 x (outcome - "
+        "average), in float32, in the order of the messages",
+    ),
+    ("days_since_channel_*", "d minus the day of the last message on the channel, capped at 30"),
+    ("days_since_tone_*", "d minus the day of the last message in the tone, capped at 30"),
+    ("days_since_content_*", "d minus the day of the last message of the content, capped at 30"),
+    ("urgent_7d", "urgent messages delivered on days d - 7 .. d - 1"),
+    ("sent_30d", "days among d - 30 .. d - 1 with a message delivered"),
+    ("declared_slot_*", "1 for the declared preferred contact time"),
+)
+"""each feature group and its definition from a firm's records as of decision day d (before
+acting); :func:`raw_features` computes them from the world's records and
+``loop.features`` from an event export, and the two agree bit for bit (``tests/test_loop_skew.py``)"""
 
 
 def channel_counts(world: World) -> np.ndarray:
