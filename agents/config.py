@@ -77,16 +77,21 @@ class AgentConfig:
         return super().__new__(config)
 
     def check(self, prefix: str) -> None:
-        """Refuse a config whose class is not its kind's (``PPOConfig(name="dqn")``)."""
+        """Refuse a config whose class is not its kind's (``PPOConfig(name="dqn")``), or that
+        carries a value its kind does not have (what ``+agent.<key>=`` adds on Hydra's command
+        line is set beside the fields)."""
         config = _config_class(self.name)
         if type(self) is not config:
             raise ConfigError(
                 f"{prefix}.name is {self.name!r}, whose config is {config.__name__}, but these "
                 f"values are a {type(self).__name__}"
             )
+        _refuse_foreign(self.name, config, vars(self), prefix)
 
 
-def _refuse_foreign(name: str, config: type[AgentConfig], values: dict[str, Any]) -> None:
+def _refuse_foreign(
+    name: str, config: type[AgentConfig], values: dict[str, Any], prefix: str = "agent"
+) -> None:
     own = set(field_names(config))
     foreign = [k for k in values if k != "name" and k not in own]
     if not foreign:

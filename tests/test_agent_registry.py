@@ -4,19 +4,20 @@ it reads and how it is made, trained, saved and loaded; adding a heuristic is on
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agents.base import Policy
-from agents.config import AGENTS, HEURISTIC_AGENTS, AgentConfig
+from agents.config import AGENTS, HEURISTIC_AGENTS, AgentConfig, saved_config
 from agents.heuristics import HEURISTICS
 from agents.kinds import AgentKind, for_saved, kind, kinds, register
 from agents.registry import load_policy, make_policy, save_policy, train_agent
@@ -37,30 +38,128 @@ def test_every_kind_has_its_yaml_and_every_yaml_a_kind():
     assert len(AGENTS) == len(set(AGENTS)) == 17
 
 
-def test_every_kind_reads_real_fields_and_can_be_made_or_trained():
-    known = {f.name for f in fields(AgentConfig)}
+def test_every_kind_owns_its_config_and_can_be_made_or_trained():
     for k in kinds():
-        assert set(k.fields) <= known, k.name
+        assert issubclass(k.config, AgentConfig) and k.config is not AgentConfig, k.name
+        assert k.fields == tuple(f.name for f in fields(k.config) if f.name != "name")
+        cfg = AgentConfig(name=k.name)
+        assert type(cfg) is k.config and cfg.name == k.name
+        cfg.check("agent")
         assert k.make is not None or k.train is not None, k.name
         assert kind(k.name) is k and for_saved(k.name) is k
+    # no kind carries another's fields: the flat config of every field is gone
+    assert kind("segment_rules").fields == () and "n_steps" not in kind("dqn").fields
+    assert set(kind("linucb").fields) == {"ridge", "alpha"}
 
 
-def test_registering_a_name_twice_or_an_unknown_field_is_refused():
+def test_registering_a_name_twice_or_a_config_that_is_not_an_agent_config_is_refused():
+    from agents.kinds import HeuristicConfig
+
     with pytest.raises(ValueError, match="'linucb' is registered twice"):
-        register(AgentKind(name="linucb", family="bandit", make=lambda cfg, seed: None))
-    with pytest.raises(ValueError, match=r"unknown AgentConfig fields \['learning_rat'\]"):
-        AgentKind(name="x", family="sb3", train=lambda c, t: None, fields=("learning_rat",))
+        register(
+            AgentKind(
+                name="linucb", family="bandit", config=HeuristicConfig, make=lambda c, s: None
+            )
+        )
+    with pytest.raises(ValueError, match="config must be a subclass of AgentConfig"):
+        AgentKind(name="x", family="sb3", config=dict, train=lambda c, t: None)  # type: ignore[arg-type]
 
 
 def test_an_unknown_agent_name_is_named_with_the_valid_ones():
     with pytest.raises(ConfigError, match=r"agent.name must be one of \[.*'fixed_weekly'.*'sarsa'"):
-        AgentConfig(name="sarsa").check("agent")
+        AgentConfig(name="sarsa")
 
 
-def test_switches_are_accepted_only_by_the_kinds_that_read_them():
+def test_a_field_is_accepted_only_by_the_kinds_that_have_it():
     AgentConfig(name="a2c", asymmetric_critic=True).check("agent")
-    with pytest.raises(ConfigError, match="asymmetric_critic is for ppo, ppo_lagrangian, a2c"):
-        AgentConfig(name="dqn", asymmetric_critic=True).check("agent")
+    with pytest.raises(
+        ConfigError,
+        match=r"agent.asymmetric_critic is not a field of 'dqn' .*; ppo, ppo_lagrangian, a2c have it",
+    ):
+        AgentConfig(name="dqn", asymmetric_critic=True)
+    with pytest.raises(ConfigError, match="agent.n_steps is not a field of 'segment_rules'"):
+        AgentConfig(name="segment_rules", n_steps=8)
+    # a kind without the switch reads it as off (the SB3 code asks every learner)
+    assert AgentConfig(name="dqn").asymmetric_critic is False
+    with pytest.raises(ConfigError, match="agent.name is 'dqn', whose config is DQNConfig"):
+        kind("ppo").config(name="dqn").check("agent")
+
+
+def _compose(overrides: list[str], conf: Path = CONF_DIR):
+    from hydra import compose, initialize_config_dir
+
+    from experiment.schema import register as register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def test_hydra_composes_each_kinds_own_config():
+    from omegaconf import OmegaConf
+
+    from experiment.schema import validate_run
+
+    run, _ = validate_run(_compose(["agent=dqn"]))
+    assert type(run.agent) is kind("dqn").config and run.agent.learning_rate == 0.0005
+    run, _ = validate_run(_compose([]))  # the default agent, as its YAML sets it
+    assert type(run.agent) is kind("ppo_lagrangian").config
+    assert run.agent.action_masking and run.agent.anxiety_limit == 0.01
+    cfg = _compose(["agent=linucb", "agent.alpha=0.5"])
+    assert OmegaConf.to_object(cfg.agent) == AgentConfig(name="linucb", alpha=0.5)
+
+
+def test_hydra_refuses_a_key_the_kind_does_not_have_naming_it(tmp_path):
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigKeyError
+
+    from experiment.schema import validate_run
+
+    with pytest.raises((HydraException, ConfigKeyError), match="agent.n_steps"):
+        _compose(["agent=segment_rules", "agent.n_steps=8"])
+    added = _compose(["agent=dqn", "+agent.n_steps=8"])  # Hydra lets `+` add a key ...
+    with pytest.raises(ConfigError, match="agent.n_steps is not a field of 'dqn'"):
+        validate_run(added)  # ... which the run's check refuses before any work
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "agent" / "dqn.yaml").write_text(
+        "defaults:\n  - /agent_schema/dqn@_here_\n  - _self_\nn_steps: 8\n"
+    )
+    with pytest.raises(
+        HydraException, match=r"In 'agent/dqn'.*\n?.*Key 'n_steps' not in 'DQNConfig'"
+    ):
+        _compose(["agent=dqn"], conf)
+
+
+def _flat(name: str) -> dict[str, object]:
+    """An ``agent.json`` config as the former flat AgentConfig wrote it: every kind's fields."""
+    flat: dict[str, object] = {}
+    for k in kinds():
+        flat.update(asdict(AgentConfig(name=k.name)))
+    return {**flat, "name": name}
+
+
+def test_a_policy_saved_with_the_former_flat_config_still_loads(tmp_path):
+    flat = _flat("oracle")
+    assert {"n_steps", "buffer_size", "alpha", "churn_value"} <= set(flat)
+    flat["churn_value"] = 12.0
+    (tmp_path / "agent.json").write_text(json.dumps({"name": "oracle", "cfg": flat}))
+    oracle = load_policy(tmp_path)
+    assert oracle.agent_config() == AgentConfig(name="oracle", churn_value=12.0)
+    # a bandit keeps its config inside its npz: a flat one there loads too
+    bandit = train_agent(AgentConfig(name="linucb", alpha=0.7), SETUP, 2000, 100, progress=False)
+    folder = save_policy(bandit, tmp_path / "bandit")
+    npz = folder / json.loads((folder / "agent.json").read_text())["file"]
+    with np.load(npz) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["meta"] = np.array(
+        json.dumps({"name": "linucb", "cfg": {**_flat("linucb"), "alpha": 0.7}})
+    )
+    np.savez(npz, **arrays)
+    again = load_policy(folder)
+    assert again.agent_config() == AgentConfig(name="linucb", alpha=0.7)
+    np.testing.assert_array_equal(again.theta, bandit.theta)
+    assert saved_config({**_flat("ppo"), "n_steps": 16}) == AgentConfig(name="ppo", n_steps=16)
 
 
 def test_budgets_come_from_each_kinds_registration():
@@ -156,6 +255,12 @@ class DailyLesson(Policy):
         )
 '''
 
+NEW_YAML = """# heuristic: nothing to learn; train.py evaluates and logs it
+defaults:
+  - /agent_schema/daily_lesson@_here_
+  - _self_
+"""
+
 CHECK = """
 import numpy as np
 from agents.config import AGENTS, AgentConfig
@@ -163,11 +268,17 @@ from agents.registry import load_policy, make_policy, save_policy, train_agent
 from envs.config import load_setup
 from evaluation.rollout import rollout
 from experiment.policies import resolve_policy
+from simulate.config import ConfigError
 
 setup = load_setup()
 assert "daily_lesson" in AGENTS
 cfg = AgentConfig(name="daily_lesson")
 cfg.check("agent")
+try:
+    AgentConfig(name="daily_lesson", n_steps=8)
+    raise SystemExit("a heuristic took an SB3 field")
+except ConfigError as exc:
+    assert "agent.n_steps is not a field of 'daily_lesson'" in str(exc), exc
 policy = train_agent(cfg, setup, 1000)
 again = load_policy(save_policy(policy, "saved"))
 resolved, _ = resolve_policy("daily_lesson", setup)
@@ -189,9 +300,13 @@ def test_a_new_heuristic_is_one_module_and_one_yaml(tmp_path):
     shutil.copytree(ROOT / "conf", tree / "conf", ignore=skip)
     shutil.copy(ROOT / "train.py", tree / "train.py")
     (tree / "agents" / "kinds" / "daily_lesson.py").write_text(textwrap.dedent(NEW_KIND))
-    (tree / "conf" / "agent" / "daily_lesson.yaml").write_text(
-        "# heuristic: nothing to learn; train.py evaluates and logs it\nname: daily_lesson\n"
-    )
+    (tree / "conf" / "agent" / "daily_lesson.yaml").write_text(NEW_YAML)
+    named_in = [
+        p.relative_to(tree).as_posix()
+        for p in tree.rglob("*")
+        if p.is_file() and p.suffix in (".py", ".yaml") and "daily_lesson" in p.read_text()
+    ]
+    assert sorted(named_in) == ["agents/kinds/daily_lesson.py", "conf/agent/daily_lesson.yaml"]
     env = {
         **os.environ,
         "PYTHONPATH": str(tree),
