@@ -1,16 +1,30 @@
-"""Compare policies on the same fresh clients and log one MLflow run per policy.
+"""Evaluate policies in the simulator or from a logged dataset; each mode is one explicit command.
 
-    python evaluate.py policies='[random,batch_and_blast,linucb,run:<mlflow_run_id>]'
-    python evaluate.py policies='[segment_rules,run:<id>]' eval.num_clients=5000 eval.num_seeds=3 scenario=market_shock
-    python evaluate.py log=segment_rules out=logs.parquet log_epsilon=0.2 eval.num_clients=5000 eval.horizon_days=14
-    python evaluate.py log=segment_rules out=logs.parquet log_truth='[linucb]' eval.num_clients=5000
-    python evaluate.py logs=logs.parquet policies='[segment_rules,fixed_weekly]' log_epsilon=0.2
-    python evaluate.py scenario=misfire monitor=on policies='[segment_rules,run:<id>]' eval.num_clients=5000
+    python evaluate.py                                  # mode=compare: policies on the same fresh clients
+    python evaluate.py policies='[segment_rules,run:<id>]' eval.num_clients=5000 scenario=market_shock
+    python evaluate.py mode=record record.policy=segment_rules record.epsilon=0.2 eval.num_clients=5000 eval.horizon_days=14
+    python evaluate.py mode=estimate policies='[segment_rules,fixed_weekly]' estimate.soften=0.2
+    python evaluate.py mode=monitor scenario=misfire policies='[segment_rules,run:<id>]' eval.num_clients=5000
+    python evaluate.py mode=watch watch.data=outputs/logs.parquet watch.circuit=outputs/circuit.json
+
+Modes (``mode=``, default ``compare``; each reads its own keys and refuses another mode's):
+
+* ``compare``: ``policies`` on the same fresh clients and luck, one MLflow run per policy under
+  a parent run holding the comparison table (Markdown + Parquet) and plots.
+* ``record``: ``record.policy`` with ε-exploration (``record.epsilon``) logged in the simulator
+  to ``record.out`` (default ``outputs/logs.parquet``), ``eval.num_clients`` clients over
+  ``eval.horizon_days`` days; ``record.truth`` adds targets' counterfactual rewards.
+* ``estimate``: ``policies`` estimated off-policy from ``estimate.data`` (default
+  ``outputs/logs.parquet``): IPS, SNIPS, DM, DR, PDWIS, FQE, the truth beside them for a
+  simulated log; one MLflow run per policy (``estimate.mlflow=false``: print only).
+* ``monitor``: the crisis study: each policy with and without the circuit breaker
+  (``crisis.*``), under the scenario and under calm.
+* ``watch``: the crisis monitor (``crisis.monitor.*``) over a logged dataset (``watch.data``):
+  its alert log and, with ``watch.circuit=<file>``, the serving circuit file.
 
 Names: heuristics (random, no_send, batch_and_blast, fixed_weekly, segment_rules), the oracle,
 bandits (trained here on 200,000 client-days, 500 clients at a time), or ``run:<id>`` for a policy
-trained by train.py. A parent run holds the comparison table (Markdown + Parquet) and plots;
-each policy gets a child run tagged ``policy`` with the same metric names as train.py.
+trained by train.py. Every key is documented in ``experiment/schema.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +32,8 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +43,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from agents.base import Policy
+from agents.kinds import kinds
 from envs.config import Setup
 from evaluation.compare import (
     KPI_PLOT,
@@ -37,69 +54,184 @@ from evaluation.compare import (
     write_tables,
 )
 from experiment import plots
-from experiment.policies import resolve_policy
+from experiment.policies import BANDIT_TIMESTEPS, resolve_policy
 from experiment.reporting import log_comparison
-from experiment.schema import RunConfig, register, validate_run
+from experiment.schema import RunConfig, check_mode, register, validate_run
 from experiment.tracking import flatten, git_commit, setup_mlflow
 from simulate.config import ConfigError
 
 register()
 
+RENAMED = {
+    "log": "mode=record record.policy=<name>",
+    "out": "record.out=<file> (with mode=record)",
+    "log_truth": "record.truth='[...]' (with mode=record)",
+    "logs": "mode=estimate estimate.data=<file>",
+    "log_epsilon": "record.epsilon= (the logger's exploration, mode=record) or estimate.soften= "
+    "(the targets' softening, mode=estimate)",
+    "monitor": "mode=monitor",
+}
+"""keys of the former command line, and what says the same now"""
+
+
+def refuse_renamed(args: list[str]) -> str | None:
+    """The one-line message for the first former key in ``args`` (``log=``, ``logs=``...), or None."""
+    for arg in args:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if "=" in arg and key in RENAMED:
+            page = "docs/crisis.md" if key == "monitor" else "docs/offline-evaluation.md"
+            return f"{key}= is gone: use {RENAMED[key]} ({page})"
+    return None
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    run, setup = validate_run(cfg)
-    if run.log is not None:
-        write_log(run, setup)
-    elif run.logs is not None:
-        estimate_from_logs(run, setup)
-    elif run.monitor == "on":
-        crisis_policies(cfg, run, setup)
-    else:
-        evaluate_policies(cfg, run, setup)
+    """Run the mode ``cfg.mode`` names; a config or input it cannot use ends it with one line
+    on stderr naming the key, and exit status 2."""
+    try:
+        run, setup = validate_run(cfg)
+        check_mode(run, _named_keys())
+        COMMANDS[run.mode](cfg, run, setup)
+    except ConfigError as exc:
+        print(f"evaluate.py: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
-def write_log(run: RunConfig, setup: Setup) -> Path:
-    """``log=<policy> out=<file>``: the policy with ε-exploration, logged in the simulator."""
+def _named_keys() -> list[str]:
+    """The keys given on the command line (empty outside a Hydra run)."""
+    try:
+        return [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
+    except ValueError:
+        return []
+
+
+def _resolve(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
+    """:func:`resolve_policy`, saying first when it trains a bandit (a minute or more)."""
+    kind = next((k for k in kinds() if k.name == spec.strip()), None)
+    if kind is not None and kind.trained_on_the_spot:
+        print(f"training {spec} on {BANDIT_TIMESTEPS:,} client-days first ...", flush=True)
+    elif spec.strip().startswith("run:"):
+        print(f"loading {spec.strip()} ...", flush=True)
+    return resolve_policy(spec, setup)
+
+
+def record_log(cfg: DictConfig, run: RunConfig, setup: Setup) -> Path:
+    """``mode=record``: ``record.policy`` with ε-exploration logged in the simulator, written to
+    ``record.out``; returns the path."""
     from evaluation.logged import log_policy
     from evaluation.logs import write_logs
 
-    if not run.out:
-        raise ConfigError("out: log= needs out=<file.parquet> to write to")
-    if run.log_epsilon <= 0:
-        raise ConfigError(
-            "log_epsilon: must be > 0 for log= (a deterministic log cannot be evaluated)"
-        )
-    policy, _ = resolve_policy(run.log, setup)
-    targets = [resolve_policy(spec, setup)[0] for spec in run.log_truth]
-    frame = log_policy(
-        policy,
-        setup,
-        run.eval.num_clients,
-        run.eval.horizon_days,
-        run.seed,
-        run.log_epsilon,
-        True,
-        counterfactual=targets,
+    rec, e = run.record, run.eval
+    policy, _ = _resolve(rec.policy, setup)
+    targets = [_resolve(spec, setup)[0] for spec in rec.truth]
+    print(
+        f"logging {policy.name} (ε = {rec.epsilon:g}) on {e.num_clients:,} clients over "
+        f"{e.horizon_days} days"
+        + (f", with the counterfactual rewards of {', '.join(rec.truth)}" if rec.truth else ""),
+        flush=True,
     )
-    path = write_logs(frame, run.out)
+    try:
+        frame = log_policy(
+            policy,
+            setup,
+            e.num_clients,
+            e.horizon_days,
+            run.seed,
+            rec.epsilon,
+            progress=True,
+            counterfactual=targets,
+        )
+        path = write_logs(frame, rec.out, setup.env.guardrails)
+    except OSError as exc:
+        raise ConfigError(f"record.out: cannot write {rec.out}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"record: {exc}") from exc
     print(f"wrote {frame.height:,} client-days of {policy.name} to {path}")
     return path
 
 
-def estimate_from_logs(run: RunConfig, setup: Setup) -> list[str]:
-    """``logs=<file> policies=[...]``: off-policy estimates, printed and logged to MLflow."""
+def _read_log(key: str, path: str, setup: Setup):
+    """The logged dataset at ``path``, held to ``setup``'s guardrails; a file it cannot use is a
+    :class:`ConfigError` naming ``key``."""
     from evaluation.logs import read_logs
+
+    print(f"reading {path} ...", flush=True)
+    try:
+        frame = read_logs(path, guardrails=setup.env.guardrails)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot use {path}: {exc}") from exc
+    print(
+        f"{frame.height:,} client-days of {frame['client_id'].n_unique():,} clients over "
+        f"{frame['day'].n_unique()} days",
+        flush=True,
+    )
+    return frame
+
+
+def estimate_from_log(cfg: DictConfig, run: RunConfig, setup: Setup) -> list[str]:
+    """``mode=estimate``: off-policy estimates of ``policies`` from ``estimate.data``, printed
+    and (``estimate.mlflow``) logged to MLflow, one run per policy; returns the run ids."""
     from evaluation.offline import estimate, log_results, table
 
-    frame = read_logs(run.logs, guardrails=setup.env.guardrails)
-    policies = [resolve_policy(spec, setup)[0] for spec in run.policies]
-    results = estimate(frame, policies, setup, run.log_epsilon, n_boot=run.eval.n_boot)
+    est = run.estimate
+    if not run.policies:
+        raise ConfigError("policies must name at least one policy to estimate")
+    frame = _read_log("estimate.data", est.data, setup)
+    policies = [_resolve(spec, setup)[0] for spec in run.policies]
+    print(
+        f"estimating {', '.join(p.name for p in policies)} (targets softened by "
+        f"{est.soften:g}, {run.eval.n_boot} bootstrap replicates) ...",
+        flush=True,
+    )
+    start = time.monotonic()
+    try:
+        results = estimate(
+            frame,
+            policies,
+            setup,
+            est.soften,
+            n_boot=run.eval.n_boot,
+            pscore_floor=est.pscore_floor,
+            below_floor=est.below_floor,
+            progress=True,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"estimate.data: {exc}") from exc
+    print(f"estimated in {time.monotonic() - start:.0f} s\n")
     print(table(results))
+    if not est.mlflow:
+        return []
     setup_mlflow(run.tracking.uri, run.tracking.experiment)
-    ids = log_results(results, run.logs, git_commit())
+    ids = log_results(results, est.data, git_commit())
     print(f"MLflow runs (experiment {run.tracking.experiment}): {', '.join(ids)}")
     return ids
+
+
+def watch_log(cfg: DictConfig, run: RunConfig, setup: Setup) -> Path | None:
+    """``mode=watch``: the crisis monitor over ``watch.data``: its alert log printed and, with
+    ``watch.circuit``, the serving circuit file written; returns that file's path."""
+    import datetime as dt
+    import json
+
+    import polars as pl
+
+    from evaluation.monitor import watch_logs, write_circuit
+    from serve.files import NotARegularFile
+
+    watch = run.watch
+    frame = _read_log("watch.data", watch.data, setup)
+    monitor = watch_logs(frame, run.crisis.monitor, progress=True)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160):
+        print(monitor.alert_log())
+    if watch.circuit is None:
+        return None
+    first = dt.date.fromisoformat(str(watch.first_day)) if watch.first_day else None
+    try:
+        path = write_circuit(monitor, watch.circuit, first)
+    except (NotARegularFile, OSError) as exc:
+        raise ConfigError(f"watch.circuit: cannot write {watch.circuit}: {exc}") from exc
+    print(f"wrote {path}: {json.loads(path.read_text())['tripped']}")
+    return path
 
 
 def _common_tags(run: RunConfig) -> dict[str, str]:
@@ -121,7 +253,7 @@ def _resolve_policies(run: RunConfig, setup: Setup) -> list[tuple[Policy, dict[s
     setup_mlflow(run.tracking.uri, run.tracking.experiment)
     if not run.policies:
         raise ConfigError("policies must name at least one policy")
-    return [resolve_policy(spec, setup) for spec in run.policies]
+    return [_resolve(spec, setup) for spec in run.policies]
 
 
 @contextmanager
@@ -134,7 +266,7 @@ def _parent_run(cfg: DictConfig, name: str, tags: dict[str, str], *sections: str
 
 
 def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
-    """``monitor=on``: the crisis study (each policy with and without the circuit breaker, under
+    """``mode=monitor``: the crisis study (each policy with and without the circuit breaker, under
     the scenario and under calm); returns the parent run id."""
     from evaluation.crisis import METRICS, crisis_study
 
@@ -146,7 +278,7 @@ def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
         run.crisis,
         e.num_clients,
         e.horizon_days,
-        seeds=range(1000, 1000 + e.num_seeds),
+        seeds=e.seeds,
         progress=True,
     )
     common = _common_tags(run)
@@ -187,7 +319,7 @@ def crisis_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
 
 
 def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
-    """Evaluate ``run.policies``; returns the parent run id."""
+    """``mode=compare``: ``run.policies`` on the same fresh clients; returns the parent run id."""
     resolved = _resolve_policies(run, setup)
     policies = [p for p, _ in resolved]
     e = run.eval
@@ -196,7 +328,7 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
         setup,
         e.num_clients,
         e.horizon_days,
-        seeds=range(1000, 1000 + e.num_seeds),
+        seeds=e.seeds,
         n_boot=e.n_boot,
         progress=True,
         yardstick=e.reward,
@@ -232,5 +364,19 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     return parent.info.run_id
 
 
+COMMANDS: dict[str, Callable[[DictConfig, RunConfig, Setup], object]] = {
+    "compare": evaluate_policies,
+    "record": record_log,
+    "estimate": estimate_from_log,
+    "monitor": crisis_policies,
+    "watch": watch_log,
+}
+"""what each ``mode=`` runs (:data:`experiment.schema.MODES`)"""
+
+
 if __name__ == "__main__":
+    renamed = refuse_renamed(sys.argv[1:])
+    if renamed:
+        print(f"evaluate.py: {renamed}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())

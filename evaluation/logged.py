@@ -7,14 +7,12 @@ actions, otherwise the policy's own action. The propensity of the logged action 
 (every heuristic, bandit and masked agent does); one that asks for a blocked send is refused, since
 the guardrails would change its action and the propensity would be wrong.
 
-    python -m evaluation.logged segment_rules logs.parquet --clients 5000 --days 30 --epsilon 0.2
+    python evaluate.py mode=record record.policy=segment_rules record.epsilon=0.2 eval.num_clients=5000 eval.horizon_days=30
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,12 +20,12 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from agents.base import Policy
-from envs.config import RewardConfig, Setup, load_setup
+from envs.config import RewardConfig, Setup
 from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES
 from envs.reward import reward
 from envs.spaces import JOINT_ACTIONS, multi_to_flat
-from evaluation.logs import ACTIONS, MAX_DAY, write_logs
+from evaluation.logs import ACTIONS, MAX_DAY
 from evaluation.rollout import begin_rollout
 from simulate.world import OUTCOMES
 
@@ -136,33 +134,3 @@ def log_policy(
         gone |= r.outcomes["churned"]
         obs = r.obs
     return pl.concat(parts)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from agents.config import AgentConfig
-    from agents.registry import make_policy
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("policy", help="a heuristic or bandit name, e.g. segment_rules")
-    parser.add_argument("out", help="Parquet file to write (replaced atomically)")
-    parser.add_argument("--clients", type=int, default=5000)
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--epsilon", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    setup = load_setup()
-    try:
-        policy = make_policy(AgentConfig(name=args.policy), args.seed)
-        frame = log_policy(
-            policy, setup, args.clients, args.days, args.seed, args.epsilon, progress=True
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    path = write_logs(frame, args.out, setup.env.guardrails)
-    print(f"wrote {frame.height:,} client-days to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -42,9 +42,7 @@ would, and a binomial test would read each swing as evidence.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-import sys
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from itertools import islice
@@ -52,10 +50,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
 from envs.features import FEATURE_NAMES
 from serve import circuit
-from serve.files import NotARegularFile
 from simulate.config import num
 from simulate.labels import SEGMENTS
 
@@ -391,10 +389,17 @@ def day_counts(
     return out
 
 
-def watch_logs(frame: pl.DataFrame, cfg: MonitorConfig | None = None) -> Monitor:
-    """Run the monitor over a logged dataset (docs/logged-data.md), day by day."""
+def watch_logs(
+    frame: pl.DataFrame, cfg: MonitorConfig | None = None, progress: bool = False
+) -> Monitor:
+    """Run the monitor over a logged dataset (docs/logged-data.md), day by day (``progress``: a
+    bar over the days, shown on a terminal)."""
     monitor = Monitor(cfg)
-    for (day,), rows in frame.sort("day").group_by(["day"], maintain_order=True):
+    days = frame.sort("day").group_by(["day"], maintain_order=True)
+    total = frame["day"].n_unique()
+    for (day,), rows in tqdm(
+        days, total=total, desc="watching", unit="day", disable=None if progress else True
+    ):
         obs = rows.select(FEATURE_NAMES).to_numpy()
         outcomes = {o: rows[o].to_numpy() for _, o, _ in METRICS} | {
             "sent": rows["sent"].to_numpy()
@@ -426,46 +431,3 @@ def write_circuit(monitor: Monitor, path: str | Path, first_day: dt.date | None 
         if a.segment in since
     ]
     return circuit.write(path, tripped, "; ".join(reasons))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m evaluation.monitor <logs.parquet> [--circuit circuit.json]``: the alert log
-    of a logged dataset; with ``--circuit``, the serving circuit file tripping the segments
-    still in alert at its last day. A log or a circuit path it cannot use ends it with one line
-    naming the problem on stderr and exit status 2 (no traceback)."""
-    import argparse
-
-    from evaluation.logs import LogError, read_logs
-
-    parser = argparse.ArgumentParser(prog="python -m evaluation.monitor", description=main.__doc__)
-    parser.add_argument("logs", help="a logged dataset (docs/logged-data.md)")
-    parser.add_argument("--circuit", help="write the serving circuit file here")
-    parser.add_argument(
-        "--first-day", type=dt.date.fromisoformat, help="the date of the log's day 0 (YYYY-MM-DD)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        frame = read_logs(args.logs)
-    except (LogError, OSError) as error:
-        return _fail(f"bad log: {error}")
-    monitor = watch_logs(frame)
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160):
-        print(monitor.alert_log())
-    if args.circuit:
-        try:
-            path = write_circuit(monitor, args.circuit, args.first_day)
-        except (NotARegularFile, OSError) as error:
-            return _fail(f"cannot write the circuit file: {error}")
-        print(f"wrote {path}: {json.loads(path.read_text())['tripped']}")
-    return 0
-
-
-def _fail(message: str) -> int:
-    """Print ``message`` as one line on stderr; the exit status of a refused input (2)."""
-    line = " ".join(message.split())
-    print(f"python -m evaluation.monitor: {line[:500]}", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

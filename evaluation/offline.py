@@ -14,11 +14,11 @@ reports as ``eval/value`` for the same number of days): ``pdwis`` and ``fqe``.
 
 Bounds a hostile log cannot move: memory is O(rows × observation features) plus one day's
 regression sums per client group, however many distinct days the log holds; logged propensities
-below :data:`evaluation.ope.PSCORE_FLOOR` are clipped to it (or refused, ``--refuse-below-floor``)
-and the table counts them; a simulated log's truth is rolled out over the log's own span of days,
+below :data:`evaluation.ope.PSCORE_FLOOR` are clipped to it (or refused: ``below_floor="refuse"``,
+``estimate.below_floor=refuse`` on the command line) and the table counts them; a simulated log's truth is rolled out over the log's own span of days,
 at most :data:`MAX_TRUTH_DAYS`.
 
-    python -m evaluation.offline logs.parquet segment_rules fixed_weekly --epsilon 0.05
+    python evaluate.py mode=estimate estimate.data=outputs/logs.parquet policies='[segment_rules,fixed_weekly]' estimate.soften=0.05
 
 Each policy's estimates go to MLflow (experiment ``cadence``, tag ``command=ope``) as
 ``ope/<estimator>/value``, ``ope/<estimator>/ci_low``, ``ope/<estimator>/ci_high``,
@@ -28,16 +28,15 @@ Each policy's estimates go to MLflow (experiment ``cadence``, tag ``command=ope`
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
 from agents.base import Policy
-from envs.config import Setup, load_setup
+from envs.config import Setup
 from evaluation import ope
 from evaluation.fqe import (
     CHUNK_ROWS,
@@ -50,7 +49,7 @@ from evaluation.fqe import (
     fqe,
 )
 from evaluation.logged import counterfactual_column
-from evaluation.logs import read_logs, validate
+from evaluation.logs import validate
 from evaluation.target_view import logged_inputs, own_actions, target_actions, target_pscores
 from evaluation.truth import MAX_TRUTH_DAYS, step_truth, true_value
 
@@ -68,7 +67,6 @@ __all__ = [
     "fqe",
     "log_results",
     "logged_inputs",
-    "main",
     "own_actions",
     "step_truth",
     "table",
@@ -129,6 +127,7 @@ def estimate(
     seed: int = 0,
     pscore_floor: float = ope.PSCORE_FLOOR,
     below_floor: str = "clip",
+    progress: bool = False,
 ) -> list[OffPolicyResult]:
     """Each policy's off-policy estimates from ``frame`` (validated first) and its truth where known.
 
@@ -142,6 +141,9 @@ def estimate(
     (``below_floor='clip'``, the table's note says how many), or refused naming the first such row
     (``below_floor='refuse'``).
 
+    ``progress``: a bar over each policy's three stages (fitted Q and the reward model, the
+    estimators with their bootstraps, the truth), shown on a terminal.
+
     Memory: O(rows × observation features) for the log and O(groups × D²) for FQE's sums of one
     day (D = 153 features), whatever the number of distinct days (``benchmarks/ope_memory.py``).
     """
@@ -150,12 +152,18 @@ def estimate(
     _below_floor(data, frame, pscore_floor, below_floor)
     rewards, pscore, clients = data.rewards, data.pscore, data.client_ix
     out = []
+    bar = tqdm(
+        total=3 * len(policies), desc="estimating", unit="stage", disable=None if progress else True
+    )
     for policy in policies:
+        bar.set_description(f"{policy.name}: fitted Q")
         target = _Target.of(data, policy, epsilon)
         t = target.probs
         fitted, gram, rhs = _fitted_q(data, target, 1.0, fqe_boot, seed)
         beta = np.linalg.solve(gram + np.eye(len(rhs)), rhs)  # the reward model (ridge 1)
         q_logged, q_target = _q_values(data, target, beta)
+        bar.update()
+        bar.set_description(f"{policy.name}: estimators")
         one = {"n_boot": n_boot, "seed": seed, "cluster": clients}
         weighted = one | {"pscore_floor": pscore_floor}
         estimates = {
@@ -177,9 +185,13 @@ def estimate(
             ),  # fmt: skip
             "fqe": fitted,
         }
+        bar.update()
+        bar.set_description(f"{policy.name}: truth")
         truth = true_value(policy, frame, setup, epsilon) if with_truth else None
         step = step_truth(frame, policy.name, epsilon) if with_truth else None
         out.append(OffPolicyResult(policy.name, estimates, truth, step))
+        bar.update()
+    bar.close()
     return out
 
 
@@ -237,54 +249,3 @@ def log_results(results: Sequence[OffPolicyResult], logs: str, commit: str) -> l
             mlflow.log_metrics(metrics)
             ids.append(run.info.run_id)
     return ids
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m evaluation.offline``: the command's entry point, which (as any entry point)
-    may read MLflow runs; the library above it never does."""
-    from experiment.policies import resolve_policy
-    from experiment.tracking import git_commit, setup_mlflow
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("logs", help="a logged Parquet file (docs/logged-data.md)")
-    parser.add_argument(
-        "policies",
-        nargs="+",
-        help="heuristic or bandit names (bandits are trained first), run:<id>",
-    )
-    parser.add_argument("--epsilon", type=float, default=0.0, help="ε-soften the targets")
-    parser.add_argument(
-        "--pscore-floor",
-        type=float,
-        default=ope.PSCORE_FLOOR,
-        help=f"smallest logged propensity weighted as is (default {ope.PSCORE_FLOOR:g})",
-    )
-    parser.add_argument(
-        "--refuse-below-floor",
-        action="store_true",
-        help="refuse a log with a propensity below the floor (default: clip it to the floor)",
-    )
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: mlflow.db)")
-    parser.add_argument("--no-mlflow", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    try:
-        setup = load_setup()
-        frame = read_logs(args.logs, guardrails=setup.env.guardrails)
-        policies = [resolve_policy(spec, setup)[0] for spec in args.policies]
-        below = "refuse" if args.refuse_below_floor else "clip"
-        results = estimate(
-            frame, policies, setup, args.epsilon, pscore_floor=args.pscore_floor, below_floor=below
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(results))
-    if not args.no_mlflow:
-        setup_mlflow(args.tracking_uri, "cadence")
-        ids = log_results(results, args.logs, git_commit())
-        print(f"MLflow runs (experiment cadence): {', '.join(ids)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,9 @@ key or type stops composition), and :func:`validate_run` checks every range befo
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +19,7 @@ from agents.config import AgentConfig
 from agents.kinds import kinds, names
 from envs.config import EnvConfig, RewardConfig, Setup, eval_seeds, to_setup
 from evaluation.crisis import CrisisConfig
+from evaluation.ope import PSCORE_FLOOR
 from simulate.config import ConfigError, PopulationConfig, ScenarioConfig, num, validate
 
 
@@ -74,6 +78,66 @@ class TrackingConfig:
     """MLflow experiment name"""
 
 
+MODES = ("compare", "record", "estimate", "monitor", "watch")
+"""``evaluate.py mode=<mode>``: ``compare`` policies on fresh clients (the default), ``record``
+a policy's logged dataset, ``estimate`` policies off-policy from a logged dataset, ``monitor``:
+the crisis study (each policy with and without the circuit breaker), ``watch`` a logged dataset
+with the crisis monitor (and write the serving circuit file)"""
+
+
+@dataclass
+class RecordConfig:
+    """``evaluate.py mode=record``: a policy with ε-exploration logged in the simulator, as a
+    logged dataset (docs/logged-data.md) of ``eval.num_clients`` clients over
+    ``eval.horizon_days`` days, its luck drawn from ``seed``."""
+
+    policy: str = "segment_rules"
+    """the logging policy: a heuristic or bandit name, or ``run:<mlflow run id>``"""
+    out: str = "outputs/logs.parquet"
+    """the Parquet file written (replaced atomically; its folder is made)"""
+    epsilon: float = num(0.1, 0.0, 1.0)
+    """the logger's exploration: the share of client-days whose action is drawn uniformly from
+    the allowed ones (must be > 0: a deterministic log cannot be evaluated)"""
+    truth: list[str] = field(default_factory=list)
+    """target policies whose counterfactual reward on each logged day is written too (columns
+    ``counterfactual_<name>``: the one-step truth ``mode=estimate`` prints beside ips ... dr)"""
+
+
+@dataclass
+class EstimateConfig:
+    """``evaluate.py mode=estimate``: off-policy estimates of ``policies`` from a logged dataset
+    (ips, snips, dm, dr, pdwis, fqe; the truth beside them for a simulated log)."""
+
+    data: str = "outputs/logs.parquet"
+    """the logged Parquet file read (docs/logged-data.md)"""
+    soften: float = num(0.1, 0.0, 1.0)
+    """ε-softening of each target: 1 − soften on its own action plus soften spread over the
+    allowed ones (keeps weights finite where target and logger disagree); 0: the targets as
+    they act"""
+    pscore_floor: float = num(PSCORE_FLOOR, 1e-300, 1.0)
+    """smallest logged propensity weighted as it is (a probability)"""
+    below_floor: str = "clip"
+    """a logged propensity under ``pscore_floor``: ``clip`` it to the floor (the table counts
+    them) or ``refuse`` the log, naming the first such row"""
+    mlflow: bool = True
+    """log one MLflow run per policy (``false``: print the table only)"""
+
+
+@dataclass
+class WatchConfig:
+    """``evaluate.py mode=watch``: the crisis monitor (``crisis.monitor.*``) over a logged
+    dataset, day by day: its alert log, and the serving circuit file."""
+
+    data: str = "outputs/logs.parquet"
+    """the logged Parquet file read (docs/logged-data.md)"""
+    circuit: str | None = None
+    """write the serving circuit file here (e.g. ``outputs/circuit.json``), tripping every
+    segment still in alert on the log's last day; None: print the alerts only"""
+    first_day: str | None = None
+    """the date (YYYY-MM-DD) of the log's day 0: each switch in the circuit file is dated by
+    its first alert"""
+
+
 @dataclass
 class RunConfig:
     """Everything ``python train.py`` and ``python evaluate.py`` read."""
@@ -95,29 +159,90 @@ class RunConfig:
     policies: list[str] = field(
         default_factory=lambda: ["random", "batch_and_blast", "segment_rules"]
     )
-    """evaluate.py: policies to compare: heuristic or bandit names, or ``run:<mlflow run id>``"""
+    """evaluate.py: policies to compare (``mode=compare``, ``mode=monitor``) or to estimate
+    (``mode=estimate``): heuristic or bandit names, or ``run:<mlflow run id>``"""
     experiment_name: str = "default"
     """name of the experiment preset, logged as a tag"""
-    log: str | None = None
-    """evaluate.py: log this policy (a name from ``policies``' vocabulary) with ε-exploration as a
-    logged dataset written to ``out`` (``eval.num_clients`` clients, ``eval.horizon_days`` days,
-    ``log_epsilon``), instead of comparing"""
-    out: str | None = None
-    """evaluate.py: the Parquet file ``log=`` writes (replaced atomically)"""
-    log_epsilon: float = num(0.1, 0.0, 1.0)
-    """evaluate.py: exploration of ``log=``; also the softening of the targets of ``logs=``"""
-    log_truth: list[str] = field(default_factory=list)
-    """evaluate.py: with ``log=``, policies whose counterfactual reward on each logged day is
-    written too (columns ``counterfactual_<name>``: the one-step truth of those targets)"""
-    monitor: str = "off"
-    """evaluate.py: ``on`` runs the crisis study: each policy with and without the circuit
-    breaker (``crisis.*``) on the same clients and luck, under the scenario and under calm,
-    reporting ``crisis/*`` metrics and a timeline plot; ``off`` compares policies as usual"""
+    mode: str = "compare"
+    """evaluate.py: what it does, one of :data:`MODES`; each mode reads its own section
+    (``record.*``, ``estimate.*``, ``watch.*``, ``crisis.*``) and refuses another mode's keys"""
+    record: RecordConfig = field(default_factory=RecordConfig)
+    """evaluate.py ``mode=record``: the logged dataset it writes"""
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    """evaluate.py ``mode=estimate``: the logged dataset it reads and how targets are weighted"""
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    """evaluate.py ``mode=watch``: the logged dataset the crisis monitor reads"""
     crisis: CrisisConfig = field(default_factory=CrisisConfig)
-    """the crisis monitor's thresholds, the circuit breaker and its fallback, the study's window"""
-    logs: str | None = None
-    """evaluate.py: estimate ``policies`` off-policy from this logged Parquet file (IPS, SNIPS,
-    DM, DR, PDWIS, FQE; the truth beside them for a simulated log) instead of simulating them"""
+    """evaluate.py ``mode=monitor`` (and ``crisis.monitor.*`` for ``mode=watch``): the crisis
+    monitor's thresholds, the circuit breaker and its fallback, the study's window"""
+
+
+MODE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "record": ("record",),
+    "estimate": ("estimate",),
+    "watch": ("watch",),
+    "crisis.monitor": ("monitor", "watch"),
+    "crisis": ("monitor",),
+    "policies": ("compare", "estimate", "monitor"),
+}
+"""evaluate.py's keys that only some modes read (the longest matching prefix decides); every
+other key (``eval.*``, ``scenario``, ``seed``, ``tracking.*``...) is read by every mode"""
+
+
+def _changed(value: Any, default: Any, key: str) -> list[str]:
+    """The dotted keys under ``key`` where ``value`` differs from ``default``."""
+    if dataclasses.is_dataclass(value) and dataclasses.is_dataclass(default):
+        return [
+            k
+            for f in dataclasses.fields(value)
+            for k in _changed(getattr(value, f.name), getattr(default, f.name), f"{key}.{f.name}")
+        ]
+    return [] if value == default else [key]
+
+
+def _readers(key: str) -> tuple[str, ...] | None:
+    """The modes that read ``key`` (None: every mode)."""
+    prefixes = [p for p in MODE_SECTIONS if key == p or key.startswith(p + ".")]
+    return MODE_SECTIONS[max(prefixes, key=len)] if prefixes else None
+
+
+def check_mode(run: RunConfig, named: Sequence[str] = ()) -> None:
+    """Refuse an unknown ``mode`` and any key another mode reads: set away from its default
+    (by the command line or a preset) or ``named`` (the keys given on the command line, e.g.
+    ``record.epsilon`` from ``record.epsilon=0.1``). One :class:`ConfigError` naming the key."""
+    if run.mode not in MODES:
+        raise ConfigError(f"mode must be one of {list(MODES)}, got {run.mode!r}")
+    default = RunConfig()
+    keys = [
+        k
+        for section in MODE_SECTIONS
+        if "." not in section
+        for k in _changed(getattr(run, section), getattr(default, section), section)
+    ]
+    keys += [k.lstrip("+~").split("=", 1)[0] for k in named]
+    for key in dict.fromkeys(keys):
+        readers = _readers(key)
+        if readers is not None and run.mode not in readers:
+            modes = " or ".join(f"mode={m}" for m in readers)
+            raise ConfigError(
+                f"{key} is read by {modes}, not by mode={run.mode}: drop it, or run that mode"
+            )
+    if run.mode == "record" and not run.record.epsilon > 0:
+        raise ConfigError(
+            f"record.epsilon must be > 0 (the logger must explore: a log of a deterministic "
+            f"policy cannot be evaluated), got {run.record.epsilon}"
+        )
+    if run.estimate.below_floor not in ("clip", "refuse"):
+        raise ConfigError(
+            f"estimate.below_floor must be 'clip' or 'refuse', got {run.estimate.below_floor!r}"
+        )
+    if run.watch.first_day is not None:
+        try:
+            dt.date.fromisoformat(str(run.watch.first_day))
+        except ValueError:
+            raise ConfigError(
+                f"watch.first_day must be a date YYYY-MM-DD, got {run.watch.first_day!r}"
+            ) from None
 
 
 def register() -> None:
@@ -139,9 +264,8 @@ def validate_run(cfg: Any) -> tuple[RunConfig, Setup]:
     validate(run.trainer, "trainer")
     validate(run.eval, "eval")
     validate(run.crisis, "crisis")
-    run.monitor = {"true": "on", "false": "off"}.get(str(run.monitor).lower(), str(run.monitor))
-    if run.monitor not in ("on", "off"):
-        raise ConfigError(f"monitor must be 'on' or 'off', got {run.monitor!r}")
+    validate(run.record, "record")
+    validate(run.estimate, "estimate")
     setup = to_setup(
         {
             "env": cfg.env,
