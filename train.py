@@ -243,20 +243,23 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         say(
             f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days"
         )
+    from agents.sb3_agents import default_train_envs, training_options
+
     start = time.perf_counter()
-    policy = train_agent(
-        run.agent,
-        setup,
-        run.trainer.total_timesteps,
-        setup.env.num_clients,
-        run.seed,
-        progress=run.trainer.progress,
-        hook=hook,
-        checkpoint=checkpoint if kind(run.agent.name).checkpoints else None,
-        checkpoint_every=run.trainer.checkpoint_every,
-        resume_from=resume_from,
-        resume_state=resume_state,
-    )
+    with training_options(device=run.trainer.device):
+        policy = train_agent(
+            run.agent,
+            setup,
+            run.trainer.total_timesteps,
+            run.trainer.num_envs or default_train_envs(run.agent.name, setup),
+            run.seed,
+            progress=run.trainer.progress,
+            hook=hook,
+            checkpoint=checkpoint if kind(run.agent.name).checkpoints else None,
+            checkpoint_every=run.trainer.checkpoint_every,
+            resume_from=resume_from,
+            resume_state=resume_state,
+        )
     mlflow.log_metric("train/seconds", time.perf_counter() - start)
     mlflow.log_artifacts(str(save_policy(policy, work / "policy")), "policy")
     curve = plots.learning_curve(history, work / "learning_curve.png")

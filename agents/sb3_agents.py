@@ -13,6 +13,10 @@ allowed of its 361 Q-values.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,15 @@ import numpy as np
 import torch
 from gymnasium import spaces as gym_spaces
 from sb3_contrib import MaskablePPO, RecurrentPPO
+from sb3_contrib.common.maskable.buffers import MaskableRolloutBuffer
+from sb3_contrib.common.maskable.distributions import MaskableDistribution
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from agents.base import ExportKind, Policy, best_factored, in_chunks
@@ -33,6 +41,7 @@ from envs.config import Setup
 from envs.features import OBS_DIM, OBS_HIGH
 from envs.sb3_vec_env import CadenceVecEnv
 from envs.spaces import JOINT_ACTIONS
+from simulate.config import ConfigError
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO,
@@ -46,11 +55,287 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
 OBS_SCALE = 1.0 / OBS_HIGH
 
 
+TORCH_THREADS = 1
+"""torch threads while training (``torch.set_num_threads``). One: at the default sizes the
+networks are [64, 64] and a minibatch is a few thousand rows, where a second thread's hand-off
+costs about what it saves, and the simulator's numpy work runs between the network calls on the
+same core; the other core stays free for whatever runs beside (a second seed, the evaluation)."""
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How SB3 learners train, beside their hyperparameters (:func:`training_options`)."""
+
+    device: str = "cpu"
+    """torch device of the networks and the update: ``cpu`` or ``cuda`` (``cuda:N``)"""
+    fast: bool = True
+    """the masked agents' fast path (:class:`FastMaskablePPO`: masks read once a step as one
+    array, one masked multi-categorical per step, truncated episodes bootstrapped in one batch);
+    False trains with sb3-contrib's own MaskablePPO path, as before (benchmarks compare them)"""
+    threads: int = TORCH_THREADS
+    """``torch.set_num_threads`` while training"""
+
+
+_OPTIONS: ContextVar[TrainingOptions] = ContextVar(
+    "training_options",
+    default=TrainingOptions(),  # noqa: B039 (frozen: no one can change the shared default)
+)
+
+
+def current_options() -> TrainingOptions:
+    """The :class:`TrainingOptions` in force (see :func:`training_options`)."""
+    return _OPTIONS.get()
+
+
+@contextmanager
+def training_options(**changes: Any) -> Iterator[TrainingOptions]:
+    """Train with these :class:`TrainingOptions` fields changed inside the block, e.g.
+    ``with training_options(device="cuda"): train_agent(...)``; the device is checked first."""
+    options = replace(_OPTIONS.get(), **changes)
+    check_device(options.device)
+    token = _OPTIONS.set(options)
+    try:
+        yield options
+    finally:
+        _OPTIONS.reset(token)
+
+
+def check_device(device: str, key: str = "trainer.device") -> None:
+    """Raise :class:`ConfigError` unless ``device`` is ``cpu`` or a CUDA device torch can use."""
+    if device == "cpu":
+        return
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"{key} must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not torch.cuda.is_available():
+        built = "with" if torch.backends.cuda.is_built() else "without"
+        raise ConfigError(
+            f"{key}={device}: torch {torch.__version__} (built {built} CUDA) finds no CUDA "
+            f"device on this machine; use {key}=cpu"
+        )
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{key}={device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"numbered from 0"
+        )
+
+
+MASKED_LOGIT = -1e8
+"""the logit of an option the mask forbids (sb3-contrib's value: probability 0, finite)"""
+PADDING_LOGIT = -1e9
+"""the logit of a padding slot (components with fewer options than the widest): below
+:data:`MASKED_LOGIT`, so a component whose options were all forbidden stays uniform over them"""
+
+
+class MaskedMultiCategorical(MaskableDistribution):
+    """A masked MultiDiscrete distribution computed once per call on one padded tensor.
+
+    The flat logits (N, sum(dims)) are laid out as (N, K, W) (K components, W the widest, padded
+    with :data:`PADDING_LOGIT`); forbidden options get :data:`MASKED_LOGIT`, and one
+    ``log_softmax`` gives every component's log-probabilities. Sampling, the mode, log-probs and
+    entropy read that one tensor: no per-component ``Categorical`` is built. Same probabilities,
+    log-probs and entropy as sb3-contrib's ``MaskableMultiCategoricalDistribution``.
+    """
+
+    def __init__(self, action_dims: list[int]) -> None:
+        super().__init__()
+        self.action_dims = [int(d) for d in action_dims]
+        k, w = len(self.action_dims), max(self.action_dims)
+        starts = np.concatenate([[0], np.cumsum(self.action_dims)[:-1]])
+        real = np.arange(w)[None, :] < np.array(self.action_dims)[:, None]
+        index = np.where(real, starts[:, None] + np.arange(w)[None, :], 0)
+        self._index = torch.as_tensor(index.reshape(-1), dtype=torch.long)
+        self._real = torch.as_tensor(real)
+        self._fill = torch.where(self._real, MASKED_LOGIT, PADDING_LOGIT).float()
+        self._shape = (k, w)
+        self._raw: torch.Tensor | None = None
+        self._masks: torch.Tensor | None = None
+        self._log_p: torch.Tensor | None = None
+
+    def proba_distribution_net(self, latent_dim: int) -> torch.nn.Module:
+        """The action head: one linear layer to the flat logits (N, sum(dims))."""
+        return torch.nn.Linear(latent_dim, sum(self.action_dims))
+
+    def proba_distribution(self, action_logits: torch.Tensor) -> MaskedMultiCategorical:
+        self._raw = action_logits.view(-1, sum(self.action_dims))
+        self._masks, self._log_p = None, None
+        return self
+
+    def apply_masking(self, masks: Any) -> None:
+        """``masks`` (N, sum(dims)), true where allowed (bool or 0/1, tensor or array); None
+        lifts the masks."""
+        if masks is None:
+            self._masks = None
+        else:
+            t = torch.as_tensor(masks)
+            if t.dtype != torch.bool:
+                t = t != 0
+            self._masks = t.to(self._raw.device).view(-1, sum(self.action_dims))
+        self._log_p = None
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """(N, K, W) log-probabilities per component (padding slots about -1e9)."""
+        if self._log_p is None:
+            if self._raw is None:
+                raise RuntimeError("proba_distribution(action_logits) must come first")
+            n = self._raw.shape[0]
+            index, real = self._index.to(self._raw.device), self._real.to(self._raw.device)
+            padded = self._raw.index_select(1, index).view(n, *self._shape)
+            allowed = real
+            if self._masks is not None:
+                allowed = self._masks.index_select(1, index).view(n, *self._shape) & real
+            logits = torch.where(allowed, padded, self._fill.to(self._raw.device))
+            self._log_p = torch.log_softmax(logits, dim=-1)
+        return self._log_p
+
+    def component_log_probs(self) -> torch.Tensor:
+        """(N, sum(dims)) per-component log-probabilities in the flat layout (the scores)."""
+        n = self.log_probs.shape[0]
+        return self.log_probs.view(n, -1)[:, self._real.reshape(-1).to(self.log_probs.device)]
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        a = actions.view(-1, len(self.action_dims)).long().unsqueeze(-1)
+        return self.log_probs.gather(2, a).squeeze(-1).sum(dim=1)
+
+    def entropy(self) -> torch.Tensor:
+        log_p = self.log_probs  # forbidden and padding options: p = 0 and finite log p
+        return -(log_p.exp() * log_p).sum(dim=(1, 2))
+
+    def sample(self) -> torch.Tensor:
+        p = self.log_probs.exp()
+        n, k, w = p.shape
+        return torch.multinomial(p.view(n * k, w), 1, replacement=True).view(n, k)
+
+    def mode(self) -> torch.Tensor:
+        return self.log_probs.argmax(dim=-1)
+
+    def actions_from_params(
+        self, action_logits: torch.Tensor, deterministic: bool = False
+    ) -> torch.Tensor:
+        self.proba_distribution(action_logits)
+        return self.get_actions(deterministic=deterministic)
+
+    def log_prob_from_params(
+        self, action_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        actions = self.actions_from_params(action_logits)
+        return actions, self.log_prob(actions)
+
+
+class FastMaskablePolicy(MaskableActorCriticPolicy):
+    """sb3-contrib's masked actor-critic with :class:`MaskedMultiCategorical` as its action
+    distribution (same networks, same action head, same saved parameters)."""
+
+    def _build(self, lr_schedule: Any) -> None:
+        if not isinstance(self.action_space, gym_spaces.MultiDiscrete):
+            raise TypeError(
+                f"FastMaskablePolicy is for MultiDiscrete actions, got {self.action_space}"
+            )
+        self.action_dist = MaskedMultiCategorical(list(self.action_space.nvec))
+        super()._build(lr_schedule)
+
+
+def _mask_source(env: VecEnv) -> CadenceVecEnv:
+    """The :class:`CadenceVecEnv` under ``env``'s wrappers (its masks are the whole batch's)."""
+    for layer in _wrappers(env):
+        if isinstance(layer, CadenceVecEnv):
+            return layer
+    raise TypeError(f"{type(env).__name__} has no CadenceVecEnv underneath to read masks from")
+
+
+class FastMaskablePPO(MaskablePPO):
+    """MaskablePPO whose rollouts read the batch's masks as one array (no per-slot
+    ``env_method``), keep them as one tensor from the env to the distribution, and bootstrap
+    every truncated episode of a step in one batched value call; the update is MaskablePPO's."""
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: MaskableRolloutBuffer,
+        n_rollout_steps: int,
+        use_masking: bool = True,
+    ) -> bool:
+        assert self._last_obs is not None, "No previous observation was provided"
+        source = _mask_source(env) if use_masking else None
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        n_steps = 0
+        dones = self._last_episode_starts
+        new_obs = self._last_obs
+        while n_steps < n_rollout_steps:
+            masks_np = source.action_masks() if source is not None else None
+            with torch.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)
+                masks = None
+                if masks_np is not None:
+                    masks = torch.from_numpy(masks_np).to(self.device)
+                actions, values, log_probs = self.policy(obs_tensor, action_masks=masks)
+            actions = actions.cpu().numpy()
+            new_obs, rewards, dones, infos = env.step(actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            self._bootstrap_truncated(rewards, dones, infos)
+            rollout_buffer.add(
+                self._last_obs,
+                actions,
+                rewards,
+                self._last_episode_starts,
+                values,
+                log_probs,
+                action_masks=masks_np,
+            )
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+        with torch.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.on_rollout_end()
+        return True
+
+    def _bootstrap_truncated(
+        self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
+    ) -> None:
+        """Add ``gamma * V(last observation)`` to the reward of every slot the horizon (not
+        churn) ended this step, in one value call (SB3 makes one call per slot)."""
+        rows = [
+            i
+            for i in np.flatnonzero(dones)
+            if infos[i].get("terminal_observation") is not None
+            and infos[i].get("TimeLimit.truncated", False)
+        ]
+        if not rows:
+            return
+        last = np.stack([infos[i]["terminal_observation"] for i in rows])
+        with torch.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(last, self.device))
+        rewards[rows] += self.gamma * values.cpu().numpy().reshape(-1).astype(rewards.dtype)
+
+
 def algorithm(cfg: AgentConfig) -> type[BaseAlgorithm]:
-    """The SB3 class that trains ``cfg``: MaskablePPO for ppo_lagrangian with action masking."""
+    """The SB3 class that trains ``cfg``: MaskablePPO for ppo_lagrangian with action masking, as
+    :class:`FastMaskablePPO` on the fast path (:class:`TrainingOptions`)."""
     if cfg.name == "ppo_lagrangian" and cfg.action_masking:
-        return MaskablePPO
+        return FastMaskablePPO if current_options().fast else MaskablePPO
     return ALGORITHMS[cfg.name]
+
+
+TRAIN_ENVS = {"ppo_lagrangian": 1024}
+"""client slots simulated together per vector step while training, per agent kind, where it is
+not ``env.num_clients`` (``trainer.num_envs`` overrides): the default agent steps 1,024 clients
+at a time (64-day rollouts of 65,536 client-days), which with its fast path trains at about 3x
+the client-days per second of 256 clients (docs/results/train_throughput.md)"""
+
+
+def default_train_envs(name: str, setup: Setup) -> int:
+    """Client slots per vector step the agent kind ``name`` trains with by default."""
+    return TRAIN_ENVS.get(name, setup.env.num_clients)
 
 
 def saved_algorithm(path: str | Path, name: str) -> type[BaseAlgorithm]:
@@ -65,7 +350,7 @@ def saved_algorithm(path: str | Path, name: str) -> type[BaseAlgorithm]:
                 module = json.loads(z.read("data"))["policy_class"].get("__module__", "")
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path}: not a readable SB3 model ({err})") from err
-        if "maskable" in module:
+        if "maskable" in module or module == __name__:  # sb3-contrib's or FastMaskablePolicy
             return MaskablePPO
     return ALGORITHMS[name]
 
@@ -281,14 +566,18 @@ def make_training_env(cfg: AgentConfig, setup: Setup, num_envs: int | None = Non
 
 
 def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
-    """An untrained SB3 model of ``cfg.name`` on ``env``."""
+    """An untrained SB3 model of ``cfg.name`` on ``env``, on the device of the
+    :class:`TrainingOptions` in force, with its torch threads set."""
     algo = algorithm(cfg)
+    options = current_options()
+    check_device(options.device)
+    torch.set_num_threads(options.threads)
     policy_kwargs: dict[str, Any] = {"net_arch": list(cfg.net_arch)}
     common = {
         "learning_rate": cfg.learning_rate,
         "gamma": cfg.gamma,
         "seed": seed,
-        "device": "cpu",
+        "device": options.device,
         "verbose": 0,
         "policy_kwargs": policy_kwargs,
     }
@@ -306,7 +595,9 @@ def build_model(cfg: AgentConfig, env: VecEnv, seed: int = 0) -> BaseAlgorithm:
             target_update_interval=cfg.target_update_interval,
             **common,
         )
-    policy = AsymmetricPolicy if cfg.asymmetric_critic else "MlpPolicy"
+    policy: Any = AsymmetricPolicy if cfg.asymmetric_critic else "MlpPolicy"
+    if algo is FastMaskablePPO:
+        policy = FastMaskablePolicy
     if cfg.name == "a2c":
         return A2C(
             policy,
@@ -391,10 +682,13 @@ class SB3Policy(Policy):
         if fresh:
             size = self.model.policy.lstm_actor.hidden_size
             layers = self.model.policy.lstm_actor.num_layers
-            memory = (torch.zeros(layers, n, size), torch.zeros(layers, n, size))
+            memory = (
+                torch.zeros(layers, n, size, device=x.device),
+                torch.zeros(layers, n, size, device=x.device),
+            )
         else:
             memory = self._memory
-        starts = torch.full((n,), 1.0 if fresh else 0.0)
+        starts = torch.full((n,), 1.0 if fresh else 0.0, device=x.device)
         dist, after = self.model.policy.get_distribution(x, memory, starts)
         if remember:
             self._memory = after
@@ -408,15 +702,18 @@ class SB3Policy(Policy):
         width = int(self.model.observation_space.shape[0])
         if width > x.shape[1]:  # an asymmetric critic's privileged inputs: the actor ignores them
             x = torch.cat([x, torch.zeros(len(x), width - x.shape[1])], dim=1)
+        x = x.to(self.model.device)  # a policy trained with trainer.device=cuda scores there
         with torch.no_grad():
             if self.flat_view:
-                return self.model.q_net(x).numpy()
+                return self.model.q_net(x).cpu().numpy()
             if self.recurrent:
                 dist = self._recurrent_distribution(x, remember)
             else:
                 dist = self.model.policy.get_distribution(x)
+            if isinstance(dist, MaskedMultiCategorical):
+                return dist.component_log_probs().cpu().numpy()
             parts = getattr(dist, "distributions", None) or dist.distribution  # maskable vs plain
-            return torch.cat([d.logits for d in parts], dim=1).numpy()
+            return torch.cat([d.logits for d in parts], dim=1).cpu().numpy()
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         if self.flat_view:  # DQN: the best allowed of the 361 Q-values

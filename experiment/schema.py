@@ -33,6 +33,22 @@ class TrainerConfig:
     """client-days between checkpoints (SB3 agents; logged as MLflow artifacts)"""
     progress: bool = True
     """show a progress bar"""
+    num_envs: int | None = None
+    """client slots simulated together per vector step while training; None: the agent's
+    default (1,024 for ppo_lagrangian, ``agents.sb3_agents.TRAIN_ENVS``), else ``env.num_clients``"""
+    device: str = "cpu"
+    """torch device the SB3 learners train on: ``cpu``, or ``cuda`` (``cuda:N``) where torch
+    finds a CUDA GPU (refused, naming this key, where it does not)"""
+
+    def check(self, prefix: str) -> None:
+        if self.num_envs is not None and not 1 <= self.num_envs <= 10_000_000:
+            raise ConfigError(
+                f"{prefix}.num_envs must be null or in [1, 10000000], got {self.num_envs}"
+            )
+        if self.device != "cpu":  # torch is imported only for a device other than the default
+            from agents.sb3_agents import check_device
+
+            check_device(self.device, f"{prefix}.device")
 
 
 @dataclass

@@ -1,0 +1,193 @@
+"""Training throughput of the default agent, beside its two peers measured in the same run.
+
+    python benchmarks/train_throughput.py                       # 1 M client-days per row
+    python benchmarks/train_throughput.py --client-days 300000 --no-write
+
+Rows, each in client-days of training per second of wall time:
+
+- ``default agent``: ``conf/agent/ppo_lagrangian.yaml`` as ``train.py`` trains it (the clients per
+  vector step of :data:`NEW_ENVS`, the fast masked path of ``agents.sb3_agents``);
+- ``previous configuration``: the settings and code path it had before (256 clients a step,
+  64-day rollouts, minibatches of 4,096, 4 epochs, sb3-contrib's own MaskablePPO rollouts and
+  per-component ``Categorical`` distributions);
+- beside each, ``arithmetic floor``: the same networks' own forward passes (one per vector step,
+  no gradient) and forward + backward + optimiser steps (one per minibatch) on random inputs of
+  the same batch sizes, as many as that training makes: what the machine's arithmetic allows
+  with no simulator, masks, distributions or bookkeeping. ``of floor`` is training rate / floor
+  rate, the figure to drive toward 1.
+
+The table is printed and written to ``docs/results/train_throughput.md`` (``--no-write``: not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from agents.config import AgentConfig  # noqa: E402
+from agents.registry import train_agent  # noqa: E402
+from agents.sb3_agents import (  # noqa: E402
+    TORCH_THREADS,
+    build_model,
+    make_training_env,
+    training_options,
+)
+from envs.config import load_setup  # noqa: E402
+
+NEW_ENVS = 2048
+"""clients per vector step the default agent trains with (``trainer.num_envs``' default for it)"""
+OLD = {"num_envs": 256, "n_steps": 64, "batch_size": 4096, "n_epochs": 4}
+"""the previous configuration's sizes"""
+RESULTS = ROOT / "docs" / "results" / "train_throughput.md"
+
+
+@dataclass
+class Row:
+    """One measured configuration."""
+
+    label: str
+    num_envs: int
+    n_steps: int
+    batch_size: int
+    n_epochs: int
+    client_days: int
+    seconds: float
+    floor_seconds: float
+
+    @property
+    def rate(self) -> float:
+        """client-days of training per second"""
+        return self.client_days / self.seconds
+
+    @property
+    def floor_rate(self) -> float:
+        """client-days per second the networks' arithmetic alone allows"""
+        return self.client_days / self.floor_seconds
+
+
+def preset(overrides: dict[str, object] | None = None) -> AgentConfig:
+    """The default agent as ``train.py`` configures it (``conf/agent/ppo_lagrangian.yaml``)."""
+    from omegaconf import OmegaConf
+
+    from envs.config import CONF_DIR
+
+    node = OmegaConf.merge(
+        OmegaConf.structured(AgentConfig),
+        OmegaConf.load(CONF_DIR / "agent" / "ppo_lagrangian.yaml"),
+        OmegaConf.create(overrides or {}),
+    )
+    return OmegaConf.to_object(node)
+
+
+def train_seconds(cfg: AgentConfig, num_envs: int, client_days: int, fast: bool) -> tuple[float, int]:
+    """Wall seconds to train ``cfg`` for ``client_days`` and the client-days actually trained
+    (SB3 finishes the rollout it is in)."""
+    setup = load_setup()
+    with training_options(fast=fast):
+        start = time.perf_counter()
+        policy = train_agent(cfg, setup, client_days, num_envs, seed=0, progress=False)
+        seconds = time.perf_counter() - start
+    return seconds, int(policy.model.num_timesteps)
+
+
+def floor_seconds(cfg: AgentConfig, num_envs: int, client_days: int) -> float:
+    """Seconds the policy's networks take for the forward passes (no gradient, batch
+    ``num_envs``) and the forward + backward + optimiser steps (batch ``cfg.batch_size``) that
+    training ``client_days`` makes, on random inputs."""
+    setup = load_setup()
+    env = make_training_env(cfg, setup, num_envs)
+    policy = build_model(cfg, env, seed=0).policy
+    rollout = cfg.n_steps * num_envs
+    rollouts = math.ceil(client_days / rollout)
+    batch = min(cfg.batch_size, rollout)
+    minibatches = rollouts * cfg.n_epochs * math.ceil(rollout / batch)
+    width = int(env.observation_space.shape[0])
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(x))
+        return policy.action_net(latent_pi).sum() + policy.value_net(latent_vf).sum()
+
+    step_obs, batch_obs = torch.rand(num_envs, width), torch.rand(batch, width)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(rollouts * cfg.n_steps):
+            heads(step_obs)
+    for _ in range(minibatches):
+        loss = heads(batch_obs)
+        policy.optimizer.zero_grad()
+        loss.backward()
+        policy.optimizer.step()
+    return time.perf_counter() - start
+
+
+def measure(label: str, cfg: AgentConfig, num_envs: int, client_days: int, fast: bool) -> Row:
+    seconds, trained = train_seconds(cfg, num_envs, client_days, fast)
+    floor = floor_seconds(cfg, num_envs, trained)
+    return Row(
+        label, num_envs, cfg.n_steps, cfg.batch_size, cfg.n_epochs, trained, seconds, floor
+    )
+
+
+def table(rows: list[Row]) -> str:
+    """Markdown: each configuration's training rate, its floor and the ratios."""
+    base = rows[-1].rate
+    lines = [
+        "| configuration | clients a step | n_steps | batch | epochs | client-days | "
+        "training, client-days/s | arithmetic floor, client-days/s | of floor | vs previous |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.label} | {r.num_envs:,} | {r.n_steps} | {r.batch_size:,} | {r.n_epochs} | "
+            f"{r.client_days:,} | {r.rate:,.0f} | {r.floor_rate:,.0f} | "
+            f"{r.rate / r.floor_rate:.2f} | {r.rate / base:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--client-days", type=int, default=1_000_000, help="per configuration")
+    parser.add_argument("--num-envs", type=int, default=NEW_ENVS, help="the default agent's")
+    parser.add_argument("--threads", type=int, default=TORCH_THREADS, help="torch threads")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    new = preset()
+    old = preset({k: v for k, v in OLD.items() if k != "num_envs"})
+    with training_options(threads=args.threads):
+        rows = [
+            measure("default agent (now)", new, args.num_envs, args.client_days, fast=True),
+            measure("previous configuration", old, OLD["num_envs"], args.client_days, fast=False),
+        ]
+    text = table(rows)
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        command = "python benchmarks/train_throughput.py"
+        if args.client_days != 1_000_000:
+            command += f" --client-days {args.client_days}"
+        RESULTS.write_text(
+            f"# Training throughput\n\nWritten by `{command}` ({platform.machine()}, "
+            f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} torch "
+            f"thread(s), {time.strftime('%Y-%m-%d')}).\n\n{text}\n"
+        )
+        print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
