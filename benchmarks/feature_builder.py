@@ -68,6 +68,11 @@ def _labels(table: str, column: str, index: np.ndarray) -> pl.Series:
     return pl.Series(column, np.asarray(spec.labels)[index]).cast(dtype_of(spec))
 
 
+def _constant(name: str, value, n: int, dtype: pl.DataType) -> pl.Series:
+    """``n`` copies of ``value`` (None: empty cells), without a Python list of them."""
+    return pl.select(pl.repeat(value, n, dtype=dtype).alias(name)).to_series()
+
+
 def synthesise(clients: int, days: int, seed: int = 0) -> Export:
     """A plausible export of ``clients`` clients over ``days`` days (vectorised numpy)."""
     rng = np.random.default_rng(seed)
@@ -97,7 +102,7 @@ def synthesise(clients: int, days: int, seed: int = 0) -> Export:
             "channel": _labels("sends", "channel", channel),
             "tone": _labels("sends", "tone", rng.integers(0, len(TONES), m)),
             "content": _labels("sends", "content", rng.integers(0, len(CONTENTS), m)),
-            "decision_id": pl.Series("decision_id", [None] * m, pl.String),
+            "decision_id": _constant("decision_id", None, m, pl.String()),
         }
     )
     opened = rng.random(m) < 0.18
@@ -127,15 +132,15 @@ def synthesise(clients: int, days: int, seed: int = 0) -> Export:
                 {
                     "client_id": ids[who],
                     "day": np.asarray(day, dtype=np.int32),
-                    "kind": pl.Series("kind", [kind] * n).cast(pl.Enum(KINDS)),
+                    "kind": _constant("kind", kind, n, pl.String()).cast(pl.Enum(KINDS)),
                     "channel": (
-                        pl.Series("channel", [None] * n, pl.Enum(CHANNELS))
+                        _constant("channel", None, n, pl.Enum(CHANNELS))
                         if chan is None
                         else _labels("events", "channel", chan)
                     ),
                     "send_id": pl.Series("send_id", send, pl.UInt64)
                     if send is not None
-                    else pl.Series("send_id", [None] * n, pl.UInt64),
+                    else _constant("send_id", None, n, pl.UInt64()),
                 }
             )
         )
