@@ -1,8 +1,8 @@
-"""Slow and big clients against fast ones: ``python -m serve.http`` on loopback, bounded in count
+"""Slow and big clients against fast ones: ``python serve.py`` on loopback, bounded in count
 and time.
 
 Serves a small signed export (a LinUCB policy trained for 512 client-days) in a subprocess
-(``--max-rows 1000 --read-timeout 5``) and runs two phases of ``--seconds`` each:
+(``max_rows=1000 read_timeout=5``) and runs two phases of ``--seconds`` each:
 
 * ``no attack`` (the peer): ``--fast-clients`` threads, each posting 5-row requests on its own
   keep-alive connection (``TCP_NODELAY``, as requests/urllib3 set it) as fast as answers come;
@@ -16,7 +16,8 @@ while sampling every 0.1 s), the fast clients' requests and their latency p50/p9
 over the peer's), refusals by status, and how many attacking connections the server dropped.
 ``--legacy FILE`` serves the same export with another server module instead (for instance the
 previous standard-library server, ``git show <commit>:serve/http.py > old_http.py``), given
-only the flags it shares (``EXPORT --port --max-rows``), to compare in the same run.
+given the flags the earlier servers shared (``EXPORT --port --max-rows``), to compare in the same
+run.
 
     python benchmarks/http_load.py [--seconds 12] [--fast-clients 4] [--legacy old_http.py]
 """
@@ -71,14 +72,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export: Path, port: int, legacy: Path | None) -> subprocess.Popen:
+def start_server(export: Path, port: int, legacy: Path | None, runs: Path) -> subprocess.Popen:
+    """``python serve.py`` (or the ``legacy`` module, with its flags) on ``export`` at ``port``;
+    Hydra's run folder goes to ``runs``."""
     env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(ROOT)}
     if legacy is None:
-        command = ["-m", "serve.http", str(export), "--read-timeout", str(READ_TIMEOUT_S)]
+        command = [
+            "serve.py",
+            f"export_dir={export}",
+            f"read_timeout={READ_TIMEOUT_S}",
+            f"port={port}",
+            f"max_rows={MAX_ROWS}",
+            f"hydra.run.dir={runs}",
+        ]
     else:
-        command = [str(legacy), str(export)]
+        command = [str(legacy), str(export), "--port", str(port), "--max-rows", str(MAX_ROWS)]
     process = subprocess.Popen(
-        [sys.executable, *command, "--port", str(port), "--max-rows", str(MAX_ROWS)],
+        [sys.executable, *command],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -289,7 +299,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export = make_export(Path(tmp))
         port = free_port()
-        server = start_server(export, port, args.legacy)
+        server = start_server(export, port, args.legacy, Path(tmp) / "runs")
         try:
             rows = [
                 phase("no attack", port, server.pid, args.seconds, args.fast_clients, False),
@@ -298,7 +308,7 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    label = f"legacy {args.legacy}" if args.legacy else "serve.http"
+    label = f"legacy {args.legacy}" if args.legacy else "serve.py"
     print(f"{label} on loopback: {args.fast_clients} fast clients, {args.seconds:g} s a phase")
     print(
         f"{'phase':<10} {'threads':>10} {'RSS MiB':>11} {'fast req':>8} {'p50 ms':>7} "

@@ -1,8 +1,8 @@
 """The HTTP server for an export: MLflow's scoring JSON over the guarded runtime, on uvicorn and
 Starlette, with the limits a serving endpoint needs against slow, big and malformed requests.
 
-    python -m serve.http exports/<run_id> --port 5001                 # loopback, defaults below
-    python -m serve.http exports/<run_id> --max-rows 10000 --max-body-mb 8 --consent refuse
+    python serve.py export_dir=exports/<run_id> port=5001                # loopback, defaults below
+    python serve.py export_dir=exports/<run_id> max_rows=10000 max_body_mb=8 consent=refuse
 
 ``POST /invocations`` takes the same JSON as MLflow's scoring server: ``{"dataframe_split":
 {"columns": [...], "data": [[...], ...]}}`` or ``{"dataframe_records": [{...}, ...]}``, with an
@@ -12,28 +12,28 @@ answers ``{"predictions": [{slot, tone, channel, content, probability, reasons, 
 
 The export must be signed (made with $CADENCE_EXPORT_KEY set, and served with the same key):
 an unsigned export is refused at start, since anyone who can write its folder can relax its
-caps, quiet hours and consent rules and recompute its hashes. ``--allow-unsigned`` serves one
-anyway (``--require-signature``, the default, says it explicitly).
+caps, quiet hours and consent rules and recompute its hashes. ``require_signature=false`` serves
+one anyway (``true``, the default, says it explicitly).
 
 Limits (each refusal is a JSON ``{"error_code", "message"}`` naming what is wrong, but for the
 plain-text 400 of uvicorn's HTTP parser, for a malformed request line or header, and its 503
-past ``--max-connections``):
+past ``max_connections``):
 
-* time: a connection has ``--read-timeout`` seconds (default 10) from opening, or from its last
+* time: a connection has ``read_timeout`` seconds (default 10) from opening, or from its last
   answer, to send a request's headers, and then as long again for the whole body; a connection
   that has not is closed (408 when its headers had arrived). An idle keep-alive connection is
   closed after at most 5 s. A stalled or trickling client holds a socket, never a thread. A
   connection closed before its body was read still reads and discards for up to 2 s, so that
   a client still sending reads the refusal rather than a reset.
-* size: a body over ``--max-body-mb`` (default 64) is refused with 413, by its Content-Length
+* size: a body over ``max_body_mb`` (default 64) is refused with 413, by its Content-Length
   before it is read or, when chunked, as soon as it passes the limit; the body is scanned as it
-  arrives and a request with more than ``--max-rows`` rows (default 100,000) is refused with 413
-  at row ``max_rows + 1``, without reading or parsing the rest. ``--max-buffered-mb`` (default
+  arrives and a request with more than ``max_rows`` rows (default 100,000) is refused with 413
+  at row ``max_rows + 1``, without reading or parsing the rest. ``max_buffered_mb`` (default
   256) bounds the request bytes held at once over all connections (503 past it).
-* work: requests are decided by ``--workers`` threads (default 4) with at most ``--queue``
+* work: requests are decided by ``workers`` threads (default 4) with at most ``queue``
   (default 16) more waiting; past that the answer is 503 with ``Retry-After: 1``. At most
-  ``--max-connections`` (default 1,024) connections are served at once.
-* reasons: ``"explain": true`` is served for at most ``--max-explain-rows`` rows (default 1,000;
+  ``max_connections`` (default 1,024) connections are served at once.
+* reasons: ``"explain": true`` is served for at most ``max_explain_rows`` rows (default 1,000;
   more is 413); left out, requests of up to 100 rows get reasons (``wants_reasons``).
 * malformed (400): a body that is not UTF-8 JSON, JSON nested deeper than 16 levels (a request
   needs 4), a number outside a 64-bit float's range (``1e400``, a 400-digit integer), a
@@ -41,19 +41,19 @@ past ``--max-connections``):
   twice in one record or object, an unknown top-level key, and every check of the runtime
   (consent, exact guard inputs, ranges) on every row, named by feature and row.
 
-This module holds the application, the server and the command; the limits and the shared budget
+This module holds the application, the server and :func:`serve` (what ``serve.py`` runs, from a
+:class:`ServeConfig`); the limits and the shared budget
 are ``serve/admission.py``, the body's scan and parse ``serve/body.py``, the listening socket and
 the lingering close ``serve/sockets.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
-import sys
 import threading
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,6 @@ from serve.circuit import CircuitError
 from serve.runtime import (
     CONSENT_MODES,
     MAX_ROWS,
-    ExportError,
     PolicyRuntime,
     RequestError,
     TooLarge,
@@ -321,79 +320,81 @@ def make_server(
     return Server(make_app(runtime, limits), host, port, limits)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("export", type=Path, help="folder holding policy.onnx and manifest.json")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5001, help="0 picks a free port (printed)")
-    parser.add_argument("--max-rows", type=int, default=MAX_ROWS)
-    parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / 2**20)
-    parser.add_argument("--consent", choices=CONSENT_MODES, default="zero")
-    parser.add_argument(
-        "--circuit",
-        type=Path,
-        default=None,
-        help='a JSON file {"tripped": [segments]} read on every request (serve/circuit.py)',
-    )
-    parser.add_argument("--read-timeout", type=float, default=READ_TIMEOUT_S, help="seconds")
-    parser.add_argument("--workers", type=int, default=WORKERS)
-    parser.add_argument("--queue", type=int, default=QUEUE)
-    parser.add_argument("--max-explain-rows", type=int, default=MAX_EXPLAIN_ROWS)
-    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
-    parser.add_argument("--max-buffered-mb", type=float, default=MAX_BUFFERED_BYTES / 2**20)
-    signature = parser.add_mutually_exclusive_group()
-    signature.add_argument(
-        "--require-signature",
-        dest="require_signature",
-        action="store_true",
-        default=True,
-        help="refuse an export without an HMAC signature (the default)",
-    )
-    signature.add_argument(
-        "--allow-unsigned",
-        dest="require_signature",
-        action="store_false",
-        help="serve an export that is hashed but not signed",
-    )
-    args = parser.parse_args(argv)
-    if args.max_rows < 1 or args.max_body_mb <= 0:
-        parser.error("--max-rows and --max-body-mb must be positive")
-    try:
-        limits = Limits(
-            max_body_bytes=int(args.max_body_mb * 2**20),
-            read_timeout=args.read_timeout,
-            workers=args.workers,
-            queue=args.queue,
-            max_explain_rows=args.max_explain_rows,
-            max_connections=args.max_connections,
-            max_buffered_bytes=int(args.max_buffered_mb * 2**20),
+@dataclass
+class ServeConfig:
+    """What ``python serve.py`` reads (``key=value`` on its command line; ``--help`` lists them)."""
+
+    export_dir: str
+    """folder holding policy.onnx and manifest.json (``export.py`` writes exports/<run id>)"""
+    host: str = "127.0.0.1"
+    """address to listen on (loopback by default)"""
+    port: int = 5001
+    """TCP port; 0 picks a free one (printed)"""
+    max_rows: int = MAX_ROWS
+    """most rows in one request (413 past it)"""
+    max_body_mb: float = MAX_BODY_BYTES / 2**20
+    """largest request body, MiB (413 past it)"""
+    consent: str = "zero"
+    """features a client's consent tier hides but a request sends: ``zero`` them or ``refuse``
+    the request"""
+    circuit: str | None = None
+    """a JSON file ``{"tripped": [segments]}`` read on every request (``serve/circuit.py``)"""
+    read_timeout: float = READ_TIMEOUT_S
+    """seconds a connection has to send a request's headers, and as long again for its body"""
+    workers: int = WORKERS
+    """threads deciding requests"""
+    queue: int = QUEUE
+    """requests that may wait for a worker (503 past it)"""
+    max_explain_rows: int = MAX_EXPLAIN_ROWS
+    """most rows a request with ``"explain": true`` may have"""
+    max_connections: int = MAX_CONNECTIONS
+    """connections served at once"""
+    max_buffered_mb: float = MAX_BUFFERED_BYTES / 2**20
+    """request bytes held at once over all connections, MiB (503 past it)"""
+    require_signature: bool = True
+    """refuse an export without an HMAC signature; ``false`` serves one that is hashed but not
+    signed"""
+
+    def limits(self) -> Limits:
+        """The :class:`Limits` these settings say; a :class:`ValueError` names a bad one."""
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
+        if not self.max_body_mb > 0:
+            raise ValueError(f"max_body_mb must be positive (MiB), got {self.max_body_mb}")
+        if self.consent not in CONSENT_MODES:
+            raise ValueError(f"consent must be one of {list(CONSENT_MODES)}, got {self.consent!r}")
+        return Limits(
+            max_body_bytes=int(self.max_body_mb * 2**20),
+            read_timeout=self.read_timeout,
+            workers=self.workers,
+            queue=self.queue,
+            max_explain_rows=self.max_explain_rows,
+            max_connections=self.max_connections,
+            max_buffered_bytes=int(self.max_buffered_mb * 2**20),
         )
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        runtime = PolicyRuntime.load(
-            args.export,
-            consent=args.consent,
-            max_rows=args.max_rows,
-            circuit=args.circuit,
-            require_signature=args.require_signature,
-        )
-    except (ExportError, CircuitError) as exc:
-        print(f"cannot serve {args.export}: {exc}", file=sys.stderr)
-        return 2
-    server = make_server(runtime, args.host, args.port, limits=limits)
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Load ``cfg.export_dir`` and serve it until interrupted (Ctrl-C); prints the address it
+    listens on first (``serving <export> on http://<host>:<port>/invocations``).
+
+    Raises :class:`ValueError` for a setting it cannot use (naming it), and
+    :class:`~serve.integrity.ExportError` or :class:`~serve.circuit.CircuitError` (both
+    ``ValueError``) for an export or a circuit file it refuses, before listening."""
+    limits = cfg.limits()
+    runtime = PolicyRuntime.load(
+        Path(cfg.export_dir),
+        consent=cfg.consent,
+        max_rows=cfg.max_rows,
+        circuit=None if cfg.circuit is None else Path(cfg.circuit),
+        require_signature=cfg.require_signature,
+    )
+    server = make_server(runtime, cfg.host, cfg.port, limits=limits)
     host, port = server.server_address
-    print(f"serving {args.export} on http://{host}:{port}/invocations", flush=True)
+    print(f"serving {cfg.export_dir} on http://{host}:{port}/invocations", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

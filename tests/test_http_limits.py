@@ -1,4 +1,4 @@
-"""``python -m serve.http`` against hostile clients on real loopback sockets: slow and idle
+"""``python serve.py`` against hostile clients on real loopback sockets: slow and idle
 connections hold no thread and are dropped after the read timeout while others are answered,
 a body with far more rows than allowed is refused while it streams (the server's memory stays
 flat), work past the workers and queue is refused with 503, ``explain`` is bounded by rows,
@@ -12,6 +12,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -28,7 +29,8 @@ from agents.registry import train_agent
 from envs.config import load_setup
 from envs.features import FEATURE_NAMES, OBS_HIGH
 from serve.export import export_policy
-from serve.http import MAX_DEPTH, BodyScan, Limits, main, make_server
+from serve.http import MAX_DEPTH, BodyScan, Limits, ServeConfig, make_server, serve
+from serve.integrity import ExportError
 from serve.runtime import KEY_ENV, PolicyRuntime, RequestError, TooLarge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,14 +80,22 @@ def exports(policy, tmp_path_factory) -> dict[str, Path]:
         }
 
 
-def start(export: Path, *flags: str, key: str | None = KEY) -> tuple[subprocess.Popen, int]:
-    """``python -m serve.http export --port 0 *flags`` in a subprocess; (process, port)."""
+def start(export: Path, *settings: str, key: str | None = KEY) -> tuple[subprocess.Popen, int]:
+    """``python serve.py export_dir=<export> port=0 *settings`` in a subprocess; (process, port)."""
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
     if key:
         env[KEY_ENV] = key
     env["PYTHONPATH"] = str(ROOT)
+    runs = Path(tempfile.mkdtemp(prefix="serve-runs-"))  # Hydra's run folder, out of the tree
     process = subprocess.Popen(
-        [sys.executable, "-m", "serve.http", str(export), "--port", "0", *flags],
+        [
+            sys.executable,
+            str(ROOT / "serve.py"),
+            f"export_dir={export}",
+            "port=0",
+            *settings,
+            f"hydra.run.dir={runs}",
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -110,9 +120,7 @@ def stop(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def served(exports) -> Iterator[tuple[int, int]]:
     """(port, pid) of a server on the signed export (signature required: the default)."""
-    process, port = start(
-        exports["signed"], "--max-rows", "50", "--read-timeout", str(READ_TIMEOUT)
-    )
+    process, port = start(exports["signed"], "max_rows=50", f"read_timeout={READ_TIMEOUT}")
     yield port, process.pid
     stop(process)
 
@@ -381,13 +389,40 @@ def test_an_unsigned_export_is_refused_unless_allowed(exports, monkeypatch, caps
     monkeypatch.delenv(KEY_ENV, raising=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main([str(exports["unsigned"]), "--port", "0"]) == 2
-    assert "carries no signature" in capsys.readouterr().err
-    process, port = start(exports["unsigned"], "--allow-unsigned", key=None)
+        with pytest.raises(ExportError, match="carries no signature"):
+            serve(ServeConfig(export_dir=str(exports["unsigned"]), port=0))
+    process, port = start(exports["unsigned"], "require_signature=false", key=None)
     try:
         assert post(port, split_body(clients(2)))[0] == 200
     finally:
         stop(process)
+
+
+def test_serve_py_refuses_in_one_line_and_lists_its_keys(exports, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV} | {"PYTHONPATH": str(ROOT)}
+
+    def serve_py(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "serve.py"), *args, f"hydra.run.dir={tmp_path}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+    for args, said in (
+        ([f"export_dir={exports['unsigned']}"], "carries no signature"),
+        ([f"export_dir={exports['signed']}", "max_rows=0"], "max_rows must be at least 1, got 0"),
+        ([f"export_dir={exports['signed']}", "consent=ignore"], "consent must be one of"),
+        ([], "export_dir is required"),
+    ):
+        done = serve_py(*args)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        assert said in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+        assert "Traceback" not in done.stderr
+    listed = serve_py("--help").stdout
+    assert "export_dir: ???" in listed and "require_signature: true" in listed
+    assert "max_rows: 100000" in listed and "workers: 4" in listed
 
 
 # ----- the scan itself ------------------------------------------------------------------------
