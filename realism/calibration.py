@@ -1,5 +1,5 @@
 """Calibrating the simulator to a firm's logged dataset: the library side of
-``python calibrate.py fit logs=<file>``.
+``python calibrate.py mode=fit logs=<file>``.
 
 Two steps, so a caller can do its own work between them (``calibrate.py`` points MLflow at its
 store there, before the first simulation):
@@ -14,37 +14,82 @@ store there, before the first simulation):
 
 :func:`fit_to_logs` does both. The result (:class:`LogFit`) holds the fitted values, the search,
 the fitted setup and the statistics; :meth:`LogFit.report` is the Markdown report statistic by
-statistic. Writing the preset and the report and logging to MLflow is the command's
-(``calibrate.py``), as is the lock on a fit's name.
+statistic; :func:`preset_yaml` the preset a fit writes. Writing the preset and the report and
+logging to MLflow is the command's (``calibrate.py``, with :mod:`realism.staging`), as is the
+lock on a fit's name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+from omegaconf import OmegaConf
 
-from envs.config import Setup, load_setup
+from envs.config import GLOBAL_PACKAGE, Setup, load_setup, to_setup
 from realism import fromlogs
 from realism.fit import apply, fit, parameters
 from realism.targets import Targets
-from simulate.config import ConfigError
-
-PRESET_KEYS = ("env", "population", "scenario")
-"""the preset groups a fit starts from (``load_setup``'s keyword arguments)"""
+from simulate.config import ConfigError, ResponseConfig
 
 
-def fitted_setup(
-    presets: dict[str, str], seed: int, overrides: Sequence[str], best: dict[str, float]
-) -> Setup:
-    """The setup of ``presets`` and ``overrides`` with the fitted values ``best`` applied, through
-    the checked config path once more (each value written as a dotted override)."""
-    return load_setup(
-        **presets, seed=seed, overrides=[*overrides, *(f"{k}={v!r}" for k, v in best.items())]
+def fitted_setup(base: Setup, best: dict[str, float]) -> Setup:
+    """``base`` with the fitted values ``best`` set, through the checked config path once more
+    (every value range-checked as a config value)."""
+    fitted = OmegaConf.merge(
+        OmegaConf.structured(base), OmegaConf.from_dotlist([f"{k}={v!r}" for k, v in best.items()])
     )
+    return to_setup(fitted)
+
+
+def preset_yaml(setup: Setup, header: str = "") -> str:
+    """The population preset of a fitted setup, ``header`` (comment lines) first: its population,
+    and the response keys that differ from the documented defaults (a calibrated book of clients
+    responds differently too)."""
+    defaults = ResponseConfig()
+    response = {
+        f.name: getattr(setup.env.response, f.name)
+        for f in dataclasses.fields(ResponseConfig)
+        if getattr(setup.env.response, f.name) != getattr(defaults, f.name)
+    }
+    population = OmegaConf.structured(setup.population)
+    if not response:
+        return header + OmegaConf.to_yaml(population)
+    body = OmegaConf.create({"population": population, "env": {"response": response}})
+    return GLOBAL_PACKAGE + "\n" + header + OmegaConf.to_yaml(body)
+
+
+def preset_header(source: str, detail: str, trials: int, seed: int, best: dict, study) -> str:
+    """The comment a fitted preset opens with: how it was fitted (``source``: what to, ``detail``:
+    the sampler and the simulated side), the objective reached and the fitted values."""
+    return (
+        f"# Fitted by python calibrate.py mode=fit {source} ({trials} trials, {detail}, "
+        f"seed {seed}; objective {study.best_value:.4g}).\n# Fitted: "
+        + ", ".join(f"{k}={v:.6g}" for k, v in best.items())
+        + "\n"
+    )
+
+
+def check_policy(name: str) -> None:
+    """``policy=`` must name a logging policy that runs without training (the simulated side
+    re-runs it); a :class:`ConfigError` saying what to give instead."""
+    from agents.config import AGENTS, BANDITS, HEURISTIC_AGENTS
+
+    runnable = [*HEURISTIC_AGENTS, *BANDITS, "oracle"]
+    instead = "or leave policy= out to replay the logged sends on fresh clients (open loop)"
+    if name not in AGENTS:
+        raise ConfigError(
+            f"policy must name the log's logging policy, one of {runnable}, got {name!r}; {instead}"
+        )
+    if name not in runnable:
+        raise ConfigError(
+            f"policy: {name} learns in training, and calibration re-runs the logging policy "
+            f"without training, so it must be one of {runnable}; {instead}"
+        )
 
 
 @dataclass(frozen=True)
@@ -162,8 +207,6 @@ class LogFit:
 def search(
     side: LoggedSide,
     base: Setup,
-    presets: dict[str, str],
-    overrides: Sequence[str],
     params: Sequence[str],
     ranges: dict[str, tuple[float, float]],
     seed: int,
@@ -172,9 +215,8 @@ def search(
     progress: bool = True,
 ) -> LogFit:
     """Search ``params`` (``trials`` trials of ``sampler``) to bring the simulated side's
-    statistics to the log's, starting from ``base`` (the setup of ``presets`` and
-    ``overrides``); the statistics are computed on the base setup first and the fitted one
-    last."""
+    statistics to the log's, starting from ``base``; the statistics are computed on the base
+    setup first and the fitted one last."""
     before = side.statistics(base)
     best, study = fit(
         side.targets,
@@ -189,7 +231,7 @@ def search(
         progress,
         statistics=side.statistics,
     )
-    fitted = fitted_setup(presets, seed, overrides, best)
+    fitted = fitted_setup(base, best)
     return LogFit(side, best, study, fitted, before, side.statistics(fitted))
 
 
@@ -212,4 +254,4 @@ def fit_to_logs(
     ranges = dict(ranges or {})
     base = load_setup(**presets, seed=seed, overrides=list(overrides))
     side = prepare(logs, base, params, ranges, policy, seed)
-    return search(side, base, presets, overrides, params, ranges, seed, trials, sampler, progress)
+    return search(side, base, params, ranges, seed, trials, sampler, progress)

@@ -14,14 +14,13 @@ success by contact within 0.12 for contacts 1-7, and a decline of at least 2.5 t
 The files are read-only inputs at ``../shared/realdata/`` beside the project (or
 ``$CADENCE_REALDATA``); each is checked against its published SHA-256 first.
 
-    python -m realism.data              # print both protocols and write targets/hillstrom.yaml and targets/bank_campaign.yaml
+    python calibrate.py mode=data     # print both protocols, write targets/hillstrom.yaml and targets/bank_campaign.yaml
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -157,7 +156,7 @@ def hillstrom_targets(stats: dict[str, float]) -> Targets:
     return Targets(
         "hillstrom.csv (MineThatData E-Mail Analytics Challenge, 2008): two-week visit and "
         "conversion rates with one e-mail (both e-mail arms) and without, overall and by months "
-        "since the last purchase; computed by python -m realism.data",
+        "since the last purchase; computed by python calibrate.py mode=data",
         tuple(targets),
     )
 
@@ -181,7 +180,7 @@ def bank_targets(stats: dict[str, float]) -> Targets:
         "bank-additional-full.csv (UCI Bank Marketing; Moro, Cortez & Rita, Decision Support "
         "Systems 62, 2014; CC BY 4.0): success by contact number in the campaign relative to the "
         "first contact; observational (clients called often are partly the hard to convince); "
-        "computed by python -m realism.data",
+        "computed by python calibrate.py mode=data",
         tuple(targets),
     )
 
@@ -192,18 +191,16 @@ def _table(title: str, stats: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    hill = hillstrom_statistics(dataset(HILLSTROM))
-    bank = bank_statistics(dataset(BANK))
-    print(_table("Hillstrom protocol", hill), end="\n\n")
-    print(_table("Bank campaign protocol", bank), end="\n\n")
+def write_real_targets(folder: Path | None = None, out: Path = TARGETS_DIR) -> str:
+    """Run both protocols on the real datasets (in ``folder``, default :func:`data_dir`), write
+    ``hillstrom.yaml`` and ``bank_campaign.yaml`` into ``out``; returns what to print: both
+    protocols' tables and the files written."""
+    hill = hillstrom_statistics(dataset(HILLSTROM, folder))
+    bank = bank_statistics(dataset(BANK, folder))
+    lines = [_table("Hillstrom protocol", hill), "", _table("Bank campaign protocol", bank), ""]
     for name, targets in (
         ("hillstrom", hillstrom_targets(hill)),
         ("bank_campaign", bank_targets(bank)),
     ):
-        print(f"wrote {write_targets(targets, TARGETS_DIR / f'{name}.yaml')}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        lines.append(f"wrote {write_targets(targets, out / f'{name}.yaml')}")
+    return "\n".join(lines)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
@@ -98,6 +99,36 @@ def parameters(
     unknown = sorted(set(ranges or {}) - set(names))
     if unknown:
         raise ConfigError(f"range given for {unknown}, which params does not name")
+    return out
+
+
+def parameter_list(value: Any) -> list[str]:
+    """The parameters of ``params=``: a list of names, or one string of comma-separated names
+    (brackets allowed); a :class:`ConfigError` when it names none."""
+    if not value:
+        raise ConfigError("params is required: params=[env.response.click_base,...]")
+    if isinstance(value, str):
+        value = value.strip().strip("[]").split(",")
+    names = [str(n).strip() for n in value if str(n).strip()]
+    if not names:
+        raise ConfigError("params names no parameter")
+    return names
+
+
+def parameter_ranges(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[float, float]]:
+    """The search intervals of ``range.<param>=LOW:HIGH`` (``tree`` nested by the names' dots,
+    unset ones None and left out), by parameter name; a :class:`ConfigError` naming a value that
+    is not LOW:HIGH."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out |= parameter_ranges(value, f"{prefix}{key}.")
+        elif value is not None:
+            try:
+                low, high = (float(v) for v in str(value).split(":"))
+            except ValueError as exc:
+                raise ConfigError(f"range.{prefix}{key} must be low:high, got {value!r}") from exc
+            out[f"{prefix}{key}"] = (low, high)
     return out
 
 

@@ -178,6 +178,19 @@ def parameter_names() -> list[str]:
     return names
 
 
+def parameter_tree() -> dict[str, Any]:
+    """Every name of :func:`parameter_names`, nested by its dots, each set to None: the keys of
+    ``python calibrate.py mode=fit range.<name>=LOW:HIGH``."""
+    out: dict[str, Any] = {}
+    for name in parameter_names():
+        *groups, key = name.split(".")
+        node = out
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[key] = None
+    return out
+
+
 def check_parameters(names: Iterable[str]) -> list[str]:
     """``names`` if each is a parameter a calibration may search, else a ConfigError naming it."""
     allowed = parameter_names()

@@ -43,7 +43,7 @@ def name(request):
 
 def _args(logs: Path | str, name: str, uri: str, *more: str) -> list[str]:
     return [
-        "fit",
+        "mode=fit",
         f"logs={logs}",
         "policy=segment_rules",
         "params=[env.response.open_base]",
@@ -79,7 +79,7 @@ def _nothing_staged(name: str, folder: Path) -> None:
 def test_a_fit_whose_report_cannot_be_written_leaves_nothing_and_a_rerun_works(
     logs, name, tmp_path, capsys
 ):
-    from calibrate import main
+    from calibrate import cli as main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # the same log through /proc/self/fd/<n>: readable, but no report can be created beside it
@@ -104,7 +104,7 @@ def test_a_fit_whose_report_cannot_be_written_leaves_nothing_and_a_rerun_works(
 
 
 def test_a_fit_whose_mlflow_logging_fails_leaves_nothing(logs, name, tmp_path, capsys):
-    from calibrate import main
+    from calibrate import cli as main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     setup_mlflow(uri, "default")
@@ -127,7 +127,7 @@ def test_a_fit_whose_mlflow_logging_fails_leaves_nothing(logs, name, tmp_path, c
 def test_two_fits_of_one_name_at_once_one_wins_the_other_is_refused_by_name(
     logs, name, tmp_path, capsys
 ):
-    from calibrate import main
+    from calibrate import cli as main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = subprocess.Popen(
@@ -165,7 +165,7 @@ def test_two_fits_of_one_name_at_once_one_wins_the_other_is_refused_by_name(
 
 
 def test_policy_errors_say_what_to_do_in_one_line(logs, name, tmp_path, capsys):
-    from calibrate import main
+    from calibrate import cli as main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main([*_args(logs, name, uri), "policy=nonexistent"]) == 2
@@ -211,7 +211,7 @@ def test_a_log_is_checked_against_the_guardrails_of_the_setup_it_is_fitted_in(
 ):
     """A firm whose caps are looser than the defaults fits its log with its own caps: the same
     log is refused under the default caps (naming the rule) and accepted under its own."""
-    from calibrate import main
+    from calibrate import cli as main
 
     looser = ["env.guardrails.max_per_week=7", "env.guardrails.channel_caps.email=7"]
     frame = log_policy(

@@ -81,14 +81,14 @@ def test_the_simulated_side_matches_a_log_of_the_same_simulator():
 
 @pytest.mark.slow  # a 25-trial fit on a 2,000-client log
 def test_parameters_come_back_from_a_log_of_a_known_simulator(tmp_path):
-    from calibrate import main
+    from calibrate import cli as main
 
     true_setup = load_setup(overrides=TRUE)
     frame = log_policy(HEURISTICS["segment_rules"](), true_setup, 2000, 30, seed=11, epsilon=0.3)
     logs = write_logs(frame, tmp_path / "logs.parquet")
     name = f"test_fromlogs_{tmp_path.name}"
     args = [
-        "fit",
+        "mode=fit",
         f"logs={logs}",
         "policy=segment_rules",
         "params=[env.response.open_base,env.response.click_base]",
@@ -116,12 +116,16 @@ def test_parameters_come_back_from_a_log_of_a_known_simulator(tmp_path):
 
 
 def test_bad_logs_and_keys_are_refused_by_name(tmp_path, capsys):
-    from calibrate import main
+    from calibrate import cli as main
 
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet")
     before = bad.read_bytes()
-    args = ["fit", "params=[env.response.open_base]", f"tracking.uri=sqlite:///{tmp_path}/m.db"]
+    args = [
+        "mode=fit",
+        "params=[env.response.open_base]",
+        f"tracking.uri=sqlite:///{tmp_path}/m.db",
+    ]
     assert main([*args, f"logs={bad}"]) == 2
     assert "logs:" in capsys.readouterr().err and bad.read_bytes() == before
     assert main([*args, "policy=segment_rules"]) == 2

@@ -1,10 +1,13 @@
 """The realism scorecard: protocols that do what they say, same seed same figures, and
-`calibrate.py report` that compares, prints and logs to MLflow, refusing bad input first."""
+`calibrate.py mode=report` that compares, prints and logs to MLflow, refusing bad input first."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -14,8 +17,10 @@ import pytest
 import yaml
 
 import calibrate
-from envs.config import load_setup
+from envs.config import CONF_DIR, load_setup
 from realism import protocols
+from realism.schema import DEFAULT_TARGETS
+from realism.scorecard import markdown, scorecard
 from realism.targets import Target, Targets
 from simulate.config import ConfigError
 
@@ -62,10 +67,10 @@ def test_volume_response_per_message_falls_with_volume():
 def test_scorecard_marks_in_and_out_of_band():
     simulated = {"a": 0.5, "b": 2.0, "c": 1.0}
     targets = Targets("t", (Target("a", 0.5, 0.4, 0.6), Target("b", 1.0, 0.5, 1.5)))
-    table = calibrate.scorecard(simulated, targets)
+    table = scorecard(simulated, targets)
     assert table["statistic"].to_list() == ["a", "b", "c"]
     assert table["in_band"].to_list() == [True, False, None]
-    text = calibrate.markdown(table)
+    text = markdown(table)
     assert (
         "| a | 0.5 | [0.4, 0.6] | 0.5 | yes |" in text
         and "| b | 1 | [0.5, 1.5] | 2 | **no** |" in text
@@ -75,26 +80,93 @@ def test_scorecard_marks_in_and_out_of_band():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "usage: python calibrate.py"),
-        (["tune"], "usage: python calibrate.py"),
-        (["fit"], "params is required"),
-        (["report", "clients=many"], "clients must be a whole number"),
-        (["report", "clients=5"], "clients must be >= 100"),
-        (["report", "colour=red"], "unknown key 'colour'"),
-        (["report", "population"], "'population' is not key=value"),
+        (["mode=tune"], "mode must be one of"),
+        (["mode=fit"], "params is required"),
+        (["clients=5"], "clients must be >= 100"),
+        (["mode=fit", "params=[env.response.open_base]", "trials=0"], "trials must be >= 1"),
+        (["mode=fit", "params=[env.response.open_base]", "name=a b"], "name must be 1 to 100"),
+        (
+            ["mode=fit", "params=[env.response.open_base]", "range.env.response.open_base=a:b"],
+            "range.env.response.open_base must be low:high",
+        ),
+        # a key of another mode is refused, naming the mode that reads it
+        (["trials=3"], "trials: mode=report does not read it; it is a key of mode=fit"),
+        (["mode=report", "overwrite=true"], "overwrite: mode=report does not read it"),
+        (["mode=data", "seed=1"], "seed: mode=data does not read it"),
+        (["mode=data", "env.response.click_base=-3"], "env.response.click_base: mode=data"),
+        (
+            ["mode=fit", "params=[env.response.open_base]", "logs=x.parquet", "clients=500"],
+            "clients: mode=fit does not read it; a fit to logs= takes its targets",
+        ),
+        (
+            ["mode=fit", "params=[env.response.open_base]", "policy=segment_rules"],
+            "policy: names the logging policy of logs=",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_naming_them(argv, message):
     with pytest.raises(ConfigError, match=message):
-        calibrate.parse(argv)
+        calibrate.load(argv)
+
+
+@pytest.mark.parametrize("argv", [["colour=red"], ["clients=many"], ["population.colour=1"]])
+def test_hydra_refuses_unknown_keys_and_wrong_types_naming_them(argv):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=argv[0].split("=")[0].split(".")[-1]):
+        calibrate.load(argv)
+
+
+def test_the_old_and_new_spellings_of_params_and_ranges_agree():
+    names = ["env.response.open_base", "population.literacy_mean"]
+    listed = calibrate.load(["mode=fit", f"params=[{','.join(names)}]"])
+    quoted = calibrate.load(["mode=fit", f"params='{','.join(names)}'"])
+    assert listed.params == quoted.params == names
+    assert calibrate.load(["mode=fit", f"params={names[0]}"]).params == names[:1]
+    ranged = calibrate.load(
+        ["mode=fit", "params=[env.response.open_base]", "range.env.response.open_base=-3:0"]
+    )
+    assert ranged.ranges == {"env.response.open_base": (-3.0, 0.0)}
+
+
+def test_presets_and_dotted_keys_compose_the_setup_the_library_loads():
+    settings = calibrate.load(["population=hillstrom", "env.response.click_base=-3.2", "seed=4"])
+    assert settings.presets == {"population": "hillstrom", "env": "default", "scenario": "calm"}
+    assert settings.overrides == ["env.response.click_base=-3.2"]
+    assert settings.setup == load_setup(
+        population="hillstrom", seed=4, overrides=["env.response.click_base=-3.2"]
+    )
+
+
+def test_the_command_line_has_help_and_fails_in_one_line_leaving_the_tree_clean(tmp_path):
+    """``--help`` works (it was an error), a wrong value is one ``error:`` line and exit 2, and
+    Hydra's own files go under ``outputs/``."""
+    script, env = str(Path(calibrate.__file__)), {**os.environ, "CADENCE_REALDATA": str(tmp_path)}
+    helped = subprocess.run(
+        [sys.executable, script, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert helped.returncode == 0 and "mode=fit" in helped.stdout, helped.stderr
+    done = subprocess.run(
+        [sys.executable, script, "mode=data"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: realdata:") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert {p.name for p in tmp_path.iterdir()} == {"outputs"}
+    assert list((tmp_path / "outputs").glob("calibrate/*/*/.hydra"))
 
 
 def test_report_logs_the_scorecard_to_mlflow(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _, settings, overrides = calibrate.parse(
-        ["report", "clients=300", "seed=3", f"tracking.uri={uri}", "env.response.click_base=-4"]
+    settings = calibrate.load(
+        ["clients=300", "seed=3", f"tracking.uri={uri}", "env.response.click_base=-4"]
     )
-    run_id = calibrate.report(settings, overrides, progress=False)
+    run_id = calibrate.report(settings, progress=False)
     run = mlflow.MlflowClient(uri).get_run(run_id)
     assert mlflow.get_experiment(run.info.experiment_id).name == "cadence-realism"
     metrics = run.data.metrics
@@ -135,16 +207,16 @@ def test_a_bad_targets_file_fails_before_any_run(tmp_path):
         )
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _, settings, overrides = calibrate.parse(["report", f"targets={bad}", f"tracking.uri={uri}"])
+    settings = calibrate.load(["mode=report", f"targets={bad}", f"tracking.uri={uri}"])
     with pytest.raises(ConfigError, match="did you mean 'email/open_rate'"):
-        calibrate.report(settings, overrides, progress=False)
+        calibrate.report(settings, progress=False)
     assert not Path(tmp_path / "mlflow.db").exists()
 
 
 def test_the_default_targets_name_only_known_statistics():
     from realism.targets import load_targets
 
-    targets = load_targets(calibrate.DEFAULTS["targets"], protocols.statistic_names())
+    targets = load_targets(DEFAULT_TARGETS, protocols.statistic_names())
     assert len(targets.targets) == 23
     assert np.isfinite([t.target for t in targets.targets]).all()
 
@@ -226,7 +298,7 @@ def preset_name():
     name = "test_fit_preset"
     yield name
     for group in ("env", "population"):
-        (calibrate.ROOT / "conf" / group / f"{name}.yaml").unlink(missing_ok=True)
+        (CONF_DIR / group / f"{name}.yaml").unlink(missing_ok=True)
 
 
 def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
@@ -241,7 +313,7 @@ def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
     write_targets(targets, path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = [
-        "fit",
+        "mode=fit",
         f"targets={path}",
         "params=[env.response.click_base]",
         f"name={preset_name}",
@@ -249,10 +321,9 @@ def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
         "clients=400",
         f"tracking.uri={uri}",
     ]
-    _, settings, overrides = calibrate.parse(argv)
-    best = calibrate.run_fit(settings, overrides, progress=False)
-    written = calibrate.ROOT / "conf" / "population" / f"{preset_name}.yaml"
-    assert written.is_file() and "Fitted by python calibrate.py fit" in written.read_text()
+    best = calibrate.run_fit(calibrate.load(argv), progress=False)
+    written = CONF_DIR / "population" / f"{preset_name}.yaml"
+    assert written.is_file() and "Fitted by python calibrate.py mode=fit" in written.read_text()
     fitted = load_setup(population=preset_name)
     assert fitted.env.response.click_base == pytest.approx(best["env.response.click_base"])
     assert fitted.population == SETUP.population  # the fitted clients, nothing else moved
@@ -266,7 +337,7 @@ def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
     from experiment.schema import register
 
     register()
-    with initialize_config_dir(str(calibrate.ROOT / "conf"), version_base=None):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=[f"population={preset_name}"])
     assert to_setup(cfg).env.response.click_base == pytest.approx(best["env.response.click_base"])
     client = mlflow.MlflowClient(uri)
@@ -278,7 +349,7 @@ def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
     assert "targets in band" in capsys.readouterr().out  # the fitted scorecard was printed
     before = written.read_text()
     with pytest.raises(ConfigError, match="exists; pick another name= or pass overwrite=true"):
-        calibrate.run_fit(*calibrate.parse(argv)[1:], progress=False)
+        calibrate.run_fit(calibrate.load(argv), progress=False)
     assert written.read_text() == before
 
 
@@ -302,6 +373,6 @@ def test_fit_refuses_bad_parameters_before_any_work(tmp_path, extra, message):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(ConfigError, match=message):
         calibrate.run_fit(
-            *calibrate.parse(["fit", f"tracking.uri={uri}", "trials=2", *extra])[1:], progress=False
+            calibrate.load(["mode=fit", f"tracking.uri={uri}", "trials=2", *extra]), progress=False
         )
     assert not (tmp_path / "mlflow.db").exists()
