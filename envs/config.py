@@ -1,15 +1,22 @@
 """Structured configuration of the RL interface: guardrails, reward, and the whole setup.
 
-``load_setup`` composes the presets in ``conf/`` the way Hydra does (YAML chooses values,
-dataclasses define and validate them), so the env works with or without Hydra.
+``load_setup`` composes ``conf/setup.yaml`` with Hydra's compose API, the one way config is
+composed here (YAML chooses values, dataclasses define and validate them): the apps compose the
+same file inside ``conf/config.yaml``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -107,57 +114,63 @@ GROUP_SCHEMAS: dict[str, type] = {
 }
 
 
+GLOBAL_PACKAGE = "# @package _global_"
+"""first line of a population preset that also sets how its clients respond: the file then holds
+``population:`` and ``env: {response: ...}`` (Hydra's package header, which it reads)"""
+
+
+@dataclass
+class _SetupRoot(Setup):
+    """What :func:`load_setup` composes: :class:`Setup`'s keys and defaults, then the presets
+    ``conf/setup.yaml`` chooses (the apps put the same file under their own schema)."""
+
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", "setup"])
+
+
+def register() -> None:
+    """Store the root :func:`load_setup` composes as ``setup_root`` in Hydra's ConfigStore
+    (idempotent)."""
+    ConfigStore.instance().store(name="setup_root", node=_SetupRoot)
+
+
+register()
+
+
 def preset_names(group: str) -> list[str]:
     """Names of the YAML presets in ``conf/<group>/``."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+@contextmanager
+def conf_dir() -> Iterator[None]:
+    """Hydra's compose API over ``conf/`` for the ``with`` block (``hydra.compose`` inside it),
+    also inside a running Hydra app, whose own state is put back afterwards."""
+    gh = GlobalHydra.instance()
+    outer = gh.hydra
+    gh.clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            yield
+    finally:
+        GlobalHydra.instance().hydra = outer
+
+
+def compose_conf(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with Hydra's command-line ``overrides`` exactly as
+    the apps compose it; a :class:`ConfigError` names what is wrong."""
+    try:
+        with conf_dir():
+            return compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def load_preset(group: str, name: str) -> DictConfig:
-    """The YAML preset ``conf/<group>/<name>.yaml`` merged over its schema's defaults."""
-    path = CONF_DIR / group / f"{name}.yaml"
-    if not path.is_file():
+    """The YAML preset ``conf/<group>/<name>.yaml`` over its schema's defaults (what
+    ``<group>=<name>`` puts at ``<group>``)."""
+    if name not in preset_names(group):
         raise ConfigError(f"{group}={name!r} is not a preset; choose one of {preset_names(group)}")
-    schema = OmegaConf.structured(GROUP_SCHEMAS[group])
-    try:
-        return OmegaConf.merge(schema, OmegaConf.load(path))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-
-
-GLOBAL_PACKAGE = "# @package _global_"
-"""first line of a population preset that also sets how its clients respond: the file then holds
-``population:`` and ``env: {response: ...}`` (Hydra reads the same header)"""
-
-
-def _is_global(path: Path) -> bool:
-    for line in path.read_text().splitlines():
-        if not line.startswith("#"):
-            return False
-        if line.strip() == GLOBAL_PACKAGE:
-            return True
-    return False
-
-
-def load_population(name: str) -> tuple[DictConfig, DictConfig | None]:
-    """A population preset and the ``env`` settings it carries (None for a plain preset).
-
-    A calibrated book of clients differs in how it responds as well as in who is in it, so its
-    preset may set ``env.response`` keys; the env preset gives the rest and the command line
-    overrides both."""
-    path = CONF_DIR / "population" / f"{name}.yaml"
-    if not path.is_file() or not _is_global(path):
-        return load_preset("population", name), None
-    raw = OmegaConf.load(path)
-    unknown = sorted(set(raw) - {"population", "env"})
-    if unknown:
-        raise ConfigError(f"{path}: only population: and env: may be set here, not {unknown}")
-    try:
-        population = OmegaConf.merge(
-            OmegaConf.structured(PopulationConfig), raw.get("population", {})
-        )
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    return population, raw.get("env")
+    return compose_conf("setup_root", [f"{group}={name}"])[group]
 
 
 def to_setup(cfg: Any) -> Setup:
@@ -175,39 +188,48 @@ def to_setup(cfg: Any) -> Setup:
     return validate(setup)
 
 
+def _check_population(name: str) -> None:
+    """A population preset may set ``population:`` and, under Hydra's ``# @package _global_``
+    header (:data:`GLOBAL_PACKAGE`), ``env:`` (how its clients respond); nothing else."""
+    path = CONF_DIR / "population" / f"{name}.yaml"
+    alone = compose_conf_groups([f"+population={name}"])
+    unknown = sorted(set(alone) - {"population", "env"})
+    if unknown:
+        raise ConfigError(f"{path}: only population: and env: may be set here, not {unknown}")
+
+
+def compose_conf_groups(overrides: list[str]) -> DictConfig:
+    """Presets composed alone, with no primary config (``+group=name`` overrides)."""
+    try:
+        with conf_dir():
+            return compose(config_name=None, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def load_setup(
-    env: str = "default",
-    population: str = "default",
-    scenario: str = "calm",
-    reward: str = "balanced",
-    seed: int = 0,
+    env: str | None = None,
+    population: str | None = None,
+    scenario: str | None = None,
+    reward: str | None = None,
+    seed: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> Setup:
-    """Compose a :class:`Setup` from presets in ``conf/`` plus dotted overrides.
+    """Compose a :class:`Setup` from ``conf/setup.yaml`` (Hydra's compose API, as train.py and
+    evaluate.py compose it inside ``conf/config.yaml``): a preset named for a group replaces the one setup.yaml chooses (None:
+    keep it), then Hydra ``overrides`` (``key=value``) apply.
 
     Example: ``load_setup(reward="engagement", overrides=["env.horizon_days=30"])``.
     """
-    population_cfg, env_extra = load_population(population)
-    env_cfg = load_preset("env", env)
-    if env_extra is not None:
-        try:
-            env_cfg = OmegaConf.merge(env_cfg, env_extra)
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"population={population}: {exc}") from exc
-    cfg = OmegaConf.create(
-        {
-            "env": env_cfg,
-            "population": population_cfg,
-            "scenario": load_preset("scenario", scenario),
-            "reward": load_preset("reward", reward),
-            "seed": seed,
-        }
-    )
-    if overrides:
-        try:
-            cfg = OmegaConf.merge(
-                OmegaConf.structured(Setup), cfg, OmegaConf.from_dotlist(list(overrides))
+    chosen = {"env": env, "population": population, "scenario": scenario, "reward": reward}
+    for group, name in chosen.items():
+        if name is not None and name not in preset_names(group):
+            raise ConfigError(
+                f"{group}={name!r} is not a preset; choose one of {preset_names(group)}"
             )
-        except OmegaConfBaseException as exc:
-            raise ConfigError(str(exc)) from exc
-    return to_setup(cfg)
+    if population is not None:
+        _check_population(population)
+    picked = [f"{group}={name}" for group, name in chosen.items() if name is not None]
+    if seed is not None:
+        picked.append(f"seed={seed}")
+    return to_setup(compose_conf("setup_root", [*picked, *overrides]))

@@ -59,7 +59,9 @@ def test_default_yaml_holds_the_embedded_defaults():
             "env.guardrails.channel_caps.sms=9",
             r"env\.guardrails\.channel_caps\.sms must be in \[0, 7\]",
         ),
-        ("env.guardrails.quiet_hours.fax=[late]", r"unknown channel 'fax'"),
+        # Hydra's command-line rules, as in the apps: a new key needs `+`, and then the check
+        ("env.guardrails.quiet_hours.fax=[late]", r"override 'env\.guardrails\.quiet_hours\.fax'"),
+        ("+env.guardrails.quiet_hours.fax=[late]", r"unknown channel 'fax'"),
         ("env.guardrails.quiet_hours.sms=[night]", r"unknown slot 'night'"),
         ("env.num_clientz=3", r"num_clientz"),
         ("env.horizon_days=ninety", r"horizon_days"),
@@ -100,9 +102,28 @@ def test_bad_scenario_event_names_the_key(preset, field, value, message):
         to_setup({"scenario": scenario})
 
 
+def test_load_setup_is_hydras_composition_of_the_apps_presets():
+    """load_setup composes conf/setup.yaml with Hydra, as the apps compose it inside
+    config.yaml: the same world for the same choices, a _global_ population preset's env
+    settings included, and no second reader of package headers."""
+    from envs.config import compose_conf
+    from experiment.schema import register, validate_run
+
+    register()
+    for choices in ([], ["population=hillstrom", "scenario=misfire"], ["reward=engagement"]):
+        _, apps = validate_run(compose_conf("config", [*choices, "seed=3"]))
+        groups = dict(c.split("=") for c in choices)
+        assert load_setup(**groups, seed=3) == apps, choices
+    hillstrom = load_setup(population="hillstrom")
+    assert hillstrom.env.response != load_setup().env.response  # its calibrated responses
+    over = load_setup(population="hillstrom", overrides=["env.response.click_base=-4.5"])
+    assert over.env.response.click_base == -4.5  # the command line beats the preset
+    assert not hasattr(__import__("envs.config").config, "_is_global")
+
+
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(
         ConfigError,
-        match=r"reward='clicks' is not a preset; choose one of \['balanced', 'engagement', 'fiduciary'\]",
+        match=r"reward='clicks' is not a preset; choose one of \['balanced', 'engagement', 'fiduciary'",
     ):
         load_setup(reward="clicks")
