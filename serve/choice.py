@@ -33,6 +33,9 @@ import numpy as np
 
 SCORE_CAP = 1e300
 """+inf scores read as this (float64; the graph gives float32 scores, at most about 3.4e38)"""
+GRAPH_OUTPUTS = ("choice", "choice_probability", "choice_doubtful")
+"""outputs of an export whose graph makes this choice itself (``serve/graph_choice.py``): the
+(N, 4) int64 actions, their (N,) float64 probabilities, and (N,) bool rows left to numpy"""
 
 
 def component_bounds(nvec: np.ndarray) -> list[tuple[int, int]]:

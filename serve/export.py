@@ -1,9 +1,12 @@
-"""Export a trained policy to ``policy.onnx`` + ``manifest.json``.
+"""Export a trained policy to ``policy.onnx`` + ``manifest.json`` (and ``example_request.json``,
+a request body for the served policy built from simulated clients).
 
 The graph takes ``obs`` float32 [batch, obs_dim] (raw features: the scaling is inside) and
-gives ``action`` int64 [batch, 4] (the deterministic action, no masks) and ``logits`` float32
-[batch, 19] (per-component scores the runtime masks: each component's raw logits for SB3 agents,
-which the runtime normalises; additive scores for bandits).
+gives ``action`` int64 [batch, 4] (the deterministic action, no masks), ``logits`` float32
+[batch, 19] (per-component scores: each component's raw logits for SB3 agents; additive scores
+for bandits) and the masked choice made inside the graph under the manifest's rules
+(``serve/graph_choice.py``): ``choice`` int64 [batch, 4], ``choice_probability`` float64
+[batch] and ``choice_doubtful`` bool [batch], the rows the runtime decides again in numpy.
 
 The export is written into a new sibling folder and then swapped in for ``out`` in one step, so
 a reader (or a killed export) sees the old export or the new one, never a mix, and never none.
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx as onnx_format
 import torch
 from stable_baselines3.common.policies import BaseModel
 from torch import nn
@@ -43,12 +47,18 @@ from agents.bandits import (
     LinearBandit,
 )
 from agents.base import Policy
+from agents.heuristics import RandomPolicy
 from agents.sb3_agents import SB3Policy
-from envs.config import GuardrailConfig
+from envs.config import GuardrailConfig, load_setup
 from envs.consent import MIN_TIER
+from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES, OBS_HIGH
 from envs.spaces import NVEC
+from serve.choice import GRAPH_OUTPUTS
+from serve.graph_choice import append_choice
+from serve.guards import Guards
 from serve.integrity import signing_section
+from serve.request import FeatureChecks
 from serve.runtime import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -237,11 +247,15 @@ def export_policy(
     run_id: str | None = None,
     metrics: dict[str, float] | None = None,
     key: str | bytes | None = None,
+    graph_choice: bool = True,
 ) -> Path:
     """Write ``policy.onnx`` and ``manifest.json`` into ``out``; returns ``out``.
 
     Both files are written and checked in a new folder beside ``out``, which is then swapped in
     (see the module notes); a signing key (``key`` or $CADENCE_EXPORT_KEY) signs the manifest.
+    ``graph_choice`` puts the masked choice inside the graph (outputs ``choice``,
+    ``choice_probability``, ``choice_doubtful``; the manifest's ``graph_choice`` section says
+    so); without it the runtime makes the choice in numpy, as for exports made before.
     """
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -259,13 +273,18 @@ def export_policy(
             opset_version=17,
             dynamo=False,
         )
-        onnx = (new / ONNX_FILE).read_bytes()
         manifest = build_manifest(policy.name, graph.rule, guardrails, run_id, metrics)
+        if graph_choice:  # the masked choice inside the graph (serve/graph_choice.py)
+            model = append_choice(onnx_format.load(str(new / ONNX_FILE)), manifest)
+            _write(new / ONNX_FILE, model.SerializeToString())
+            manifest["graph_choice"] = graph_choice_section(graph.rule)
+        onnx = (new / ONNX_FILE).read_bytes()
         manifest["signing"] = signing_section(signing_key(key))
         manifest["onnx_sha256"] = hashlib.sha256(onnx).hexdigest()
         manifest["integrity"] = integrity_block(manifest, onnx, signing_key(key))
         verify_manifest(manifest, onnx, signing_key(key), new / MANIFEST_FILE)
         _write(new / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
+        _write(new / EXAMPLE_FILE, json.dumps(example_request(manifest), indent=1).encode())
         _sync(new / ONNX_FILE)  # on disk before the swap makes it the export
         _readable_by_all(new)
         swap_in(new, out)
@@ -273,6 +292,31 @@ def export_policy(
         shutil.rmtree(new, ignore_errors=True)
         raise
     return out
+
+
+EXAMPLE_FILE = "example_request.json"
+"""a request body for the served policy, written beside the export (not part of what is hashed:
+the runtime never reads it)"""
+
+
+def example_request(manifest: dict[str, Any], rows: int = 3, seed: int = 0) -> dict[str, Any]:
+    """A body the served policy accepts (``dataframe_split``, as ``serve.http`` and MLflow's
+    scoring server read it): ``rows`` clients of the default population after 14 days of a random
+    policy's messages, their features checked as a request is (consent applied: a feature the
+    client's tier does not allow is 0, so the body passes with ``consent="refuse"`` too)."""
+    core = CadenceCore(load_setup(), rows, client_id_offset=1 << 40)
+    obs, policy = core.reset(seed), RandomPolicy(seed)
+    for _ in range(14):
+        obs = core.step(policy.act(obs, core.joint_masks())).obs
+    checks = FeatureChecks(manifest, Guards(manifest).i_tier)
+    x = checks.validate(np.asarray(obs, dtype=np.float32), "zero", rows)
+    return {"dataframe_split": {"columns": list(manifest["feature_names"]), "data": x.tolist()}}
+
+
+def graph_choice_section(rule: str) -> dict[str, Any]:
+    """The manifest's ``graph_choice`` section: the outputs the graph's masked choice gives and
+    the score rule it was built for (hashed with the rest, so the runtime trusts it as much)."""
+    return {"outputs": list(GRAPH_OUTPUTS), "score_rule": rule}
 
 
 def build_manifest(

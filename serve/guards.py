@@ -84,6 +84,18 @@ class Guards:
         channel_ok, tier = self._channels_and_tier(x)
         return np.ascontiguousarray(channel_ok.T), tier[None, :] >= self.content_min_tier[:, None]
 
+    def is_allowed(self, x: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """(N,) True where the (N, 4) action (components within ``nvec``) is allowed for its
+        client; no-send always is. One pass over the chosen actions, not the 361-action table."""
+        opted, sent, tier = self.inputs(x)
+        slot, channel, content = actions[:, 0], actions[:, 2], actions[:, 3]
+        rows = np.arange(len(actions))
+        ok = ~opted[rows, channel] & (sent[rows, channel] < self.channel_cap[channel])
+        ok &= sent.sum(axis=1) < self.max_per_week
+        ok &= ~self.quiet[np.maximum(slot - 1, 0), channel]
+        ok &= tier >= self.content_min_tier[content]
+        return (slot == 0) | ok
+
     def joint_mask(self, x: np.ndarray) -> np.ndarray:
         """(N, 361) True where the flat action is allowed; no-send always is."""
         slot_channel, content_ok = self.allowed_parts(x)

@@ -9,6 +9,13 @@ quiet hours or caps), then explain it and flag sensitive sends for review. Each 
 module: ``serve/request.py`` validates the table, ``serve/choice.py`` makes the masked choice,
 ``serve/explain.py`` writes the reasons; this one loads an export and runs the steps in order.
 
+An export made with the masked choice inside its graph (``serve/graph_choice.py``; the
+manifest's ``graph_choice`` section says so) makes the network pass, the masks and the choice in
+one onnxruntime call; the runtime still checks every chosen action against the manifest's rules
+and decides again in numpy the rows the graph marks doubtful (near ties of log-probabilities)
+and any row it cannot vouch for (:meth:`PolicyRuntime.graph_decide`). Older exports, without
+that section, are decided in numpy as before.
+
 Loading verifies the whole export (``serve/integrity.py``): the manifest's integrity block holds
 a SHA-256 of each of its sections and of the ONNX bytes (and, when the export was made with a
 key, an HMAC-SHA256 over them), the fixed fields must equal the contract (``serve/contract.py``),
@@ -23,6 +30,7 @@ and NaN scores decide.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +107,7 @@ class PolicyRuntime:
         consent: str = "zero",
         max_rows: int = MAX_ROWS,
         circuit: str | Path | None = None,
+        graph_choice: bool = True,
     ) -> None:
         if consent not in CONSENT_MODES:
             raise ValueError(f"consent must be one of {CONSENT_MODES}, got {consent!r}")
@@ -136,6 +145,27 @@ class PolicyRuntime:
         ]
         self._all_slots = [np.arange(self.guards.quiet.shape[0])] * self.guards.quiet.shape[1]
         self._has_open_slot = np.array([len(rows) > 0 for rows in self._open_slots])
+        self.graph_choice = graph_choice and self._check_graph_choice()
+        """the graph makes the masked choice (an export with a ``graph_choice`` section, unless
+        ``graph_choice=False``); else numpy makes it, as for exports made before"""
+
+    def _check_graph_choice(self) -> bool:
+        """Whether the manifest says the graph makes the masked choice; :class:`ExportError` when
+        it says so but the section or the graph do not match."""
+        section = self.manifest.get("graph_choice")
+        if section is None:
+            return False
+        expected = {"outputs": list(choice.GRAPH_OUTPUTS), "score_rule": self.score_rule}
+        if section != expected:
+            raise ExportError(f"graph_choice must be {expected}, got {str(section)[:200]}")
+        shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        missing = [name for name in choice.GRAPH_OUTPUTS if name not in shapes]
+        if missing:
+            raise ExportError(
+                f"the manifest says the graph makes the masked choice, but the graph lacks the "
+                f"output(s) {missing} (it gives {sorted(shapes)})"
+            )
+        return True
 
     @classmethod
     def load(
@@ -147,6 +177,7 @@ class PolicyRuntime:
         key: str | bytes | None = None,
         circuit: str | Path | None = None,
         require_signature: bool = False,
+        graph_choice: bool = True,
     ) -> PolicyRuntime:
         """Read ``manifest.json`` and ``policy.onnx`` from ``directory``; refuse anything not
         trustworthy (:class:`ExportError` naming what differs).
@@ -172,6 +203,8 @@ class PolicyRuntime:
                 signed with its signature stripped): anyone who can write an unsigned export's
                 folder can relax the caps, quiet hours and consent rules and recompute its
                 hashes. A signed export always needs the key to be verified.
+            graph_choice: let the graph make the masked choice where the export has it inside
+                (``serve/graph_choice.py``); False makes it in numpy for every export.
         """
         directory = Path(directory)
         manifest_path, onnx_path = directory / MANIFEST_FILE, directory / ONNX_FILE
@@ -202,7 +235,14 @@ class PolicyRuntime:
                 f"{onnx_path} gives {outputs}, not logits [batch, {sum(manifest['nvec'])}] "
                 f"(the sum of nvec {manifest['nvec']})"
             )
-        return cls(session, manifest, consent=consent, max_rows=max_rows, circuit=circuit)
+        return cls(
+            session,
+            manifest,
+            consent=consent,
+            max_rows=max_rows,
+            circuit=circuit,
+            graph_choice=graph_choice,
+        )
 
     def validate(self, features: Any) -> np.ndarray:
         """(N, D) float32 features, consent applied, from a mapping/DataFrame with one column per
@@ -235,8 +275,11 @@ class PolicyRuntime:
     def decide(self, features: Any, explain: bool = True) -> Decisions:
         """One decision per row of ``features`` (see :class:`Decisions`)."""
         x = self.validate(features)
-        logits = self.logits(x)
-        actions, probability = self.choose(logits, x)
+        if self.graph_choice:
+            logits, actions, probability = self.graph_decide(x)
+        else:
+            logits = self.logits(x)
+            actions, probability = self.choose(logits, x)
         tripped, first = self._tripped(x)
         if tripped is not None:  # the circuit breaker: these rows get the safe fallback
             actions[tripped] = circuit_state.fallback(
@@ -275,6 +318,53 @@ class PolicyRuntime:
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
         )
+
+    def graph_decide(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 19) scores, (N, 4) best allowed actions and their probabilities from one run of a
+        graph that makes the masked choice itself, held to the guards (:meth:`hold_to_guards`)."""
+        logits, actions, probability, doubtful = self.session.run(
+            ["logits", *choice.GRAPH_OUTPUTS], {"obs": x}
+        )
+        return logits, *self.hold_to_guards(x, logits, actions, probability, doubtful)
+
+    def hold_to_guards(
+        self,
+        x: np.ndarray,
+        logits: np.ndarray,
+        actions: np.ndarray,
+        probability: np.ndarray,
+        doubtful: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's (N, 4) actions and (N,) probabilities, checked: rows it marks doubtful are
+        decided in numpy (:meth:`choose`), and so is any other row whose action is out of range
+        or not allowed by the manifest's rules, or whose probability is not in [0, 1], with a
+        :class:`RuntimeWarning` (a graph that disagrees with its manifest). No action gets past
+        the guards either way."""
+        n = len(x)
+        if actions.shape != (n, 4) or probability.shape != (n,) or doubtful.shape != (n,):
+            raise ExportError(
+                f"the graph's choice has shapes {actions.shape}, {probability.shape}, "
+                f"{doubtful.shape} for {n} rows; expected ({n}, 4), ({n},), ({n},)"
+            )
+        doubtful = doubtful.astype(bool, copy=False)
+        in_range = ((actions >= 0) & (actions < self.nvec)).all(axis=1)
+        actions = np.where(in_range[:, None], actions, 0).astype(np.int64, copy=False)
+        probability = probability.astype(np.float64)  # a copy: rows below are replaced
+        broken = ~in_range | ~self.guards.is_allowed(x, actions)
+        broken |= ~((probability >= 0) & (probability <= 1))
+        broken &= ~doubtful
+        if broken.any():
+            warnings.warn(
+                f"the graph's choice for {int(broken.sum())} of {n} rows (first: row "
+                f"{int(np.flatnonzero(broken)[0])}) is out of range or not allowed by the "
+                "manifest's rules; those rows were decided in numpy",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        again = np.flatnonzero(broken | doubtful)
+        if len(again):
+            actions[again], probability[again] = self.choose(logits[again], x[again])
+        return actions, probability
 
     def _tripped(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Rows whose segment the circuit file trips (None when none is), and the rows whose

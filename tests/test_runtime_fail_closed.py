@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from agents.bandits import LinearBandit
+from agents.bandits import LinearBandit, LinUCB
 from envs.features import FEATURE_NAMES, OBS_HIGH
 from envs.spaces import multi_to_flat
 from serve import contract
@@ -45,7 +45,7 @@ COL = {n: i for i, n in enumerate(NAMES)}
 @pytest.fixture(scope="module")
 def bandit() -> LinearBandit:
     """A linear bandit with a fixed random model: exported in about a second, no training."""
-    policy = LinearBandit(seed=0)
+    policy = LinUCB(seed=0)
     policy.theta = np.random.default_rng(0).normal(0, 0.5, policy.theta.shape)
     return policy
 
@@ -384,6 +384,7 @@ def test_any_scores_give_an_allowed_action_and_a_probability_in_0_1(
     session, manifest = runtime_parts
     manifest = copy.deepcopy(manifest)
     manifest["score_rule"] = rule
+    manifest.pop("graph_choice")  # the numpy choice (the graph's: tests/test_onnx_choice.py)
     manifest["mask_rules"] = {
         "quiet_hours": quiet,
         "max_per_week": weekly,
@@ -475,6 +476,7 @@ def _constant_graph(scores: np.ndarray) -> bytes:
 def test_decide_with_infinite_or_nan_scores_keeps_the_guardrails(unsigned, tmp_path, rule, scores):
     manifest = _manifest(unsigned)
     manifest["score_rule"] = rule
+    manifest.pop("graph_choice")  # a graph of scores alone: the numpy choice decides
     folder = _write(unsigned, tmp_path / "odd", manifest, onnx_bytes=_constant_graph(scores))
     onnx.checker.check_model(onnx.load(folder / "policy.onnx"))
     runtime = _load(folder)
@@ -501,7 +503,7 @@ def test_an_export_is_0755_with_0644_files_whatever_the_umask(bandit, tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
-    assert first == {"policy.onnx": 0o644, "manifest.json": 0o644}
+    assert first == {"policy.onnx": 0o644, "manifest.json": 0o644, "example_request.json": 0o644}
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]  # nothing left beside it
     _load(folder)

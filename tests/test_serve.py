@@ -244,7 +244,8 @@ feature_rows = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(rows=feature_rows, logits=st.data())
 def test_no_network_output_gets_past_the_guardrails(rows, logits):
-    runtime = PolicyRuntime.load(_any_export())
+    # the numpy choice, fed forced scores (the graph's choice: tests/test_onnx_choice.py)
+    runtime = PolicyRuntime.load(_any_export(), graph_choice=False)
     names = list(FEATURE_NAMES)
     x = np.zeros((len(rows), len(names)), dtype=np.float32)
     for i, (weekday, tier, opted, sent) in enumerate(rows):
@@ -278,7 +279,11 @@ def test_export_leaves_only_complete_files(tmp_path):
         policy = _train("epsilon_greedy")
         export_policy(policy, folder)
         export_policy(policy, folder)  # overwriting an export replaces each file whole
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "policy.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "example_request.json",
+        "manifest.json",
+        "policy.onnx",
+    ]
     PolicyRuntime.load(folder)
 
 
