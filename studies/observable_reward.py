@@ -3,15 +3,15 @@
 The balanced reward values a click by its cause (calm or anxious), which only the simulator
 knows; the observable reward (``conf/reward/observable.yaml``) weighs only what a firm records.
 This study rolls the heuristics, the linear bandits and an SB3 learner (trained on the balanced
-reward, and again on the observable one) out on the same fresh evaluation clients (common random
+reward, again on the observable one, and again on clicks alone) out on the same fresh evaluation clients (common random
 numbers, :func:`evaluation.rollout.rollout`), scores every client's horizon under both rewards,
 and reports how the two rankings agree: Spearman's rho and Kendall's tau with 95 % bootstrap
 intervals over evaluation clients, the pairs the two rewards order differently, the largest
 balanced-value gap such a wrong ordering costs, and the balanced value lost by deploying the
 observable reward's first choice instead of the balanced one's.
 
-    python studies/observable_reward.py            # 1,000 clients x 90 days x 2 seeds (minutes)
-    python studies/observable_reward.py --quick    # 200 clients x 30 days x 1 seed, tiny budgets
+    python studies/observable_reward.py            # 1,000 clients x 90 days x 2 seeds (~10 min)
+    python studies/observable_reward.py --quick    # 200 clients x 30 days x 1 seed, tiny budgets (~1 min)
 
 It writes the tables to ``docs/results/observable_reward.md`` (``--out``) and prints them.
 """
@@ -44,6 +44,10 @@ HEURISTICS = ("random", "no_send", "batch_and_blast", "fixed_weekly", "segment_r
 BANDITS = ("linucb", "thompson", "epsilon_greedy")
 BANDIT_ENVS = 500
 """training clients a bandit learns from at a time (as in the agents comparison)"""
+LEARNER_REWARDS = ("balanced", "observable", "engagement")
+"""the rewards each SB3 learner is trained on: the yardstick, the observable reward, and clicks
+alone (the engagement trap: a policy that buys clicks with anxiety, which only the latent
+yardstick sees)"""
 SB3_ENVS = 256
 """training clients an SB3 learner steps at a time"""
 OUT = ROOT / "docs" / "results" / "observable_reward.md"
@@ -84,24 +88,23 @@ class Scores:
 def build_policies(
     setup: Setup, learners: Sequence[str], sizes: Sizes
 ) -> tuple[list[Policy], list[str]]:
-    """The heuristics, the bandits trained on the balanced reward, and each SB3 learner trained on
-    the balanced and on the observable reward; returns the policies and the reward each trained on."""
+    """The heuristics, the bandits trained on ``setup``'s reward, and each SB3 learner trained on
+    every reward of :data:`LEARNER_REWARDS`; returns the policies and the reward each trained on."""
     policies: list[Policy] = [make_policy(AgentConfig(name=name)) for name in HEURISTICS]
     trained_on = ["-"] * len(policies)
-    observable_setup = load_setup(reward="observable")
     jobs = [(name, setup, sizes.bandit_budget, BANDIT_ENVS) for name in BANDITS]
     jobs += [
-        (name, s, sizes.sb3_budget, SB3_ENVS)
+        (name, load_setup(reward=reward), sizes.sb3_budget, SB3_ENVS)
         for name in learners
-        for s in (setup, observable_setup)
+        for reward in LEARNER_REWARDS
     ]
     for name, train_setup, budget, envs in jobs:
         start = time.perf_counter()
         policy = train_agent(
             AgentConfig(name=name), train_setup, budget, envs, seed=0, progress=False
         )
-        if train_setup.reward.observable:
-            policy.name = f"{name} (observable)"
+        if train_setup.reward.name != setup.reward.name:
+            policy.name = f"{name} ({train_setup.reward.name})"
         policies.append(policy)
         trained_on.append(train_setup.reward.name)
         print(
@@ -302,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--learners",
         default="maskable_ppo",
-        help="comma-separated SB3 learners, each trained on both rewards (empty: none)",
+        help="comma-separated SB3 learners, each trained on every reward of LEARNER_REWARDS "
+        "(empty: none)",
     )
     parser.add_argument("--out", type=Path, default=OUT, help="Markdown file written")
     args = parser.parse_args(argv)
