@@ -53,18 +53,17 @@ ARMS: dict[str, dict[str, object]] = {
 that differ between the arms, over ``conf/agent/ppo_lagrangian.yaml``"""
 
 
-def preset(overrides: dict[str, object]) -> AgentConfig:
-    """The default agent as ``train.py`` configures it, with ``overrides`` on top."""
+def preset(overrides: dict[str, object] | None = None) -> AgentConfig:
+    """The default agent as ``train.py agent=ppo_lagrangian`` configures it: the values of
+    ``conf/agent/ppo_lagrangian.yaml`` over its kind's defaults, with ``overrides`` on top."""
     from omegaconf import OmegaConf
 
     from envs.config import CONF_DIR
 
-    node = OmegaConf.merge(
-        OmegaConf.structured(AgentConfig),
-        OmegaConf.load(CONF_DIR / "agent" / "ppo_lagrangian.yaml"),
-        OmegaConf.create(overrides),
-    )
-    return OmegaConf.to_object(node)
+    values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "agent" / "ppo_lagrangian.yaml"))
+    values.pop("defaults", None)  # the kind's schema: AgentConfig(name=...) chooses it
+    values.update(overrides or {}, name="ppo_lagrangian")
+    return AgentConfig(**values)
 
 
 def train(arm: str, seeds: list[int], out: Path, budget: int) -> None:

@@ -1,0 +1,214 @@
+"""The default agent's fast training path: the masked multi-categorical distribution against
+sb3-contrib's, the rollouts' masks and bootstrapping, saving and loading, torch threads, and
+``trainer.device``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sb3_contrib.common.maskable.distributions import MaskableMultiCategoricalDistribution
+
+from agents.config import AgentConfig
+from agents.sb3_agents import (
+    TORCH_THREADS,
+    FastMaskablePolicy,
+    FastMaskablePPO,
+    MaskedMultiCategorical,
+    SB3Policy,
+    build_model,
+    check_device,
+    current_options,
+    default_train_envs,
+    make_training_env,
+    training_options,
+)
+from envs.config import load_setup
+from envs.sb3_vec_env import CadenceVecEnv
+from envs.spaces import multi_discrete_space
+from experiment.schema import TrainerConfig
+from simulate.config import ConfigError, validate
+
+DIMS = [int(d) for d in multi_discrete_space().nvec]
+OFFSETS = np.concatenate([[0], np.cumsum(DIMS)[:-1]])
+
+
+def _env_masks(n: int = 512, days: int = 12) -> np.ndarray:
+    """Real masks: ``n`` clients after ``days`` of random allowed actions (caps bite)."""
+    env = CadenceVecEnv(load_setup(), num_envs=n)
+    env.seed(3)
+    env.reset()
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(days):
+        m = env.action_masks()
+        rows.append(m)
+        actions = np.stack(
+            [
+                rng.choice(np.flatnonzero(r[o : o + d]))
+                for r in m
+                for o, d in zip(OFFSETS, DIMS, strict=True)
+            ]
+        ).reshape(n, len(DIMS))
+        env.step(actions)
+    return np.concatenate(rows)
+
+
+@pytest.fixture(scope="module")
+def masks() -> np.ndarray:
+    m = _env_masks()
+    assert not m.all(), "the guardrails forbid something in a fortnight of random sends"
+    return m
+
+
+def _pair(masks: np.ndarray, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(len(masks), sum(DIMS), generator=g)).requires_grad_()
+    theirs = MaskableMultiCategoricalDistribution(DIMS).proba_distribution(logits)
+    theirs.apply_masking(masks)
+    ours = MaskedMultiCategorical(DIMS).proba_distribution(logits)
+    ours.apply_masking(torch.from_numpy(masks))
+    return logits, theirs, ours
+
+
+def test_masked_distribution_matches_sb3_contrib_on_env_masks(masks):
+    logits, theirs, ours = _pair(masks)
+    actions = theirs.sample()
+    torch.testing.assert_close(ours.log_prob(actions), theirs.log_prob(actions))
+    torch.testing.assert_close(ours.entropy(), theirs.entropy())
+    assert torch.equal(ours.mode(), theirs.mode())
+    flat = torch.cat([d.logits for d in theirs.distributions], dim=1)
+    torch.testing.assert_close(ours.component_log_probs(), flat)
+    grad_theirs = torch.autograd.grad(
+        (theirs.log_prob(actions) + 0.01 * theirs.entropy()).sum(), logits
+    )[0]
+    grad_ours = torch.autograd.grad((ours.log_prob(actions) + 0.01 * ours.entropy()).sum(), logits)[
+        0
+    ]
+    torch.testing.assert_close(grad_ours, grad_theirs)
+
+
+def test_masked_distribution_without_masks_is_the_plain_softmax(masks):
+    logits = torch.randn(64, sum(DIMS))
+    ours = MaskedMultiCategorical(DIMS).proba_distribution(logits)
+    plain = torch.cat([s.log_softmax(1) for s in logits.split(DIMS, dim=1)], dim=1)
+    torch.testing.assert_close(ours.component_log_probs(), plain)
+    ours.apply_masking(torch.from_numpy(masks[:64]))
+    ours.apply_masking(None)  # lifting the masks gives the plain distribution back
+    torch.testing.assert_close(ours.component_log_probs(), plain)
+
+
+def test_samples_stay_within_masks_and_follow_the_probabilities(masks):
+    torch.manual_seed(1)
+    masks = masks[:1024]
+    _, _, ours = _pair(masks)
+    draws = torch.stack([ours.sample() for _ in range(200)])  # (200, N, 4)
+    every = (draws + torch.as_tensor(OFFSETS)).permute(1, 0, 2).reshape(len(masks), -1)
+    assert torch.from_numpy(masks).gather(1, every).all(), "a forbidden option was drawn"
+    # the channel's empirical frequencies match its probabilities (first client, 200 draws)
+    p = ours.log_probs[0, 0, : DIMS[0]].exp()
+    freq = torch.bincount(draws[:, 0, 0], minlength=DIMS[0]).float() / 200
+    assert (freq - p).abs().max() < 0.12
+
+
+def _cfg(**changes) -> AgentConfig:
+    values = dict(
+        name="ppo_lagrangian",
+        action_masking=True,
+        n_steps=4,
+        batch_size=128,
+        n_epochs=1,
+        net_arch=[16, 16],
+    )
+    values.update(changes)
+    return AgentConfig(**values)
+
+
+def test_the_default_agent_trains_on_the_fast_path_and_loads_back(tmp_path):
+    cfg = _cfg()
+    env = make_training_env(cfg, load_setup(), 64)
+    env.seed(0)
+    model = build_model(cfg, env, seed=0)
+    assert isinstance(model, FastMaskablePPO) and isinstance(model.policy, FastMaskablePolicy)
+    assert torch.get_num_threads() == TORCH_THREADS
+    model.learn(total_timesteps=64 * 4 * 2)
+    # the buffer holds each step's masks as the env gave them, and every stored action is allowed
+    buf = model.rollout_buffer
+    stored = buf.action_masks.reshape(-1, sum(DIMS)) > 0.5
+    acts = buf.actions.reshape(-1, len(DIMS)).astype(int) + OFFSETS
+    assert np.take_along_axis(stored, acts, axis=1).all()
+    assert not stored.all()
+    policy = SB3Policy(model, "ppo_lagrangian")
+    loaded = SB3Policy.load(policy.save(tmp_path / "policy"), "ppo_lagrangian")
+    assert isinstance(loaded.model.policy, FastMaskablePolicy)
+    env_raw = CadenceVecEnv(load_setup(), num_envs=32)
+    env_raw.seed(1)
+    raw = env_raw.reset()
+    np.testing.assert_allclose(loaded.scores(raw), policy.scores(raw), rtol=0, atol=1e-6)
+    chosen = loaded.act(raw, env_raw.core.joint_masks()) + OFFSETS
+    assert np.take_along_axis(env_raw.action_masks(), chosen, axis=1).all()
+
+
+def test_the_previous_path_is_still_selectable():
+    from sb3_contrib import MaskablePPO
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    cfg = _cfg()
+    env = make_training_env(cfg, load_setup(), 16)
+    with training_options(fast=False):
+        model = build_model(cfg, env, seed=0)
+    assert type(model) is MaskablePPO
+    assert type(model.policy) is MaskableActorCriticPolicy
+    assert current_options().fast  # the block ends, the default comes back
+
+
+def test_truncated_episodes_are_bootstrapped_as_sb3_does_one_by_one():
+    cfg = _cfg()
+    env = make_training_env(cfg, load_setup(), 16)
+    model = build_model(cfg, env, seed=0)
+    rng = np.random.default_rng(2)
+    width = env.observation_space.shape[0]
+    dones = np.zeros(16, dtype=bool)
+    dones[[1, 4, 5, 9]] = True
+    infos = [{} for _ in range(16)]
+    for i in (1, 4, 5):
+        infos[i] = {"terminal_observation": rng.uniform(0, 1, width).astype(np.float32)}
+        infos[i]["TimeLimit.truncated"] = i != 5  # 5 churned: no bootstrap
+    infos[9] = {"TimeLimit.truncated": True}  # no terminal observation: no bootstrap
+    rewards = rng.normal(size=16).astype(np.float32)
+    expected = rewards.copy()
+    for i in (1, 4):
+        with torch.no_grad():
+            obs = model.policy.obs_to_tensor(infos[i]["terminal_observation"])[0]
+            expected[i] += model.gamma * model.policy.predict_values(obs)[0].item()
+    model._bootstrap_truncated(rewards, dones, infos)
+    np.testing.assert_allclose(rewards, expected, rtol=1e-6)
+
+
+def test_trainer_device_is_cpu_by_default_and_cuda_is_checked():
+    assert TrainerConfig().device == "cpu"
+    cfg = _cfg()
+    model = build_model(cfg, make_training_env(cfg, load_setup(), 8), seed=0)
+    assert model.device.type == "cpu"
+    with pytest.raises(ConfigError, match=r"trainer.device must be 'cpu', 'cuda' or 'cuda:N'"):
+        validate(TrainerConfig(device="gpu"), "trainer")
+    if torch.cuda.is_available():
+        validate(TrainerConfig(device="cuda"), "trainer")
+        with training_options(device="cuda"):
+            model = build_model(cfg, make_training_env(cfg, load_setup(), 8), seed=0)
+        assert model.device.type == "cuda"
+    else:
+        with pytest.raises(ConfigError, match=r"trainer.device=cuda: .*finds no CUDA device"):
+            validate(TrainerConfig(device="cuda"), "trainer")
+        with pytest.raises(ConfigError, match="no CUDA device"), training_options(device="cuda"):
+            pass
+        with pytest.raises(ConfigError, match="use trainer.device=cpu"):
+            check_device("cuda:0")
+
+
+def test_trainer_num_envs_defaults_per_agent():
+    setup = load_setup()
+    assert default_train_envs("ppo_lagrangian", setup) == 1024
+    assert default_train_envs("ppo", setup) == setup.env.num_clients
+    with pytest.raises(ConfigError, match="trainer.num_envs must be null or in"):
+        validate(TrainerConfig(num_envs=0), "trainer")
