@@ -22,6 +22,12 @@ labels, every client when it names none) and the ``window_days`` from its start:
   clients' conversions per living client are back to ``1 - recovery_band`` of their rate over the
   monitor's baseline window before the start, staying so for 7 days (6 at the soonest: a crisis
   that never lowers conversions); censored at the horizon (the days left) when never.
+
+A study too small to find its crisis says so (:meth:`CrisisResult.support`): the events the
+crisis added to (or removed from) each watched series of the touched clients, against the same
+clients under ``calm``, as a z-score with the monitor's noise; under ``sqrt(2h)`` (h: the monitor's
+threshold) no alert can come, and the summary names the clients the study would need. A cut in
+percent needs at least :data:`MIN_COUNT` events without the breaker.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from tqdm.auto import tqdm
 from agents.base import Policy
 from envs.config import Setup
 from evaluation.breaker import BreakerConfig, CircuitBreaker
-from evaluation.monitor import EVERYONE, MonitorConfig
+from evaluation.monitor import EVERYONE, MAX_DISPERSION, MIN_EXPECTED, Monitor, MonitorConfig
 from evaluation.rollout import rollout
 from simulate.config import ConfigError, ScenarioConfig, num
 from simulate.labels import SEGMENTS
@@ -56,6 +62,10 @@ METRICS = (
     "switches",
 )
 RECOVERY_WEEK = 7
+MIN_COUNT = 10
+"""fewest events (clients lost, anxious clicks; summed over seeds) in the arm without the breaker
+for the summary to give the breaker's cut in percent: below it one event more or less moves the
+percentage by more than 10 points"""
 
 
 @dataclass
@@ -215,6 +225,64 @@ def trace_metrics(trace: Trace, calm_off: Trace, crisis: Crisis, cfg: CrisisConf
     return out
 
 
+def crisis_signal(
+    calm: np.ndarray,
+    crisis: np.ndarray,
+    direction: str,
+    baseline_days: int,
+    longest: int,
+) -> float:
+    """How plainly a crisis shows in one watched series: the largest z-score, over the first
+    1..``longest`` days of the crisis, of the events it added (``up``; removed: ``down``) to what
+    the same clients did under ``calm`` with the same luck (``calm`` and ``crisis``: the daily
+    counts from the crisis's start). The noise is the monitor's: a Poisson count over ``k`` days
+    (at least 1 event) times the series' day-to-day dispersion under calm (where it expects
+    :data:`evaluation.monitor.MIN_EXPECTED` events a day), plus its baseline's own, estimated over
+    ``baseline_days``. For a test of a shift in a mean, the likelihood ratio at the threshold
+    ``h`` is ``z²/2``: a series whose z stays under ``sqrt(2h)`` cannot raise an alert."""
+    days = np.arange(1, longest + 1)
+    calm, crisis = calm[:longest], crisis[:longest]
+    added = np.cumsum(crisis - calm) * (1.0 if direction == "up" else -1.0)
+    noise = np.maximum(np.cumsum(calm), 1.0) * _dispersion(calm) * (1.0 + days / baseline_days)
+    return float(max(np.max(added / np.sqrt(noise)), 0.0))
+
+
+def _dispersion(daily: np.ndarray) -> float:
+    """Pearson χ² per degree of freedom of daily counts around their weekday's mean, floored at
+    1 and capped at the monitor's :data:`evaluation.monitor.MAX_DISPERSION`; 1 for a series with
+    fewer than :data:`evaluation.monitor.MIN_EXPECTED` events a day or under two weeks of days."""
+    if daily.size < 14 or daily.mean() < MIN_EXPECTED:
+        return 1.0
+    weekday = np.arange(daily.size) % 7
+    means = np.array([daily[weekday == w].mean() for w in range(7)])[weekday]
+    chi2 = float(np.sum((daily - means) ** 2 / np.maximum(means, 1e-12)))
+    return min(max(chi2 / (daily.size - 7), 1.0), MAX_DISPERSION)
+
+
+@dataclass(frozen=True)
+class Support:
+    """How large a crisis study is next to what its monitor needs to find the crisis."""
+
+    segment: str
+    """the touched segment's series (``all``: every client)"""
+    touched: float
+    """touched clients alive on the crisis's first day (mean over seeds)"""
+    series: str
+    """the watched series (metric and direction) in which the crisis shows most plainly"""
+    signal: float
+    """its :func:`crisis_signal` z-score (mean over seeds)"""
+    needed: float
+    """the z-score the monitor's threshold h asks for: ``sqrt(2h)``"""
+    needed_clients: int | None
+    """clients per seed (rounded up to 100) at which the signal would reach ``needed``, as z grows
+    with the square root of the clients; None where the crisis changed nothing to scale"""
+
+    @property
+    def enough(self) -> bool:
+        """The signal reaches what the monitor needs: the study can find the crisis at all."""
+        return self.signal >= self.needed
+
+
 @dataclass
 class CrisisResult:
     """Every trace of a crisis study and its table."""
@@ -223,6 +291,10 @@ class CrisisResult:
     traces: list[Trace]
     rows: pl.DataFrame
     """one row per (policy, arm, seed) with the :data:`METRICS`"""
+    cfg: CrisisConfig = field(default_factory=CrisisConfig)
+    """the monitor, breaker and window the study ran with"""
+    num_clients: int = 0
+    """clients per seed (touched or not)"""
 
     def table(self) -> pl.DataFrame:
         """Mean of each metric over seeds, per (policy, arm)."""
@@ -245,30 +317,120 @@ class CrisisResult:
     def summary(self, policy: str) -> str:
         """One line on what the breaker did for ``policy``'s touched clients (clients lost,
         anxious clicks; summed over seeds): "segment_rules: the breaker cut clients lost by 41%
-        and cut anxious clicks by 12%". A count that is zero in the ``off`` arm has no
-        percentage: "no anxious clicks in either arm", or the ``on`` arm's count against none."""
+        and cut anxious clicks by 12%". A count under :data:`MIN_COUNT` in the ``off`` arm has no
+        percentage: both counts are given, "no anxious clicks in either arm" when both are zero.
+        A breaker that never switched ran alike in both arms and is said to. For a study with
+        its traces, whether the crisis was found and, when the study is too small to find it
+        (:meth:`support`), the clients it would need."""
         cuts, plain = [], []
+        mine = self.rows.filter(pl.col("policy") == policy)
+        switched = (
+            "switches" not in mine.columns
+            or float(mine.filter(pl.col("monitor") == "on")["switches"].sum()) > 0
+        )
         for metric, noun in (
             ("clients_lost", "clients lost"),
             ("anxious_clicks", "anxious clicks"),
         ):
             on, off = (
-                float(
-                    self.rows.filter((pl.col("policy") == policy) & (pl.col("monitor") == arm))[
-                        metric
-                    ].sum()
-                )
-                for arm in ("on", "off")
+                float(mine.filter(pl.col("monitor") == arm)[metric].sum()) for arm in ("on", "off")
             )
-            if off > 0:
+            if off == 0 and on == 0:
+                plain.append(f"no {noun} in either arm")
+            elif not switched:
+                plain.append(f"{off:.0f} {noun}")
+            elif off >= MIN_COUNT:
                 cut = 1.0 - on / off
                 cuts.append(f"{'cut' if cut >= 0 else 'raised'} {noun} by {abs(cut):.0%}")
-            elif on > 0:
-                plain.append(f"{on:.0f} {noun} with the breaker, none without it")
+            elif off > 0:
+                plain.append(
+                    f"{on:.0f} {noun} with the breaker and {off:.0f} without it "
+                    f"(too few for a percentage: {MIN_COUNT} needed)"
+                )
             else:
-                plain.append(f"no {noun} in either arm")
+                plain.append(f"{on:.0f} {noun} with the breaker, none without it")
         said = [f"the breaker {' and '.join(cuts)}"] if cuts else []
-        return f"{policy}: " + "; ".join(said + plain)
+        if not switched:
+            said = ["the breaker never switched, so both arms ran alike"]
+        return f"{policy}: " + "; ".join(said + plain + self._detection(policy))
+
+    def _detection(self, policy: str) -> list[str]:
+        """What the summary says of finding the crisis: in how many seeds it was never found,
+        and the study's size when it is too small (nothing without traces or a crisis)."""
+        if self.crisis.start_day is None or not self.traces:
+            return []
+        off = self.rows.filter((pl.col("policy") == policy) & (pl.col("monitor") == "off"))
+        horizon = len(self.traces[0].daily["alive"])
+        missed = int((off["detection_delay_days"] >= horizon - self.crisis.start_day).sum())
+        said = []
+        if missed:
+            seeds = off.height
+            said.append(
+                f"the crisis was never found in {missed} of {seeds} seed{'s' * (seeds > 1)} "
+                "(its detection delay is the days left to the horizon)"
+            )
+        found = self.support(policy)
+        if not found.enough:
+            need = (
+                f"at least {found.needed_clients:,} clients would be needed"
+                if found.needed_clients
+                else "the crisis changed none of their watched counts"
+            )
+            said.append(
+                f"the study is too small to find it: among its {found.touched:,.0f} touched "
+                f"clients ({found.segment}, of {self.num_clients:,}) the crisis shows at most "
+                f"z = {found.signal:.1f} ({found.series}) where the monitor needs "
+                f"{found.needed:.1f}; {need}"
+            )
+        return said
+
+    def support(self, policy: str) -> Support:
+        """Whether the study is large enough for the monitor to find the crisis among
+        ``policy``'s touched clients: the :func:`crisis_signal` of each watched series of the
+        touched segment, without the breaker, the crisis against ``calm`` (same clients, same
+        luck), over the window (visits: over the week and guard days their baseline takes to
+        follow a change); the mean over seeds of the plainest series."""
+        start = self.crisis.start_day
+        if start is None:
+            raise ValueError(f"scenario {self.crisis.scenario!r} has no crisis to find")
+        segment = self.crisis.segment or EVERYONE
+        off = {
+            (t.scenario == "calm", t.seed): t
+            for t in self.traces
+            if t.policy == policy and t.arm == "off"
+        }
+        seeds = sorted({seed for calm, seed in off if calm})
+        if not seeds:
+            raise ValueError(f"no calm trace of {policy!r} in this study")
+        monitor = self.cfg.monitor
+        signals, plainest = [], []
+        for seed in seeds:
+            calm, crisis = off[(True, seed)], off[(False, seed)]
+            here = {}
+            for key in calm.series:
+                if key[0] != segment:
+                    continue
+                seasonal = key[1] == "visit_rate"  # baseline: last week's level
+                here[key] = crisis_signal(
+                    calm.series[key][0][start:],
+                    crisis.series[key][0][start:],
+                    key[2],
+                    RECOVERY_WEEK if seasonal else monitor.baseline_days,
+                    RECOVERY_WEEK + monitor.guard_days if seasonal else self.cfg.window_days,
+                )
+            top = max(here, key=here.__getitem__)
+            signals.append(here[top])
+            plainest.append(f"{top[1]} {top[2]}")
+        signal = float(np.mean(signals))
+        needed = math.sqrt(2.0 * Monitor(monitor).threshold)
+        clients = (
+            math.ceil(self.num_clients * (needed / signal) ** 2 / 100) * 100
+            if signal > 0 and self.num_clients
+            else None
+        )
+        touched = float(np.mean([off[(True, s)].daily["alive"][start] for s in seeds]))
+        series = max(set(plainest), key=plainest.count)
+        return Support(segment, touched, series, signal, needed, clients)
 
     def logs(self) -> pl.DataFrame:
         """Every alert and every switch and return of every trace, one row each, with the
@@ -358,7 +520,7 @@ def crisis_study(
                 if arm == "on":
                     m["false_alerts_per_100_days"] = false_alerts
                 rows.append({"policy": name, "monitor": arm, "seed": seed, **m})
-    return CrisisResult(crisis, list(traces.values()), pl.DataFrame(rows))
+    return CrisisResult(crisis, list(traces.values()), pl.DataFrame(rows), cfg, num_clients)
 
 
 def timeline_series(result: CrisisResult, policy: str) -> dict:

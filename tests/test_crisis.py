@@ -1,5 +1,5 @@
 """The crisis study: each policy with and without the circuit breaker on the same clients and
-luck, under a scenario and under calm; its metrics, its refusals, and evaluate.py monitor=on
+luck, under a scenario and under calm; its metrics, its refusals, and evaluate.py mode=monitor
 logging them to MLflow with the timeline plot."""
 
 from __future__ import annotations
@@ -97,12 +97,12 @@ def test_the_study_refuses_a_crisis_it_cannot_watch_or_measure():
 
 
 @pytest.mark.slow  # a subprocess: Hydra + MLflow start-up
-def test_evaluate_monitor_on_logs_the_crisis_metrics_and_the_timeline(tmp_path):
+def test_evaluate_mode_monitor_logs_the_crisis_metrics_and_the_timeline(tmp_path):
     done = _cli(
         "evaluate.py",
         [
             "scenario=market_shock",
-            "monitor=on",
+            "mode=monitor",
             "policies=[segment_rules]",
             "eval.num_clients=500",
             "eval.num_seeds=1",
@@ -123,7 +123,14 @@ def test_evaluate_monitor_on_logs_the_crisis_metrics_and_the_timeline(tmp_path):
     assert {"timeline_market_shock.png", "crisis.md", "alerts_and_switches.parquet"} <= artifacts
 
 
-def test_evaluate_refuses_an_unknown_monitor_setting(tmp_path):
-    done = _cli("evaluate.py", ["monitor=maybe", "policies=[segment_rules]"], tmp_path, timeout=120)
-    assert done.returncode != 0
-    assert "monitor must be 'on' or 'off'" in done.stderr + done.stdout
+def test_evaluate_refuses_the_former_monitor_switch_naming_the_mode(tmp_path):
+    done = _cli("evaluate.py", ["monitor=on", "policies=[segment_rules]"], tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "monitor= is gone: use mode=monitor" in done.stderr
+
+
+def test_a_study_large_enough_to_find_the_misfire_says_nothing_of_its_size(misfire):
+    found = misfire.support("segment_rules")
+    assert found.segment == "growth_investor" and found.enough
+    assert "too small" not in misfire.summary("segment_rules")
+    assert "never found" not in misfire.summary("segment_rules")
