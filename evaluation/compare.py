@@ -17,7 +17,7 @@ from agents.heuristics import NoSend
 from agents.oracle import Oracle
 from envs.config import RewardConfig, Setup
 from evaluation.metrics import incremental, kpis, normalized_value, paired_difference
-from evaluation.rollout import Rollout, evaluate
+from evaluation.rollout import Progress, Rollout, evaluate
 
 Interval = tuple[float, float, float]
 
@@ -80,7 +80,9 @@ def compare(
     )
     by_name = {p.name: [r for r in rollouts if r.policy == p.name] for p in everyone}
     metrics = {}
+    bar = Progress(len(everyone), "confidence intervals", "policy", progress)
     for p in everyone:
+        bar.set_note(p.name)
         m = kpis(by_name[p.name], n_boot=n_boot)
         m["eval/normalized_value"] = normalized_value(
             by_name[p.name], by_name["no_send"], by_name["oracle"], n_boot=n_boot
@@ -101,6 +103,8 @@ def compare(
             )
         m |= incremental(by_name[p.name], by_name["no_send"], n_boot=n_boot)
         metrics[p.name] = m
+        bar.update()
+    bar.close()
     differences = {
         (a, b): paired_difference(by_name[a], by_name[b], n_boot=n_boot)
         for a in names

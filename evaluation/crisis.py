@@ -38,13 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
 from agents.base import Policy
 from envs.config import Setup
 from evaluation.breaker import BreakerConfig, CircuitBreaker
 from evaluation.monitor import EVERYONE, MAX_DISPERSION, MIN_EXPECTED, Monitor, MonitorConfig
-from evaluation.rollout import rollout
+from evaluation.rollout import Progress, rollout
 from simulate.config import ConfigError, ScenarioConfig, num
 from simulate.labels import SEGMENTS
 
@@ -504,12 +503,13 @@ def crisis_study(
     worlds = [("calm", calm_setup)] + ([] if crisis.start_day is None else [("crisis", setup)])
     jobs = [(s, p, arm, w) for s in seeds for p in policies for w in worlds for arm in ARMS]
     traces: dict[tuple, Trace] = {}
-    with tqdm(jobs, desc="crisis study", unit="rollout", disable=None if progress else True) as bar:
-        for seed, policy, arm, (world, world_setup) in bar:
-            bar.set_postfix_str(f"{policy.name} {world} monitor={arm} seed {seed}")
+    with Progress(len(jobs), "crisis study", "rollout", progress) as bar:
+        for seed, policy, arm, (world, world_setup) in jobs:
+            bar.set_note(f"{policy.name} {world} monitor={arm} seed {seed}")
             traces[(seed, policy.name, world, arm)] = run_trace(
                 policy, arm, world_setup, crisis, cfg, num_clients, horizon_days, seed
             )
+            bar.update()
     rows = []
     for seed in seeds:
         for name in names:

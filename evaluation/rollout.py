@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +27,66 @@ VULNERABLE_SUSCEPTIBILITY = 0.6
 """clients above this anxiety susceptibility count as vulnerable"""
 VULNERABLE_LITERACY = 0.3
 """clients below this financial literacy count as vulnerable"""
+
+
+LINE_EVERY_S = 10.0
+"""seconds between two progress lines where there is no terminal to draw a bar on"""
+
+
+class Progress:
+    """Progress of a wait longer than a few seconds, on stderr: tqdm's bar on a terminal; anywhere
+    else (a pipe, a CI log, a notebook's captured stream) one plain line when it starts, then at
+    most one every :data:`LINE_EVERY_S` seconds and one when it is done, so a log stays readable;
+    nothing at all when ``enabled`` is False. Use it as a context manager."""
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool = True) -> None:
+        self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
+        self.done = 0
+        self.note = ""
+        self.stream = sys.stderr
+        terminal = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream) if terminal else None
+        self.started = self.last = time.monotonic()
+        if enabled and self.bar is None:
+            self._line()
+
+    def set_note(self, text: str) -> None:
+        """What is being done now (a policy and seed), shown beside the count."""
+        self.note = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more of :attr:`total` done."""
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and (
+            self.done >= self.total or time.monotonic() - self.last >= LINE_EVERY_S
+        ):
+            self._line()
+
+    def _line(self) -> None:
+        self.last = time.monotonic()
+        note = f" ({self.note})" if self.note else ""
+        consonant_y = self.unit.endswith("y") and self.unit[-2:-1] not in "aeiou"
+        units = self.unit[:-1] + "ies" if consonant_y else self.unit + "s"
+        print(
+            f"{self.desc}: {self.done:,}/{self.total:,} {units}{note}, "
+            f"{self.last - self.started:.0f} s",
+            file=self.stream,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -179,7 +241,8 @@ def evaluate(
     """Roll every policy out on the same clients for each seed (common random numbers), each
     scored with ``yardstick`` (see :func:`rollout`).
 
-    Shows a progress bar over (seed, policy) pairs on a terminal when ``progress`` is set.
+    Shows its progress (:class:`Progress`: a bar on a terminal, a line every few seconds
+    elsewhere) in days rolled out, or in rollouts with ``workers > 1``, when ``progress`` is set.
     ``workers > 1`` runs the rollouts in forked processes; each starts from the policy as it is
     now, so a policy with internal randomness (``random``) draws differently than in one process.
     """
@@ -189,23 +252,31 @@ def evaluate(
         _FORKED = (list(policies), setup, num_clients, horizon_days, yardstick)
         jobs = [(seed, i) for seed in seeds for i in range(len(policies))]
         try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                results = pool.imap(_forked_rollout, jobs)
-                return list(
-                    tqdm(
-                        results,
-                        total=len(jobs),
-                        desc="evaluating",
-                        unit="rollout",
-                        disable=None if progress else True,
-                    )
-                )
+            with (
+                multiprocessing.get_context("fork").Pool(workers) as pool,
+                Progress(len(jobs), "evaluating", "rollout", progress) as bar,
+            ):
+                results = []
+                for result in pool.imap(_forked_rollout, jobs):
+                    results.append(result)
+                    bar.update()
+                return results
         finally:
             _FORKED = None
     out = []
     jobs = [(seed, policy) for seed in seeds for policy in policies]
-    with tqdm(jobs, desc="evaluating", unit="rollout", disable=None if progress else True) as bar:
-        for seed, policy in bar:
-            bar.set_postfix_str(f"{policy.name} seed {seed}")
-            out.append(rollout(policy, setup, num_clients, horizon_days, seed, yardstick=yardstick))
+    with Progress(len(jobs) * horizon_days, "evaluating", "day", progress) as bar:
+        for seed, policy in jobs:
+            bar.set_note(f"{policy.name} seed {seed}")
+            out.append(
+                rollout(
+                    policy,
+                    setup,
+                    num_clients,
+                    horizon_days,
+                    seed,
+                    on_day=lambda *_: bar.update(),
+                    yardstick=yardstick,
+                )
+            )
     return out
