@@ -7,6 +7,7 @@ entry scripts and the ``main()`` of every ``python -m`` command that takes polic
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def resolve_policy(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
     if agent is not None and agent.train is None:  # nothing to learn: a heuristic, the oracle
         return make_policy(AgentConfig(name=spec)), {"agent": spec}
     if agent is not None and agent.trained_on_the_spot:
+        print(f"training {spec} on {BANDIT_TIMESTEPS:,} client-days first", file=sys.stderr)
         trained = train_agent(
-            AgentConfig(name=spec), setup, BANDIT_TIMESTEPS, BANDIT_CLIENTS, progress=False
+            AgentConfig(name=spec), setup, BANDIT_TIMESTEPS, BANDIT_CLIENTS, progress=True
         )
         return trained, {"agent": spec}
     if agent is not None:
