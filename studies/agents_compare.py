@@ -22,19 +22,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from agents.config import AgentConfig  # noqa: E402
-from agents.kinds import kinds  # noqa: E402
-from agents.propensity import distil  # noqa: E402
-from agents.registry import make_policy, train_agent  # noqa: E402
-from envs.config import load_setup  # noqa: E402
-from evaluation.compare import TABLE, compare, markdown_table, tier_table  # noqa: E402
+from agents.config import AgentConfig
+from agents.kinds import kinds
+from agents.propensity import distil
+from agents.registry import make_policy, train_agent
+from envs.config import eval_seeds, load_setup
+from evaluation.compare import TABLE, compare, markdown_table, tier_table
 
 BUDGETS = {k.name: k.budget for k in kinds() if k.budget is not None}
 """client-days of training per agent: each kind's default budget in the agent registry"""
@@ -54,22 +51,23 @@ HARM = (
 )
 
 
-def agent_preset(name: str) -> AgentConfig:
-    """The agent as ``train.py agent=<name>`` configures it: conf/agent/<name>.yaml over the
-    AgentConfig defaults (the default agent's normalised returns and wider networks included)."""
-    from omegaconf import OmegaConf
+def agent_preset(name: str, overrides: list[str] | tuple[str, ...] = ()) -> AgentConfig:
+    """The agent as ``train.py agent=<name> agent.<key>=<value> ...`` configures it: the
+    apps' config composed with Hydra's compose API (conf/agent/<name>.yaml over the kind's
+    config) and checked; ``overrides`` are ``<key>=<value>`` of the agent."""
+    from envs.config import compose_conf
+    from experiment.schema import register, validate_run
 
-    from envs.config import CONF_DIR
-
-    path = CONF_DIR / "agent" / f"{name}.yaml"
-    node = OmegaConf.merge(OmegaConf.structured(AgentConfig), OmegaConf.load(path))
-    return OmegaConf.to_object(node)
+    register()
+    run, _ = validate_run(
+        compose_conf("config", [f"agent={name}", *(f"agent.{o}" for o in overrides)])
+    )
+    return run.agent
 
 
 def variant(spec: str) -> tuple[str, AgentConfig]:
     """``NAME:KEY=VALUE[:KEY=VALUE]`` -> (NAME, its preset with the overrides), checked."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from simulate.config import ConfigError
 
     name, *overrides = spec.split(":")
     if name not in BUDGETS or not overrides:
@@ -77,13 +75,10 @@ def variant(spec: str) -> tuple[str, AgentConfig]:
             f"--variant {spec!r}: expected NAME:KEY=VALUE[:KEY=VALUE] with NAME one of "
             f"{list(BUDGETS)}"
         )
-    base = OmegaConf.structured(agent_preset(name))
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.from_dotlist(overrides)))
-        cfg.check("agent")
-    except (OmegaConfBaseException, ValueError) as err:
+        return name, agent_preset(name, overrides)
+    except ConfigError as err:
         raise SystemExit(f"--variant {spec!r}: {err}") from err
-    return name, cfg
 
 
 def main() -> int:
@@ -141,7 +136,7 @@ def main() -> int:
                 flush=True,
             )
     start = time.perf_counter()
-    result = compare(policies, setup, args.clients, args.days, seeds=range(1000, 1000 + args.seeds))
+    result = compare(policies, setup, args.clients, args.days, seeds=eval_seeds(args.seeds))
     print(f"\nevaluated {len(result.metrics)} policies in {time.perf_counter() - start:.0f} s\n")
     print(markdown_table(result, COLUMNS))
     print()

@@ -9,16 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from agents.config import AgentConfig  # noqa: E402
-from agents.registry import train_agent  # noqa: E402
-from envs.config import load_setup  # noqa: E402
-from evaluation.compare import compare, markdown_table  # noqa: E402
+from agents.config import AgentConfig
+from agents.registry import train_agent
+from envs.config import eval_seeds, load_setup
+from evaluation.compare import compare, markdown_table
 
 COLUMNS = (
     "eval/clicks_per_client",
@@ -51,7 +48,7 @@ def main() -> int:
         policy.name = f"{args.agent}@{reward}"
         policies.append(policy)
         print(f"trained {policy.name} in {time.perf_counter() - start:.0f} s", flush=True)
-    result = compare(policies, load_setup(), args.clients, 90, seeds=range(1000, 1000 + args.seeds))
+    result = compare(policies, load_setup(), args.clients, 90, seeds=eval_seeds(args.seeds))
     print()
     print(markdown_table(result, COLUMNS))
     a, b = (p.name for p in policies)

@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from scipy import stats
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from agents.config import AgentConfig  # noqa: E402
-from agents.heuristics import SegmentRules  # noqa: E402
-from agents.registry import train_agent  # noqa: E402
-from envs.config import load_setup  # noqa: E402
-from evaluation.metrics import paired_difference  # noqa: E402
-from evaluation.rollout import evaluate  # noqa: E402
+from agents.config import AgentConfig
+from agents.heuristics import SegmentRules
+from agents.registry import train_agent
+from envs.config import eval_seeds, load_setup
+from evaluation.metrics import paired_difference
+from evaluation.rollout import evaluate
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float]:
@@ -60,14 +57,12 @@ def main() -> int:
     torch.set_num_threads(2)
     setup = load_setup(overrides=[f"env.horizon_days={args.days}"])
     cfg = AgentConfig(name=args.agent)
-    eval_seeds = tuple(range(1000, 1000 + args.eval_seeds))
-    baseline = evaluate(
-        [SegmentRules()], setup, args.clients, args.days, eval_seeds, progress=False
-    )
+    seeds = tuple(eval_seeds(args.eval_seeds))
+    baseline = evaluate([SegmentRules()], setup, args.clients, args.days, seeds, progress=False)
     rows, over_start, over_rules = [], [], []
     print(
         f"{args.agent}: {args.budget:,} client-days per training seed; evaluation on {args.clients:,} "
-        f"fresh clients x {args.days} days x {len(eval_seeds)} seeds\n"
+        f"fresh clients x {args.days} days x {len(seeds)} seeds\n"
     )
     print("| training seed | trained - start | trained - segment_rules | train s |")
     print("|---:|---:|---:|---:|")
@@ -77,9 +72,7 @@ def main() -> int:
         trained = train_agent(cfg, setup, args.budget, args.num_envs, seed=seed, progress=False)
         seconds = time.perf_counter() - began
         start.name, trained.name = "start", "trained"
-        rollouts = evaluate(
-            [start, trained], setup, args.clients, args.days, eval_seeds, progress=False
-        )
+        rollouts = evaluate([start, trained], setup, args.clients, args.days, seeds, progress=False)
         by = {name: [r for r in rollouts if r.policy == name] for name in ("start", "trained")}
         vs_start = paired_difference(by["trained"], by["start"])
         vs_rules = paired_difference(by["trained"], baseline)

@@ -17,21 +17,17 @@ from PDWIS and FQE beside its true value (the target rolled out on the log's own
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from tqdm.auto import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from agents.base import Policy  # noqa: E402
-from agents.config import AgentConfig  # noqa: E402
-from agents.registry import make_policy, train_agent  # noqa: E402
-from envs.config import Setup, load_setup  # noqa: E402
-from evaluation.logged import log_policy  # noqa: E402
-from evaluation.offline import MULTI_DAY, ONE_STEP, estimate  # noqa: E402
-from evaluation.truth import step_truth  # noqa: E402
+from agents.base import Policy
+from agents.config import AgentConfig
+from agents.registry import make_policy, train_agent
+from envs.config import Setup, load_setup
+from evaluation.logged import log_policy
+from evaluation.offline import MULTI_DAY, ONE_STEP, estimate
+from evaluation.truth import step_truth
 
 DAYS = 30
 LOG_EPSILON = 0.2
