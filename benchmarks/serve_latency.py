@@ -1,11 +1,14 @@
 """Serving speed: the guarded runtime (numpy + onnxruntime, one thread) beside SB3's
 ``model.predict`` on the same observations of the same PPO policy, in one run.
 
-Prints decisions per second at batch 1, 64 and 4,096 and single-decision p50/p99 latency.
-The runtime row includes validation, guardrail masks and the masked choice; the
-``+ reasons`` row adds the explanations (one extra network pass per feature group). Two rows
-show the ceiling of any runtime on this network: the ONNX graph alone (onnxruntime, no
-validation or guardrails) and the same actor network alone in torch (no SB3 around it).
+Prints decisions per second at batch 1, 64 and 4,096 and single-decision p50/p99 latency, and
+writes the table to ``docs/results/serve_latency.md``. The runtime row includes validation,
+guardrail masks and the masked choice (inside the graph: ``serve/graph_choice.py``, with the
+runtime's checks); the ``+ reasons`` row adds the explanations (one extra network pass per feature
+group). Peers measured in the same run: the export's ONNX graph alone (onnxruntime, no validation
+or checks: the ceiling of any runtime on this export), the network alone (the graph of an export
+without the choice inside), the previous runtime (that export, the choice in numpy), SB3's
+``model.predict`` and the actor network alone in torch.
 
     python benchmarks/serve_latency.py
 """
@@ -13,6 +16,8 @@ validation or guardrails) and the same actor network alone in torch (no SB3 arou
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,14 +62,46 @@ def latencies(fn, obs: np.ndarray, n: int = 3000) -> tuple[float, float]:
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "serve_latency.md"
+
+
+def write_results(lines: list[str]) -> None:
+    """Write the table and ratios to :data:`RESULTS`, with the command, commit and machine."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=RESULTS.parents[2],
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    header = [
+        "# Serving speed",
+        "",
+        f"`python benchmarks/serve_latency.py` at commit {commit}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} when written: figures "
+        "from a loaded machine compare only within the run), one onnxruntime and torch thread; "
+        "all rows measured in the same run on the same PPO observations (written by the "
+        "benchmark).",
+        "",
+    ]
+    RESULTS.write_text("\n".join(header + lines) + "\n")
+
+
 def main() -> int:
     torch.set_num_threads(1)
     setup = load_setup()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         policy = train_agent(AgentConfig(name="ppo"), setup, 50_000, 256, progress=False)
-        folder = export_policy(policy, Path(tempfile.mkdtemp()) / "export")
-    runtime = PolicyRuntime.load(folder, threads=1)
+        work = Path(tempfile.mkdtemp())
+        folder = export_policy(policy, work / "export")
+        previous = export_policy(policy, work / "previous", graph_choice=False)
+        runtime = PolicyRuntime.load(folder, threads=1)
+        before = PolicyRuntime.load(previous, threads=1)
     core = CadenceCore(setup, 4096, client_id_offset=1 << 45)
     obs, random = core.reset(5), RandomPolicy(0)
     for _ in range(20):
@@ -81,34 +118,45 @@ def main() -> int:
         "runtime (guarded)": lambda x: runtime.decide(x, explain=False),
         "runtime + reasons": lambda x: runtime.decide(x, explain=True),
         "ONNX graph alone (ceiling)": lambda x: runtime.session.run(None, {"obs": x}),
+        "network alone (graph without the choice)": lambda x: before.session.run(None, {"obs": x}),
+        "previous runtime (choice in numpy)": lambda x: before.decide(x, explain=False),
         "torch actor network alone": lambda x: actor(torch.as_tensor(x * scale)),
     }
     results = {name: [rate(fn, obs[:b]) for b in BATCHES] for name, fn in contenders.items()}
     lat = {name: latencies(fn, obs) for name, fn in contenders.items()}
-    print(
-        "| | batch 1 (decisions/s) | batch 64 | batch 4,096 | p50 latency, batch 1 (ms) | p99 (ms) |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
+    lines = [
+        "| | batch 1 (decisions/s) | batch 64 | batch 4,096 | p50 latency, batch 1 (ms) | p99 (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, rates in results.items():
-        print(
-            f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[2]:,.0f} | {lat[name][0]:.3f} | {lat[name][1]:.3f} |"
+        lines.append(
+            f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[2]:,.0f} | "
+            f"{lat[name][0]:.3f} | {lat[name][1]:.3f} |"
         )
-    peer = results["SB3 model.predict (peer)"]
-    for name in [n for n in results if n != "SB3 model.predict (peer)"]:
-        print(
-            f"\n{name} / SB3: "
-            + ", ".join(
-                f"batch {b}: {r / p:.1f}x"
-                for b, r, p in zip(BATCHES, results[name], peer, strict=True)
-            )
+    big = BATCHES[-1]
+    share = {
+        peer: results["runtime (guarded)"][-1] / results[peer][-1]
+        for peer in (
+            "ONNX graph alone (ceiling)",
+            "network alone (graph without the choice)",
+            "previous runtime (choice in numpy)",
         )
-    ceiling = results["ONNX graph alone (ceiling)"]
-    for name in ("runtime (guarded)", "runtime + reasons"):
-        print(
-            f"\n{name} / ONNX graph alone at batch {BATCHES[-1]:,}: "
-            f"{results[name][-1] / ceiling[-1]:.2f} (the share of the bare network's throughput "
-            "left after validation, consent, guardrails and the masked choice)"
-        )
+    }
+    p99 = lat["runtime (guarded)"][1]
+    lines += [
+        "",
+        f"* runtime (guarded) / ONNX graph alone at batch {big:,}: "
+        f"**{share['ONNX graph alone (ceiling)']:.2f}** (target >= 0.8: "
+        f"{'met' if share['ONNX graph alone (ceiling)'] >= 0.8 else 'not met'})",
+        f"* runtime (guarded) / network alone at batch {big:,}: "
+        f"{share['network alone (graph without the choice)']:.2f}",
+        f"* runtime (guarded) / previous runtime at batch {big:,}: "
+        f"{share['previous runtime (choice in numpy)']:.2f}",
+        f"* runtime (guarded) batch-1 p99: **{p99:.3f} ms** (target <= 1 ms: "
+        f"{'met' if p99 <= 1.0 else 'not met'})",
+    ]
+    print("\n".join(lines))
+    write_results(lines)
     return 0
 
 

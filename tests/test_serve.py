@@ -58,9 +58,13 @@ def _train(name: str):
         return train_agent(
             AgentConfig(
                 name=name,
-                n_steps=16,
-                asymmetric_critic=variant == "asymmetric",
-                action_masking=variant == "masked",
+                **(
+                    {"n_steps": 16}
+                    if name in ("ppo", "a2c", "maskable_ppo", "ppo_lagrangian")
+                    else {}
+                ),
+                **({"asymmetric_critic": True} if variant == "asymmetric" else {}),
+                **({"action_masking": True} if variant == "masked" else {}),
             ),
             SETUP,
             8192 if name not in ("linucb",) else 4096,
