@@ -32,7 +32,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from envs.config import CONF_DIR
+from envs.config import CONF_DIR, conf_dir
 from experiment.tracking import git_commit, hold, setup_mlflow
 from realism import calibration, scorecard, staging
 from realism.fit import apply, fit, parameters
@@ -177,9 +177,8 @@ def compose(argv: Sequence[str]) -> tuple[DictConfig, list[str], dict[str, str]]
     """The config ``python calibrate.py *argv`` composes, the overrides and the presets chosen
     (Hydra's compose API: for tests and scripts that run the command in process)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="calibrate"):
+    with conf_dir():
         cfg = hydra_compose("calibrate", overrides=list(argv), return_hydra_config=True)
     given, choices = list(cfg.hydra.overrides.task), dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from envs.config import EnvConfig, Setup, to_setup
+from envs.reward import RewardConfig
 from realism.calibration import check_policy
 from realism.data import TARGETS_DIR
 from realism.fit import SAMPLERS, parameter_list, parameter_ranges
@@ -87,6 +88,8 @@ class CalibrateConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """composed with the setup (conf/setup.yaml); no mode reads it, so ``reward=`` is refused"""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -159,10 +162,14 @@ def _refuse_foreign(run: CalibrateConfig, keys: list[str]) -> None:
         top = key.split(".")[0]
         if top == "mode" or top in allowed:
             continue
+        owners = [m for m in MODES if top in KEYS[m] | SETUP_KEYS]
         if run.mode == "fit" and top in KEYS["fit"]:
             why = "a fit to logs= takes its targets and its number of clients from the log"
+        elif owners:
+            why = "it is a key of " + " and ".join(f"mode={m}" for m in owners)
         else:
-            why = "it is a key of mode=" + next(m for m in MODES if top in KEYS[m] | SETUP_KEYS)
+            why = "no mode reads it (the protocols score no reward)" if top == "reward" else ""
+            why = why or "no mode reads it"
         raise ConfigError(f"{key}: mode={run.mode} does not read it; {why}")
 
 
