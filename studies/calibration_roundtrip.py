@@ -1,7 +1,7 @@
 """Calibration from logs, round trip (the table in README.md, *Calibration from logs*).
 
 A "true" simulator with known parameters (not the defaults) writes a log of ``segment_rules``
-with ε-exploration; the fit of ``calibrate.py fit logs=`` (:func:`realism.calibration.fit_to_logs`)
+with ε-exploration; the fit of ``calibrate.py mode=fit logs=`` (:func:`realism.calibration.fit_to_logs`)
 fits the parameters back from the log alone, starting from the defaults. Then the default agent is trained on the true simulator, on the
 fitted one and (for contrast) on the uncalibrated defaults, with the same budget and seed, and
 all three are evaluated on the *true* simulator, same clients and luck.
@@ -13,22 +13,19 @@ all three are evaluated on the *true* simulator, same clients and luck.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.config import AgentConfig  # noqa: E402
-from agents.registry import make_policy, train_agent  # noqa: E402
-from envs.config import load_setup  # noqa: E402
-from evaluation.compare import compare  # noqa: E402
-from evaluation.logged import log_policy  # noqa: E402
-from evaluation.logs import write_logs  # noqa: E402
-from realism import fromlogs  # noqa: E402
-from realism.calibration import fit_to_logs  # noqa: E402
-from studies.agents_compare import agent_preset  # noqa: E402
+from agents.config import AgentConfig
+from agents.registry import make_policy, train_agent
+from envs.config import compose_conf, eval_seeds, load_setup
+from evaluation.compare import compare
+from evaluation.logged import log_policy
+from evaluation.logs import write_logs
+from experiment.schema import register, validate_run
+from realism import fromlogs
+from realism.calibration import fit_to_logs
 
 TRUE = {
     "env.response.open_base": -0.9,
@@ -83,7 +80,8 @@ def main() -> None:
         print(f"| {k} | {v} | {start} | {fitted[k]:.3f} | {ok} ±{tol or ''} |")
 
     fitted_setup = load_setup(overrides=[f"{k}={v!r}" for k, v in fitted.items()])
-    cfg = agent_preset("ppo_lagrangian")
+    register()
+    cfg = validate_run(compose_conf("config"))[0].agent  # the default agent, as train.py makes it
     policies = []
     for label, setup in (("true", true_setup), ("fitted", fitted_setup), ("default", default)):
         start = time.perf_counter()
@@ -91,7 +89,7 @@ def main() -> None:
         policy.name = f"trained_on_{label}"
         policies.append(policy)
         print(f"trained on the {label} simulator in {time.perf_counter() - start:.0f} s")
-    result = compare(policies + [logger], true_setup, 5000, 90, seeds=range(1000, 1003))
+    result = compare(policies + [logger], true_setup, 5000, 90, seeds=eval_seeds(3))
     print("\nEvaluated on the true simulator (5,000 clients x 90 days x 3 seeds):")
     print("| policy | eval/value | normalized value | 95 % CI |")
     print("|---|---:|---:|---|")
