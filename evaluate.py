@@ -33,7 +33,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,12 +89,18 @@ def main(cfg: DictConfig) -> None:
     """Run the mode ``cfg.mode`` names; a config or input it cannot use ends it with one line
     on stderr naming the key, and exit status 2."""
     try:
-        run, setup = validate_run(cfg)
-        check_mode(run, _named_keys())
-        COMMANDS[run.mode](cfg, run, setup)
+        run_mode(cfg, _named_keys())
     except ConfigError as exc:
         print(f"evaluate.py: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_mode(cfg: DictConfig, named: Sequence[str] = ()) -> object:
+    """Check ``cfg`` (every range, and no key of another mode: ``named`` are the keys given on
+    the command line), then run its mode; returns what the mode returns (a run id, a path...)."""
+    run, setup = validate_run(cfg)
+    check_mode(run, named)
+    return COMMANDS[run.mode](cfg, run, setup)
 
 
 def _named_keys() -> list[str]:

@@ -1,5 +1,5 @@
-"""What a server admits: its limits (:class:`Limits`, each a command-line flag of
-``python -m serve.http``), the budget its connections share (:class:`Gate`: requests being decided
+"""What a server admits: its limits (:class:`Limits`, each a key of
+``python serve.py``), the budget its connections share (:class:`Gate`: requests being decided
 or waiting, request bytes held) and the reading of a body within them (:func:`read_body`).
 Refusals are :class:`Refused`, with the HTTP status that says why. Needs the standard library
 and the body's scan only.

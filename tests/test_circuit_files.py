@@ -20,10 +20,11 @@ import polars as pl
 import pytest
 
 from evaluation.crisis import Crisis, CrisisResult
-from evaluation.monitor import Monitor, MonitorConfig, main, write_circuit
+from evaluation.monitor import Monitor, MonitorConfig, write_circuit
 from serve import circuit
 from serve.circuit import CircuitError
 from serve.files import NotARegularFile, write_atomic
+from simulate.config import ConfigError
 
 HOUR_AGO = time.time() - 3600
 
@@ -118,19 +119,21 @@ def test_a_device_at_the_circuit_path_is_refused_by_name():
         write_atomic("/dev/null", b"{}")
 
 
-def test_the_monitor_command_refuses_a_fifo_circuit_path_in_one_line(tmp_path, capsys):
+def test_the_watch_mode_refuses_a_fifo_circuit_path_naming_the_key(tmp_path):
     from agents.heuristics import HEURISTICS
     from envs.config import load_setup
     from evaluation.logged import log_policy
     from evaluation.logs import write_logs
+    from tests.test_evaluate_modes import _run
 
     frame = log_policy(HEURISTICS["segment_rules"](), load_setup(), 50, 3, seed=0, epsilon=0.2)
     logs = write_logs(frame, tmp_path / "logs.parquet")
     fifo = tmp_path / "circuit.json"
     os.mkfifo(fifo)
-    assert main([str(logs), "--circuit", str(fifo)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is a FIFO (named pipe), not a regular file" in err
+    with pytest.raises(
+        ConfigError, match="watch.circuit: .*is a FIFO \\(named pipe\\), not a regular"
+    ):
+        _run("mode=watch", f"watch.data={logs}", f"watch.circuit={fifo}")
 
 
 # --- reading (serve/circuit.py) ------------------------------------------------------------------
@@ -228,7 +231,7 @@ def test_deeply_nested_or_huge_numbers_in_the_circuit_file_are_refused_by_name(t
             circuit.read(path)
 
 
-# --- python -m evaluation.monitor on a bad log --------------------------------------------------
+# --- evaluate.py mode=watch on a bad log ------------------------------------------------------
 
 
 def _bad_logs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
@@ -243,21 +246,32 @@ def _bad_logs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-def test_the_monitor_command_answers_a_bad_log_in_one_line(tmp_path, capsys):
+def test_the_watch_mode_answers_a_bad_log_naming_it(tmp_path):
+    from tests.test_evaluate_modes import _run
+
     for what, (path, said) in _bad_logs(tmp_path).items():
-        assert main([str(path)]) == 2, what
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and str(path) in err and said in err, (what, err)
+        with pytest.raises(ConfigError) as refused:
+            _run("mode=watch", f"watch.data={path}")
+        message = str(refused.value)
+        assert message.startswith("watch.data: ") and str(path) in message, what
+        assert said in message, (what, message)
 
 
-def test_the_monitor_command_line_prints_no_traceback(tmp_path):
+def test_the_watch_command_line_prints_no_traceback(tmp_path):
     path, said = _bad_logs(tmp_path)["not Parquet"]
+    root = Path(__file__).parents[1]
     done = subprocess.run(
-        [sys.executable, "-m", "evaluation.monitor", str(path)],
+        [
+            sys.executable,
+            "evaluate.py",
+            "mode=watch",
+            f"watch.data={path}",
+            f"hydra.run.dir={tmp_path}",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).parents[1],
+        cwd=root,
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and said in done.stderr

@@ -179,27 +179,28 @@ def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
         estimate(frame, [HEURISTICS["random"]()], setup, n_boot=5)
 
 
-def test_the_offline_command_prints_and_logs_to_mlflow(tmp_path, capsys):
+def test_evaluate_mode_estimate_prints_and_logs_to_mlflow(tmp_path, capsys):
     import mlflow
 
     from agents.heuristics import HEURISTICS
-    from evaluation import offline
     from evaluation.logged import log_policy
+    from tests.test_evaluate_modes import _run
 
     path = write_logs(
         log_policy(HEURISTICS["segment_rules"](), load_setup(), 800, 5, seed=1, epsilon=0.3),
         tmp_path / "logs.parquet",
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert offline.main([str(path), "segment_rules", "--tracking-uri", uri]) == 0
+    ids = _run(
+        "mode=estimate", f"estimate.data={path}", "policies=[segment_rules]", f"tracking.uri={uri}"
+    )
     assert "| segment_rules | pdwis |" in capsys.readouterr().out
     runs = mlflow.MlflowClient(uri).search_runs(
         [mlflow.MlflowClient(uri).get_experiment_by_name("cadence").experiment_id]
     )
-    assert len(runs) == 1 and runs[0].data.tags["command"] == "ope"
+    assert [r.info.run_id for r in runs] == ids and runs[0].data.tags["command"] == "ope"
     metrics = runs[0].data.metrics
     assert {"ope/pdwis/value", "ope/pdwis/ci_low", "ope/snips/value", "ope/truth"} <= set(metrics)
-    assert offline.main([str(tmp_path / "nope.parquet"), "segment_rules", "--no-mlflow"]) == 2
 
 
 @pytest.mark.slow  # 30 refits of a linear Q per day
@@ -226,7 +227,7 @@ def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "logs.parquet"
-    common = [f"tracking.uri={uri}", "log_epsilon=0.3", "hydra.run.dir=" + str(tmp_path / "h")]
+    common = [f"tracking.uri={uri}", "hydra.run.dir=" + str(tmp_path / "h")]
 
     def evaluate(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -234,15 +235,22 @@ def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path):
         )
 
     done = evaluate(
-        "log=segment_rules",
-        f"out={out}",
+        "mode=record",
+        f"record.out={out}",
+        "record.epsilon=0.3",
         "eval.num_clients=400",
         "eval.horizon_days=5",
-        "log_truth=[no_send]",
+        "record.truth=[no_send]",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert read_logs(out).height > 0 and "counterfactual_no_send" in read_logs(out).columns
-    done = evaluate(f"logs={out}", "policies=[segment_rules,no_send]", "eval.n_boot=20")
+    done = evaluate(
+        "mode=estimate",
+        f"estimate.data={out}",
+        "estimate.soften=0.3",
+        "policies=[segment_rules,no_send]",
+        "eval.n_boot=20",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| no_send | pdwis |" in done.stdout
     client = mlflow.MlflowClient(uri)
@@ -250,5 +258,5 @@ def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path):
     assert sorted(r.data.tags["policy"] for r in runs) == ["no_send", "segment_rules"]
     steps = {r.data.tags["policy"]: "ope/step_truth" in r.data.metrics for r in runs}
     assert steps == {"no_send": True, "segment_rules": False}  # only no_send's was logged
-    missing = evaluate("log=segment_rules")
-    assert missing.returncode != 0 and "log= needs out=" in missing.stderr
+    missing = evaluate("mode=record", "record.epsilon=0")
+    assert missing.returncode == 2 and "record.epsilon must be > 0" in missing.stderr

@@ -254,19 +254,20 @@ def test_the_monitor_over_a_misfiring_log_writes_the_serving_circuit(tmp_path, c
     from envs.config import load_setup
     from evaluation.logged import log_policy
     from evaluation.logs import write_logs
-    from evaluation.monitor import main
     from serve import circuit
+    from tests.test_evaluate_modes import _run
 
     setup = load_setup(scenario="misfire")  # growth investors' campaigns misfire from day 29
     frame = log_policy(HEURISTICS["segment_rules"](), setup, 3000, 33, seed=0, epsilon=0.1)
     logs = write_logs(frame, tmp_path / "logs.parquet")
     state = tmp_path / "circuit.json"
-    assert main([str(logs), "--circuit", str(state), "--first-day", "2026-10-26"]) == 0
+    watch = ["mode=watch", f"watch.data={logs}", f"watch.circuit={state}"]
+    assert _run(*watch, "watch.first_day=2026-10-26") == state
     tripped = circuit.read(state)
     assert "growth_investor" in tripped
     switched = (tripped["growth_investor"] - datetime.date(2026, 10, 26)).days
     assert 29 <= switched <= 31  # the day of the first alert, within two days of the start
     assert "growth_investor" in capsys.readouterr().out
     # undated, the same segments as a list
-    assert main([str(logs), "--circuit", str(state)]) == 0
+    assert _run(*watch) == state
     assert set(circuit.read(state)) == set(tripped)
