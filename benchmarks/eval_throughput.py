@@ -12,15 +12,12 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.config import AgentConfig  # noqa: E402
-from agents.heuristics import HEURISTICS  # noqa: E402
-from agents.registry import train_agent  # noqa: E402
-from envs.config import load_setup  # noqa: E402
-from evaluation.rollout import evaluate, rollout  # noqa: E402
+from agents.config import AgentConfig
+from agents.heuristics import HEURISTICS
+from agents.registry import train_agent
+from envs.config import load_setup
+from evaluation.rollout import evaluate, rollout
 
 
 def main() -> int:

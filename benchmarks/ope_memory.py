@@ -30,9 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import polars as pl  # noqa: E402
+import polars as pl
 
 TARGETS = ("segment_rules", "fixed_weekly")
 

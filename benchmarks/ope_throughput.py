@@ -12,17 +12,13 @@ time to read a policy's actions does not depend on how long it trained).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.config import AgentConfig  # noqa: E402
-from agents.registry import make_policy, train_agent  # noqa: E402
-from envs.config import load_setup  # noqa: E402
-from evaluation.logged import log_policy  # noqa: E402
-from evaluation.offline import estimate, true_value  # noqa: E402
+from agents.config import AgentConfig
+from agents.registry import make_policy, train_agent
+from envs.config import load_setup
+from evaluation.logged import log_policy
+from evaluation.offline import estimate, true_value
 
 HEURISTICS = ("no_send", "batch_and_blast", "fixed_weekly", "segment_rules")
 LEARNED = {"linucb": 20_000, "ppo_lagrangian": 4_096, "maskable_ppo": 4_096, "dqn": 4_096}
