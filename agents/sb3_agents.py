@@ -39,7 +39,7 @@ from agents.base import ExportKind, Policy, best_factored, in_chunks
 from agents.config import AgentConfig
 from envs.config import Setup
 from envs.features import OBS_DIM, OBS_HIGH
-from envs.sb3_vec_env import CadenceVecEnv
+from envs.sb3_vec_env import CadenceVecEnv, StepInfos
 from envs.spaces import JOINT_ACTIONS
 from simulate.config import ConfigError
 
@@ -279,7 +279,10 @@ class FastMaskablePPO(MaskablePPO):
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
-            self._update_info_buffer(infos, dones)
+            for i in np.flatnonzero(dones):  # only finished slots carry an episode record
+                episode = infos[i].get("episode")
+                if episode is not None:
+                    self.ep_info_buffer.extend([episode])
             n_steps += 1
             self._bootstrap_truncated(rewards, dones, infos)
             rollout_buffer.add(
@@ -471,7 +474,10 @@ class LagrangianCosts(VecEnvWrapper):
 
     def step_wait(self):
         obs, rewards, dones, infos = self.venv.step_wait()
-        costs = {k: np.array([info[f"cost_{k}"] for info in infos]) for k in self.multipliers}
+        if isinstance(infos, StepInfos):  # the batch's columns, without a dict per slot
+            costs = {k: infos.column(f"cost_{k}").astype(np.float64) for k in self.multipliers}
+        else:
+            costs = {k: np.array([info[f"cost_{k}"] for info in infos]) for k in self.multipliers}
         self._return += rewards
         shaped = rewards - sum(self.multipliers[k] * costs[k] for k in costs)
         for k in costs:

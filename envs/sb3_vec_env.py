@@ -2,14 +2,17 @@
 
 Each env index is one client slot. Finished slots are reset in the same step; their last
 observation is in ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]``
-says whether the horizon (not churn) ended them, as SB3's own vec envs do.
+says whether the horizon (not churn) ended them, as SB3's own vec envs do. The step's infos are
+a :class:`StepInfos`: a sequence whose dicts are built when first read (a learner reads only the
+finished slots'), with each outcome also readable as one array (:meth:`StepInfos.column`).
 """
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
@@ -24,6 +27,47 @@ from envs.spaces import (
     multi_discrete_space,
     observation_space,
 )
+
+
+class StepInfos(Sequence[dict[str, Any]]):
+    """One step's per-slot info dicts (``INFO_KEYS`` as Python numbers, as a list of dicts would
+    hold them), each made when first read and then kept, so what a wrapper adds to one stays.
+
+    Args:
+        outcomes: each ``INFO_KEYS`` name's (N,) array for the step.
+    """
+
+    def __init__(self, outcomes: dict[str, np.ndarray]) -> None:
+        self._columns = {k: np.asarray(outcomes[k]) for k in INFO_KEYS}
+        self._dtype = np.result_type(*self._columns.values())
+        self._n = len(self._columns[INFO_KEYS[0]])
+        self._made: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        j = operator.index(i)
+        j = j + self._n if j < 0 else j
+        if not 0 <= j < self._n:
+            raise IndexError(f"slot {i} out of range for {self._n} slots")
+        info = self._made.get(j)
+        if info is None:
+            info = {k: self._dtype.type(c[j]).item() for k, c in self._columns.items()}
+            self._made[j] = info
+        return info
+
+    def column(self, key: str) -> np.ndarray:
+        """(N,) values of ``key`` (one of ``INFO_KEYS``) for every slot, without the dicts."""
+        return self._columns[key]
 
 
 class CadenceVecEnv(VecEnv):
@@ -77,8 +121,7 @@ class CadenceVecEnv(VecEnv):
             actions = flat_to_multi(check_flat(actions, self.num_envs))
         r = self.core.step(actions)
         dones = r.terminated | r.truncated
-        values = np.stack([r.outcomes[k] for k in INFO_KEYS], axis=1).tolist()
-        infos: list[dict[str, Any]] = [dict(zip(INFO_KEYS, row, strict=True)) for row in values]
+        infos = StepInfos(r.outcomes)
         for i in np.flatnonzero(dones):
             infos[i]["terminal_observation"] = r.final_obs[i]
             infos[i]["TimeLimit.truncated"] = bool(r.truncated[i])
