@@ -196,6 +196,19 @@ def test_published_files_give_the_published_headline_figures_and_the_committed_t
     assert load_targets(ROOT / "targets" / "bank_campaign.yaml") == data.bank_targets(bank)
 
 
+def test_the_data_command_writes_the_committed_targets_files(tmp_path):
+    """``python calibrate.py mode=data`` (formerly ``python -m realism.data``): both protocols'
+    tables and the two targets files, byte for byte the committed ones."""
+    folder = _real_folder()
+    printed = data.write_real_targets(folder, out=tmp_path)
+    assert printed.startswith("| Hillstrom protocol | value |")
+    assert "| Bank campaign protocol | value |" in printed
+    for name in ("hillstrom", "bank_campaign"):
+        assert f"wrote {tmp_path / name}.yaml" in printed
+        written = (tmp_path / f"{name}.yaml").read_text()
+        assert written == (ROOT / "targets" / f"{name}.yaml").read_text()
+
+
 def test_another_version_of_a_published_file_is_refused(tmp_path):
     folder = _real_folder()
     shutil.copy(folder / data.BANK, tmp_path / data.BANK)
