@@ -4,12 +4,15 @@ for an id nothing has or starts with."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 
 import mlflow
 import pytest
 
-from experiment.tracking import MIN_PREFIX, find_run, setup_mlflow
+from experiment.tracking import MIN_PREFIX, ROOT, find_run, setup_mlflow
 from simulate.config import ConfigError
 
 FIRST = "abcdef1" + "0" * 25
@@ -90,3 +93,36 @@ def test_run_prefix_in_policies_loads_the_policy_under_its_full_id(store, tmp_pa
     policy, tags = resolve_policy(f"run:{full[:8]}", Setup())
     assert tags == {"source_run": full, "agent": "segment_rules"}
     assert policy.name == f"segment_rules@{full[:8]}"
+
+
+def _finished_run(store: str) -> str:
+    client = mlflow.MlflowClient(store)
+    experiment = mlflow.get_experiment_by_name("prefixes").experiment_id
+    run_id = client.create_run(experiment, run_name="finished").info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _entry(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides, f"hydra.run.dir={cwd}/hydra"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    )
+
+
+@pytest.mark.slow  # two entry points start: Hydra + MLflow
+def test_train_resume_and_export_run_id_take_a_prefix_and_name_the_full_id(store, tmp_path):
+    full = _finished_run(store)
+    done = _entry(
+        "train.py", f"resume={full[:8]}", f"tracking.uri={store}", "tracking.experiment=prefixes",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"resume: run {full} FINISHED; there is nothing to resume" in done.stderr
+    done = _entry("export.py", f"run_id={full[:8]}", f"tracking.uri={store}", cwd=tmp_path)
+    assert done.returncode != 0
+    assert f"run_id: run {full} has no 'policy' artifact" in done.stderr
