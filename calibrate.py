@@ -161,7 +161,9 @@ def data(s: Settings, progress: bool = True) -> str:
 COMMANDS = {"report": report, "fit": run_fit, "data": data}
 
 
-def run(cfg: DictConfig, given: Sequence[str], choices: Mapping[str, str], progress=True) -> int:
+def run(
+    cfg: DictConfig, given: Sequence[str], choices: Mapping[str, str], progress: bool = True
+) -> int:
     """The command ``cfg`` says (``given``: the overrides typed, ``choices``: the presets chosen);
     its exit status: 0, or 2 after one ``error:`` line for an error the user can fix."""
     try:

@@ -43,7 +43,9 @@ KEYS = {
     "data": set(),
 }
 """the keys each mode reads besides ``mode`` and (report, fit) the setup's and ``tracking``"""
-SETUP_KEYS = {"env", "population", "scenario", "tracking"}
+SETUP = ("population", "env", "scenario")
+"""the preset groups of the setup (conf/setup.yaml) a report or fit is run in"""
+SETUP_KEYS = {*SETUP, "tracking"}
 
 
 @dataclass
@@ -135,15 +137,10 @@ def check(cfg: DictConfig, given: Sequence[str], choices: Mapping[str, str]) -> 
         raise ConfigError(f"clients must be >= 100, got {clients}")
     if run.mode == "fit":
         _check_fit(run)
-    dotted = [
-        o
-        for o in given
-        if o.split("=", 1)[0].split(".")[0] in {"env", "population", "scenario"}
-        and "." in o.split("=", 1)[0]
-    ]
+    dotted = [o for o, k in zip(given, keys, strict=True) if "." in k and k.split(".")[0] in SETUP]
     return Settings(
         run,
-        {k: choices.get(k, "default") for k in ("population", "env", "scenario")},
+        {k: choices.get(k, "default") for k in SETUP},
         dotted,
         to_setup(cfg) if run.mode != "data" else Setup(),
         run.targets or str(DEFAULT_TARGETS),
@@ -153,23 +150,27 @@ def check(cfg: DictConfig, given: Sequence[str], choices: Mapping[str, str]) -> 
     )
 
 
+def _reads(mode: str) -> set[str]:
+    """The top-level keys ``mode`` reads besides ``mode``."""
+    return KEYS[mode] | (SETUP_KEYS if mode != "data" else set())
+
+
 def _refuse_foreign(run: CalibrateConfig, keys: list[str]) -> None:
     """A :class:`ConfigError` for the first key ``run.mode`` does not read, saying who does."""
-    allowed = KEYS[run.mode] | (SETUP_KEYS if run.mode != "data" else set())
+    allowed = _reads(run.mode)
     if run.mode == "fit" and run.logs is not None:
         allowed -= {"targets", "clients"}
     for key in keys:
         top = key.split(".")[0]
         if top == "mode" or top in allowed:
             continue
-        owners = [m for m in MODES if top in KEYS[m] | SETUP_KEYS]
+        owners = [m for m in MODES if top in _reads(m) and m != run.mode]
         if run.mode == "fit" and top in KEYS["fit"]:
             why = "a fit to logs= takes its targets and its number of clients from the log"
         elif owners:
             why = "it is a key of " + " and ".join(f"mode={m}" for m in owners)
         else:
-            why = "no mode reads it (the protocols score no reward)" if top == "reward" else ""
-            why = why or "no mode reads it"
+            why = "no mode reads it" + (" (the protocols score no reward)" * (top == "reward"))
         raise ConfigError(f"{key}: mode={run.mode} does not read it; {why}")
 
 
