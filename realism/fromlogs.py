@@ -29,7 +29,7 @@ The simulator's side, the same :func:`statistics` on a simulated log, made one o
   (measured in README.md, *Calibration from logs*). Use it for schedules that did not adapt.
 
 The targets are the log's statistics with their 95 % bootstrap intervals over clients as bands;
-the fit (``python calibrate.py fit logs=<file> ...``) searches the simulator's parameters with the
+the fit (``python calibrate.py mode=fit logs=<file> ...``) searches the simulator's parameters with the
 same simulated-moments machinery as the published figures.
 """
 
