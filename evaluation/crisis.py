@@ -323,7 +323,7 @@ class CrisisResult:
         (:meth:`support`), the clients it would need."""
         cuts, plain = [], []
         mine = self.rows.filter(pl.col("policy") == policy)
-        switched = (
+        switched = (  # a table without switches (counts alone) is taken to have switched
             "switches" not in mine.columns
             or float(mine.filter(pl.col("monitor") == "on")["switches"].sum()) > 0
         )
