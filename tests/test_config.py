@@ -124,6 +124,6 @@ def test_load_setup_is_hydras_composition_of_the_apps_presets():
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(
         ConfigError,
-        match=r"reward='clicks' is not a preset; choose one of \['balanced', 'engagement', 'fiduciary'",
+        match=r"reward='clicks' is not a preset; choose one of \['balanced', 'engagement', 'fiduciary', 'observable'",
     ):
         load_setup(reward="clicks")

@@ -14,6 +14,7 @@ import agents
 import agents.kinds
 from agents.base import Policy
 from agents.config import AGENTS, BANDITS, HEURISTIC_AGENTS, SB3_AGENTS, AgentConfig
+from agents.kinds import kind
 from agents.oracle import Oracle
 from agents.registry import load_policy, make_policy, save_policy
 from envs.config import load_setup
@@ -63,7 +64,8 @@ def _built(name: str) -> Policy:
     if name in SB3_AGENTS:
         from agents.sb3_agents import SB3Policy, build_model, make_training_env
 
-        cfg = AgentConfig(name=name, n_steps=8, batch_size=8, buffer_size=1000)
+        small = dict(n_steps=8, batch_size=8, buffer_size=1000)
+        cfg = AgentConfig(name=name, **{k: v for k, v in small.items() if k in kind(name).fields})
         return SB3Policy(build_model(cfg, make_training_env(cfg, SETUP, 2)), name)
     if name == "propensity":
         from agents.propensity import PropensityAgent
