@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -221,6 +222,40 @@ def decision_frame(
     frame = pl.DataFrame(columns, schema=SCHEMA)
     check_decisions(frame)
     return frame
+
+
+def frame_of(
+    decisions: Any,
+    client_id: Sequence[int] | np.ndarray | None = None,
+    day: int | Sequence[int] | np.ndarray | None = None,
+    decided_at: dt.datetime | None = None,
+) -> pl.DataFrame:
+    """The decision-log frame of the runtime's :class:`serve.runtime.Decisions` (client ids and
+    days from the request, or given here). :class:`DecisionLogError` when neither says them:
+    a decision that names no client and no day cannot be joined to its outcome."""
+    ids = decisions.client_id if client_id is None else client_id
+    days = decisions.day if day is None else day
+    if ids is None or days is None:
+        missing = [n for n, v in (("client_id", ids), ("day", days)) if v is None]
+        raise DecisionLogError(
+            f"the decision log needs {' and '.join(missing)} for every decision: send the "
+            f"column(s) {', '.join(missing)} with the features"
+        )
+    return decision_frame(
+        client_id=ids,
+        day=days,
+        action=decisions.action,
+        propensity=decisions.propensity,
+        policy_version=decisions.policy_version,
+        exploration=decisions.exploration,
+        mode=decisions.mode,
+        policy_action=decisions.policy_action,
+        policy_propensity=decisions.policy_probability,
+        needs_review=decisions.needs_review,
+        allowed_actions=decisions.allowed_actions,
+        decision_id=decisions.decision_id,
+        decided_at=decided_at,
+    )
 
 
 def _first_bad(frame: pl.DataFrame, bad: pl.Expr) -> tuple[int, int] | None:

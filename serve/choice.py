@@ -29,6 +29,9 @@ number in [0, 1]:
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
+
 import numpy as np
 
 SCORE_CAP = 1e300
@@ -181,3 +184,219 @@ def logsumexp(a: np.ndarray, allowed: np.ndarray | None, top: np.ndarray) -> np.
         return np.log(np.exp(a - safe).sum(axis=0)) + safe
     weights = np.exp(a - safe, out=np.zeros_like(a), where=allowed)
     return np.log(weights.sum(axis=0)) + safe
+
+
+# ----- exploration: the distribution the runtime draws from, and each action's exact probability --
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+"""the softmax temperatures accepted"""
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """How the runtime explores around its best allowed action.
+
+    ``epsilon`` (0..1): with probability epsilon, an action drawn uniformly from the *allowed*
+    actions (no-send included) replaces the best one, so an action's probability is
+    ``(1 - epsilon) * [it is the best] + epsilon / allowed``. ``temperature`` (> 0): the action is
+    drawn from the masked softmax of the policy's scores at that temperature (a send's joint
+    score is the sum of its components' scores; no-send has its own), so an action's probability
+    is ``exp(score / T) / sum over the allowed actions of exp(score' / T)``. One of the two at
+    most; neither (epsilon 0, no temperature) returns the best action with probability 1.
+    ``seed``: the draws are reproducible (the same seed and the same requests in the same order
+    give the same actions); None draws the seed from the operating system's entropy.
+
+    Rows the policy gives no distribution (a NaN score, or every allowed action of weight 0) and
+    rows a tripped circuit hands to the safe fallback are not explored: their action (no-send,
+    or the fallback's) has probability 1.
+    """
+
+    epsilon: float = 0.0
+    """probability of a uniform draw over the allowed actions, in [0, 1]"""
+    temperature: float | None = None
+    """softmax temperature over the allowed actions, in [1e-3, 1e3], or None"""
+    seed: int | None = None
+    """seed of the draws; None: from the operating system's entropy"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epsilon, bool) or not (
+            isinstance(self.epsilon, int | float) and 0.0 <= self.epsilon <= 1.0
+        ):
+            raise ValueError(
+                f"exploration.epsilon must be a number in [0, 1], got {self.epsilon!r}"
+            )
+        if self.temperature is not None:
+            if isinstance(self.temperature, bool) or not (
+                isinstance(self.temperature, int | float)
+                and MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE
+            ):
+                raise ValueError(
+                    f"exploration.temperature must be a number in [{MIN_TEMPERATURE:g}, "
+                    f"{MAX_TEMPERATURE:g}] (or null for none), got {self.temperature!r}"
+                )
+            if self.epsilon > 0:
+                raise ValueError(
+                    "exploration takes epsilon or temperature, not both: got epsilon="
+                    f"{self.epsilon:g} and temperature={self.temperature:g}"
+                )
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise ValueError(
+                f"exploration.seed must be a whole number >= 0 or null, got {self.seed!r}"
+            )
+
+    @property
+    def kind(self) -> str:
+        """``softmax``, ``epsilon`` or ``none``"""
+        if self.temperature is not None:
+            return "softmax"
+        return "epsilon" if self.epsilon > 0 else "none"
+
+    @property
+    def label(self) -> str:
+        """the setting as the decision log writes it: ``epsilon=0.1``,
+        ``softmax:temperature=0.5`` or ``none``"""
+        if self.temperature is not None:
+            return f"softmax:temperature={self.temperature:g}"
+        return f"epsilon={self.epsilon:g}" if self.epsilon > 0 else "none"
+
+
+class Explorer:
+    """An :class:`Exploration` setting with its random stream (numpy's PCG64); draws are taken
+    under a lock, so threads deciding at once share one stream (in the order they take it)."""
+
+    def __init__(self, setting: Exploration | None = None) -> None:
+        self.setting = setting or Exploration()
+        self._rng = np.random.default_rng(self.setting.seed)
+        self._lock = threading.Lock()
+
+    def uniforms(self, k: int, n: int) -> np.ndarray:
+        """(k, n) float64 uniforms in [0, 1)."""
+        with self._lock:
+            return self._rng.random((k, n))
+
+
+@dataclass
+class Factored:
+    """A distribution over the allowed actions of N clients in factored form: send or not, then
+    (given a send) the (slot, channel) pair, the tone and the content, independently. One column
+    per client; each part's column sums to 1, or is all 0 where no send is possible."""
+
+    send: np.ndarray
+    """(N,) probability of a send (1 minus that of no-send)"""
+    pair: np.ndarray
+    """(slots * channels, N), pair ``slot_index * channels + channel`` (slot_index = slot - 1)"""
+    tone: np.ndarray
+    """(tones, N)"""
+    content: np.ndarray
+    """(contents, N)"""
+    channels: int
+    """how many channels (to split a pair index)"""
+
+    def probability(self, actions: np.ndarray) -> np.ndarray:
+        """(N,) probability of each row's (N, 4) action; 0 for an action not allowed (whatever
+        its tone, channel and content say, a no-send is one action)."""
+        cols = np.arange(len(actions))
+        slot, tone, channel, content = actions.T
+        pair = np.maximum(slot - 1, 0) * self.channels + channel
+        send = (
+            self.send * self.pair[pair, cols] * self.tone[tone, cols] * self.content[content, cols]
+        )
+        return np.where(slot > 0, send, 1.0 - self.send)
+
+    def sample(self, u: np.ndarray) -> np.ndarray:
+        """(N, 4) actions drawn with (4, N) uniforms ``u`` in [0, 1), by inverse CDF (an entry
+        of probability 0 is never drawn)."""
+        send = u[0] < self.send
+        pair = inverse_cdf(self.pair, u[1])
+        actions = np.zeros((len(self.send), 4), dtype=np.int64)
+        actions[:, 0] = np.where(send, 1 + pair // self.channels, 0)
+        actions[:, 1] = np.where(send, inverse_cdf(self.tone, u[2]), 0)
+        actions[:, 2] = np.where(send, pair % self.channels, 0)
+        actions[:, 3] = np.where(send, inverse_cdf(self.content, u[3]), 0)
+        return actions
+
+
+def inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(N,) index drawn from each column of (m, N) probabilities ``p`` by uniforms ``u``: the
+    first entry whose cumulative sum exceeds ``u`` times the column's total, never an entry of
+    probability 0 (an all-0 column gives 0)."""
+    cum = np.cumsum(p, axis=0)
+    index = (cum <= (u * cum[-1])[None, :]).sum(axis=0)
+    last = p.shape[0] - 1 - np.argmax(p[::-1] > 0, axis=0)  # the last positive entry
+    return np.where(cum[-1] > 0, np.minimum(index, last), 0)
+
+
+def allowed_pairs(channel_ok: np.ndarray, open_slots: list[np.ndarray], slots: int) -> np.ndarray:
+    """(slots * channels, N) True where the (slot index, channel) pair is allowed: the channel
+    is open today (``channel_ok`` (channels, N)) and the slot not in its quiet hours."""
+    c, n = channel_ok.shape
+    open_ = np.zeros((slots, c), dtype=bool)
+    for k, rows in enumerate(open_slots):
+        open_[rows, k] = True
+    return (open_[:, :, None] & channel_ok[None, :, :]).reshape(slots * c, n)
+
+
+def allowed_count(pair_ok: np.ndarray, tones: int, content_ok: np.ndarray) -> np.ndarray:
+    """(N,) how many joint actions are allowed: no-send plus every allowed send."""
+    return 1 + pair_ok.sum(axis=0) * tones * content_ok.sum(axis=0)
+
+
+def uniform(pair_ok: np.ndarray, tones: int, content_ok: np.ndarray, channels: int) -> Factored:
+    """The uniform distribution over the allowed actions, no-send included (each has
+    probability 1 / :func:`allowed_count`)."""
+    pairs, contents = pair_ok.sum(axis=0), content_ok.sum(axis=0)
+    sends = pairs * tones * contents
+    return Factored(
+        send=sends / (1.0 + sends),
+        pair=pair_ok / np.maximum(pairs, 1),
+        tone=np.full((tones, pair_ok.shape[1]), 1.0 / tones),
+        content=content_ok / np.maximum(contents, 1),
+        channels=channels,
+    )
+
+
+def softmax(
+    z: np.ndarray, nvec: np.ndarray, pair_ok: np.ndarray, content_ok: np.ndarray, temperature: float
+) -> tuple[Factored, np.ndarray]:
+    """The masked softmax at ``temperature`` of (19, N) scores ``z`` (:func:`scores`
+    transposed: one column per client) over the allowed actions, and (N,) True where it is
+    undefined (a NaN score, or every allowed action of weight 0): those columns are no-send with
+    probability 1. +inf scores and scores that overflow when divided read as :data:`SCORE_CAP`."""
+    s, t, c, _k = (int(v) for v in nvec)
+    with np.errstate(over="ignore"):
+        scaled = np.minimum(z / temperature, SCORE_CAP)
+    slot, tone, channel = scaled[1:s], scaled[s : s + t], scaled[s + t : s + t + c]
+    content = scaled[s + t + c :]
+    n = z.shape[1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        pair_score = (slot[:, None, :] + channel[None, :, :]).reshape(-1, n)
+    pair_p, pair_lse = _normalized(np.where(pair_ok, np.minimum(pair_score, SCORE_CAP), -np.inf))
+    tone_p, tone_lse = _normalized(tone)
+    content_p, content_lse = _normalized(np.where(content_ok, content, -np.inf))
+    with np.errstate(invalid="ignore", over="ignore"):
+        sends = pair_lse + tone_lse + content_lse
+        total = np.logaddexp(scaled[0], sends)
+        send = np.exp(sends - total)
+    undefined = np.isnan(z).any(axis=0) | ~(total > -np.inf) | np.isnan(send)
+    send[undefined] = 0.0
+    for part in (pair_p, tone_p, content_p):
+        part[:, undefined] = 0.0
+    return Factored(send, pair_p, tone_p, content_p, c), undefined
+
+
+def _normalized(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column of (m, N) log-weights (finite or -inf; NaN columns give NaN) as
+    probabilities, all 0 where every weight is 0, and the column's log-sum-exp (-inf there)."""
+    top = a.max(axis=0)
+    empty = top == -np.inf
+    safe = np.where(empty, 0.0, top)
+    with np.errstate(invalid="ignore"):
+        w = np.exp(a - safe)
+    total = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = w / total
+        lse = np.log(total) + safe
+    p[:, empty] = 0.0
+    lse[empty] = -np.inf
+    return p, lse
