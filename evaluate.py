@@ -146,6 +146,7 @@ def record_log(cfg: DictConfig, run: RunConfig, setup: Setup) -> Path:
             rec.epsilon,
             progress=True,
             counterfactual=targets,
+            yardstick=e.reward,
         )
         path = write_logs(frame, rec.out, setup.env.guardrails)
     except OSError as exc:
@@ -200,6 +201,7 @@ def estimate_from_log(cfg: DictConfig, run: RunConfig, setup: Setup) -> list[str
             pscore_floor=est.pscore_floor,
             below_floor=est.below_floor,
             progress=True,
+            yardstick=run.eval.reward,
         )
     except ValueError as exc:
         raise ConfigError(f"estimate.data: {exc}") from exc

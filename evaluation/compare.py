@@ -15,7 +15,7 @@ from agents.base import Policy
 from agents.ceiling import DeployableCeiling
 from agents.heuristics import NoSend
 from agents.oracle import Oracle
-from envs.config import RewardConfig, Setup
+from envs.config import RewardConfig, Setup, eval_seeds
 from evaluation.metrics import incremental, kpis, normalized_value, paired_difference
 from evaluation.rollout import Progress, Rollout, evaluate
 
@@ -62,7 +62,7 @@ def compare(
     setup: Setup,
     num_clients: int = 2000,
     horizon_days: int = 90,
-    seeds: Sequence[int] = (1000, 1001, 1002),
+    seeds: Sequence[int] = tuple(eval_seeds(3)),
     n_boot: int = 300,
     progress: bool = True,
     yardstick: RewardConfig | None = None,

@@ -40,7 +40,7 @@ import numpy as np
 import polars as pl
 
 from agents.base import Policy
-from envs.config import Setup
+from envs.config import Setup, eval_seeds
 from evaluation.breaker import BreakerConfig, CircuitBreaker
 from evaluation.monitor import EVERYONE, MAX_DISPERSION, MIN_EXPECTED, Monitor, MonitorConfig
 from evaluation.rollout import Progress, rollout
@@ -477,7 +477,7 @@ def crisis_study(
     cfg: CrisisConfig | None = None,
     num_clients: int = 2000,
     horizon_days: int = 90,
-    seeds: Sequence[int] = (1000, 1001, 1002),
+    seeds: Sequence[int] = tuple(eval_seeds(3)),
     progress: bool = True,
 ) -> CrisisResult:
     """Each policy in both arms under ``setup``'s scenario and under ``calm``, same clients and

@@ -64,10 +64,12 @@ def log_policy(
     epsilon: float = 0.1,
     progress: bool = False,
     counterfactual: Sequence[Policy] = (),
+    yardstick: RewardConfig | None = None,
 ) -> pl.DataFrame:
     """One row per living client-day of ``policy`` with ε-exploration, in the logged schema.
 
-    The reward column uses the balanced weights (what evaluation scores). Same arguments, same
+    The reward column uses ``yardstick``'s weights (the run's ``eval.reward``; default the
+    balanced reward, what evaluation scores). Same arguments, same
     frame. A churned client's later days are not logged (the client is gone). ``days`` is at most
     ``MAX_DAY + 1`` (days 0..:data:`evaluation.logs.MAX_DAY`). Every logged send is one the
     guardrails of ``setup`` allow, so the frame passes
@@ -92,7 +94,7 @@ def log_policy(
     core, obs = begin_rollout(policy, setup, num_clients, seed, LOG_CLIENT_OFFSET)
     rng = np.random.default_rng([seed, 0x10C])
     what_if_rng = np.random.default_rng([seed, 0xCF])  # its own stream: the log is unchanged
-    weights = RewardConfig().weights()
+    weights = (yardstick or RewardConfig()).weights()
     ids = core.world.client_id.astype(np.int64)
     rows = np.arange(num_clients)
     gone = np.zeros(num_clients, dtype=bool)

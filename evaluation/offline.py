@@ -36,7 +36,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from agents.base import Policy
-from envs.config import Setup
+from envs.config import RewardConfig, Setup
 from evaluation import ope
 from evaluation.fqe import (
     CHUNK_ROWS,
@@ -128,6 +128,7 @@ def estimate(
     pscore_floor: float = ope.PSCORE_FLOOR,
     below_floor: str = "clip",
     progress: bool = False,
+    yardstick: RewardConfig | None = None,
 ) -> list[OffPolicyResult]:
     """Each policy's off-policy estimates from ``frame`` (validated first) and its truth where known.
 
@@ -140,6 +141,9 @@ def estimate(
     :data:`evaluation.ope.PSCORE_FLOOR`) are raised to it and counted in each weighted estimate
     (``below_floor='clip'``, the table's note says how many), or refused naming the first such row
     (``below_floor='refuse'``).
+
+    ``yardstick``: the reward the truth is valued in (the run's ``eval.reward``; default the
+    balanced reward); it should be the one the log's reward column was written with.
 
     ``progress``: a bar over each policy's three stages (fitted Q and the reward model, the
     estimators with their bootstraps, the truth), shown on a terminal.
@@ -187,7 +191,9 @@ def estimate(
         }
         bar.update()
         bar.set_description(f"{policy.name}: truth")
-        truth = true_value(policy, frame, setup, epsilon) if with_truth else None
+        truth = (
+            true_value(policy, frame, setup, epsilon, yardstick=yardstick) if with_truth else None
+        )
         step = step_truth(frame, policy.name, epsilon) if with_truth else None
         out.append(OffPolicyResult(policy.name, estimates, truth, step))
         bar.update()

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agents.base import Policy
-from envs.config import RewardConfig, Setup
+from envs.config import RewardConfig, Setup, eval_seeds
 from envs.core import CadenceCore
 from simulate.labels import N_CHANNELS, N_SEGMENTS, N_SLOTS, N_TONES, TONES
 from simulate.world import OUTCOMES
@@ -233,7 +233,7 @@ def evaluate(
     setup: Setup,
     num_clients: int = 2000,
     horizon_days: int = 90,
-    seeds: Sequence[int] = (1000, 1001, 1002),
+    seeds: Sequence[int] = tuple(eval_seeds(3)),
     progress: bool = True,
     workers: int = 1,
     yardstick: RewardConfig | None = None,

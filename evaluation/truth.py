@@ -32,6 +32,7 @@ def true_value(
     setup: Setup,
     epsilon: float = 0.0,
     max_days: int = MAX_TRUTH_DAYS,
+    yardstick: RewardConfig | None = None,
 ) -> float | None:
     """The (ε-soft, where ``epsilon`` > 0) policy's mean value per client over the log's own days,
     on the log's own simulated clients and luck; None unless the log came from
@@ -57,10 +58,12 @@ def true_value(
             "others is a mis-dated row (estimate with with_truth=False to skip the truth)"
         )
     if epsilon > 0:  # the soft policy's own rollout: its rewards are the truth
-        soft = log_policy(policy, setup, n, days, int(frame["seed"][0]), epsilon)
+        soft = log_policy(
+            policy, setup, n, days, int(frame["seed"][0]), epsilon, yardstick=yardstick
+        )
         return float(soft["reward"].sum() / n)
     core, obs = begin_rollout(policy, setup, n, int(frame["seed"][0]), LOG_CLIENT_OFFSET)
-    weights = RewardConfig().weights()
+    weights = (yardstick or RewardConfig()).weights()
     value, gone = np.zeros(n), np.zeros(n, dtype=bool)
     for _ in range(days):
         r = core.step(np.asarray(policy.act(obs, core.joint_masks()), dtype=np.int64))
