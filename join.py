@@ -6,7 +6,7 @@
 
 Each decision gets the client's features as of its day (the one feature builder), its action and
 propensity from the log, the outcomes of the export's events within the attribution window
-(``window_days``), and the observable reward (``reward``, a ``conf/reward/`` preset that weighs
+(``window_days``), and the observable reward (``reward_preset``, a ``conf/reward/`` preset that weighs
 only what a firm sees). Held decisions follow their review outcome (``reviews``): rejected and
 expired ones are left out, approved ones weigh propensity x approval rate (``loop/join.py``,
 ``docs/events.md``). A config or input it cannot use ends it with one line on stderr (``error:``)
@@ -41,7 +41,7 @@ class JoinConfig:
     """attribution window (days): an event counts for a send of day d on days d..d + window - 1"""
     review_window_days: int = 2
     """review window (days): a held decision with no outcome has expired from its day + this"""
-    reward: str = "observable"
+    reward_preset: str = "observable"
     """the reward preset (``conf/reward/``); it must be observable"""
     as_of: int | None = None
     """the last day the export covers (default: its latest send or event)"""
@@ -61,7 +61,7 @@ def run(settings: JoinConfig) -> str:
     from loop.join import join_outcomes, read_decision_log, write_joined
     from loop.review import read_outcomes
 
-    setup = load_setup(reward=settings.reward)
+    setup = load_setup(reward=settings.reward_preset)
     print(f"reading {settings.export} and {settings.decisions} ...", flush=True)
     export = read_export(settings.export)
     decisions = read_decision_log(settings.decisions, settings.max_rows)

@@ -483,7 +483,7 @@ def join_outcomes(
     if not reward.observable:
         raise JoinError(
             f"reward {reward.name!r} weighs outcomes no export holds (why a client clicked); "
-            "use an observable reward (reward=observable)"
+            "use an observable reward (reward_preset=observable with join.py)"
         )
     outcomes = outcomes if outcomes is not None else read_outcomes(None)
     _check_decisions(decisions, export, where)
