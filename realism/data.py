@@ -156,7 +156,7 @@ def hillstrom_targets(stats: dict[str, float]) -> Targets:
     return Targets(
         "hillstrom.csv (MineThatData E-Mail Analytics Challenge, 2008): two-week visit and "
         "conversion rates with one e-mail (both e-mail arms) and without, overall and by months "
-        "since the last purchase; computed by python -m realism.data",
+        "since the last purchase; computed by python calibrate.py mode=data",
         tuple(targets),
     )
 
@@ -180,7 +180,7 @@ def bank_targets(stats: dict[str, float]) -> Targets:
         "bank-additional-full.csv (UCI Bank Marketing; Moro, Cortez & Rita, Decision Support "
         "Systems 62, 2014; CC BY 4.0): success by contact number in the campaign relative to the "
         "first contact; observational (clients called often are partly the hard to convince); "
-        "computed by python -m realism.data",
+        "computed by python calibrate.py mode=data",
         tuple(targets),
     )
 
