@@ -16,8 +16,9 @@ from evaluation.logged import LOG_CLIENT_OFFSET, uniform_draw
 from evaluation.logs import read_logs
 from loop.decisions import decision_frame
 from loop.events import validate_export
+from loop.features import build_features
 from loop.join import JoinError, attribute_events, join_outcomes, write_joined
-from loop.review import OUTCOME_SCHEMA
+from loop.review import OUTCOME_SCHEMA, REVIEW_RULES, review_queue, review_reasons
 from loop.simulated import ExportRecorder
 from serve.export import build_manifest
 from serve.guards import Guards
@@ -254,3 +255,17 @@ def test_a_window_of_zero_days_is_refused(firm):
     export, log, reviews, _ = firm
     with pytest.raises(JoinError, match="window_days must be a whole number of days >= 1, got 0"):
         join_outcomes(export, log, reviews, window_days=0)
+
+
+def test_every_decision_the_runtime_holds_has_a_reason_from_the_manifests_rules(firm):
+    export, log, _, _ = firm
+    manifest = build_manifest("segment_rules", "argmax", None, None, None)
+    assert {k: tuple(v) for k, v in manifest["review_rules"].items()} == REVIEW_RULES
+    days = sorted(log.filter(pl.col("needs_review"))["day"].unique().to_list())
+    queue = review_queue(log, {day: build_features(export, day) for day in days})
+    assert queue.height == log["needs_review"].sum() > 0
+    assert queue["reasons"].null_count() == 0
+    unflagged = log.filter(~pl.col("needs_review") & (pl.col("day") == days[0]))
+    assert (
+        review_reasons(unflagged, build_features(export, days[0])).null_count() == unflagged.height
+    )
