@@ -1,5 +1,8 @@
 """The decision log: every decision the runtime returns, with what off-policy evaluation needs.
 
+Needs polars and the serving package only (``serve.contract`` for the labels, ``serve.files``
+for the atomic write), so a served model can write it.
+
 One row per decision (per client and day): the action returned, its exact probability under
 the runtime's decision distribution (masks, consent and exploration applied), the policy that
 decided and the exploration setting, and the policy's own choice beside it (which in shadow
@@ -43,8 +46,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from serve.contract import CHANNELS, CONTENTS, NVEC, SLOT_KEYS, TONES
 from serve.files import write_atomic
-from simulate.labels import ACTION_NVEC, CHANNELS, CONTENTS, SLOT_KEYS, TONES
 
 MODES: tuple[str, ...] = ("serve", "shadow")
 """``serve``: the runtime's own (explored) decision is returned; ``shadow``: the firm's action,
@@ -305,7 +308,7 @@ def check_decisions(frame: pl.DataFrame, where: str = "decisions") -> pl.DataFra
         ("allowed_actions", pl.col("allowed_actions") < 1, "is >= 1"),
     ]
     for prefix in ("", "policy_"):
-        for name, size in zip(ACTION_COLUMNS, ACTION_NVEC, strict=True):
+        for name, size in zip(ACTION_COLUMNS, NVEC, strict=True):
             col = pl.col(prefix + name)
             rules.append((prefix + name, ~col.is_between(0, size - 1), f"lies in 0..{size - 1}"))
         rest = [pl.col(prefix + n) != 0 for n in ACTION_COLUMNS[1:]]

@@ -7,8 +7,21 @@ Starlette, with the limits a serving endpoint needs against slow, big and malfor
 ``POST /invocations`` takes the same JSON as MLflow's scoring server: ``{"dataframe_split":
 {"columns": [...], "data": [[...], ...]}}`` or ``{"dataframe_records": [{...}, ...]}``, with an
 optional ``"params": {"explain": true}`` (left out: reasons for requests of up to 100 rows); it
-answers ``{"predictions": [{slot, tone, channel, content, probability, reasons, needs_review},
-...]}``. ``GET /ping`` answers 200 once loaded.
+answers ``{"predictions": [{decision_id, slot, tone, channel, content, probability, propensity,
+reasons, needs_review, policy_slot, policy_tone, policy_channel, policy_content,
+policy_probability, agree, policy_version, exploration, mode}, ...]}`` (``propensity``: the exact
+probability of the returned action, exploration applied; ``probability``: the policy's, of its own
+choice). ``GET /ping`` answers 200 once loaded.
+
+Learning from decisions (``docs/serving.md``): ``exploration.epsilon=0.1`` (or
+``exploration.temperature=0.5``, and ``exploration.seed``) explores around the best allowed
+action; ``shadow=true`` returns the firm's own action, sent per row as the columns
+``firm_slot``, ``firm_tone``, ``firm_channel``, ``firm_content``; ``decision_log.dir=<folder>``
+appends every decision to a decision log there (``loop/decisions.py``; the rows must then carry
+``client_id`` and ``day`` columns). Each file of the log is written whole and renamed into place
+when the buffer holds ``decision_log.rows_per_file`` decisions or its oldest is
+``decision_log.seconds_per_file`` old, and at shutdown; the server prints one line per file
+(``decision log: wrote <rows> decisions to <file>``). A crash loses the unflushed buffer only.
 
 The export must be signed (made with $CADENCE_EXPORT_KEY set, and served with the same key):
 an unsigned export is refused at start, since anyone who can write its folder can relax its
@@ -52,8 +65,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -88,6 +102,7 @@ from serve.circuit import CircuitError
 from serve.runtime import (
     CONSENT_MODES,
     MAX_ROWS,
+    Exploration,
     PolicyRuntime,
     RequestError,
     TooLarge,
@@ -103,8 +118,12 @@ LINGER_S = 2.0
 client still sending a refused body reads the answer rather than a reset"""
 
 
-def decide_body(runtime: PolicyRuntime, body: bytes | bytearray, limits: Limits) -> bytes:
-    """The JSON answer to a body already scanned by :class:`BodyScan` (runs in a worker)."""
+def decide_body(
+    runtime: PolicyRuntime, body: bytes | bytearray, limits: Limits, log: Any = None
+) -> bytes:
+    """The JSON answer to a body already scanned by :class:`BodyScan` (runs in a worker); the
+    decisions are appended to ``log`` (a :class:`loop.decisions.DecisionLog`) when one is given,
+    before the answer is returned."""
     table, explain = table_of(decode(body), runtime.max_rows)
     rows = len(next(iter(table.values()))) if table else 0
     reasons = wants_reasons(explain, rows)
@@ -115,7 +134,15 @@ def decide_body(runtime: PolicyRuntime, body: bytes | bytearray, limits: Limits)
                 f"request has {rows:,} (send fewer rows, or leave explain out)"
             )
         reasons = False
-    records = runtime.decide(table, explain=reasons).records()
+    decisions = runtime.decide(table, explain=reasons)
+    if log is not None:
+        from loop.decisions import DecisionLogError, frame_of
+
+        try:
+            log.append(frame_of(decisions))
+        except DecisionLogError as error:
+            raise RequestError(str(error)) from error
+    records = decisions.records()
     for r in records:
         r["reasons"] = "; ".join(r["reasons"])
     return json.dumps({"predictions": records}).encode()
@@ -132,8 +159,9 @@ def error(status: HTTPStatus, message: str, close: bool = False, **headers: str)
     )
 
 
-def make_app(runtime: PolicyRuntime, limits: Limits | None = None) -> Starlette:
-    """The ASGI application answering with ``runtime`` within ``limits``; its ``state.gate``
+def make_app(runtime: PolicyRuntime, limits: Limits | None = None, log: Any = None) -> Starlette:
+    """The ASGI application answering with ``runtime`` within ``limits``, appending every
+    decision to ``log`` (a :class:`loop.decisions.DecisionLog`, or None); its ``state.gate``
     holds the worker pool (shut it down with the server)."""
     limits = limits or Limits()
     gate = Gate(limits)
@@ -168,7 +196,7 @@ def make_app(runtime: PolicyRuntime, limits: Limits | None = None) -> Starlette:
             try:
                 loop = asyncio.get_running_loop()
                 answer = await loop.run_in_executor(
-                    gate.executor, decide_body, runtime, body, limits
+                    gate.executor, decide_body, runtime, body, limits, log
                 )
             except (RequestError, CircuitError) as refusal:
                 return _refusal(refusal, close=False)
@@ -309,15 +337,45 @@ def make_server(
     port: int,
     max_body_bytes: int = MAX_BODY_BYTES,
     limits: Limits | None = None,
+    log: Any = None,
 ) -> Server:
     """A server (not yet started: call ``serve_forever``) answering with ``runtime``;
-    ``limits`` (default :class:`Limits` with ``max_body_bytes``) says what it accepts."""
+    ``limits`` (default :class:`Limits` with ``max_body_bytes``) says what it accepts; ``log``
+    (a :class:`loop.decisions.DecisionLog`) receives every decision."""
     if limits is None:
         limits = Limits(
             max_body_bytes=max_body_bytes,
             max_buffered_bytes=max(MAX_BUFFERED_BYTES, max_body_bytes),
         )
-    return Server(make_app(runtime, limits), host, port, limits)
+    return Server(make_app(runtime, limits, log), host, port, limits)
+
+
+@dataclass
+class ExplorationConfig:
+    """``exploration.*`` of ``python serve.py`` (:class:`serve.choice.Exploration`)."""
+
+    epsilon: float = 0.0
+    """probability of an action drawn uniformly from the allowed ones, in [0, 1]"""
+    temperature: float | None = None
+    """softmax temperature over the allowed actions (instead of epsilon); null: none"""
+    seed: int | None = None
+    """seed of the draws (reproducible); null: from the operating system's entropy"""
+
+    def setting(self) -> Exploration:
+        """The :class:`~serve.choice.Exploration`; a :class:`ValueError` names a bad value."""
+        return Exploration(epsilon=self.epsilon, temperature=self.temperature, seed=self.seed)
+
+
+@dataclass
+class DecisionLogConfig:
+    """``decision_log.*`` of ``python serve.py`` (:class:`loop.decisions.DecisionLog`)."""
+
+    dir: str | None = None
+    """folder of the decision log (created if missing); null: decisions are not logged"""
+    rows_per_file: int = 10_000
+    """decisions buffered at most; a full buffer is written as one file"""
+    seconds_per_file: float = 5.0
+    """the buffer is written when its oldest decision is this old (seconds)"""
 
 
 @dataclass
@@ -354,6 +412,20 @@ class ServeConfig:
     require_signature: bool = True
     """refuse an export without an HMAC signature; ``false`` serves one that is hashed but not
     signed"""
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    """how the runtime explores (``exploration.epsilon``, ``exploration.temperature``,
+    ``exploration.seed``)"""
+    shadow: bool = False
+    """apprentice mode: every row carries the firm's own action (``firm_slot``, ``firm_tone``,
+    ``firm_channel``, ``firm_content``), which is returned; the policy's choice is logged beside"""
+    not_allowed: str = "fallback"
+    """shadow mode, a firm's action the guards refuse: ``fallback`` (the safe fallback decides)
+    or ``refuse`` (400)"""
+    policy_version: str | None = None
+    """what the decision log names as the policy (e.g. ``models:/cadence-policy/3``); null: the
+    export's digest"""
+    decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
+    """where decisions are logged (``decision_log.dir``) and how the files rotate"""
 
     def limits(self) -> Limits:
         """The :class:`Limits` these settings say; a :class:`ValueError` names a bad one."""
@@ -375,8 +447,9 @@ class ServeConfig:
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Load ``cfg.export_dir`` and serve it until interrupted (Ctrl-C); prints the address it
-    listens on first (``serving <export> on http://<host>:<port>/invocations``).
+    """Load ``cfg.export_dir`` and serve it until interrupted (Ctrl-C or SIGTERM); prints the
+    address it listens on first (``serving <export> on http://<host>:<port>/invocations``), and
+    one line per decision-log file written. The decision log's buffer is written on the way out.
 
     Raises :class:`ValueError` for a setting it cannot use (naming it), and
     :class:`~serve.integrity.ExportError` or :class:`~serve.circuit.CircuitError` (both
@@ -388,13 +461,54 @@ def serve(cfg: ServeConfig) -> None:
         max_rows=cfg.max_rows,
         circuit=None if cfg.circuit is None else Path(cfg.circuit),
         require_signature=cfg.require_signature,
+        exploration=cfg.exploration.setting(),
+        shadow=cfg.shadow,
+        not_allowed=cfg.not_allowed,
+        policy_version=cfg.policy_version,
     )
-    server = make_server(runtime, cfg.host, cfg.port, limits=limits)
+    log = None if cfg.decision_log.dir is None else _decision_log(cfg.decision_log)
+    server = make_server(runtime, cfg.host, cfg.port, limits=limits, log=log)
     host, port = server.server_address
     print(f"serving {cfg.export_dir} on http://{host}:{port}/invocations", flush=True)
+    stop = threading.Event()
+    if log is not None:
+        threading.Thread(target=_flush_when_due, args=(log, stop), daemon=True).start()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
         server.server_close()
+        if log is not None:
+            log.close()
+
+
+def _decision_log(cfg: DecisionLogConfig) -> Any:
+    """The :class:`loop.decisions.DecisionLog` the settings say, printing each file it writes."""
+    from loop.decisions import DecisionLog
+
+    def report(path: Path, rows: int) -> None:
+        print(f"decision log: wrote {rows} decisions to {path}", flush=True)
+
+    return DecisionLog(
+        cfg.dir,
+        rows_per_file=cfg.rows_per_file,
+        seconds_per_file=cfg.seconds_per_file,
+        on_flush=report,
+    )
+
+
+def _flush_when_due(log: Any, stop: threading.Event) -> None:
+    """Write the log's buffer once it is old, even when no request comes (every 0.2 s or a
+    tenth of the rotation time)."""
+    period = min(0.2, log.seconds_per_file / 10)
+    while not stop.wait(period):
+        log.flush_if_due()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM ends the server as Ctrl-C does (so the decision log's buffer is written)."""
+    raise KeyboardInterrupt

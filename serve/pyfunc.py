@@ -1,7 +1,21 @@
 """The export as an MLflow pyfunc model: ``predict`` takes a DataFrame with one column per
-feature name (integer, float32 or float64 columns) and returns one row per client: slot, tone,
-channel, content, probability, reasons, needs_review. The model's code travels with it
-(``code_paths``), and it loads only the ONNX file and manifest (no pickle of the policy).
+feature name (integer, float32 or float64 columns; optionally ``client_id`` and ``day``, and in
+shadow mode the firm's action ``firm_slot``, ``firm_tone``, ``firm_channel``, ``firm_content``)
+and returns one row per client: decision_id, slot, tone, channel, content, probability (the
+policy's, of its own choice), propensity (exact probability of the returned action, exploration
+applied), reasons, needs_review, the policy's own choice (policy_slot ... policy_content,
+policy_probability), agree, policy_version, exploration and mode. The model's code travels with
+it (``code_paths``), and it loads only the ONNX file and manifest (no pickle of the policy).
+
+Model config (``mlflow.pyfunc.load_model(uri, model_config={...})``, or ``model_config`` when
+the model is logged), every key optional: ``exploration_epsilon`` (0..1),
+``exploration_temperature`` (a softmax temperature), ``exploration_seed``; ``shadow`` (true:
+requests carry the firm's action), ``not_allowed`` (``fallback`` or ``refuse``: a firm's action
+the guards refuse); ``policy_version`` (e.g. ``models:/cadence-policy/3``; default the export's
+digest); ``decision_log_dir`` (append every decision to a decision log there, ``loop/decisions.py``;
+the requests must then carry ``client_id`` and ``day``), ``decision_log_rows`` and
+``decision_log_seconds`` (its rotation). The log's buffer is written when full or old, and when
+the process exits normally.
 
 Params: ``explain``: true or false; left out, reasons are written for requests of up to
 :data:`serve.runtime.EXPLAIN_UP_TO` rows and skipped for larger batches (they cost one extra network pass per
@@ -14,6 +28,7 @@ every column itself. A refused request is an MLflow ``INVALID_PARAMETER_VALUE`` 
 
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 import mlflow.pyfunc
@@ -23,14 +38,62 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ParamSchema, ParamSpec
 
-from serve.runtime import EXPLAIN_AT_MOST, PolicyRuntime, RequestError, wants_reasons
+from serve.runtime import (
+    EXPLAIN_AT_MOST,
+    Decisions,
+    Exploration,
+    PolicyRuntime,
+    RequestError,
+    wants_reasons,
+)
+
+CONFIG_KEYS = (
+    "exploration_epsilon",
+    "exploration_temperature",
+    "exploration_seed",
+    "shadow",
+    "not_allowed",
+    "policy_version",
+    "decision_log_dir",
+    "decision_log_rows",
+    "decision_log_seconds",
+)
+"""the model config keys :meth:`CadencePolicyModel.load_context` reads (see the module notes)"""
 
 
 class CadencePolicyModel(mlflow.pyfunc.PythonModel):
     """Wraps :class:`serve.runtime.PolicyRuntime` loaded from the ``export`` artifact."""
 
+    log: Any = None
+    """the decision log (:class:`loop.decisions.DecisionLog`), where the model config names one"""
+
     def load_context(self, context: Any) -> None:
-        self.runtime = PolicyRuntime.load(context.artifacts["export"])
+        config = dict(getattr(context, "model_config", None) or {})
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; known: {list(CONFIG_KEYS)}")
+        temperature = config.get("exploration_temperature")
+        exploration = Exploration(
+            epsilon=float(config.get("exploration_epsilon", 0.0)),
+            temperature=None if temperature is None else float(temperature),
+            seed=config.get("exploration_seed"),
+        )
+        self.runtime = PolicyRuntime.load(
+            context.artifacts["export"],
+            exploration=exploration,
+            shadow=bool(config.get("shadow", False)),
+            not_allowed=str(config.get("not_allowed", "fallback")),
+            policy_version=config.get("policy_version"),
+        )
+        if config.get("decision_log_dir"):
+            from loop.decisions import ROWS_PER_FILE, SECONDS_PER_FILE, DecisionLog
+
+            self.log = DecisionLog(
+                config["decision_log_dir"],
+                rows_per_file=int(config.get("decision_log_rows", ROWS_PER_FILE)),
+                seconds_per_file=float(config.get("decision_log_seconds", SECONDS_PER_FILE)),
+            )
+            atexit.register(self.log.close)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -42,7 +105,15 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
                     f"explain is served for at most {EXPLAIN_AT_MOST:,} rows, got "
                     f"{len(model_input):,}: split the request or leave explain out"
                 )
-            return self._predict_frame(self.runtime, model_input, explain)
+            decisions = self.runtime.decide(model_input, explain=explain)
+            if self.log is not None:
+                from loop.decisions import DecisionLogError, frame_of
+
+                try:
+                    self.log.append(frame_of(decisions))
+                except DecisionLogError as error:
+                    raise RequestError(str(error)) from error
+            return output_frame(decisions)
         except RequestError as error:
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from error
 
@@ -50,18 +121,14 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
     def _predict_frame(
         runtime: PolicyRuntime, model_input: pd.DataFrame, explain: bool = False
     ) -> pd.DataFrame:
-        decisions = runtime.decide(model_input, explain=explain)
-        return pd.DataFrame(
-            {
-                "slot": decisions.slot,
-                "tone": decisions.tone,
-                "channel": decisions.channel,
-                "content": decisions.content,
-                "probability": decisions.probability.astype(float),
-                "reasons": ["; ".join(r) for r in decisions.reasons],
-                "needs_review": decisions.needs_review.astype(bool),
-            }
-        )
+        return output_frame(runtime.decide(model_input, explain=explain))
+
+
+def output_frame(decisions: Decisions) -> pd.DataFrame:
+    """The model's answer: one row per decision (see the module notes)."""
+    records = pd.DataFrame(decisions.records())
+    records["reasons"] = ["; ".join(r) for r in decisions.reasons]
+    return records
 
 
 def signature(runtime: PolicyRuntime, example: pd.DataFrame) -> ModelSignature:
