@@ -4,6 +4,12 @@
     python train.py agent=linucb reward=engagement seed=3 trainer.total_timesteps=200000
     python train.py -m agent=ppo,linucb seed=0,1,2    # a sweep: one parent run, a child per job
     python train.py resume=<mlflow run id>            # continue an interrupted run from its checkpoint
+    python train.py results=docs                      # also write docs/results/default_agent.md
+
+The comparison (the tables it prints and the headline: the agent against the best baseline
+heuristic) is written as Markdown to ``outputs/train/<run id>/results.md`` and logged with the
+run; ``results=docs`` also writes it to ``docs/results/default_agent.md``, the file the docs
+include for the default agent's figures (run it with the default settings).
 
 A resume holds a lock on its run (``.locks/resume-<run id>.lock`` under the project, the kernel's
 ``flock``: it ends with the process, crash or not) from its checks to its end, so a second resume
@@ -25,11 +31,13 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import mlflow
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -47,6 +55,7 @@ from evaluation.compare import (
 )
 from experiment import plots
 from experiment.reporting import log_comparison, log_margins
+from experiment.results import DOCS_RESULTS, write_results
 from experiment.schema import RunConfig, register, validate_run
 from experiment.tracking import (
     find_run,
@@ -60,6 +69,28 @@ from experiment.tracking import (
 from simulate.config import ConfigError
 
 register()
+
+RESULTS = ("run", "docs")
+"""where train.py writes its comparison's Markdown: ``run`` (the run's folder only) or ``docs``"""
+RUN_RESULTS = Path("outputs") / "train"
+"""``<run id>/results.md`` under this folder (relative to the working directory)"""
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """What ``python train.py`` reads: the run config and where its comparison is written."""
+
+    results: str = "run"
+    """``run``: the comparison's Markdown goes to ``outputs/train/<run id>/results.md`` (always
+    written, and logged with the run); ``docs``: also to ``docs/results/default_agent.md``, the
+    file the docs include for the default agent"""
+
+
+def register_train_config() -> None:
+    """Store :class:`TrainConfig` as the ``schema`` that ``conf/config.yaml`` composes (train.py
+    only: evaluate.py composes the plain :class:`RunConfig`, which has no ``results``)."""
+    register()
+    ConfigStore.instance().store(name="schema", node=TrainConfig)
 
 
 def say(message: str) -> None:
@@ -92,6 +123,7 @@ RESUMABLE = (
     "trainer.checkpoint_every",
     "tracking.uri",
     "resume",
+    "results",
 )
 """keys a resume may set; everything else comes back from the interrupted run's config"""
 
@@ -132,7 +164,7 @@ def prepare_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         )
     except Exception as exc:
         raise ConfigError(f"resume: run {run_id} has no config.yaml artifact to resume") from exc
-    restored = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    restored = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
     for key, _ in _override_keys(overrides):
         OmegaConf.update(restored, key, OmegaConf.select(cfg, key), merge=False)
     restored.resume = run_id
@@ -286,14 +318,57 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
     metrics = log_comparison(result, policy.name, evaluation)
     print(markdown_table(result, TABLE), flush=True)
     print("\n" + tier_table(result), flush=True)
+    margins = None
     if baselines:
         margins = log_margins(result, policy.name, [b.name for b in baselines])
         say(margins)
+    body = results_markdown(result, policy.name, margins, run, run_id)
+    written = write_results("results", body, root=RUN_RESULTS / run_id)
+    mlflow.log_artifact(str(written), "evaluation")
+    say(f"wrote {written}")
+    if results_target(cfg) == "docs":
+        say(f"wrote {write_results('default_agent', body, root=DOCS_RESULTS)}")
     say(
         f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
         f"eval/value {metrics['eval/value']:.3f}"
     )
     return float(metrics["eval/normalized_value"])
+
+
+def results_target(cfg: DictConfig) -> str:
+    """Where the comparison's Markdown goes besides the run's folder (``results=``), checked; a
+    config composed over the plain :class:`RunConfig` has no ``results`` and writes the run's."""
+    target = cfg.get("results", "run")
+    if target not in RESULTS:
+        raise ConfigError(f"results must be one of {list(RESULTS)}, got {target!r}")
+    return target
+
+
+def results_markdown(
+    result: Any, policy_name: str, margins: str | None, run: RunConfig, run_id: str
+) -> str:
+    """The comparison as Markdown: the headline (the trained agent's normalized value and ceiling
+    share, and its margins over the best baseline heuristic), then the KPI and per-tier tables."""
+    m = result.metrics[policy_name]
+    value, low, high = m["eval/normalized_value"]
+    share = m.get("eval/ceiling_share")
+    e = run.eval
+    lines = [
+        f"**{policy_name}** (run `{run_id}`, training seed {run.seed}, "
+        f"{run.trainer.total_timesteps:,} client-days), on {e.num_clients:,} fresh clients x "
+        f"{e.horizon_days} days x {len(e.seeds)} evaluation seed(s): normalized value "
+        f"**{value:.3f}** [{low:.3f}, {high:.3f}]"
+        + (
+            ""
+            if share is None
+            else f", ceiling share {share[0]:.3f} [{share[1]:.3f}, {share[2]:.3f}]"
+        )
+        + ".",
+    ]
+    if margins:
+        lines += ["", f"Against the best baseline heuristic: {margins}."]
+    lines += ["", markdown_table(result, TABLE), "", "Per consent tier:", "", tier_table(result)]
+    return "\n".join(lines)
 
 
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
@@ -332,12 +407,14 @@ def main(cfg: DictConfig) -> float | None:
     try:
         if not cfg.get("resume"):
             run, setup = validate_run(cfg)  # every value checked before any work
+            results_target(cfg)
             return run_training(cfg, run, setup)
         setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
         cfg.resume = find_run(str(cfg.resume), "resume").info.run_id  # a unique prefix will do
         with resume_lock(str(cfg.resume)):  # held from the checks to the end of the run
             cfg = prepare_resume(cfg, list(HydraConfig.get().overrides.task))
             run, setup = validate_run(cfg)
+            results_target(cfg)
             return run_training(cfg, run, setup)
     except Exception as error:
         if not multirun:
@@ -353,6 +430,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_train_config()
     signal.signal(signal.SIGTERM, _stop)
     try:
         sys.exit(main())
