@@ -35,6 +35,7 @@ from envs.config import GuardrailConfig
 from envs.consent import MIN_TIER
 from envs.features import FEATURE_NAMES, OBS_HIGH
 from envs.masks import MaskRules
+from envs.reward import LATENT_OUTCOMES
 from serve import contract
 from simulate.labels import ACTION_LABELS, CHANNELS, CONTENTS, SLOTS
 from simulate.world import OUTCOMES
@@ -48,10 +49,15 @@ SCHEMA: dict[str, str] = {
     **dict.fromkeys(FEATURE_NAMES, "float"),
     **dict.fromkeys(ACTIONS, "integer"),
     "pscore": "float",
-    **dict.fromkeys(OUTCOMES, "boolean"),
+    **dict.fromkeys((o for o in OUTCOMES if o not in LATENT_OUTCOMES), "boolean"),
     "reward": "float",
 }
 """column -> kind (integer, float, boolean); extra columns are allowed and kept"""
+
+OPTIONAL: dict[str, str] = dict.fromkeys(LATENT_OUTCOMES, "boolean")
+"""columns a log may hold and the simulator writes, held to their kind where present: whether a
+click was calm or anxious is the simulator's label, which no firm's export has
+(``envs.reward.LATENT_OUTCOMES``); the monitor watches anxious clicks only where they are logged"""
 
 MAX_DAY = 3_660
 """largest ``day`` a log may hold (days; 0 is a Monday): ten years of daily decisions. A larger
@@ -342,12 +348,13 @@ def _check_structure(frame: pl.DataFrame, where: str) -> None:
     missing = [c for c in SCHEMA if c not in frame.columns]
     if missing:
         raise LogError(f"{where}: missing column {missing[0]!r} ({len(missing)} missing in all)")
-    for column, kind in SCHEMA.items():
+    checked = {**SCHEMA, **{c: k for c, k in OPTIONAL.items() if c in frame.columns}}
+    for column, kind in checked.items():
         dtype = frame.schema[column]
         if not _kind_ok(kind, dtype):
             raise LogError(f"{where}: column {column!r} must be {kind}, got {dtype}")
-    nulls = frame.select(pl.col(c).is_null().arg_true().first() for c in SCHEMA).row(0)
-    for column, row in zip(SCHEMA, nulls, strict=True):
+    nulls = frame.select(pl.col(c).is_null().arg_true().first() for c in checked).row(0)
+    for column, row in zip(checked, nulls, strict=True):
         if row is not None:
             raise LogError(f"{where}: column {column!r} is empty in row {row}")
     if frame.height == 0:

@@ -379,6 +379,8 @@ def day_counts(
     for i, seg in enumerate(SEGMENT_NAMES):
         who = alive & (segment == i)
         for outcome in dict.fromkeys(o for _, o, _ in METRICS):
+            if outcome not in outcomes:  # not logged (a firm's log has no anxious label)
+                continue
             events = np.asarray(outcomes[outcome], dtype=bool) & who
             if outcome in PER_MESSAGE:
                 out[(seg, outcome)] = (float((events & sent).sum()), float((who & sent).sum()))
@@ -401,7 +403,7 @@ def watch_logs(
         days, total=total, desc="watching", unit="day", disable=None if progress else True
     ):
         obs = rows.select(FEATURE_NAMES).to_numpy()
-        outcomes = {o: rows[o].to_numpy() for _, o, _ in METRICS} | {
+        outcomes = {o: rows[o].to_numpy() for _, o, _ in METRICS if o in rows.columns} | {
             "sent": rows["sent"].to_numpy()
         }
         monitor.update(int(day), day_counts(segments_of(obs), np.ones(rows.height, bool), outcomes))

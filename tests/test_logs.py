@@ -49,6 +49,19 @@ def test_a_simulated_log_round_trips(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["logs.parquet"]  # no temporary file left
 
 
+def test_a_log_without_the_latent_click_labels_is_a_firms_log_and_is_accepted(tmp_path):
+    """calm_click / anxious_click are the simulator's labels, which no firm has: a log may omit
+    them, and where present they are held to their kind like any other column."""
+    frame = _simulated_log().drop("calm_click", "anxious_click")
+    assert read_logs(write_logs(frame, tmp_path / "firm.parquet")).equals(frame)
+    bad = _simulated_log().with_columns(pl.lit(0.5).alias("anxious_click"))
+    with pytest.raises(LogError, match="column 'anxious_click' must be boolean"):
+        validate(bad)
+    nulls = _set_cell(_simulated_log(), "calm_click", 4, None)
+    with pytest.raises(LogError, match="column 'calm_click' is empty in row 4"):
+        validate(nulls)
+
+
 def _set_cell(frame: pl.DataFrame, column: str, row: int, value) -> pl.DataFrame:
     """``frame`` with one cell changed."""
     return frame.with_columns(
