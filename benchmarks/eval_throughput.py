@@ -4,6 +4,10 @@ The 8 deployable policies: the five heuristics, two bandits and PPO (the learner
 briefly: only their acting cost matters here). Prints the time per policy and in total.
 
     python benchmarks/eval_throughput.py [--clients 100000] [--days 90]
+
+Writes the table to docs/results/eval_throughput.md at the defaults (the file the docs include);
+with any other size to outputs/results/eval_throughput.md; --results-dir DIR writes
+DIR/eval_throughput.md instead.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from agents.heuristics import HEURISTICS
 from agents.registry import train_agent
 from envs.config import load_setup
 from evaluation.rollout import evaluate, rollout
+from experiment.results import Report, add_results_argument, at_documented_size
 
 
 def main() -> int:
@@ -29,20 +34,23 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes for the parallel run"
     )
+    add_results_argument(parser)
     args = parser.parse_args()
     setup = load_setup()
     policies = [cls(0) if name == "random" else cls() for name, cls in HEURISTICS.items()]
     for name in ("epsilon_greedy", "linucb", "ppo"):
         policies.append(train_agent(AgentConfig(name=name), setup, 20_000, 256, progress=False))
-    print(f"| policy | seconds for {args.clients:,} clients x {args.days} days |\n|---|---:|")
+    report = Report()
+    report(f"| policy | seconds for {args.clients:,} clients x {args.days} days |")
+    report("|---|---:|")
     total = 0.0
     for policy in policies:
         start = time.perf_counter()
         rollout(policy, setup, args.clients, args.days, seed=1000)
         took = time.perf_counter() - start
         total += took
-        print(f"| {policy.name} | {took:.1f} |", flush=True)
-    print(f"| **all {len(policies)}, one after another** | **{total:.1f}** |")
+        report(f"| {policy.name} | {took:.1f} |")
+    report(f"| **all {len(policies)}, one after another** | **{total:.1f}** |")
     start = time.perf_counter()
     evaluate(
         policies,
@@ -53,8 +61,11 @@ def main() -> int:
         progress=False,
         workers=args.workers,
     )
-    print(
+    report(
         f"| **all {len(policies)}, {args.workers} worker processes** | **{time.perf_counter() - start:.1f}** |"
+    )
+    report.write(
+        "eval_throughput", args.results_dir, documented_size=at_documented_size(parser, args)
     )
     return 0
 

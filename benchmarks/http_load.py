@@ -20,6 +20,10 @@ given the flags the earlier servers shared (``EXPORT --port --max-rows``), to co
 run.
 
     python benchmarks/http_load.py [--seconds 12] [--fast-clients 4] [--legacy old_http.py]
+
+Writes the table to docs/results/http_load.md at the defaults (the file the docs include); with
+any other option (a shorter phase, ``--legacy``) to outputs/results/http_load.md; --results-dir
+DIR writes DIR/http_load.md instead.
 """
 
 from __future__ import annotations
@@ -39,13 +43,14 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
+from envs.features import FEATURE_NAMES
+from experiment.results import Report, add_results_argument, at_documented_size
+from serve.runtime import KEY_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from envs.features import FEATURE_NAMES  # noqa: E402
-from serve.runtime import KEY_ENV  # noqa: E402
+"""the project root: where ``serve.py`` runs from"""
 
 KEY = "http-load-benchmark-key"
 MAX_ROWS = 1000
@@ -291,10 +296,13 @@ def phase(name: str, port: int, pid: int, seconds: float, fast: int, attacked: b
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each phase")
     parser.add_argument("--fast-clients", type=int, default=4)
     parser.add_argument("--legacy", type=Path, default=None, help="another server module")
+    add_results_argument(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         export = make_export(Path(tmp))
@@ -309,17 +317,21 @@ def main() -> int:
             server.terminate()
             server.wait(timeout=30)
     label = f"legacy {args.legacy}" if args.legacy else "serve.py"
-    print(f"{label} on loopback: {args.fast_clients} fast clients, {args.seconds:g} s a phase")
-    print(
-        f"{'phase':<10} {'threads':>10} {'RSS MiB':>11} {'fast req':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'p99/peer':>8}  dropped  other answers"
+    report = Report()
+    report(f"{label} on loopback: {args.fast_clients} fast clients, {args.seconds:g} s a phase.")
+    report()
+    report(
+        "| phase | server threads | server RSS (MiB) | fast requests | p50 (ms) | p99 (ms) "
+        "| p99 / no attack | attacking connections dropped | other answers |"
     )
+    report("|---|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(
-            f"{r['phase']:<10} {r['threads']:>10} {r['rss_mib']:>11} {r['requests']:>8} "
-            f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['p99_ms'] / rows[0]['p99_ms']:>8.2f}  "
-            f"{r['dropped']:>7}  fast {r['fast_other']}, big bodies {r['big_bodies']}"
+        report(
+            f"| {r['phase']} | {r['threads']} | {r['rss_mib']} | {r['requests']:,} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['p99_ms'] / rows[0]['p99_ms']:.2f} | "
+            f"{r['dropped']:,} | fast {r['fast_other']}, big bodies {r['big_bodies']} |"
         )
+    report.write("http_load", args.results_dir, documented_size=at_documented_size(parser, args))
     return 0
 
 

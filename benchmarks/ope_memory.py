@@ -16,6 +16,10 @@ threads (default 1: on a machine whose cores are shared, OpenBLAS's spinning thr
 simulated log of segment_rules with ε = 0.2 exploration (``--base-clients`` clients over 90 days)
 is tiled with fresh client ids to ``--rows`` rows for (a); for (b), 1,000 of its rows, from 1,000
 distinct clients, are spread over days 0..999, each keeping its weekday.
+
+Writes the table to docs/results/ope_memory.md at the defaults (the file the docs include); with
+any other size to outputs/results/ope_memory.md; --results-dir DIR writes DIR/ope_memory.md
+instead.
 """
 
 from __future__ import annotations
@@ -128,7 +132,12 @@ def _cell(value, fmt: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # imported here, not at the top: a child process measures its own imports' memory
+    from experiment.results import Report, add_results_argument, at_documented_size
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of case (a)")
     parser.add_argument("--days", type=int, default=90, help="days of case (a)")
     parser.add_argument("--single-day-rows", type=int, default=1_000, help="rows of case (b)")
@@ -136,6 +145,7 @@ def main() -> None:
     parser.add_argument("--cap-gb", type=float, default=12.0, help="address-space cap (0: none)")
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads a process")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
+    add_results_argument(parser)
     args = parser.parse_args()
     if args.child:
         child(*args.child, args.cap_gb)
@@ -151,17 +161,18 @@ def main() -> None:
             base, args.single_day_rows
         ),
     }
-    print(
+    report = Report()
+    report(
         f"base log: {base.height:,} client-days of segment_rules, ε 0.2, simulated in {made:.1f} s; "
         f"targets {', '.join(TARGETS)}; n_boot 300, FQE 200; cap {args.cap_gb:g} GB a process; "
         f"{args.blas_threads} BLAS thread(s)"
     )
-    print()
-    print(
+    report()
+    report(
         "| case | rows | days | clients | imports (MB) | read_logs peak (MB) | estimate peak (MB) "
         "| ratio | read_logs (s) | estimate (s) | ratio |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    report("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, frame in cases.items():
             path = write_logs(frame, Path(tmp) / "logs.parquet")
@@ -172,14 +183,15 @@ def main() -> None:
             peak = None if "refused" in full else full["peak_mb"]
             mem_ratio = None if peak is None else peak / peer["peak_mb"]
             time_ratio = None if est_s is None else est_s / peer["read_s"]
-            print(
+            report(
                 f"| {name} | {cases[name].height:,} | {days:,} | {clients:,} | "
                 f"{peer['imports_mb']:,.0f} | {peer['peak_mb']:,.0f} | {_cell(peak, ',.0f')} | "
                 f"{_cell(mem_ratio, '.1f')} | "
                 f"{peer['read_s']:.2f} | {_cell(est_s, '.1f')} | {_cell(time_ratio, '.0f')} |"
             )
             if "refused" in full:
-                print(f"<!-- {name}: {full['refused']} -->")
+                report(f"<!-- {name}: {full['refused']} -->")
+    report.write("ope_memory", args.results_dir, documented_size=at_documented_size(parser, args))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Pinned to one core. Actions: uniform random components, a send on 3 days in 10.
 
     python benchmarks/sim_throughput.py            # N = 1k, 10k, 100k, 1M
     python benchmarks/sim_throughput.py --quick    # N = 1k, 10k (for a smoke run)
+
+Writes the table to docs/results/sim_throughput.md (the file the docs include); with --quick to
+outputs/results/sim_throughput.md; --results-dir DIR writes DIR/sim_throughput.md instead.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np  # noqa: E402
 import envs  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from envs.vector_env import CadenceVectorEnv  # noqa: E402
+from experiment.results import Report, add_results_argument, at_documented_size  # noqa: E402
 from simulate.world import World  # noqa: E402
 
 SEND_RATE = 0.3
@@ -76,24 +80,32 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="only N = 1k and 10k")
+    add_results_argument(parser)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
     peer_n = 256
     peer = sync_rate(peer_n)
-    print(f"peer: {peer_n} per-client envs in gymnasium SyncVectorEnv: {peer:,.0f} client-days/s\n")
-    print(
+    report = Report()
+    report(
+        "One core (pinned), random actions with a send on 3 days in 10; the peer: "
+        f"{peer_n} per-client envs in gymnasium SyncVectorEnv, {peer:,.0f} client-days/s."
+    )
+    report()
+    report(
         "| clients | batched world (client-days/s) | world / peer | batched env (client-days/s) | env / peer | state bytes/client |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    report("|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         world, nbytes = world_rate(n)
         env = vector_env_rate(n)
-        print(
-            f"| {n:,} | {world:,.0f} | {world / peer:,.0f}x | {env:,.0f} | {env / peer:,.0f}x | {nbytes:,.0f} |",
-            flush=True,
+        report(
+            f"| {n:,} | {world:,.0f} | {world / peer:,.0f}x | {env:,.0f} | {env / peer:,.0f}x | {nbytes:,.0f} |"
         )
+    report.write(
+        "sim_throughput", args.results_dir, documented_size=at_documented_size(parser, args)
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ With ``--train-seeds K`` each learner is trained K times (seeds 0..K-1; policies
 ``<agent>@s<seed>``) and a last table gives each learner's normalized value and ceiling share,
 overall and per consent tier, as the mean over training seeds with a t-interval: one training's
 spread is about +-0.03, so learners are compared over seeds, not on one.
+
+Writes the tables to docs/results/agents_compare.md at the defaults (the file the docs include);
+with any other option (--quick, other agents, other sizes) to outputs/results/agents_compare.md;
+--results-dir DIR writes DIR/agents_compare.md instead.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from agents.propensity import distil
 from agents.registry import make_policy, train_agent
 from envs.config import eval_seeds, load_setup
 from evaluation.compare import TABLE, compare, markdown_table, tier_table
+from experiment.results import Report, add_results_argument, at_documented_size
 
 BUDGETS = {k.name: k.budget for k in kinds() if k.budget is not None}
 """client-days of training per agent: each kind's default budget in the agent registry"""
@@ -106,6 +111,7 @@ def main() -> int:
         "ppo_lagrangian:action_masking=false or ppo_lagrangian:net_arch=[64,64]; the policy is "
         "named by the whole spec",
     )
+    add_results_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
     setup = load_setup()
@@ -138,14 +144,24 @@ def main() -> int:
     start = time.perf_counter()
     result = compare(policies, setup, args.clients, args.days, seeds=eval_seeds(args.seeds))
     print(f"\nevaluated {len(result.metrics)} policies in {time.perf_counter() - start:.0f} s\n")
-    print(markdown_table(result, COLUMNS))
-    print()
-    print(markdown_table(result, HARM))
-    print()
-    print(tier_table(result))  # normalized value and ceiling share per consent tier
+    report = Report()
+    report(
+        f"{len(result.metrics)} policies on {args.clients:,} fresh clients x {args.days} days x "
+        f"{args.seeds} seeds (common random numbers); learners trained on "
+        f"{'1/20 of ' if args.quick else ''}their budgets, {args.train_seeds} training seed(s)."
+    )
+    report()
+    report(markdown_table(result, COLUMNS))
+    report()
+    report(markdown_table(result, HARM))
+    report()
+    report(tier_table(result))  # normalized value and ceiling share per consent tier
     if learners:
-        print()
-        print(seed_table(result, learners))
+        report()
+        report(seed_table(result, learners))
+    report.write(
+        "agents_compare", args.results_dir, documented_size=at_documented_size(parser, args)
+    )
     return 0
 
 

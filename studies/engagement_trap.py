@@ -2,6 +2,10 @@
 only) and on ``balanced``, both evaluated on the same fresh clients with the balanced value.
 
     python studies/engagement_trap.py [--agent ppo] [--timesteps 6000000]
+
+Writes the table to docs/results/engagement_trap.md at the defaults (the file the docs include);
+with any other option to outputs/results/engagement_trap.md; --results-dir DIR writes
+DIR/engagement_trap.md instead.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from agents.config import AgentConfig
 from agents.registry import train_agent
 from envs.config import eval_seeds, load_setup
 from evaluation.compare import compare, markdown_table
+from experiment.results import Report, add_results_argument, at_documented_size
 
 COLUMNS = (
     "eval/clicks_per_client",
@@ -37,6 +42,7 @@ def main() -> int:
     parser.add_argument("--timesteps", type=int, default=6_000_000)
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--seeds", type=int, default=3)
+    add_results_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
     policies = []
@@ -49,12 +55,22 @@ def main() -> int:
         policies.append(policy)
         print(f"trained {policy.name} in {time.perf_counter() - start:.0f} s", flush=True)
     result = compare(policies, load_setup(), args.clients, 90, seeds=eval_seeds(args.seeds))
-    print()
-    print(markdown_table(result, COLUMNS))
+    report = Report()
+    report()
+    report(
+        f"{args.agent} trained on {args.timesteps:,} client-days per reward; evaluated with the "
+        f"balanced value on {args.clients:,} fresh clients x 90 days x {args.seeds} seeds."
+    )
+    report()
+    report(markdown_table(result, COLUMNS))
     a, b = (p.name for p in policies)
     key = (a, b) if (a, b) in result.differences else (b, a)
     est, lo, hi = result.differences[key]
-    print(f"\nvalue of {key[0]} minus {key[1]} on the same clients: {est:.3f} [{lo:.3f}, {hi:.3f}]")
+    report()
+    report(f"Value of {key[0]} minus {key[1]} on the same clients: {est:.3f} [{lo:.3f}, {hi:.3f}].")
+    report.write(
+        "engagement_trap", args.results_dir, documented_size=at_documented_size(parser, args)
+    )
     return 0
 
 

@@ -9,6 +9,10 @@ t-interval.
 
     python studies/learning_check.py                          # ppo, 6 M client-days, seeds 0-4
     python studies/learning_check.py --agent ppo_lagrangian --budget 2000000 --seeds 3
+
+Writes the table to docs/results/learning_check.md at the defaults (the file the docs include);
+with any other option to outputs/results/learning_check.md; --results-dir DIR writes
+DIR/learning_check.md instead.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from agents.registry import train_agent
 from envs.config import eval_seeds, load_setup
 from evaluation.metrics import paired_difference
 from evaluation.rollout import evaluate
+from experiment.results import Report, add_results_argument, at_documented_size
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float]:
@@ -53,6 +58,7 @@ def main() -> int:
     )
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--eval-seeds", type=int, default=2)
+    add_results_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
     setup = load_setup(overrides=[f"env.horizon_days={args.days}"])
@@ -60,12 +66,15 @@ def main() -> int:
     seeds = tuple(eval_seeds(args.eval_seeds))
     baseline = evaluate([SegmentRules()], setup, args.clients, args.days, seeds, progress=False)
     rows, over_start, over_rules = [], [], []
-    print(
-        f"{args.agent}: {args.budget:,} client-days per training seed; evaluation on {args.clients:,} "
-        f"fresh clients x {args.days} days x {len(seeds)} seeds\n"
+    report = Report()
+    report(
+        f"{args.agent}: {args.budget:,} client-days per training seed; value per client, paired on "
+        f"{args.clients:,} fresh clients x {args.days} days x {len(seeds)} evaluation seeds "
+        "(mean [95% bootstrap CI])."
     )
-    print("| training seed | trained - start | trained - segment_rules | train s |")
-    print("|---:|---:|---:|---:|")
+    report()
+    report("| training seed | trained - start | trained - segment_rules | train s |")
+    report("|---:|---:|---:|---:|")
     for seed in range(args.seeds):
         began = time.perf_counter()
         start = train_agent(cfg, setup, args.num_envs, args.num_envs, seed=seed, progress=False)
@@ -79,16 +88,19 @@ def main() -> int:
         over_start.append(vs_start[0])
         over_rules.append(vs_rules[0])
         rows.append((seed, vs_start, vs_rules))
-        print(
+        report(
             f"| {seed} | {vs_start[0]:.3f} [{vs_start[1]:.3f}, {vs_start[2]:.3f}] | "
-            f"{vs_rules[0]:.3f} [{vs_rules[1]:.3f}, {vs_rules[2]:.3f}] | {seconds:.0f} |",
-            flush=True,
+            f"{vs_rules[0]:.3f} [{vs_rules[1]:.3f}, {vs_rules[2]:.3f}] | {seconds:.0f} |"
         )
-    for label, values in (("trained - start", over_start), ("trained - segment_rules", over_rules)):
-        mean, lo, hi = mean_interval(values)
-        print(
-            f"\nmean over {len(values)} training seeds, {label}: {mean:.3f} [{lo:.3f}, {hi:.3f}] (95% t-interval)"
-        )
+    means = [mean_interval(values) for values in (over_start, over_rules)]
+    report(
+        f"| mean over {len(over_start)} seeds (95% t-interval) | "
+        + " | ".join(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" for mean, lo, hi in means)
+        + " | |"
+    )
+    report.write(
+        "learning_check", args.results_dir, documented_size=at_documented_size(parser, args)
+    )
     return 0
 
 
