@@ -7,8 +7,8 @@ applied), reasons, needs_review, the policy's own choice (policy_slot ... policy
 policy_probability), agree, policy_version, exploration and mode. The model's code travels with
 it (``code_paths``), and it loads only the ONNX file and manifest (no pickle of the policy).
 
-Model config (``mlflow.pyfunc.load_model(uri, model_config={...})``, or ``model_config`` when
-the model is logged), every key optional: ``exploration_epsilon`` (0..1),
+Model config (``mlflow.pyfunc.load_model(uri, model_config={...})``; MLflow takes only the keys
+the model was logged with, so log it with ``model_config=MODEL_CONFIG``), every key optional: ``exploration_epsilon`` (0..1),
 ``exploration_temperature`` (a softmax temperature), ``exploration_seed``; ``shadow`` (true:
 requests carry the firm's action), ``not_allowed`` (``fallback`` or ``refuse``: a firm's action
 the guards refuse); ``policy_version`` (e.g. ``models:/cadence-policy/3``; default the export's
@@ -59,6 +59,19 @@ CONFIG_KEYS = (
     "decision_log_seconds",
 )
 """the model config keys :meth:`CadencePolicyModel.load_context` reads (see the module notes)"""
+MODEL_CONFIG: dict[str, Any] = {
+    "exploration_epsilon": 0.0,
+    "exploration_temperature": None,
+    "exploration_seed": None,
+    "shadow": False,
+    "not_allowed": "fallback",
+    "policy_version": None,
+    "decision_log_dir": None,
+    "decision_log_rows": 100_000,
+    "decision_log_seconds": 60.0,
+}
+"""every key at its default: log the model with ``model_config=MODEL_CONFIG`` so that a loader
+may set any of them (MLflow ignores, with a warning, keys the logged model did not have)"""
 
 
 class CadencePolicyModel(mlflow.pyfunc.PythonModel):
@@ -68,8 +81,9 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
     """the decision log (:class:`loop.decisions.DecisionLog`), where the model config names one"""
 
     def load_context(self, context: Any) -> None:
-        config = dict(getattr(context, "model_config", None) or {})
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        given = dict(getattr(context, "model_config", None) or {})
+        config = {k: v for k, v in given.items() if v is not None}
+        unknown = sorted(set(given) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"unknown model config key(s) {unknown}; known: {list(CONFIG_KEYS)}")
         temperature = config.get("exploration_temperature")

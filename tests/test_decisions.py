@@ -277,3 +277,38 @@ def test_a_server_killed_mid_stream_leaves_readable_files_with_every_flushed_dec
             "no_send",
             *contract.ACTION_LABELS["slot"],
         )
+
+
+def test_the_pyfunc_model_explores_and_logs_as_its_model_config_says(export, tmp_path):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from serve.pyfunc import MODEL_CONFIG, CadencePolicyModel
+
+    path = tmp_path / "model"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(
+            path,
+            python_model=CadencePolicyModel(),
+            artifacts={"export": str(export)},
+            code_paths=[str(ROOT / "serve")],
+            model_config=MODEL_CONFIG,  # MLflow takes overrides of the logged keys only
+        )
+        model = mlflow.pyfunc.load_model(
+            str(path),
+            model_config={
+                "exploration_epsilon": 0.4,
+                "exploration_seed": 1,
+                "decision_log_dir": str(tmp_path / "log"),
+                "policy_version": "models:/cadence-policy/3",
+            },
+        )
+    split = requests(50, 0)["dataframe_split"]
+    out = model.predict(pd.DataFrame(split["data"], columns=split["columns"]))
+    assert set(out["exploration"]) == {"epsilon=0.4"} and (~out["agree"]).any()
+    model.unwrap_python_model().log.flush()
+    logged = read_decisions(tmp_path / "log")
+    assert logged["decision_id"].to_list() == out["decision_id"].to_list()
+    assert set(logged["policy_version"]) == {"models:/cadence-policy/3"}
+    np.testing.assert_array_equal(logged["propensity"].to_numpy(), out["propensity"].to_numpy())

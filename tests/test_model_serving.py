@@ -113,14 +113,26 @@ def test_served_champion_answers_http_requests(tmp_path):
         assert len(answer) == len(frame)
         for row in answer:
             assert set(row) == {
+                "decision_id",
                 "slot",
                 "tone",
                 "channel",
                 "content",
                 "probability",
+                "propensity",
                 "reasons",
                 "needs_review",
+                "policy_slot",
+                "policy_tone",
+                "policy_channel",
+                "policy_content",
+                "policy_probability",
+                "agree",
+                "policy_version",
+                "exploration",
+                "mode",
             }
+            assert row["propensity"] == 1.0 and row["exploration"] == "none" and row["agree"]
         # each client the policy messages, opted out of the channel it chose: none gets that channel
         chosen = {i: row["channel"] for i, row in enumerate(answer) if row["channel"] is not None}
         assert chosen, f"precondition: the policy messages some of these clients, got {answer[:3]}"
