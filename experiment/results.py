@@ -67,11 +67,9 @@ def git_revision(root: Path = ROOT) -> str:
 
 
 def machine() -> str:
-    """The machine, in words: its architecture and the CPU cores this process may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    """The machine, in words: its architecture and its CPU cores (all of them, whichever a
+    benchmark pins itself to)."""
+    cores = os.cpu_count() or 1
     return f"{platform.machine() or 'unknown machine'}, {cores} CPU core{'s' * (cores != 1)}"
 
 
