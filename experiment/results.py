@@ -35,6 +35,8 @@ SMOKE_RESULTS = Path("outputs") / "results"
 """where smoke runs write (relative to the working directory, as every output under outputs/)"""
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 """what a results file may be called (its stem): lower-case letters, digits, ``_`` and ``-``"""
+_started_at: str | None = None
+"""the checkout's revision when the running script started (:func:`note_start`), if it said"""
 RESULTS_HELP = (
     "folder to write <name>.md into (default: docs/results at the documented size, "
     "outputs/results with --quick or any smaller size)"
@@ -88,9 +90,19 @@ def command_line(argv: Sequence[str] | None = None, root: Path = ROOT) -> str:
     return "python " + shlex.join([shown, *args[1:]])
 
 
+def note_start() -> str:
+    """Record the checkout's revision now, as the script starts, so that a results file written
+    at the end of a long run names the commit of the code that ran, not a later one."""
+    global _started_at
+    _started_at = git_revision()
+    return _started_at
+
+
 def header(command: str, revision: str | None = None, when: dt.date | None = None) -> str:
-    """The line a results file starts with: command, commit, date and machine."""
-    revision = git_revision() if revision is None else revision
+    """The line a results file starts with: command, commit (default: the one recorded by
+    :func:`note_start`, else the checkout's now), date and machine."""
+    if revision is None:
+        revision = _started_at if _started_at is not None else git_revision()
     when = dt.date.today() if when is None else when
     return f"Made by `{command}` at commit `{revision}` on {when.isoformat()} ({machine()})."
 
@@ -117,8 +129,8 @@ def write_results(
     revision: str | None = None,
 ) -> Path:
     """Write ``root/<name>.md`` (default ``docs/results/<name>.md``) atomically: the header line
-    (:func:`header`: ``command``, default the running one, and the commit, default the
-    checkout's), a blank line, then ``markdown_body`` (the tables, no heading). Creates ``root``
+    (:func:`header`: ``command``, default the running one, and the commit, default the one the
+    script started from), a blank line, then ``markdown_body`` (the tables, no heading). Creates ``root``
     if missing; returns the path written."""
     path = results_path(name, DOCS_RESULTS if root is None else root, documented_size=True)
     body = markdown_body.strip("\n")
@@ -131,7 +143,9 @@ def write_results(
 
 
 def add_results_argument(parser: argparse.ArgumentParser) -> None:
-    """Give a script's parser ``--results-dir`` (where its results file goes; see the module)."""
+    """Give a script's parser ``--results-dir`` (where its results file goes; see the module),
+    and record the revision the script starts from (:func:`note_start`)."""
+    note_start()
     parser.add_argument("--results-dir", type=Path, default=None, metavar="DIR", help=RESULTS_HELP)
 
 
