@@ -55,7 +55,7 @@ from evaluation.compare import (
 )
 from experiment import plots
 from experiment.reporting import log_comparison, log_margins
-from experiment.results import DOCS_RESULTS, write_results
+from experiment.results import DOCS_RESULTS, note_start, write_results
 from experiment.schema import RunConfig, register, validate_run
 from experiment.tracking import (
     find_run,
@@ -430,6 +430,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    note_start()  # the results file names the commit this run started from
     register_train_config()
     signal.signal(signal.SIGTERM, _stop)
     try:
