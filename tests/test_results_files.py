@@ -10,6 +10,7 @@ import argparse
 import ast
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,49 @@ def test_every_study_and_benchmark_writes_its_results_file() -> None:
         and not _writes_results(p)
     ]
     assert not silent, f"scripts that print tables without writing a results file: {silent}"
+
+
+def _train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """``python train.py`` at a tiny size from ``tmp_path`` (its outputs, store and run folder
+    there)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "agent=linucb",
+            "trainer.total_timesteps=2000",
+            "trainer.progress=false",
+            "eval.num_clients=100",
+            "eval.horizon_days=10",
+            "eval.num_seeds=1",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_train_refuses_an_unknown_results_target_before_any_work(tmp_path: Path) -> None:
+    done = _train(tmp_path, "results=site")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: results must be one of ['run', 'docs'], got 'site'"
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_train_writes_its_comparison_and_headline_to_the_run_folder(tmp_path: Path) -> None:
+    done = _train(tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (written,) = (tmp_path / "outputs" / "train").glob("*/results.md")
+    run_id = written.parent.name
+    first, _, headline, _, margins, *rest = written.read_text().splitlines()
+    assert first.startswith("Made by `python train.py agent=linucb ")
+    assert f"at commit `{_git(ROOT, 'rev-parse', '--short', 'HEAD')}" in first
+    assert headline.startswith(f"**linucb** (run `{run_id}`, training seed 0, 2,000 client-days)")
+    assert "normalized value **" in headline
+    assert margins.startswith("Against the best baseline heuristic: linucb vs the best baseline ")
+    assert rest[1].startswith("| policy | normalized_value | ceiling_share |")
