@@ -9,3 +9,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # one BLAS thread per test process: the estimators' many small solves ran 100-500x slower with
 # BLAS threads competing for two cores (set before numpy is first imported)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from hypothesis import settings  # noqa: E402  (after the thread settings above)
+
+# Property tests: no per-example deadline (two busy cores make timings meaningless); in CI the
+# examples are derived from each test's name, so a run is repeatable and never a coin toss,
+# while a local run draws new examples each time.
+settings.register_profile("local", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "local")

@@ -131,8 +131,8 @@ def test_the_graphs_choice_is_the_numpy_choice_and_the_in_process_policys(
     assert masks_joint[np.arange(n), multi_to_flat(actions)].all()
     only_no_send = ~masks_joint[:, 1:].any(axis=1)
     assert (actions[only_no_send] == 0).all() and (probability[only_no_send] == 1).all()
-    # ordinary scores are seldom left to numpy
-    assert doubtful[len(drawn) :].mean() <= 0.25
+    # (how seldom ordinary scores are left to numpy is a rate, not a property: the next test
+    # checks it on fixed scores)
 
 
 def test_ordinary_scores_are_decided_by_the_graph_with_the_numpy_choice():
