@@ -12,8 +12,11 @@ arm's settings (:data:`ARMS`) and saves each policy under ``<out>/<arm>-s<seed>`
 training time. ``compare`` evaluates every saved policy, the oracle and the deployable ceiling on
 the same fresh clients (5,000 x 90 days x 3 seeds, common random numbers, as
 ``studies/agents_compare.py`` does), and prints per arm the mean over training seeds of
-normalized value and ceiling share with a 95 % t-interval, then the paired difference new - old
-(seed k of one arm against seed k of the other, on the same clients) with its t-interval.
+normalized value and ceiling share with a 95 % t-interval, the paired difference new - old
+(seed k of one arm against seed k of the other, on the same clients) with its t-interval, and
+per seed the difference in value per client with its bootstrap CI. A policy already trained
+under an arm's settings (``train.py``'s saved ``policy`` folder) may be copied in as
+``<out>/<arm>-s<seed>``.
 """
 
 from __future__ import annotations
@@ -145,7 +148,21 @@ def compare_arms(out: Path, clients: int, days: int, eval_seeds: int) -> str:
             cells.append(interval(d))
         cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
+    if {"old", "new"} <= by_arm.keys():
+        lines.append("")
+        lines.append("| seed | value per client, new - old (same clients, 95 % bootstrap CI) |")
+        lines.append("|---:|---|")
+        for seed in sorted(by_arm["old"].keys() & by_arm["new"].keys()):
+            a, b = f"new-s{seed}", f"old-s{seed}"
+            mean, lo, hi = result.differences.get((a, b)) or _flip(result.differences[(b, a)])
+            lines.append(f"| {seed} | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
     return "\n".join(lines)
+
+
+def _flip(difference: tuple[float, float, float]) -> tuple[float, float, float]:
+    """b - a from a - b: (mean, low, high) negated, bounds swapped."""
+    mean, lo, hi = difference
+    return -mean, -hi, -lo
 
 
 def main() -> int:
