@@ -17,6 +17,9 @@ Rows, each in client-days of training per second of wall time:
   with no simulator, masks, distributions or bookkeeping. ``of floor`` is training rate / floor
   rate, the figure to drive toward 1.
 
+Each training row also gives client-days per second of the process's CPU time: on a machine
+others share, the wall-clock rate falls with their load, the CPU-time rate much less.
+
 The table is printed and written to ``docs/results/train_throughput.md`` (``--no-write``: not).
 """
 
@@ -65,12 +68,19 @@ class Row:
     n_epochs: int
     client_days: int
     seconds: float
+    cpu_seconds: float
     floor_seconds: float
 
     @property
     def rate(self) -> float:
         """client-days of training per second"""
         return self.client_days / self.seconds
+
+    @property
+    def cpu_rate(self) -> float:
+        """client-days of training per second of this process's CPU time (all its threads): on
+        a machine others share, what the same work gives a core of its own"""
+        return self.client_days / self.cpu_seconds
 
     @property
     def floor_rate(self) -> float:
@@ -93,15 +103,15 @@ def preset(overrides: dict[str, object] | None = None) -> AgentConfig:
 
 def train_seconds(
     cfg: AgentConfig, num_envs: int, client_days: int, fast: bool
-) -> tuple[float, int]:
-    """Wall seconds to train ``cfg`` for ``client_days`` and the client-days actually trained
-    (SB3 finishes the rollout it is in)."""
+) -> tuple[float, float, int]:
+    """Wall seconds and CPU seconds to train ``cfg`` for ``client_days``, and the client-days
+    actually trained (SB3 finishes the rollout it is in)."""
     setup = load_setup()
     with training_options(fast=fast):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         policy = train_agent(cfg, setup, client_days, num_envs, seed=0, progress=False)
-        seconds = time.perf_counter() - start
-    return seconds, int(policy.model.num_timesteps)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return seconds, cpu, int(policy.model.num_timesteps)
 
 
 def floor_seconds(cfg: AgentConfig, num_envs: int, client_days: int) -> float:
@@ -144,24 +154,29 @@ def warm() -> None:
 
 
 def measure(label: str, cfg: AgentConfig, num_envs: int, client_days: int, fast: bool) -> Row:
-    seconds, trained = train_seconds(cfg, num_envs, client_days, fast)
+    seconds, cpu, trained = train_seconds(cfg, num_envs, client_days, fast)
     floor = floor_seconds(cfg, num_envs, trained)
-    return Row(label, num_envs, cfg.n_steps, cfg.batch_size, cfg.n_epochs, trained, seconds, floor)
+    return Row(
+        label, num_envs, cfg.n_steps, cfg.batch_size, cfg.n_epochs, trained, seconds, cpu, floor
+    )
 
 
 def table(rows: list[Row]) -> str:
-    """Markdown: each configuration's training rate, its floor and the ratios."""
-    base = rows[-1].rate
+    """Markdown: each configuration's training rate (wall and CPU time), its floor and the
+    ratios."""
+    base = rows[-1]
     lines = [
         "| configuration | clients a step | n_steps | batch | epochs | client-days | "
-        "training, client-days/s | arithmetic floor, client-days/s | of floor | vs previous |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "training, client-days/s | per CPU second | arithmetic floor, client-days/s | of floor "
+        "| vs previous (wall; CPU) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.label} | {r.num_envs:,} | {r.n_steps} | {r.batch_size:,} | {r.n_epochs} | "
-            f"{r.client_days:,} | {r.rate:,.0f} | {r.floor_rate:,.0f} | "
-            f"{r.rate / r.floor_rate:.2f} | {r.rate / base:.2f}x |"
+            f"{r.client_days:,} | {r.rate:,.0f} | {r.cpu_rate:,.0f} | {r.floor_rate:,.0f} | "
+            f"{r.rate / r.floor_rate:.2f} | {r.rate / base.rate:.2f}x; "
+            f"{r.cpu_rate / base.cpu_rate:.2f}x |"
         )
     return "\n".join(lines)
 
