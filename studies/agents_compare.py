@@ -147,7 +147,7 @@ def main() -> int:
     report = Report()
     report(
         f"{len(result.metrics)} policies on {args.clients:,} fresh clients x {args.days} days x "
-        f"{args.seeds} seeds (common random numbers); learners trained on "
+        f"{args.seeds} evaluation seed(s) (common random numbers); learners trained on "
         f"{'1/20 of ' if args.quick else ''}their budgets, {args.train_seeds} training seed(s)."
     )
     report()
