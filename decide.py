@@ -10,7 +10,7 @@ The firm's export (``docs/events.md``) is read and validated (``loop.events.read
 observation of every client as of ``day`` is built by the one feature builder
 (``loop.features.build_features``), and the guarded runtime decides every client in batches of
 ``batch_rows``, exploring as ``exploration.*`` says (``serve.choice.Exploration``). Every
-decision goes to the decision log (``loop/decisions.py``) with its id, its exact propensity,
+decision goes to the decision log (``serve/decisions.py``) with its id, its exact propensity,
 the policy version and the exploration setting. ``sends_out`` also writes the day's sends in the
 export's ``sends`` format (``send_id`` numbered after the export's last, ``decision_id`` set),
 ready to be appended to the firm's ``sends`` table. Sends flagged ``needs_review`` are written
@@ -33,7 +33,7 @@ import polars as pl
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from loop.decisions import DecisionLog, frame_of
+from serve.decisions import DecisionLog, frame_of
 from loop.events import TABLES, Export, dtype_of, read_export
 from loop.features import build_features
 from serve.files import write_atomic

@@ -33,7 +33,7 @@ from envs.features import FEATURE_NAMES
 from experiment.schema import TrackingConfig
 from experiment.tracking import ROOT, download_policy, find_run, serve_command, setup_mlflow
 from serve.export import NotExportable, export_policy
-from serve.pyfunc import CadencePolicyModel
+from serve.pyfunc import MODEL_CONFIG, CadencePolicyModel
 from serve.pyfunc import signature as model_signature
 from serve.runtime import PolicyRuntime
 from simulate.config import ConfigError
@@ -105,11 +105,12 @@ def run_export(cfg: ExportConfig) -> Path:
                 name="served_policy",
                 python_model=CadencePolicyModel(),
                 artifacts={"export": str(out)},
-                code_paths=[str(ROOT / "serve")],
+                code_paths=[str(ROOT / "serve")],  # the runtime and the decision log
+                model_config=MODEL_CONFIG,  # every load-time setting a loader may give
                 signature=signature,
                 input_example=example,
                 registered_model_name=REGISTERED_NAME,
-                pip_requirements=["numpy", "pandas", "onnxruntime", "mlflow"],
+                pip_requirements=["numpy", "pandas", "polars", "onnxruntime", "mlflow"],
             )
         version = info.registered_model_version
         print(f"registered {REGISTERED_NAME} version {version}")

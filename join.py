@@ -32,7 +32,7 @@ class JoinConfig:
     export: str = MISSING
     """the export's folder (``loop.events.read_export``)"""
     decisions: str = MISSING
-    """the decision log: a folder of decision-log files (``loop.decisions``)"""
+    """the decision log: a folder of decision-log files (``serve.decisions``)"""
     out: str = "outputs/joined.parquet"
     """the logged dataset written (Parquet, atomically)"""
     reviews: str | None = None

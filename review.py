@@ -32,7 +32,7 @@ class ReviewConfig:
     action: str = "queue"
     """``queue``: write the review queue; ``apply``: record verdicts and expiries"""
     decisions: str = MISSING
-    """the decision log: a folder of decision-log files (``loop.decisions``)"""
+    """the decision log: a folder of decision-log files (``serve.decisions``)"""
     export: str | None = None
     """the export's folder (``action=queue``: the features the reasons are read from)"""
     queue: str = "outputs/review_queue.csv"
@@ -52,7 +52,7 @@ ConfigStore.instance().store(name="review_schema", node=ReviewConfig)
 
 def queue(settings: ReviewConfig) -> str:
     """``action=queue``: the review queue written; returns what was done."""
-    from loop.decisions import read_decisions
+    from serve.decisions import read_decisions
     from loop.events import read_export
     from loop.features import build_features
     from loop.review import held, read_outcomes, review_queue, write_table
@@ -73,7 +73,7 @@ def apply(settings: ReviewConfig) -> str:
     """``action=apply``: verdicts and expiries recorded; returns what was done."""
     import polars as pl
 
-    from loop.decisions import read_decisions
+    from serve.decisions import read_decisions
     from loop.review import OUTCOME_SCHEMA, apply_reviews, read_outcomes, read_table, write_table
 
     if settings.today is None:

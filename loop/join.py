@@ -57,7 +57,7 @@ from envs.features import FEATURE_NAMES
 from envs.reward import observable_value
 from evaluation.logs import ACTIONS, MAX_ROWS, write_logs
 from evaluation.rollout import Progress
-from loop.decisions import ACTION_COLUMNS, read_decisions, scan_decisions
+from serve.decisions import ACTION_COLUMNS, read_decisions, scan_decisions
 from loop.events import Export
 from loop.features import build_features
 from loop.review import WINDOW_DAYS, held, read_outcomes
@@ -267,7 +267,7 @@ def attribute_events(
 
     Args:
         export: a validated export.
-        decisions: a decision log (:func:`loop.decisions.read_decisions`).
+        decisions: a decision log (:func:`serve.decisions.read_decisions`).
         window_days: the attribution window (days, >= 1).
     """
     _check_window("window_days", window_days)
@@ -461,7 +461,7 @@ def join_outcomes(
 
     Args:
         export: a validated export (:func:`loop.events.read_export`).
-        decisions: a checked decision log (:func:`loop.decisions.read_decisions`).
+        decisions: a checked decision log (:func:`serve.decisions.read_decisions`).
         outcomes: the review-outcomes table (:func:`loop.review.read_outcomes`); None: no review
             has been recorded.
         window_days: the attribution window (days).

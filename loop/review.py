@@ -224,7 +224,7 @@ def review_queue(
     (:data:`QUEUE_COLUMNS`), oldest first.
 
     Args:
-        decisions: a decision log (:func:`loop.decisions.read_decisions`).
+        decisions: a decision log (:func:`serve.decisions.read_decisions`).
         features_of: decision day -> the features of its clients as of that day
             (:func:`loop.features.build_features`), for every day the held decisions have.
         outcomes: the review-outcomes table so far (decisions in it are not queued).

@@ -17,7 +17,7 @@ Learning from decisions (``docs/serving.md``): ``exploration.epsilon=0.1`` (or
 ``exploration.temperature=0.5``, and ``exploration.seed``) explores around the best allowed
 action; ``shadow=true`` returns the firm's own action, sent per row as the columns
 ``firm_slot``, ``firm_tone``, ``firm_channel``, ``firm_content``; ``decision_log.dir=<folder>``
-appends every decision to a decision log there (``loop/decisions.py``; the rows must then carry
+appends every decision to a decision log there (``serve/decisions.py``; the rows must then carry
 ``client_id`` and ``day`` columns). Each file of the log is written whole and renamed into place
 when the buffer holds ``decision_log.rows_per_file`` decisions or its oldest is
 ``decision_log.seconds_per_file`` old, and at shutdown; the server prints one line per file
@@ -122,7 +122,7 @@ def decide_body(
     runtime: PolicyRuntime, body: bytes | bytearray, limits: Limits, log: Any = None
 ) -> bytes:
     """The JSON answer to a body already scanned by :class:`BodyScan` (runs in a worker); the
-    decisions are appended to ``log`` (a :class:`loop.decisions.DecisionLog`) when one is given,
+    decisions are appended to ``log`` (a :class:`serve.decisions.DecisionLog`) when one is given,
     before the answer is returned."""
     table, explain = table_of(decode(body), runtime.max_rows)
     rows = len(next(iter(table.values()))) if table else 0
@@ -136,7 +136,7 @@ def decide_body(
         reasons = False
     decisions = runtime.decide(table, explain=reasons)
     if log is not None:
-        from loop.decisions import DecisionLogError, frame_of
+        from serve.decisions import DecisionLogError, frame_of
 
         try:
             log.append(frame_of(decisions))
@@ -161,7 +161,7 @@ def error(status: HTTPStatus, message: str, close: bool = False, **headers: str)
 
 def make_app(runtime: PolicyRuntime, limits: Limits | None = None, log: Any = None) -> Starlette:
     """The ASGI application answering with ``runtime`` within ``limits``, appending every
-    decision to ``log`` (a :class:`loop.decisions.DecisionLog`, or None); its ``state.gate``
+    decision to ``log`` (a :class:`serve.decisions.DecisionLog`, or None); its ``state.gate``
     holds the worker pool (shut it down with the server)."""
     limits = limits or Limits()
     gate = Gate(limits)
@@ -341,7 +341,7 @@ def make_server(
 ) -> Server:
     """A server (not yet started: call ``serve_forever``) answering with ``runtime``;
     ``limits`` (default :class:`Limits` with ``max_body_bytes``) says what it accepts; ``log``
-    (a :class:`loop.decisions.DecisionLog`) receives every decision."""
+    (a :class:`serve.decisions.DecisionLog`) receives every decision."""
     if limits is None:
         limits = Limits(
             max_body_bytes=max_body_bytes,
@@ -368,7 +368,7 @@ class ExplorationConfig:
 
 @dataclass
 class DecisionLogConfig:
-    """``decision_log.*`` of ``python serve.py`` (:class:`loop.decisions.DecisionLog`)."""
+    """``decision_log.*`` of ``python serve.py`` (:class:`serve.decisions.DecisionLog`)."""
 
     dir: str | None = None
     """folder of the decision log (created if missing); null: decisions are not logged"""
@@ -487,8 +487,8 @@ def serve(cfg: ServeConfig) -> None:
 
 
 def _decision_log(cfg: DecisionLogConfig) -> Any:
-    """The :class:`loop.decisions.DecisionLog` the settings say, printing each file it writes."""
-    from loop.decisions import DecisionLog
+    """The :class:`serve.decisions.DecisionLog` the settings say, printing each file it writes."""
+    from serve.decisions import DecisionLog
 
     def report(path: Path, rows: int) -> None:
         print(f"decision log: wrote {rows} decisions to {path}", flush=True)

@@ -12,7 +12,7 @@ the model was logged with, so log it with ``model_config=MODEL_CONFIG``), every 
 ``exploration_temperature`` (a softmax temperature), ``exploration_seed``; ``shadow`` (true:
 requests carry the firm's action), ``not_allowed`` (``fallback`` or ``refuse``: a firm's action
 the guards refuse); ``policy_version`` (e.g. ``models:/cadence-policy/3``; default the export's
-digest); ``decision_log_dir`` (append every decision to a decision log there, ``loop/decisions.py``;
+digest); ``decision_log_dir`` (append every decision to a decision log there, ``serve/decisions.py``;
 the requests must then carry ``client_id`` and ``day``), ``decision_log_rows`` and
 ``decision_log_seconds`` (its rotation). The log's buffer is written when full or old, and when
 the process exits normally.
@@ -78,7 +78,7 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
     """Wraps :class:`serve.runtime.PolicyRuntime` loaded from the ``export`` artifact."""
 
     log: Any = None
-    """the decision log (:class:`loop.decisions.DecisionLog`), where the model config names one"""
+    """the decision log (:class:`serve.decisions.DecisionLog`), where the model config names one"""
 
     def load_context(self, context: Any) -> None:
         given = dict(getattr(context, "model_config", None) or {})
@@ -100,7 +100,7 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
             policy_version=config.get("policy_version"),
         )
         if config.get("decision_log_dir"):
-            from loop.decisions import ROWS_PER_FILE, SECONDS_PER_FILE, DecisionLog
+            from serve.decisions import ROWS_PER_FILE, SECONDS_PER_FILE, DecisionLog
 
             self.log = DecisionLog(
                 config["decision_log_dir"],
@@ -121,7 +121,7 @@ class CadencePolicyModel(mlflow.pyfunc.PythonModel):
                 )
             decisions = self.runtime.decide(model_input, explain=explain)
             if self.log is not None:
-                from loop.decisions import DecisionLogError, frame_of
+                from serve.decisions import DecisionLogError, frame_of
 
                 try:
                     self.log.append(frame_of(decisions))

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from agents.bandits import LinUCB
-from loop.decisions import (
+from serve.decisions import (
     COLUMNS,
     SCHEMA,
     DecisionLog,

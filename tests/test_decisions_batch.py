@@ -17,7 +17,7 @@ from agents.bandits import LinUCB
 from agents.heuristics import SegmentRules
 from decide import DecideConfig, DecideLogConfig, decide_day
 from envs.config import load_setup
-from loop.decisions import read_decisions
+from serve.decisions import read_decisions
 from loop.events import Export, validate_export, write_export
 from loop.features import build_features
 from loop.simulated import simulate_export

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from agents.bandits import LinUCB
 from envs.spaces import JOINT_ACTIONS
-from loop.decisions import frame_of
+from serve.decisions import frame_of
 from serve import contract, graph_choice
 from serve.choice import Exploration
 from serve.export import build_manifest, export_policy

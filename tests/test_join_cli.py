@@ -11,7 +11,7 @@ import pytest
 from test_join import simulate_decisions
 
 from evaluation.logs import read_logs
-from loop.decisions import DecisionLog
+from serve.decisions import DecisionLog
 from loop.events import write_export
 from loop.review import write_table
 

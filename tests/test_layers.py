@@ -59,6 +59,7 @@ RUNTIME_THIRD_PARTY = {"numpy", "onnxruntime"}
 ADAPTER_THIRD_PARTY = {
     "serve.http": {"starlette", "uvicorn"},
     "serve.pyfunc": {"mlflow", "pandas"},
+    "serve.decisions": {"polars"},
 }
 """serving modules that adapt the runtime to a framework, and the framework's packages"""
 

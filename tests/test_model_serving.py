@@ -55,7 +55,11 @@ def test_served_champion_answers_http_requests(tmp_path):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     run_id = mlflow.search_runs(experiment_names=["cadence"]).run_id[0]
     cli(str(ROOT / "export.py"), f"run_id={run_id}", f"out={tmp_path / 'export'}", "promote=true")
-    assert {p.name for p in (tmp_path / "export").iterdir()} == {"policy.onnx", "manifest.json"}
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {
+        "policy.onnx",
+        "manifest.json",
+        "example_request.json",
+    }
     version = mlflow.MlflowClient().get_model_version_by_alias("cadence-policy", "champion")
     assert version.run_id == run_id
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from envs.features import FEATURE_NAMES
-from loop.decisions import DecisionLog, decision_frame
+from serve.decisions import DecisionLog, decision_frame
 from loop.review import (
     OUTCOME_SCHEMA,
     ReviewError,
