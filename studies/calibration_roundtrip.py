@@ -98,8 +98,11 @@ def main() -> None:
         group, key = k.rsplit(".", 1)
         start = getattr(default.population if group == "population" else default.env.response, key)
         tol = TOLERANCE.get(k)
-        ok = "" if tol is None else ("yes" if abs(fitted[k] - v) <= tol else "**no**")
-        report(f"| {k} | {v} | {start} | {fitted[k]:.3f} | {ok} ±{tol or ''} |")
+        if tol is None:
+            within = "(not held)"
+        else:
+            within = f"{'yes' if abs(fitted[k] - v) <= tol else '**no**'} ±{tol}"
+        report(f"| {k} | {v} | {start} | {fitted[k]:.3f} | {within} |")
 
     fitted_setup = load_setup(overrides=[f"{k}={v!r}" for k, v in fitted.items()])
     register()
