@@ -92,6 +92,15 @@ class TrackingConfig:
     """MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db"""
     experiment: str = "cadence"
     """MLflow experiment name"""
+    ui: str = "http://127.0.0.1:5000"
+    """base address of the MLflow UI (``mlflow ui`` / ``make mlflow-ui``) the links the commands
+    print open in: ``<ui>/#/experiments/<experiment id>/runs/<run id>``"""
+
+    def check(self, prefix: str) -> None:
+        if not self.ui.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{prefix}.ui must be the MLflow UI's address, http://host:port, got {self.ui!r}"
+            )
 
 
 MODES = ("compare", "record", "estimate", "monitor", "watch")
@@ -282,6 +291,7 @@ def validate_run(cfg: Any) -> tuple[RunConfig, Setup]:
     validate(run.crisis, "crisis")
     validate(run.record, "record")
     validate(run.estimate, "estimate")
+    validate(run.tracking, "tracking")
     setup = to_setup(
         {
             "env": cfg.env,
