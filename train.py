@@ -54,7 +54,15 @@ from evaluation.compare import (
     tier_table,
 )
 from experiment import plots
-from experiment.reporting import log_comparison, log_margins
+from experiment.reporting import (
+    best_heuristic,
+    evaluation_clients,
+    log_comparison,
+    log_margin_intervals,
+    log_margins,
+    log_view,
+    train_run_name,
+)
 from experiment.results import DOCS_RESULTS, note_start, write_results
 from experiment.schema import RunConfig, register, validate_run
 from experiment.tracking import (
@@ -122,6 +130,7 @@ RESUMABLE = (
     "trainer.progress",
     "trainer.checkpoint_every",
     "tracking.uri",
+    "tracking.ui",
     "resume",
     "results",
 )
@@ -216,7 +225,9 @@ def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
             tags["mlflow.parentRunId"] = parent
     except ValueError:
         pass
-    name = f"{run.agent.name}-{run.reward.name}-{run.scenario.name}-s{run.seed}"
+    name = train_run_name(
+        run.scenario.name, run.reward.name, run.agent.name, list(run.eval.baselines), run.seed
+    )
     with mlflow.start_run(
         run_id=run.resume,
         run_name=None if run.resume else name,
@@ -322,6 +333,26 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
     if baselines:
         margins = log_margins(result, policy.name, [b.name for b in baselines])
         say(margins)
+    view = log_view(
+        result,
+        policy.name,
+        result_baseline(result, [b.name for b in baselines], policy.name),
+        evaluation_clients(
+            e.num_clients,
+            e.horizon_days,
+            e.seeds,
+            active.data.tags.get("population", "default"),
+            run.scenario.name,
+        ),
+        f"Training run of **{policy.name}** ({run.trainer.total_timesteps:,} client-days, "
+        f"training seed {run.seed}, reward `{run.reward.name}`), evaluated on "
+        f"{e.num_clients:,} fresh clients x {e.horizon_days} days x {len(e.seeds)} evaluation "
+        f"seed(s) beside {', '.join(b.name for b in baselines) or 'no baseline'} and the "
+        "references.",
+        run.tracking.ui,
+        e.n_boot,
+    )
+    log_margin_intervals(policy.name, view.margins[policy.name] if baselines else None)
     body = results_markdown(result, policy.name, margins, run, run_id)
     written = write_results("results", body, root=RUN_RESULTS / run_id)
     mlflow.log_artifact(str(written), "evaluation")
@@ -332,7 +363,16 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         f"MLflow run {run_id} ({name}): eval/normalized_value {metrics['eval/normalized_value']:.3f}, "
         f"eval/value {metrics['eval/value']:.3f}"
     )
+    say(f"open it in the MLflow UI: {view.link}")
     return float(metrics["eval/normalized_value"])
+
+
+def result_baseline(result: Any, baselines: list[str], policy_name: str) -> str:
+    """The baseline of the run's headline: the best of ``baselines`` by normalized value (the
+    one :func:`log_margins` measures against), else the best heuristic compared."""
+    if baselines:
+        return max(baselines, key=lambda b: result.metrics[b]["eval/normalized_value"][0])
+    return best_heuristic(result, other_than=policy_name)
 
 
 def results_target(cfg: DictConfig) -> str:
