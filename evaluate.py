@@ -55,7 +55,17 @@ from evaluation.compare import (
 )
 from experiment import plots
 from experiment.policies import BANDIT_TIMESTEPS, resolve_policy
-from experiment.reporting import log_comparison
+from experiment.reporting import (
+    NOTE,
+    best_heuristic,
+    best_policy,
+    child_note,
+    compare_run_name,
+    evaluation_clients,
+    log_comparison,
+    log_policy_role,
+    log_view,
+)
 from experiment.schema import RunConfig, check_mode, register, validate_run
 from experiment.tracking import flatten, git_commit, setup_mlflow
 from simulate.config import ConfigError
@@ -343,9 +353,24 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
     )
     common = _common_tags(run)
     work = Path(tempfile.mkdtemp(prefix="cadence-eval-"))
-    with _parent_run(
-        cfg, f"compare {len(policies)} policies", {**common, "comparison": "true"}, "env."
-    ) as parent:
+    title = compare_run_name(run.scenario.name, run.reward.name, len(policies))
+    with _parent_run(cfg, title, {**common, "comparison": "true"}, "env.") as parent:
+        best = best_policy(result)
+        baseline = best_heuristic(result, other_than=best)
+        view = log_view(
+            result,
+            best,
+            baseline,
+            evaluation_clients(
+                e.num_clients, e.horizon_days, e.seeds, common["population"], run.scenario.name
+            ),
+            f"Comparison of {', '.join(p.name for p in policies)} on {e.num_clients:,} fresh "
+            f"clients x {e.horizon_days} days x {len(e.seeds)} evaluation seed(s), scenario "
+            f"`{run.scenario.name}`, scored with reward `{run.reward.name}`; a child run per "
+            "policy and reference.",
+            run.tracking.ui,
+            e.n_boot,
+        )
         write_tables(result, work, "comparison")
         plots.kpi_bars(result.metrics, KPI_PLOT, work / "kpis.png")
         plots.retention_curves(result.rollouts, work / "retention.png")
@@ -364,10 +389,14 @@ def evaluate_policies(cfg: DictConfig, run: RunConfig, setup: Setup) -> str:
                 out = work / f"policy-{name.replace('@', '-')}"
                 out.mkdir()
                 log_comparison(result, name, out, with_artifacts=False)
+                log_policy_role(name, baseline, view.margins[name])
+                mlflow.set_tag(NOTE, child_note(name, view.margins[name], baseline, title))
     print(markdown_table(result, TABLE))
     print("\n" + tier_table(result))
+    print(f"\n{view.headline.sentence()}".replace("**", ""))
     print(
-        f"\nMLflow comparison run {parent.info.run_id}; see `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`"
+        f"\nMLflow comparison run {parent.info.run_id}: {view.link} (start the UI with "
+        f"`mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`)"
     )
     return parent.info.run_id
 

@@ -429,7 +429,7 @@ def log_evaluation_input(frame: pl.DataFrame) -> None:
         f"{first['population']} population · {first['num_clients']:,} clients x "
         f"{frame.height} seed(s) · {first['horizon_days']} days"
     )
-    dataset = mlflow.data.from_polars(frame, source="cadence simulator (fresh clients)", name=name)
+    dataset = mlflow.data.from_polars(frame, name=name)  # source: the command that ran
     mlflow.log_input(dataset, context="evaluation")
 
 
