@@ -30,6 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from agents.registry import load_policy
 from envs.config import GuardrailConfig
 from envs.features import FEATURE_NAMES
+from experiment.registry import describe_version
 from experiment.schema import TrackingConfig
 from experiment.tracking import ROOT, download_policy, find_run, serve_command, setup_mlflow
 from serve.export import NotExportable, export_policy
@@ -113,7 +114,8 @@ def run_export(cfg: ExportConfig) -> Path:
                 pip_requirements=["numpy", "pandas", "polars", "onnxruntime", "mlflow"],
             )
         version = info.registered_model_version
-        print(f"registered {REGISTERED_NAME} version {version}")
+        page = describe_version(REGISTERED_NAME, version, cfg.run_id, cfg.tracking.ui)
+        print(f"registered {REGISTERED_NAME} version {version} (its evaluation figures): {page}")
         if cfg.promote:
             mlflow.MlflowClient().set_registered_model_alias(REGISTERED_NAME, "champion", version)
             serve = serve_command(f"models:/{REGISTERED_NAME}@champion", 5001)
