@@ -329,11 +329,12 @@ def algorithm(cfg: AgentConfig) -> type[BaseAlgorithm]:
     return ALGORITHMS[cfg.name]
 
 
-TRAIN_ENVS = {"ppo_lagrangian": 1024}
+TRAIN_ENVS: dict[str, int] = {}
 """client slots simulated together per vector step while training, per agent kind, where it is
-not ``env.num_clients`` (``trainer.num_envs`` overrides): the default agent steps 1,024 clients
-at a time (64-day rollouts of 65,536 client-days), which with its fast path trains at about 3x
-the client-days per second of 256 clients (docs/results/train_throughput.md)"""
+not ``env.num_clients`` (``trainer.num_envs`` overrides). Empty: the default agent keeps 256.
+1,024 clients a step with 2 epochs trains it 3x as fast per CPU second but, over training seeds
+0-2 on the same 5,000 fresh clients, to 0.521 +- 0.031 of the oracle against 0.558 +- 0.021
+(studies/speed_quality.py; docs/results/train_throughput.md), so it is not the default."""
 
 
 def default_train_envs(name: str, setup: Setup) -> int:

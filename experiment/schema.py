@@ -35,7 +35,7 @@ class TrainerConfig:
     """show a progress bar"""
     num_envs: int | None = None
     """client slots simulated together per vector step while training; None: the agent's
-    default (1,024 for ppo_lagrangian, ``agents.sb3_agents.TRAIN_ENVS``), else ``env.num_clients``"""
+    default (``agents.sb3_agents.TRAIN_ENVS``), else ``env.num_clients``"""
     device: str = "cpu"
     """torch device the SB3 learners train on: ``cpu``, or ``cuda`` (``cuda:N``) where torch
     finds a CUDA GPU (refused, naming this key, where it does not)"""

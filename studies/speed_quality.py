@@ -46,6 +46,11 @@ ARMS: dict[str, dict[str, object]] = {
         "fast": False,
         "overrides": {"n_steps": 64, "batch_size": 4096, "n_epochs": 4},
     },
+    "old-fast": {
+        "num_envs": 256,
+        "fast": True,
+        "overrides": {"n_steps": 64, "batch_size": 4096, "n_epochs": 4},
+    },
     "new": {
         "num_envs": 1024,
         "fast": True,
@@ -53,7 +58,9 @@ ARMS: dict[str, dict[str, object]] = {
     },
 }
 """per arm: clients per vector step, whether the fast masked path is used, and the agent fields
-that differ between the arms, over ``conf/agent/ppo_lagrangian.yaml``"""
+that differ between the arms, over ``conf/agent/ppo_lagrangian.yaml``: ``old`` the previous
+settings and code path, ``old-fast`` the previous settings on the fast path (same maths, other
+code), ``new`` 1,024 clients a step and 2 epochs"""
 
 
 def preset(overrides: dict[str, object] | None = None) -> AgentConfig:
