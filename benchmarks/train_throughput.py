@@ -5,9 +5,11 @@
 
 Rows, each in client-days of training per second of wall time:
 
-- ``default agent``: ``conf/agent/ppo_lagrangian.yaml`` as ``train.py`` trains it (the clients per
-  vector step of :data:`NEW_ENVS`, the fast masked path of ``agents.sb3_agents``, torch threads
+- ``default agent``: ``conf/agent/ppo_lagrangian.yaml`` as ``train.py`` trains it (its clients
+  per vector step, the fast masked path of ``agents.sb3_agents``, torch threads
   ``agents.sb3_agents.TORCH_THREADS``);
+- ``1,024 a step, 2 epochs``: the same with :data:`CANDIDATE`'s sizes, the configuration that
+  reached 3x but learned less (``studies/speed_quality.py``);
 - ``previous configuration``: the settings and code path it had before (256 clients a step,
   64-day rollouts, minibatches of 4,096, 4 epochs, sb3-contrib's own MaskablePPO rollouts and
   per-component ``Categorical`` distributions);
@@ -43,15 +45,15 @@ from agents.config import AgentConfig  # noqa: E402
 from agents.registry import train_agent  # noqa: E402
 from agents.sb3_agents import (  # noqa: E402
     TORCH_THREADS,
-    TRAIN_ENVS,
     build_model,
+    default_train_envs,
     make_training_env,
     training_options,
 )
 from envs.config import load_setup  # noqa: E402
 
-NEW_ENVS = TRAIN_ENVS["ppo_lagrangian"]
-"""clients per vector step the default agent trains with (``trainer.num_envs``' default for it)"""
+CANDIDATE = {"num_envs": 1024, "n_epochs": 2}
+"""the 3x configuration measured beside (1,024 clients a step, 2 epochs), which learned less"""
 OLD = {"num_envs": 256, "n_steps": 64, "batch_size": 4096, "n_epochs": 4}
 """the previous configuration's sizes"""
 RESULTS = ROOT / "docs" / "results" / "train_throughput.md"
@@ -186,17 +188,25 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--client-days", type=int, default=1_000_000, help="per configuration")
-    parser.add_argument("--num-envs", type=int, default=NEW_ENVS, help="the default agent's")
     parser.add_argument("--threads", type=int, default=TORCH_THREADS, help="torch threads")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warm()
-    new = preset()
+    now = preset()
+    candidate = preset({"n_epochs": CANDIDATE["n_epochs"]})
     old = preset({k: v for k, v in OLD.items() if k != "num_envs"})
+    envs = default_train_envs("ppo_lagrangian", load_setup())
     with training_options(threads=args.threads):
         rows = [
-            measure("default agent (now)", new, args.num_envs, args.client_days, fast=True),
+            measure("default agent (now)", now, envs, args.client_days, fast=True),
+            measure(
+                "1,024 a step, 2 epochs (learned less)",
+                candidate,
+                CANDIDATE["num_envs"],
+                args.client_days,
+                fast=True,
+            ),
             measure("previous configuration", old, OLD["num_envs"], args.client_days, fast=False),
         ]
     text = table(rows)
