@@ -362,7 +362,9 @@ def checks_table(evidence: Evidence) -> str:
     """Markdown: one row per rule of the gate."""
     lines = ["| check | value | rule | result |", "|---|---:|---|---|"]
     for c in evidence.checks:
-        value = f"{c.value:,.4g}" if isinstance(c.value, float) else c.value
+        value = c.value
+        if isinstance(value, float):
+            value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
         lines.append(f"| {c.name} | {value} | {c.rule} | {'pass' if c.passed else 'FAIL'} |")
     return "\n".join(lines)
 

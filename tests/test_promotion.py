@@ -174,11 +174,24 @@ def test_promoting_from_the_firms_rules_needs_a_shadow_period(logs, store, tmp_p
     assert not check.passed and f"{served.height:,} of {served.height:,}" in check.reason
     shadowed = served.with_columns(mode=pl.lit("shadow"))
     assert promotion.shadow_check(shadowed, "batch_and_blast", None, stated=False).passed
-    assert promote.cli([*args, "shadow=true"]) == 0
+    assert promote.cli([*args, "shadow=true"]) == 0  # stated, and recorded as stated
     assert _alias() == better
     tags = mlflow.MlflowClient().get_model_version(promotion.REGISTERED_NAME, better).tags
     assert tags["previous_champion"] == "heuristic:batch_and_blast"
     assert promote.cli(["mode=rollback"]) == 0 and _alias() is None  # the firm's rules again
+
+
+def test_the_decision_log_says_whether_a_joined_log_is_a_shadow_periods(logs):
+    frame = pl.read_parquet(logs["small"]).with_columns(
+        decision_id=pl.format("d{}", pl.int_range(pl.len()))
+    )
+    modes = ["shadow"] * (frame.height - 2) + ["serve", "serve"]
+    decisions = pl.DataFrame({"decision_id": frame["decision_id"], "mode": modes})
+    check = promotion.shadow_check(frame, "segment_rules", decisions, stated=True)
+    assert not check.passed and "2 of 2,092 logged decisions are not in shadow mode" in check.reason
+    decisions = decisions.with_columns(mode=pl.lit("shadow"))
+    check = promotion.shadow_check(frame, "segment_rules", decisions, stated=False)
+    assert check.passed and check.value == "2,092 of 2,092 rows shadow (the decision log)"
 
 
 def test_the_same_resamples_for_both_policies_make_a_policy_against_itself_exactly_zero():
