@@ -6,15 +6,16 @@ Two steps, so the slow arm can train while other work goes on:
     python studies/speed_quality.py train --arm old --seeds 0,1,2 --out outputs/speed_quality
     python studies/speed_quality.py train --arm new --seeds 0,1,2 --out outputs/speed_quality
     python studies/speed_quality.py compare --out outputs/speed_quality
+    python studies/speed_quality.py train --arm old-fast --seeds 0   # the code path alone
 
 ``train`` trains the default agent (``conf/agent/ppo_lagrangian.yaml``) for each seed with the
 arm's settings (:data:`ARMS`) and saves each policy under ``<out>/<arm>-s<seed>`` with its
 training time. ``compare`` evaluates every saved policy, the oracle and the deployable ceiling on
 the same fresh clients (5,000 x 90 days x 3 seeds, common random numbers, as
 ``studies/agents_compare.py`` does), and prints per arm the mean over training seeds of
-normalized value and ceiling share with a 95 % t-interval, the paired difference new - old
-(seed k of one arm against seed k of the other, on the same clients) with its t-interval, and
-per seed the difference in value per client with its bootstrap CI. A policy already trained
+normalized value and ceiling share with a 95 % t-interval, each arm's paired difference from
+``old`` (seed k of one arm against seed k of the other, on the same clients) with its
+t-interval, and per seed the difference in value per client with its bootstrap CI. A policy already trained
 under an arm's settings (``train.py``'s saved ``policy`` folder) may be copied in as
 ``<out>/<arm>-s<seed>``.
 """
@@ -147,22 +148,26 @@ def compare_arms(out: Path, clients: int, days: int, eval_seeds: int) -> str:
         cells.append(", ".join(f"{seeds[s][keys[0]]:.3f}" for s in order))
         cells.append(f"{np.mean(rates.get(arm, [np.nan])):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
-    if {"old", "new"} <= by_arm.keys():
-        common = sorted(by_arm["old"].keys() & by_arm["new"].keys())
-        cells = ["new - old (paired by seed)", str(len(common))]
+    others = [arm for arm in by_arm if arm != "old"] if "old" in by_arm else []
+    for arm in others:
+        common = sorted(by_arm["old"].keys() & by_arm[arm].keys())
+        cells = [f"{arm} - old (paired by seed)", str(len(common))]
         for k in keys:
-            d = np.array([by_arm["new"][s][k] - by_arm["old"][s][k] for s in common])
+            d = np.array([by_arm[arm][s][k] - by_arm["old"][s][k] for s in common])
             cells.append(interval(d))
         cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
-    if {"old", "new"} <= by_arm.keys():
+    if others:
         lines.append("")
-        lines.append("| seed | value per client, new - old (same clients, 95 % bootstrap CI) |")
-        lines.append("|---:|---|")
-        for seed in sorted(by_arm["old"].keys() & by_arm["new"].keys()):
-            a, b = f"new-s{seed}", f"old-s{seed}"
-            mean, lo, hi = result.differences.get((a, b)) or _flip(result.differences[(b, a)])
-            lines.append(f"| {seed} | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+        lines.append(
+            "| arm | seed | value per client, arm - old (same clients, 95 % bootstrap CI) |"
+        )
+        lines.append("|---|---:|---|")
+        for arm in others:
+            for seed in sorted(by_arm["old"].keys() & by_arm[arm].keys()):
+                a, b = f"{arm}-s{seed}", f"old-s{seed}"
+                mean, lo, hi = result.differences.get((a, b)) or _flip(result.differences[(b, a)])
+                lines.append(f"| {arm} | {seed} | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
     return "\n".join(lines)
 
 
