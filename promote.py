@@ -221,8 +221,9 @@ def cli(argv: Sequence[str]) -> int:
     try:
         with initialize_config_dir(str(Path(__file__).parent / "conf"), version_base="1.3"):
             cfg = compose("promote", overrides=list(argv), return_hydra_config=True)
-    except HydraException as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+    except HydraException as exc:  # an unknown key, a value of the wrong type
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        print(f"error: {' '.join(f'{exc}{cause}'.split())}", file=sys.stderr)
         return 2
     given = list(cfg.hydra.overrides.task)
     with open_dict(cfg):

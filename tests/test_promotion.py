@@ -164,7 +164,8 @@ def test_too_little_support_is_refused_naming_the_effective_sample_size(logs, st
 
 def test_promoting_from_the_firms_rules_needs_a_shadow_period(logs, store, tmp_path, capsys):
     better = _register("segment_rules", tmp_path)
-    args = [f"challenger=models:/cadence-policy/{better}", "champion=batch_and_blast",
+    run_id = mlflow.MlflowClient().get_model_version(promotion.REGISTERED_NAME, better).run_id
+    args = [f"challenger=run:{run_id[:8]}", "champion=batch_and_blast",  # its version moves
             f"data={logs['blast']}", *FAST]  # fmt: skip
     assert promote.cli(args) == promote.REFUSED
     assert "no shadow evidence" in capsys.readouterr().out and _alias() is None
@@ -218,6 +219,7 @@ BAD = [
     (["challenger=segment_rules", "data={small}"], "has no 'champion' alias"),
     (["mode=rollback"], "has no 'champion' alias"),
     (["challenger=segment_rules", "reason=x"], "reason is not read by mode=promote"),
+    (["challenger=segment_rules", "margin=much"], "could not be converted to Float"),
 ]
 
 
