@@ -447,10 +447,10 @@ def describe_experiment(experiment_id: str) -> None:
 
 def parent_note(found: Headline, rows: list[dict[str, object]], what: str) -> str:
     """A comparison's top-run description: what it is, the headline, the table, the legend."""
-    lines = [what, "", found.sentence()]
+    lines = [found.sentence()]
     if found.best != found.policy:
         lines += ["", f"The best compared policy is **{found.best}**."]
-    return "\n".join([*lines, "", rows_markdown(rows), "", FIGURES])
+    return "\n".join([*lines, "", what, "", rows_markdown(rows), "", FIGURES])
 
 
 def child_note(policy: str, margins: dict[str, Interval], baseline: str, parent: str) -> str:
@@ -490,8 +490,12 @@ def compare_run_name(scenario: str, reward: str, count: int) -> str:
 
 
 def run_link(ui: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI's page of a run: ``<ui>/#/experiments/<experiment id>/runs/<run id>``."""
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """The MLflow UI's page of a run, in its model-training view (not the GenAI one):
+    ``<ui>/#/experiments/<experiment id>/runs/<run id>?workflowType=machine_learning``."""
+    return (
+        f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        "?workflowType=machine_learning"
+    )
 
 
 @dataclass
