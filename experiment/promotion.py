@@ -592,21 +592,23 @@ def promote(
         {"command": "promote", "challenger": challenger.label, "champion": champion.label},
     )
     client = mlflow.MlflowClient()
+    moved = evidence.cleared and challenger.version is not None and not dry_run
+    now = current_champion(model)
+    if moved and now != champion.version:  # the alias must point at the policy judged against
+        was = "no alias" if champion.version is None else f"v{champion.version}"
+        raise ConfigError(
+            f"the alias {ALIAS} points at {'no version' if now is None else f'v{now}'}, not "
+            f"at the champion judged against ({was}); the evidence is recorded (run "
+            f"{run_id}), the alias unchanged: judge against the current champion"
+        )
     if challenger.version is not None:
         tags = version_tags(evidence, run_id, log_digest)
-        if evidence.cleared and not dry_run:
+        if moved:
             tags["previous_champion"] = previous
         for key, value in tags.items():
             client.set_model_version_tag(model, challenger.version, key, value)
         client.update_model_version(model, challenger.version, description=text[:5000])
-    moved = evidence.cleared and challenger.version is not None and not dry_run
     if moved:
-        now = current_champion(model)
-        if now != champion.version and champion.version is not None:
-            raise ConfigError(
-                f"the champion moved while the evidence was gathered (it is v{now} now, was "
-                f"v{champion.version}); run the promotion again"
-            )
         client.set_registered_model_alias(model, ALIAS, challenger.version)
     return Outcome(evidence, run_id, moved, text)
 

@@ -179,6 +179,10 @@ def test_promoting_from_the_firms_rules_needs_a_shadow_period(logs, store, tmp_p
     assert _alias() == better
     tags = mlflow.MlflowClient().get_model_version(promotion.REGISTERED_NAME, better).tags
     assert tags["previous_champion"] == "heuristic:batch_and_blast"
+    # judged against the rules while a version is champion: recorded, the alias not moved
+    assert promote.cli([*args, "shadow=true"]) == 2
+    assert "not at the champion judged against (no alias)" in capsys.readouterr().err
+    assert _alias() == better
     assert promote.cli(["mode=rollback"]) == 0 and _alias() is None  # the firm's rules again
 
 
