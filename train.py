@@ -173,7 +173,15 @@ def prepare_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         )
     except Exception as exc:
         raise ConfigError(f"resume: run {run_id} has no config.yaml artifact to resume") from exc
-    restored = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    base = OmegaConf.structured(TrainConfig)
+    # the agent node as its kind's own config (the schema's is the name only); a config saved
+    # before the kinds had their own keeps only the fields its kind has
+    name = OmegaConf.select(saved, "agent.name")
+    agent_kind = kind(str(name), prefix="resume: agent.name")
+    base.agent = OmegaConf.structured(agent_kind.config)
+    fields = set(agent_kind.fields) | {"name"}
+    saved.agent = {k: v for k, v in OmegaConf.to_container(saved.agent).items() if k in fields}
+    restored = OmegaConf.merge(base, saved)
     for key, _ in _override_keys(overrides):
         OmegaConf.update(restored, key, OmegaConf.select(cfg, key), merge=False)
     restored.resume = run_id
