@@ -43,6 +43,7 @@ from envs.config import Setup
 from evaluation import ope
 from evaluation.offline import OffPolicyResult, estimate, target_pscores
 from evaluation.offline import table as estimates_table
+from experiment.registry import set_section
 from simulate.config import ConfigError
 
 EXPERIMENT = "cadence-promotion"
@@ -607,7 +608,8 @@ def promote(
             tags["previous_champion"] = previous
         for key, value in tags.items():
             client.set_model_version_tag(model, challenger.version, key, value)
-        client.update_model_version(model, challenger.version, description=text[:5000])
+        # its own section: the evaluation figures export.py wrote stay beside it
+        set_section(model, challenger.version, "promotion", text[:5000])
     if moved:
         client.set_registered_model_alias(model, ALIAS, challenger.version)
     return Outcome(evidence, run_id, moved, text)
