@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agents.bandits import LinUCB
@@ -81,7 +81,32 @@ RULES = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NO_RULES = {
+    "quiet_hours": {c: [] for c in contract.CHANNELS},
+    "max_per_week": 7,
+    "channel_caps": {c: 7 for c in contract.CHANNELS},
+    "content_min_tier": {k: 0 for k in contract.CONTENTS},
+}
+ALL_MASKED = {**NO_RULES, "max_per_week": 0}
+"""every send refused by the weekly cap: only no-send is allowed"""
+TIES = [[0.0] * 19, [1.0] * 19, [-80.0] * 19]
+EXTREMES = [
+    [np.inf] * 19,
+    [-np.inf] * 19,
+    [np.nan] + [0.0] * 18,
+    [3e38, -3e38, np.inf, -np.inf, 1e-30, 80.0, -80.0, 0.5] + [np.nan] * 11,
+]
+MASKS = [([0, 0, 0], [0, 0, 0], 3)] * 4 + [([1, 1, 1], [7, 7, 7], 0)] * 4
+
+
+# 40 drawn examples (each builds an inference session, 0.3 s) of up to 8 drawn rows beside 64
+# ordinary ones; the edge cases are also always run, as explicit examples: ties, +-inf and NaN
+# under no rules and under every send masked, for both rules
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(rules=NO_RULES, rule="log_probs", scores=TIES + EXTREMES, masks=MASKS, seed=0)
+@example(rules=NO_RULES, rule="additive", scores=TIES + EXTREMES, masks=MASKS, seed=1)
+@example(rules=ALL_MASKED, rule="log_probs", scores=TIES + EXTREMES, masks=MASKS, seed=2)
+@example(rules=ALL_MASKED, rule="additive", scores=EXTREMES + TIES, masks=MASKS, seed=3)
 @given(
     rules=RULES,
     rule=st.sampled_from(["log_probs", "additive"]),
