@@ -475,7 +475,8 @@ def join_outcomes(
         progress: report the per-day feature build on stderr.
 
     Rows are sorted by day, then client; extra columns: ``decision_id``, ``decision_propensity``
-    (the log's), ``review`` (approved, or null where nothing was held) and ``seed`` if given.
+    (the log's), ``mode`` (the decision log's: ``serve``, or ``shadow`` where the firm's own
+    action was returned while the policy watched), ``review`` (approved, or null where nothing was held) and ``seed`` if given.
     """
     _check_window("window_days", window_days)
     _check_window("review_window_days", review_window_days)
@@ -548,6 +549,7 @@ def join_outcomes(
         pl.Series("reward", value, dtype=pl.Float64),
         "decision_id",
         pl.col("propensity").alias("decision_propensity"),
+        "mode",
         "review",
     ).sort("day", "client_id")
     if seed is not None:

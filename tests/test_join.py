@@ -183,6 +183,9 @@ def test_review_outcomes_exclude_overrides_and_scale_approved_propensities(firm)
     np.testing.assert_allclose(approved["pscore"], approved["decision_propensity"] * rate)
     plain = frame.filter(pl.col("review").is_null())
     assert (plain["pscore"] == plain["decision_propensity"]).all()
+    # each row carries its decision's mode (promotion's shadow-start check reads it)
+    modes = frame.join(log.select("decision_id", pl.col("mode").alias("logged")), on="decision_id")
+    assert modes.height == frame.height and (modes["mode"] == modes["logged"]).all()
     # a held decision that went out with no approval on record is refused
     with pytest.raises(JoinError, match=r"held for review and not approved \(no outcome\)"):
         join_outcomes(export, log, None, window_days=1)
