@@ -112,7 +112,7 @@ class CadenceCore:
     def next_clients(self, rows: np.ndarray) -> None:
         """Put each slot's next client in ``rows`` (the calendar goes on)."""
         self.generation[rows] += np.uint64(1)
-        self.world.replace(rows, self._ids()[rows])
+        self.world.replace(rows, self._ids()[rows], self.day)
         self.age[rows] = 0
         self.episode_return[rows] = 0.0
 

@@ -202,7 +202,8 @@ class World:
         self._log_away = np.log(np.arange(MAX_DAYS_AWAY + 1).clip(1, None))
         """log(days since the last visit), by days (0 reads as 1)"""
 
-    def _reset_rows(self, rows: np.ndarray) -> None:
+    def _reset_rows(self, rows: np.ndarray, day: int = 0) -> None:
+        """Fresh state for the clients in ``rows``, who are first seen on calendar ``day``."""
         traits, latent = self.traits, self.latent
         latent.fatigue[rows] = 0.0
         latent.novelty[rows] = 1.0
@@ -219,7 +220,7 @@ class World:
         self.last_content_day[rows] = NEVER
         self.send_log[rows] = 0
         away = traits.initial_days_away[rows].astype(np.int32)
-        self.last_visit_day[rows] = -away
+        self.last_visit_day[rows] = day - away  # the visit the visit log records below
         self.visit_log[rows] = np.where(
             away <= VISIT_WINDOW, np.left_shift(np.uint32(1), (away - 1).clip(0, 31)), 0
         ).astype(np.uint32)
@@ -229,15 +230,16 @@ class World:
         self.engagement[rows, E_OPEN_SLOT:E_CLICK_TONE] = ENGAGEMENT_PRIOR_OPEN
         self.engagement[rows, E_CLICK_TONE:] = ENGAGEMENT_PRIOR_CLICK
 
-    def replace(self, rows: np.ndarray, new_ids: np.ndarray) -> None:
-        """Put new clients (uint64 ``new_ids``) in ``rows``: fresh traits and state."""
+    def replace(self, rows: np.ndarray, new_ids: np.ndarray, day: int = 0) -> None:
+        """Put new clients (uint64 ``new_ids``) in ``rows``: fresh traits and state, first seen
+        on calendar ``day`` (their last visit ``initial_days_away`` days before it)."""
         rows = np.asarray(rows)
         if rows.size == 0:
             return
         self.client_id[rows] = new_ids
         self._client_key[rows] = rng.client_keys(self.seed, self.client_id[rows])
         self.traits.assign(rows, sample_traits(self.population, self.seed, self.client_id[rows]))
-        self._reset_rows(rows)
+        self._reset_rows(rows, day)
 
     def state_nbytes(self) -> int:
         """Bytes of per-client state held by the world (traits, latent state, records)."""
