@@ -21,11 +21,17 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
+# Tests run in one worker process per core (pytest-xdist). worksteal hands each worker a
+# contiguous half of the tests (so a module's fixtures are mostly built once) and lets an idle
+# worker take the tail of the other's queue, so one long test does not leave a core idle.
+# One BLAS/OpenMP thread per worker: the workers already fill the cores.
+PYTEST := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist worksteal
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
