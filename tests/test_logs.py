@@ -271,5 +271,5 @@ def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path):
     assert sorted(r.data.tags["policy"] for r in runs) == ["no_send", "segment_rules"]
     steps = {r.data.tags["policy"]: "ope/step_truth" in r.data.metrics for r in runs}
     assert steps == {"no_send": True, "segment_rules": False}  # only no_send's was logged
-    missing = evaluate("mode=record", "record.epsilon=0")
-    assert missing.returncode == 2 and "record.epsilon must be > 0" in missing.stderr
+    # (a logger that does not explore, record.epsilon=0, is refused: test_evaluate_modes.py
+    # checks that in process, and evaluate.py's one-line exit 2 for a refusal on its own)
