@@ -129,6 +129,7 @@ RESUMABLE = (
     "trainer.total_timesteps",
     "trainer.progress",
     "trainer.checkpoint_every",
+    "trainer.device",
     "tracking.uri",
     "tracking.ui",
     "resume",

@@ -138,6 +138,7 @@ def _train(cfg: SB3Config, training: Training) -> Policy:
         SB3Policy,
         algorithm,
         build_model,
+        current_options,
         make_training_env,
         restore_training_state,
     )
@@ -146,7 +147,8 @@ def _train(cfg: SB3Config, training: Training) -> Policy:
     env = make_training_env(cfg, t.setup, t.num_envs)
     env.seed(t.seed)
     if t.resume_from is not None:
-        model = algorithm(cfg).load(Path(t.resume_from), env=env, device="cpu")
+        device = current_options().device  # trainer.device, as a fresh run trains
+        model = algorithm(cfg).load(Path(t.resume_from), env=env, device=device)
         restore_training_state(env, t.resume_state or {})
     else:
         model = build_model(cfg, env, t.seed)
