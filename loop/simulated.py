@@ -49,6 +49,9 @@ def _frame(table: str, columns: dict[str, np.ndarray]) -> pl.DataFrame:
         if values is None:
             out[column.name] = pl.Series(column.name, [None] * _length(columns), dtype_of(column))
             continue
+        if column.kind == "text":  # None marks "none"
+            out[column.name] = pl.Series(column.name, list(values), dtype_of(column))
+            continue
         series = pl.Series(column.name, values)
         if not column.required:  # -1 marks "none"
             series = series.set(series < 0, None)
@@ -73,7 +76,8 @@ class ExportRecorder:
 
     Call :meth:`record` after every ``core.step(actions)`` with the same actions and the
     step's result, then :meth:`export` for the tables. Client ids are the world's; send ids
-    count from 0; a send carries no decision id (the simulator's policies log none).
+    count from 0; a send carries the decision id :meth:`record` is given for its row, none
+    where it is given none (the simulator's own policies log none).
     """
 
     def __init__(self, core: CadenceCore) -> None:
@@ -144,10 +148,16 @@ class ExportRecorder:
             }
         )
 
-    def record(self, actions: np.ndarray, result: StepResult) -> None:
+    def record(
+        self,
+        actions: np.ndarray,
+        result: StepResult,
+        decision_ids: np.ndarray | None = None,
+    ) -> None:
         """Record the day just stepped: ``actions`` (N, 4) as given to ``core.step`` and its
         ``result``. Only delivered messages become sends (a blocked or undeliverable action
-        leaves no trace, as at a firm)."""
+        leaves no trace, as at a firm). ``decision_ids``: (N,) the decision id behind each row's
+        action (a str, or None where no logged decision made it), written on its send."""
         core, out = self.core, result.outcomes
         day = core.day - 1
         ids = self._ids_before
@@ -156,6 +166,11 @@ class ExportRecorder:
         send_id = self._next_send + np.arange(len(rows))
         self._next_send += len(rows)
         sent_actions = actions[rows]
+        ids_of_sends = (
+            [None] * len(rows)
+            if decision_ids is None
+            else np.asarray(decision_ids, dtype=object)[rows].tolist()
+        )
         self._sends.append(
             {
                 "send_id": send_id,
@@ -165,6 +180,7 @@ class ExportRecorder:
                 "tone": sent_actions[:, 1],
                 "channel": sent_actions[:, 2],
                 "content": sent_actions[:, 3],
+                "decision_id": ids_of_sends,
             }
         )
         channel = sent_actions[:, 2]
