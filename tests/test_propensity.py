@@ -50,8 +50,9 @@ def test_a_bilinear_model_learns_which_slot_matches_the_declared_one():
 
 @pytest.fixture(scope="module")
 def trained():
+    # two rounds of two days of 2,048 clients: the second round acts on the first's models
     cfg = AgentConfig(name="propensity", model_rounds=2, model_epochs=1)
-    return train_agent(cfg, SETUP, total_timesteps=2048 * 20, num_envs=2048, seed=3, progress=False)
+    return train_agent(cfg, SETUP, total_timesteps=2048 * 4, num_envs=2048, seed=3, progress=False)
 
 
 def test_it_acts_within_masks_from_the_observation_and_reloads(trained, tmp_path):
@@ -93,7 +94,7 @@ def test_its_values_follow_the_reward_and_the_threshold(trained):
 def test_same_seed_same_models():
     cfg = AgentConfig(name="propensity", model_rounds=1, model_epochs=1)
     runs = [
-        train_agent(cfg, SETUP, 2048 * 5, 2048, seed=s, progress=False).theta["opened"]
+        train_agent(cfg, SETUP, 2048, 2048, seed=s, progress=False).theta["opened"]  # one day
         for s in (4, 4, 5)
     ]
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -113,7 +114,7 @@ def test_export_is_refused_by_name_and_the_distilled_network_exports(trained):
     with pytest.raises(NotExportable, match="distil"):
         graph_for(trained)
     cfg = AgentConfig(name="propensity", model_rounds=1, model_epochs=1, distil=True)
-    student = train_agent(cfg, SETUP, 2048 * 6, 2048, seed=0, progress=False)
+    student = train_agent(cfg, SETUP, 2048 * 2, 2048, seed=0, progress=False)
     assert student.name == "propensity_distilled"
     assert 0.0 <= student.distil_agreement <= 1.0
     graph_for(student)  # an ordinary network: the export path takes it
