@@ -10,7 +10,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # BLAS threads competing for two cores (set before numpy is first imported)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from hypothesis import settings  # noqa: E402  (after the thread settings above)
+import pytest  # noqa: E402  (after the thread settings above)
+from hypothesis import settings  # noqa: E402
 
 # Property tests: no per-example deadline (two busy cores make timings meaningless); in CI the
 # examples are derived from each test's name, so a run is repeatable and never a coin toss,
@@ -18,3 +19,23 @@ from hypothesis import settings  # noqa: E402  (after the thread settings above)
 settings.register_profile("local", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "local")
+
+
+@pytest.fixture(scope="session")
+def bandit_export(tmp_path_factory) -> Path:
+    """One export of a LinUCB with fixed random weights (``theta`` ~ N(0, 0.5), seed 0), made
+    once per test process and shared by the modules that only read it (never write into it)."""
+    import warnings
+
+    import numpy as np
+
+    from agents.bandits import LinUCB
+    from serve.export import export_policy
+
+    policy = LinUCB(seed=0)
+    policy.theta = np.random.default_rng(0).normal(0, 0.5, policy.theta.shape)
+    folder = tmp_path_factory.mktemp("export") / "bandit"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_policy(policy, folder)
+    return folder

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from agents.bandits import LinUCB
+from serve import contract
 from serve.decisions import (
     COLUMNS,
     SCHEMA,
@@ -32,8 +32,6 @@ from serve.decisions import (
     read_decisions,
     scan_decisions,
 )
-from serve import contract
-from serve.export import export_policy
 from serve.runtime import Exploration, PolicyRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,15 +145,10 @@ def test_the_reader_refuses_a_bad_file_by_name_and_ids_twice(tmp_path):
         read_decisions(tmp_path / "nowhere")
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    policy = LinUCB(seed=0)
-    policy.theta = np.random.default_rng(0).normal(0, 0.5, policy.theta.shape)
-    folder = tmp_path_factory.mktemp("export") / "bandit"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_policy(policy, folder)
-    return folder
+@pytest.fixture
+def export(bandit_export: Path) -> Path:
+    """The shared read-only export of a LinUCB with fixed random weights (tests/conftest.py)."""
+    return bandit_export
 
 
 def requests(n: int, start: int, day: int = 5, seed: int = 0) -> dict:

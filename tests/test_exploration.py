@@ -14,12 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.bandits import LinUCB
 from envs.spaces import JOINT_ACTIONS
-from serve.decisions import frame_of
 from serve import contract, graph_choice
 from serve.choice import Exploration
-from serve.export import build_manifest, export_policy
+from serve.decisions import frame_of
+from serve.export import build_manifest
 from serve.runtime import PolicyRuntime, RequestError
 
 NAMES = list(contract.FEATURE_NAMES)
@@ -191,15 +190,10 @@ def test_a_bad_exploration_setting_is_refused_by_name(kwargs, message):
 
 
 # ----- through a real export: decide, shadow mode, the log's frame -------------------------------
-@pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    policy = LinUCB(seed=0)
-    policy.theta = np.random.default_rng(0).normal(0, 0.5, policy.theta.shape)
-    folder = tmp_path_factory.mktemp("export") / "bandit"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_policy(policy, folder)
-    return folder
+@pytest.fixture
+def export(bandit_export: Path) -> Path:
+    """The shared read-only export of a LinUCB with fixed random weights (tests/conftest.py)."""
+    return bandit_export
 
 
 def _load(folder: Path, **kwargs) -> PolicyRuntime:
