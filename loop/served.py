@@ -351,6 +351,8 @@ class ServedRun:
     """review outcomes of the held decisions (:data:`loop.review.OUTCOME_SCHEMA`)"""
     checked_days: list[int]
     """days on which the env's observations were checked against the feature builder"""
+    decisions_dir: Path
+    """the decision log's folder"""
 
 
 def serve_days(
@@ -416,7 +418,13 @@ def serve_days(
         write_export(export, events_dir)
     if reviews_path is not None:
         write_table(reviews, reviews_path)
-    return ServedRun(export=export, decisions=decisions, reviews=reviews, checked_days=checked)
+    return ServedRun(
+        export=export,
+        decisions=decisions,
+        reviews=reviews,
+        checked_days=checked,
+        decisions_dir=decisions_dir,
+    )
 
 
 def _read_log(folder: Path, expected: int, wait_s: float) -> pl.DataFrame:
@@ -622,3 +630,69 @@ def _drain(lines: queue.Queue[str | None], output: list[str]) -> None:
         if line is None:
             return
         output.append(line)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m loop.served``: serve days of a simulated firm and write the export, the
+    decision log and the review outcomes (``--help`` lists the flags)."""
+    import argparse
+
+    from envs.config import load_setup
+
+    parser = argparse.ArgumentParser(
+        prog="python -m loop.served",
+        description="A simulated firm whose every decision the guarded runtime makes (in "
+        "process, over python serve.py's HTTP, or by python decide.py each day), exploring: "
+        "writes the firm's export, the decision log and the review outcomes, ready for "
+        "python join.py.",
+    )
+    parser.add_argument("--export-dir", required=True, help="the policy export (export.py)")
+    parser.add_argument("--via", choices=VIAS, default="runtime", help="how decisions are made")
+    parser.add_argument("--url", default=None, help="a running serve.py (--via http)")
+    parser.add_argument("--clients", type=int, default=1_000, help="simulated clients")
+    parser.add_argument("--days", type=int, default=20, help="served days, from day 0")
+    parser.add_argument("--seed", type=int, default=0, help="the simulator's seed")
+    parser.add_argument("--epsilon", type=float, default=0.1, help="exploration epsilon")
+    parser.add_argument("--exploration-seed", type=int, default=7, help="seed of the draws")
+    parser.add_argument("--approve", type=float, default=1.0, help="approval rate of held sends")
+    parser.add_argument("--decisions", required=True, help="decision-log folder (fresh)")
+    parser.add_argument("--events", required=True, help="where the firm's export is written")
+    parser.add_argument("--reviews", required=True, help="review-outcomes file (Parquet)")
+    parser.add_argument(
+        "--horizon-days", type=int, default=90, help="env.horizon_days of the simulated world"
+    )
+    args = parser.parse_args(argv)
+    setup = load_setup(overrides=[f"env.horizon_days={args.horizon_days}"])
+    try:
+        run = serve_days(
+            args.export_dir,
+            setup,
+            args.clients,
+            args.days,
+            args.seed,
+            Exploration(epsilon=args.epsilon, seed=args.exploration_seed),
+            via=args.via,
+            url=args.url,
+            decisions_dir=args.decisions,
+            events_dir=args.events,
+            reviews_path=args.reviews,
+            approve=args.approve,
+        )
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"loop.served: {' '.join(str(error).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+    d = run.decisions
+    sends = run.export.sends
+    print(
+        f"served {args.days} days of {args.clients:,} clients via {args.via} "
+        f"({d['exploration'][0]}): {d.height:,} decisions, {sends.height:,} sends "
+        f"(every one with its decision id: {sends['decision_id'].is_not_null().all()}), "
+        f"mean propensity {d['propensity'].mean():.4f}, {run.reviews.height:,} held for review "
+        f"({(run.reviews['outcome'] == 'approved').sum():,} approved); features checked "
+        f"against the builder on day(s) {run.checked_days}"
+    )
+    print(f"wrote {args.events}, {args.decisions} and {args.reviews}")
+
+
+if __name__ == "__main__":
+    main()
