@@ -112,15 +112,21 @@ def test_history_dependent_targets_are_refused_and_a_trained_agent_is_estimated(
     assert np.isfinite(res.estimates["fqe"].value) and np.isfinite(res.estimates["dm"].value)
 
 
-@pytest.mark.slow  # 200 logged datasets of 1,000 clients x 10 days, and a 30,000-client truth
-def test_one_step_intervals_cover_the_truth_over_200_simulated_logs():
+@pytest.mark.slow  # 150 logged datasets of 1,000 clients x 10 days, and a 30,000-client truth
+def test_one_step_intervals_cover_the_truth_over_150_simulated_logs():
     setup = load_setup()
     logger = HEURISTICS["segment_rules"]()
     # the target's value on the logger's state distribution, from one large log of its own
     big = log_policy(logger, setup, 30_000, 10, seed=10_000, epsilon=0.2, counterfactual=[logger])
     truth = offline.step_truth(big, logger.name)
     hits, errors = {"ips": 0, "snips": 0, "dr": 0}, {"ips": [], "snips": [], "dr": []}
-    for seed in range(200):
+    # 150 logs and the band [0.90, 0.98] (135 to 147 hits): an interval at its nominal 95% passes
+    # with probability 0.978, one that covers 85% with 0.049 and one that covers 99.5% (far too
+    # wide) with 0.040 (binomial; 200 logs gave 0.990, 0.026, 0.019 at twice the time). Fewer
+    # days a log is no cheaper way: at 5 days the intervals themselves cover only 89%. Measured
+    # with these seeds: 141, 141 and 142 of 150 (188, 188 and 189 of 200).
+    n_logs = 150
+    for seed in range(n_logs):
         frame = log_policy(logger, setup, 1000, 10, seed=seed, epsilon=0.2)
         (res,) = offline.estimate(
             frame, [logger], setup, n_boot=200, fqe_boot=0, with_truth=False, seed=seed
@@ -131,7 +137,7 @@ def test_one_step_intervals_cover_the_truth_over_200_simulated_logs():
             errors[name].append(e.value - truth)
     rmse = {k: float(np.sqrt(np.mean(np.square(v)))) for k, v in errors.items()}
     for name, count in hits.items():
-        assert 0.90 <= count / 200 <= 0.98, (name, count, rmse)
+        assert 0.90 <= count / n_logs <= 0.98, (name, count, rmse)
     assert rmse["dr"] <= rmse["ips"], rmse
 
 
