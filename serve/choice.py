@@ -30,9 +30,14 @@ number in [0, 1]:
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from serve.guards import Guards
+from serve.integrity import ExportError
 
 SCORE_CAP = 1e300
 """+inf scores read as this (float64; the graph gives float32 scores, at most about 3.4e38)"""
@@ -276,127 +281,58 @@ class Explorer:
             return self._rng.random((k, n))
 
 
-@dataclass
-class Factored:
-    """A distribution over the allowed actions of N clients in factored form: send or not, then
-    (given a send) the (slot, channel) pair, the tone and the content, independently. One column
-    per client; each part's column sums to 1, or is all 0 where no send is possible."""
-
-    send: np.ndarray
-    """(N,) probability of a send (1 minus that of no-send)"""
-    pair: np.ndarray
-    """(slots * channels, N), pair ``slot_index * channels + channel`` (slot_index = slot - 1)"""
-    tone: np.ndarray
-    """(tones, N)"""
-    content: np.ndarray
-    """(contents, N)"""
-    channels: int
-    """how many channels (to split a pair index)"""
-
-    def probability(self, actions: np.ndarray) -> np.ndarray:
-        """(N,) probability of each row's (N, 4) action; 0 for an action not allowed (whatever
-        its tone, channel and content say, a no-send is one action)."""
-        cols = np.arange(len(actions))
-        slot, tone, channel, content = actions.T
-        pair = np.maximum(slot - 1, 0) * self.channels + channel
-        send = (
-            self.send * self.pair[pair, cols] * self.tone[tone, cols] * self.content[content, cols]
+# ----- the choice made inside the graph (``serve/graph_choice.py``), checked ------------------------
+def graph_makes_choice(manifest: dict[str, Any], outputs: list[str]) -> bool:
+    """Whether ``manifest`` says its graph makes this choice itself (a ``graph_choice`` section);
+    :class:`~serve.integrity.ExportError` when it says so but the section, or the graph's
+    ``outputs`` (their names), do not match."""
+    section = manifest.get("graph_choice")
+    if section is None:
+        return False
+    expected = {"outputs": list(GRAPH_OUTPUTS), "score_rule": manifest["score_rule"]}
+    if section != expected:
+        raise ExportError(f"graph_choice must be {expected}, got {str(section)[:200]}")
+    missing = [name for name in GRAPH_OUTPUTS if name not in outputs]
+    if missing:
+        raise ExportError(
+            f"the manifest says the graph makes the masked choice, but the graph lacks the "
+            f"output(s) {missing} (it gives {sorted(outputs)})"
         )
-        return np.where(slot > 0, send, 1.0 - self.send)
-
-    def sample(self, u: np.ndarray) -> np.ndarray:
-        """(N, 4) actions drawn with (4, N) uniforms ``u`` in [0, 1), by inverse CDF (an entry
-        of probability 0 is never drawn)."""
-        send = u[0] < self.send
-        pair = inverse_cdf(self.pair, u[1])
-        actions = np.zeros((len(self.send), 4), dtype=np.int64)
-        actions[:, 0] = np.where(send, 1 + pair // self.channels, 0)
-        actions[:, 1] = np.where(send, inverse_cdf(self.tone, u[2]), 0)
-        actions[:, 2] = np.where(send, pair % self.channels, 0)
-        actions[:, 3] = np.where(send, inverse_cdf(self.content, u[3]), 0)
-        return actions
+    return True
 
 
-def inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """(N,) index drawn from each column of (m, N) probabilities ``p`` by uniforms ``u``: the
-    first entry whose cumulative sum exceeds ``u`` times the column's total, never an entry of
-    probability 0 (an all-0 column gives 0)."""
-    cum = np.cumsum(p, axis=0)
-    index = (cum <= (u * cum[-1])[None, :]).sum(axis=0)
-    last = p.shape[0] - 1 - np.argmax(p[::-1] > 0, axis=0)  # the last positive entry
-    return np.where(cum[-1] > 0, np.minimum(index, last), 0)
-
-
-def allowed_pairs(channel_ok: np.ndarray, open_slots: list[np.ndarray], slots: int) -> np.ndarray:
-    """(slots * channels, N) True where the (slot index, channel) pair is allowed: the channel
-    is open today (``channel_ok`` (channels, N)) and the slot not in its quiet hours."""
-    c, n = channel_ok.shape
-    open_ = np.zeros((slots, c), dtype=bool)
-    for k, rows in enumerate(open_slots):
-        open_[rows, k] = True
-    return (open_[:, :, None] & channel_ok[None, :, :]).reshape(slots * c, n)
-
-
-def allowed_count(pair_ok: np.ndarray, tones: int, content_ok: np.ndarray) -> np.ndarray:
-    """(N,) how many joint actions are allowed: no-send plus every allowed send."""
-    return 1 + pair_ok.sum(axis=0) * tones * content_ok.sum(axis=0)
-
-
-def uniform(pair_ok: np.ndarray, tones: int, content_ok: np.ndarray, channels: int) -> Factored:
-    """The uniform distribution over the allowed actions, no-send included (each has
-    probability 1 / :func:`allowed_count`)."""
-    pairs, contents = pair_ok.sum(axis=0), content_ok.sum(axis=0)
-    sends = pairs * tones * contents
-    return Factored(
-        send=sends / (1.0 + sends),
-        pair=pair_ok / np.maximum(pairs, 1),
-        tone=np.full((tones, pair_ok.shape[1]), 1.0 / tones),
-        content=content_ok / np.maximum(contents, 1),
-        channels=channels,
-    )
-
-
-def softmax(
-    z: np.ndarray, nvec: np.ndarray, pair_ok: np.ndarray, content_ok: np.ndarray, temperature: float
-) -> tuple[Factored, np.ndarray]:
-    """The masked softmax at ``temperature`` of (19, N) scores ``z`` (:func:`scores`
-    transposed: one column per client) over the allowed actions, and (N,) True where it is
-    undefined (a NaN score, or every allowed action of weight 0): those columns are no-send with
-    probability 1. +inf scores and scores that overflow when divided read as :data:`SCORE_CAP`."""
-    s, t, c, _k = (int(v) for v in nvec)
-    with np.errstate(over="ignore"):
-        scaled = np.minimum(z / temperature, SCORE_CAP)
-    slot, tone, channel = scaled[1:s], scaled[s : s + t], scaled[s + t : s + t + c]
-    content = scaled[s + t + c :]
-    n = z.shape[1]
-    with np.errstate(invalid="ignore", over="ignore"):
-        pair_score = (slot[:, None, :] + channel[None, :, :]).reshape(-1, n)
-    pair_p, pair_lse = _normalized(np.where(pair_ok, np.minimum(pair_score, SCORE_CAP), -np.inf))
-    tone_p, tone_lse = _normalized(tone)
-    content_p, content_lse = _normalized(np.where(content_ok, content, -np.inf))
-    with np.errstate(invalid="ignore", over="ignore"):
-        sends = pair_lse + tone_lse + content_lse
-        total = np.logaddexp(scaled[0], sends)
-        send = np.exp(sends - total)
-    undefined = np.isnan(z).any(axis=0) | ~(total > -np.inf) | np.isnan(send)
-    send[undefined] = 0.0
-    for part in (pair_p, tone_p, content_p):
-        part[:, undefined] = 0.0
-    return Factored(send, pair_p, tone_p, content_p, c), undefined
-
-
-def _normalized(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each column of (m, N) log-weights (finite or -inf; NaN columns give NaN) as
-    probabilities, all 0 where every weight is 0, and the column's log-sum-exp (-inf there)."""
-    top = a.max(axis=0)
-    empty = top == -np.inf
-    safe = np.where(empty, 0.0, top)
-    with np.errstate(invalid="ignore"):
-        w = np.exp(a - safe)
-    total = w.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = w / total
-        lse = np.log(total) + safe
-    p[:, empty] = 0.0
-    lse[empty] = -np.inf
-    return p, lse
+def graph_rows_checked(
+    x: np.ndarray,
+    actions: np.ndarray,
+    probability: np.ndarray,
+    doubtful: np.ndarray,
+    nvec: np.ndarray,
+    guards: Guards,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The graph's (N, 4) ``actions`` and (N,) ``probability`` for features ``x`` (out-of-range
+    actions read as no-send; both copies), and the rows to decide again in numpy: those it marks
+    ``doubtful``, and any other row whose action is out of range or not allowed by the
+    manifest's rules (``guards``), or whose probability is not in [0, 1], with a
+    :class:`RuntimeWarning` (a graph that disagrees with its manifest)."""
+    n = len(x)
+    if actions.shape != (n, 4) or probability.shape != (n,) or doubtful.shape != (n,):
+        raise ExportError(
+            f"the graph's choice has shapes {actions.shape}, {probability.shape}, "
+            f"{doubtful.shape} for {n} rows; expected ({n}, 4), ({n},), ({n},)"
+        )
+    doubtful = doubtful.astype(bool, copy=False)
+    in_range = ((actions >= 0) & (actions < nvec)).all(axis=1)
+    actions = np.where(in_range[:, None], actions, 0).astype(np.int64, copy=False)
+    probability = probability.astype(np.float64)  # a copy: rows decided again are replaced
+    broken = ~in_range | ~guards.is_allowed(x, actions)
+    broken |= ~((probability >= 0) & (probability <= 1))
+    broken &= ~doubtful
+    if broken.any():
+        warnings.warn(
+            f"the graph's choice for {int(broken.sum())} of {n} rows (first: row "
+            f"{int(np.flatnonzero(broken)[0])}) is out of range or not allowed by the "
+            "manifest's rules; those rows were decided in numpy",
+            RuntimeWarning,
+            stacklevel=4,  # where the runtime decides (its decide, through hold_to_guards)
+        )
+    return actions, probability, np.flatnonzero(broken | doubtful)

@@ -3,7 +3,8 @@ words, and when reasons are given at all. Needs numpy only.
 
 A group's push is how much the chosen action's score falls when the group is zeroed (occluded),
 one network pass per group; the two strongest are quoted. A group the client's consent tier hides
-is never quoted (the policy reads it as 0 anyway).
+is never quoted (the policy reads it as 0 anyway). :func:`compose` puts a row's reasons together
+with what else decided it (a guardrail, exploration, shadow mode's firm action, the circuit).
 """
 
 from __future__ import annotations
@@ -113,3 +114,36 @@ def feature_groups(names: list[str]) -> list[tuple[str, np.ndarray]]:
     for g, p in GROUP_PREFIXES:
         groups.setdefault(g, []).extend(i for i, n in enumerate(names) if n.startswith(p))
     return [(g, np.array(cols)) for g, cols in groups.items()]
+
+
+def compose(
+    pushed: list[list[str]],
+    blocked: list[str | None],
+    changed: np.ndarray,
+    explored: np.ndarray,
+    exploration: str,
+    notes: dict[int, str],
+    no_scores: np.ndarray,
+    tripped: dict[int, str] | None,
+) -> list[list[str]]:
+    """Each row's reasons, in order: the feature groups that pushed most toward its action
+    (``pushed``, from :meth:`Explainer.strongest`), the guardrail that changed the policy's wish
+    (``blocked[i]`` where ``changed[i]``), exploration (where ``explored``, naming the
+    ``exploration`` setting), a note of the step that decided (``notes``: row -> text, e.g. the
+    firm's action replaced in shadow mode). A row the policy gave no numbers (``no_scores``) or
+    a tripped circuit decided (``tripped``: row -> segment) gets that one reason alone."""
+    reasons: list[list[str]] = [[] for _ in range(len(pushed))]
+    for i, why in enumerate(blocked):
+        if why and changed[i]:
+            reasons[i].append(why)
+    for i, text in enumerate(pushed):
+        reasons[i][:0] = text
+    for i in np.flatnonzero(explored):
+        reasons[i].append(f"exploration ({exploration}): an allowed action drawn at random")
+    for i, note in notes.items():
+        reasons[i].append(note)
+    for i in np.flatnonzero(no_scores):
+        reasons[i] = ["the policy's scores for this client are not numbers: no message"]
+    for i, segment in (tripped or {}).items():
+        reasons[i] = [f"circuit tripped for {segment}: the safe fallback decides"]
+    return reasons

@@ -6,7 +6,9 @@ client's tier does not allow is zeroed, or the request refused, before the netwo
 any reason is written), run the network, rebuild the guardrail masks from the features and the
 manifest's rules, pick the best *allowed* action (a policy can never override consent, opt-outs,
 quiet hours or caps), then explain it and flag sensitive sends for review. Each step has its
-module: ``serve/request.py`` validates the table, ``serve/choice.py`` makes the masked choice,
+module: ``serve/request.py`` validates the features, ``serve/decision.py`` reads the client ids,
+days and shadow mode's firm action and holds the :class:`Decisions`, ``serve/choice.py`` makes the
+masked choice, ``serve/exploration.py`` draws around it and gives each draw's exact probability,
 ``serve/explain.py`` writes the reasons; this one loads an export and runs the steps in order.
 
 An export made with the masked choice inside its graph (``serve/graph_choice.py``; the
@@ -30,28 +32,31 @@ and NaN scores decide.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
-import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from serve import choice
+from serve import choice, decision, explain
 from serve import circuit as circuit_state
 from serve.choice import SCORE_CAP as SCORE_CAP
 from serve.choice import Exploration as Exploration
 from serve.choice import Explorer
-from serve.contract import ACTION_LABELS
+from serve.decision import FIRM_COLUMNS as FIRM_COLUMNS
+from serve.decision import KEY_COLUMNS as KEY_COLUMNS
+from serve.decision import MAX_DAY as MAX_DAY
+from serve.decision import NOT_ALLOWED_MODES as NOT_ALLOWED_MODES
+from serve.decision import Decisions as Decisions
+from serve.decision import export_digest as export_digest
+from serve.decision import same_actions as same_actions
 from serve.explain import EXPLAIN_AT_MOST as EXPLAIN_AT_MOST
 from serve.explain import EXPLAIN_UP_TO as EXPLAIN_UP_TO
 from serve.explain import WEEKDAYS as WEEKDAYS
 from serve.explain import Explainer
 from serve.explain import wants_reasons as wants_reasons
+from serve.exploration import Allowed, Draws
 from serve.guards import Guards
 from serve.integrity import FORMAT_VERSION as FORMAT_VERSION
 from serve.integrity import KEY_ENV as KEY_ENV
@@ -68,105 +73,6 @@ ONNX_FILE, MANIFEST_FILE = "policy.onnx", "manifest.json"
 MAX_ROWS = 100_000
 """default most rows one request may carry"""
 CONSENT_MODES = ("zero", "refuse")
-NOT_ALLOWED_MODES = ("fallback", "refuse")
-"""what shadow mode does with a firm's action the guards do not allow: replace it by the safe
-fallback (``serve/circuit.py``), or refuse the request"""
-KEY_COLUMNS = ("client_id", "day")
-"""columns a request may carry beside the features: the client's id (whole number >= 0) and the
-decision day (whole number, calendar days, 0 is a Monday); the decision log needs both"""
-FIRM_COLUMNS = ("firm_slot", "firm_tone", "firm_channel", "firm_content")
-"""the firm's own action, one column per component (slot 0 = no send), read in shadow mode"""
-MAX_DAY = 3_660
-"""largest decision day in absolute value (ten years, as ``evaluation.logs.MAX_DAY``)"""
-
-
-@dataclass
-class Decisions:
-    """Per-client decisions of one request (arrays/lists of length N)."""
-
-    action: np.ndarray
-    """(N, 4) int64 (slot, tone, channel, content); slot 0 is no-send"""
-    slot: list[str]
-    tone: list[str | None]
-    channel: list[str | None]
-    content: list[str | None]
-    probability: np.ndarray
-    """the policy's probability of the chosen action among the allowed ones"""
-    reasons: list[list[str]] | list[tuple[()]]
-    """why this message (features that pushed most toward it; guardrails that changed it);
-    empty tuples when decided with ``explain=False``"""
-    needs_review: np.ndarray
-    """a person approves the send first (sensitive tone on a sensitive topic)"""
-    decision_id: list[str] = field(default_factory=list)
-    """a fresh id per decision (uuid4, 32 hex digits): a send it leads to carries it"""
-    propensity: np.ndarray = field(default_factory=lambda: np.ones(0))
-    """exact probability, in (0, 1], that the runtime returns this action for this row: masks,
-    consent and exploration applied (``serve/choice.py``, :class:`~serve.choice.Exploration`)"""
-    policy_action: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
-    """(N, 4) the policy's own choice: its best allowed action, before exploration, the firm's
-    action of shadow mode and the circuit's fallback"""
-    policy_probability: np.ndarray = field(default_factory=lambda: np.ones(0))
-    """the policy's probability of its own choice among the allowed actions"""
-    allowed_actions: np.ndarray = field(default_factory=lambda: np.ones(0, dtype=np.int64))
-    """how many joint actions were allowed (no-send included)"""
-    policy_version: str = ""
-    """what decided: a registered model's ``models:/name/version`` or the export's digest"""
-    exploration: str = "none"
-    """the exploration setting (:attr:`serve.choice.Exploration.label`)"""
-    mode: str = "serve"
-    """``serve``, or ``shadow`` (the firm's action, carried by the request, is returned)"""
-    client_id: np.ndarray | None = None
-    """(N,) int64 client ids, where the request carried a ``client_id`` column"""
-    day: np.ndarray | None = None
-    """(N,) int32 decision days, where the request carried a ``day`` column"""
-
-    @property
-    def agree(self) -> np.ndarray:
-        """(N,) the returned action is the policy's own choice (a no-send is one action)."""
-        return same_actions(self.action, self.policy_action)
-
-    def records(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per decision."""
-        send = self.policy_action[:, 0] > 0
-        policy = {
-            "policy_slot": self._labels("slot", self.policy_action[:, 0], None),
-            "policy_tone": self._labels("tone", self.policy_action[:, 1], send),
-            "policy_channel": self._labels("channel", self.policy_action[:, 2], send),
-            "policy_content": self._labels("content", self.policy_action[:, 3], send),
-        }
-        agree = self.agree
-        return [
-            {
-                "decision_id": self.decision_id[i],
-                "slot": self.slot[i],
-                "tone": self.tone[i],
-                "channel": self.channel[i],
-                "content": self.content[i],
-                "probability": float(self.probability[i]),
-                "propensity": float(self.propensity[i]),
-                "reasons": self.reasons[i],
-                "needs_review": bool(self.needs_review[i]),
-                **{k: v[i] for k, v in policy.items()},
-                "policy_probability": float(self.policy_probability[i]),
-                "agree": bool(agree[i]),
-                "policy_version": self.policy_version,
-                "exploration": self.exploration,
-                "mode": self.mode,
-            }
-            for i in range(len(self.slot))
-        ]
-
-    def _labels(self, part: str, index: np.ndarray, send: np.ndarray | None) -> list[str | None]:
-        names = np.array(ACTION_LABELS[part], dtype=object)[index]
-        if send is None:
-            return names.tolist()
-        return np.where(send, names, np.array([None], dtype=object)).tolist()
-
-
-def same_actions(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N,) whether (N, 4) actions ``a`` and ``b`` are the same action (any two no-sends are)."""
-    both_quiet = (a[:, 0] == 0) & (b[:, 0] == 0)
-    return both_quiet | (a == b).all(axis=1)
 
 
 class PolicyRuntime:
@@ -238,27 +144,14 @@ class PolicyRuntime:
         ]
         self._all_slots = [np.arange(self.guards.quiet.shape[0])] * self.guards.quiet.shape[1]
         self._has_open_slot = np.array([len(rows) > 0 for rows in self._open_slots])
-        self.graph_choice = graph_choice and self._check_graph_choice()
+        self.draws = Draws(
+            self.explorer, self.guards, self.nvec, self._open_slots, self._has_open_slot
+        )
+        """exploration's draws around a base action (``serve/exploration.py``)"""
+        outputs = [o.name for o in session.get_outputs()]
+        self.graph_choice = graph_choice and choice.graph_makes_choice(manifest, outputs)
         """the graph makes the masked choice (an export with a ``graph_choice`` section, unless
         ``graph_choice=False``); else numpy makes it, as for exports made before"""
-
-    def _check_graph_choice(self) -> bool:
-        """Whether the manifest says the graph makes the masked choice; :class:`ExportError` when
-        it says so but the section or the graph do not match."""
-        section = self.manifest.get("graph_choice")
-        if section is None:
-            return False
-        expected = {"outputs": list(choice.GRAPH_OUTPUTS), "score_rule": self.score_rule}
-        if section != expected:
-            raise ExportError(f"graph_choice must be {expected}, got {str(section)[:200]}")
-        shapes = {o.name: o.shape for o in self.session.get_outputs()}
-        missing = [name for name in choice.GRAPH_OUTPUTS if name not in shapes]
-        if missing:
-            raise ExportError(
-                f"the manifest says the graph makes the masked choice, but the graph lacks the "
-                f"output(s) {missing} (it gives {sorted(shapes)})"
-            )
-        return True
 
     @classmethod
     def load(
@@ -398,12 +291,13 @@ class PolicyRuntime:
         the firm's (shadow mode), explored around by the runtime's exploration setting; its
         exact probability is ``propensity``. Tripped circuits still hand their rows to the safe
         fallback, with probability 1."""
-        table, keys, firm = self.split_request(features)
+        table, keys, firm = decision.split_request(features, self.shadow)
         x = self.validate(table)
         n = len(x)
-        client_id = self._ids(keys.get("client_id", client_id), n)
-        day = self._days(keys.get("day", day), n)
-        firm = self._firm(firm if firm is not None else firm_action, n)
+        client_id = decision.client_ids(keys.get("client_id", client_id), n)
+        day = decision.days(keys.get("day", day), n)
+        firm = firm if firm is not None else firm_action
+        firm = decision.firm_action(firm, n, self.nvec, self.shadow)
         if self.graph_choice:
             logits, greedy, probability = self.graph_decide(x)
         else:
@@ -414,7 +308,9 @@ class PolicyRuntime:
         notes: dict[int, str] = {}
         base = greedy
         if firm is not None:
-            base, notes = self._firm_checked(x, firm)
+            base, notes = decision.firm_held(
+                x, firm, self.guards, self.feature_names, self.labels, self.not_allowed
+            )
         actions, propensity, allowed, explored = self.explore(x, logits, base)
         tripped, first = self._tripped(x)
         if tripped is not None:  # the circuit breaker: these rows get the safe fallback
@@ -430,16 +326,11 @@ class PolicyRuntime:
             explored &= ~tripped
         if not self.guards.is_allowed(x, actions).all():  # never: every draw is within the masks
             raise RuntimeError("an action outside the guards was drawn; no decision is returned")
-        send = actions[:, 0] > 0
         if explain:
             reasons = self._reasons(x, logits, actions, greedy, tripped, explored, notes)
-        none = np.array([None], dtype=object)
         return Decisions(
             action=actions,
-            slot=self._labels["slot"][actions[:, 0]].tolist(),
-            tone=np.where(send, self._labels["tone"][actions[:, 1]], none).tolist(),
-            channel=np.where(send, self._labels["channel"][actions[:, 2]], none).tolist(),
-            content=np.where(send, self._labels["content"][actions[:, 3]], none).tolist(),
+            **decision.labelled(actions, self._labels),
             probability=probability,
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
@@ -467,51 +358,31 @@ class PolicyRuntime:
     ) -> list[list[str]]:
         """Why each row's action: the features that pushed most toward it, the guardrail that
         changed the policy's wish, exploration, the firm's action, the circuit."""
-        reasons: list[list[str]] = [[] for _ in range(len(x))]
         wanted, _ = self.choose(logits, x, guarded=False)
         changed = (wanted != greedy).any(axis=1) & (actions == greedy).all(axis=1)
-        for i, why in enumerate(self.guards.blocked_reason(x, wanted)):
-            if why and changed[i]:
-                reasons[i].append(why)
-        for i, text in enumerate(self._explain(x, logits, actions)):
-            reasons[i][:0] = text
-        label = self.explorer.setting.label
-        for i in np.flatnonzero(explored):
-            reasons[i].append(f"exploration ({label}): an allowed action drawn at random")
-        for i, note in notes.items():
-            reasons[i].append(note)
-        for i in np.flatnonzero(np.isnan(logits).any(axis=1)):
-            reasons[i] = ["the policy's scores for this client are not numbers: no message"]
+        segments = None
         if tripped is not None:
             segment = circuit_state.segment_of(self.feature_names, x)
-            for i in np.flatnonzero(tripped):
-                reasons[i] = [f"circuit tripped for {segment[i]}: the safe fallback decides"]
-        return reasons
+            segments = {int(i): str(segment[i]) for i in np.flatnonzero(tripped)}
+        return explain.compose(
+            pushed=self._explain(x, logits, actions),
+            blocked=self.guards.blocked_reason(x, wanted),
+            changed=changed,
+            explored=explored,
+            exploration=self.explorer.setting.label,
+            notes=notes,
+            no_scores=np.isnan(logits).any(axis=1),
+            tripped=segments,
+        )
 
     def explore(
         self, x: np.ndarray, logits: np.ndarray, base: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(N, 4) actions drawn around the (N, 4) allowed ``base`` actions by the exploration
         setting, their exact (N,) probabilities (:meth:`probability_of`), the (N,) number of
-        allowed actions, and (N,) True where the draw changed the action."""
-        n, setting = len(x), self.explorer.setting
-        parts = self._allowed_parts(x, logits)
-        pair_ok, content_ok, allowed, dist, undefined = parts
-        if setting.kind == "none":
-            return base.copy(), np.ones(n), allowed, np.zeros(n, dtype=bool)
-        if setting.kind == "softmax":
-            drawn = dist.sample(self.explorer.uniforms(4, n))
-            actions = np.where(undefined[:, None], base, drawn)
-        else:
-            tones, channels = int(self.nvec[1]), int(self.nvec[2])
-            u = self.explorer.uniforms(5, n)
-            drawn = choice.uniform(pair_ok, tones, content_ok, channels).sample(u[1:])
-            explore = (u[0] < float(setting.epsilon)) & ~undefined
-            actions = np.where(explore[:, None], drawn, base)
-        propensity = self.probability_of(x, logits, base, actions, parts)
-        # a drawn action has probability > 0, but a product of four parts may underflow
-        propensity = np.maximum(propensity, np.finfo(np.float64).tiny)
-        return actions, propensity, allowed, ~same_actions(actions, base)
+        allowed actions, and (N,) True where the draw changed the action
+        (``serve/exploration.py``)."""
+        return self.draws.explore(x, self.scores(logits), base)
 
     def probability_of(
         self,
@@ -519,148 +390,13 @@ class PolicyRuntime:
         logits: np.ndarray,
         base: np.ndarray,
         actions: np.ndarray,
-        parts: tuple | None = None,
+        parts: Allowed | None = None,
     ) -> np.ndarray:
         """(N,) exact probability that :meth:`explore` returns each row's (N, 4) ``actions``
-        around the (N, 4) allowed ``base`` actions (the policy's best, or the firm's), for
-        features ``x`` (consent applied) and the network's ``logits``; 0 for an action the
-        guards do not allow.
-
-        epsilon: ``(1 - eps) * [a = base] + eps / allowed``; softmax: the masked softmax of the
-        policy's scores at the temperature (``base`` unused); none: ``[a = base]``. Rows the
-        policy gives no distribution (a NaN score, or every allowed action of weight 0) keep
-        ``base``: ``[a = base]``."""
-        setting = self.explorer.setting
-        _pair_ok, _content_ok, allowed, dist, undefined = parts or self._allowed_parts(x, logits)
-        same = same_actions(actions, base).astype(np.float64)
-        if setting.kind == "none":
-            return same
-        if setting.kind == "softmax":
-            return np.where(undefined, same, dist.probability(actions))
-        eps = float(setting.epsilon)
-        uniform = self.guards.is_allowed(x, actions) / allowed
-        return np.where(undefined, same, (1.0 - eps) * same + eps * uniform)
-
-    def _allowed_parts(self, x: np.ndarray, logits: np.ndarray) -> tuple:
-        """(allowed (slot, channel) pairs (slots * channels, N), allowed contents (contents, N),
-        (N,) allowed joint actions, the masked softmax at the exploration's temperature (1 for
-        epsilon), (N,) rows where the policy gives no distribution)."""
-        channel_ok, content_ok = self.guards.allowed_channels_contents(x)
-        channel_ok &= self._has_open_slot[:, None]
-        pair_ok = choice.allowed_pairs(channel_ok, self._open_slots, int(self.nvec[0]) - 1)
-        allowed = choice.allowed_count(pair_ok, int(self.nvec[1]), content_ok)
-        z = np.ascontiguousarray(self.scores(logits).T)  # (19, N)
-        temperature = self.explorer.setting.temperature or 1.0
-        dist, undefined = choice.softmax(z, self.nvec, pair_ok, content_ok, float(temperature))
-        return pair_ok, content_ok, allowed, dist, undefined
-
-    def split_request(self, features: Any) -> tuple[Any, dict[str, np.ndarray], np.ndarray | None]:
-        """(the feature table, the :data:`KEY_COLUMNS` it carried, the (N, 4) firm's action of
-        :data:`FIRM_COLUMNS` or None). An array carries features only. :class:`RequestError`
-        when firm columns come outside shadow mode, or only some of them."""
-        if isinstance(features, np.ndarray) or not (
-            isinstance(features, Mapping) or hasattr(features, "columns")
-        ):
-            return features, {}, None
-        columns = list(features.columns) if hasattr(features, "columns") else list(features)
-        keys = {c: features[c] for c in KEY_COLUMNS if c in columns}
-        firm_given = [c for c in FIRM_COLUMNS if c in columns]
-        if firm_given and not self.shadow:
-            raise RequestError(
-                f"column {firm_given[0]} is read in shadow mode only (the firm's own action); "
-                "this runtime serves its own decisions (shadow=false)"
-            )
-        if firm_given and len(firm_given) < len(FIRM_COLUMNS):
-            missing = [c for c in FIRM_COLUMNS if c not in columns]
-            raise RequestError(f"the firm's action lacks column(s) {', '.join(missing)}")
-        firm = (
-            np.stack([_whole(c, features[c]) for c in FIRM_COLUMNS], axis=1) if firm_given else None
-        )
-        drop = [c for c in (*KEY_COLUMNS, *FIRM_COLUMNS) if c in columns]
-        if not drop:
-            return features, keys, firm
-        if hasattr(features, "drop"):
-            table = (
-                features.drop(columns=drop) if hasattr(features, "iloc") else features.drop(drop)
-            )
-        else:
-            table = {k: v for k, v in features.items() if k not in drop}
-        return table, keys, firm
-
-    def _ids(self, values: Any, n: int) -> np.ndarray | None:
-        if values is None:
-            return None
-        ids = (
-            np.broadcast_to(_whole("client_id", values), (n,))
-            if np.ndim(values) == 0
-            else (_whole("client_id", values))
-        )
-        if len(ids) != n or (ids < 0).any():
-            raise RequestError(f"client_id must be {n} whole numbers >= 0, one per row")
-        return ids.astype(np.int64)
-
-    def _days(self, values: Any, n: int) -> np.ndarray | None:
-        if values is None:
-            return None
-        days = _whole("day", np.atleast_1d(values))
-        days = np.broadcast_to(days, (n,)) if len(days) == 1 else days
-        if len(days) != n:
-            raise RequestError(
-                f"day must be one whole number, or one per row ({n}), got {len(days)}"
-            )
-        bad = np.flatnonzero(np.abs(days) > MAX_DAY)
-        if len(bad):
-            raise RequestError(
-                f"day = {days[bad[0]]} in row {bad[0]} is outside -{MAX_DAY}..{MAX_DAY} (calendar "
-                "days, 0 is a Monday)"
-            )
-        return days.astype(np.int32)
-
-    def _firm(self, values: Any, n: int) -> np.ndarray | None:
-        """The (N, 4) firm's action, checked (shadow mode needs it; serve mode refuses it)."""
-        if values is None:
-            if self.shadow:
-                raise RequestError(
-                    f"shadow mode needs the firm's own action: columns {', '.join(FIRM_COLUMNS)}"
-                )
-            return None
-        if not self.shadow:
-            raise RequestError("the firm's action is read in shadow mode only (shadow=false)")
-        firm = np.asarray(values)
-        if firm.shape != (n, 4):
-            raise RequestError(f"the firm's action must be ({n}, 4), got shape {firm.shape}")
-        firm = np.stack([_whole(c, firm[:, j]) for j, c in enumerate(FIRM_COLUMNS)], axis=1)
-        bad = (firm < 0) | (firm >= self.nvec[None, :])
-        if bad.any():
-            row, j = np.argwhere(bad)[0]
-            raise RequestError(
-                f"{FIRM_COLUMNS[j]} = {firm[row, j]} in row {row} must lie in 0..{self.nvec[j] - 1}"
-            )
-        firm[firm[:, 0] == 0, 1:] = 0
-        return firm
-
-    def _firm_checked(self, x: np.ndarray, firm: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
-        """The firm's actions held to the guards: one not allowed is replaced by the safe fallback
-        (with a note per row) or refuses the request, as ``not_allowed`` says."""
-        ok = self.guards.is_allowed(x, firm)
-        if ok.all():
-            return firm, {}
-        rows = np.flatnonzero(~ok)
-        why = self.guards.blocked_reason(x[rows], firm[rows])
-        if self.not_allowed == "refuse":
-            raise RequestError(
-                f"the firm's action in row {rows[0]} is not allowed ({why[0]}); {len(rows)} row(s) "
-                "break the guards"
-            )
-        firm = firm.copy()
-        firm[rows] = circuit_state.fallback(
-            self.feature_names, self.labels, x[rows], self.guards.joint_mask(x[rows])
-        )
-        notes = {
-            int(r): f"the firm's action was not allowed ({w}): the safe fallback decides"
-            for r, w in zip(rows, why, strict=True)
-        }
-        return firm, notes
+        around the (N, 4) allowed ``base`` actions, for features ``x`` (consent applied) and the
+        network's ``logits``; 0 for an action the guards do not allow
+        (:meth:`serve.exploration.Draws.probability_of` says how)."""
+        return self.draws.probability_of(x, self.scores(logits), base, actions, parts)
 
     def graph_decide(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, 19) scores, (N, 4) best allowed actions and their probabilities from one run of a
@@ -683,28 +419,9 @@ class PolicyRuntime:
         or not allowed by the manifest's rules, or whose probability is not in [0, 1], with a
         :class:`RuntimeWarning` (a graph that disagrees with its manifest). No action gets past
         the guards either way."""
-        n = len(x)
-        if actions.shape != (n, 4) or probability.shape != (n,) or doubtful.shape != (n,):
-            raise ExportError(
-                f"the graph's choice has shapes {actions.shape}, {probability.shape}, "
-                f"{doubtful.shape} for {n} rows; expected ({n}, 4), ({n},), ({n},)"
-            )
-        doubtful = doubtful.astype(bool, copy=False)
-        in_range = ((actions >= 0) & (actions < self.nvec)).all(axis=1)
-        actions = np.where(in_range[:, None], actions, 0).astype(np.int64, copy=False)
-        probability = probability.astype(np.float64)  # a copy: rows below are replaced
-        broken = ~in_range | ~self.guards.is_allowed(x, actions)
-        broken |= ~((probability >= 0) & (probability <= 1))
-        broken &= ~doubtful
-        if broken.any():
-            warnings.warn(
-                f"the graph's choice for {int(broken.sum())} of {n} rows (first: row "
-                f"{int(np.flatnonzero(broken)[0])}) is out of range or not allowed by the "
-                "manifest's rules; those rows were decided in numpy",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        again = np.flatnonzero(broken | doubtful)
+        actions, probability, again = choice.graph_rows_checked(
+            x, actions, probability, doubtful, self.nvec, self.guards
+        )
         if len(again):
             actions[again], probability[again] = self.choose(logits[again], x[again])
         return actions, probability
@@ -741,27 +458,3 @@ class PolicyRuntime:
         with np.errstate(invalid="ignore"):  # NaN or capped scores: no group is quoted
             push = self.action_scores(logits, actions)[None, :] - scores  # (groups, N)
         return self.explainer.strongest(x, push)
-
-
-def _whole(name: str, values: Any) -> np.ndarray:
-    """(N,) int64 from a column of whole numbers, or :class:`RequestError` naming the column
-    and the row of the first value that is not one."""
-    array = np.asarray(values)
-    if array.dtype.kind not in "iuf":
-        raise RequestError(f"{name} must be whole numbers, got {array.dtype} values")
-    array = array.reshape(-1)
-    if array.dtype.kind == "f":
-        bad = np.flatnonzero(
-            ~np.isfinite(array) | (array != np.floor(array)) | (np.abs(array) > 2**53)
-        )
-        if len(bad):
-            raise RequestError(f"{name} = {array[bad[0]]} in row {bad[0]} must be a whole number")
-    return array.astype(np.int64)
-
-
-def export_digest(manifest: dict[str, Any]) -> str:
-    """``sha256:<hex>`` over the manifest's integrity sections (the hashes of every section and
-    of the ONNX bytes), or over the whole manifest where it has none: one value per export."""
-    block = manifest.get("integrity")
-    covered = block["sections"] if isinstance(block, dict) and "sections" in block else manifest
-    return "sha256:" + hashlib.sha256(canonical(covered)).hexdigest()
