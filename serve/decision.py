@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from serve import circuit as circuit_state
+from serve.choice import Exploration
 from serve.contract import ACTION_LABELS
 from serve.guards import Guards
 from serve.integrity import canonical
@@ -147,6 +148,19 @@ def export_digest(manifest: dict[str, Any]) -> str:
     block = manifest.get("integrity")
     covered = block["sections"] if isinstance(block, dict) and "sections" in block else manifest
     return "sha256:" + hashlib.sha256(canonical(covered)).hexdigest()
+
+
+def check_shadow(shadow: bool, not_allowed: str, exploration: Exploration) -> None:
+    """:class:`ValueError` unless ``not_allowed`` is one of :data:`NOT_ALLOWED_MODES`, or when
+    ``shadow`` mode is asked to explore by softmax (it explores around the firm's action with
+    epsilon only)."""
+    if not_allowed not in NOT_ALLOWED_MODES:
+        raise ValueError(f"not_allowed must be one of {NOT_ALLOWED_MODES}, got {not_allowed!r}")
+    if shadow and exploration.kind == "softmax":
+        raise ValueError(
+            "shadow mode explores around the firm's action with epsilon only; got "
+            f"{exploration.label}"
+        )
 
 
 def split_request(

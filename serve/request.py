@@ -18,6 +18,20 @@ import numpy as np
 
 from serve import contract
 
+CONSENT_MODES = ("zero", "refuse")
+"""what a feature the client's consent tier does not allow does: read as 0, or refuse the request"""
+MAX_ROWS = 100_000
+"""default most rows one request may carry"""
+
+
+def check_settings(consent: str, max_rows: int) -> None:
+    """:class:`ValueError` unless ``consent`` is one of :data:`CONSENT_MODES` and ``max_rows`` a
+    positive whole number."""
+    if consent not in CONSENT_MODES:
+        raise ValueError(f"consent must be one of {CONSENT_MODES}, got {consent!r}")
+    if not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"max_rows must be a positive whole number, got {max_rows!r}")
+
 
 class RequestError(ValueError):
     """A request is malformed; the message names the feature (and row) at fault."""

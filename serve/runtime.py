@@ -65,14 +65,13 @@ from serve.integrity import UnsignedExportWarning as UnsignedExportWarning
 from serve.integrity import canonical as canonical
 from serve.integrity import check_signed, read_manifest, signing_key, verify_manifest
 from serve.integrity import integrity_block as integrity_block
-from serve.request import FeatureChecks
+from serve.request import CONSENT_MODES as CONSENT_MODES
+from serve.request import MAX_ROWS as MAX_ROWS
+from serve.request import FeatureChecks, check_settings
 from serve.request import RequestError as RequestError
 from serve.request import TooLarge as TooLarge
 
 ONNX_FILE, MANIFEST_FILE = "policy.onnx", "manifest.json"
-MAX_ROWS = 100_000
-"""default most rows one request may carry"""
-CONSENT_MODES = ("zero", "refuse")
 
 
 class PolicyRuntime:
@@ -91,19 +90,10 @@ class PolicyRuntime:
         not_allowed: str = "fallback",
         policy_version: str | None = None,
     ) -> None:
-        if consent not in CONSENT_MODES:
-            raise ValueError(f"consent must be one of {CONSENT_MODES}, got {consent!r}")
-        if not isinstance(max_rows, int) or max_rows < 1:
-            raise ValueError(f"max_rows must be a positive whole number, got {max_rows!r}")
-        if not_allowed not in NOT_ALLOWED_MODES:
-            raise ValueError(f"not_allowed must be one of {NOT_ALLOWED_MODES}, got {not_allowed!r}")
+        check_settings(consent, max_rows)
         self.explorer = Explorer(exploration)
         """the exploration setting and its random stream (``serve/choice.py``)"""
-        if shadow and self.explorer.setting.kind == "softmax":
-            raise ValueError(
-                "shadow mode explores around the firm's action with epsilon only; got "
-                f"{self.explorer.setting.label}"
-            )
+        decision.check_shadow(shadow, not_allowed, self.explorer.setting)
         self.shadow = shadow
         """requests carry the firm's own action (:data:`FIRM_COLUMNS`), which is returned"""
         self.not_allowed = not_allowed
@@ -291,7 +281,7 @@ class PolicyRuntime:
         the firm's (shadow mode), explored around by the runtime's exploration setting; its
         exact probability is ``propensity``. Tripped circuits still hand their rows to the safe
         fallback, with probability 1."""
-        table, keys, firm = decision.split_request(features, self.shadow)
+        table, keys, firm = self.split_request(features)
         x = self.validate(table)
         n = len(x)
         client_id = decision.client_ids(keys.get("client_id", client_id), n)
@@ -345,6 +335,11 @@ class PolicyRuntime:
             client_id=client_id,
             day=day,
         )
+
+    def split_request(self, features: Any) -> tuple[Any, dict[str, np.ndarray], np.ndarray | None]:
+        """(the feature table, the :data:`KEY_COLUMNS` it carried, the firm's (N, 4) action of
+        :data:`FIRM_COLUMNS` or None): :func:`serve.decision.split_request`."""
+        return decision.split_request(features, self.shadow)
 
     def _reasons(
         self,
