@@ -17,8 +17,8 @@ from typing import NamedTuple
 import numpy as np
 
 from serve.choice import SCORE_CAP, Explorer
-from serve.decision import same_actions
 from serve.guards import Guards
+from serve.response import same_actions
 
 
 class Allowed(NamedTuple):

@@ -6,7 +6,7 @@ client's tier does not allow is zeroed, or the request refused, before the netwo
 any reason is written), run the network, rebuild the guardrail masks from the features and the
 manifest's rules, pick the best *allowed* action (a policy can never override consent, opt-outs,
 quiet hours or caps), then explain it and flag sensitive sends for review. Each step has its
-module: ``serve/request.py`` validates the features, ``serve/decision.py`` reads the client ids,
+module: ``serve/request.py`` validates the features, ``serve/response.py`` reads the client ids,
 days and shadow mode's firm action and holds the :class:`Decisions`, ``serve/choice.py`` makes the
 masked choice, ``serve/exploration.py`` draws around it and gives each draw's exact probability,
 ``serve/explain.py`` writes the reasons; this one loads an export and runs the steps in order.
@@ -39,18 +39,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serve import choice, decision, explain
+from serve import choice, explain, response
 from serve import circuit as circuit_state
 from serve.choice import SCORE_CAP as SCORE_CAP
 from serve.choice import Exploration as Exploration
 from serve.choice import Explorer
-from serve.decision import FIRM_COLUMNS as FIRM_COLUMNS
-from serve.decision import KEY_COLUMNS as KEY_COLUMNS
-from serve.decision import MAX_DAY as MAX_DAY
-from serve.decision import NOT_ALLOWED_MODES as NOT_ALLOWED_MODES
-from serve.decision import Decisions as Decisions
-from serve.decision import export_digest as export_digest
-from serve.decision import same_actions as same_actions
 from serve.explain import EXPLAIN_AT_MOST as EXPLAIN_AT_MOST
 from serve.explain import EXPLAIN_UP_TO as EXPLAIN_UP_TO
 from serve.explain import WEEKDAYS as WEEKDAYS
@@ -70,6 +63,13 @@ from serve.request import MAX_ROWS as MAX_ROWS
 from serve.request import FeatureChecks, check_settings
 from serve.request import RequestError as RequestError
 from serve.request import TooLarge as TooLarge
+from serve.response import FIRM_COLUMNS as FIRM_COLUMNS
+from serve.response import KEY_COLUMNS as KEY_COLUMNS
+from serve.response import MAX_DAY as MAX_DAY
+from serve.response import NOT_ALLOWED_MODES as NOT_ALLOWED_MODES
+from serve.response import Decisions as Decisions
+from serve.response import export_digest as export_digest
+from serve.response import same_actions as same_actions
 
 ONNX_FILE, MANIFEST_FILE = "policy.onnx", "manifest.json"
 
@@ -93,7 +93,7 @@ class PolicyRuntime:
         check_settings(consent, max_rows)
         self.explorer = Explorer(exploration)
         """the exploration setting and its random stream (``serve/choice.py``)"""
-        decision.check_shadow(shadow, not_allowed, self.explorer.setting)
+        response.check_shadow(shadow, not_allowed, self.explorer.setting)
         self.shadow = shadow
         """requests carry the firm's own action (:data:`FIRM_COLUMNS`), which is returned"""
         self.not_allowed = not_allowed
@@ -284,10 +284,10 @@ class PolicyRuntime:
         table, keys, firm = self.split_request(features)
         x = self.validate(table)
         n = len(x)
-        client_id = decision.client_ids(keys.get("client_id", client_id), n)
-        day = decision.days(keys.get("day", day), n)
+        client_id = response.client_ids(keys.get("client_id", client_id), n)
+        day = response.days(keys.get("day", day), n)
         firm = firm if firm is not None else firm_action
-        firm = decision.firm_action(firm, n, self.nvec, self.shadow)
+        firm = response.firm_action(firm, n, self.nvec, self.shadow)
         if self.graph_choice:
             logits, greedy, probability = self.graph_decide(x)
         else:
@@ -298,7 +298,7 @@ class PolicyRuntime:
         notes: dict[int, str] = {}
         base = greedy
         if firm is not None:
-            base, notes = decision.firm_held(
+            base, notes = response.firm_held(
                 x, firm, self.guards, self.feature_names, self.labels, self.not_allowed
             )
         actions, propensity, allowed, explored = self.explore(x, logits, base)
@@ -320,7 +320,7 @@ class PolicyRuntime:
             reasons = self._reasons(x, logits, actions, greedy, tripped, explored, notes)
         return Decisions(
             action=actions,
-            **decision.labelled(actions, self._labels),
+            **response.labelled(actions, self._labels),
             probability=probability,
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
@@ -338,8 +338,8 @@ class PolicyRuntime:
 
     def split_request(self, features: Any) -> tuple[Any, dict[str, np.ndarray], np.ndarray | None]:
         """(the feature table, the :data:`KEY_COLUMNS` it carried, the firm's (N, 4) action of
-        :data:`FIRM_COLUMNS` or None): :func:`serve.decision.split_request`."""
-        return decision.split_request(features, self.shadow)
+        :data:`FIRM_COLUMNS` or None): :func:`serve.response.split_request`."""
+        return response.split_request(features, self.shadow)
 
     def _reasons(
         self,
