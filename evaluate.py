@@ -67,7 +67,7 @@ from experiment.reporting import (
     log_view,
 )
 from experiment.schema import RunConfig, check_mode, register, validate_run
-from experiment.tracking import flatten, git_commit, setup_mlflow
+from experiment.tracking import flatten, git_commit, setup_mlflow, tracking_uri
 from simulate.config import ConfigError
 
 register()
@@ -138,6 +138,7 @@ def record_log(cfg: DictConfig, run: RunConfig, setup: Setup) -> Path:
     from evaluation.logs import write_logs
 
     rec, e = run.record, run.eval
+    mlflow.set_tracking_uri(tracking_uri(run.tracking.uri))  # where run:<id> policies are found
     policy, _ = _resolve(rec.policy, setup)
     targets = [_resolve(spec, setup)[0] for spec in rec.truth]
     print(
@@ -191,6 +192,7 @@ def estimate_from_log(cfg: DictConfig, run: RunConfig, setup: Setup) -> list[str
     from evaluation.offline import estimate, log_results, table
 
     est = run.estimate
+    mlflow.set_tracking_uri(tracking_uri(run.tracking.uri))  # where run:<id> policies are found
     if not run.policies:
         raise ConfigError("policies must name at least one policy to estimate")
     frame = _read_log("estimate.data", est.data, setup)

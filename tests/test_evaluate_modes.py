@@ -136,3 +136,52 @@ def test_the_command_line_refuses_in_one_line_without_a_traceback(tmp_path):
         assert "Traceback" not in done.stderr and said in done.stderr
         assert done.stderr.strip().count("\n") == 0, done.stderr
     assert not (tmp_path / "outputs").exists()  # nothing was written
+
+
+@pytest.mark.slow  # trains a bandit run through train.py (about 20 s)
+def test_estimate_finds_run_policies_in_the_store_tracking_uri_names(tmp_path, monkeypatch):
+    """``policies=[run:<id>]`` in mode=estimate (and record.policy=run:<id>) is looked up in
+    ``tracking.uri``'s store, not MLflow's default or the project's."""
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trained = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "agent=linucb",
+            "trainer.total_timesteps=5000",
+            "eval.num_clients=50",
+            "eval.horizon_days=7",
+            "eval.num_seeds=1",
+            f"tracking.uri={store}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    run_id = mlflow.search_runs(experiment_names=["cadence"]).run_id[0]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # not where the run is
+    logs = tmp_path / "logs.parquet"
+    size = ["eval.num_clients=100", "eval.horizon_days=4", "eval.n_boot=10"]
+    _run(
+        "mode=record",
+        f"record.out={logs}",
+        f"record.policy=run:{run_id[:8]}",
+        *size,
+        f"tracking.uri={store}",
+    )
+    ids = _run(
+        "mode=estimate",
+        f"estimate.data={logs}",
+        f"policies=[run:{run_id[:8]}]",
+        "estimate.mlflow=false",
+        f"tracking.uri={store}",
+        *size,
+    )
+    assert ids == []
