@@ -342,6 +342,20 @@ def default_train_envs(name: str, setup: Setup) -> int:
     return TRAIN_ENVS.get(name, setup.env.num_clients)
 
 
+def _saved_class_is_masked(policy_class: dict) -> bool:
+    """Whether a saved policy class (SB3's serialized entry; SB3 unpickles the same bytes to
+    load the model) is a masked actor-critic."""
+    import base64
+
+    import cloudpickle
+
+    try:
+        cls = cloudpickle.loads(base64.b64decode(policy_class[":serialized:"]))
+    except Exception:  # an unreadable entry: SB3's own load will name it
+        return False
+    return isinstance(cls, type) and issubclass(cls, MaskableActorCriticPolicy)
+
+
 def saved_algorithm(path: str | Path, name: str) -> type[BaseAlgorithm]:
     """The SB3 class of a saved model of agent ``name`` (a masked ppo_lagrangian is a MaskablePPO
     model: its zip names the policy's module)."""
@@ -351,11 +365,14 @@ def saved_algorithm(path: str | Path, name: str) -> type[BaseAlgorithm]:
 
         try:
             with zipfile.ZipFile(path) as z:
-                module = json.loads(z.read("data"))["policy_class"].get("__module__", "")
+                policy_class = json.loads(z.read("data"))["policy_class"]
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path}: not a readable SB3 model ({err})") from err
-        if "maskable" in module or module == __name__:  # sb3-contrib's or FastMaskablePolicy
+        module = policy_class.get("__module__", "")
+        if "maskable" in module:  # sb3-contrib's masked policies
             return MaskablePPO
+        if module == __name__:  # FastMaskablePolicy or the asymmetric critic's (plain PPO's)
+            return MaskablePPO if _saved_class_is_masked(policy_class) else ALGORITHMS[name]
     return ALGORITHMS[name]
 
 
