@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from experiment.results import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 VIAS = ("runtime", "http", "batch")
 
@@ -174,8 +176,9 @@ def main(argv: list[str] | None = None) -> None:
             env,
             transcript,
         )
-    (out / "worked_example.md").write_text("\n\n".join(transcript) + "\n")
-    print(f"\nwrote {out / 'worked_example.md'}")
+    # the transcript, headed by this command and the commit, beside the run's own files
+    written = write_results("worked_example", "\n\n".join(transcript), root=out)
+    print(f"\nwrote {written}")
 
 
 if __name__ == "__main__":
