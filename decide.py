@@ -33,9 +33,9 @@ import polars as pl
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from serve.decisions import DecisionLog, frame_of
 from loop.events import TABLES, Export, dtype_of, read_export
 from loop.features import build_features
+from serve.decisions import DecisionLog, frame_of
 from serve.files import write_atomic
 from serve.http import ExplorationConfig
 from serve.runtime import MAX_ROWS, PolicyRuntime

@@ -52,10 +52,10 @@ ConfigStore.instance().store(name="review_schema", node=ReviewConfig)
 
 def queue(settings: ReviewConfig) -> str:
     """``action=queue``: the review queue written; returns what was done."""
-    from serve.decisions import read_decisions
     from loop.events import read_export
     from loop.features import build_features
     from loop.review import held, read_outcomes, review_queue, write_table
+    from serve.decisions import read_decisions
 
     if settings.export is None:
         raise ValueError("export is required with action=queue (the reasons read its features)")
@@ -73,8 +73,8 @@ def apply(settings: ReviewConfig) -> str:
     """``action=apply``: verdicts and expiries recorded; returns what was done."""
     import polars as pl
 
-    from serve.decisions import read_decisions
     from loop.review import OUTCOME_SCHEMA, apply_reviews, read_outcomes, read_table, write_table
+    from serve.decisions import read_decisions
 
     if settings.today is None:
         raise ValueError("today is required with action=apply (the day verdicts are applied on)")

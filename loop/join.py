@@ -57,10 +57,10 @@ from envs.features import FEATURE_NAMES
 from envs.reward import observable_value
 from evaluation.logs import ACTIONS, MAX_ROWS, write_logs
 from evaluation.rollout import Progress
-from serve.decisions import ACTION_COLUMNS, read_decisions, scan_decisions
 from loop.events import Export
 from loop.features import build_features
 from loop.review import WINDOW_DAYS, held, read_outcomes
+from serve.decisions import ACTION_COLUMNS, read_decisions, scan_decisions
 from simulate.world import OUTCOMES
 
 WINDOW = 3

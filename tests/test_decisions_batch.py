@@ -17,10 +17,10 @@ from agents.bandits import LinUCB
 from agents.heuristics import SegmentRules
 from decide import DecideConfig, DecideLogConfig, decide_day
 from envs.config import load_setup
-from serve.decisions import read_decisions
 from loop.events import Export, validate_export, write_export
 from loop.features import build_features
 from loop.simulated import simulate_export
+from serve.decisions import read_decisions
 from serve.export import export_policy
 from serve.http import ExplorationConfig
 

@@ -14,12 +14,12 @@ from envs.reward import observable_value
 from envs.spaces import JOINT_ACTIONS, multi_to_flat
 from evaluation.logged import LOG_CLIENT_OFFSET, uniform_draw
 from evaluation.logs import read_logs
-from serve.decisions import decision_frame
 from loop.events import validate_export
 from loop.features import build_features
 from loop.join import JoinError, attribute_events, join_outcomes, write_joined
 from loop.review import OUTCOME_SCHEMA, REVIEW_RULES, review_queue, review_reasons
 from loop.simulated import ExportRecorder
+from serve.decisions import decision_frame
 from serve.export import build_manifest
 from serve.guards import Guards
 from simulate.world import OUTCOMES

@@ -11,9 +11,9 @@ import pytest
 from test_join import simulate_decisions
 
 from evaluation.logs import read_logs
-from serve.decisions import DecisionLog
 from loop.events import write_export
 from loop.review import write_table
+from serve.decisions import DecisionLog
 
 
 def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:

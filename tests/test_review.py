@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 
 from envs.features import FEATURE_NAMES
-from serve.decisions import DecisionLog, decision_frame
 from loop.review import (
     OUTCOME_SCHEMA,
     ReviewError,
@@ -20,6 +19,7 @@ from loop.review import (
     releasable,
     review_queue,
 )
+from serve.decisions import DecisionLog, decision_frame
 from simulate.labels import CONTENTS, SEGMENTS, TONES
 
 URGENT, CALM = TONES.index("urgent"), TONES.index("informative")
