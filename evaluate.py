@@ -134,8 +134,8 @@ def _resolve(spec: str, setup: Setup) -> tuple[Policy, dict[str, str]]:
 def record_log(cfg: DictConfig, run: RunConfig, setup: Setup) -> Path:
     """``mode=record``: ``record.policy`` with ε-exploration logged in the simulator, written to
     ``record.out``; returns the path."""
-    from evaluation.logged import log_policy
     from evaluation.logs import write_logs
+    from evaluation.record import log_policy
 
     rec, e = run.record, run.eval
     mlflow.set_tracking_uri(tracking_uri(run.tracking.uri))  # where run:<id> policies are found

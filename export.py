@@ -3,7 +3,7 @@
     python export.py run_id=<mlflow run id>                 # writes exports/<run_id>/{policy.onnx,manifest.json}
     python export.py run_id=<id> out=/srv/policy promote=true
 
-The export folder is 0755 with 0644 files (``serve/export.py``), readable by a server running
+The export folder is 0755 with 0644 files (``serve/onnx_export.py``), readable by a server running
 under another account; without $CADENCE_EXPORT_KEY it is unsigned, which loading it here warns
 about (``serve.http`` refuses it unless told to allow unsigned exports).
 
@@ -33,7 +33,7 @@ from envs.features import FEATURE_NAMES
 from experiment.registry import describe_version
 from experiment.schema import TrackingConfig
 from experiment.tracking import ROOT, download_policy, find_run, serve_command, setup_mlflow
-from serve.export import NotExportable, export_policy
+from serve.onnx_export import NotExportable, export_policy
 from serve.pyfunc import MODEL_CONFIG, CadencePolicyModel
 from serve.pyfunc import signature as model_signature
 from serve.runtime import PolicyRuntime

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from envs.core import CadenceCore
 
 ExportKind = Literal["linear", "network"]
-"""how serving exports a policy (``serve.export.graph_for``): ``linear``, a linear model whose
+"""how serving exports a policy (``serve.onnx_export.graph_for``): ``linear``, a linear model whose
 score is additive over the 19 per-component scores (``agents.bandits.LinearBandit``: reads
 ``theta``); ``network``, an on-policy SB3 actor network giving per-component logits
 (``agents.sb3_agents.SB3Policy``: reads ``model``)"""

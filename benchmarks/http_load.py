@@ -63,7 +63,7 @@ def make_export(folder: Path) -> Path:
     from agents.config import AgentConfig
     from agents.registry import train_agent
     from envs.config import load_setup
-    from serve.export import export_policy
+    from serve.onnx_export import export_policy
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

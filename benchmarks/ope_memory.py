@@ -42,7 +42,7 @@ TARGETS = ("segment_rules", "fixed_weekly")
 def _base_log(clients: int, days: int, seed: int = 0) -> pl.DataFrame:
     from agents.heuristics import HEURISTICS
     from envs.config import load_setup
-    from evaluation.logged import log_policy
+    from evaluation.record import log_policy
 
     return log_policy(HEURISTICS["segment_rules"](), load_setup(), clients, days, seed, 0.2)
 

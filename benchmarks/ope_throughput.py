@@ -21,8 +21,8 @@ import time
 from agents.config import AgentConfig
 from agents.registry import make_policy, train_agent
 from envs.config import load_setup
-from evaluation.logged import log_policy
 from evaluation.offline import estimate, true_value
+from evaluation.record import log_policy
 from experiment.results import Report, add_results_argument, at_documented_size
 
 HEURISTICS = ("no_send", "batch_and_blast", "fixed_weekly", "segment_rules")

@@ -35,7 +35,7 @@ from agents.registry import train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from envs.core import CadenceCore  # noqa: E402
 from envs.features import OBS_HIGH  # noqa: E402
-from serve.export import export_policy  # noqa: E402
+from serve.onnx_export import export_policy  # noqa: E402
 from serve.runtime import PolicyRuntime  # noqa: E402
 
 BATCHES = (1, 64, 4096)

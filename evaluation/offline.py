@@ -48,8 +48,8 @@ from evaluation.fqe import (
     _Target,
     fqe,
 )
-from evaluation.logged import counterfactual_column
 from evaluation.logs import validate
+from evaluation.record import counterfactual_column
 from evaluation.target_view import logged_inputs, own_actions, target_actions, target_pscores
 from evaluation.truth import MAX_TRUTH_DAYS, step_truth, true_value
 

@@ -130,7 +130,7 @@ def begin_rollout(
     ``num_clients`` fresh clients of ``seed`` (ids from ``client_id_offset``; no autoreset: a
     churned client stays gone); a privileged policy is bound to the core; the policy's
     ``start_rollout`` forgets the clients of any rollout before. Every rollout of a policy in
-    evaluation (:func:`rollout`, :func:`evaluation.logged.log_policy`,
+    evaluation (:func:`rollout`, :func:`evaluation.record.log_policy`,
     :func:`evaluation.offline.true_value`) starts here.
     """
     if not isinstance(policy, Policy):

@@ -12,7 +12,7 @@ import polars as pl
 from agents.base import Policy
 from envs.config import RewardConfig, Setup
 from envs.reward import reward
-from evaluation.logged import (
+from evaluation.record import (
     LOG_CLIENT_OFFSET,
     UNIFORM_COUNTERFACTUAL,
     counterfactual_column,
@@ -36,7 +36,7 @@ def true_value(
 ) -> float | None:
     """The (ε-soft, where ``epsilon`` > 0) policy's mean value per client over the log's own days,
     on the log's own simulated clients and luck; None unless the log came from
-    :func:`evaluation.logged.log_policy` (it carries the ``seed`` column and the simulator's ids).
+    :func:`evaluation.record.log_policy` (it carries the ``seed`` column and the simulator's ids).
 
     The rollout covers the log's span, its first to its last logged day, starting where the log
     started: the simulator's clients fresh from the log's seed (a log's first day is the one the

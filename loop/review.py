@@ -37,7 +37,7 @@ REVIEW_RULES: dict[str, tuple[str, ...]] = {
     "goals": ("saver_debt", "retirement"),
     "loss_contents": ("market_update",),
 }
-"""the review rules every export's manifest carries (``serve/export.py``, ``review_rules``):
+"""the review rules every export's manifest carries (``serve/onnx_export.py``, ``review_rules``):
 pressing tones, sensitive declared goals, loss topics"""
 
 WINDOW_DAYS = 2

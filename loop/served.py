@@ -33,7 +33,7 @@ decide the same actions.
 
 Served days start from the simulator's day 0 on fresh clients: an export alone cannot restart
 the world behind it (it holds nothing latent), so a firm's warm-up under another policy is not
-continued here. Starting at day 0 with ids from :data:`evaluation.logged.LOG_CLIENT_OFFSET`
+continued here. Starting at day 0 with ids from :data:`evaluation.record.LOG_CLIENT_OFFSET`
 is also what lets ``python join.py seed=<seed>`` write a ``seed`` column from which
 ``evaluate.py`` rolls each target out on the same clients and luck (the truth).
 """
@@ -63,7 +63,7 @@ from envs.config import Setup
 from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES
 from envs.spaces import multi_to_flat
-from evaluation.logged import LOG_CLIENT_OFFSET
+from evaluation.record import LOG_CLIENT_OFFSET
 from loop.events import Export, validate_export, write_export
 from loop.features import build_features
 from loop.review import OUTCOME_SCHEMA, write_table

@@ -167,7 +167,7 @@ def targets(frame: pl.DataFrame, n_boot: int = 300, seed: int = 0, source: str =
 
 def log_epsilon(frame: pl.DataFrame, policy, setup: Setup) -> float:
     """The exploration rate ε (in (0, 1]) of a log written by
-    :func:`evaluation.logged.log_policy` with ``policy``: on a row where the logged action is not
+    :func:`evaluation.record.log_policy` with ``policy``: on a row where the logged action is not
     the policy's own, pscore = ε / allowed. A ``ValueError`` saying what to do instead when the
     log was plainly not written so (it never departs from the policy, or the rate falls outside
     (0, 1], as a deterministic log of another policy gives)."""
@@ -195,7 +195,7 @@ def log_epsilon(frame: pl.DataFrame, policy, setup: Setup) -> float:
 
 def relog(setup: Setup, policy, clients: int, days: int, seed: int, epsilon: float) -> pl.DataFrame:
     """The logging policy run again in ``setup`` (the closed-loop simulated side)."""
-    from evaluation.logged import log_policy
+    from evaluation.record import log_policy
 
     return log_policy(policy, setup, clients, days, seed, epsilon).select(NEEDED)
 

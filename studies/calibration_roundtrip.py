@@ -25,8 +25,8 @@ from agents.config import AgentConfig
 from agents.registry import make_policy, train_agent
 from envs.config import compose_conf, eval_seeds, load_setup
 from evaluation.compare import compare
-from evaluation.logged import log_policy
 from evaluation.logs import write_logs
+from evaluation.record import log_policy
 from experiment.results import Report, add_results_argument, at_documented_size
 from experiment.schema import register, validate_run
 from realism import fromlogs

@@ -29,8 +29,8 @@ from agents.base import Policy
 from agents.config import AgentConfig
 from agents.registry import make_policy, train_agent
 from envs.config import Setup, load_setup
-from evaluation.logged import log_policy
 from evaluation.offline import MULTI_DAY, ONE_STEP, estimate
+from evaluation.record import log_policy
 from evaluation.truth import step_truth
 from experiment.results import Report, add_results_argument, at_documented_size
 

@@ -30,7 +30,7 @@ def bandit_export(tmp_path_factory) -> Path:
     import numpy as np
 
     from agents.bandits import LinUCB
-    from serve.export import export_policy
+    from serve.onnx_export import export_policy
 
     policy = LinUCB(seed=0)
     policy.theta = np.random.default_rng(0).normal(0, 0.5, policy.theta.shape)

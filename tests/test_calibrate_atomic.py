@@ -18,8 +18,8 @@ import pytest
 
 from agents.heuristics import HEURISTICS
 from envs.config import load_setup
-from evaluation.logged import log_policy
 from evaluation.logs import write_logs
+from evaluation.record import log_policy
 from experiment.tracking import LOCKS, ROOT, setup_mlflow
 
 PRESETS = ROOT / "conf" / "population"

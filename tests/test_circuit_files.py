@@ -122,8 +122,8 @@ def test_a_device_at_the_circuit_path_is_refused_by_name():
 def test_the_watch_mode_refuses_a_fifo_circuit_path_naming_the_key(tmp_path):
     from agents.heuristics import HEURISTICS
     from envs.config import load_setup
-    from evaluation.logged import log_policy
     from evaluation.logs import write_logs
+    from evaluation.record import log_policy
     from tests.test_evaluate_modes import _run
 
     frame = log_policy(HEURISTICS["segment_rules"](), load_setup(), 50, 3, seed=0, epsilon=0.2)

@@ -21,8 +21,8 @@ from loop.events import Export, validate_export, write_export
 from loop.features import build_features
 from loop.simulated import simulate_export
 from serve.decisions import read_decisions
-from serve.export import export_policy
 from serve.http import ExplorationConfig
+from serve.onnx_export import export_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 12

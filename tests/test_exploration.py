@@ -18,7 +18,7 @@ from envs.spaces import JOINT_ACTIONS
 from serve import contract, graph_choice
 from serve.choice import Exploration
 from serve.decisions import frame_of
-from serve.export import build_manifest
+from serve.onnx_export import build_manifest
 from serve.runtime import PolicyRuntime, RequestError
 
 NAMES = list(contract.FEATURE_NAMES)

@@ -8,8 +8,8 @@ import pytest
 
 from agents.heuristics import HEURISTICS
 from envs.config import load_setup
-from evaluation.logged import log_policy
 from evaluation.logs import write_logs
+from evaluation.record import log_policy
 from realism import fromlogs
 
 TRUE = ["env.response.open_base=-0.9", "env.response.click_base=-3.0"]

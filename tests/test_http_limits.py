@@ -28,9 +28,9 @@ from agents.config import AgentConfig
 from agents.registry import train_agent
 from envs.config import load_setup
 from envs.features import FEATURE_NAMES, OBS_HIGH
-from serve.export import export_policy
 from serve.http import MAX_DEPTH, BodyScan, Limits, ServeConfig, make_server, serve
 from serve.integrity import ExportError
+from serve.onnx_export import export_policy
 from serve.runtime import KEY_ENV, PolicyRuntime, RequestError, TooLarge
 
 ROOT = Path(__file__).resolve().parents[1]

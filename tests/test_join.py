@@ -12,16 +12,16 @@ from envs.config import load_setup
 from envs.core import CadenceCore
 from envs.reward import observable_value
 from envs.spaces import JOINT_ACTIONS, multi_to_flat
-from evaluation.logged import LOG_CLIENT_OFFSET, uniform_draw
 from evaluation.logs import read_logs
+from evaluation.record import LOG_CLIENT_OFFSET, uniform_draw
 from loop.events import validate_export
 from loop.features import build_features
 from loop.join import JoinError, attribute_events, join_outcomes, write_joined
 from loop.review import OUTCOME_SCHEMA, REVIEW_RULES, review_queue, review_reasons
 from loop.simulated import ExportRecorder
 from serve.decisions import decision_frame
-from serve.export import build_manifest
 from serve.guards import Guards
+from serve.onnx_export import build_manifest
 from simulate.world import OUTCOMES
 
 SEEN = tuple(o for o in OUTCOMES if o not in ("calm_click", "anxious_click"))

@@ -12,7 +12,7 @@ module                    may import (besides the standard library and third par
 ``evaluation``            the above and ``evaluation``
 ``realism``               ``simulate``, ``envs``, ``agents``, ``evaluation``, ``realism``
 ``experiment``            ``simulate``, ``envs``, ``agents``, ``evaluation``, ``experiment``
-``serve.export``          ``simulate``, ``envs``, ``agents`` and serving's runtime side
+``serve.onnx_export``          ``simulate``, ``envs``, ``agents`` and serving's runtime side
 serving's runtime side    itself only; third parties numpy and onnxruntime (the HTTP
 (every other ``serve``    server adds starlette and uvicorn, the MLflow wrapper mlflow
 module)                   and pandas): it runs where the training stack is not installed
@@ -48,7 +48,7 @@ BELOW = {
     "realism": {"simulate", "envs", "agents", "evaluation", "realism"},
     "experiment": {"simulate", "envs", "agents", "evaluation", "experiment"},
     "loop": {"simulate", "envs", "agents", "evaluation", "loop"},
-    "serve.export": {"simulate", "envs", "agents"},
+    "serve.onnx_export": {"simulate", "envs", "agents"},
     "serve.runtime": set(),
 }
 """for each layer, the project layers its modules may import (serving's runtime side, a leaf,
@@ -81,7 +81,7 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-EXPORT_SIDE = ("serve.export", "serve.graph_choice")
+EXPORT_SIDE = ("serve.onnx_export", "serve.graph_choice")
 """serving's export side: builds the ONNX graph (onnx, torch), never loaded by the runtime"""
 
 
@@ -89,7 +89,7 @@ def layer_of(module: str) -> str:
     """The layer a project module belongs to: its package, except that ``serve`` is two."""
     top = module.split(".")[0]
     if top == "serve":
-        return "serve.export" if module in EXPORT_SIDE else "serve.runtime"
+        return "serve.onnx_export" if module in EXPORT_SIDE else "serve.runtime"
     return top
 
 

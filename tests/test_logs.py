@@ -12,8 +12,8 @@ from envs.consent import observe
 from envs.features import FEATURE_NAMES
 from envs.masks import MaskRules, joint_mask, mask_inputs
 from envs.spaces import JOINT_ACTIONS
-from evaluation.logged import uniform_draw
 from evaluation.logs import SCHEMA, LogError, read_logs, validate, write_logs
+from evaluation.record import uniform_draw
 from simulate.world import OUTCOMES, World
 
 
@@ -119,7 +119,7 @@ def test_a_logged_heuristic_has_exact_propensities_and_ips_finds_its_day_zero_va
     from agents.heuristics import HEURISTICS
     from envs.core import CadenceCore
     from evaluation import ope
-    from evaluation.logged import LOG_CLIENT_OFFSET, log_policy
+    from evaluation.record import LOG_CLIENT_OFFSET, log_policy
 
     setup = load_setup()
     policy = HEURISTICS["segment_rules"]()
@@ -143,7 +143,7 @@ def test_a_logged_heuristic_has_exact_propensities_and_ips_finds_its_day_zero_va
 
 def test_a_policy_that_asks_for_blocked_sends_cannot_be_logged():
     from agents.base import Policy
-    from evaluation.logged import log_policy
+    from evaluation.record import log_policy
 
     class LatePush(Policy):
         name = "late_push"
@@ -162,8 +162,8 @@ def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
 
     from agents.heuristics import HEURISTICS
     from agents.oracle import Oracle
-    from evaluation.logged import log_policy
     from evaluation.offline import estimate, table
+    from evaluation.record import log_policy
 
     setup = load_setup()
     frame = log_policy(HEURISTICS["segment_rules"](), setup, 5000, 14, seed=3, epsilon=0.2)
@@ -196,7 +196,7 @@ def test_evaluate_mode_estimate_prints_and_logs_to_mlflow(tmp_path, capsys):
     import mlflow
 
     from agents.heuristics import HEURISTICS
-    from evaluation.logged import log_policy
+    from evaluation.record import log_policy
     from tests.test_evaluate_modes import _run
 
     path = write_logs(
@@ -219,8 +219,8 @@ def test_evaluate_mode_estimate_prints_and_logs_to_mlflow(tmp_path, capsys):
 @pytest.mark.slow  # 30 refits of a linear Q per day
 def test_fitted_q_evaluation_recovers_the_logging_policys_value():
     from agents.heuristics import HEURISTICS
-    from evaluation.logged import log_policy
     from evaluation.offline import fqe, true_value
+    from evaluation.record import log_policy
 
     setup = load_setup()
     policy = HEURISTICS["segment_rules"]()

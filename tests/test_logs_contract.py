@@ -17,7 +17,6 @@ from envs.config import GuardrailConfig, load_setup
 from envs.features import FEATURE_NAMES
 from envs.masks import MaskRules, is_allowed, mask_inputs
 from envs.spaces import JOINT_ACTIONS
-from evaluation.logged import log_policy
 from evaluation.logs import (
     MAX_DAY,
     MAX_ROWS,
@@ -27,6 +26,7 @@ from evaluation.logs import (
     validate,
     write_logs,
 )
+from evaluation.record import log_policy
 from serve.guards import Guards
 from simulate.labels import CHANNELS, TONES
 
@@ -215,7 +215,7 @@ def test_the_rules_are_the_logs_own_guardrails():
 
 def test_guardrail_breaches_agree_with_the_env_masks_and_the_serving_guards(log):
     # every (slot, channel, content) send on every logged state, judged three ways
-    from serve.export import build_manifest
+    from serve.onnx_export import build_manifest
 
     rng = np.random.default_rng(0)
     states = log.sample(3000, with_replacement=True, seed=1)

@@ -237,8 +237,8 @@ def test_bad_thresholds_are_refused_by_name(kwargs, message):
 def test_the_monitor_runs_over_a_logged_dataset():
     from agents.heuristics import HEURISTICS
     from envs.config import load_setup
-    from evaluation.logged import log_policy
     from evaluation.monitor import watch_logs
+    from evaluation.record import log_policy
 
     frame = log_policy(HEURISTICS["segment_rules"](), load_setup(), 500, 20, seed=0, epsilon=0.2)
     monitor = watch_logs(frame, MonitorConfig(baseline_days=7))
@@ -252,8 +252,8 @@ def test_the_monitor_over_a_misfiring_log_writes_the_serving_circuit(tmp_path, c
 
     from agents.heuristics import HEURISTICS
     from envs.config import load_setup
-    from evaluation.logged import log_policy
     from evaluation.logs import write_logs
+    from evaluation.record import log_policy
     from serve import circuit
     from tests.test_evaluate_modes import _run
 

@@ -11,8 +11,8 @@ from agents.heuristics import HEURISTICS
 from envs.config import load_setup
 from envs.spaces import multi_to_flat
 from evaluation import fqe, offline
-from evaluation.logged import log_policy
 from evaluation.logs import ACTIONS
+from evaluation.record import log_policy
 
 
 def _fqe_by_rows(frame, policy, setup, ridge: float = 1.0) -> float:

@@ -15,8 +15,8 @@ from agents.heuristics import HEURISTICS
 from envs.config import load_setup
 from envs.spaces import multi_to_flat
 from evaluation import fqe, offline, ope
-from evaluation.logged import log_policy
 from evaluation.logs import ACTIONS
+from evaluation.record import log_policy
 
 
 def _peak_bytes(call) -> int:

@@ -24,8 +24,8 @@ from envs.config import load_setup
 from envs.core import CadenceCore
 from envs.spaces import multi_to_flat
 from serve import contract, graph_choice
-from serve.export import EXAMPLE_FILE, build_manifest, export_policy
 from serve.integrity import integrity_block
+from serve.onnx_export import EXAMPLE_FILE, build_manifest, export_policy
 from serve.runtime import ExportError, PolicyRuntime
 
 NAMES = list(contract.FEATURE_NAMES)
@@ -150,7 +150,7 @@ def test_the_graphs_choice_is_the_numpy_choice_and_the_in_process_policys(
     # ... and the in-process policies' (the factored choice over the 361-action table)
     masks_joint = runtime.guards.joint_mask(x)
     defined = ~np.isnan(logits).any(axis=1)
-    # a bandit's graph always scores no-send 0 (serve/export.py BanditGraph); the in-process
+    # a bandit's graph always scores no-send 0 (serve/onnx_export.py BanditGraph); the in-process
     # bandit takes that 0 as given, the runtime compares with the column as sent, so the two
     # are compared where the column is what a bandit's graph gives
     if rule == "additive":

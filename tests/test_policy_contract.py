@@ -19,8 +19,8 @@ from agents.oracle import Oracle
 from agents.registry import load_policy, make_policy, save_policy
 from envs.config import load_setup
 from evaluation.breaker import CircuitBreaker
-from evaluation.logged import log_policy
 from evaluation.offline import estimate, table
+from evaluation.record import log_policy
 from evaluation.rollout import evaluate, rollout
 
 SETUP = load_setup()
@@ -111,7 +111,7 @@ def test_a_new_heuristic_with_only_act_runs_everywhere_a_policy_goes(tmp_path):
     saved = save_policy(quiet, tmp_path / "quiet")
     assert sorted(p.name for p in saved.iterdir()) == ["agent.json"]  # nothing learned to save
 
-    from serve.export import NotExportable, graph_for
+    from serve.onnx_export import NotExportable, graph_for
 
     with pytest.raises(NotExportable, match="quiet has no trained network or linear model"):
         graph_for(quiet)

@@ -20,8 +20,8 @@ import pytest
 from agents.heuristics import HEURISTICS
 from agents.registry import save_policy
 from envs.config import load_setup
-from evaluation.logged import log_policy
 from evaluation.logs import write_logs
+from evaluation.record import log_policy
 from experiment import promotion
 from experiment.tracking import setup_mlflow
 

@@ -22,7 +22,7 @@ from envs.config import load_setup
 from envs.core import CadenceCore
 from envs.features import I_DECLARED_SLOT, OBS_DIM
 from envs.spaces import JOINT_ACTIONS, multi_to_flat
-from serve.export import NotExportable, graph_for
+from serve.onnx_export import NotExportable, graph_for
 from simulate.labels import N_SLOTS
 
 SETUP = load_setup(overrides=["env.horizon_days=60"])

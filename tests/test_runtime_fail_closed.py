@@ -27,8 +27,8 @@ from agents.bandits import LinearBandit, LinUCB
 from envs.features import FEATURE_NAMES, OBS_HIGH
 from envs.spaces import multi_to_flat
 from serve import contract
-from serve.export import export_policy
 from serve.integrity import MAX_MANIFEST_BYTES
+from serve.onnx_export import export_policy
 from serve.runtime import (
     ExportError,
     PolicyRuntime,

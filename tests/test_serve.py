@@ -20,7 +20,7 @@ from envs.core import CadenceCore
 from envs.features import FEATURE_NAMES, OBS_HIGH
 from envs.masks import MaskRules, joint_mask, mask_inputs
 from envs.spaces import multi_to_flat
-from serve.export import NotExportable, export_policy
+from serve.onnx_export import NotExportable, export_policy
 from serve.runtime import ExportError, PolicyRuntime, RequestError
 
 SETUP = load_setup()

@@ -29,8 +29,8 @@ from envs.features import FEATURE_NAMES, OBS_HIGH
 from envs.masks import MaskRules, joint_mask
 from envs.spaces import multi_to_flat
 from serve import contract
-from serve.export import export_policy
 from serve.http import make_server
+from serve.onnx_export import export_policy
 from serve.runtime import (
     KEY_ENV,
     ExportError,
@@ -412,7 +412,7 @@ def test_a_failed_export_leaves_the_previous_export_whole(policy, export, tmp_pa
     folder = tmp_path / "live"
     shutil.copytree(export, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    import serve.export as exporter
+    import serve.onnx_export as exporter
 
     def killed(new, out):
         raise KeyboardInterrupt("killed before the swap")
@@ -427,7 +427,7 @@ def test_a_failed_export_leaves_the_previous_export_whole(policy, export, tmp_pa
 
 
 def test_readers_never_see_a_mixed_or_missing_export_during_re_exports(policy, tmp_path):
-    from serve.export import _exchange
+    from serve.onnx_export import _exchange
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -18,11 +18,11 @@ from agents.bandits import LinUCB
 from envs.config import load_setup
 from envs.core import CadenceCore
 from envs.spaces import multi_to_flat
-from evaluation.logged import LOG_CLIENT_OFFSET
 from evaluation.logs import read_logs
+from evaluation.record import LOG_CLIENT_OFFSET
 from loop.join import join_outcomes, write_joined
 from loop.served import serve_days
-from serve.export import export_policy
+from serve.onnx_export import export_policy
 from serve.runtime import Exploration
 
 ROOT = Path(__file__).resolve().parents[1]

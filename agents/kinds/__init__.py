@@ -10,7 +10,7 @@ training budget. The registry is filled on first use by importing every module h
 ``conf/agent/<name>.yaml``; nothing else names it.
 
 Export is declared by the policy class itself (:attr:`agents.base.Policy.export_kind` and
-:attr:`~agents.base.Policy.export_refusal`), which ``serve.export.graph_for`` reads.
+:attr:`~agents.base.Policy.export_refusal`), which ``serve.onnx_export.graph_for`` reads.
 """
 
 from __future__ import annotations
