@@ -13,28 +13,16 @@ import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_onnx_choice import COL, NAMES, RULES, SCORE, clients
 
 from envs.spaces import JOINT_ACTIONS
-from serve import contract, graph_choice
+from serve import graph_choice
 from serve.choice import Exploration
 from serve.decisions import frame_of
 from serve.onnx_export import build_manifest
 from serve.runtime import PolicyRuntime, RequestError
 
-NAMES = list(contract.FEATURE_NAMES)
-COL = {name: i for i, name in enumerate(NAMES)}
-SPECIAL = [0.0, 0.0, 1.0, -1.0, 0.5, np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-30, 80.0, -80.0]
 DEFAULT_RULES = build_manifest("test", "log_probs", None, None, None)["mask_rules"]
-
-
-def clients(opted: np.ndarray, sent: np.ndarray, tier: np.ndarray) -> np.ndarray:
-    """(N, 63) float32 features: a Monday, the given opt-outs, 7-day counts and consent tiers."""
-    x = np.zeros((len(tier), len(NAMES)), dtype=np.float32)
-    x[:, COL["weekday_mon"]] = 1
-    x[:, [COL[f"opted_out_{c}"] for c in contract.CHANNELS]] = opted
-    x[:, [COL[f"sent_7d_{c}"] for c in contract.CHANNELS]] = sent
-    x[:, COL["consent_tier_0"] : COL["consent_tier_0"] + 4] = np.eye(4)[tier]
-    return x
 
 
 def runtime_for(rules: dict, rule: str, exploration: Exploration | None, **kw) -> PolicyRuntime:
@@ -55,22 +43,6 @@ def joint_probabilities(runtime, x, logits, base) -> np.ndarray:
     return runtime.probability_of(x[tiled], logits[tiled], base[tiled], actions).reshape(n, m)
 
 
-SCORE = st.one_of(
-    st.sampled_from(SPECIAL),
-    st.floats(-50, 50, width=32),
-    st.floats(width=32, allow_nan=True, allow_infinity=True),
-)
-SLOTS = st.lists(st.sampled_from(contract.SLOT_KEYS), unique=True)
-RULES = st.fixed_dictionaries(
-    {
-        "quiet_hours": st.fixed_dictionaries({c: SLOTS for c in contract.CHANNELS}),
-        "max_per_week": st.integers(0, 7),
-        "channel_caps": st.fixed_dictionaries({c: st.integers(0, 7) for c in contract.CHANNELS}),
-        "content_min_tier": st.fixed_dictionaries(
-            {k: st.integers(0, 3) for k in contract.CONTENTS}
-        ),
-    }
-)
 SETTING = st.one_of(
     st.builds(Exploration, epsilon=st.floats(0, 1), seed=st.integers(0, 2**32)),
     st.builds(
