@@ -69,7 +69,7 @@ from loop.features import build_features
 from loop.review import OUTCOME_SCHEMA, write_table
 from loop.simulated import ExportRecorder
 from serve.decisions import DecisionLog, frame_of, log_files, read_decisions
-from serve.runtime import Exploration, PolicyRuntime
+from serve.runtime import FIRM_COLUMNS, Exploration, PolicyRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
 """the repository root (where ``serve.py`` is)"""
@@ -101,9 +101,12 @@ class Served:
 
 
 class Decider(Protocol):
-    """Decides a batch of clients on a day (and sees that the decisions are logged)."""
+    """Decides a batch of clients on a day (and sees that the decisions are logged); in shadow
+    mode ``firm`` is the firm's own (N, 4) action, which is what is returned (explored around)."""
 
-    def decide(self, x: np.ndarray, client_id: np.ndarray, day: int) -> Served: ...
+    def decide(
+        self, x: np.ndarray, client_id: np.ndarray, day: int, firm: np.ndarray | None = None
+    ) -> Served: ...
 
 
 class RuntimeDecider:
@@ -112,10 +115,14 @@ class RuntimeDecider:
     def __init__(self, runtime: PolicyRuntime, log: DecisionLog) -> None:
         self.runtime, self.log = runtime, log
 
-    def decide(self, x: np.ndarray, client_id: np.ndarray, day: int) -> Served:
+    def decide(
+        self, x: np.ndarray, client_id: np.ndarray, day: int, firm: np.ndarray | None = None
+    ) -> Served:
         """Decide the (N, D) float32 observations ``x`` (in ``FEATURE_NAMES`` order)."""
         table = dict(zip(FEATURE_NAMES, x.T, strict=True))
-        decisions = self.runtime.decide(table, explain=False, client_id=client_id, day=day)
+        decisions = self.runtime.decide(
+            table, explain=False, client_id=client_id, day=day, firm_action=firm
+        )
         self.log.append(frame_of(decisions))
         return Served(
             action=np.asarray(decisions.action, dtype=np.int64),
@@ -144,15 +151,22 @@ class HttpDecider:
             part: {label: i for i, label in enumerate(v)} for part, v in action_labels.items()
         }
 
-    def decide(self, x: np.ndarray, client_id: np.ndarray, day: int) -> Served:
+    def decide(
+        self, x: np.ndarray, client_id: np.ndarray, day: int, firm: np.ndarray | None = None
+    ) -> Served:
         """Decide the (N, D) float32 observations ``x`` (in ``FEATURE_NAMES`` order); float32
-        values travel exactly (as float64 decimal text)."""
+        values travel exactly (as float64 decimal text). ``firm``: the firm's action, sent as
+        the shadow-mode columns."""
         rows = [
             [*values, int(cid), int(day)]
             for values, cid in zip(x.astype(np.float64).tolist(), client_id.tolist(), strict=True)
         ]
+        columns = [*FEATURE_NAMES, "client_id", "day"]
+        if firm is not None:
+            columns += list(FIRM_COLUMNS)
+            rows = [row + a for row, a in zip(rows, firm.astype(np.int64).tolist(), strict=True)]
         body = {
-            "dataframe_split": {"columns": [*FEATURE_NAMES, "client_id", "day"], "data": rows},
+            "dataframe_split": {"columns": columns, "data": rows},
             "params": {"explain": False},
         }
         answer = self._post(json.dumps(body).encode())
@@ -218,9 +232,13 @@ class BatchDecider:
         self.printed: list[str] = []
         """what each day's ``decide.py`` printed"""
 
-    def decide(self, x: np.ndarray, client_id: np.ndarray, day: int) -> Served:
+    def decide(
+        self, x: np.ndarray, client_id: np.ndarray, day: int, firm: np.ndarray | None = None
+    ) -> Served:
         """The day's decisions of ``client_id`` (the whole day is decided at its first call;
         ``x`` is not sent: the batch command builds the features from the export)."""
+        if firm is not None:
+            raise ValueError("the batch command decides in serve mode only (no shadow mode)")
         if day != self._day:
             self._frame = self._decide_day(day)
             self._day = day
@@ -286,14 +304,19 @@ class ServedPolicy(Policy):
     Call :meth:`begin_day` with the day, the clients' ids and who is still a client before
     each :meth:`act`; clients who left get no send (and no decision). :attr:`last` holds the
     day's decisions of every row (decision ids None for rows not decided).
+
+    ``firm``: the firm's own rules, for shadow mode: their action on each row goes with the
+    request, and the runtime returns it (explored around) while logging its own choice beside.
     """
 
     name = "served"
 
-    def __init__(self, decider: Decider, batch_rows: int = BATCH_ROWS) -> None:
+    def __init__(
+        self, decider: Decider, batch_rows: int = BATCH_ROWS, firm: Policy | None = None
+    ) -> None:
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
-        self.decider, self.batch_rows = decider, batch_rows
+        self.decider, self.batch_rows, self.firm = decider, batch_rows, firm
         self._context: tuple[int, np.ndarray, np.ndarray] | None = None
         self.last: Served | None = None
         self.decided = 0
@@ -319,9 +342,12 @@ class ServedPolicy(Policy):
             needs_review=np.zeros(n, dtype=bool),
         )
         rows = np.flatnonzero(live)
+        firm = None if self.firm is None else np.asarray(self.firm.act(obs, masks), np.int64)
         for start in range(0, len(rows), self.batch_rows):
             batch = rows[start : start + self.batch_rows]
-            got = self.decider.decide(obs[batch], ids[batch], day)
+            got = self.decider.decide(
+                obs[batch], ids[batch], day, None if firm is None else firm[batch]
+            )
             served.action[batch] = got.action
             served.decision_id[batch] = got.decision_id
             served.propensity[batch] = got.propensity
@@ -372,6 +398,7 @@ def serve_days(
     check_days: Sequence[int] | None = None,
     require_signature: bool = False,
     timeout_s: float = HTTP_TIMEOUT_S,
+    firm: Policy | None = None,
 ) -> ServedRun:
     """Simulate ``days`` days of a firm of ``clients`` clients (simulator seed ``seed``) whose
     every decision the runtime of the policy export ``export_dir`` makes, exploring as
@@ -392,9 +419,16 @@ def serve_days(
             ``()``: none). A difference raises.
         require_signature: refuse an unsigned policy export.
         timeout_s: seconds an HTTP request may take.
+        firm: the firm's own rules (a heuristic) for a shadow period: they decide every
+            client-day, explored around as ``exploration`` says, while the export's policy
+            only watches (its choice is logged beside, the log's mode is ``shadow``).
+            ``via`` runtime or http (a server started here; a running one at ``url`` must
+            be in shadow mode itself).
     """
     if via not in VIAS:
         raise ValueError(f"via must be one of {VIAS}, got {via!r}")
+    if firm is not None and via == "batch":
+        raise ValueError("a shadow period (firm=...) is served via runtime or http, not batch")
     if url is not None and via != "http":
         raise ValueError(f"url={url!r} is for via='http', not via={via!r}")
     if not 0.0 <= approve <= 1.0:
@@ -409,9 +443,16 @@ def serve_days(
         )
     check = {days - 1} if check_days is None else set(check_days)
     with _decider(
-        Path(export_dir), exploration, via, url, decisions_dir, require_signature, timeout_s
+        Path(export_dir),
+        exploration,
+        via,
+        url,
+        decisions_dir,
+        require_signature,
+        timeout_s,
+        shadow=firm is not None,
     ) as decider:
-        policy = ServedPolicy(decider, batch_rows)
+        policy = ServedPolicy(decider, batch_rows, firm)
         export, reviews, checked = _run(policy, setup, clients, days, seed, approve, check)
     decisions = _read_log(decisions_dir, policy.decided, STOP_TIMEOUT_S if url else 0.0)
     if events_dir is not None:
@@ -526,6 +567,7 @@ def _decider(
     decisions_dir: Path,
     require_signature: bool,
     timeout_s: float,
+    shadow: bool = False,
 ) -> Iterator[Decider]:
     """The decider ``via`` says, closed (log flushed, server stopped) on the way out."""
     if via == "batch":
@@ -533,7 +575,10 @@ def _decider(
         return
     if via == "runtime":
         runtime = PolicyRuntime.load(
-            export_dir, exploration=exploration, require_signature=require_signature
+            export_dir,
+            exploration=exploration,
+            require_signature=require_signature,
+            shadow=shadow,
         )
         with DecisionLog(decisions_dir) as log:
             yield RuntimeDecider(runtime, log)
@@ -542,7 +587,9 @@ def _decider(
     if url is not None:
         yield HttpDecider(url, labels, timeout_s)
         return
-    with serve_process(export_dir, exploration, decisions_dir, require_signature) as address:
+    with serve_process(
+        export_dir, exploration, decisions_dir, require_signature, shadow
+    ) as address:
         yield HttpDecider(address, labels, timeout_s)
 
 
@@ -552,6 +599,7 @@ def serve_process(
     exploration: Exploration,
     decisions_dir: Path,
     require_signature: bool = False,
+    shadow: bool = False,
 ) -> Iterator[str]:
     """Run ``python serve.py`` for ``export_dir`` on a free loopback port with ``exploration``
     and its decision log in ``decisions_dir``; yield its address (``http://127.0.0.1:<port>``);
@@ -566,6 +614,7 @@ def serve_process(
         f"exploration.seed={'null' if exploration.seed is None else exploration.seed}",
         f"decision_log.dir={decisions_dir}",
         f"require_signature={str(require_signature).lower()}",
+        f"shadow={str(shadow).lower()}",
     ]
     if exploration.temperature is not None:
         command.append(f"exploration.temperature={exploration.temperature}")

@@ -152,6 +152,59 @@ def test_a_folder_that_already_holds_a_log_is_refused(policy_export, served):
         _serve(policy_export, served.decisions_dir, days=1)
 
 
+def _rules():
+    from agents.config import AgentConfig
+    from agents.registry import make_policy
+
+    return make_policy(AgentConfig(name="segment_rules"))
+
+
+def test_a_shadow_period_serves_the_firms_rules_and_logs_the_policy_beside(policy_export, tmp_path):
+    run = _serve(policy_export, tmp_path / "shadow", epsilon=0.0, days=5, check_days=[4],
+                 firm=_rules())  # fmt: skip
+    log = run.decisions
+    assert log["mode"].unique().to_list() == ["shadow"]
+    # the simulator stepped with the firm's rules alone decides the same, client-day by client-day
+    rules, clients = _rules(), 150
+    core = CadenceCore(SETUP, clients, autoreset=False, client_id_offset=LOG_CLIENT_OFFSET)
+    obs, gone = core.reset(3), np.zeros(clients, dtype=bool)
+    for day in range(5):
+        action = np.asarray(rules.act(obs, core.joint_masks()))
+        action[gone] = 0
+        got = log.filter(pl.col("day") == core.day).sort("client_id")
+        ids = core.world.client_id.astype(np.int64)[~gone]
+        assert got["client_id"].to_list() == sorted(ids.tolist())
+        order = np.argsort(ids)
+        assert np.array_equal(got.select(ACTIONS).to_numpy(), action[~gone][order]), day
+        result = core.step(action)
+        gone |= result.outcomes["churned"]
+        obs = result.obs
+    assert (log["propensity"] == 1.0).all()
+    watched = log.select([f"policy_{c}" for c in ACTIONS]).to_numpy()
+    assert (watched != log.select(ACTIONS).to_numpy()).any()  # the policy's own choice, beside
+
+
+def test_shadow_over_http_explores_as_the_runtime_does(policy_export, tmp_path):
+    local = _serve(policy_export, tmp_path / "runtime", days=3, check_days=[], firm=_rules())
+    remote = _serve(policy_export, tmp_path / "http", via="http", days=3, check_days=[],
+                    firm=_rules())  # fmt: skip
+    keys = ["client_id", "day"]
+    a, b = local.decisions.sort(keys), remote.decisions.sort(keys)
+    assert a.height == b.height > 0
+    for column in [*keys, *ACTIONS, "propensity", "mode"]:
+        assert (a[column] == b[column]).all(), column
+    # explored around the firm's action: its own rows at 0.9 + 0.1 / allowed, others at 0.1 / allowed
+    share = 0.1 / a["allowed_actions"].cast(pl.Float64)
+    assert ((a["propensity"] - share).abs() < 1e-12).sum() + (
+        (a["propensity"] - 0.9 - share).abs() < 1e-12
+    ).sum() == a.height
+
+
+def test_the_batch_command_has_no_shadow_mode(policy_export, tmp_path):
+    with pytest.raises(ValueError, match="via runtime or http"):
+        _serve(policy_export, tmp_path / "batch", via="batch", days=1, firm=_rules())
+
+
 @pytest.mark.slow
 def test_the_worked_example_runs_end_to_end_with_the_truth_beside_the_estimates(tmp_path):
     done = subprocess.run(
