@@ -612,6 +612,7 @@ def serve_process(
         "port=0",
         f"exploration.epsilon={exploration.epsilon}",
         f"exploration.seed={'null' if exploration.seed is None else exploration.seed}",
+        f"exploration.policy_share={exploration.policy_share}",
         f"decision_log.dir={decisions_dir}",
         f"require_signature={str(require_signature).lower()}",
         f"shadow={str(shadow).lower()}",

@@ -210,6 +210,12 @@ class Exploration:
     ``seed``: the draws are reproducible (the same seed and the same requests in the same order
     give the same actions); None draws the seed from the operating system's entropy.
 
+    ``policy_share`` (0..1, shadow mode only, with epsilon): the share of decisions on which the
+    policy's own best allowed action replaces the firm's before epsilon's draw, so the log holds
+    the policy's choices as well as the firm's (a canary inside the shadow period). An action's
+    probability is then ``(1 - epsilon) * ((1 - share) * [it is the firm's] + share * [it is the
+    policy's]) + epsilon / allowed``.
+
     Rows the policy gives no distribution (a NaN score, or every allowed action of weight 0) and
     rows a tripped circuit hands to the safe fallback are not explored: their action (no-send,
     or the fallback's) has probability 1.
@@ -221,6 +227,9 @@ class Exploration:
     """softmax temperature over the allowed actions, in [1e-3, 1e3], or None"""
     seed: int | None = None
     """seed of the draws; None: from the operating system's entropy"""
+    policy_share: float = 0.0
+    """shadow mode: probability that the policy's own choice replaces the firm's action, in
+    [0, 1]"""
 
     def __post_init__(self) -> None:
         if isinstance(self.epsilon, bool) or not (
@@ -243,6 +252,16 @@ class Exploration:
                     "exploration takes epsilon or temperature, not both: got epsilon="
                     f"{self.epsilon:g} and temperature={self.temperature:g}"
                 )
+        if isinstance(self.policy_share, bool) or not (
+            isinstance(self.policy_share, int | float) and 0.0 <= self.policy_share <= 1.0
+        ):
+            raise ValueError(
+                f"exploration.policy_share must be a number in [0, 1], got {self.policy_share!r}"
+            )
+        if self.policy_share > 0 and self.temperature is not None:
+            raise ValueError(
+                "exploration.policy_share goes with epsilon (shadow mode), not with temperature"
+            )
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
         ):
@@ -263,7 +282,8 @@ class Exploration:
         ``softmax:temperature=0.5`` or ``none``"""
         if self.temperature is not None:
             return f"softmax:temperature={self.temperature:g}"
-        return f"epsilon={self.epsilon:g}" if self.epsilon > 0 else "none"
+        label = f"epsilon={self.epsilon:g}" if self.epsilon > 0 else "none"
+        return label + (f";policy_share={self.policy_share:g}" if self.policy_share > 0 else "")
 
 
 class Explorer:

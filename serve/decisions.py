@@ -113,7 +113,8 @@ COLUMNS: dict[str, str] = {
     "no exploration: 1); 1 for the safe fallback of a tripped circuit",
     "policy_version": "what decided: the registered model's name and version "
     "(models:/name/version), or the export's digest (sha256:<hex> of its manifest's integrity)",
-    "exploration": "the exploration setting: 'epsilon=0.1', 'softmax:temperature=0.5' or 'none'",
+    "exploration": "the exploration setting: 'epsilon=0.1', 'softmax:temperature=0.5' or 'none'; "
+    "shadow mode with a policy share adds ';policy_share=0.2'",
     "mode": "'serve' (the runtime's decision is returned) or 'shadow' (the firm's own action, "
     "carried by the request, is returned)",
     "policy_a_slot": "the policy's own choice's slot (its best allowed action, before "

@@ -56,17 +56,27 @@ class Draws:
         self.has_open_slot = has_open_slot
 
     def explore(
-        self, x: np.ndarray, scores: np.ndarray, base: np.ndarray
+        self,
+        x: np.ndarray,
+        scores: np.ndarray,
+        base: np.ndarray,
+        policy: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(N, 4) actions drawn around the (N, 4) allowed ``base`` actions by the exploration
         setting, their exact (N,) probabilities (:meth:`probability_of`), the (N,) number of
         allowed actions, and (N,) True where the draw changed the action. ``scores``: the
-        policy's (N, 19) scores (:func:`serve.choice.scores`) for features ``x``."""
+        policy's (N, 19) scores (:func:`serve.choice.scores`) for features ``x``; ``policy``:
+        in shadow mode, the policy's own (N, 4) allowed choice, which replaces the firm's
+        ``base`` with probability ``policy_share`` before epsilon's draw."""
         n, setting = len(x), self.explorer.setting
         parts = self.allowed(x, scores)
+        start = base
+        if policy is not None and setting.policy_share > 0:
+            pick = (self.explorer.uniforms(1, n)[0] < setting.policy_share) & ~parts.undefined
+            start = np.where(pick[:, None], policy, base)
         if setting.kind == "none":
-            return base.copy(), np.ones(n), parts.count, np.zeros(n, dtype=bool)
-        if setting.kind == "softmax":
+            actions = start.copy()
+        elif setting.kind == "softmax":
             drawn = parts.dist.sample(self.explorer.uniforms(4, n))
             actions = np.where(parts.undefined[:, None], base, drawn)
         else:
@@ -74,8 +84,10 @@ class Draws:
             u = self.explorer.uniforms(5, n)
             drawn = uniform(parts.pair_ok, tones, parts.content_ok, channels).sample(u[1:])
             explore = (u[0] < float(setting.epsilon)) & ~parts.undefined
-            actions = np.where(explore[:, None], drawn, base)
-        propensity = self.probability_of(x, scores, base, actions, parts)
+            actions = np.where(explore[:, None], drawn, start)
+        if setting.kind == "none" and start is base:
+            return actions, np.ones(n), parts.count, np.zeros(n, dtype=bool)
+        propensity = self.probability_of(x, scores, base, actions, parts, policy)
         # a drawn action has probability > 0, but a product of four parts may underflow
         propensity = np.maximum(propensity, np.finfo(np.float64).tiny)
         return actions, propensity, parts.count, ~same_actions(actions, base)
@@ -87,6 +99,7 @@ class Draws:
         base: np.ndarray,
         actions: np.ndarray,
         parts: Allowed | None = None,
+        policy: np.ndarray | None = None,
     ) -> np.ndarray:
         """(N,) exact probability that :meth:`explore` returns each row's (N, 4) ``actions``
         around the (N, 4) allowed ``base`` actions (the policy's best, or the firm's), for
@@ -96,10 +109,15 @@ class Draws:
         epsilon: ``(1 - eps) * [a = base] + eps / allowed``; softmax: the masked softmax of the
         policy's scores at the temperature (``base`` unused); none: ``[a = base]``. Rows the
         policy gives no distribution (a NaN score, or every allowed action of weight 0) keep
-        ``base``: ``[a = base]``."""
+        ``base``: ``[a = base]``. With ``policy`` (shadow mode's policy choice) and a
+        ``policy_share`` s, ``[a = base]`` reads ``(1 - s) [a = base] + s [a = policy]``."""
         setting = self.explorer.setting
         parts = parts or self.allowed(x, scores)
         same = same_actions(actions, base).astype(np.float64)
+        if policy is not None and setting.policy_share > 0:
+            s = float(setting.policy_share)
+            mixed = (1.0 - s) * same + s * same_actions(actions, policy)
+            same = np.where(parts.undefined, same, mixed)
         if setting.kind == "none":
             return same
         if setting.kind == "softmax":

@@ -360,10 +360,18 @@ class ExplorationConfig:
     """softmax temperature over the allowed actions (instead of epsilon); null: none"""
     seed: int | None = None
     """seed of the draws (reproducible); null: from the operating system's entropy"""
+    policy_share: float = 0.0
+    """shadow mode: share of decisions on which the policy's own choice replaces the firm's
+    action (before epsilon's draw), in [0, 1]"""
 
     def setting(self) -> Exploration:
         """The :class:`~serve.choice.Exploration`; a :class:`ValueError` names a bad value."""
-        return Exploration(epsilon=self.epsilon, temperature=self.temperature, seed=self.seed)
+        return Exploration(
+            epsilon=self.epsilon,
+            temperature=self.temperature,
+            seed=self.seed,
+            policy_share=self.policy_share,
+        )
 
 
 @dataclass

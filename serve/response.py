@@ -156,6 +156,11 @@ def check_shadow(shadow: bool, not_allowed: str, exploration: Exploration) -> No
     epsilon only)."""
     if not_allowed not in NOT_ALLOWED_MODES:
         raise ValueError(f"not_allowed must be one of {NOT_ALLOWED_MODES}, got {not_allowed!r}")
+    if not shadow and exploration.policy_share > 0:
+        raise ValueError(
+            "exploration.policy_share is for shadow mode (the policy's choice in place of the "
+            "firm's); in serve mode the policy already decides"
+        )
     if shadow and exploration.kind == "softmax":
         raise ValueError(
             "shadow mode explores around the firm's action with epsilon only; got "

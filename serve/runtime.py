@@ -301,7 +301,9 @@ class PolicyRuntime:
             base, notes = response.firm_held(
                 x, firm, self.guards, self.feature_names, self.labels, self.not_allowed
             )
-        actions, propensity, allowed, explored = self.explore(x, logits, base)
+        actions, propensity, allowed, explored = self.explore(
+            x, logits, base, None if firm is None else greedy
+        )
         tripped, first = self._tripped(x)
         if tripped is not None:  # the circuit breaker: these rows get the safe fallback
             actions[tripped] = circuit_state.fallback(
@@ -371,13 +373,17 @@ class PolicyRuntime:
         )
 
     def explore(
-        self, x: np.ndarray, logits: np.ndarray, base: np.ndarray
+        self,
+        x: np.ndarray,
+        logits: np.ndarray,
+        base: np.ndarray,
+        policy: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(N, 4) actions drawn around the (N, 4) allowed ``base`` actions by the exploration
         setting, their exact (N,) probabilities (:meth:`probability_of`), the (N,) number of
         allowed actions, and (N,) True where the draw changed the action
-        (``serve/exploration.py``)."""
-        return self.draws.explore(x, self.scores(logits), base)
+        (``serve/exploration.py``); ``policy``: shadow mode's policy choice (``policy_share``)."""
+        return self.draws.explore(x, self.scores(logits), base, policy)
 
     def probability_of(
         self,
@@ -386,12 +392,13 @@ class PolicyRuntime:
         base: np.ndarray,
         actions: np.ndarray,
         parts: Allowed | None = None,
+        policy: np.ndarray | None = None,
     ) -> np.ndarray:
         """(N,) exact probability that :meth:`explore` returns each row's (N, 4) ``actions``
         around the (N, 4) allowed ``base`` actions, for features ``x`` (consent applied) and the
         network's ``logits``; 0 for an action the guards do not allow
         (:meth:`serve.exploration.Draws.probability_of` says how)."""
-        return self.draws.probability_of(x, self.scores(logits), base, actions, parts)
+        return self.draws.probability_of(x, self.scores(logits), base, actions, parts, policy)
 
     def graph_decide(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, 19) scores, (N, 4) best allowed actions and their probabilities from one run of a
