@@ -67,7 +67,9 @@ def _train(name: str):
                 **({"action_masking": True} if variant == "masked" else {}),
             ),
             SETUP,
-            8192 if name not in ("linucb",) else 4096,
+            # one rollout of 128 clients x 16 days (one update for the SB3 agents): what the
+            # export is checked against is the policy as trained, however briefly
+            2048,
             128,
             progress=False,
         )
