@@ -1,0 +1,196 @@
+"""The closed-loop study (studies/closed_loop.py): hidden worlds drawn reproducibly inside their
+documented ranges, exploration that keeps to the guards, and a job that runs its rounds through
+the real chain (serve, join, calibrate, train, gate, truth), records each as an MLflow parent run
+with its steps, continues after its last finished round, and reports its table and plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from envs.config import load_setup
+from envs.spaces import multi_to_flat
+from serve.decisions import log_files, read_decisions
+from studies import closed_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "clients=500",
+    "days=7",
+    "budget=20000",
+    "trials=2",
+    "calibration_clients=300",
+    "eval_clients=200",
+    "eval_days=20",
+    "eval_seeds=1",
+    "progress=false",
+]
+# every challenger is promoted: the rules that decide are what this test watches happen
+PROMOTE_ALL = [
+    "margin=-1000",
+    "min_ess=0",
+    "harm_margin.unsubscribed=1000",
+    "harm_margin.complaint=1000",
+    "harm_margin.harmful=1000",
+    "harm_margin.churned=1000",
+]
+
+
+def test_hidden_worlds_are_drawn_reproducibly_within_their_ranges():
+    base = load_setup()
+    a, drawn = closed_loop.hidden_world(1, base)
+    b, again = closed_loop.hidden_world(1, base)
+    other, _ = closed_loop.hidden_world(2, base)
+    assert a == b and drawn == again and a != other
+    for name, (how, low, high) in closed_loop.HIDDEN_RANGES.items():
+        group, key = name.rsplit(".", 1)
+        default = getattr(base.population if group == "population" else base.env.response, key)
+        value = getattr(a.population if group == "population" else a.env.response, key)
+        moved = value - default if how == "shift" else value / default
+        assert low <= moved <= high, name
+        assert value == drawn[name]
+    shares = np.asarray(a.population.segment_probs)
+    assert abs(shares.sum() - 1) < 1e-9 and (shares > 0).all()
+    assert not np.allclose(shares, base.population.segment_probs)
+    # the loop fits the response parameters, over ranges that hold every hidden draw
+    for name, (low, high) in closed_loop.CALIBRATED.items():
+        assert low < drawn[name] < high
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    epsilon=st.floats(0.0, 1.0),
+    share=st.floats(0.0, 1.0),
+    allowed=st.lists(st.integers(0, 2**31), min_size=1, max_size=30),
+)
+def test_explored_actions_keep_to_the_guards(seed, epsilon, share, allowed):
+    from agents.heuristics import BatchAndBlast, NoSend
+
+    setup = load_setup()
+    from envs.core import CadenceCore
+
+    core = CadenceCore(setup, len(allowed), autoreset=False)
+    obs = core.reset(seed % 1000)
+    masks = core.joint_masks().copy()
+    rng = np.random.default_rng(seed)
+    masks &= rng.random(masks.shape) < 0.5  # arbitrary further refusals
+    masks[:, 0] = True  # no-send is always allowed
+    soft = closed_loop.Explored(BatchAndBlast(), epsilon, seed, NoSend(), share)
+    action = soft.act(obs, masks)
+    flat = multi_to_flat(action)
+    assert masks[np.arange(len(flat)), flat].all()
+
+
+def _run(args: list[str], uri: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "studies/closed_loop.py", *args, f"tracking.uri={uri}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = f"out={tmp_path / 'study'}"
+    first = _run([*TINY, *PROMOTE_ALL, "rounds=1", out], uri)
+    assert first.returncode == 0, first.stderr[-3000:]
+    state_file = tmp_path / "study" / "w0-s0" / "state.json"
+    one = json.loads(state_file.read_text())
+    assert [r["round"] for r in one["rounds"]] == [1]
+    r1 = one["rounds"][0]
+    # round 1: the firm's rules decide in shadow, the off-the-shelf policy runs as the canary
+    assert (r1["serving"], r1["challenger"], r1["shadow"]) == (
+        "segment_rules",
+        "off_the_shelf",
+        True,
+    )
+    assert r1["gate"]["cleared"] and r1["champion_after"] == "off_the_shelf"
+    # a promotion is false exactly when the challenger is truly worse than what it replaced
+    assert r1["false_promotion"] == (r1["truth"]["challenger_minus_champion"] < 0)
+    log = read_decisions(log_files(tmp_path / "study" / "w0-s0" / "round1" / "decisions"))
+    assert log["mode"].unique().to_list() == ["shadow"]
+    assert log["exploration"].unique().to_list() == ["epsilon=0.05;policy_share=0.2"]
+
+    # started again with more rounds: round 1 is kept as it was; round 2 has the promoted
+    # policy decide and the challenger trained after round 1 as the canary
+    second = _run([*TINY, *PROMOTE_ALL, "rounds=2", out], uri)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "1 of 2 rounds done" in second.stdout
+    two = json.loads(state_file.read_text())
+    assert two["rounds"][0] == r1
+    r2 = two["rounds"][1]
+    assert (r2["serving"], r2["challenger"], r2["shadow"]) == ("off_the_shelf", "r1", False)
+    assert r2["champion_after"] == "r1"
+    assert two["challenger"]["name"] == "r2"
+
+    # each round is a parent run with one child run per step
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[closed_loop.EXPERIMENT], output_format="list")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.run_name for r in parents) == [
+        "world 0 · seed 0 · round 1",
+        "world 0 · seed 0 · round 2",
+    ]
+    for parent in parents:
+        steps = sorted(
+            r.data.tags["step"]
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        )
+        assert steps == ["calibrate", "gate", "join", "serve", "train", "truth"]
+        assert "true/champion_normalized_value" in parent.data.metrics
+
+    # other settings in the same folder are refused, naming them
+    changed = _run([*TINY, *PROMOTE_ALL, "rounds=2", "epsilon=0.2", out], uri)
+    assert changed.returncode == 2 and "epsilon" in changed.stderr
+
+    done = _run(["mode=report", out], uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (tmp_path / "study" / "closed_loop.md").read_text()
+    assert "False promotions:" in text and "| 0 | 0 | 2 | off_the_shelf | r1 |" in text
+    assert (tmp_path / "study" / "closed_loop.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_round(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records = []
+    for name in ("a", "b"):
+        done = _run([*TINY, "rounds=1", f"out={tmp_path / name}"], uri)
+        assert done.returncode == 0, done.stderr[-3000:]
+        state = json.loads((tmp_path / name / "w0-s0" / "state.json").read_text())
+        record = state["rounds"][0]
+        record.pop("run_id")
+        records.append(record)
+    assert records[0] == records[1]
+    # the default gate at this size: refused, naming the rule
+    assert not records[0]["gate"]["cleared"] and records[0]["gate"]["reasons"]
+
+
+def test_bad_settings_are_refused_in_one_line(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for args, needle in (
+        (["epsilon=0"], "epsilon must be in (0, 1]"),
+        (["mode=train"], "mode must be one of"),
+        (["+harm_margin.calm=1"], "harm_margin.calm: not a harm the gate reads"),
+        (["mode=report", f"out={tmp_path / 'none'}"], "holds no job"),
+    ):
+        done = _run(args, uri)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        assert needle in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
