@@ -21,6 +21,16 @@ from simulate.config import ConfigError, validate
 SETUP = load_setup(overrides=["env.horizon_days=60"])
 
 
+def _slow_for(slow: set[str], names) -> list:
+    """``names`` as parameters, those in ``slow`` marked slow (their training takes seconds
+    each; ``make test`` runs every one)."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
+
+
+# the bandits whose per-day update is the slowest (a context matrix per action)
+HEAVY_BANDITS = {"linucb", "recovering", "thompson"}
+
+
 def small(name: str, **values: object) -> AgentConfig:
     """The config of ``name`` with those of ``values`` it has (each kind has its own fields)."""
     return AgentConfig(name=name, **{k: v for k, v in values.items() if k in kind(name).fields})
@@ -85,7 +95,7 @@ def _send_share(policy: Policy) -> float:
     return float((policy.act(obs, masks)[:, 0] > 0).mean())
 
 
-@pytest.mark.parametrize("name", BANDITS)
+@pytest.mark.parametrize("name", _slow_for(HEAVY_BANDITS, BANDITS))
 def test_bandit_update_moves_its_policy_the_right_way(name):
     untrained = make_policy(AgentConfig(name=name), seed=0)
     untrained.deterministic = True
@@ -101,7 +111,7 @@ def test_bandit_update_moves_its_policy_the_right_way(name):
     assert _send_share(charged) == 0.0
 
 
-@pytest.mark.parametrize("name", BANDITS)
+@pytest.mark.parametrize("name", _slow_for({"linucb", "recovering"}, BANDITS))
 def test_bandit_acts_within_masks_and_reloads(name, tmp_path):
     trained = train_agent(
         AgentConfig(name=name), SETUP, total_timesteps=8_000, num_envs=400, progress=False
@@ -220,7 +230,7 @@ def test_an_asymmetric_critic_reads_privileged_state_and_the_actor_does_not(tmp_
         validate(AgentConfig(name="dqn", asymmetric_critic=True), "agent")
 
 
-@pytest.mark.parametrize("name", ["ppo_lagrangian", "linucb"])
+@pytest.mark.parametrize("name", _slow_for({"linucb"}, ["ppo_lagrangian", "linucb"]))
 def test_same_seed_same_policy(name):
     cfg = small(name, n_steps=8, batch_size=512)
     obs, masks = _probe()

@@ -76,6 +76,7 @@ def _nothing_staged(name: str, folder: Path) -> None:
     assert not list(folder.glob(f"{name}_report.md*")) and not list(folder.glob(f".{name}_*"))
 
 
+@pytest.mark.slow  # two fits, each to a fresh MLflow store
 def test_a_fit_whose_report_cannot_be_written_leaves_nothing_and_a_rerun_works(
     logs, name, tmp_path, capsys
 ):
@@ -103,6 +104,7 @@ def test_a_fit_whose_report_cannot_be_written_leaves_nothing_and_a_rerun_works(
     report.unlink()
 
 
+@pytest.mark.slow  # a fit logged to a fresh MLflow store
 def test_a_fit_whose_mlflow_logging_fails_leaves_nothing(logs, name, tmp_path, capsys):
     from calibrate import cli as main
 
@@ -188,6 +190,7 @@ def test_policy_errors_say_what_to_do_in_one_line(logs, name, tmp_path, capsys):
     _nothing_staged(name, tmp_path)
 
 
+@pytest.mark.slow  # a calibrate.py process: Hydra + MLflow start-up
 def test_the_cli_refuses_an_unknown_policy_without_a_traceback(logs, tmp_path):
     done = subprocess.run(
         [
@@ -206,6 +209,7 @@ def test_the_cli_refuses_an_unknown_policy_without_a_traceback(logs, tmp_path):
     assert "policy must name the log's logging policy" in _one_error_line(done.stderr)
 
 
+@pytest.mark.slow  # fits on a simulated log
 def test_a_log_is_checked_against_the_guardrails_of_the_setup_it_is_fitted_in(
     name, tmp_path, capsys
 ):

@@ -257,6 +257,7 @@ def test_the_watch_mode_answers_a_bad_log_naming_it(tmp_path):
         assert said in message, (what, message)
 
 
+@pytest.mark.slow  # evaluate.py processes: Hydra + MLflow start-up
 def test_the_watch_command_line_prints_no_traceback(tmp_path):
     path, said = _bad_logs(tmp_path)["not Parquet"]
     root = Path(__file__).parents[1]

@@ -123,6 +123,7 @@ def test_evaluate_mode_monitor_logs_the_crisis_metrics_and_the_timeline(tmp_path
     assert {"timeline_market_shock.png", "crisis.md", "alerts_and_switches.parquet"} <= artifacts
 
 
+@pytest.mark.slow  # an evaluate.py process: Hydra + MLflow start-up
 def test_evaluate_refuses_the_former_monitor_switch_naming_the_mode(tmp_path):
     done = _cli("evaluate.py", ["monitor=on", "policies=[segment_rules]"], tmp_path, timeout=120)
     assert done.returncode == 2

@@ -106,6 +106,7 @@ def test_the_same_seed_decides_the_same(policy_export, firm, tmp_path):
     assert a.sends.drop("decision_id").equals(b.sends.drop("decision_id"))
 
 
+@pytest.mark.slow  # decide.py processes: Hydra start-up
 def test_the_command_names_what_is_missing_or_wrong(policy_export, firm, tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

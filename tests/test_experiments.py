@@ -27,6 +27,7 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=False)
 
 
+@pytest.mark.slow  # every preset of every group composed by Hydra
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_config_in_conf_composes(group):
     names = preset_names(group)

@@ -53,6 +53,7 @@ SETTING = st.one_of(
 )
 
 
+@pytest.mark.slow  # 150 examples, an ONNX session built for each
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rules=RULES,
@@ -93,6 +94,7 @@ def _flat(actions: np.ndarray) -> np.ndarray:
     return np.array([key[tuple(a)] for a in canon.tolist()])
 
 
+@pytest.mark.slow  # 60 examples, three ONNX sessions built for each
 @settings(max_examples=60, deadline=None)
 @given(rules=RULES, scores=st.lists(st.floats(-30, 30, width=32), min_size=19, max_size=19))
 def test_epsilon_0_is_the_argmax_and_softmax_at_1_is_the_policys_probability(rules, scores):

@@ -398,6 +398,7 @@ def test_an_unsigned_export_is_refused_unless_allowed(exports, monkeypatch, caps
         stop(process)
 
 
+@pytest.mark.slow  # serve.py processes: Hydra start-up
 def test_serve_py_refuses_in_one_line_and_lists_its_keys(exports, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV} | {"PYTHONPATH": str(ROOT)}
 

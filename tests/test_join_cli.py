@@ -50,6 +50,7 @@ def test_join_command_writes_a_log_read_logs_accepts(firm_files):
     assert logs["decision_id"].is_in(log["decision_id"].implode()).all()
 
 
+@pytest.mark.slow  # a join.py process per case: Hydra start-up
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -157,6 +157,7 @@ def test_a_policy_that_asks_for_blocked_sends_cannot_be_logged():
         log_policy(LatePush(), load_setup(), 20, 2, seed=0, epsilon=0.0)
 
 
+@pytest.mark.slow  # a simulated log and its truth rolled out
 def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
     import math
 
@@ -192,6 +193,7 @@ def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
         estimate(frame, [HEURISTICS["random"]()], setup, n_boot=5)
 
 
+@pytest.mark.slow  # estimates logged to a fresh MLflow store
 def test_evaluate_mode_estimate_prints_and_logs_to_mlflow(tmp_path, capsys):
     import mlflow
 

@@ -61,6 +61,7 @@ def _stream(
     return first
 
 
+@pytest.mark.slow  # 60 monitored streams of 100 days
 def test_false_alerts_stay_within_the_budget_the_threshold_promises():
     cfg = MonitorConfig(false_alarms=1.0, horizon_days=100)
     total = 0

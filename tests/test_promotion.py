@@ -88,6 +88,7 @@ def _alias() -> str | None:
     return promotion.current_champion()
 
 
+@pytest.mark.slow  # simulated logs (module fixture) and registered versions in a fresh store
 def test_a_truly_better_challenger_is_promoted_and_rollback_restores_the_champion(
     logs, store, tmp_path, capsys
 ):
@@ -126,6 +127,7 @@ def test_a_truly_better_challenger_is_promoted_and_rollback_restores_the_champio
     assert note.data.params["reason"] == "complaints up" and note.data.params["to"] == old
 
 
+@pytest.mark.slow  # simulated logs (module fixture) and registered versions in a fresh store
 def test_a_worse_challenger_is_refused_naming_the_lower_bound_and_the_margin(
     logs, store, tmp_path, capsys
 ):
@@ -146,6 +148,7 @@ def test_a_worse_challenger_is_refused_naming_the_lower_bound_and_the_margin(
     assert evidence["promotion.decision"] == "refused" and "previous_champion" not in evidence
 
 
+@pytest.mark.slow  # simulated logs (module fixture) and registered versions in a fresh store
 def test_too_little_support_is_refused_naming_the_effective_sample_size(logs, store, capsys):
     status = promote.cli(["challenger=batch_and_blast", "champion=segment_rules", "shadow=true",
                           f"data={logs['small']}", *FAST])  # fmt: skip
@@ -162,6 +165,7 @@ def test_too_little_support_is_refused_naming_the_effective_sample_size(logs, st
     )
 
 
+@pytest.mark.slow  # simulated logs (module fixture), a shadow period served and joined
 def test_promoting_from_the_firms_rules_needs_a_shadow_period(logs, store, tmp_path, capsys):
     better = _register("segment_rules", tmp_path)
     run_id = mlflow.MlflowClient().get_model_version(promotion.REGISTERED_NAME, better).run_id
@@ -186,6 +190,7 @@ def test_promoting_from_the_firms_rules_needs_a_shadow_period(logs, store, tmp_p
     assert promote.cli(["mode=rollback"]) == 0 and _alias() is None  # the firm's rules again
 
 
+@pytest.mark.slow  # simulated logs (module fixture)
 def test_the_decision_log_says_whether_a_joined_log_is_a_shadow_periods(logs):
     frame = pl.read_parquet(logs["small"]).with_columns(
         decision_id=pl.format("d{}", pl.int_range(pl.len()))
@@ -239,6 +244,7 @@ def shared_store(tmp_path_factory) -> Iterator[str]:
         yield uri
 
 
+@pytest.mark.slow  # simulated logs (module fixture) and a registered store
 @pytest.mark.parametrize("args, message", BAD)
 def test_bad_inputs_are_refused_in_one_line(logs, shared_store, tmp_path, capsys, args, message):
     unlogged = tmp_path / "no_pscore.parquet"  # a log without propensities
@@ -251,6 +257,7 @@ def test_bad_inputs_are_refused_in_one_line(logs, shared_store, tmp_path, capsys
     assert _alias() is None
 
 
+@pytest.mark.slow  # a promote.py process: Hydra + MLflow start-up
 def test_the_command_line_refuses_an_unknown_key_in_one_line():
     done = subprocess.run([sys.executable, str(ROOT / "promote.py"), "chalenger=x"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip

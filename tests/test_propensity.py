@@ -28,6 +28,7 @@ from simulate.labels import N_SLOTS
 SETUP = load_setup(overrides=["env.horizon_days=60"])
 
 
+@pytest.mark.slow  # 150 epochs of a bilinear fit
 def test_a_bilinear_model_learns_which_slot_matches_the_declared_one():
     # synthetic log: a message opens with probability 0.6 when sent in the client's declared
     # slot, 0.1 otherwise; the fitted model must rank the declared slot first for every client
@@ -55,6 +56,7 @@ def trained():
     return train_agent(cfg, SETUP, total_timesteps=2048 * 4, num_envs=2048, seed=3, progress=False)
 
 
+@pytest.mark.slow  # two training rounds of 2,048 clients (module fixture)
 def test_it_acts_within_masks_from_the_observation_and_reloads(trained, tmp_path):
     assert set(trained.theta) == set(MODELS)
     assert all(t.shape == (N_CONTEXT, N_ACTION) for t in trained.theta.values())
@@ -72,6 +74,7 @@ def test_it_acts_within_masks_from_the_observation_and_reloads(trained, tmp_path
     assert sends > 0  # it does message people
 
 
+@pytest.mark.slow  # two training rounds of 2,048 clients (module fixture)
 def test_its_values_follow_the_reward_and_the_threshold(trained):
     core = CadenceCore(SETUP, 200, client_id_offset=1 << 41)
     obs = core.reset(1)
@@ -91,6 +94,7 @@ def test_its_values_follow_the_reward_and_the_threshold(trained):
     assert (never.act(obs, masks)[:, 0] == 0).all()
 
 
+@pytest.mark.slow  # three trainings of the model-based agent
 def test_same_seed_same_models():
     cfg = AgentConfig(name="propensity", model_rounds=1, model_epochs=1)
     runs = [
@@ -110,6 +114,7 @@ def test_unfitted_and_mismatched_models_are_refused(tmp_path):
         PropensityAgent.load(bad)
 
 
+@pytest.mark.slow  # two training rounds of 2,048 clients (module fixture) and a distillation
 def test_export_is_refused_by_name_and_the_distilled_network_exports(trained):
     with pytest.raises(NotExportable, match="distil"):
         graph_for(trained)

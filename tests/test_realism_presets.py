@@ -41,6 +41,7 @@ def test_bank_campaign_preset_reproduces_contact_fatigue():
     )
 
 
+@pytest.mark.slow  # two simulated Hillstrom experiments
 def test_an_email_nobody_clicks_lifts_nothing():
     """With clicks switched off the e-mail arm differs from the hold-out only through what an
     unread message does to trust and fatigue: the visit lift is (almost) nil."""
@@ -52,6 +53,7 @@ def test_an_email_nobody_clicks_lifts_nothing():
     assert base["hillstrom/customers"] >= 500
 
 
+@pytest.mark.slow  # a simulated Hillstrom year before the refusal
 def test_a_population_that_never_buys_is_refused_with_the_reason():
     setup = load_setup(overrides=["population.visit_logit_mean=-15", "population.visit_logit_sd=0"])
     with pytest.raises(ValueError, match="bought within a year"):

@@ -138,6 +138,7 @@ def test_presets_and_dotted_keys_compose_the_setup_the_library_loads():
     )
 
 
+@pytest.mark.slow  # two calibrate.py processes: Hydra + MLflow start-up
 def test_the_command_line_has_help_and_fails_in_one_line_leaving_the_tree_clean(tmp_path):
     """``--help`` works (it was an error), a wrong value is one ``error:`` line and exit 2, and
     Hydra's own files go under ``outputs/``."""
@@ -301,6 +302,7 @@ def preset_name():
         (CONF_DIR / group / f"{name}.yaml").unlink(missing_ok=True)
 
 
+@pytest.mark.slow  # a 12-trial fit logged to a fresh MLflow store
 def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
     tmp_path, preset_name, capsys
 ):

@@ -196,6 +196,7 @@ def _train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a train.py process: Hydra + MLflow start-up
 def test_train_refuses_an_unknown_results_target_before_any_work(tmp_path: Path) -> None:
     done = _train(tmp_path, "results=site")
     assert done.returncode == 2, done.stderr

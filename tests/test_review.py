@@ -112,6 +112,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # review.py processes: Hydra start-up
 def test_review_command_applies_verdicts_and_refuses_in_one_line(tmp_path):
     log = tmp_path / "decisions"
     with DecisionLog(log) as writer:

@@ -157,6 +157,7 @@ COUNT_VALUES = st.one_of(
 )
 
 
+@pytest.mark.slow  # property test over the runtime's guards, many examples
 @settings(max_examples=200, deadline=None)
 @given(
     rows=st.lists(

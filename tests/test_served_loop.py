@@ -135,6 +135,7 @@ def test_http_decides_what_the_runtime_decides_for_the_same_seed(policy_export, 
     assert b["exploration"].unique().to_list() == ["epsilon=0.1"]
 
 
+@pytest.mark.slow  # decide.py processes: Hydra start-up
 def test_the_batch_command_decides_what_the_runtime_decides_without_exploration(
     policy_export, tmp_path
 ):
