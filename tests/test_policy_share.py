@@ -34,6 +34,7 @@ def _probabilities(runtime, x, logits, base, policy) -> np.ndarray:
     ).reshape(n, m)
 
 
+@pytest.mark.slow  # 100 examples, an ONNX session built for each
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rules=RULES,
