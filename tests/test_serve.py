@@ -3,6 +3,7 @@ files and malformed requests, and guardrails that no network output can get arou
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -235,6 +236,12 @@ def test_needs_review_flags_pressing_tones_on_sensitive_topics():
     ]
 
 
+@functools.cache
+def _numpy_choice_runtime() -> PolicyRuntime:
+    """The runtime over :func:`_any_export` choosing in numpy (not in the graph), loaded once."""
+    return PolicyRuntime.load(_any_export(), graph_choice=False)
+
+
 feature_rows = st.lists(
     st.tuples(
         st.integers(0, 6),
@@ -250,8 +257,9 @@ feature_rows = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(rows=feature_rows, logits=st.data())
 def test_no_network_output_gets_past_the_guardrails(rows, logits):
-    # the numpy choice, fed forced scores (the graph's choice: tests/test_onnx_choice.py)
-    runtime = PolicyRuntime.load(_any_export(), graph_choice=False)
+    # the numpy choice, fed forced scores (the graph's choice: tests/test_onnx_choice.py); one
+    # runtime loaded for every example, its scores replaced by each example's
+    runtime = _numpy_choice_runtime()
     names = list(FEATURE_NAMES)
     x = np.zeros((len(rows), len(names)), dtype=np.float32)
     for i, (weekday, tier, opted, sent) in enumerate(rows):
