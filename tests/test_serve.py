@@ -89,6 +89,7 @@ def exported(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # nine agents trained and exported (module fixture)
 @pytest.mark.parametrize("name", EXPORTABLE)
 def test_onnx_actions_equal_the_in_process_policy(name, exported, observations):
     policy, folder = exported[name]
