@@ -168,11 +168,18 @@ class DeployableCeiling(Policy):
         self._tier = np.asarray(obs)[:, I_TIER : I_TIER + 4].argmax(axis=1)
         w = self.world
         original = w.response_probabilities
+        # (6, N): the same for every candidate of a day; slots first, so that each open
+        # probability sums its six terms over contiguous rows, in the order sum(axis=1) does
+        posterior = np.ascontiguousarray(self.slot_posterior().T)
 
         def marginal(day, rows, slot_ix, tone, channel, content):
             out = original(day, rows, slot_ix, tone, channel, content)
-            post = self.slot_posterior()[rows]
-            out["open"] = (self._open_by_slot(out, rows, slot_ix) * post).sum(axis=1)
+            by_slot = self._open_by_slot_t(out, rows, slot_ix)
+            by_slot *= posterior.take(rows, axis=1)
+            p_open = by_slot[0] + by_slot[1]
+            for s in range(2, N_SLOTS):
+                p_open += by_slot[s]
+            out["open"] = p_open
             return out
 
         w.response_probabilities = marginal
@@ -186,11 +193,22 @@ class DeployableCeiling(Policy):
     def _open_by_slot(self, out, rows, slot_ix) -> np.ndarray:
         """(M, 6) open probability of each message under each possible favourite slot, from the
         stand-in world's answer (which assumed the likeliest slot)."""
+        return self._open_by_slot_t(out, rows, slot_ix).T
+
+    def _open_by_slot_t(self, out, rows, slot_ix) -> np.ndarray:
+        """:meth:`_open_by_slot` laid out (6, M), contiguous: slot first."""
         w = self.world
         p = np.clip(out["open"], 1e-9, 1 - 1e-9)
-        mode = w.traits.slot_preference[rows]
-        base = np.log(p / (1 - p)) - w._rhythm[slot_ix, mode]
-        return 1.0 / (1.0 + np.exp(-(base[:, None] + w._rhythm[slot_ix])))
+        mode = w.traits.slot_preference.take(rows)
+        rhythm = w._rhythm
+        base = np.log(p / (1 - p))
+        base -= rhythm.ravel().take(slot_ix * N_SLOTS + mode)
+        logit = rhythm.T.take(slot_ix, axis=1)  # [favourite, i]: rhythm[slot_ix[i], favourite]
+        logit += base
+        np.negative(logit, out=logit)
+        np.exp(logit, out=logit)
+        logit += 1.0
+        return np.divide(1.0, logit, out=logit)
 
     def _learn(self, rows, actions, pr, opened, clicked) -> None:
         """Update the beliefs of clients ``rows`` from the responses to their messages."""
