@@ -18,7 +18,8 @@ from envs.config import RewardConfig
 from envs.core import CadenceCore
 from envs.spaces import JOINT_ACTIONS
 from simulate.dynamics import anxiety_after_message, churn_hazard, trust_change
-from simulate.labels import N_SLOTS
+from simulate.labels import N_CONTENTS, N_SLOTS, N_TONES
+from simulate.world import World
 
 CANDIDATE_BLOCK = 1 << 14
 """allowed sends valued together: blocks of clients this size keep every temporary array in the
@@ -35,6 +36,13 @@ def candidate_blocks(masks: np.ndarray, size: int = CANDIDATE_BLOCK) -> list[tup
     cuts = np.searchsorted(counts, np.arange(size, total, size), side="left") + 1
     edges = np.unique(np.concatenate([[0], cuts, [len(counts)]]))
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=False)]
+
+
+_SLOT_IX, _TONE, _CHANNEL, _CONTENT = (np.ascontiguousarray(c) for c in JOINT_ACTIONS.T)
+_SLOT_IX = _SLOT_IX - 1
+"""each joint action's send slot (0..5; -1 for no-send), tone, channel and content"""
+_LATE = JOINT_ACTIONS[:, 0] == N_SLOTS
+"""each joint action sends in the last slot"""
 
 
 class Oracle(Policy):
@@ -59,102 +67,113 @@ class Oracle(Policy):
     def action_values(self, masks: np.ndarray) -> np.ndarray:
         """(N, 361) expected value of each action (no-send 0; masked actions -inf).
 
-        Valued a block of clients at a time (:data:`CANDIDATE_BLOCK` allowed sends a block) and
-        with each client's own quantities computed once: every value is the same as valuing all
-        the candidates at once, only faster (the temporaries stay in the CPU's cache)."""
+        Each client's own quantities (and each client-tone pair's) are computed once a day, and
+        the candidate sends are valued a block of clients at a time (:data:`CANDIDATE_BLOCK`
+        sends a block): every value is the same, bit for bit, as valuing all candidates at once
+        with the per-candidate formulas, only faster (the temporaries stay in the CPU's cache)."""
         if self.core is None:
             raise RuntimeError("the oracle reads the world: call oracle.bind(core) first")
-        world, params = self.core.world, self.core.world.response
-        day = self.core.day
-        latent = world.latent
+        world, day = self.core.world, self.core.day
         masks = np.asarray(masks)
-        # per client: the organic visit's conversion a click replaces, the churn hazard's slope
-        # and whether one more message tips fatigue past tolerance
-        organic = world.visit_probability(day) * world.visit_convert_probability(day, world.rows)
-        hazard = churn_hazard(params, latent.trust, latent.anxiety, latent.fatigue)
-        slope = hazard * (1.0 - hazard)
-        over = (latent.fatigue + 1.0 > params.fatigue_tolerance).astype(float)
-        out = np.full((world.n, masks.shape[1]), -np.inf)
+        terms = self._client_terms(world, day)
+        width = masks.shape[1]
+        out = np.full((world.n, width), -np.inf)
         out[:, 0] = 0.0
+        flat = out.reshape(-1)
         for lo, hi in candidate_blocks(masks):
             rows, cols = np.nonzero(masks[lo:hi, 1:])
             rows += lo
             cols += 1
-            out[rows, cols] = self._send_values(day, rows, cols, organic, slope, over)
+            flat[rows * width + cols] = self._send_values(world, day, rows, cols, terms)
         return out
 
-    def _send_values(
-        self,
-        day: int,
-        rows_n: np.ndarray,
-        cols: np.ndarray,
-        organic: np.ndarray,
-        slope: np.ndarray,
-        over: np.ndarray,
-    ) -> np.ndarray:
-        """(M,) value of sending the joint action ``cols[i]`` to client ``rows_n[i]`` today, from
-        the per-client ``organic`` conversion, churn hazard ``slope`` and fatigue ``over`` (N,)."""
-        world, cfg, weights = self.core.world, self.cfg, self.weights
-        params, latent, traits = world.response, world.latent, world.traits
-        actions = JOINT_ACTIONS[cols]  # (M, 4) slot, tone, channel, content of each allowed send
-        pr = world.response_probabilities(
-            day, rows_n, actions[:, 0] - 1, actions[:, 1], actions[:, 2], actions[:, 3]
-        )
-        p_open, calm, anx = pr["open"], pr["calm_click"], pr["anxious_click"]
-        p_calm = p_open * calm
-        p_anx = p_open * (1.0 - calm) * anx
-        # a click is the day's visit: it takes the place of the organic visit (and its chance
-        # to convert) the client might have made anyway, so only the difference is the message's
-        p_convert = (
-            p_calm * pr["calm_convert"]
-            + p_anx * params.anxious_convert
-            - (p_calm + p_anx) * organic.take(rows_n)
-        )
-        p_harm = p_anx * pr["harm"]
-        today = (
-            weights.calm_click * p_calm
-            + weights.anxious_click * p_anx
-            + weights.conversion * p_convert
-            + weights.harmful * p_harm
-            + weights.unsubscribe * pr["unsubscribe"]
-            + weights.complaint * pr["complaint"]
-            + weights.message
-        )
-        # lookahead: change of the daily churn logit, by day, caused by this message
-        urgency, relevance = pr["urgency"], pr["relevance"]
-        fx = world.schedule.effects(day)
-        segment = traits.segment.take(rows_n)
-        d_trust = trust_change(
-            params,
-            relevance,
-            urgency,
-            actions[:, 0] == N_SLOTS,
-            p_convert,
-            p_harm,
-            fx.send_trust[segment, actions[:, 3]],
-        )
-        anxiety = latent.anxiety.take(rows_n)
+    def _client_terms(self, world: World, day: int) -> dict[str, np.ndarray]:
+        """What the value of a send takes from its client alone (or its client and tone), (N,)
+        arrays: ``organic`` (the organic visit's conversion a click replaces), ``slope`` (of the
+        churn hazard), ``fatigue`` (the churn logit's fatigue lookahead), and (N, tones)
+        ``anxiety`` (the churn logit's anxiety lookahead of a message in each tone)."""
+        cfg, params, latent, traits = self.cfg, world.response, world.latent, world.traits
+        organic = world.visit_probability(day) * world.visit_convert_probability(day, world.rows)
+        hazard = churn_hazard(params, latent.trust, latent.anxiety, latent.fatigue)
+        days = np.arange(1, cfg.lookahead_days + 1)
+        fatigue_days = ((0.5 ** (1.0 / params.fatigue_half_life_days)) ** days).sum()
+        anxiety_days = ((0.5 ** (1.0 / params.anxiety_half_life_days)) ** days).sum()
+        over = (latent.fatigue + 1.0 > params.fatigue_tolerance).astype(float)
+        anxiety = latent.anxiety[:, None]
         d_anxiety = (
             anxiety_after_message(
                 params,
                 anxiety,
-                traits.susceptibility.take(rows_n),
-                urgency,
-                np.asarray(params.tone_relief)[actions[:, 1]],
+                traits.susceptibility[:, None],
+                np.asarray(params.tone_urgency, dtype=np.float64)[None, :],
+                np.asarray(params.tone_relief, dtype=np.float64)[None, :],
             )
             - anxiety
         )
-        f_decay = 0.5 ** (1.0 / params.fatigue_half_life_days)
-        a_decay = 0.5 ** (1.0 / params.anxiety_half_life_days)
-        days = np.arange(1, cfg.lookahead_days + 1)
-        fatigue_days = (f_decay**days).sum()
-        anxiety_days = (a_decay**days).sum()
-        extra_churn = slope.take(rows_n) * (
-            -params.churn_trust * d_trust * cfg.lookahead_days
-            + params.churn_anxiety * d_anxiety * anxiety_days
-            + params.churn_fatigue * over.take(rows_n) * fatigue_days
+        return {
+            "organic": organic,
+            "slope": hazard * (1.0 - hazard),
+            "fatigue": params.churn_fatigue * over * fatigue_days,
+            "anxiety": np.ascontiguousarray(params.churn_anxiety * d_anxiety * anxiety_days),
+            "fatigue_cost": cfg.fatigue_cost * fatigue_days,
+        }
+
+    def _send_values(
+        self,
+        world: World,
+        day: int,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        terms: dict[str, np.ndarray],
+    ) -> np.ndarray:
+        """(M,) value of sending the joint action ``cols[i]`` to client ``rows[i]`` today, with
+        the per-client ``terms`` of :meth:`_client_terms`."""
+        cfg, weights = self.cfg, self.weights
+        params, traits = world.response, world.traits
+        tone, content = _TONE.take(cols), _CONTENT.take(cols)
+        pr = world.response_probabilities(
+            day, rows, _SLOT_IX.take(cols), tone, _CHANNEL.take(cols), content
         )
-        return today - cfg.churn_value * extra_churn - cfg.fatigue_cost * fatigue_days
+        p_open = pr["open"]
+        p_calm = p_open * pr["calm_click"]
+        p_anx = 1.0 - pr["calm_click"]
+        p_anx *= p_open
+        p_anx *= pr["anxious_click"]
+        # a click is the day's visit: it takes the place of the organic visit (and its chance
+        # to convert) the client might have made anyway, so only the difference is the message's
+        p_convert = p_calm * pr["calm_convert"]
+        p_convert += p_anx * params.anxious_convert
+        replaced = p_calm + p_anx
+        replaced *= terms["organic"].take(rows)
+        p_convert -= replaced
+        p_harm = p_anx * pr["harm"]
+        value = weights.calm_click * p_calm
+        value += weights.anxious_click * p_anx
+        value += weights.conversion * p_convert
+        value += weights.harmful * p_harm
+        value += weights.unsubscribe * pr["unsubscribe"]
+        value += weights.complaint * pr["complaint"]
+        value += weights.message
+        # lookahead: change of the daily churn logit, by day, caused by this message
+        send_trust = np.ravel(world.schedule.effects(day).send_trust)
+        churn = trust_change(
+            params,
+            pr["relevance"],
+            pr["urgency"],
+            _LATE.take(cols),
+            p_convert,
+            p_harm,
+            send_trust.take(traits.segment.take(rows) * N_CONTENTS + content),
+        )
+        churn *= -params.churn_trust
+        churn *= cfg.lookahead_days
+        churn += terms["anxiety"].reshape(-1).take(rows * N_TONES + tone)
+        churn += terms["fatigue"].take(rows)
+        churn *= terms["slope"].take(rows)
+        churn *= cfg.churn_value
+        value -= churn
+        value -= terms["fatigue_cost"]
+        return value
 
     def act(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         return JOINT_ACTIONS[self.action_values(masks).argmax(axis=1)]
