@@ -29,13 +29,15 @@ CPU's cache (the values do not depend on it)"""
 def candidate_blocks(masks: np.ndarray, size: int = CANDIDATE_BLOCK) -> list[tuple[int, int]]:
     """Consecutive row ranges ``[lo, hi)`` of ``masks`` (N, 361) with about ``size`` allowed
     sends (index 1 on) each, a client never split; covers every row that has one."""
+    if size < 1:
+        raise ValueError(f"candidate_blocks: size must be at least 1 allowed send, got {size}")
     counts = np.cumsum(masks[:, 1:].sum(axis=1))
     total = int(counts[-1]) if len(counts) else 0
     if total == 0:
         return []
     cuts = np.searchsorted(counts, np.arange(size, total, size), side="left") + 1
     edges = np.unique(np.concatenate([[0], cuts, [len(counts)]]))
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=False)]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 _SLOT_IX, _TONE, _CHANNEL, _CONTENT = (np.ascontiguousarray(c) for c in JOINT_ACTIONS.T)
@@ -56,6 +58,9 @@ class Oracle(Policy):
         self.cfg = cfg or AgentConfig(name="oracle")
         self.core: CadenceCore | None = None
         self.weights = RewardConfig()  # the balanced objective, whatever the run trains on
+        self.block = CANDIDATE_BLOCK
+        """allowed sends valued together (:func:`candidate_blocks`); the values do not depend
+        on it, only the speed"""
 
     def bind(self, core: CadenceCore) -> None:
         """Give the oracle the world it may read."""
@@ -68,8 +73,8 @@ class Oracle(Policy):
         """(N, 361) expected value of each action (no-send 0; masked actions -inf).
 
         Each client's own quantities (and each client-tone pair's) are computed once a day, and
-        the candidate sends are valued a block of clients at a time (:data:`CANDIDATE_BLOCK`
-        sends a block): every value is the same, bit for bit, as valuing all candidates at once
+        the candidate sends are valued a block of clients at a time (about :attr:`block` sends
+        a block): every value is the same, bit for bit, as valuing all candidates at once
         with the per-candidate formulas, only faster (the temporaries stay in the CPU's cache)."""
         if self.core is None:
             raise RuntimeError("the oracle reads the world: call oracle.bind(core) first")
@@ -80,7 +85,7 @@ class Oracle(Policy):
         out = np.full((world.n, width), -np.inf)
         out[:, 0] = 0.0
         flat = out.reshape(-1)
-        for lo, hi in candidate_blocks(masks):
+        for lo, hi in candidate_blocks(masks, self.block):
             rows, cols = np.nonzero(masks[lo:hi, 1:])
             rows += lo
             cols += 1
