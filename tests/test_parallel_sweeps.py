@@ -51,10 +51,18 @@ def tracking_server(tmp_path_factory):
             "127.0.0.1",
             "--port",
             str(port),
+            # one web worker (its default is four) and no job runners: the sweeps only log
+            # runs, and each extra process starts a Python with MLflow imported
+            "--workers",
+            "1",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+        env={
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
