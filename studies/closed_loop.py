@@ -160,7 +160,9 @@ class ClosedLoopConfig:
     out: str = "outputs/closed_loop"
     """every job's folder (``w<world>-s<seed>``), the report's table and plot"""
     results: str | None = None
-    """report mode: ``docs`` also writes docs/results/closed_loop.md and its plot"""
+    """report mode: ``docs`` also writes docs/results/<name>.md and its plot"""
+    name: str = "closed_loop"
+    """report mode: the results file's name (``<name>.md``, ``<name>.png``)"""
     progress: bool = True
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -746,6 +748,12 @@ def report_tables(states: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     rounds = [len(s["rounds"]) for s in states]
     false = sum(r["false_promotion"] for s in states for r in s["rounds"])
+    clearly = sum(
+        r["false_promotion"] and r["truth"]["challenger_minus_champion_hi"] < 0
+        for s in states
+        for r in s["rounds"]
+    )
+    ratios = [s["rounds"][-1]["truth"]["sim_to_real"] for s in states if s["rounds"]]
     decided = sum(len(s["rounds"]) for s in states)
     promotions = sum(r["gate"]["cleared"] for s in states for r in s["rounds"])
 
@@ -767,7 +775,14 @@ def report_tables(states: list[dict[str, Any]]) -> str:
         f"truth on {settings['eval_clients']:,} fresh clients × {settings['eval_days']} days × "
         f"{settings['eval_seeds']} seeds of each hidden world.",
         "",
-        f"- **False promotions: {false}** of {promotions} promotions ({decided} gate decisions).",
+        f"- **False promotions: {false}** of {promotions} promotions ({decided} gate decisions): "
+        f"promoted challengers whose true value was below the champion's; {clearly} of them with "
+        "the 95 % interval of the true difference below 0.",
+        f"- **Sim-to-real ratio** after the last round: {min(ratios):.2f} to {max(ratios):.2f} "
+        f"(mean {float(np.mean(ratios)):.2f}); {sum(x >= 0.85 for x in ratios)} of "
+        f"{len(ratios)} jobs at 0.85 or more."
+        if ratios
+        else "- Sim-to-real ratio: no round finished.",
         f"- **Exploration cost** (the champion's true value lost to the challenger's canary share "
         f"and ε, as a share of its value without them): {100 * float(np.mean(cost)):.1f} % on "
         f"average, {100 * float(np.max(cost)):.1f} % at most (negative: the canary gained); ε "
@@ -916,12 +931,12 @@ def report(cfg: ClosedLoopConfig) -> str:
     print(text)
     folders = [out] + ([DOCS_RESULTS] if cfg.results == "docs" else [])
     for folder in folders:
-        png = plot(states, folder / "closed_loop.png")
+        png = plot(states, folder / f"{cfg.name}.png")
         # the docs page that includes the file sits one folder up
         link = f"results/{png.name}" if folder == DOCS_RESULTS else png.name
-        write_results("closed_loop", text + f"\n\n![The loop's champion by round]({link})\n",
+        write_results(cfg.name, text + f"\n\n![The loop's champion by round]({link})\n",
                       root=folder)  # fmt: skip
-        print(f"wrote {folder / 'closed_loop.md'} and {png}")
+        print(f"wrote {folder / cfg.name}.md and {png}")
     return text
 
 
