@@ -85,7 +85,9 @@ FIRM_RULES = "segment_rules"
 DEFAULT_AGENT = "ppo_lagrangian"
 """the agent the loop trains each round, and the direct agent (``train.py``'s default)"""
 REFERENCES = ("no_send", "oracle", "deployable_ceiling")
-MODES = ("run", "report")
+MODES = ("run", "direct", "report")
+DEFAULT_BUDGET = 6_000_000
+"""the default agent's own training budget (``train.py``'s ``trainer.total_timesteps``)"""
 
 HIDDEN_RANGES: dict[str, tuple[str, float, float]] = {
     "env.response.open_base": ("shift", -0.35, 0.35),
@@ -124,8 +126,9 @@ class ClosedLoopConfig:
     """What ``studies/closed_loop.py`` reads (``conf/closed_loop.yaml``)."""
 
     mode: str = "run"
-    """``run`` (one job: ``world``, ``seed``) or ``report`` (the table and plot of every job
-    under ``out``)"""
+    """``run`` (one job: ``world``, ``seed``), ``direct`` (the job's direct agent trained at
+    ``direct_budget`` too, valued in its hidden world) or ``report`` (the table and plot of
+    every job under ``out``)"""
     world: int = 0
     """the hidden world (its parameters are drawn from ``[WORLD_SEED, world]``)"""
     seed: int = 0
@@ -161,6 +164,9 @@ class ClosedLoopConfig:
     """every job's folder (``w<world>-s<seed>``), the report's table and plot"""
     results: str | None = None
     """report mode: ``docs`` also writes docs/results/<name>.md and its plot"""
+    direct_budget: int = DEFAULT_BUDGET
+    """mode ``direct``: client-days of the direct agent trained at the default agent's own
+    budget (the sim-to-real ratio's second yardstick)"""
     name: str = "closed_loop"
     """report mode: the results file's name (``<name>.md``, ``<name>.png``)"""
     progress: bool = True
@@ -461,6 +467,30 @@ def start(job: Job, base: Setup, truth: Truth) -> None:
     )
 
 
+def direct_at_budget(cfg: ClosedLoopConfig) -> dict[str, Any]:
+    """Mode ``direct``: the default agent trained on the job's hidden world at
+    ``direct_budget`` client-days (kept in the cache), valued there; written into the job's
+    state as ``direct_at_budget``."""
+    job = open_job(cfg)
+    if "direct" not in job.state:
+        raise ConfigError(f"{job.folder}: run the job first (mode=run), then mode=direct")
+    refs = f"refs-w{cfg.world}-{cfg.eval_clients}x{cfg.eval_days}x{cfg.eval_seeds}.pkl"
+    truth = Truth(job.hidden, cfg.eval_clients, cfg.eval_days, cfg.eval_seeds, job.cache / refs)
+    folder = job.cache / f"direct-w{cfg.world}-s{cfg.seed}-b{cfg.direct_budget}"
+    start = time.perf_counter()
+    policy = trained(folder, job.hidden, cfg.direct_budget, cfg.seed)
+    policy.name = "direct"
+    value = truth.value(truth.rollouts([policy])["direct"])
+    job.state["direct_at_budget"] = value | {"budget": cfg.direct_budget}
+    job.save()
+    say(
+        f"world {cfg.world}, seed {cfg.seed}: the direct agent at {cfg.direct_budget:,} "
+        f"client-days: true normalized value {value['normalized_value']:.3f} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    return job.state
+
+
 def _policy(entry: dict[str, Any]) -> Policy:
     """The champion or challenger a state entry names (the firm's rules, or a saved policy)."""
     if entry.get("kind") == "rules":
@@ -754,6 +784,13 @@ def report_tables(states: list[dict[str, Any]]) -> str:
         for r in s["rounds"]
     )
     ratios = [s["rounds"][-1]["truth"]["sim_to_real"] for s in states if s["rounds"]]
+    full = [
+        s["rounds"][-1]["truth"]["champion_normalized_value"]
+        / s["direct_at_budget"]["normalized_value"]
+        for s in states
+        if s["rounds"] and "direct_at_budget" in s
+    ]
+    budget = next((s["direct_at_budget"]["budget"] for s in states if "direct_at_budget" in s), 0)
     decided = sum(len(s["rounds"]) for s in states)
     promotions = sum(r["gate"]["cleared"] for s in states for r in s["rounds"])
 
@@ -778,9 +815,15 @@ def report_tables(states: list[dict[str, Any]]) -> str:
         f"- **False promotions: {false}** of {promotions} promotions ({decided} gate decisions): "
         f"promoted challengers whose true value was below the champion's; {clearly} of them with "
         "the 95 % interval of the true difference below 0.",
-        f"- **Sim-to-real ratio** after the last round: {min(ratios):.2f} to {max(ratios):.2f} "
-        f"(mean {float(np.mean(ratios)):.2f}); {sum(x >= 0.85 for x in ratios)} of "
-        f"{len(ratios)} jobs at 0.85 or more."
+        f"- **Sim-to-real ratio** after the last round, against the direct agent trained at the "
+        f"default agent's budget ({budget:,} client-days): {min(full):.2f} to {max(full):.2f} "
+        f"(mean {float(np.mean(full)):.2f}); {sum(x >= 0.85 for x in full)} of {len(full)} jobs "
+        "at 0.85 or more."
+        if full
+        else "- Sim-to-real ratio at the default budget: not measured (mode=direct).",
+        f"- Against the direct agent at the loop's own budget: {min(ratios):.2f} to "
+        f"{max(ratios):.2f} (a direct agent that failed to learn, below 0, makes its ratio "
+        "meaningless)."
         if ratios
         else "- Sim-to-real ratio: no round finished.",
         f"- **Exploration cost** (the champion's true value lost to the challenger's canary share "
@@ -791,9 +834,10 @@ def report_tables(states: list[dict[str, Any]]) -> str:
         if cost
         else "- Exploration cost: no champion of positive value.",
         "",
-        "| hidden world | seed | firm's rules | off the shelf | direct agent | loop's champion "
-        "(last round) | sim-to-real | promotions |",
-        "|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| hidden world | seed | firm's rules | off the shelf | direct agent (same budget) | "
+        "direct agent (default budget) | loop's champion (last round) | sim-to-real (default "
+        "budget) | promotions |",
+        "|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for s in states:
         last = s["rounds"][-1]["truth"] if s["rounds"] else None
@@ -806,19 +850,34 @@ def report_tables(states: list[dict[str, Any]]) -> str:
             if last
             else "—"
         )
-        ratio = f"{last['sim_to_real']:.2f}" if last else "—"
+        full_direct = s.get("direct_at_budget")
+        ratio = (
+            f"{last['champion_normalized_value'] / full_direct['normalized_value']:.2f}"
+            if last and full_direct
+            else "—"
+        )
+        full_cell = (
+            _nv(
+                full_direct["normalized_value"],
+                full_direct["normalized_value_lo"],
+                full_direct["normalized_value_hi"],
+            )  # fmt: skip
+            if full_direct
+            else "—"
+        )
         lines.append(
             f"| {s['settings']['world']} | {s['settings']['seed']} | "
             f"{_nv(s['firm_rules']['normalized_value'])} | "
             f"{_nv(s['off_the_shelf']['normalized_value'])} | "
             f"{_nv(s['direct']['normalized_value'], s['direct']['normalized_value_lo'], s['direct']['normalized_value_hi'])} | "
-            f"{champ} | {ratio} | {sum(r['gate']['cleared'] for r in s['rounds'])} |"
+            f"{full_cell} | {champ} | {ratio} | {sum(r['gate']['cleared'] for r in s['rounds'])} |"
         )
     lines += [
         "",
         "True normalized value in each hidden world (0 = never sending, 1 = that world's "
         "oracle), with 95 % intervals; sim-to-real = the loop's champion over the direct agent "
-        "(the default agent trained on the hidden world's true simulator, same budget).",
+        "(the default agent trained on the hidden world's true simulator at the default "
+        "agent's budget; the same-budget column trained as long as each challenger).",
         "",
         "| hidden world | "
         + " | ".join(f"`{k.split('.')[-1]}`" for k in HIDDEN_RANGES)
@@ -965,6 +1024,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
                 f"harm_margin.{unknown[0]}: not a harm the gate reads; those are "
                 f"{list(promotion.HARM_METRICS)}"
             )
+        if run.mode == "direct":
+            return direct_at_budget(run)
         if run.mode == "report":
             report(run)
             return None

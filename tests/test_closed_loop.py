@@ -160,10 +160,16 @@ def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path):
     changed = _run([*TINY, *PROMOTE_ALL, "rounds=2", "epsilon=0.2", out], uri)
     assert changed.returncode == 2 and "epsilon" in changed.stderr
 
+    # the direct agent at another budget, for the sim-to-real ratio
+    direct = _run([*TINY, *PROMOTE_ALL, "mode=direct", "direct_budget=30000", out], uri)
+    assert direct.returncode == 0, direct.stderr[-3000:]
+    assert json.loads(state_file.read_text())["direct_at_budget"]["budget"] == 30_000
+
     done = _run(["mode=report", out], uri)
     assert done.returncode == 0, done.stderr[-3000:]
     text = (tmp_path / "study" / "closed_loop.md").read_text()
     assert "False promotions:" in text and "| 0 | 0 | 2 | off_the_shelf | r1 |" in text
+    assert "default agent's budget (30,000 client-days)" in text
     assert (tmp_path / "study" / "closed_loop.png").stat().st_size > 10_000
 
 
