@@ -783,6 +783,11 @@ def report_tables(states: list[dict[str, Any]]) -> str:
         for s in states
         for r in s["rounds"]
     )
+    missed = sum(
+        not r["gate"]["cleared"] and r["truth"]["challenger_minus_champion_lo"] > 0
+        for s in states
+        for r in s["rounds"]
+    )
     ratios = [s["rounds"][-1]["truth"]["sim_to_real"] for s in states if s["rounds"]]
     full = [
         s["rounds"][-1]["truth"]["champion_normalized_value"]
@@ -815,6 +820,9 @@ def report_tables(states: list[dict[str, Any]]) -> str:
         f"- **False promotions: {false}** of {promotions} promotions ({decided} gate decisions): "
         f"promoted challengers whose true value was below the champion's; {clearly} of them with "
         "the 95 % interval of the true difference below 0.",
+        f"- **Missed promotions: {missed}** of {decided - promotions} refusals: challengers truly "
+        "better than the champion (the true difference's 95 % interval above 0) that the gate "
+        "kept out.",
         f"- **Sim-to-real ratio** after the last round, against the direct agent trained at the "
         f"default agent's budget ({budget:,} client-days): {min(full):.2f} to {max(full):.2f} "
         f"(mean {float(np.mean(full)):.2f}); {sum(x >= 0.85 for x in full)} of {len(full)} jobs "
