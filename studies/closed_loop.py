@@ -972,10 +972,15 @@ def plot(states: list[dict[str, Any]], path: Path) -> Path:
             promoted = [r["round"] for r in s["rounds"] if r["gate"]["cleared"]]
             ax.plot(promoted, [y[x.index(p)] for p in promoted], "*", ms=14, color=colour)
             ax.axhline(s["direct"]["normalized_value"], ls="--", color=colour, lw=1,
-                       label=f"direct agent, seed {s['settings']['seed']}")  # fmt: skip
+                       label=f"direct agent, loop's budget, seed {s['settings']['seed']}")  # fmt: skip
+            if "direct_at_budget" in s:
+                ax.axhline(s["direct_at_budget"]["normalized_value"], ls="-.", color=colour,
+                           lw=1, label=f"direct agent, default budget, seed "
+                           f"{s['settings']['seed']}")  # fmt: skip
         ax.axhline(jobs[0]["firm_rules"]["normalized_value"], ls=":", color="grey",
                    label="firm's rules")  # fmt: skip
         ax.set_title(f"hidden world {w}")
+        ax.set_xticks(range(max(len(j["rounds"]) for j in jobs) + 1))
         ax.set_xlabel("round (★ promotion)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("true normalized value")
@@ -999,10 +1004,11 @@ def report(cfg: ClosedLoopConfig) -> str:
     folders = [out] + ([DOCS_RESULTS] if cfg.results == "docs" else [])
     for folder in folders:
         png = plot(states, folder / f"{cfg.name}.png")
-        # the docs page that includes the file sits one folder up
-        link = f"results/{png.name}" if folder == DOCS_RESULTS else png.name
-        write_results(cfg.name, text + f"\n\n![The loop's champion by round]({link})\n",
-                      root=folder)  # fmt: skip
+        # the docs page that includes the file shows the plot itself (docs/closed-loop.md)
+        image = (
+            "" if folder == DOCS_RESULTS else f"\n\n![The loop's champion by round]({png.name})\n"
+        )
+        write_results(cfg.name, text + image, root=folder)
         print(f"wrote {folder / cfg.name}.md and {png}")
     return text
 
