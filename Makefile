@@ -24,8 +24,10 @@ train: $(STAMP)
 # Tests run in one worker process per core (pytest-xdist). worksteal hands each worker a
 # contiguous half of the tests (so a module's fixtures are mostly built once) and lets an idle
 # worker take the tail of the other's queue, so one long test does not leave a core idle.
-# One BLAS/OpenMP thread per worker: the workers already fill the cores.
-PYTEST := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist worksteal
+# One BLAS/OpenMP thread per worker: the workers already fill the cores. Bytecode is written
+# even where the environment says not to (PYTHONDONTWRITEBYTECODE): both workers and the ~60
+# entry-point processes the tests start would otherwise each compile the project again.
+PYTEST := PYTHONDONTWRITEBYTECODE= OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist worksteal
 
 test: $(STAMP)
 	$(PYTEST) $(ARGS)
