@@ -25,12 +25,12 @@ from studies import closed_loop
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "clients=500",
+    "clients=400",
     "days=7",
-    "budget=20000",
+    "budget=16384",  # one rollout of the default agent (256 clients x 64 days)
     "trials=2",
-    "calibration_clients=300",
-    "eval_clients=200",
+    "calibration_clients=200",
+    "eval_clients=150",
     "eval_days=20",
     "eval_seeds=1",
     "progress=false",
@@ -176,16 +176,16 @@ def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path):
     changed = _run([*TINY, *PROMOTE_ALL, "rounds=2", "epsilon=0.2", out], uri)
     assert changed.returncode == 2 and "epsilon" in changed.stderr
 
-    # the direct agent at another budget, for the sim-to-real ratio
-    direct = _run([*TINY, *PROMOTE_ALL, "mode=direct", "direct_budget=30000", out], uri)
+    # the direct agent at the default agent's budget (here the loop's own, which the cache holds)
+    direct = _run([*TINY, *PROMOTE_ALL, "mode=direct", "direct_budget=16384", out], uri)
     assert direct.returncode == 0, direct.stderr[-3000:]
-    assert json.loads(state_file.read_text())["direct_at_budget"]["budget"] == 30_000
+    assert json.loads(state_file.read_text())["direct_at_budget"]["budget"] == 16_384
 
     done = _run(["mode=report", out], uri)
     assert done.returncode == 0, done.stderr[-3000:]
     text = (tmp_path / "study" / "closed_loop.md").read_text()
     assert "False promotions:" in text and "| 0 | 0 | 2 | off_the_shelf | r1 |" in text
-    assert "default agent's budget (30,000 client-days)" in text
+    assert "default agent's budget (16,384 client-days)" in text
     assert (tmp_path / "study" / "closed_loop.png").stat().st_size > 10_000
 
 
