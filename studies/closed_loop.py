@@ -728,14 +728,14 @@ def measure(
         served = Explored(champion, cfg.epsilon, cfg.seed, challenger, cfg.policy_share, "served")
         got = truth.rollouts([challenger, champion, eps, served])
         alone = truth.value(got[champion.name])
+        as_served = truth.value(got["served"])["normalized_value"]
         new = truth.value(got[challenger.name])
         diff = truth.difference(got[challenger.name], got[champion.name])
         after = new if promoted else alone
         out = {
             "champion_before_normalized_value": alone["normalized_value"],
-            "served_normalized_value": truth.value(got["served"])["normalized_value"],
-            "exploration_cost": alone["normalized_value"]
-            - truth.value(got["served"])["normalized_value"],
+            "served_normalized_value": as_served,
+            "exploration_cost": alone["normalized_value"] - as_served,
             "epsilon_cost": alone["normalized_value"] - truth.value(got["eps"])["normalized_value"],
             "challenger_normalized_value": new["normalized_value"],
             "challenger_minus_champion": diff[0],

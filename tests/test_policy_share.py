@@ -72,13 +72,7 @@ def test_policy_share_draws_are_allowed_and_their_probabilities_exact(
     plain = runtime_for(rules, "log_probs", Exploration(epsilon=epsilon), shadow=True)
     np.testing.assert_allclose(
         joint_probabilities(plain, x, logits, firm),
-        _probabilities(
-            runtime_for(rules, "log_probs", Exploration(epsilon=epsilon), shadow=True),
-            x,
-            logits,
-            firm,
-            greedy,
-        ),
+        _probabilities(plain, x, logits, firm, greedy),
     )
 
 
