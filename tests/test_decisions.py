@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from serve.decisions import (
     decision_frame,
     frame_of,
     log_files,
+    new_decision_ids,
     read_decisions,
     scan_decisions,
 )
@@ -56,6 +58,16 @@ def frame(n: int, start: int = 0, day: int = 3) -> pl.DataFrame:
         needs_review=np.zeros(n, dtype=bool),
         allowed_actions=np.full(n, 19),
     )
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4096])
+def test_decision_ids_are_distinct_version_4_uuids(n):
+    ids = new_decision_ids(n)
+    assert len(ids) == n and len(set(ids)) == n
+    for text in ids:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.hex == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert not set(ids) & set(new_decision_ids(n))  # fresh on every call
 
 
 def test_every_column_is_documented_and_typed():
