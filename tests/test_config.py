@@ -127,3 +127,24 @@ def test_unknown_preset_lists_the_choices():
         match=r"reward='clicks' is not a preset; choose one of \['balanced', 'engagement', 'fiduciary', 'observable'",
     ):
         load_setup(reward="clicks")
+
+
+def test_load_setup_hands_each_caller_its_own_copy_and_sees_edited_presets(tmp_path, monkeypatch):
+    import shutil
+
+    import envs.config as config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(config.CONF_DIR, conf)
+    monkeypatch.setattr(config, "CONF_DIR", conf)
+    first = load_setup(overrides=["env.num_clients=77"])
+    first.env.guardrails.max_per_week = 1  # a caller's change stays its own
+    again = load_setup(overrides=["env.num_clients=77"])
+    assert again.env.num_clients == 77 and again.env.guardrails.max_per_week == 5
+    assert again is not first and again == load_setup(overrides=["env.num_clients=77"])
+    assert load_setup().env.num_clients == 256  # other overrides, another composition
+    yaml = conf / "env" / "default.yaml"
+    yaml.write_text(yaml.read_text().replace("horizon_days: 90", "horizon_days: 45"))
+    assert load_setup().env.horizon_days == 45  # an edited preset composes afresh
+    (conf / "reward" / "kind.yaml").write_text((conf / "reward" / "balanced.yaml").read_text())
+    assert load_setup(reward="kind") == load_setup(reward="balanced")  # a new preset is seen
