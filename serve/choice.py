@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.guards import Guards
+from serve.guards import Guards, Masks
 from serve.integrity import ExportError
 
 SCORE_CAP = 1e300
@@ -328,12 +328,14 @@ def graph_rows_checked(
     doubtful: np.ndarray,
     nvec: np.ndarray,
     guards: Guards,
+    masks: Masks | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The graph's (N, 4) ``actions`` and (N,) ``probability`` for features ``x`` (out-of-range
     actions read as no-send; both copies), and the rows to decide again in numpy: those it marks
     ``doubtful``, and any other row whose action is out of range or not allowed by the
     manifest's rules (``guards``), or whose probability is not in [0, 1], with a
-    :class:`RuntimeWarning` (a graph that disagrees with its manifest)."""
+    :class:`RuntimeWarning` (a graph that disagrees with its manifest). ``masks``: the rules
+    for ``x`` (:meth:`Guards.masks`) where already computed."""
     n = len(x)
     if actions.shape != (n, 4) or probability.shape != (n,) or doubtful.shape != (n,):
         raise ExportError(
@@ -341,10 +343,15 @@ def graph_rows_checked(
             f"{doubtful.shape} for {n} rows; expected ({n}, 4), ({n},), ({n},)"
         )
     doubtful = doubtful.astype(bool, copy=False)
-    in_range = ((actions >= 0) & (actions < nvec)).all(axis=1)
-    actions = np.where(in_range[:, None], actions, 0).astype(np.int64, copy=False)
+    actions = actions.astype(np.int64)  # a copy: rows decided again are replaced
+    out_of_range = (actions.min(axis=0) < 0).any() or (actions.max(axis=0) >= nvec).any()
+    in_range = ((actions >= 0) & (actions < nvec)).all(axis=1) if out_of_range else None
+    if in_range is not None:
+        actions[~in_range] = 0
     probability = probability.astype(np.float64)  # a copy: rows decided again are replaced
-    broken = ~in_range | ~guards.is_allowed(x, actions)
+    broken = ~guards.allowed_by(masks or guards.masks(x), actions)
+    if in_range is not None:
+        broken |= ~in_range
     broken |= ~((probability >= 0) & (probability <= 1))
     broken &= ~doubtful
     if broken.any():

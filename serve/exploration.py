@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from serve.choice import SCORE_CAP, Explorer
-from serve.guards import Guards
+from serve.guards import Guards, Masks
 from serve.response import same_actions
 
 
@@ -54,22 +54,49 @@ class Draws:
         self.nvec = nvec
         self.open_slots = open_slots
         self.has_open_slot = has_open_slot
+        self.open_count = np.array([len(rows) for rows in open_slots], dtype=np.int64)
+        """(channels,) slots open to each channel"""
+
+    def deterministic(self, policy: np.ndarray | None = None) -> bool:
+        """Whether :meth:`explore` returns the base action as is, with probability 1 (no
+        exploration, and no policy share in play): it then needs no scores."""
+        setting = self.explorer.setting
+        return setting.kind == "none" and (policy is None or setting.policy_share == 0)
+
+    def count(self, masks: Masks) -> np.ndarray:
+        """(N,) int64 allowed joint actions, no-send included, from the rules' :class:`Masks`
+        (:func:`allowed_count` without the (slots * channels, N) pairs): per channel open
+        today, its open slots, times every tone, times the allowed contents."""
+        pairs = (masks.channel_ok * self.open_count[:, None]).sum(axis=0)
+        return 1 + pairs * int(self.nvec[1]) * masks.content_ok.sum(axis=0)
 
     def explore(
         self,
         x: np.ndarray,
-        scores: np.ndarray,
+        scores: np.ndarray | None,
         base: np.ndarray,
         policy: np.ndarray | None = None,
+        masks: Masks | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(N, 4) actions drawn around the (N, 4) allowed ``base`` actions by the exploration
         setting, their exact (N,) probabilities (:meth:`probability_of`), the (N,) number of
         allowed actions, and (N,) True where the draw changed the action. ``scores``: the
         policy's (N, 19) scores (:func:`serve.choice.scores`) for features ``x``; ``policy``:
         in shadow mode, the policy's own (N, 4) allowed choice, which replaces the firm's
-        ``base`` with probability ``policy_share`` before epsilon's draw."""
+        ``base`` with probability ``policy_share`` before epsilon's draw. ``scores`` may be
+        None where :meth:`deterministic`; ``masks``: the rules for ``x``
+        (:meth:`serve.guards.Guards.masks`) where already computed."""
         n, setting = len(x), self.explorer.setting
-        parts = self.allowed(x, scores)
+        if self.deterministic(policy):  # the base action, as is: nothing is drawn
+            return (
+                base.copy(),
+                np.ones(n),
+                self.count(masks or self.guards.masks(x)),
+                np.zeros(n, dtype=bool),
+            )
+        if scores is None:
+            raise ValueError("exploration draws from the policy's scores: none were given")
+        parts = self.allowed(x, scores, masks)
         start = base
         if policy is not None and setting.policy_share > 0:
             pick = (self.explorer.uniforms(1, n)[0] < setting.policy_share) & ~parts.undefined
@@ -126,9 +153,9 @@ class Draws:
         share = self.guards.is_allowed(x, actions) / parts.count
         return np.where(parts.undefined, same, (1.0 - eps) * same + eps * share)
 
-    def allowed(self, x: np.ndarray, scores: np.ndarray) -> Allowed:
+    def allowed(self, x: np.ndarray, scores: np.ndarray, masks: Masks | None = None) -> Allowed:
         """What the guards allow each row of ``x``, and the policy's masked softmax over it."""
-        channel_ok, content_ok = self.guards.allowed_channels_contents(x)
+        channel_ok, content_ok = self.guards.allowed_channels_contents(x, masks)
         channel_ok &= self.has_open_slot[:, None]
         pair_ok = allowed_pairs(channel_ok, self.open_slots, int(self.nvec[0]) - 1)
         count = allowed_count(pair_ok, int(self.nvec[1]), content_ok)

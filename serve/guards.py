@@ -6,9 +6,22 @@ restated here over the manifest, and a test holds the two to the same masks on e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+
+class Masks(NamedTuple):
+    """The rules of N clients in factored form, one row per choice and one column per client,
+    computed once per request and shared by every check of it (:meth:`Guards.masks`)."""
+
+    channel_ok: np.ndarray
+    """(channels, N) the channel takes a send today: not opted out, under its weekly cap and
+    under the weekly cap of all channels (quiet hours are per slot: :attr:`Guards.quiet`)"""
+    tier: np.ndarray
+    """(N,) int64 consent tier"""
+    content_ok: np.ndarray
+    """(contents, N) the client's consent tier allows the content"""
 
 
 class Guards:
@@ -34,6 +47,9 @@ class Guards:
         self.i_opted = [names.index(f"opted_out_{c}") for c in self.channels]
         self.i_sent = [names.index(f"sent_7d_{c}") for c in self.channels]
         self.i_tier = [names.index(f"consent_tier_{k}") for k in range(4)]
+        self.i_guard = np.array([*self.i_opted, *self.i_sent, *self.i_tier])
+        """the guard inputs' columns: opt-outs, messages in 7 days, the consent tier"""
+        self._open = ~self.quiet.reshape(-1)  # (slot index * channels + channel): not quiet
         grid = np.stack(
             np.meshgrid(
                 np.arange(1, len(self.slots) + 1),
@@ -54,20 +70,30 @@ class Guards:
 
     def inputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(opted_out (N,3), messages per channel in 7 days (N,3), consent tier (N,)) from features."""
-        return (
-            x[:, self.i_opted] > 0.5,
-            np.rint(x[:, self.i_sent]).astype(np.int64),
-            np.argmax(x[:, self.i_tier], axis=1),
-        )
+        opted, sent, tier = self._columns(x)
+        return opted.T, sent.T, tier
+
+    def _columns(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(opted_out (3, N), messages per channel in 7 days (3, N) int64, consent tier (N,)):
+        the guard inputs read in one gather, one row per input (long vectors for numpy)."""
+        c = len(self.channels)
+        g = np.ascontiguousarray(x[:, self.i_guard].T)  # (2 c + tiers, N)
+        tier = first_argmax(g[2 * c :])
+        return g[:c] > 0.5, np.rint(g[c : 2 * c]).astype(np.int64), tier
+
+    def masks(self, x: np.ndarray) -> Masks:
+        """The rules for each row of features ``x`` (:class:`Masks`): one pass over the guard
+        inputs, shared by every check of a request (:meth:`allowed_by`)."""
+        opted, sent, tier = self._columns(x)
+        channel_ok = ~opted
+        channel_ok &= sent < self.channel_cap[:, None]
+        channel_ok &= sent.sum(axis=0) < self.max_per_week
+        content_ok = tier >= self.content_min_tier[:, None]
+        return Masks(channel_ok, tier, content_ok)
 
     def _channels_and_tier(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        opted, sent, tier = self.inputs(x)
-        channel_ok = (
-            ~opted
-            & (sent < self.channel_cap[None, :])
-            & (sent.sum(axis=1) < self.max_per_week)[:, None]
-        )
-        return channel_ok, tier
+        masks = self.masks(x)
+        return masks.channel_ok.T, masks.tier
 
     def allowed_parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rules in factored form: (N, slots, channels) allowed pairs and (N, contents) allowed
@@ -77,23 +103,31 @@ class Guards:
             :, None
         ] >= self.content_min_tier[None, :]
 
-    def allowed_channels_contents(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def allowed_channels_contents(
+        self, x: np.ndarray, masks: Masks | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The rules per client, one row per choice and one column per client: (channels, N)
-        channels open to a send today and (contents, N) allowed contents. A send is allowed iff
-        its channel and content are and its slot is not in the channel's quiet hours."""
-        channel_ok, tier = self._channels_and_tier(x)
-        return np.ascontiguousarray(channel_ok.T), tier[None, :] >= self.content_min_tier[:, None]
+        channels open to a send today and (contents, N) allowed contents (copies: the caller may
+        write them). A send is allowed iff its channel and content are and its slot is not in
+        the channel's quiet hours. ``masks``: :meth:`masks` of ``x`` where already computed."""
+        masks = masks or self.masks(x)
+        return masks.channel_ok.copy(), masks.content_ok.copy()
 
     def is_allowed(self, x: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """(N,) True where the (N, 4) action (components within ``nvec``) is allowed for its
         client; no-send always is. One pass over the chosen actions, not the 361-action table."""
-        opted, sent, tier = self.inputs(x)
+        return self.allowed_by(self.masks(x), actions)
+
+    def allowed_by(self, masks: Masks, actions: np.ndarray) -> np.ndarray:
+        """(N,) True where the (N, 4) action (components within ``nvec``) is allowed by its
+        row's :class:`Masks`: its channel takes a send today, its slot is not in that channel's
+        quiet hours and its content is allowed at the client's consent tier; no-send always is."""
         slot, channel, content = actions[:, 0], actions[:, 2], actions[:, 3]
-        rows = np.arange(len(actions))
-        ok = ~opted[rows, channel] & (sent[rows, channel] < self.channel_cap[channel])
-        ok &= sent.sum(axis=1) < self.max_per_week
-        ok &= ~self.quiet[np.maximum(slot - 1, 0), channel]
-        ok &= tier >= self.content_min_tier[content]
+        n = masks.channel_ok.shape[1]
+        rows = np.arange(n)
+        ok = masks.channel_ok.reshape(-1).take(channel * n + rows)
+        ok &= masks.content_ok.reshape(-1).take(content * n + rows)
+        ok &= self._open.take(np.maximum(slot - 1, 0) * self.quiet.shape[1] + channel)
         return (slot == 0) | ok
 
     def joint_mask(self, x: np.ndarray) -> np.ndarray:
@@ -136,10 +170,29 @@ class Guards:
     def needs_review(self, x: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """(N,) True for sensitive sends a person approves first: an urgent or opportunity tone on
         debt or retirement-adequacy clients (or an undeclared goal), or on loss topics (market
-        updates while markets are stressed)."""
-        send = actions[:, 0] > 0
-        pressing = self.review_tones[actions[:, 1]]
+        updates while markets are stressed). The goals and the market are read for the pressing
+        sends only (the others never need review)."""
+        out = (actions[:, 0] > 0) & self.review_tones.take(actions[:, 1])
+        rows = np.flatnonzero(out)
+        if len(rows) == 0:
+            return out
+        x, content = x[rows], actions[rows, 3]
         goal_known = x[:, self.i_goals].max(axis=1) > 0.5
         sensitive_goal = (x[:, self.review_goals].max(axis=1) > 0.5) | ~goal_known
-        loss_topic = self.loss_content[actions[:, 3]] & (x[:, self.i_stress] > 0)
-        return send & pressing & (sensitive_goal | loss_topic)
+        loss_topic = self.loss_content.take(content) & (x[:, self.i_stress] > 0)
+        out[rows] = sensitive_goal | loss_topic
+        return out
+
+
+def first_argmax(values: np.ndarray) -> np.ndarray:
+    """(N,) int64 index of each column's largest value in (m, N) ``values``, the first of
+    equals (a NaN counts as the largest): ``np.argmax(values, axis=0)``, from one comparison per
+    row over long vectors (argmax over a few entries per client runs about twice as slow)."""
+    top = values.max(axis=0)
+    if np.isnan(top).any():
+        return values.argmax(axis=0)
+    equal = values == top
+    out = np.full(values.shape[1], len(values) - 1, dtype=np.int64)
+    for j in range(len(values) - 2, -1, -1):
+        out = np.where(equal[j], j, out)
+    return out

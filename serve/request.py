@@ -65,11 +65,46 @@ class FeatureChecks:
             [(self.min_tier <= t).astype(np.float32) for t in range(contract.N_TIERS)]
         )  # (tiers, D): 1 where a client of that tier lets the policy see the feature
         self.gated = bool((self.min_tier > 0).any())
+        self.fast = FastChecks(self)
+        """the same checks as one pass of whole-matrix reductions (:class:`FastChecks`)"""
 
     def validate(self, features: Any, consent: str, max_rows: int) -> np.ndarray:
         """(N, D) float32 features, ``consent`` applied (``"zero"`` or ``"refuse"``), from a
-        request of 1 to ``max_rows`` rows; :class:`RequestError` naming what is wrong."""
+        request of 1 to ``max_rows`` rows; :class:`RequestError` naming what is wrong.
+
+        The checks run first as whole-matrix reductions (:class:`FastChecks`, which accept
+        exactly what the checks one by one accept); a request they do not accept goes through
+        the checks one by one (:meth:`refuse`), which name the first problem."""
         x = self.matrix(features, max_rows)
+        tier = self.fast.tier_if_valid(x)
+        if tier is None:
+            self.refuse(x)
+            tier = np.argmax(x[:, self.i_tier], axis=1)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)  # a copy: consent below never writes the caller's data
+        elif not self.gated:
+            return x.copy()
+        if not self.gated:
+            return x
+        visible = self.visible.take(tier, axis=0)  # (N, D)
+        shown = np.multiply(x, visible)  # consent applied (a new array)
+        if consent == "refuse" and not np.array_equal(shown, x):
+            self._raise_hidden(x, tier, visible)
+        return shown
+
+    def _raise_hidden(self, x: np.ndarray, tier: np.ndarray, visible: np.ndarray) -> None:
+        """:class:`RequestError` naming the first feature set that the client's consent tier
+        hides (``refuse`` mode)."""
+        leaked = (visible == 0) & (x != 0)
+        row, col = np.argwhere(leaked)[0]
+        raise RequestError(
+            f"feature {self.feature_names[col]} in row {row} is set, but the client's "
+            f"consent tier {tier[row]} does not allow it (tier {self.min_tier[col]} needed)"
+        )
+
+    def refuse(self, x: np.ndarray) -> None:
+        """The checks one by one, in order (ranges and finiteness, flags, whole counts, one-hot
+        groups): :class:`RequestError` naming the first feature (and row) at fault."""
         # NaN and infinities fail both comparisons, so one pass finds them with the ranges
         if not ((x >= self.low_ok) & (x <= self.high_ok)).all():
             self._raise_range(x)
@@ -94,21 +129,6 @@ class FeatureChecks:
                     f"features {prefix}* in row {row} have {int(set_[row])} set; "
                     + ("exactly one must be" if fewest == most else f"at most {most} may be")
                 )
-        x = np.array(x, dtype=np.float32)  # a copy: consent below never writes the caller's data
-        if self.gated:
-            tier = np.argmax(x[:, self.i_tier], axis=1)
-            visible = self.visible[tier]  # (N, D)
-            if consent == "refuse":
-                leaked = (visible == 0) & (x != 0)
-                if leaked.any():
-                    row, col = np.argwhere(leaked)[0]
-                    raise RequestError(
-                        f"feature {self.feature_names[col]} in row {row} is set, but the client's "
-                        f"consent tier {tier[row]} does not allow it (tier "
-                        f"{self.min_tier[col]} needed)"
-                    )
-            x *= visible
-        return x
 
     def matrix(self, features: Any, max_rows: int) -> np.ndarray:
         """(N, D) float32 or float64 array of the request, columns in contract order."""
@@ -162,6 +182,80 @@ class FeatureChecks:
             f"feature {self.feature_names[col]} = {x[row, col]} in row {row} is outside "
             f"[{self.low[col]}, {self.high[col]}]"
         )
+
+
+BLOCK = 64
+"""rows folded into one when :class:`FastChecks` reduces a request (long rows for numpy)"""
+
+
+class FastChecks:
+    """The checks of :class:`FeatureChecks` as whole-matrix reductions, for requests that pass
+    them all (the usual case): the request's N rows are folded into N / :data:`BLOCK` rows of
+    ``BLOCK * D`` values (long rows for numpy), whose column minima and maxima hold every value
+    to its range (NaN propagates through both) and every flag and count to a whole number; the
+    one-hot groups' sums and the consent tier come from one matrix product. Accepts exactly the
+    requests the checks one by one accept.
+
+    Large intermediates are written in place (``out=``): numpy's elision of a temporary operand
+    over 256 KiB looks up the C call stack, which costs more than the arithmetic here."""
+
+    def __init__(self, checks: FeatureChecks) -> None:
+        d = len(checks.feature_names)
+        self.low = np.tile(checks.low_ok, BLOCK)
+        self.high = np.tile(checks.high_ok, BLOCK)
+        exact = np.zeros(d, dtype=bool)  # flags and counts: whole numbers
+        exact[checks.flags] = True
+        exact[checks.counts] = True
+        self.exact = np.tile(exact, BLOCK)
+        # a whole flag within [0, 1] is 0 or 1; a flag of another range is checked as such
+        loose = (checks.low[checks.flags] != 0) | (checks.high[checks.flags] != 1)
+        self.loose_flags = checks.flags[loose]
+        groups = len(checks.one_hot)
+        self.sums = np.zeros((d, groups + 1), dtype=np.float32)  # group sums, then the tier
+        for g, (_, cols, _, _) in enumerate(checks.one_hot):
+            self.sums[cols, g] = 1.0
+        self.sums[checks.i_tier, groups] = np.arange(len(checks.i_tier))
+        self.fewest = np.tile([g[2] for g in checks.one_hot], BLOCK).astype(np.float32)
+        self.most = np.tile([g[3] for g in checks.one_hot], BLOCK).astype(np.float32)
+        flags = set(checks.flags.tolist())
+        # the product's sums are exact for 0/1 flags; the tier is the one flag set among 4
+        self.usable = all(set(cols.tolist()) <= flags for _, cols, _, _ in checks.one_hot) and any(
+            sorted(cols.tolist()) == sorted(checks.i_tier) and fewest == most == 1
+            for _, cols, fewest, most in checks.one_hot
+        )
+
+    def tier_if_valid(self, x: np.ndarray) -> np.ndarray | None:
+        """(N,) int64 consent tier of each row of (N, D) ``x`` where every check passes, else
+        None (the checks one by one then name the problem)."""
+        if not self.usable:
+            return None
+        folded = fold(x)  # (N / BLOCK, BLOCK * D)
+        if not ((folded.min(axis=0) >= self.low).all() and (folded.max(axis=0) <= self.high).all()):
+            return None  # out of range, infinite or NaN
+        off = np.rint(folded)
+        np.subtract(folded, off, out=off)  # 0 for whole numbers (every value is finite here)
+        if ((off.min(axis=0) != 0) | (off.max(axis=0) != 0))[self.exact].any():
+            return None
+        if len(self.loose_flags):
+            flags = x[:, self.loose_flags]
+            if not ((flags == 0) | (flags == 1)).all():
+                return None
+        sums = x @ self.sums  # (N, groups + 1): exact, the flags being 0 or 1
+        groups = fold(sums[:, :-1])
+        if not (
+            (groups.min(axis=0) >= self.fewest).all() and (groups.max(axis=0) <= self.most).all()
+        ):
+            return None
+        return sums[:, -1].astype(np.int64)
+
+
+def fold(x: np.ndarray) -> np.ndarray:
+    """(N, D) ``x`` as (N / BLOCK, BLOCK * D) rows, the last block padded with copies of the
+    first row (so the columns' minima and maxima are the same as ``x``'s)."""
+    n, d = x.shape
+    if n % BLOCK:
+        x = np.concatenate([x, np.broadcast_to(x[:1], (BLOCK - n % BLOCK, d))])
+    return x.reshape(-1, BLOCK * d)
 
 
 def check_rows(rows: int, max_rows: int) -> None:

@@ -32,6 +32,8 @@ and NaN scores decide.
 from __future__ import annotations
 
 import datetime as dt
+import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +45,14 @@ from serve import circuit as circuit_state
 from serve.choice import SCORE_CAP as SCORE_CAP
 from serve.choice import Exploration as Exploration
 from serve.choice import Explorer
-from serve.decisions import new_decision_ids
+from serve.decisions import decision_id_strings
 from serve.explain import EXPLAIN_AT_MOST as EXPLAIN_AT_MOST
 from serve.explain import EXPLAIN_UP_TO as EXPLAIN_UP_TO
 from serve.explain import WEEKDAYS as WEEKDAYS
 from serve.explain import Explainer
 from serve.explain import wants_reasons as wants_reasons
 from serve.exploration import Allowed, Draws
-from serve.guards import Guards
+from serve.guards import Guards, Masks
 from serve.integrity import FORMAT_VERSION as FORMAT_VERSION
 from serve.integrity import KEY_ENV as KEY_ENV
 from serve.integrity import ExportError as ExportError
@@ -249,15 +251,16 @@ class PolicyRuntime:
         return self.session.run(["logits"], {"obs": x})[0]
 
     def choose(
-        self, logits: np.ndarray, x: np.ndarray, guarded: bool = True
+        self, logits: np.ndarray, x: np.ndarray, guarded: bool = True, masks: Masks | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 4) best allowed actions and their probabilities among the allowed actions
         (``guarded=False``: over every action, as if no rule applied). How the factored rules
-        are combined, and what +inf, -inf and NaN scores decide: ``serve/choice.py``."""
+        are combined, and what +inf, -inf and NaN scores decide: ``serve/choice.py``.
+        ``masks``: the rules for ``x`` (:meth:`Guards.masks`) where already computed."""
         z = self.scores(logits).T  # (19, N), contiguous
         c, k = int(self.nvec[2]), int(self.nvec[3])  # channels, contents
         if guarded:
-            channel_ok, content_ok = self.guards.allowed_channels_contents(x)  # (c, N), (k, N)
+            channel_ok, content_ok = self.guards.allowed_channels_contents(x, masks)  # (c|k, N)
             channel_ok &= self._has_open_slot[:, None]  # a channel quiet all day takes nothing
         else:
             channel_ok = np.ones((c, z.shape[1]), dtype=bool)
@@ -283,26 +286,27 @@ class PolicyRuntime:
         fallback, with probability 1."""
         table, keys, firm = self.split_request(features)
         x = self.validate(table)
+        masks = self.guards.masks(x)  # the rules for these rows, shared by every check below
         n = len(x)
         client_id = response.client_ids(keys.get("client_id", client_id), n)
         day = response.days(keys.get("day", day), n)
         firm = firm if firm is not None else firm_action
         firm = response.firm_action(firm, n, self.nvec, self.shadow)
         if self.graph_choice:
-            logits, greedy, probability = self.graph_decide(x)
+            logits, greedy, probability = self.graph_decide(x, masks)
         else:
             logits = self.logits(x)
-            greedy, probability = self.choose(logits, x)
+            greedy, probability = self.choose(logits, x, masks=masks)
         policy_action, policy_probability = greedy.copy(), probability.copy()
         reasons: list[list[str]] | list[tuple[()]] = [()] * n  # nothing to say without explain
         notes: dict[int, str] = {}
         base = greedy
         if firm is not None:
             base, notes = response.firm_held(
-                x, firm, self.guards, self.feature_names, self.labels, self.not_allowed
+                x, firm, self.guards, self.feature_names, self.labels, self.not_allowed, masks
             )
         actions, propensity, allowed, explored = self.explore(
-            x, logits, base, None if firm is None else greedy
+            x, logits, base, None if firm is None else greedy, masks
         )
         tripped, first = self._tripped(x)
         if tripped is not None:  # the circuit breaker: these rows get the safe fallback
@@ -316,7 +320,8 @@ class PolicyRuntime:
             probability[tripped] = 1.0
             propensity[tripped] = 1.0
             explored &= ~tripped
-        if not self.guards.is_allowed(x, actions).all():  # never: every draw is within the masks
+        # never: every draw is within the masks; each final action is checked all the same
+        if not self.guards.allowed_by(masks, actions).all():
             raise RuntimeError("an action outside the guards was drawn; no decision is returned")
         if explain:
             reasons = self._reasons(x, logits, actions, greedy, tripped, explored, notes)
@@ -326,7 +331,7 @@ class PolicyRuntime:
             probability=probability,
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
-            decision_id=new_decision_ids(n),
+            decision_id=response.Strings(n, partial(decision_id_strings, os.urandom(16 * n))),
             propensity=propensity,
             policy_action=policy_action,
             policy_probability=policy_probability,
@@ -378,12 +383,16 @@ class PolicyRuntime:
         logits: np.ndarray,
         base: np.ndarray,
         policy: np.ndarray | None = None,
+        masks: Masks | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(N, 4) actions drawn around the (N, 4) allowed ``base`` actions by the exploration
         setting, their exact (N,) probabilities (:meth:`probability_of`), the (N,) number of
         allowed actions, and (N,) True where the draw changed the action
-        (``serve/exploration.py``); ``policy``: shadow mode's policy choice (``policy_share``)."""
-        return self.draws.explore(x, self.scores(logits), base, policy)
+        (``serve/exploration.py``); ``policy``: shadow mode's policy choice (``policy_share``);
+        ``masks``: the rules for ``x`` (:meth:`Guards.masks`) where already computed. Without
+        exploration the scores are not computed: the base action has probability 1."""
+        scores = None if self.draws.deterministic(policy) else self.scores(logits)
+        return self.draws.explore(x, scores, base, policy, masks)
 
     def probability_of(
         self,
@@ -400,13 +409,15 @@ class PolicyRuntime:
         (:meth:`serve.exploration.Draws.probability_of` says how)."""
         return self.draws.probability_of(x, self.scores(logits), base, actions, parts, policy)
 
-    def graph_decide(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def graph_decide(
+        self, x: np.ndarray, masks: Masks | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, 19) scores, (N, 4) best allowed actions and their probabilities from one run of a
         graph that makes the masked choice itself, held to the guards (:meth:`hold_to_guards`)."""
         logits, actions, probability, doubtful = self.session.run(
             ["logits", *choice.GRAPH_OUTPUTS], {"obs": x}
         )
-        return logits, *self.hold_to_guards(x, logits, actions, probability, doubtful)
+        return logits, *self.hold_to_guards(x, logits, actions, probability, doubtful, masks)
 
     def hold_to_guards(
         self,
@@ -415,14 +426,16 @@ class PolicyRuntime:
         actions: np.ndarray,
         probability: np.ndarray,
         doubtful: np.ndarray,
+        masks: Masks | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The graph's (N, 4) actions and (N,) probabilities, checked: rows it marks doubtful are
         decided in numpy (:meth:`choose`), and so is any other row whose action is out of range
         or not allowed by the manifest's rules, or whose probability is not in [0, 1], with a
         :class:`RuntimeWarning` (a graph that disagrees with its manifest). No action gets past
         the guards either way."""
+        masks = masks or self.guards.masks(x)
         actions, probability, again = choice.graph_rows_checked(
-            x, actions, probability, doubtful, self.nvec, self.guards
+            x, actions, probability, doubtful, self.nvec, self.guards, masks
         )
         if len(again):
             actions[again], probability[again] = self.choose(logits[again], x[again])

@@ -1,0 +1,228 @@
+"""The runtime's fast paths decide exactly as the checks and choices they replace: the fused
+feature checks accept exactly what the checks one by one accept (and the refusals name the same
+problem), the shared guard masks allow exactly the 361-action table's actions, the allowed count
+without exploration is the table's, decisions with and without the graph's choice agree with
+exploration off and on, in shadow mode and with tripped circuits, and the labels and ids made
+when first read are the same strings every time."""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_runtime_fail_closed import clients
+
+from envs.spaces import JOINT_ACTIONS
+from serve import contract
+from serve.choice import Exploration
+from serve.exploration import allowed_count, allowed_pairs
+from serve.guards import first_argmax
+from serve.request import BLOCK, RequestError
+from serve.response import Strings, label_lists
+from serve.runtime import PolicyRuntime
+
+NAMES = list(contract.FEATURE_NAMES)
+COL = {name: i for i, name in enumerate(NAMES)}
+
+
+@pytest.fixture
+def export(bandit_export: Path) -> Path:
+    """The shared read-only export of a LinUCB with fixed random weights (tests/conftest.py)."""
+    return bandit_export
+
+
+def _load(folder: Path, **kwargs) -> PolicyRuntime:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PolicyRuntime.load(folder, **kwargs)
+
+
+def _refusal(runtime: PolicyRuntime, x: np.ndarray) -> str | None:
+    """What the checks one by one say of ``x``: the message, or None where they accept it."""
+    try:
+        runtime.checks.refuse(x)
+    except RequestError as exc:
+        return str(exc)
+    return None
+
+
+BAD_VALUES = [np.nan, np.inf, -np.inf, 0.5, -1e-7, 1 + 5e-7, 2.5, -0.0, 1.0, 0.0, 3.0, 7.0, 8.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 63, BLOCK, 200])
+def test_the_fused_checks_accept_exactly_what_the_checks_one_by_one_accept(export, dtype, rows):
+    runtime = _load(export)
+    rng = np.random.default_rng(rows)
+    for trial in range(120):
+        x = clients(rows, seed=trial).astype(dtype)
+        for _ in range(1 + trial % 3):  # one to three cells changed, anywhere
+            x[rng.integers(0, rows), rng.integers(0, len(NAMES))] = BAD_VALUES[
+                rng.integers(0, len(BAD_VALUES))
+            ]
+        expected = _refusal(runtime, x)
+        tier = runtime.checks.fast.tier_if_valid(x)
+        if tier is not None:  # accepted: the checks one by one accept it too, same tiers
+            assert expected is None
+            np.testing.assert_array_equal(tier, np.argmax(x[:, runtime.guards.i_tier], axis=1))
+        if expected is None:
+            got = runtime.validate(x)
+            assert got.dtype == np.float32 and got is not x
+        else:
+            with pytest.raises(RequestError) as refused:
+                runtime.validate(x)
+            assert str(refused.value) == expected
+
+
+def test_nan_and_infinite_features_are_refused_by_name_in_any_row(export):
+    runtime = _load(export)
+    for value in (np.nan, np.inf, -np.inf):
+        for row in (0, 70, 199):  # the folded blocks and the rows after the last whole block
+            x = clients(200, seed=row)
+            x[row, COL["declared_risk"]] = value
+            with pytest.raises(RequestError, match=f"declared_risk is not finite .* in row {row}"):
+                runtime.validate(x)
+
+
+def test_consent_refuse_names_the_hidden_feature_and_zero_hides_it(export):
+    x = clients(100, seed=4)
+    x[:, COL["consent_tier_0"] : COL["consent_tier_0"] + 4] = np.eye(4)[np.full(100, 1)]
+    x[:, _load(export).checks.min_tier > 1] = 0.0  # nothing tier 1 hides
+    _load(export, consent="refuse").validate(x)
+    x[37, COL["market_stress"]] = 2.0  # tier 2 needed
+    with pytest.raises(RequestError, match="market_stress in row 37 is set, but .* tier 1"):
+        _load(export, consent="refuse").validate(x)
+    shown = _load(export, consent="zero").validate(x)
+    assert shown[37, COL["market_stress"]] == 0 and x[37, COL["market_stress"]] == 2.0
+
+
+def test_first_argmax_is_numpys_argmax_with_ties_and_nan():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 3, (4, 500)).astype(np.float32)
+    values[rng.random((4, 500)) < 0.05] = np.nan
+    np.testing.assert_array_equal(first_argmax(values), np.argmax(values, axis=0))
+    values = values[:, ~np.isnan(values).any(axis=0)]
+    np.testing.assert_array_equal(first_argmax(values), np.argmax(values, axis=0))
+
+
+def test_shared_masks_allow_exactly_the_action_tables_actions_and_count_them(export):
+    runtime = _load(export)
+    rng = np.random.default_rng(1)
+    n = 300
+    x = clients(n, seed=5)
+    x[:, [COL[f"sent_7d_{c}"] for c in contract.CHANNELS]] = rng.integers(0, 5, (n, 3))
+    x = runtime.validate(x)
+    masks = runtime.guards.masks(x)
+    joint = runtime.guards.joint_mask(x)  # (N, 361), the table
+    for index in range(len(JOINT_ACTIONS)):
+        actions = np.repeat(JOINT_ACTIONS[index][None, :], n, axis=0)
+        np.testing.assert_array_equal(runtime.guards.allowed_by(masks, actions), joint[:, index])
+    count = runtime.draws.count(masks)
+    np.testing.assert_array_equal(count, joint.sum(axis=1))
+    channel_ok, content_ok = runtime.guards.allowed_channels_contents(x)
+    channel_ok &= runtime.draws.has_open_slot[:, None]
+    pair_ok = allowed_pairs(channel_ok, runtime.draws.open_slots, int(runtime.nvec[0]) - 1)
+    np.testing.assert_array_equal(count, allowed_count(pair_ok, int(runtime.nvec[1]), content_ok))
+    assert count.dtype == np.int64
+
+
+SETTINGS = [
+    None,
+    Exploration(epsilon=0.2, seed=3),
+    Exploration(temperature=0.5, seed=4),
+]
+
+
+def _fields(d) -> dict:
+    return {
+        "action": d.action,
+        "probability": d.probability,
+        "propensity": d.propensity,
+        "policy_action": d.policy_action,
+        "policy_probability": d.policy_probability,
+        "allowed_actions": d.allowed_actions,
+        "needs_review": d.needs_review,
+    }
+
+
+def _same(a, b) -> None:
+    """The same decisions; the policy's probabilities within the graph's float32 sums."""
+    for key, value in _fields(a).items():
+        other = _fields(b)[key]
+        assert value.dtype == other.dtype, key
+        if key in ("probability", "policy_probability"):
+            np.testing.assert_allclose(value, other, rtol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(value, other, err_msg=key)
+    assert list(a.slot) == list(b.slot) and list(a.content) == list(b.content)
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=["none", "epsilon", "softmax"])
+def test_the_graph_and_numpy_decide_alike_and_without_exploration_propensity_is_1(export, setting):
+    x = clients(500, seed=7)
+    graph = _load(export, exploration=setting).decide(x, explain=False)
+    numpy = _load(export, exploration=setting, graph_choice=False).decide(x, explain=False)
+    np.testing.assert_array_equal(graph.action, numpy.action)
+    np.testing.assert_allclose(graph.propensity, numpy.propensity, rtol=1e-6)
+    runtime = _load(export, exploration=setting)
+    joint = runtime.guards.joint_mask(runtime.validate(x))
+    np.testing.assert_array_equal(graph.allowed_actions, joint.sum(axis=1))
+    if setting is None:
+        assert (graph.propensity == 1).all() and (graph.action == graph.policy_action).all()
+        assert graph.propensity.dtype == np.float64 and graph.allowed_actions.dtype == np.int64
+
+
+def test_shadow_mode_and_tripped_circuits_decide_alike_with_and_without_the_graph(export, tmp_path):
+    n = 400
+    x = clients(n, seed=8)
+    rng = np.random.default_rng(2)
+    firm = np.stack([rng.integers(0, k, n) for k in contract.NVEC], axis=1)
+    firm[firm[:, 0] == 0, 1:] = 0
+    circuit = tmp_path / "circuit.json"
+    circuit.write_text(json.dumps({"tripped": ["saver_debt", "undeclared"]}))
+    for kwargs, request in (
+        ({"shadow": True}, {"firm_action": firm}),
+        (
+            {"shadow": True, "exploration": Exploration(epsilon=0.1, seed=2, policy_share=0.3)},
+            {"firm_action": firm},
+        ),
+        ({"circuit": circuit}, {}),
+        ({"circuit": circuit, "exploration": Exploration(epsilon=0.3, seed=5)}, {}),
+    ):
+        graph = _load(export, **kwargs).decide(x, explain=False, **request)
+        numpy = _load(export, graph_choice=False, **kwargs).decide(x, explain=False, **request)
+        _same(graph, numpy)
+        runtime = _load(export, **kwargs)
+        joint = runtime.guards.joint_mask(runtime.validate(x))
+        assert joint[np.arange(n), [_flat(a) for a in graph.action]].all()
+
+
+def _flat(action: np.ndarray) -> int:
+    return int(np.flatnonzero((JOINT_ACTIONS == np.where(action[0] > 0, action, 0)).all(axis=1))[0])
+
+
+def test_labels_and_ids_made_when_first_read_are_the_same_strings_for_every_reader(export):
+    runtime = _load(export)
+    d = runtime.decide(clients(300, seed=9), explain=False)
+    assert isinstance(d.slot, Strings) and len(d.decision_id) == 300
+    eager = label_lists(d.action, runtime._labels)
+    seen: list[list] = []
+    threads = [threading.Thread(target=lambda: seen.append(list(d.decision_id))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(ids == seen[0] for ids in seen) and len(set(seen[0])) == 300
+    assert all(len(i) == 32 and i[12] == "4" and i[16] in "89ab" for i in d.decision_id)
+    for name in ("slot", "tone", "channel", "content"):
+        words = getattr(d, name)
+        assert words == eager[name] and list(words) == eager[name]
+        np.testing.assert_array_equal(np.array(words, dtype=object), eager[name])
+        assert words[:3] == eager[name][:3] and words[-1] == eager[name][-1]
+    records = d.records()
+    assert [r["decision_id"] for r in records] == list(d.decision_id)
+    assert [r["slot"] for r in records] == eager["slot"]
