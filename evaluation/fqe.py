@@ -353,34 +353,74 @@ kernel (an n x n solve per replicate) rather than its D x D sums: the same regre
 cheaper where days are many and thin"""
 
 
+def _day_batches(blocks: np.ndarray) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+    """The rows of one day's ``blocks`` cut into batches of at most :data:`CHUNK_ROWS` rows:
+    (first row, end row, segments), a segment (block index, first row, end row) being a client
+    group's rows, or a :data:`CHUNK_ROWS` piece of a larger group. Whole segments go into a
+    batch, so each group's sums add up the same pieces whatever the batch."""
+    batches: list[tuple[int, int, list[tuple[int, int, int]]]] = []
+    segments: list[tuple[int, int, int]] = []
+    for j, (_, _, lo, hi) in enumerate(blocks):
+        for rows in _chunks(int(lo), int(hi)):
+            if segments and rows.stop - segments[0][1] > CHUNK_ROWS:
+                batches.append((segments[0][1], segments[-1][2], segments))
+                segments = []
+            segments.append((j, rows.start, rows.stop))
+    if segments:
+        batches.append((segments[0][1], segments[-1][2], segments))
+    return batches
+
+
+def _add(into: np.ndarray, j: int, fresh: np.ndarray, op, *args, **kwargs) -> None:
+    """``into[j] += op(*args, **kwargs)``; where nothing is in ``into[j]`` yet (``fresh[j]``),
+    ``op`` writes it in place instead: the same figures as adding to zeros, without the zeroing,
+    the temporary and the add."""
+    if fresh[j]:
+        op(*args, out=into[j], **kwargs)
+        fresh[j] = False
+    else:
+        into[j] += op(*args, **kwargs)
+
+
 def _day_sums(data: _Logged, target: _Target, day: int, is_first: np.ndarray) -> _DaySums:
-    """The sums of day ``day``, a chunk of rows at a time (the next day's target features are
-    built for the rows that follow one of these, so no day's features are kept, except on a day
-    of fewer than :data:`FEW_ROWS` rows)."""
+    """The sums of day ``day``. The features are built a batch of whole client groups at a time
+    (at most :data:`CHUNK_ROWS` rows, :func:`_day_batches`), each group's sums from its slice of
+    them; the next day's target features are built for the rows that follow one of these, so no
+    day's features are kept, except on a day of fewer than :data:`FEW_ROWS` rows."""
     blocks = data.blocks[data.day_blocks[day] : data.day_blocks[day + 1]]
     d = _N_FEATURES + 2
     k = len(blocks)
     sums = _DaySums(
-        blocks[:, 1], np.zeros((k, d, d)), np.zeros((k, d)), np.zeros((k, d, d)), np.zeros((k, d))
+        blocks[:, 1], np.empty((k, d, d)), np.empty((k, d)), np.empty((k, d, d)), np.empty((k, d))
     )
+    fresh = np.ones((4, k), dtype=bool)  # block j's gram, target, cross, start: nothing added yet
     few = int(blocks[-1, 3] - blocks[0, 2]) < FEW_ROWS
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for j, (_, _, lo, hi) in enumerate(blocks):
-        for rows in _chunks(int(lo), int(hi)):
-            x = _logged_features(data, target, rows)
-            sums.gram[j] += x.T @ x
-            sums.target[j] += x.T @ data.rewards[rows]
-            nxt = data.nxt[rows]
-            has = nxt >= 0
-            following = np.zeros_like(x)
-            if has.any():
-                following[has] = _target_features(data, target, nxt[has])
-                sums.cross[j] += x.T @ following
-            starts = np.flatnonzero(is_first[rows]) + rows.start
-            if starts.size:
-                sums.start[j] += _target_features(data, target, starts).sum(axis=0)
+    for first, end, segments in _day_batches(blocks):
+        rows = slice(first, end)
+        x = _logged_features(data, target, rows)
+        rewards = data.rewards[rows]
+        nxt = data.nxt[rows]
+        has = nxt >= 0
+        following = np.zeros_like(x)
+        if has.any():
+            following[has] = _target_features(data, target, nxt[has])
+        starts = np.flatnonzero(is_first[rows])  # from ``first``
+        start_phi = _target_features(data, target, starts + first) if starts.size else x[:0]
+        for j, lo, hi in segments:
+            part = slice(lo - first, hi - first)
+            xs = x[part]
+            _add(sums.gram, j, fresh[0], np.matmul, xs.T, xs)
+            _add(sums.target, j, fresh[1], np.matmul, xs.T, rewards[part])
+            if has[part].any():
+                _add(sums.cross, j, fresh[2], np.matmul, xs.T, following[part])
+            a, b = np.searchsorted(starts, (part.start, part.stop))
+            if b > a:
+                _add(sums.start, j, fresh[3], np.sum, start_phi[a:b], axis=0)
             if few:
-                kept.append((x, following, data.rewards[rows], np.full(len(x), j)))
+                kept.append((xs, following[part], rewards[part], np.full(len(xs), j)))
+    for into, unset in zip((sums.cross, sums.start), fresh[2:], strict=True):
+        into[unset] = 0.0  # no row of the block has a next day, or none starts here
     if few:
         sums.rows = _DayRows(*(np.concatenate(part) for part in zip(*kept, strict=True)))
     return sums
