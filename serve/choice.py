@@ -344,15 +344,17 @@ def graph_rows_checked(
         )
     doubtful = doubtful.astype(bool, copy=False)
     actions = actions.astype(np.int64)  # a copy: rows decided again are replaced
-    out_of_range = (actions.min(axis=0) < 0).any() or (actions.max(axis=0) >= nvec).any()
-    in_range = ((actions >= 0) & (actions < nvec)).all(axis=1) if out_of_range else None
-    if in_range is not None:
+    # every component in range (one flat pass; the rows at fault only where one is not)
+    in_range = None
+    if actions.min() < 0 or (actions.reshape(-1, 4).max(axis=0) >= nvec).any():
+        in_range = ((actions >= 0) & (actions < nvec)).all(axis=1)
         actions[~in_range] = 0
     probability = probability.astype(np.float64)  # a copy: rows decided again are replaced
     broken = ~guards.allowed_by(masks or guards.masks(x), actions)
     if in_range is not None:
         broken |= ~in_range
-    broken |= ~((probability >= 0) & (probability <= 1))
+    if not (probability.min() >= 0 and probability.max() <= 1):  # NaN fails both
+        broken |= ~((probability >= 0) & (probability <= 1))
     broken &= ~doubtful
     if broken.any():
         warnings.warn(

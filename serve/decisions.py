@@ -156,7 +156,7 @@ def new_decision_ids(n: int) -> list[str]:
 def decision_id_strings(raw: bytes) -> list[str]:
     """The decision ids (uuid4, 32 hex digits) of ``len(raw) / 16`` ids' random bytes ``raw``
     (:func:`new_decision_ids`): the version-4 and variant bits set as :func:`uuid.uuid4` sets
-    them. The runtime reads the bytes when it decides and makes the strings when first read."""
+    them."""
     n = len(raw) // 16
     if n == 0:
         return []

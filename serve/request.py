@@ -76,21 +76,22 @@ class FeatureChecks:
         exactly what the checks one by one accept); a request they do not accept goes through
         the checks one by one (:meth:`refuse`), which name the first problem."""
         x = self.matrix(features, max_rows)
-        tier = self.fast.tier_if_valid(x)
+        out = np.empty(x.shape, dtype=np.float32)  # the result; scratch until then
+        tier = self.fast.tier_if_valid(x, out if x.dtype == np.float32 else None)
         if tier is None:
             self.refuse(x)
             tier = np.argmax(x[:, self.i_tier], axis=1)
         if x.dtype != np.float32:
-            x = x.astype(np.float32)  # a copy: consent below never writes the caller's data
-        elif not self.gated:
-            return x.copy()
+            x = x.astype(np.float32)  # as float32 before consent, as the network reads it
         if not self.gated:
-            return x
-        visible = self.visible.take(tier, axis=0)  # (N, D)
-        shown = np.multiply(x, visible)  # consent applied (a new array)
-        if consent == "refuse" and not np.array_equal(shown, x):
-            self._raise_hidden(x, tier, visible)
-        return shown
+            np.copyto(out, x)  # a copy: never the caller's data
+            return out
+        # (N, D) 1 where the tier shows the feature; "clip" writes out unbuffered (tiers 0..3)
+        np.take(self.visible, tier, axis=0, out=out, mode="clip")
+        np.multiply(x, out, out=out)  # consent applied to a copy: never the caller's data
+        if consent == "refuse" and not np.array_equal(out, x):
+            self._raise_hidden(x, tier, self.visible[tier])
+        return out
 
     def _raise_hidden(self, x: np.ndarray, tier: np.ndarray, visible: np.ndarray) -> None:
         """:class:`RequestError` naming the first feature set that the client's consent tier
@@ -193,7 +194,8 @@ class FastChecks:
     them all (the usual case): the request's N rows are folded into N / :data:`BLOCK` rows of
     ``BLOCK * D`` values (long rows for numpy), whose column minima and maxima hold every value
     to its range (NaN propagates through both) and every flag and count to a whole number; the
-    one-hot groups' sums and the consent tier come from one matrix product. Accepts exactly the
+    one-hot groups' sums and the consent tier come from one matrix-vector product, each in its
+    own octal digit. Accepts exactly the
     requests the checks one by one accept.
 
     Large intermediates are written in place (``out=``): numpy's elision of a temporary operand
@@ -210,52 +212,67 @@ class FastChecks:
         # a whole flag within [0, 1] is 0 or 1; a flag of another range is checked as such
         loose = (checks.low[checks.flags] != 0) | (checks.high[checks.flags] != 1)
         self.loose_flags = checks.flags[loose]
+        # one product gives every one-hot group's sum and the tier, each in its own octal digit
+        # (a group of at most 7 flags sums to at most 7; exact in float32 below 2 ** 24)
         groups = len(checks.one_hot)
-        self.sums = np.zeros((d, groups + 1), dtype=np.float32)  # group sums, then the tier
+        self.digits = np.zeros(d, dtype=np.float32)
         for g, (_, cols, _, _) in enumerate(checks.one_hot):
-            self.sums[cols, g] = 1.0
-        self.sums[checks.i_tier, groups] = np.arange(len(checks.i_tier))
-        self.fewest = np.tile([g[2] for g in checks.one_hot], BLOCK).astype(np.float32)
-        self.most = np.tile([g[3] for g in checks.one_hot], BLOCK).astype(np.float32)
+            self.digits[cols] += 8.0**g
+        self.digits[checks.i_tier] += np.arange(len(checks.i_tier)) * 8.0**groups
+        # every product value (groups' digits, then the tier's) -> whether each group is in range
+        value = np.arange(8 ** (groups + 1))
+        self.groups_ok = np.ones(len(value), dtype=bool)
+        for g, (_, _, fewest, most) in enumerate(checks.one_hot):
+            set_ = (value >> (3 * g)) & 7
+            self.groups_ok &= (set_ >= fewest) & (set_ <= most)
+        self.tier_shift = 3 * groups
         flags = set(checks.flags.tolist())
-        # the product's sums are exact for 0/1 flags; the tier is the one flag set among 4
-        self.usable = all(set(cols.tolist()) <= flags for _, cols, _, _ in checks.one_hot) and any(
-            sorted(cols.tolist()) == sorted(checks.i_tier) and fewest == most == 1
-            for _, cols, fewest, most in checks.one_hot
+        self.usable = (
+            all(set(c.tolist()) <= flags and len(c) < 8 for _, c, _, _ in checks.one_hot)
+            and any(
+                sorted(cols.tolist()) == sorted(checks.i_tier) and fewest == most == 1
+                for _, cols, fewest, most in checks.one_hot
+            )
+            and len(checks.i_tier) <= 8
+            and groups < 7
         )
+        """the product's digits are exact for 0/1 flags; the tier is the one flag set"""
 
-    def tier_if_valid(self, x: np.ndarray) -> np.ndarray | None:
+    def tier_if_valid(self, x: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray | None:
         """(N,) int64 consent tier of each row of (N, D) ``x`` where every check passes, else
-        None (the checks one by one then name the problem)."""
+        None (the checks one by one then name the problem). ``scratch``: an (N, D) C-ordered
+        array of ``x``'s type that may be overwritten (else one is made)."""
         if not self.usable:
             return None
-        folded = fold(x)  # (N / BLOCK, BLOCK * D)
-        if not ((folded.min(axis=0) >= self.low).all() and (folded.max(axis=0) <= self.high).all()):
-            return None  # out of range, infinite or NaN
-        off = np.rint(folded)
-        np.subtract(folded, off, out=off)  # 0 for whole numbers (every value is finite here)
-        if ((off.min(axis=0) != 0) | (off.max(axis=0) != 0))[self.exact].any():
-            return None
+        for part in blocks(x):  # NaN propagates through min and max: out of range
+            w = part.shape[1]
+            if not (part.min(axis=0) >= self.low[:w]).all():
+                return None
+            if not (part.max(axis=0) <= self.high[:w]).all():
+                return None
+        scratch = np.empty_like(x, order="C") if scratch is None else scratch
+        for part, off in zip(blocks(x), blocks(scratch), strict=True):
+            np.rint(part, out=off)
+            np.subtract(part, off, out=off)  # 0 for whole numbers (every value is finite here)
+            w = part.shape[1]
+            if ((off.min(axis=0) != 0) | (off.max(axis=0) != 0))[self.exact[:w]].any():
+                return None
         if len(self.loose_flags):
             flags = x[:, self.loose_flags]
             if not ((flags == 0) | (flags == 1)).all():
                 return None
-        sums = x @ self.sums  # (N, groups + 1): exact, the flags being 0 or 1
-        groups = fold(sums[:, :-1])
-        if not (
-            (groups.min(axis=0) >= self.fewest).all() and (groups.max(axis=0) <= self.most).all()
-        ):
+        digits = (x @ self.digits).astype(np.int64)  # exact, the flags being 0 or 1
+        if not self.groups_ok.take(digits, mode="clip").all():
             return None
-        return sums[:, -1].astype(np.int64)
+        return digits >> self.tier_shift
 
 
-def fold(x: np.ndarray) -> np.ndarray:
-    """(N, D) ``x`` as (N / BLOCK, BLOCK * D) rows, the last block padded with copies of the
-    first row (so the columns' minima and maxima are the same as ``x``'s)."""
-    n, d = x.shape
-    if n % BLOCK:
-        x = np.concatenate([x, np.broadcast_to(x[:1], (BLOCK - n % BLOCK, d))])
-    return x.reshape(-1, BLOCK * d)
+def blocks(x: np.ndarray) -> list[np.ndarray]:
+    """(N, D) ``x`` as (N // BLOCK, BLOCK * D) rows (a view of C-ordered ``x``), then its last
+    N % BLOCK rows as they are: long rows for the reductions over axis 0."""
+    whole = len(x) - len(x) % BLOCK
+    parts = [x[:whole].reshape(whole // BLOCK, -1)] if whole else []
+    return parts + ([x[whole:]] if whole < len(x) else [])
 
 
 def check_rows(rows: int, max_rows: int) -> None:

@@ -112,9 +112,9 @@ class Decisions:
     needs_review: np.ndarray
     """a person approves the send first (sensitive tone on a sensitive topic)"""
     decision_id: Sequence[str] = field(default_factory=list)
-    """a fresh id per decision (uuid4, 32 hex digits): a send it leads to carries it (the
-    runtime reads the OS's entropy when it decides and writes the strings when first read,
-    :class:`Strings`)"""
+    """a fresh id per decision (uuid4, 32 hex digits, from the OS's entropy): a send it leads
+    to carries it. The runtime draws them when first read (:class:`Strings`): once, the same
+    ids for every reader after"""
     propensity: np.ndarray = field(default_factory=lambda: np.ones(0))
     """exact probability, in (0, 1], that the runtime returns this action for this row: masks,
     consent and exploration applied (``serve/exploration.py``, :class:`~serve.choice.Exploration`)"""

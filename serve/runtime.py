@@ -32,7 +32,6 @@ and NaN scores decide.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from serve import circuit as circuit_state
 from serve.choice import SCORE_CAP as SCORE_CAP
 from serve.choice import Exploration as Exploration
 from serve.choice import Explorer
-from serve.decisions import decision_id_strings
+from serve.decisions import new_decision_ids
 from serve.explain import EXPLAIN_AT_MOST as EXPLAIN_AT_MOST
 from serve.explain import EXPLAIN_UP_TO as EXPLAIN_UP_TO
 from serve.explain import WEEKDAYS as WEEKDAYS
@@ -331,7 +330,7 @@ class PolicyRuntime:
             probability=probability,
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
-            decision_id=response.Strings(n, partial(decision_id_strings, os.urandom(16 * n))),
+            decision_id=response.Strings(n, partial(new_decision_ids, n)),
             propensity=propensity,
             policy_action=policy_action,
             policy_probability=policy_probability,
