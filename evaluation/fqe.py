@@ -332,9 +332,11 @@ class _DayRows:
 
 @dataclass
 class _DaySums:
-    """One day's regression sums per client group present that day (``groups``)."""
+    """One day's regression sums per client group present that day (``groups``), or over all of
+    them at once (pooled)."""
 
     groups: np.ndarray
+    """(k,) the group of each block of sums; one block, -1, where the day's groups are pooled"""
     gram: np.ndarray
     """(k, D', D') Σ φφᵀ of the logged features"""
     target: np.ndarray
@@ -382,12 +384,17 @@ def _add(into: np.ndarray, j: int, fresh: np.ndarray, op, *args, **kwargs) -> No
         into[j] += op(*args, **kwargs)
 
 
-def _day_sums(data: _Logged, target: _Target, day: int, is_first: np.ndarray) -> _DaySums:
-    """The sums of day ``day``. The features are built a batch of whole client groups at a time
-    (at most :data:`CHUNK_ROWS` rows, :func:`_day_batches`), each group's sums from its slice of
-    them; the next day's target features are built for the rows that follow one of these, so no
-    day's features are kept, except on a day of fewer than :data:`FEW_ROWS` rows."""
+def _day_sums(
+    data: _Logged, target: _Target, day: int, is_first: np.ndarray, pooled: bool = False
+) -> _DaySums:
+    """The sums of day ``day``, per client group or, ``pooled``, over the whole day. The features
+    are built a batch of whole client groups at a time (at most :data:`CHUNK_ROWS` rows,
+    :func:`_day_batches`), each group's sums from its slice of them; the next day's target
+    features are built for the rows that follow one of these, so no day's features are kept,
+    except on a day of fewer than :data:`FEW_ROWS` rows."""
     blocks = data.blocks[data.day_blocks[day] : data.day_blocks[day + 1]]
+    if pooled:  # the day's rows as one block
+        blocks = np.array([[day, -1, blocks[0, 2], blocks[-1, 3]]])
     d = _N_FEATURES + 2
     k = len(blocks)
     sums = _DaySums(
@@ -443,8 +450,15 @@ def _fitted_q(
 ) -> tuple[ope.Estimate, np.ndarray, np.ndarray]:
     """FQE (see :func:`fqe`) and, from the same pass, Σ φφᵀ and Σ φ·reward over all logged rows
     (the direct method's reward model). One day's sums are held at a time: memory
-    O(groups × D²), whatever the number of days."""
+    O(groups × D²), whatever the number of days.
+
+    With ``n_boot=0`` every group weighs 1 and each day's sums are pooled over the groups (one
+    product per chunk of rows, not one per group of ~10 rows: ~5 times faster on 1,000 clients):
+    the same regressions, equal to the grouped sums' figures to the rounding their solves amplify
+    (1e-12 to 1e-10 relative on logs of 60 to 400 clients; dealing the clients into other groups
+    moves the value as much)."""
     d, groups = _N_FEATURES + 2, data.groups
+    pooled = n_boot == 0
     is_first = np.zeros(len(data.logged), dtype=bool)
     is_first[data.first] = True
     count = np.bincount(data.group, minlength=groups).astype(float)
@@ -458,10 +472,11 @@ def _fitted_q(
     total = np.zeros(len(weights))
     gram_all, target_all = np.zeros((d, d)), np.zeros(d)
     for t in range(data.n_days - 1, -1, -1):
-        day = _day_sums(data, target, t, is_first)
+        day = _day_sums(data, target, t, is_first, pooled)
         gram_all += day.gram.sum(axis=0)
         target_all += day.target.sum(axis=0)
-        k, w = len(day.groups), weights[:, day.groups]
+        k = len(day.groups)
+        w = np.ones((1, 1)) if pooled else weights[:, day.groups]
         if day.rows is not None:
             coef = _refit_few(day.rows, w, coef, ridge)
         else:
