@@ -4,10 +4,9 @@
 Prints decisions per second at batch 1, 64 and 4,096 and single-decision p50/p99 latency, and
 writes the table to ``docs/results/serve_latency.md``. The runtime row includes validation,
 guardrail masks and the masked choice (inside the graph: ``serve/graph_choice.py``, with the
-runtime's checks); its labels and decision ids are made when first read, which the
-``ids and labels read`` row does (as a reply or the decision log would); the ``+ reasons`` row adds
-the explanations (one extra network pass per feature group). Peers measured in the same run: the export's ONNX graph alone (onnxruntime, no validation
-or checks: the ceiling of any runtime on this export), the network alone (the graph of an export
+runtime's checks), the decision ids and the actions' labels; the ``+ reasons`` row adds
+the explanations (one extra network pass per feature group). Peers measured in the same run:
+the export's ONNX graph alone (onnxruntime, no validation or checks: the ceiling of any runtime on this export), the network alone (the graph of an export
 without the choice inside), the previous runtime (that export, the choice in numpy), SB3's
 ``model.predict`` and the actor network alone in torch.
 
@@ -60,12 +59,6 @@ def latencies(fn, obs: np.ndarray, n: int = 3000) -> tuple[float, float]:
         fn(row)
         times.append(time.perf_counter() - start)
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
-
-
-def read_strings(decisions) -> None:
-    """Read every decision id and label once (the runtime makes them when first read)."""
-    for name in ("decision_id", "slot", "tone", "channel", "content"):
-        list(getattr(decisions, name))
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "serve_latency.md"
@@ -122,7 +115,6 @@ def main() -> int:
     contenders = {
         "SB3 model.predict (peer)": lambda x: model.predict(x * scale, deterministic=True),
         "runtime (guarded)": lambda x: runtime.decide(x, explain=False),
-        "runtime, ids and labels read": lambda x: read_strings(runtime.decide(x, explain=False)),
         "runtime + reasons": lambda x: runtime.decide(x, explain=True),
         "ONNX graph alone (ceiling)": lambda x: runtime.session.run(None, {"obs": x}),
         "network alone (graph without the choice)": lambda x: before.session.run(None, {"obs": x}),
@@ -150,13 +142,11 @@ def main() -> int:
         )
     }
     p99 = lat["runtime (guarded)"][1]
-    read = results["runtime, ids and labels read"][-1] / results["ONNX graph alone (ceiling)"][-1]
     lines += [
         "",
         f"* runtime (guarded) / ONNX graph alone at batch {big:,}: "
         f"**{share['ONNX graph alone (ceiling)']:.2f}** (target >= 0.8: "
         f"{'met' if share['ONNX graph alone (ceiling)'] >= 0.8 else 'not met'})",
-        f"* runtime with its ids and labels read / ONNX graph alone at batch {big:,}: {read:.2f}",
         f"* runtime (guarded) / network alone at batch {big:,}: "
         f"{share['network alone (graph without the choice)']:.2f}",
         f"* runtime (guarded) / previous runtime at batch {big:,}: "

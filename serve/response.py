@@ -14,10 +14,9 @@ the guards. Every refusal is a :class:`~serve.request.RequestError` naming the c
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
@@ -40,70 +39,16 @@ MAX_DAY = 3_660
 """largest decision day in absolute value (ten years, as ``evaluation.logs.MAX_DAY``)"""
 
 
-class Strings(Sequence[Any]):
-    """A list of ``n`` strings (or None) made when first read: the decisions' labels and ids,
-    which a request of many rows may never read one by one (the decision log takes the
-    actions; a reply reads them once, :meth:`Decisions.records`). Made once, by ``make``, under
-    a lock: every reader sees the same strings. Reads as the list it holds (indexing, slices,
-    iteration, ``==`` with a list, ``np.array(...)``)."""
-
-    def __init__(self, n: int, make: Callable[[], list[Any]]) -> None:
-        self._n = n
-        self._make: Callable[[], list[Any]] | None = make
-        self._items: list[Any] | None = None
-        self._lock = threading.Lock()
-
-    def items(self) -> list[Any]:
-        """The strings, as a list (made on the first call; the same list after)."""
-        if self._items is None:
-            with self._lock:
-                if self._items is None:
-                    assert self._make is not None
-                    items = self._make()
-                    if len(items) != self._n:
-                        raise RuntimeError(f"{len(items)} strings made for {self._n} rows")
-                    self._items, self._make = items, None
-        return self._items
-
-    def __len__(self) -> int:
-        return self._n
-
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Any]: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        return self.items()[index]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.items())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Strings):
-            return self.items() == other.items()
-        return isinstance(other, list | tuple) and self.items() == list(other)
-
-    __hash__ = None  # type: ignore[assignment]  # a list is not hashable either
-
-    def __repr__(self) -> str:
-        return repr(self.items())
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.array(self.items(), dtype=object if dtype is None else dtype)
-
-
 @dataclass
 class Decisions:
     """Per-client decisions of one request (arrays/lists of length N)."""
 
     action: np.ndarray
     """(N, 4) int64 (slot, tone, channel, content); slot 0 is no-send"""
-    slot: Sequence[str]
-    tone: Sequence[str | None]
-    channel: Sequence[str | None]
-    content: Sequence[str | None]
+    slot: list[str]
+    tone: list[str | None]
+    channel: list[str | None]
+    content: list[str | None]
     probability: np.ndarray
     """the policy's probability of the chosen action among the allowed ones"""
     reasons: list[list[str]] | list[tuple[()]]
@@ -111,10 +56,9 @@ class Decisions:
     empty tuples when decided with ``explain=False``"""
     needs_review: np.ndarray
     """a person approves the send first (sensitive tone on a sensitive topic)"""
-    decision_id: Sequence[str] = field(default_factory=list)
+    decision_id: list[str] = field(default_factory=list)
     """a fresh id per decision (uuid4, 32 hex digits, from the OS's entropy): a send it leads
-    to carries it. The runtime draws them when first read (:class:`Strings`): once, the same
-    ids for every reader after"""
+    to carries it"""
     propensity: np.ndarray = field(default_factory=lambda: np.ones(0))
     """exact probability, in (0, 1], that the runtime returns this action for this row: masks,
     consent and exploration applied (``serve/exploration.py``, :class:`~serve.choice.Exploration`)"""
@@ -185,28 +129,10 @@ def same_actions(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return both_quiet | (a == b).all(axis=1)
 
 
-def labelled(actions: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, Strings]:
-    """The (N, 4) ``actions`` in words: ``slot``, ``tone``, ``channel`` and ``content``
-    :class:`Strings` (made when first read, from a copy of ``actions``), from ``labels`` (each
-    part's names as an object array); a no-send's tone, channel and content are None."""
-    actions = actions.copy()  # the words are of these actions, whatever happens to the caller's
-    words: list[dict[str, list[str | None]]] = []
-
-    def part(name: str) -> Callable[[], list[str | None]]:
-        def make() -> list[str | None]:
-            if not words:
-                words.append(label_lists(actions, labels))
-            return words[0][name]
-
-        return make
-
-    return {
-        name: Strings(len(actions), part(name)) for name in ("slot", "tone", "channel", "content")
-    }
-
-
-def label_lists(actions: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, list[str | None]]:
-    """The (N, 4) ``actions`` in words, as lists (:func:`labelled`)."""
+def labelled(actions: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, list[str | None]]:
+    """The (N, 4) ``actions`` in words: ``slot``, ``tone``, ``channel`` and ``content`` lists,
+    from ``labels`` (each part's names as an object array); a no-send's tone, channel and
+    content are None."""
     send = actions[:, 0] > 0
     none = np.array([None], dtype=object)
     return {

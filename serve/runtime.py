@@ -32,7 +32,6 @@ and NaN scores decide.
 from __future__ import annotations
 
 import datetime as dt
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +329,7 @@ class PolicyRuntime:
             probability=probability,
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
-            decision_id=response.Strings(n, partial(new_decision_ids, n)),
+            decision_id=new_decision_ids(n),
             propensity=propensity,
             policy_action=policy_action,
             policy_probability=policy_probability,

@@ -8,7 +8,6 @@ when first read are the same strings every time."""
 from __future__ import annotations
 
 import json
-import threading
 import warnings
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from serve.choice import Exploration
 from serve.exploration import allowed_count, allowed_pairs
 from serve.guards import first_argmax
 from serve.request import BLOCK, RequestError
-from serve.response import Strings, label_lists
 from serve.runtime import PolicyRuntime
 
 NAMES = list(contract.FEATURE_NAMES)
@@ -203,26 +201,3 @@ def test_shadow_mode_and_tripped_circuits_decide_alike_with_and_without_the_grap
 
 def _flat(action: np.ndarray) -> int:
     return int(np.flatnonzero((JOINT_ACTIONS == np.where(action[0] > 0, action, 0)).all(axis=1))[0])
-
-
-def test_labels_and_ids_made_when_first_read_are_the_same_strings_for_every_reader(export):
-    runtime = _load(export)
-    d = runtime.decide(clients(300, seed=9), explain=False)
-    assert isinstance(d.slot, Strings) and len(d.decision_id) == 300
-    eager = label_lists(d.action, runtime._labels)
-    seen: list[list] = []
-    threads = [threading.Thread(target=lambda: seen.append(list(d.decision_id))) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert all(ids == seen[0] for ids in seen) and len(set(seen[0])) == 300
-    assert all(len(i) == 32 and i[12] == "4" and i[16] in "89ab" for i in d.decision_id)
-    for name in ("slot", "tone", "channel", "content"):
-        words = getattr(d, name)
-        assert words == eager[name] and list(words) == eager[name]
-        np.testing.assert_array_equal(np.array(words, dtype=object), eager[name])
-        assert words[:3] == eager[name][:3] and words[-1] == eager[name][-1]
-    records = d.records()
-    assert [r["decision_id"] for r in records] == list(d.decision_id)
-    assert [r["slot"] for r in records] == eager["slot"]
