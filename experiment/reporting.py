@@ -16,6 +16,7 @@ import polars as pl
 from evaluation.compare import KPI_PLOT, Comparison, write_tables
 from evaluation.metrics import CONTRACT
 from experiment import plots
+from experiment.tracking import store_lock
 
 
 def log_comparison(
@@ -430,7 +431,21 @@ def log_evaluation_input(frame: pl.DataFrame) -> None:
         f"{frame.height} seed(s) · {first['horizon_days']} days"
     )
     dataset = mlflow.data.from_polars(frame, name=name)  # source: the command that ran
-    mlflow.log_input(dataset, context="evaluation")
+    # runs evaluated on the same clients log the same dataset: MLflow looks it up and inserts
+    # it if missing, so jobs logging it at once race (UNIQUE constraint failed: datasets...).
+    # They take turns on a SQLite store; through a server the loser tries again and finds it.
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            with store_lock():
+                mlflow.log_input(dataset, context="evaluation")
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if "UNIQUE constraint" not in str(exc) or attempt == DATASET_ATTEMPTS - 1:
+                raise
+
+
+DATASET_ATTEMPTS = 3
+"""tries at logging a run's evaluation dataset (:func:`log_evaluation_input`)"""
 
 
 NOTE = "mlflow.note.content"

@@ -59,13 +59,10 @@ def setup_mlflow(uri: str | None, experiment: str) -> str:
     mlflow.set_tracking_uri(resolved)
     path = sqlite_path(resolved)
     try:
-        if path is None:
-            found = _activate(experiment)
-        else:
+        if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path.with_name(path.name + ".lock"), "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                found = _activate(experiment)
+        with store_lock():
+            found = _activate(experiment)
     except Exception as exc:
         raise ConfigError(
             f"tracking.uri: cannot use the MLflow store {resolved}: {type(exc).__name__}: "
@@ -73,6 +70,20 @@ def setup_mlflow(uri: str | None, experiment: str) -> str:
             "is it and its folder writable?)"
         ) from exc
     return found
+
+
+@contextmanager
+def store_lock() -> Iterator[None]:
+    """Hold the file lock beside the SQLite store MLflow points at (``mlflow.db.lock``) for the
+    ``with`` block: jobs on one machine that would race to create the same row (the store's
+    tables, an experiment, a dataset) take turns. Nothing to hold for a tracking server."""
+    path = sqlite_path(mlflow.get_tracking_uri())
+    if path is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _activate(experiment: str) -> str:

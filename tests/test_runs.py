@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from agents.config import AgentConfig
 from agents.sb3_agents import make_training_env, restore_training_state, training_state
 from envs.config import load_setup
+from experiment.reporting import evaluation_clients, log_evaluation_input
 from experiment.tracking import setup_mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,6 +182,37 @@ def test_resume_refuses_finished_unknown_and_checkpointless_runs_touching_nothin
             assert after.info.status == before.info.status
             assert after.data.tags == before.data.tags
             assert after.data.metrics == before.data.metrics
+
+
+@pytest.mark.slow  # eight rounds of six runs at once on one store
+def test_runs_logging_the_same_evaluation_dataset_at_once_all_land(tmp_path):
+    # jobs evaluated on the same clients log the same dataset; MLflow inserts it when missing,
+    # and jobs doing so at once raced (one failed: UNIQUE constraint failed: datasets...)
+    setup_mlflow(f"sqlite:///{tmp_path / 'mlflow.db'}", "cadence")
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name("cadence").experiment_id
+    for trial in range(8):
+        frame = evaluation_clients(100 + trial, 10, [0], "default", "calm")
+        runs = [client.create_run(experiment).info.run_id for _ in range(6)]
+        start, errors = threading.Barrier(len(runs)), []
+
+        def log(run_id: str, frame=frame, start=start, errors=errors) -> None:
+            start.wait()
+            try:
+                with mlflow.start_run(run_id=run_id):
+                    log_evaluation_input(frame)
+            except Exception as exc:  # noqa: BLE001  (the test reports whatever failed)
+                errors.append(repr(exc)[:300])
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], (trial, errors)
+        for run_id in runs:
+            (logged,) = client.get_run(run_id).inputs.dataset_inputs
+            assert logged.dataset.name.startswith(f"default population · {100 + trial} clients")
 
 
 @pytest.mark.slow  # three train.py processes at once
