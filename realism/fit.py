@@ -16,14 +16,15 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from envs.config import Setup
 from realism import protocols
 from realism.targets import Targets, check_parameters
 from simulate.config import ConfigError, PopulationConfig, ResponseConfig
+
+if TYPE_CHECKING:  # optuna is imported where a search runs (its import takes ~1.4 s)
+    import optuna
 
 PREFIX_PROTOCOL = {
     "email/": "levels",
@@ -195,6 +196,8 @@ def fit(
 
         def statistics(setup: Setup) -> dict[str, float]:
             return simulate(setup, needed, clients, seed)
+
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
