@@ -217,9 +217,9 @@ def main() -> int:
         if args.client_days != 1_000_000:
             command += f" --client-days {args.client_days}"
         RESULTS.write_text(
-            f"# Training throughput\n\nWritten by `{command}` ({platform.machine()}, "
-            f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} torch "
-            f"thread(s), {time.strftime('%Y-%m-%d')}).\n\n{text}\n"
+            f"Written by `{command}` ({platform.machine()}, {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()[0]:.1f} when written, torch {torch.__version__}, {args.threads} "
+            f"torch thread(s), {time.strftime('%Y-%m-%d')}).\n\n{text}\n"
         )
         print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
     return 0
