@@ -46,5 +46,5 @@ def pytest_collection_modifyitems(config, items):
     the two workers (``-n auto --dist worksteal``) split the list in halves and the one that
     finishes first takes the tail of the other's queue, so long tests at the end of a queue
     would leave a core idle while they finish; short ones there even the load out."""
-    heavy = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in heavy)
+    heavy = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in heavy)
