@@ -27,10 +27,11 @@ train: $(STAMP)
 # One BLAS/OpenMP thread per worker: the workers already fill the cores. Bytecode is written
 # even where the environment says not to (PYTHONDONTWRITEBYTECODE): both workers and the ~60
 # entry-point processes the tests start would otherwise each compile the project again.
+# `make test` lists its 15 slowest tests at the end.
 PYTEST := PYTHONDONTWRITEBYTECODE= OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist worksteal
 
 test: $(STAMP)
-	$(PYTEST) $(ARGS)
+	$(PYTEST) --durations=15 $(ARGS)
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" $(ARGS)
