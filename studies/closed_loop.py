@@ -1028,34 +1028,41 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, ClosedLoopConfig)
     try:
-        if run.mode not in MODES:
-            raise ConfigError(f"mode must be one of {list(MODES)}, got {run.mode!r}")
-        if run.results not in (None, "docs"):
-            raise ConfigError(f"results must be docs or null, got {run.results!r}")
-        unknown = sorted(set(run.harm_margin) - set(promotion.HARM_METRICS))
-        if unknown:
-            raise ConfigError(
-                f"harm_margin.{unknown[0]}: not a harm the gate reads; those are "
-                f"{list(promotion.HARM_METRICS)}"
-            )
+        check(run)
         if run.mode == "direct":
             return direct_at_budget(run)
         if run.mode == "report":
             report(run)
             return None
-        if run.rounds < 1 or run.clients < 100 or run.days < 7:
-            raise ConfigError(
-                f"rounds >= 1, clients >= 100 and days >= 7 are needed, got rounds={run.rounds}, "
-                f"clients={run.clients}, days={run.days}"
-            )
-        if not 0.0 < run.epsilon <= 1.0:
-            raise ConfigError(
-                f"epsilon must be in (0, 1] (the gate needs exploration), got {run.epsilon}"
-            )
         return run_job(run)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check(run: ClosedLoopConfig) -> None:
+    """Refuse settings the study cannot run with, naming the key (:class:`ConfigError`)."""
+    if run.mode not in MODES:
+        raise ConfigError(f"mode must be one of {list(MODES)}, got {run.mode!r}")
+    if run.results not in (None, "docs"):
+        raise ConfigError(f"results must be docs or null, got {run.results!r}")
+    unknown = sorted(set(run.harm_margin) - set(promotion.HARM_METRICS))
+    if unknown:
+        raise ConfigError(
+            f"harm_margin.{unknown[0]}: not a harm the gate reads; those are "
+            f"{list(promotion.HARM_METRICS)}"
+        )
+    if run.mode != "run":
+        return
+    if run.rounds < 1 or run.clients < 100 or run.days < 7:
+        raise ConfigError(
+            f"rounds >= 1, clients >= 100 and days >= 7 are needed, got rounds={run.rounds}, "
+            f"clients={run.clients}, days={run.days}"
+        )
+    if not 0.0 < run.epsilon <= 1.0:
+        raise ConfigError(
+            f"epsilon must be in (0, 1] (the gate needs exploration), got {run.epsilon}"
+        )
 
 
 if __name__ == "__main__":

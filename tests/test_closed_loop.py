@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
-from envs.config import load_setup
+from envs.config import compose_conf, load_setup
 from envs.spaces import multi_to_flat
 from serve.decisions import log_files, read_decisions
+from simulate.config import ConfigError
 from studies import closed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,15 +192,24 @@ def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path):
     assert (tmp_path / "study" / "closed_loop.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow  # four entry-point starts
-def test_bad_settings_are_refused_in_one_line(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    for args, needle in (
+@pytest.mark.parametrize(
+    "args, needle",
+    [
         (["epsilon=0"], "epsilon must be in (0, 1]"),
         (["mode=train"], "mode must be one of"),
         (["+harm_margin.calm=1"], "harm_margin.calm: not a harm the gate reads"),
-        (["mode=report", f"out={tmp_path / 'none'}"], "holds no job"),
-    ):
-        done = _run(args, uri)
-        assert done.returncode == 2, (args, done.stderr[-2000:])
-        assert needle in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
+        (["days=3"], "days >= 7 are needed"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_key(args, needle):
+    run = OmegaConf.to_object(compose_conf("closed_loop", args))
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        closed_loop.check(run)
+
+
+@pytest.mark.slow  # an entry-point start
+def test_the_command_line_refuses_in_one_line(tmp_path):
+    done = _run(["mode=report", f"out={tmp_path / 'none'}"], f"sqlite:///{tmp_path / 'm.db'}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "holds no job" in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
