@@ -150,17 +150,9 @@ def new_decision_ids(n: int) -> list[str]:
     runs even when the decisions themselves are seeded. One read of ``16 n`` random bytes with
     the version-4 and variant bits set as :func:`uuid.uuid4` sets them (RFC 4122): the same ids
     at a fraction of the time per id (a batch of 4,096 in ~0.3 ms instead of ~10 ms)."""
-    return decision_id_strings(os.urandom(16 * max(n, 0)))
-
-
-def decision_id_strings(raw: bytes) -> list[str]:
-    """The decision ids (uuid4, 32 hex digits) of ``len(raw) / 16`` ids' random bytes ``raw``
-    (:func:`new_decision_ids`): the version-4 and variant bits set as :func:`uuid.uuid4` sets
-    them."""
-    n = len(raw) // 16
-    if n == 0:
+    if n <= 0:
         return []
-    bits = np.frombuffer(raw, dtype=np.uint8).reshape(n, 16).copy()
+    bits = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     bits[:, 6] = (bits[:, 6] & 0x0F) | 0x40  # version 4
     bits[:, 8] = (bits[:, 8] & 0x3F) | 0x80  # variant RFC 4122
     digits = bits.tobytes().hex()

@@ -78,7 +78,7 @@ class Guards:
         the guard inputs read in one gather, one row per input (long vectors for numpy)."""
         c = len(self.channels)
         g = np.ascontiguousarray(x[:, self.i_guard].T)  # (2 c + tiers, N)
-        tier = first_argmax(g[2 * c :])
+        tier = g[2 * c :].argmax(axis=0)
         return g[:c] > 0.5, np.rint(g[c : 2 * c]).astype(np.int64), tier
 
     def masks(self, x: np.ndarray) -> Masks:
@@ -182,17 +182,3 @@ class Guards:
         loss_topic = self.loss_content.take(content) & (x[:, self.i_stress] > 0)
         out[rows] = sensitive_goal | loss_topic
         return out
-
-
-def first_argmax(values: np.ndarray) -> np.ndarray:
-    """(N,) int64 index of each column's largest value in (m, N) ``values``, the first of
-    equals (a NaN counts as the largest): ``np.argmax(values, axis=0)``, from one comparison per
-    row over long vectors (argmax over a few entries per client runs about twice as slow)."""
-    top = values.max(axis=0)
-    if np.isnan(top).any():
-        return values.argmax(axis=0)
-    equal = values == top
-    out = np.full(values.shape[1], len(values) - 1, dtype=np.int64)
-    for j in range(len(values) - 2, -1, -1):
-        out = np.where(equal[j], j, out)
-    return out

@@ -2,41 +2,24 @@
 feature checks accept exactly what the checks one by one accept (and the refusals name the same
 problem), the shared guard masks allow exactly the 361-action table's actions, the allowed count
 without exploration is the table's, decisions with and without the graph's choice agree with
-exploration off and on, in shadow mode and with tripped circuits, and the labels and ids made
-when first read are the same strings every time."""
+exploration off and on, in shadow mode and with tripped circuits."""
 
 from __future__ import annotations
 
 import json
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_exploration import _load
+from test_onnx_choice import COL, NAMES
 from test_runtime_fail_closed import clients
 
-from envs.spaces import JOINT_ACTIONS
+from envs.spaces import JOINT_ACTIONS, multi_to_flat
 from serve import contract
 from serve.choice import Exploration
 from serve.exploration import allowed_count, allowed_pairs
-from serve.guards import first_argmax
 from serve.request import BLOCK, RequestError
 from serve.runtime import PolicyRuntime
-
-NAMES = list(contract.FEATURE_NAMES)
-COL = {name: i for i, name in enumerate(NAMES)}
-
-
-@pytest.fixture
-def export(bandit_export: Path) -> Path:
-    """The shared read-only export of a LinUCB with fixed random weights (tests/conftest.py)."""
-    return bandit_export
-
-
-def _load(folder: Path, **kwargs) -> PolicyRuntime:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return PolicyRuntime.load(folder, **kwargs)
 
 
 def _refusal(runtime: PolicyRuntime, x: np.ndarray) -> str | None:
@@ -53,8 +36,10 @@ BAD_VALUES = [np.nan, np.inf, -np.inf, 0.5, -1e-7, 1 + 5e-7, 2.5, -0.0, 1.0, 0.0
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows", [1, 63, BLOCK, 200])
-def test_the_fused_checks_accept_exactly_what_the_checks_one_by_one_accept(export, dtype, rows):
-    runtime = _load(export)
+def test_the_fused_checks_accept_exactly_what_the_checks_one_by_one_accept(
+    bandit_export, dtype, rows
+):
+    runtime = _load(bandit_export)
     rng = np.random.default_rng(rows)
     for trial in range(120):
         x = clients(rows, seed=trial).astype(dtype)
@@ -76,8 +61,8 @@ def test_the_fused_checks_accept_exactly_what_the_checks_one_by_one_accept(expor
             assert str(refused.value) == expected
 
 
-def test_nan_and_infinite_features_are_refused_by_name_in_any_row(export):
-    runtime = _load(export)
+def test_nan_and_infinite_features_are_refused_by_name_in_any_row(bandit_export):
+    runtime = _load(bandit_export)
     for value in (np.nan, np.inf, -np.inf):
         for row in (0, 70, 199):  # the folded blocks and the rows after the last whole block
             x = clients(200, seed=row)
@@ -86,29 +71,20 @@ def test_nan_and_infinite_features_are_refused_by_name_in_any_row(export):
                 runtime.validate(x)
 
 
-def test_consent_refuse_names_the_hidden_feature_and_zero_hides_it(export):
+def test_consent_refuse_names_the_hidden_feature_and_zero_hides_it(bandit_export):
     x = clients(100, seed=4)
     x[:, COL["consent_tier_0"] : COL["consent_tier_0"] + 4] = np.eye(4)[np.full(100, 1)]
-    x[:, _load(export).checks.min_tier > 1] = 0.0  # nothing tier 1 hides
-    _load(export, consent="refuse").validate(x)
+    x[:, _load(bandit_export).checks.min_tier > 1] = 0.0  # nothing tier 1 hides
+    _load(bandit_export, consent="refuse").validate(x)
     x[37, COL["market_stress"]] = 2.0  # tier 2 needed
     with pytest.raises(RequestError, match="market_stress in row 37 is set, but .* tier 1"):
-        _load(export, consent="refuse").validate(x)
-    shown = _load(export, consent="zero").validate(x)
+        _load(bandit_export, consent="refuse").validate(x)
+    shown = _load(bandit_export, consent="zero").validate(x)
     assert shown[37, COL["market_stress"]] == 0 and x[37, COL["market_stress"]] == 2.0
 
 
-def test_first_argmax_is_numpys_argmax_with_ties_and_nan():
-    rng = np.random.default_rng(0)
-    values = rng.integers(0, 3, (4, 500)).astype(np.float32)
-    values[rng.random((4, 500)) < 0.05] = np.nan
-    np.testing.assert_array_equal(first_argmax(values), np.argmax(values, axis=0))
-    values = values[:, ~np.isnan(values).any(axis=0)]
-    np.testing.assert_array_equal(first_argmax(values), np.argmax(values, axis=0))
-
-
-def test_shared_masks_allow_exactly_the_action_tables_actions_and_count_them(export):
-    runtime = _load(export)
+def test_shared_masks_allow_exactly_the_action_tables_actions_and_count_them(bandit_export):
+    runtime = _load(bandit_export)
     rng = np.random.default_rng(1)
     n = 300
     x = clients(n, seed=5)
@@ -160,13 +136,15 @@ def _same(a, b) -> None:
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=["none", "epsilon", "softmax"])
-def test_the_graph_and_numpy_decide_alike_and_without_exploration_propensity_is_1(export, setting):
+def test_the_graph_and_numpy_decide_alike_and_without_exploration_propensity_is_1(
+    bandit_export, setting
+):
     x = clients(500, seed=7)
-    graph = _load(export, exploration=setting).decide(x, explain=False)
-    numpy = _load(export, exploration=setting, graph_choice=False).decide(x, explain=False)
+    graph = _load(bandit_export, exploration=setting).decide(x, explain=False)
+    numpy = _load(bandit_export, exploration=setting, graph_choice=False).decide(x, explain=False)
     np.testing.assert_array_equal(graph.action, numpy.action)
     np.testing.assert_allclose(graph.propensity, numpy.propensity, rtol=1e-6)
-    runtime = _load(export, exploration=setting)
+    runtime = _load(bandit_export, exploration=setting)
     joint = runtime.guards.joint_mask(runtime.validate(x))
     np.testing.assert_array_equal(graph.allowed_actions, joint.sum(axis=1))
     if setting is None:
@@ -174,7 +152,9 @@ def test_the_graph_and_numpy_decide_alike_and_without_exploration_propensity_is_
         assert graph.propensity.dtype == np.float64 and graph.allowed_actions.dtype == np.int64
 
 
-def test_shadow_mode_and_tripped_circuits_decide_alike_with_and_without_the_graph(export, tmp_path):
+def test_shadow_mode_and_tripped_circuits_decide_alike_with_and_without_the_graph(
+    bandit_export, tmp_path
+):
     n = 400
     x = clients(n, seed=8)
     rng = np.random.default_rng(2)
@@ -191,13 +171,11 @@ def test_shadow_mode_and_tripped_circuits_decide_alike_with_and_without_the_grap
         ({"circuit": circuit}, {}),
         ({"circuit": circuit, "exploration": Exploration(epsilon=0.3, seed=5)}, {}),
     ):
-        graph = _load(export, **kwargs).decide(x, explain=False, **request)
-        numpy = _load(export, graph_choice=False, **kwargs).decide(x, explain=False, **request)
+        graph = _load(bandit_export, **kwargs).decide(x, explain=False, **request)
+        numpy = _load(bandit_export, graph_choice=False, **kwargs).decide(
+            x, explain=False, **request
+        )
         _same(graph, numpy)
-        runtime = _load(export, **kwargs)
+        runtime = _load(bandit_export, **kwargs)
         joint = runtime.guards.joint_mask(runtime.validate(x))
-        assert joint[np.arange(n), [_flat(a) for a in graph.action]].all()
-
-
-def _flat(action: np.ndarray) -> int:
-    return int(np.flatnonzero((JOINT_ACTIONS == np.where(action[0] > 0, action, 0)).all(axis=1))[0])
+        assert joint[np.arange(n), multi_to_flat(graph.action)].all()
