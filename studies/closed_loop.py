@@ -772,6 +772,13 @@ def _nv(v: float, lo: float | None = None, hi: float | None = None) -> str:
     return f"{v:.3f}" if lo is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _nv_of(entry: dict[str, Any] | None, key: str = "normalized_value") -> str:
+    """``entry[key]`` with its 95 % interval (``<key>_lo``, ``<key>_hi``); a dash for none."""
+    if not entry:
+        return "—"
+    return _nv(entry[key], entry[f"{key}_lo"], entry[f"{key}_hi"])
+
+
 def report_tables(states: list[dict[str, Any]]) -> str:
     """The study's Markdown: the summary by hidden world, the hidden worlds' parameters and
     what calibration found, and the table of every round."""
@@ -849,36 +856,19 @@ def report_tables(states: list[dict[str, Any]]) -> str:
     ]
     for s in states:
         last = s["rounds"][-1]["truth"] if s["rounds"] else None
-        champ = (
-            _nv(
-                last["champion_normalized_value"],
-                last["champion_normalized_value_lo"],
-                last["champion_normalized_value_hi"],
-            )  # fmt: skip
-            if last
-            else "—"
-        )
+        champ = _nv_of(last, "champion_normalized_value")
         full_direct = s.get("direct_at_budget")
         ratio = (
             f"{last['champion_normalized_value'] / full_direct['normalized_value']:.2f}"
             if last and full_direct
             else "—"
         )
-        full_cell = (
-            _nv(
-                full_direct["normalized_value"],
-                full_direct["normalized_value_lo"],
-                full_direct["normalized_value_hi"],
-            )  # fmt: skip
-            if full_direct
-            else "—"
-        )
         lines.append(
             f"| {s['settings']['world']} | {s['settings']['seed']} | "
             f"{_nv(s['firm_rules']['normalized_value'])} | "
             f"{_nv(s['off_the_shelf']['normalized_value'])} | "
-            f"{_nv(s['direct']['normalized_value'], s['direct']['normalized_value_lo'], s['direct']['normalized_value_hi'])} | "
-            f"{full_cell} | {champ} | {ratio} | {sum(r['gate']['cleared'] for r in s['rounds'])} |"
+            f"{_nv_of(s['direct'])} | {_nv_of(full_direct)} | {champ} | {ratio} | "
+            f"{sum(r['gate']['cleared'] for r in s['rounds'])} |"
         )
     lines += [
         "",
