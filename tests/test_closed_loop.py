@@ -113,11 +113,19 @@ def _run(args: list[str], uri: str) -> subprocess.CompletedProcess:
     )
 
 
+def _settings(args: list[str], uri: str) -> closed_loop.ClosedLoopConfig:
+    """The job's settings as the command composes and checks them (for the runs made in
+    process: the command line itself is run once below and by the refusal test)."""
+    run = OmegaConf.to_object(compose_conf("closed_loop", [*args, f"tracking.uri={uri}"]))
+    closed_loop.check(run)
+    return run
+
+
 @pytest.mark.slow
-def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path):
+def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = f"out={tmp_path / 'study'}"
-    first = _run([*TINY, *PROMOTE_ALL, "rounds=1", out], uri)
+    first = _run([*TINY, *PROMOTE_ALL, "rounds=1", out], uri)  # the command, end to end
     assert first.returncode == 0, first.stderr[-3000:]
     state_file = tmp_path / "study" / "w0-s0" / "state.json"
     one = json.loads(state_file.read_text())
@@ -132,13 +140,14 @@ def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path):
     assert r1["gate"]["cleared"] and r1["champion_after"] == "off_the_shelf"
     # a promotion is false exactly when the challenger is truly worse than what it replaced
     assert r1["false_promotion"] == (r1["truth"]["challenger_minus_champion"] < 0)
-    # the same seed gives the same round (a fresh job in another folder)
-    again = _run(
-        [*TINY, *PROMOTE_ALL, "rounds=1", f"out={tmp_path / 'again'}"],
-        f"sqlite:///{tmp_path / 'again.db'}",
+    # the same seed gives the same round (a fresh job in another folder, run in this process)
+    again = closed_loop.run_job(
+        _settings(
+            [*TINY, *PROMOTE_ALL, "rounds=1", f"out={tmp_path / 'again'}"],
+            f"sqlite:///{tmp_path / 'again.db'}",
+        )
     )
-    assert again.returncode == 0, again.stderr[-3000:]
-    same = json.loads((tmp_path / "again" / "w0-s0" / "state.json").read_text())["rounds"][0]
+    same = again["rounds"][0]
     assert {k: v for k, v in same.items() if k != "run_id"} == {
         k: v for k, v in r1.items() if k != "run_id"
     }
@@ -148,10 +157,10 @@ def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path):
 
     # started again with more rounds: round 1 is kept as it was; round 2 has the promoted
     # policy decide and the challenger trained after round 1 as the canary
-    second = _run([*TINY, *PROMOTE_ALL, "rounds=2", out], uri)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "1 of 2 rounds done" in second.stdout
-    two = json.loads(state_file.read_text())
+    capsys.readouterr()
+    two = closed_loop.run_job(_settings([*TINY, *PROMOTE_ALL, "rounds=2", out], uri))
+    assert "1 of 2 rounds done" in capsys.readouterr().out
+    assert two == json.loads(state_file.read_text())
     assert two["rounds"][0] == r1
     r2 = two["rounds"][1]
     assert (r2["serving"], r2["challenger"], r2["shadow"]) == ("off_the_shelf", "r1", False)
@@ -176,16 +185,16 @@ def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path):
         assert "true/champion_normalized_value" in parent.data.metrics
 
     # other settings in the same folder are refused, naming them
-    changed = _run([*TINY, *PROMOTE_ALL, "rounds=2", "epsilon=0.2", out], uri)
-    assert changed.returncode == 2 and "epsilon" in changed.stderr
+    with pytest.raises(ConfigError, match="epsilon"):
+        closed_loop.run_job(_settings([*TINY, *PROMOTE_ALL, "rounds=2", "epsilon=0.2", out], uri))
 
     # the direct agent at the default agent's budget (here the loop's own, which the cache holds)
-    direct = _run([*TINY, *PROMOTE_ALL, "mode=direct", "direct_budget=16384", out], uri)
-    assert direct.returncode == 0, direct.stderr[-3000:]
+    closed_loop.direct_at_budget(
+        _settings([*TINY, *PROMOTE_ALL, "mode=direct", "direct_budget=16384", out], uri)
+    )
     assert json.loads(state_file.read_text())["direct_at_budget"]["budget"] == 16_384
 
-    done = _run(["mode=report", out], uri)
-    assert done.returncode == 0, done.stderr[-3000:]
+    closed_loop.report(_settings(["mode=report", out], uri))
     text = (tmp_path / "study" / "closed_loop.md").read_text()
     assert "False promotions:" in text and "| 0 | 0 | 2 | off_the_shelf | r1 |" in text
     assert "default agent's budget (16,384 client-days)" in text
