@@ -351,7 +351,7 @@ def graph_rows_checked(
         in_range = ((actions >= 0) & (actions < nvec)).all(axis=1)
         actions[~in_range] = 0
     probability = probability.astype(np.float64)  # a copy: rows decided again are replaced
-    broken = ~guards.allowed_by(masks or guards.masks(x), actions)
+    broken = ~guards.allowed_in_range(masks or guards.masks(x), actions)  # in range: above
     if in_range is not None:
         broken |= ~in_range
     if not (probability.min() >= 0 and probability.max() <= 1):  # NaN fails both

@@ -56,6 +56,9 @@ class Draws:
         self.has_open_slot = has_open_slot
         self.open_count = np.array([len(rows) for rows in open_slots], dtype=np.int64)
         """(channels,) slots open to each channel"""
+        pairs = guards.state_channels @ self.open_count  # open (slot, channel) pairs per state
+        self.state_count = 1 + pairs * int(nvec[1]) * guards.state_contents.sum(axis=1)
+        """(states,) allowed joint actions in each :attr:`~serve.guards.Masks.state`"""
 
     def deterministic(self, policy: np.ndarray | None = None) -> bool:
         """Whether :meth:`explore` returns the base action as is, with probability 1 (no
@@ -66,9 +69,9 @@ class Draws:
     def count(self, masks: Masks) -> np.ndarray:
         """(N,) int64 allowed joint actions, no-send included, from the rules' :class:`Masks`
         (:func:`allowed_count` without the (slots * channels, N) pairs): per channel open
-        today, its open slots, times every tone, times the allowed contents."""
-        pairs = (masks.channel_ok * self.open_count[:, None]).sum(axis=0)
-        return 1 + pairs * int(self.nvec[1]) * masks.content_ok.sum(axis=0)
+        today, its open slots, times every tone, times the allowed contents; counted once per
+        :attr:`~serve.guards.Masks.state` (:attr:`state_count`)."""
+        return self.state_count.take(masks.state)
 
     def explore(
         self,

@@ -22,6 +22,10 @@ class Masks(NamedTuple):
     """(N,) int64 consent tier"""
     content_ok: np.ndarray
     """(contents, N) the client's consent tier allows the content"""
+    state: np.ndarray
+    """(N,) int64 which of the ``2 ** channels * tiers`` combinations of the above the row
+    has: bit k set where channel k takes a send today, plus ``2 ** channels * tier``
+    (:attr:`Guards.state_channels`, :attr:`Guards.state_contents`)"""
 
 
 class Guards:
@@ -67,6 +71,19 @@ class Guards:
         self.loss_content = np.isin(self.contents, review["loss_contents"])
         self.i_stress = names.index("market_stress")
         self.i_goals = [i for i, n in enumerate(names) if n.startswith("goal_")]
+        c, states = len(self.channels), np.arange(2 ** len(self.channels) * len(self.i_tier))
+        self.state_channels = (states[:, None] >> np.arange(c)) & 1 == 1
+        """(states, channels) the channels that take a send today in each :attr:`Masks.state`"""
+        self.state_contents = (states >> c)[:, None] >= self.content_min_tier[None, :]
+        """(states, contents) the contents allowed in each :attr:`Masks.state`"""
+        sends = (
+            self.state_channels[:, None, :, None]
+            & ~self.quiet[None, :, :, None]
+            & self.state_contents[:, None, None, :]
+        )  # (states, slots, channels, contents)
+        no_send = np.ones((len(states), 1, *sends.shape[2:]), dtype=bool)
+        self._state_allows = np.concatenate([no_send, sends], axis=1).reshape(-1)
+        """whether each (state, slot, channel, content) is allowed (slot 0, no-send, always)"""
 
     def inputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(opted_out (N,3), messages per channel in 7 days (N,3), consent tier (N,)) from features."""
@@ -96,7 +113,10 @@ class Guards:
         channel_ok &= sent < self.channel_cap[:, None]
         channel_ok &= sent.sum(axis=0) < self.max_per_week
         content_ok = tier >= self.content_min_tier[:, None]
-        return Masks(channel_ok, tier, content_ok)
+        state = tier << len(channel_ok)
+        for k, ok in enumerate(channel_ok):
+            state += ok * (1 << k)
+        return Masks(channel_ok, tier, content_ok, state)
 
     def _channels_and_tier(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         masks = self.masks(x)
@@ -136,6 +156,18 @@ class Guards:
         ok &= masks.content_ok.reshape(-1).take(content * n + rows)
         ok &= self._open.take(np.maximum(slot - 1, 0) * self.quiet.shape[1] + channel)
         return (slot == 0) | ok
+
+    def allowed_in_range(self, masks: Masks, actions: np.ndarray) -> np.ndarray:
+        """:meth:`allowed_by` for (N, 4) ``actions`` whose components are known to lie within
+        the action space (the caller checked them): one lookup of each row's (state, slot,
+        channel, content) in a table of every combination, about half the time of
+        :meth:`allowed_by`, but a component out of range would read another combination."""
+        code = masks.state * (len(self.slots) + 1) + actions[:, 0]
+        code *= len(self.channels)
+        code += actions[:, 2]
+        code *= len(self.contents)
+        code += actions[:, 3]
+        return self._state_allows.take(code)
 
     def joint_mask(self, x: np.ndarray) -> np.ndarray:
         """(N, 361) True where the flat action is allowed; no-send always is."""
