@@ -32,7 +32,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from agents.base import ExportKind, Policy, best_factored, in_chunks
@@ -162,16 +162,26 @@ class MaskedMultiCategorical(MaskableDistribution):
         return self
 
     def apply_masking(self, masks: Any) -> None:
-        """``masks`` (N, sum(dims)), true where allowed (bool or 0/1, tensor or array); None
-        lifts the masks."""
+        """``masks`` (N, sum(dims)), true where allowed (bool or 0/1, tensor or array), or a
+        bool (N, K, W) tensor already laid out by :meth:`padded_masks`; None lifts the masks."""
         if masks is None:
             self._masks = None
         else:
             t = torch.as_tensor(masks)
-            if t.dtype != torch.bool:
-                t = t != 0
-            self._masks = t.to(self._raw.device).view(-1, sum(self.action_dims))
+            if t.dtype == torch.bool and t.dim() == 3:
+                self._masks = t.to(self._raw.device)
+            else:
+                self._masks = self.padded_masks(t.to(self._raw.device))
         self._log_p = None
+
+    def padded_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """(N, K, W) bool: true where a real option is allowed, from ``masks`` (N, sum(dims))
+        (bool or 0/1); padding slots are false."""
+        if masks.dtype != torch.bool:
+            masks = masks != 0
+        masks = masks.view(-1, sum(self.action_dims))
+        index, real = self._index.to(masks.device), self._real.to(masks.device)
+        return masks.index_select(1, index).view(len(masks), *self._shape) & real
 
     @property
     def log_probs(self) -> torch.Tensor:
@@ -182,9 +192,7 @@ class MaskedMultiCategorical(MaskableDistribution):
             n = self._raw.shape[0]
             index, real = self._index.to(self._raw.device), self._real.to(self._raw.device)
             padded = self._raw.index_select(1, index).view(n, *self._shape)
-            allowed = real
-            if self._masks is not None:
-                allowed = self._masks.index_select(1, index).view(n, *self._shape) & real
+            allowed = real if self._masks is None else self._masks
             logits = torch.where(allowed, padded, self._fill.to(self._raw.device))
             self._log_p = torch.log_softmax(logits, dim=-1)
         return self._log_p
@@ -244,10 +252,17 @@ def _mask_source(env: VecEnv) -> CadenceVecEnv:
     raise TypeError(f"{type(env).__name__} has no CadenceVecEnv underneath to read masks from")
 
 
+_BUFFER_FIELDS = ("observations", "actions", "values", "log_probs", "advantages", "returns")
+"""the rollout buffer's arrays a minibatch reads, beside the masks"""
+
+
 class FastMaskablePPO(MaskablePPO):
     """MaskablePPO whose rollouts read the batch's masks as one array (no per-slot
     ``env_method``), keep them as one tensor from the env to the distribution, and bootstrap
-    every truncated episode of a step in one batched value call; the update is MaskablePPO's."""
+    every truncated episode of a step in one batched value call. The update (:meth:`train`) is
+    MaskablePPO's, computed from the rollout as tensors made once per rollout (minibatches
+    gathered by ``index_select``, the masks laid out for the distribution once), with the
+    logged losses read after the last minibatch: the same parameters to the last bit."""
 
     def collect_rollouts(
         self,
@@ -301,6 +316,128 @@ class FastMaskablePPO(MaskablePPO):
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.on_rollout_end()
         return True
+
+    def _rollout_tensors(self) -> dict[str, torch.Tensor]:
+        """The rollout buffer's arrays flattened as sb3's ``RolloutBuffer.get`` flattens them
+        (the buffer keeps them so, as after sb3's update), as tensors on the model's device:
+        actions as int64, values and the like as vectors, the masks laid out (N, K, W) for
+        :class:`MaskedMultiCategorical`."""
+        buffer = self.rollout_buffer
+        if not buffer.generator_ready:
+            for name in (*_BUFFER_FIELDS, "action_masks"):
+                buffer.__dict__[name] = buffer.swap_and_flatten(buffer.__dict__[name])
+            buffer.generator_ready = True
+        out = {
+            name: torch.as_tensor(np.ascontiguousarray(buffer.__dict__[name]), device=self.device)
+            for name in _BUFFER_FIELDS
+        }
+        for name in ("values", "log_probs", "advantages", "returns"):
+            out[name] = out[name].flatten()
+        out["actions"] = out["actions"].long()
+        masks = torch.as_tensor(buffer.action_masks, device=self.device)
+        out["action_masks"] = self.policy.action_dist.padded_masks(masks)
+        return out
+
+    def train(self) -> None:
+        """MaskablePPO's update (``sb3_contrib.ppo_mask.MaskablePPO.train``): the same
+        minibatches (one ``np.random.permutation`` per epoch), the same losses in the same order,
+        the same optimiser steps and logged values. Models whose distribution is not a
+        :class:`MaskedMultiCategorical` take MaskablePPO's own."""
+        buffer = self.rollout_buffer
+        if not isinstance(self.policy.action_dist, MaskedMultiCategorical) or not isinstance(
+            buffer, MaskableRolloutBuffer
+        ):
+            return super().train()
+        assert buffer.full, ""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)
+        clip_range_vf = None
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)
+        total = buffer.buffer_size * buffer.n_envs
+        data: dict[str, torch.Tensor] | None = None
+        entropy_losses: list[torch.Tensor] = []
+        pg_losses: list[torch.Tensor] = []
+        value_losses: list[torch.Tensor] = []
+        clip_fractions: list[torch.Tensor] = []
+        approx_kl_divs: list[torch.Tensor] = []
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            # the global numpy generator, as RolloutBuffer.get draws each epoch's order
+            order = np.random.permutation(total)  # noqa: NPY002
+            if data is None:
+                data = self._rollout_tensors()
+            order_t = torch.from_numpy(order).to(self.device)
+            for start in range(0, total, self.batch_size):
+                rows = order_t[start : start + self.batch_size]
+                advantages = data["advantages"].index_select(0, rows)
+                old_log_prob = data["log_probs"].index_select(0, rows)
+                values, log_prob, entropy = self.policy.evaluate_actions(
+                    data["observations"].index_select(0, rows),
+                    data["actions"].index_select(0, rows),
+                    action_masks=data["action_masks"].index_select(0, rows),
+                )
+                values = values.flatten()
+                if self.normalize_advantage:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                ratio = torch.exp(log_prob - old_log_prob)
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
+                pg_losses.append(policy_loss.detach())
+                with torch.no_grad():
+                    clip_fractions.append(torch.mean((torch.abs(ratio - 1) > clip_range).float()))
+                if clip_range_vf is None:
+                    values_pred = values
+                else:
+                    old_values = data["values"].index_select(0, rows)
+                    values_pred = old_values + torch.clamp(
+                        values - old_values, -clip_range_vf, clip_range_vf
+                    )
+                returns = data["returns"].index_select(0, rows)
+                value_loss = torch.nn.functional.mse_loss(returns, values_pred)
+                value_losses.append(value_loss.detach())
+                if entropy is None:
+                    entropy_loss = -torch.mean(-log_prob)
+                else:
+                    entropy_loss = -torch.mean(entropy)
+                entropy_losses.append(entropy_loss.detach())
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                with torch.no_grad():
+                    log_ratio = log_prob - old_log_prob
+                    approx_kl_divs.append(torch.mean((torch.exp(log_ratio) - 1) - log_ratio))
+                if self.target_kl is not None:
+                    approx_kl_div = approx_kl_divs[-1].cpu().numpy()
+                    if approx_kl_div > 1.5 * self.target_kl:
+                        continue_training = False
+                        if self.verbose >= 1:
+                            print(
+                                f"Early stopping at step {epoch} due to reaching max kl: "
+                                f"{approx_kl_div:.2f}"
+                            )
+                        break
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+        explained_var = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        logger = self.logger
+        logger.record("train/entropy_loss", np.mean([t.item() for t in entropy_losses]))
+        logger.record("train/policy_gradient_loss", np.mean([t.item() for t in pg_losses]))
+        logger.record("train/value_loss", np.mean([t.item() for t in value_losses]))
+        logger.record("train/approx_kl", np.mean([t.cpu().numpy() for t in approx_kl_divs]))
+        logger.record("train/clip_fraction", np.mean([t.item() for t in clip_fractions]))
+        logger.record("train/loss", loss.item())
+        logger.record("train/explained_variance", explained_var)
+        logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            logger.record("train/clip_range_vf", clip_range_vf)
 
     def _bootstrap_truncated(
         self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
