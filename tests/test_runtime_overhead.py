@@ -1,0 +1,99 @@
+"""The runtime's cheaper steps around the graph give what the steps they replace gave: the masks
+built from the tier the request's checks read are the masks read from the features, each row's
+state looks up exactly the 361-action table's answers, the allowed count per state is the
+table's, the actions' labels are the labels one row at a time, and the decision ids are the
+uuid4 of the entropy read."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from test_exploration import _load
+from test_onnx_choice import COL
+from test_runtime_fail_closed import clients
+
+from envs.spaces import JOINT_ACTIONS
+from serve import contract, decisions
+from serve.decisions import new_decision_ids
+from serve.response import Labeller
+
+
+def _requests(runtime, n: int, seed: int) -> np.ndarray:
+    """(n, D) valid requests, the weekly counts spread over every cap (reached or not)."""
+    rng = np.random.default_rng(seed)
+    x = clients(n, seed=seed)
+    x[:, [COL[f"sent_7d_{c}"] for c in contract.CHANNELS]] = rng.integers(0, 8, (n, 3))
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masks_from_the_checks_tier_are_the_masks_read_from_the_features(bandit_export, dtype):
+    runtime = _load(bandit_export)
+    x = _requests(runtime, 700, seed=11).astype(dtype)
+    checked, tier = runtime.checks.checked(x, "zero", 1_000)
+    np.testing.assert_array_equal(checked, runtime.validate(x))
+    np.testing.assert_array_equal(tier, np.argmax(x[:, runtime.guards.i_tier], axis=1))
+    given, read = runtime.guards.masks(checked, tier), runtime.guards.masks(checked)
+    for name, value in given._asdict().items():
+        other = getattr(read, name)
+        assert value.dtype == other.dtype and value.shape == other.shape, name
+        np.testing.assert_array_equal(value, other, err_msg=name)
+    bits = sum(read.channel_ok[k].astype(np.int64) << k for k in range(len(contract.CHANNELS)))
+    np.testing.assert_array_equal(read.state, bits + (read.tier << len(contract.CHANNELS)))
+
+
+def test_the_state_lookup_allows_exactly_the_action_tables_actions(bandit_export):
+    runtime = _load(bandit_export)
+    guards, n = runtime.guards, 600
+    x = runtime.validate(_requests(runtime, n, seed=12))
+    masks, joint = guards.masks(x), guards.joint_mask(x)
+    assert len(np.unique(masks.state)) > 20  # most of the 32 states are met
+    for index in range(len(JOINT_ACTIONS)):
+        actions = np.repeat(JOINT_ACTIONS[index][None, :], n, axis=0)
+        np.testing.assert_array_equal(guards.allowed_in_range(masks, actions), joint[:, index])
+        np.testing.assert_array_equal(guards.allowed_by(masks, actions), joint[:, index])
+    rng = np.random.default_rng(3)
+    quiet = np.stack(
+        [np.zeros(n, dtype=np.int64)] + [rng.integers(0, k, n) for k in contract.NVEC[1:]], 1
+    )
+    assert guards.allowed_in_range(masks, quiet).all()  # a no-send, whatever else it says
+    np.testing.assert_array_equal(runtime.draws.count(masks), joint.sum(axis=1))
+    assert runtime.draws.count(masks).dtype == np.int64
+
+
+def test_the_labels_are_each_rows_labels_and_a_no_sends_are_none():
+    labeller = Labeller(contract.ACTION_LABELS)
+    rng = np.random.default_rng(4)
+    actions = np.stack([rng.integers(0, k, 2_000) for k in contract.NVEC], axis=1)
+    words = labeller(actions)
+    assert list(words) == ["slot", "tone", "channel", "content"]
+    for j, part in enumerate(words):
+        expected = [
+            contract.ACTION_LABELS[part][a[j]] if j == 0 or a[0] > 0 else None for a in actions
+        ]
+        assert type(words[part]) is list and words[part] == expected
+        assert all(type(w) is str for w in words[part] if w is not None)
+    assert words["tone"].count(None) == int((actions[:, 0] == 0).sum()) > 0
+    assert labeller(actions[:0]) == {"slot": [], "tone": [], "channel": [], "content": []}
+
+
+@pytest.mark.parametrize("n", [1, 2, 4097])
+def test_decision_ids_are_the_uuid4_of_the_entropy_read(monkeypatch, n):
+    entropy = np.random.default_rng(n).bytes(16 * n)
+    monkeypatch.setattr(decisions.os, "urandom", lambda size: entropy[:size])
+    ids = new_decision_ids(n)
+    expected = [uuid.UUID(bytes=entropy[16 * i : 16 * i + 16], version=4).hex for i in range(n)]
+    assert type(ids) is list and ids == expected and all(type(i) is str for i in ids)
+
+
+@pytest.mark.parametrize("rows", [1, 64, 65, 300])
+def test_decisions_keep_their_python_types(bandit_export, rows):
+    d = _load(bandit_export).decide(clients(rows, seed=rows), explain=False)
+    for name in ("slot", "tone", "channel", "content", "decision_id"):
+        value = getattr(d, name)
+        assert type(value) is list and len(value) == rows, name
+        assert all(v is None or type(v) is str for v in value), name
+    assert all(type(i) is str and len(i) == 32 for i in d.decision_id)
+    assert d.action.dtype == np.int64 and d.allowed_actions.dtype == np.int64
