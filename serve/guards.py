@@ -148,8 +148,18 @@ class Guards:
     def allowed_by(self, masks: Masks, actions: np.ndarray) -> np.ndarray:
         """(N,) True where the (N, 4) action (components within ``nvec``) is allowed by its
         row's :class:`Masks`: its channel takes a send today, its slot is not in that channel's
-        quiet hours and its content is allowed at the client's consent tier; no-send always is."""
+        quiet hours and its content is allowed at the client's consent tier; no-send always is.
+        Actions within the action space (the usual case: a column's minimum and maximum at a
+        time say so) are looked up by their row's state (:meth:`allowed_in_range`)."""
         slot, channel, content = actions[:, 0], actions[:, 2], actions[:, 3]
+        if (
+            len(actions)
+            and actions.min() >= 0
+            and slot.max() <= len(self.slots)
+            and channel.max() < len(self.channels)
+            and content.max() < len(self.contents)
+        ):
+            return self.allowed_in_range(masks, actions)
         n = masks.channel_ok.shape[1]
         rows = np.arange(n)
         ok = masks.channel_ok.reshape(-1).take(channel * n + rows)

@@ -59,6 +59,13 @@ def test_the_state_lookup_allows_exactly_the_action_tables_actions(bandit_export
         [np.zeros(n, dtype=np.int64)] + [rng.integers(0, k, n) for k in contract.NVEC[1:]], 1
     )
     assert guards.allowed_in_range(masks, quiet).all()  # a no-send, whatever else it says
+    # a component out of range: allowed_by reads each component itself, as before the lookup
+    odd = np.repeat(JOINT_ACTIONS[200][None, :], n, axis=0)
+    odd[:, 1] = -1  # the tone, which no rule reads
+    np.testing.assert_array_equal(guards.allowed_by(masks, odd), joint[:, 200])
+    odd[:, 3] = len(contract.CONTENTS)
+    with pytest.raises(IndexError):
+        guards.allowed_by(masks, odd)
     np.testing.assert_array_equal(runtime.draws.count(masks), joint.sum(axis=1))
     assert runtime.draws.count(masks).dtype == np.int64
 
