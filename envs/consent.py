@@ -48,7 +48,15 @@ def gate(obs: np.ndarray, tier: np.ndarray) -> np.ndarray:
     return obs
 
 
-def observe(world: World, day: int, stress: float, out: np.ndarray | None = None) -> np.ndarray:
+def observe(
+    world: World,
+    day: int,
+    stress: float,
+    out: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """(N, OBS_DIM) float32 observations a policy may see on calendar ``day``: the features,
-    consent-gated."""
-    return gate(raw_features(world, day, stress, out), world.traits.consent_tier)
+    consent-gated (``out``, ``counts``, ``rows``: as :func:`envs.features.raw_features` takes them)."""
+    tier = world.traits.consent_tier if rows is None else world.traits.consent_tier[rows]
+    return gate(raw_features(world, day, stress, out, counts, rows), tier)

@@ -16,7 +16,7 @@ import numpy as np
 from envs import consent, features, masks
 from envs.config import Setup
 from envs.reward import costs, reward
-from envs.spaces import check_actions
+from envs.spaces import check_actions, multi_to_flat
 from simulate.world import World
 
 GENERATION_SHIFT = np.uint64(32)
@@ -107,7 +107,25 @@ class CadenceCore:
         self.episode_return = np.zeros(self.n)
         s = self.setup
         self.world = World(s.population, s.env.response, s.scenario, self.seed, self._ids())
+        self._forget()
         return self.observe()
+
+    def _forget(self) -> None:
+        """Drop what was read from the world's records (the world moved)."""
+        self._counts: np.ndarray | None = None
+        self._states: np.ndarray | None = None
+
+    def _channel_counts(self) -> np.ndarray:
+        """:func:`envs.features.channel_counts` of the world, read once per state of it."""
+        if self._counts is None:
+            self._counts = features.channel_counts(self.world)
+        return self._counts
+
+    def _row_states(self) -> np.ndarray:
+        """:func:`envs.masks.row_states` of every slot, read once per state of the world."""
+        if self._states is None:
+            self._states = masks.row_states(self.rules, *self.mask_inputs())
+        return self._states
 
     def next_clients(self, rows: np.ndarray) -> None:
         """Put each slot's next client in ``rows`` (the calendar goes on)."""
@@ -115,24 +133,28 @@ class CadenceCore:
         self.world.replace(rows, self._ids()[rows], self.day)
         self.age[rows] = 0
         self.episode_return[rows] = 0.0
+        self._forget()
 
     def observe(self) -> np.ndarray:
         """(N, OBS_DIM) float32 observations for today's decision."""
         stress = self.world.schedule.effects(self.day).stress
-        return consent.observe(self.world, self.day, stress)
+        return consent.observe(self.world, self.day, stress, counts=self._channel_counts())
 
     def mask_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(opted_out, sends per channel in the last 7 days, consent tier) of every slot."""
+        """(opted_out, sends per channel in the last 7 days, consent tier) of every slot.
+
+        Read from the world once per day (the step and the resets move it): a change made to
+        ``self.world`` by hand between steps is not seen until the next step."""
         w = self.world
-        return w.opted_out, features.channel_counts(w), w.traits.consent_tier
+        return w.opted_out, self._channel_counts(), w.traits.consent_tier
 
     def action_masks(self) -> np.ndarray:
         """(N, 19) per-component masks (see :func:`envs.masks.component_masks`)."""
-        return masks.component_masks(self.rules, *self.mask_inputs())
+        return masks.state_tables(self.rules).component[self._row_states()]
 
     def joint_masks(self) -> np.ndarray:
         """(N, 361) exact masks over the flat actions."""
-        return masks.joint_mask(self.rules, *self.mask_inputs())
+        return masks.state_tables(self.rules).joint[self._row_states()]
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Advance one day with (N, 4) MultiDiscrete actions.
@@ -145,10 +167,12 @@ class CadenceCore:
         if self.world is None:
             raise RuntimeError("call reset() before step()")
         actions = check_actions(actions, self.n)
-        allowed = masks.is_allowed(self.rules, actions, *self.mask_inputs())
+        # the joint mask's entry of each action is masks.is_allowed's answer
+        allowed = masks.state_tables(self.rules).joint[self._row_states(), multi_to_flat(actions)]
         violation = (actions[:, 0] > 0) & ~allowed
         slot = np.where(allowed, actions[:, 0], 0)
         out = self.world.step(self.day, slot, actions[:, 1], actions[:, 2], actions[:, 3])
+        self._forget()
         out["violation"] = violation
         today = reward(out, self.reward_weights)
         out.update(costs(out))
@@ -160,12 +184,27 @@ class CadenceCore:
         done = terminated | truncated
         final_obs = None
         ep_return, ep_length = self.episode_return.copy(), self.age.copy()
+        obs = self.observe()
         if done.any():
-            final_obs = self.observe()
+            final_obs = obs
             if self.autoreset:
-                self.next_clients(np.flatnonzero(done))
+                rows = np.flatnonzero(done)
+                counts = self._counts
+                self.next_clients(rows)
+                # only the new clients' rows change: the others' observations and send counts
+                # are those just read
+                new_counts = features.counts_in(self.world.channel_log[rows])
+                stress = self.world.schedule.effects(self.day).stress
+                obs = final_obs.copy()
+                obs[rows] = consent.observe(
+                    self.world, self.day, stress, counts=new_counts, rows=rows
+                )
+                self._counts = counts.copy()
+                self._counts[rows] = new_counts
+            else:
+                obs = final_obs.copy()
         return StepResult(
-            self.observe(),
+            obs,
             today.astype(np.float32),
             terminated,
             truncated,

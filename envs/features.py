@@ -126,12 +126,21 @@ acting); :func:`raw_features` computes them from the world's records and
 
 def channel_counts(world: World) -> np.ndarray:
     """(N, 3) messages delivered per channel in the 7 days before the next step."""
-    log = world.channel_log
+    return counts_in(world.channel_log)
+
+
+def counts_in(log: np.ndarray) -> np.ndarray:
+    """(N, 3) messages per channel in (N, 7) channel logs."""
     return np.stack([(log == c + 1).sum(axis=1) for c in range(N_CHANNELS)], axis=1)
 
 
 def raw_features(
-    world: World, day: int, stress: float, out: np.ndarray | None = None
+    world: World,
+    day: int,
+    stress: float,
+    out: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, OBS_DIM) float32 features of every client on calendar ``day`` (before acting),
     *before* consent gating: use :func:`envs.consent.observe` for what a policy may see.
@@ -141,28 +150,37 @@ def raw_features(
         day: calendar day of the decision.
         stress: today's market stress (from the scenario).
         out: optional preallocated array to fill.
+        counts: :func:`channel_counts` of ``world`` when the caller has them (of ``rows``
+            when given).
+        rows: only these clients, in this order: (len(rows), OBS_DIM), each row what the whole
+            batch's would be (every feature is a function of the client's own records).
     """
-    n = world.n
+    every = rows is None
+    at_rows = slice(None) if every else rows
+    n = world.n if every else len(rows)
     obs = np.zeros((n, OBS_DIM), dtype=np.float32) if out is None else out
-    obs.fill(0.0)
-    tier = world.traits.consent_tier
-    rows = world.rows
+    if out is not None:
+        obs.fill(0.0)
+    traits = world.traits
+    index = world.rows if every else np.arange(n)
+    if counts is None:
+        counts = counts_in(world.channel_log[at_rows])
     obs[:, I_WEEKDAY + day % 7] = 1.0
-    obs[rows, I_TIER + tier] = 1.0
-    obs[:, I_OPTED_OUT : I_OPTED_OUT + N_CHANNELS] = world.opted_out
-    obs[:, I_SENT_7D : I_SENT_7D + N_CHANNELS] = channel_counts(world)
-    obs[:, I_RECENCY] = np.minimum(day - world.last_send_day, RECENCY_CAP_DAYS)
-    obs[:, I_VISIT_RECENCY] = np.minimum(day - world.last_visit_day, RECENCY_CAP_DAYS)
-    obs[:, I_VISITS] = np.bitwise_count(world.visit_log)
-    obs[rows, I_GOAL + world.traits.segment] = 1.0
-    obs[:, I_RISK] = world.traits.declared_risk
+    obs[index, I_TIER + traits.consent_tier[at_rows]] = 1.0
+    obs[:, I_OPTED_OUT : I_OPTED_OUT + N_CHANNELS] = world.opted_out[at_rows]
+    obs[:, I_SENT_7D : I_SENT_7D + N_CHANNELS] = counts
+    obs[:, I_RECENCY] = np.minimum(day - world.last_send_day[at_rows], RECENCY_CAP_DAYS)
+    obs[:, I_VISIT_RECENCY] = np.minimum(day - world.last_visit_day[at_rows], RECENCY_CAP_DAYS)
+    obs[:, I_VISITS] = np.bitwise_count(world.visit_log[at_rows])
+    obs[index, I_GOAL + traits.segment[at_rows]] = 1.0
+    obs[:, I_RISK] = traits.declared_risk[at_rows]
     obs[:, I_STRESS] = min(stress, STRESS_CAP)
-    obs[:, I_ENGAGEMENT:I_SINCE_CHANNEL] = world.engagement
+    obs[:, I_ENGAGEMENT:I_SINCE_CHANNEL] = world.engagement[at_rows]
     at = I_SINCE_CHANNEL
     for last in (world.last_channel_day, world.last_tone_day, world.last_content_day):
-        obs[:, at : at + last.shape[1]] = np.minimum(day - last, RECENCY_CAP_DAYS)
+        obs[:, at : at + last.shape[1]] = np.minimum(day - last[at_rows], RECENCY_CAP_DAYS)
         at += last.shape[1]
-    obs[:, I_URGENT_7D] = (world.tone_log == URGENT + 1).sum(axis=1)
-    obs[:, I_SENT_30D] = np.bitwise_count(world.send_log)
-    obs[rows, I_DECLARED_SLOT + world.traits.declared_slot] = 1.0
+    obs[:, I_URGENT_7D] = (world.tone_log[at_rows] == URGENT + 1).sum(axis=1)
+    obs[:, I_SENT_30D] = np.bitwise_count(world.send_log[at_rows])
+    obs[index, I_DECLARED_SLOT + traits.declared_slot[at_rows]] = 1.0
     return obs

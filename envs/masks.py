@@ -10,6 +10,7 @@ consent tier), which are also observation features, so a server can rebuild the 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -67,11 +68,17 @@ def mask_inputs(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return opted_out, counts, tier
 
 
+def channel_ok(rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(N, channels) True where a send on the channel is allowed in some slot's terms: not
+    opted out, under the channel's cap and under the weekly cap (quiet hours aside)."""
+    ok = ~opted_out & (counts < rules.channel_cap[None, :])
+    ok &= (counts.sum(axis=1) < rules.max_per_week)[:, None]
+    return ok
+
+
 def slot_channel_allowed(rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(N, slots, channels) True where a send in that slot on that channel is allowed."""
-    channel_ok = ~opted_out & (counts < rules.channel_cap[None, :])
-    channel_ok &= (counts.sum(axis=1) < rules.max_per_week)[:, None]
-    return channel_ok[:, None, :] & ~rules.quiet[None, :, :]
+    return channel_ok(rules, opted_out, counts)[:, None, :] & ~rules.quiet[None, :, :]
 
 
 def content_allowed(rules: MaskRules, tier: np.ndarray) -> np.ndarray:
@@ -79,10 +86,11 @@ def content_allowed(rules: MaskRules, tier: np.ndarray) -> np.ndarray:
     return np.asarray(tier)[:, None] >= rules.content_min_tier[None, :]
 
 
-def joint_mask(
+def joint_mask_direct(
     rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray
 ) -> np.ndarray:
-    """(N, 361) exact mask over the flat actions; index 0 (no-send) is always allowed."""
+    """:func:`joint_mask` computed row by row from the rules, without the per-state table (the
+    table is made from it; tests hold the two equal)."""
     sc = slot_channel_allowed(rules, opted_out, counts)
     ct = content_allowed(rules, tier)
     n = sc.shape[0]
@@ -99,14 +107,11 @@ def joint_mask(
     return table[inverse.reshape(-1)]
 
 
-def component_masks(
+def component_masks_direct(
     rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray
 ) -> np.ndarray:
-    """(N, 19) concatenated per-component masks (slot incl. no-send, tone, channel, content).
-
-    The allowed slots x channels form the largest product set inside the joint allowed set
-    (ties go to more channels); every combination they allow is allowed.
-    """
+    """:func:`component_masks` computed row by row from the rules, without the per-state table
+    (the table is made from it; tests hold the two equal)."""
     sc = slot_channel_allowed(rules, opted_out, counts)  # (N, S, C)
     ct = content_allowed(rules, tier)
     # slots usable with every channel of each subset: (N, subsets, S)
@@ -122,6 +127,90 @@ def component_masks(
     out[:, c0:k0] = np.where(can_send[:, None], _SUBSETS[best], True)
     out[:, k0:] = np.where(can_send[:, None], ct, True)
     return out
+
+
+_CHANNEL_BITS = np.int64(1) << np.arange(N_CHANNELS, dtype=np.int64)
+"""weight of each channel's bit in a row's state"""
+N_CHANNEL_STATES = 1 << N_CHANNELS
+"""states of the open channels (one bit each)"""
+
+
+@dataclass(frozen=True)
+class StateTables:
+    """Every mask as a function of a row's state: which channels are open (one bit each, the
+    weekly cap included) and its consent tier, within the only tiers the rules tell apart.
+    Made by the direct computations from every state, so a lookup gives what they give."""
+
+    tier_low: int
+    """tiers at or below it allow what it allows"""
+    tier_high: int
+    """tiers at or above it allow what it allows"""
+    component: np.ndarray
+    """(states, 19) :func:`component_masks_direct` of each state"""
+    joint: np.ndarray
+    """(states, 361) :func:`joint_mask_direct` of each state"""
+
+    @classmethod
+    def build(cls, rules: MaskRules) -> StateTables:
+        low = min(int(rules.content_min_tier.min()), 0) - 1
+        high = max(int(rules.content_min_tier.max()), 0)
+        tiers = np.arange(low, high + 1, dtype=np.int64)
+        bits = np.arange(N_CHANNEL_STATES, dtype=np.int64)
+        open_ = (bits[:, None] & _CHANNEL_BITS[None, :]) > 0  # (8, channels)
+        # open channels as inputs: opt-out where closed, no sends, a weekly cap that allows one
+        opted_out = np.tile(~open_, (len(tiers), 1))  # state = (tier - low) x 8 + bits
+        tier = np.repeat(tiers, N_CHANNEL_STATES)
+        counts = np.zeros(opted_out.shape, dtype=np.int64)
+        free = dataclasses.replace(
+            rules, max_per_week=1, channel_cap=np.ones(N_CHANNELS, dtype=np.int64)
+        )
+        return cls(
+            low,
+            high,
+            component_masks_direct(free, opted_out, counts, tier),
+            joint_mask_direct(free, opted_out, counts, tier),
+        )
+
+
+def state_tables(rules: MaskRules) -> StateTables:
+    """The :class:`StateTables` of ``rules``, made on first use and kept with them."""
+    tables = rules.__dict__.get("_tables")
+    if tables is None:
+        tables = StateTables.build(rules)
+        object.__setattr__(rules, "_tables", tables)
+    return tables
+
+
+def row_states(
+    rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray
+) -> np.ndarray:
+    """(N,) each row's index into its :class:`StateTables`."""
+    tables = state_tables(rules)
+    ok = channel_ok(rules, opted_out, counts)
+    level = np.clip(np.asarray(tier), tables.tier_low, tables.tier_high).astype(np.int64)
+    level -= tables.tier_low
+    level *= N_CHANNEL_STATES
+    level += ok @ _CHANNEL_BITS
+    return level
+
+
+def joint_mask(
+    rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray
+) -> np.ndarray:
+    """(N, 361) exact mask over the flat actions; index 0 (no-send) is always allowed."""
+    return state_tables(rules).joint[row_states(rules, opted_out, counts, tier)]
+
+
+def component_masks(
+    rules: MaskRules, opted_out: np.ndarray, counts: np.ndarray, tier: np.ndarray
+) -> np.ndarray:
+    """(N, 19) concatenated per-component masks (slot incl. no-send, tone, channel, content).
+
+    The allowed slots x channels form the largest product set inside the joint allowed set
+    (ties go to more channels); every combination they allow is allowed. Read from the
+    :class:`StateTables` (the same as :func:`component_masks_direct`).
+    """
+    return state_tables(rules).component[row_states(rules, opted_out, counts, tier)]
 
 
 def is_allowed(

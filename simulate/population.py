@@ -99,18 +99,42 @@ class Traits:
         return sum(getattr(self, f.name).nbytes for f in fields(self))
 
 
+_UNIFORM_STREAMS = (S_SEGMENT, S_AGE, S_SLOT, S_TIER, S_GENDER, S_AWAY)
+"""the trait streams read as uniforms"""
+_NORMAL_STREAMS = (
+    S_LITERACY,
+    S_SUSCEPTIBILITY,
+    S_RISK,
+    *(S_CHANNEL0 + c for c in range(N_CHANNELS)),
+    *(S_TONE0 + t for t in range(N_TONES)),
+    S_VISIT,
+    S_DECLARED_SLOT,
+    S_DECLARED,
+    S_BASE_OPEN,
+    S_WEEKEND,
+    S_TRUST,
+)
+"""the trait streams read as standard normals (``ndtri`` of the uniform)"""
+_UNIFORM_TERMS = rng.stream_terms(_UNIFORM_STREAMS)
+_NORMAL_TERMS = rng.stream_terms(_NORMAL_STREAMS)
+
+
 def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> Traits:
     """Draw the traits of the clients with ``client_ids`` (uint64) under ``seed``.
 
     A client's traits depend only on (seed, client id, config), never on the other ids.
     """
     keys = rng.day_keys(seed, client_ids, rng.TRAIT_DAY)
+    u = dict(zip(_UNIFORM_STREAMS, rng.uniform_streams(keys, _UNIFORM_TERMS), strict=True))
+    normal = dict(
+        zip(_NORMAL_STREAMS, ndtri(rng.uniform_streams(keys, _NORMAL_TERMS)), strict=True)
+    )
 
     def z(stream: int) -> np.ndarray:
-        return ndtri(rng.uniform(keys, stream))
+        return normal[stream]
 
-    segment = categorical(rng.uniform(keys, S_SEGMENT), cfg.segment_probs)
-    age_band = categorical(rng.uniform(keys, S_AGE), cfg.age_band_probs)
+    segment = categorical(u[S_SEGMENT], cfg.segment_probs)
+    age_band = categorical(u[S_AGE], cfg.age_band_probs)
     literacy = np.clip(
         cfg.literacy_mean
         + np.asarray(cfg.literacy_age_shift)[age_band]
@@ -137,11 +161,11 @@ def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> T
         axis=1,
     )
     visit_propensity = cfg.visit_logit_mean + cfg.visit_logit_sd * z(S_VISIT)
-    slot = categorical(rng.uniform(keys, S_SLOT), cfg.slot_preference_probs)
+    slot = categorical(u[S_SLOT], cfg.slot_preference_probs)
     return Traits(
         segment=segment,
-        consent_tier=categorical(rng.uniform(keys, S_TIER), cfg.consent_tier_probs),
-        gender=categorical(rng.uniform(keys, S_GENDER), cfg.gender_probs),
+        consent_tier=categorical(u[S_TIER], cfg.consent_tier_probs),
+        gender=categorical(u[S_GENDER], cfg.gender_probs),
         age_band=age_band,
         slot_preference=slot,
         declared_slot=declared_slot(slot, z(S_DECLARED_SLOT), cfg.declared_slot_noise_sd),
@@ -157,5 +181,5 @@ def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> T
         channel_affinity=channel_affinity,
         tone_affinity=tone_affinity,
         visit_propensity=visit_propensity,
-        initial_days_away=days_away_at_start(rng.uniform(keys, S_AWAY), visit_propensity),
+        initial_days_away=days_away_at_start(u[S_AWAY], visit_propensity),
     )

@@ -89,6 +89,26 @@ def uniform(keys: np.ndarray, stream: int) -> np.ndarray:
     return out
 
 
+def stream_terms(streams: tuple[int, ...] | list[int]) -> np.ndarray:
+    """(S, 1) uint64 terms of draw names ``streams`` for :func:`uniform_streams` (to make once)."""
+    return np.array(
+        [[(stream * 0xA0761D6478BD642F) & _MASK64] for stream in streams], dtype=np.uint64
+    )
+
+
+def uniform_streams(keys: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """(S, N) uniform draws: row i is :func:`uniform` ``(keys, streams[i])`` for the (N,)
+    ``keys`` and :func:`stream_terms` ``(streams)``, the same values in one pass."""
+    x = keys[None, :] ^ terms
+    with np.errstate(over="ignore"):
+        _fmix(x)
+    x >>= _S11
+    out = x.astype(np.float64)
+    out += 0.5
+    out *= _TO_UNIT
+    return out
+
+
 def uniform_scalar(seed: int, client_id: int, day: int, stream: int) -> float:
     """The same draw as :func:`day_keys` + :func:`uniform`, for one client, in plain ints."""
     seed_key = _fmix_int((seed & _MASK64) ^ 0x5BD1E995)

@@ -1,0 +1,147 @@
+"""The env's cheaper step gives what the step it replaced gave, to the last bit.
+
+The masks are read from a table of every (open channels, tier) state, the guard of each action
+from the joint table, the send counts once per state of the world, a finished slot's new
+client's observation row by row, and the traits of new clients from one pass over their draw
+streams. The digests below were recorded from the code before those changes (30 days of 64
+slots, random actions drawn mostly from the masks, some outside them); the other tests hold
+each cheaper path to its direct computation, step by step.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import numpy as np
+import pytest
+
+from envs import consent, masks
+from envs.config import load_setup
+from envs.features import channel_counts
+from envs.sb3_vec_env import CadenceVecEnv
+from envs.spaces import INFO_KEYS, NVEC, OFFSETS
+from simulate import rng
+from simulate.population import sample_traits
+
+RECORDED = {
+    "calm": "844ad4f35aad10ab921b15191f1969c1",
+    "market_shock": "c8fa694046dc8b5a89dbc1242cf8dd7c",
+}
+"""digests of :func:`_run` from the code before the cheaper step (x86-64, numpy 2.4)"""
+
+CASES = {
+    "calm": {"overrides": ["env.horizon_days=7"]},
+    "market_shock": {
+        "overrides": ["env.horizon_days=11"],
+        "scenario": "market_shock",
+        "population": "anxious",
+        "reward": "observable",
+    },
+}
+
+
+def _actions(generator: np.random.Generator, component_masks: np.ndarray) -> np.ndarray:
+    """A random action per row from its masks; one row in ten any action (blocked ones too),
+    four in ten no send."""
+    n = len(component_masks)
+    columns = []
+    for i in range(len(NVEC)):
+        allowed = component_masks[:, OFFSETS[i] : OFFSETS[i] + NVEC[i]]
+        columns.append(np.argmax(generator.random(allowed.shape) * allowed, axis=1))
+    actions = np.stack(columns, axis=1)
+    anything = np.stack([generator.integers(0, k, n) for k in NVEC], axis=1)
+    wild = generator.random(n) < 0.1
+    actions[wild] = anything[wild]
+    actions[generator.random(n) < 0.4, 0] = 0
+    return actions
+
+
+def _update(digest: hashlib._Hash, *arrays: np.ndarray) -> None:
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(a.tobytes())
+
+
+def _run(case: str, check=None, num_envs: int = 64, days: int = 30, seed: int = 3) -> str:
+    """Digest of every day's observations, rewards, dones, both masks, info columns and each
+    finished slot's info (terminal observation, truncation, episode return and length)."""
+    env = CadenceVecEnv(load_setup(**CASES[case]), num_envs=num_envs)
+    env.seed(seed)
+    digest = hashlib.sha256()
+    obs = env.reset()
+    _update(digest, obs)
+    generator = np.random.default_rng(seed)
+    for _ in range(days):
+        component = env.action_masks()
+        joint = env.core.joint_masks()
+        actions = _actions(generator, component)
+        if check is not None:
+            check(env, actions, obs)
+        env.step_async(actions)
+        obs, rewards, dones, infos = env.step_wait()
+        _update(digest, obs, rewards, dones, component, joint)
+        _update(digest, *(infos.column(k) for k in INFO_KEYS))
+        for i in np.flatnonzero(dones):
+            info = infos[i]
+            _update(digest, info["terminal_observation"])
+            episode = info["episode"]
+            record = (int(i), info["TimeLimit.truncated"], episode["r"], episode["l"])
+            digest.update(repr(record).encode())
+            digest.update(repr([(k, info[k], type(info[k])) for k in INFO_KEYS]).encode())
+    return digest.hexdigest()[:32]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_step_gives_the_recorded_outputs(case):
+    assert _run(case) == RECORDED[case]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_cheaper_path_equals_its_direct_computation(case):
+    seen = {"done": 0}
+
+    def check(env: CadenceVecEnv, actions: np.ndarray, obs: np.ndarray) -> None:
+        core = env.core
+        world = core.world
+        inputs = (world.opted_out, channel_counts(world), world.traits.consent_tier)
+        component, joint = env.action_masks(), core.joint_masks()
+        np.testing.assert_array_equal(component, masks.component_masks_direct(core.rules, *inputs))
+        np.testing.assert_array_equal(joint, masks.joint_mask_direct(core.rules, *inputs))
+        assert component.dtype == joint.dtype == np.bool_
+        # the observation the last step gave (new clients' rows made apart) is the whole
+        # batch's, computed afresh
+        stress = world.schedule.effects(core.day).stress
+        np.testing.assert_array_equal(obs, consent.observe(world, core.day, stress))
+        # blocked sends are those masks.is_allowed blocks, and a copy stepped without resets
+        # gives the finished clients' last observations
+        result = copy.deepcopy(core).step(actions)
+        allowed = masks.is_allowed(core.rules, actions, *inputs)
+        np.testing.assert_array_equal(result.outcomes["violation"], (actions[:, 0] > 0) & ~allowed)
+        twin = copy.deepcopy(core)
+        twin.autoreset = False
+        after = twin.step(actions)
+        done = after.terminated | after.truncated
+        if done.any():
+            seen["done"] += int(done.sum())
+            np.testing.assert_array_equal(result.final_obs[done], after.final_obs[done])
+            np.testing.assert_array_equal(after.final_obs, after.obs)
+            assert after.final_obs is not after.obs
+
+    _run(case, check, num_envs=40, days=25, seed=5)
+    assert seen["done"] >= 40  # every slot's client finished at least once
+
+
+def test_trait_streams_in_one_pass_equal_one_stream_at_a_time():
+    ids = np.arange(1000, 1300, dtype=np.uint64)
+    keys = rng.day_keys(7, ids, rng.TRAIT_DAY)
+    streams = (101, 102, 113, 120, 134)
+    together = rng.uniform_streams(keys, rng.stream_terms(streams))
+    for row, stream in zip(together, streams, strict=True):
+        np.testing.assert_array_equal(row, rng.uniform(keys, stream))
+    population = load_setup(population="anxious").population
+    whole = sample_traits(population, 7, ids)
+    part = sample_traits(population, 7, ids[::-7])
+    for name, values in vars(whole).items():
+        np.testing.assert_array_equal(values[::-7], getattr(part, name), err_msg=name)
