@@ -42,6 +42,7 @@ class StepInfos(Sequence[dict[str, Any]]):
         self._dtype = np.result_type(*self._columns.values())
         self._n = len(self._columns[INFO_KEYS[0]])
         self._made: dict[int, dict[str, Any]] = {}
+        self._table: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -61,7 +62,9 @@ class StepInfos(Sequence[dict[str, Any]]):
             raise IndexError(f"slot {i} out of range for {self._n} slots")
         info = self._made.get(j)
         if info is None:
-            info = {k: self._dtype.type(c[j]).item() for k, c in self._columns.items()}
+            if self._table is None:  # (keys, N) in the common dtype, made once for the step
+                self._table = np.stack(list(self._columns.values())).astype(self._dtype, copy=False)
+            info = dict(zip(self._columns, self._table[:, j].tolist(), strict=True))
             self._made[j] = info
         return info
 
