@@ -171,7 +171,9 @@ class CadenceCore:
         allowed = masks.state_tables(self.rules).joint[self._row_states(), multi_to_flat(actions)]
         violation = (actions[:, 0] > 0) & ~allowed
         slot = np.where(allowed, actions[:, 0], 0)
-        out = self.world.step(self.day, slot, actions[:, 1], actions[:, 2], actions[:, 3])
+        # check_actions held every component of `actions` to its range (int64, shape (N,)), and
+        # `slot` is a component or 0: the world need not check them again
+        out = self.world.step_checked(self.day, slot, actions[:, 1], actions[:, 2], actions[:, 3])
         self._forget()
         out["violation"] = violation
         today = reward(out, self.reward_weights)

@@ -20,6 +20,11 @@ from simulate.scenarios import DayEffects, ScenarioSchedule
 
 # Draw names of the daily streams.
 S_OPEN, S_CLICK, S_CONVERT, S_HARM, S_UNSUB, S_COMPLAINT, S_CHURN, S_VISIT = 1, 2, 3, 4, 5, 6, 7, 8
+_DAY_STREAMS = (S_OPEN, S_CLICK, S_CONVERT, S_HARM, S_UNSUB, S_COMPLAINT, S_CHURN, S_VISIT)
+"""the daily streams, in the order of the rows of a day's draw table (stream s at row s - 1)"""
+_MESSAGE_STREAMS = 6
+"""the first rows of the draw table, the streams drawn per delivered message"""
+_DAY_TERMS = rng.stream_terms(_DAY_STREAMS)
 
 ENGAGEMENT_EMA = 0.2
 """weight of the newest message in the firm's engagement averages"""
@@ -85,6 +90,9 @@ class _Delivered:
     """(M,) client rows that got a message, ascending"""
     keys: np.ndarray
     """(M,) today's draw keys of those clients"""
+    draws: np.ndarray
+    """(6, M) today's uniform draws of those clients: row s - 1 is stream s, for the message
+    streams ``S_OPEN`` .. ``S_COMPLAINT``"""
     slot: np.ndarray
     """(M,) send slot 0..5 (the action's slot number - 1)"""
     tone: np.ndarray
@@ -418,16 +426,31 @@ class World:
         still run in this order because each reads the state the previous ones left.
         """
         slot, tone, channel, content = self.check_actions(slot, tone, channel, content)
+        return self.step_checked(day, slot, tone, channel, content)
+
+    def step_checked(
+        self, day: int, slot: np.ndarray, tone: np.ndarray, channel: np.ndarray, content: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """:meth:`step` for components already checked as :meth:`check_actions` checks them
+        ((N,) integer arrays, each within its range): the env core checks every action batch
+        (:func:`envs.spaces.check_actions`) before it calls this. Any other caller steps with
+        :meth:`step`, which refuses bad components before any state moves.
+
+        Every daily draw of every client comes from one table (:func:`simulate.rng.uniform_streams`
+        of today's keys over the eight daily streams): the same values as one
+        :func:`simulate.rng.uniform` per stream, each a pure function of its key.
+        """
         effects = self.schedule.effects(day)
         keys = rng.keys_on(self._client_key, day)
+        draws = rng.uniform_streams(keys, _DAY_TERMS)
         alive = ~self.churned
         self._apply_scenario_shocks(effects)
-        sent = self._deliver(keys, alive, slot, tone, channel, content)
+        sent = self._deliver(keys, alive, slot, tone, channel, content, draws)
         probabilities = self.response_probabilities(
             day, sent.rows, sent.slot, sent.tone, sent.channel, sent.content
         )
         responses = self._draw_responses(sent, probabilities)
-        visits = self._draw_visits(day, keys, alive, sent.rows, responses.clicked)
+        visits = self._draw_visits(day, draws, alive, sent.rows, responses.clicked)
         unsubscribed, complaint = self._draw_unsubscribes_and_complaints(sent, probabilities)
         self._update_latent(effects, sent, probabilities, responses, visits)
         self.opted_out[sent.rows[unsubscribed], sent.channel[unsubscribed]] = True
@@ -436,7 +459,7 @@ class World:
             sent.rows, sent.slot, sent.tone, sent.channel, responses.opened, responses.clicked
         )
         self._record_visits(day, visits.visited)
-        churned = self._draw_churn(keys, alive)
+        churned = self._draw_churn(draws, alive)
         return self._outcomes(sent, responses, visits, unsubscribed, complaint, churned)
 
     def _apply_scenario_shocks(self, effects: DayEffects) -> None:
@@ -460,10 +483,11 @@ class World:
         tone: np.ndarray,
         channel: np.ndarray,
         content: np.ndarray,
+        draws: np.ndarray,
     ) -> _Delivered:
         """The messages that reach a client today: asked for (slot >= 1), to a client who has not
         churned, on a channel the client has not opted out of. The guards of the env faces
-        come first; this is the world's own last check."""
+        come first; this is the world's own last check. ``draws``: today's (8, N) draw table."""
         slot = np.asarray(slot)
         delivered = (slot > 0) & alive
         delivered[delivered] &= ~self.opted_out[
@@ -477,6 +501,7 @@ class World:
             mask=delivered,
             rows=rows,
             keys=keys[rows],
+            draws=draws[:_MESSAGE_STREAMS][:, rows],
             slot=slot[rows].astype(np.intp) - 1,
             tone=tone_sent,
             channel=channel_sent,
@@ -491,8 +516,9 @@ class World:
         content's conversion probability, an anxious one with ``anxious_convert``; an anxious
         click is harmful with probability ``harm_given_anxious`` x susceptibility.
         """
-        opened = rng.uniform(sent.keys, S_OPEN) < probabilities["open"]
-        click_draw = rng.uniform(sent.keys, S_CLICK)
+        draws = sent.draws
+        opened = draws[S_OPEN - 1] < probabilities["open"]
+        click_draw = draws[S_CLICK - 1]
         calm_probability = probabilities["calm_click"]
         calm_click = opened & (click_draw < calm_probability)
         anxious_click = (
@@ -507,14 +533,14 @@ class World:
         convert_probability = np.where(
             calm_click, probabilities["calm_convert"], self.response.anxious_convert
         )
-        converted = clicked & (rng.uniform(sent.keys, S_CONVERT) < convert_probability)
-        harmful = anxious_click & (rng.uniform(sent.keys, S_HARM) < probabilities["harm"])
+        converted = clicked & (draws[S_CONVERT - 1] < convert_probability)
+        harmful = anxious_click & (draws[S_HARM - 1] < probabilities["harm"])
         return _Responses(opened, calm_click, anxious_click, clicked, converted, harmful)
 
     def _draw_visits(
         self,
         day: int,
-        keys: np.ndarray,
+        draws: np.ndarray,
         alive: np.ndarray,
         rows_sent: np.ndarray,
         clicked: np.ndarray,
@@ -523,14 +549,14 @@ class World:
 
         A click is that day's visit, so the organic chance (:meth:`visit_probability`, read
         before today's latent updates) only adds the clients who did not click; an organic visit
-        converts with :meth:`visit_convert_probability`.
+        converts with :meth:`visit_convert_probability`. ``draws``: today's (8, N) draw table.
         """
-        visited = alive & (rng.uniform(keys, S_VISIT) < self.visit_probability(day))
+        visited = alive & (draws[S_VISIT - 1] < self.visit_probability(day))
         clicked_all = np.zeros(self.n, dtype=bool)
         clicked_all[rows_sent] = clicked
         visited |= clicked_all
         organic = np.flatnonzero(visited & ~clicked_all)
-        organic_converted = rng.uniform(keys[organic], S_CONVERT) < (
+        organic_converted = draws[S_CONVERT - 1].take(organic) < (
             self.visit_convert_probability(day, organic)
         )
         return _Visits(visited, organic, organic_converted)
@@ -539,8 +565,8 @@ class World:
         self, sent: _Delivered, probabilities: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
         """(unsubscribed, complaint) per delivered message, drawn whether or not it was opened."""
-        unsubscribed = rng.uniform(sent.keys, S_UNSUB) < probabilities["unsubscribe"]
-        complaint = rng.uniform(sent.keys, S_COMPLAINT) < probabilities["complaint"]
+        unsubscribed = sent.draws[S_UNSUB - 1] < probabilities["unsubscribe"]
+        complaint = sent.draws[S_COMPLAINT - 1] < probabilities["complaint"]
         return unsubscribed, complaint
 
     def _update_latent(
@@ -618,12 +644,13 @@ class World:
         self.visit_log |= visited
         self.visit_log &= _VISIT_MASK
 
-    def _draw_churn(self, keys: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    def _draw_churn(self, draws: np.ndarray, alive: np.ndarray) -> np.ndarray:
         """Who leaves today (absorbing): probability :func:`~simulate.dynamics.churn_hazard`
-        of the trust, anxiety and fatigue after today's updates."""
+        of the trust, anxiety and fatigue after today's updates. ``draws``: today's (8, N)
+        draw table."""
         latent = self.latent
         hazard = churn_hazard(self.response, latent.trust, latent.anxiety, latent.fatigue)
-        churned = alive & (rng.uniform(keys, S_CHURN) < hazard)
+        churned = alive & (draws[S_CHURN - 1] < hazard)
         self.churned |= churned
         return churned
 
