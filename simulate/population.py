@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -43,9 +44,28 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def categorical(u: np.ndarray, probs: list[float]) -> np.ndarray:
-    """Index of the category each uniform ``u`` falls in, by cumulative ``probs`` (int8)."""
+@functools.lru_cache(maxsize=256)
+def _edges(probs: tuple[float, ...]) -> tuple[np.ndarray, bool]:
+    """(cumulative edges of ``probs``, whether they never decrease), made once per ``probs``."""
     edges = np.cumsum(np.asarray(probs, dtype=np.float64))[:-1]
+    edges.flags.writeable = False
+    return edges, bool(np.all(edges[1:] >= edges[:-1]))
+
+
+@functools.lru_cache(maxsize=256)
+def _table(values: tuple) -> np.ndarray:
+    """``np.asarray(values)``, made once per ``values`` (read-only)."""
+    table = np.asarray(values)
+    table.flags.writeable = False
+    return table
+
+
+def categorical(u: np.ndarray, probs: list[float]) -> np.ndarray:
+    """Index of the category each uniform ``u`` falls in, by cumulative ``probs`` (int8): the
+    number of edges at or below ``u`` (a binary search where the edges never decrease)."""
+    edges, ordered = _edges(tuple(map(float, probs)))
+    if ordered:
+        return np.searchsorted(edges, u, side="right").astype(np.int8)
     return (u[:, None] >= edges[None, :]).sum(axis=1).astype(np.int8)
 
 
@@ -115,50 +135,62 @@ _NORMAL_STREAMS = (
     S_TRUST,
 )
 """the trait streams read as standard normals (``ndtri`` of the uniform)"""
-_UNIFORM_TERMS = rng.stream_terms(_UNIFORM_STREAMS)
-_NORMAL_TERMS = rng.stream_terms(_NORMAL_STREAMS)
+_TRAIT_TERMS = rng.stream_terms(_UNIFORM_STREAMS + _NORMAL_STREAMS)
+"""the uniform streams' terms, then the normal streams'"""
+_NORMAL_ROW = {stream: row for row, stream in enumerate(_NORMAL_STREAMS)}
+_N_UNIFORM = len(_UNIFORM_STREAMS)
+_CHANNEL_ROWS = slice(_NORMAL_ROW[S_CHANNEL0], _NORMAL_ROW[S_CHANNEL0] + N_CHANNELS)
+_TONE_ROWS = slice(_NORMAL_ROW[S_TONE0], _NORMAL_ROW[S_TONE0] + N_TONES)
 
 
-def sample_traits(cfg: PopulationConfig, seed: int, client_ids: np.ndarray) -> Traits:
+def sample_traits(
+    cfg: PopulationConfig, seed: int, client_ids: np.ndarray, client_keys: np.ndarray | None = None
+) -> Traits:
     """Draw the traits of the clients with ``client_ids`` (uint64) under ``seed``.
 
     A client's traits depend only on (seed, client id, config), never on the other ids.
+    ``client_keys``: the ids' :func:`simulate.rng.client_keys` under ``seed``, where the caller
+    holds them (the same draws, one hash less).
     """
-    keys = rng.day_keys(seed, client_ids, rng.TRAIT_DAY)
-    u = dict(zip(_UNIFORM_STREAMS, rng.uniform_streams(keys, _UNIFORM_TERMS), strict=True))
-    normal = dict(
-        zip(_NORMAL_STREAMS, ndtri(rng.uniform_streams(keys, _NORMAL_TERMS)), strict=True)
-    )
+    if client_keys is None:
+        keys = rng.day_keys(seed, client_ids, rng.TRAIT_DAY)
+    else:
+        keys = rng.keys_on(client_keys, rng.TRAIT_DAY)
+    draws = rng.uniform_streams(keys, _TRAIT_TERMS)
+    u = dict(zip(_UNIFORM_STREAMS, draws[:_N_UNIFORM], strict=True))
+    normal = ndtri(draws[_N_UNIFORM:])
 
     def z(stream: int) -> np.ndarray:
-        return normal[stream]
+        return normal[_NORMAL_ROW[stream]]
 
     segment = categorical(u[S_SEGMENT], cfg.segment_probs)
     age_band = categorical(u[S_AGE], cfg.age_band_probs)
     literacy = np.clip(
         cfg.literacy_mean
-        + np.asarray(cfg.literacy_age_shift)[age_band]
+        + _table(tuple(cfg.literacy_age_shift))[age_band]
         + cfg.literacy_sd * z(S_LITERACY),
         0.0,
         1.0,
     )
     susceptibility = sigmoid(
         cfg.susceptibility_logit_mean
-        + np.asarray(cfg.susceptibility_age_shift)[age_band]
+        + _table(tuple(cfg.susceptibility_age_shift))[age_band]
         + cfg.susceptibility_literacy * (literacy - 0.5)
         + cfg.susceptibility_logit_sd * z(S_SUSCEPTIBILITY)
     )
-    risk = sigmoid(np.asarray(cfg.risk_segment_shift)[segment] + cfg.risk_logit_sd * z(S_RISK))
-    channel_affinity = np.stack(
-        [
-            cfg.channel_affinity_mean[c] + cfg.channel_affinity_sd * z(S_CHANNEL0 + c)
-            for c in range(N_CHANNELS)
-        ],
-        axis=1,
+    risk = sigmoid(_table(tuple(cfg.risk_segment_shift))[segment] + cfg.risk_logit_sd * z(S_RISK))
+    # column c: mean[c] + sd x z(stream c), one product and one sum per element as ever
+    channel_affinity = np.ascontiguousarray(
+        (
+            cfg.channel_affinity_sd * normal[_CHANNEL_ROWS]
+            + _table(tuple(cfg.channel_affinity_mean))[:, None]
+        ).T
     )
-    tone_affinity = np.stack(
-        [cfg.tone_affinity_mean[t] + cfg.tone_affinity_sd * z(S_TONE0 + t) for t in range(N_TONES)],
-        axis=1,
+    tone_affinity = np.ascontiguousarray(
+        (
+            cfg.tone_affinity_sd * normal[_TONE_ROWS]
+            + _table(tuple(cfg.tone_affinity_mean))[:, None]
+        ).T
     )
     visit_propensity = cfg.visit_logit_mean + cfg.visit_logit_sd * z(S_VISIT)
     slot = categorical(u[S_SLOT], cfg.slot_preference_probs)

@@ -157,9 +157,9 @@ class World:
         self.client_id = np.asarray(client_ids, dtype=np.uint64).copy()
         n = self.n = len(self.client_id)
         self.rows = np.arange(n)
-        self.traits: Traits = sample_traits(population, self.seed, self.client_id)
         self._client_key = rng.client_keys(self.seed, self.client_id)
         """the day-independent half of each client's daily draw keys"""
+        self.traits: Traits = sample_traits(population, self.seed, self.client_id, self._client_key)
         self.latent = LatentState(
             fatigue=np.zeros(n),
             novelty=np.ones((n, N_CONTENTS)),
@@ -245,8 +245,10 @@ class World:
         if rows.size == 0:
             return
         self.client_id[rows] = new_ids
-        self._client_key[rows] = rng.client_keys(self.seed, self.client_id[rows])
-        self.traits.assign(rows, sample_traits(self.population, self.seed, self.client_id[rows]))
+        ids = self.client_id[rows]
+        keys = rng.client_keys(self.seed, ids)
+        self._client_key[rows] = keys
+        self.traits.assign(rows, sample_traits(self.population, self.seed, ids, keys))
         self._reset_rows(rows, day)
 
     def state_nbytes(self) -> int:
