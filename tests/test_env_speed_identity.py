@@ -145,3 +145,93 @@ def test_trait_streams_in_one_pass_equal_one_stream_at_a_time():
     part = sample_traits(population, 7, ids[::-7])
     for name, values in vars(whole).items():
         np.testing.assert_array_equal(values[::-7], getattr(part, name), err_msg=name)
+
+
+MORE_CASES = {
+    "misfire": {
+        "overrides": ["env.horizon_days=9"],
+        "scenario": "misfire",
+        "population": "bank_campaign",
+        "reward": "engagement",
+    },
+    "hillstrom_fiduciary": {
+        "overrides": ["env.horizon_days=6"],
+        "population": "hillstrom",
+        "reward": "fiduciary",
+    },
+}
+CASES.update(MORE_CASES)
+RECORDED_BEFORE_DRAW_TABLE = {
+    "misfire": "39d01c3f30240c02582132693d2a6ebf",
+    "hillstrom_fiduciary": "e9ce3c616d6cf4afb7f02aa14a1f05bf",
+}
+"""digests of :func:`_run` from the code before the world's one-pass daily draws and trait
+tables (x86-64, numpy 2.4); that code gave the :data:`RECORDED` digests too"""
+
+
+@pytest.mark.parametrize("case", sorted(MORE_CASES))
+def test_other_presets_give_the_recorded_outputs(case):
+    assert _run(case) == RECORDED_BEFORE_DRAW_TABLE[case]
+
+
+def _world(population: str = "default", n: int = 50):
+    from simulate.world import World
+
+    setup = load_setup(population=population, scenario="market_shock")
+    ids = np.arange(500, 500 + n, dtype=np.uint64)
+    return World(setup.population, setup.env.response, setup.scenario, 11, ids)
+
+
+def test_world_draw_table_rows_are_the_streams_one_at_a_time():
+    from simulate import world as world_module
+
+    keys = rng.keys_on(_world()._client_key, 4)
+    table = rng.uniform_streams(keys, world_module._DAY_TERMS)
+    for row, stream in zip(table, world_module._DAY_STREAMS, strict=True):
+        np.testing.assert_array_equal(table[stream - 1], rng.uniform(keys, stream))
+        np.testing.assert_array_equal(row, rng.uniform(keys, stream))
+
+
+def test_step_checked_moves_the_world_as_step_and_step_still_refuses_bad_components():
+    from simulate.world import OUTCOMES
+
+    checked, plain = _world(), _world()
+    generator = np.random.default_rng(2)
+    for day in range(12):
+        actions = np.stack([generator.integers(0, k, checked.n) for k in NVEC], axis=1)
+        a = checked.step_checked(day, *actions.T)
+        b = plain.step(day, *actions.T)
+        for name in OUTCOMES:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        for name, values in vars(checked.latent).items():
+            np.testing.assert_array_equal(values, getattr(plain.latent, name), err_msg=name)
+    before = copy.deepcopy(plain.latent)
+    bad = np.zeros(plain.n, dtype=np.int64)
+    bad[3] = NVEC[2]
+    with pytest.raises(ValueError, match="channel of row 3"):
+        plain.step(12, bad * 0 + 1, bad * 0, bad, bad * 0)
+    np.testing.assert_array_equal(before.trust, plain.latent.trust)
+
+
+def test_traits_from_held_client_keys_equal_traits_from_ids():
+    ids = np.arange(70, 400, 3, dtype=np.uint64)
+    for population in ("default", "hillstrom", "bank_campaign"):
+        cfg = load_setup(population=population).population
+        direct = sample_traits(cfg, 9, ids)
+        held = sample_traits(cfg, 9, ids, rng.client_keys(9, ids))
+        for name, values in vars(direct).items():
+            other = getattr(held, name)
+            assert values.dtype == other.dtype and values.shape == other.shape, name
+            assert other.flags["C_CONTIGUOUS"], name
+            np.testing.assert_array_equal(values, other, err_msg=name)
+
+
+def test_categorical_search_equals_counting_edges():
+    from simulate.population import categorical
+
+    u = np.random.default_rng(0).random(4000)
+    u[:4] = [0.3, 0.6, 0.75, 0.0]  # on the edges
+    for probs in ([0.3, 0.3, 0.15, 0.25], [0.5, 0.0, 0.5], [1.0], [0.2, -0.1, 0.9]):
+        edges = np.cumsum(np.asarray(probs, dtype=np.float64))[:-1]
+        direct = (u[:, None] >= edges[None, :]).sum(axis=1).astype(np.int8)
+        np.testing.assert_array_equal(categorical(u, probs), direct)
