@@ -157,6 +157,8 @@ class World:
         self.client_id = np.asarray(client_ids, dtype=np.uint64).copy()
         n = self.n = len(self.client_id)
         self.rows = np.arange(n)
+        self._row_channels = self.rows * N_CHANNELS
+        """each row's first entry in ``opted_out.ravel()``"""
         self._client_key = rng.client_keys(self.seed, self.client_id)
         """the day-independent half of each client's daily draw keys"""
         self.traits: Traits = sample_traits(population, self.seed, self.client_id, self._client_key)
@@ -199,6 +201,8 @@ class World:
         self._urgency_log = np.concatenate([[0.0], self._urgency])
         self._relief = np.asarray(response.tone_relief, dtype=np.float64)
         self._stress_relevance = np.asarray(response.stress_relevance, dtype=np.float64)
+        self._relevance_day: int | None = None
+        """the calendar day of ``_relevance_today`` and ``_mean_relevance_today``"""
         slots = np.arange(N_SLOTS)
         # rhythm[slot, favourite]: open logit of sending in `slot` to a client who prefers `favourite`
         self._rhythm = response.rhythm_amp * (
@@ -322,10 +326,7 @@ class World:
         The world's own draws use exactly these; the privileged oracle reads them too.
         """
         params, traits, latent = self.response, self.traits, self.latent
-        effects = self.schedule.effects(day)
-        relevance_today = (
-            self._relevance + effects.relevance_delta + effects.stress * self._stress_relevance
-        )
+        relevance_today = self._relevance_on(day)
         relevance = relevance_today.ravel().take(traits.segment[rows] * N_CONTENTS + content)
         urgency = self._urgency.take(tone)
         quiet = self._quiet.ravel().take(slot_ix * N_CHANNELS + channel)
@@ -377,6 +378,18 @@ class World:
             "urgency": urgency,
         }
 
+    def _relevance_on(self, day: int) -> np.ndarray:
+        """(segments, contents) relevance on calendar ``day``: the configured relevance plus
+        the scenario's delta and its stress effect that day, made once per day it is read on."""
+        if self._relevance_day != day:
+            effects = self.schedule.effects(day)
+            self._relevance_today = (
+                self._relevance + effects.relevance_delta + effects.stress * self._stress_relevance
+            )
+            self._mean_relevance_today = self._relevance_today.mean(axis=1)
+            self._relevance_day = day
+        return self._relevance_today
+
     def visit_probability(self, day: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Probability of an organic visit today for clients ``rows`` (all when None), before
         any message: own propensity, trust, weekend, market stress and days since the last visit."""
@@ -395,11 +408,8 @@ class World:
     def visit_convert_probability(self, day: int, rows: np.ndarray) -> np.ndarray:
         """Probability that an organic visit (no click) of clients ``rows`` converts today."""
         params, traits = self.response, self.traits
-        effects = self.schedule.effects(day)
-        relevance = (
-            self._relevance + effects.relevance_delta + effects.stress * self._stress_relevance
-        )
-        mean_relevance = relevance.mean(axis=1).take(traits.segment[rows])
+        self._relevance_on(day)
+        mean_relevance = self._mean_relevance_today.take(traits.segment[rows])
         return expit(
             params.convert_base
             + params.visit_convert
@@ -492,9 +502,8 @@ class World:
         come first; this is the world's own last check. ``draws``: today's (8, N) draw table."""
         slot = np.asarray(slot)
         delivered = (slot > 0) & alive
-        delivered[delivered] &= ~self.opted_out[
-            np.flatnonzero(delivered), np.asarray(channel)[delivered]
-        ]
+        # every row's channel is within range (checked), asked for or not
+        delivered &= ~self.opted_out.ravel().take(self._row_channels + channel)
         rows = np.flatnonzero(delivered)
         channel_sent, tone_sent, content_sent = (
             np.asarray(a, dtype=np.intp)[rows] for a in (channel, tone, content)
