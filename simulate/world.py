@@ -710,14 +710,18 @@ class World:
         if who.size == 0:
             return
         flat = self.engagement.ravel()
-        base = who * N_ENGAGEMENT
-        opened, clicked = opened.astype(np.float32), clicked.astype(np.float32)
-        for column, outcome in (
-            (E_OPEN_CHANNEL + channel_w, opened),
-            (E_CLICK_CHANNEL + channel_w, clicked),
-            (E_OPEN_SLOT + slot_w, opened),
-            (E_CLICK_TONE + tone_w, clicked),
-        ):
-            at = base + column
-            current = flat[at]
-            flat[at] = current + np.float32(ENGAGEMENT_EMA) * (outcome - current)
+        # the four averages a message moves, for every client at once: each client's four
+        # columns lie in four apart ranges and ``who`` holds each client once, so no entry is
+        # read or written twice
+        columns = np.concatenate(
+            (
+                E_OPEN_CHANNEL + channel_w,
+                E_CLICK_CHANNEL + channel_w,
+                E_OPEN_SLOT + slot_w,
+                E_CLICK_TONE + tone_w,
+            )
+        )
+        at = (columns.reshape(4, -1) + who * N_ENGAGEMENT).ravel()
+        outcome = np.concatenate((opened, clicked, opened, clicked)).astype(np.float32)
+        current = flat[at]
+        flat[at] = current + np.float32(ENGAGEMENT_EMA) * (outcome - current)
