@@ -77,16 +77,21 @@ def day_keys(seed: int, client_ids: np.ndarray, day: int) -> np.ndarray:
         return _fmix(x)
 
 
-def uniform(keys: np.ndarray, stream: int) -> np.ndarray:
-    """Uniform draws in the open interval (0, 1), one per key, for draw name ``stream``."""
-    with np.errstate(over="ignore"):
-        x = keys ^ np.uint64((stream * 0xA0761D6478BD642F) & _MASK64)
-        _fmix(x)
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Mixed uint64 words ``x`` (shifted in place) as float64 draws in the open interval (0, 1)."""
     x >>= _S11
     out = x.astype(np.float64)
     out += 0.5
     out *= _TO_UNIT
     return out
+
+
+def uniform(keys: np.ndarray, stream: int) -> np.ndarray:
+    """Uniform draws in the open interval (0, 1), one per key, for draw name ``stream``."""
+    with np.errstate(over="ignore"):
+        x = keys ^ np.uint64((stream * 0xA0761D6478BD642F) & _MASK64)
+        _fmix(x)
+    return _unit(x)
 
 
 def stream_terms(streams: tuple[int, ...] | list[int]) -> np.ndarray:
@@ -102,11 +107,7 @@ def uniform_streams(keys: np.ndarray, terms: np.ndarray) -> np.ndarray:
     x = keys[None, :] ^ terms
     with np.errstate(over="ignore"):
         _fmix(x)
-    x >>= _S11
-    out = x.astype(np.float64)
-    out += 0.5
-    out *= _TO_UNIT
-    return out
+    return _unit(x)
 
 
 def uniform_scalar(seed: int, client_id: int, day: int, stream: int) -> float:
