@@ -88,8 +88,6 @@ class _Delivered:
     """(N,) bool: a message reached the client today"""
     rows: np.ndarray
     """(M,) client rows that got a message, ascending"""
-    keys: np.ndarray
-    """(M,) today's draw keys of those clients"""
     draws: np.ndarray
     """(6, M) today's uniform draws of those clients: row s - 1 is stream s, for the message
     streams ``S_OPEN`` .. ``S_COMPLAINT``"""
@@ -457,7 +455,7 @@ class World:
         draws = rng.uniform_streams(keys, _DAY_TERMS)
         alive = ~self.churned
         self._apply_scenario_shocks(effects)
-        sent = self._deliver(keys, alive, slot, tone, channel, content, draws)
+        sent = self._deliver(alive, slot, tone, channel, content, draws)
         probabilities = self.response_probabilities(
             day, sent.rows, sent.slot, sent.tone, sent.channel, sent.content
         )
@@ -489,7 +487,6 @@ class World:
 
     def _deliver(
         self,
-        keys: np.ndarray,
         alive: np.ndarray,
         slot: np.ndarray,
         tone: np.ndarray,
@@ -511,7 +508,6 @@ class World:
         return _Delivered(
             mask=delivered,
             rows=rows,
-            keys=keys[rows],
             draws=draws[:_MESSAGE_STREAMS][:, rows],
             slot=slot[rows].astype(np.intp) - 1,
             tone=tone_sent,

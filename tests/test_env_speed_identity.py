@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import platform
 
 import numpy as np
 import pytest
+import scipy
 
 from envs import consent, masks
 from envs.config import load_setup
@@ -29,6 +31,19 @@ RECORDED = {
     "market_shock": "c8fa694046dc8b5a89dbc1242cf8dd7c",
 }
 """digests of :func:`_run` from the code before the cheaper step (x86-64, numpy 2.4)"""
+
+RECORDED_ON = {"machine": "x86_64", "numpy": "2.4.6", "scipy": "1.17.1"}
+"""where the digests were recorded: float results to the last bit are a property of the code on
+these library versions (a release's vectorised exp or ndtri may round differently)"""
+
+
+def _where_recorded() -> None:
+    """Skip, saying why, where the digests cannot be compared (the tests holding each cheaper
+    path to its direct computation run everywhere)."""
+    here = {"machine": platform.machine(), "numpy": np.__version__, "scipy": scipy.__version__}
+    if here != RECORDED_ON:
+        pytest.skip(f"digests recorded on {RECORDED_ON}, this is {here}")
+
 
 CASES = {
     "calm": {"overrides": ["env.horizon_days=7"]},
@@ -95,6 +110,7 @@ def _run(case: str, check=None, num_envs: int = 64, days: int = 30, seed: int = 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_step_gives_the_recorded_outputs(case):
+    _where_recorded()
     assert _run(case) == RECORDED[case]
 
 
@@ -171,6 +187,7 @@ tables (x86-64, numpy 2.4); that code gave the :data:`RECORDED` digests too"""
 
 @pytest.mark.parametrize("case", sorted(MORE_CASES))
 def test_other_presets_give_the_recorded_outputs(case):
+    _where_recorded()
     assert _run(case) == RECORDED_BEFORE_DRAW_TABLE[case]
 
 
