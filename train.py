@@ -130,6 +130,7 @@ RESUMABLE = (
     "trainer.progress",
     "trainer.checkpoint_every",
     "trainer.device",
+    "trainer.update_threads",
     "tracking.uri",
     "tracking.ui",
     "resume",
@@ -298,7 +299,7 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
     from agents.sb3_agents import default_train_envs, training_options
 
     start = time.perf_counter()
-    with training_options(device=run.trainer.device):
+    with training_options(device=run.trainer.device, update_threads=run.trainer.update_threads):
         policy = train_agent(
             run.agent,
             setup,

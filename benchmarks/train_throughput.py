@@ -7,15 +7,16 @@ Rows, each in client-days of training per second of wall time:
 
 - ``default agent``: ``conf/agent/ppo_lagrangian.yaml`` as ``train.py`` trains it (its clients
   per vector step, the fast masked path of ``agents.sb3_agents``, torch threads
-  ``agents.sb3_agents.TORCH_THREADS``);
+  ``agents.sb3_agents.TORCH_THREADS`` in the rollouts and ``UPDATE_THREADS`` in the update);
 - ``1,024 a step, 2 epochs``: the same with :data:`CANDIDATE`'s sizes, the configuration that
   reached 3x but learned less (``studies/speed_quality.py``);
 - ``previous configuration``: the settings and code path it had before (256 clients a step,
   64-day rollouts, minibatches of 4,096, 4 epochs, sb3-contrib's own MaskablePPO rollouts and
-  per-component ``Categorical`` distributions);
+  per-component ``Categorical`` distributions, one torch thread throughout);
 - beside each, ``arithmetic floor``: the same networks' own forward passes (one per vector step,
-  no gradient) and forward + backward + optimiser steps (one per minibatch) on random inputs of
-  the same batch sizes, as many as that training makes: what the machine's arithmetic allows
+  no gradient, on the rollouts' threads) and forward + backward + optimiser steps (one per
+  minibatch, on the update's threads) on random inputs of the same batch sizes, as many as that
+  training makes: what the machine's arithmetic allows
   with no simulator, masks, distributions or bookkeeping. ``of floor`` is training rate / floor
   rate, the figure to drive toward 1.
 
@@ -45,7 +46,10 @@ from agents.config import AgentConfig  # noqa: E402
 from agents.registry import train_agent  # noqa: E402
 from agents.sb3_agents import (  # noqa: E402
     TORCH_THREADS,
+    UPDATE_THREADS,
     build_model,
+    cpus_available,
+    current_options,
     default_train_envs,
     make_training_env,
     training_options,
@@ -116,10 +120,13 @@ def train_seconds(
     return seconds, cpu, int(policy.model.num_timesteps)
 
 
-def floor_seconds(cfg: AgentConfig, num_envs: int, client_days: int) -> float:
+def floor_seconds(
+    cfg: AgentConfig, num_envs: int, client_days: int, update_threads: int = 1
+) -> float:
     """Seconds the policy's networks take for the forward passes (no gradient, batch
-    ``num_envs``) and the forward + backward + optimiser steps (batch ``cfg.batch_size``) that
-    training ``client_days`` makes, on random inputs."""
+    ``num_envs``, on the torch threads set) and the forward + backward + optimiser steps (batch
+    ``cfg.batch_size``, on ``update_threads``) that training ``client_days`` makes, on random
+    inputs."""
     setup = load_setup()
     env = make_training_env(cfg, setup, num_envs)
     policy = build_model(cfg, env, seed=0).policy
@@ -138,11 +145,14 @@ def floor_seconds(cfg: AgentConfig, num_envs: int, client_days: int) -> float:
     with torch.no_grad():
         for _ in range(rollouts * cfg.n_steps):
             heads(step_obs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(update_threads)
     for _ in range(minibatches):
         loss = heads(batch_obs)
         policy.optimizer.zero_grad()
         loss.backward()
         policy.optimizer.step()
+    torch.set_num_threads(threads)
     return time.perf_counter() - start
 
 
@@ -157,7 +167,9 @@ def warm() -> None:
 
 def measure(label: str, cfg: AgentConfig, num_envs: int, client_days: int, fast: bool) -> Row:
     seconds, cpu, trained = train_seconds(cfg, num_envs, client_days, fast)
-    floor = floor_seconds(cfg, num_envs, trained)
+    # the fast path's update runs on the update's threads; sb3-contrib's own on the rollouts'
+    update = min(current_options().update_threads, cpus_available()) if fast else 1
+    floor = floor_seconds(cfg, num_envs, trained, update)
     return Row(
         label, num_envs, cfg.n_steps, cfg.batch_size, cfg.n_epochs, trained, seconds, cpu, floor
     )
@@ -188,7 +200,15 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--client-days", type=int, default=1_000_000, help="per configuration")
-    parser.add_argument("--threads", type=int, default=TORCH_THREADS, help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=TORCH_THREADS, help="torch threads in the rollouts"
+    )
+    parser.add_argument(
+        "--update-threads",
+        type=int,
+        default=UPDATE_THREADS,
+        help="torch threads in the fast path's update (at most the CPUs available)",
+    )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -197,7 +217,7 @@ def main() -> int:
     candidate = preset({"n_epochs": CANDIDATE["n_epochs"]})
     old = preset({k: v for k, v in OLD.items() if k != "num_envs"})
     envs = default_train_envs("ppo_lagrangian", load_setup())
-    with training_options(threads=args.threads):
+    with training_options(threads=args.threads, update_threads=args.update_threads):
         rows = [
             measure("default agent (now)", now, envs, args.client_days, fast=True),
             measure(
@@ -219,7 +239,9 @@ def main() -> int:
         RESULTS.write_text(
             f"Written by `{command}` ({platform.machine()}, {os.cpu_count()} CPUs, load average "
             f"{os.getloadavg()[0]:.1f} when written, torch {torch.__version__}, {args.threads} "
-            f"torch thread(s), {time.strftime('%Y-%m-%d')}).\n\n{text}\n"
+            f"torch thread(s) in the rollouts and "
+            f"{min(args.update_threads, cpus_available())} in the fast path's update, "
+            f"{time.strftime('%Y-%m-%d')}).\n\n{text}\n"
         )
         print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
     return 0

@@ -40,6 +40,11 @@ class TrainerConfig:
     """torch device the SB3 learners train on: ``cpu``, or ``cuda`` (``cuda:N``) where torch
     finds a CUDA GPU (refused, naming this key, where it does not)"""
 
+    update_threads: int = num(2, 1, 1024)
+    """torch threads in the masked agents' update (``agents.sb3_agents.UPDATE_THREADS``; at most
+    the CPUs available): the same parameters to the last bit as 1, faster on two cores; the
+    parallel launchers set 1 so that jobs side by side do not contend for cores"""
+
     def check(self, prefix: str) -> None:
         if self.num_envs is not None and not 1 <= self.num_envs <= 10_000_000:
             raise ConfigError(

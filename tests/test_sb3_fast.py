@@ -12,12 +12,14 @@ from sb3_contrib.common.maskable.distributions import MaskableMultiCategoricalDi
 from agents.config import AgentConfig
 from agents.sb3_agents import (
     TORCH_THREADS,
+    UPDATE_THREADS,
     FastMaskablePolicy,
     FastMaskablePPO,
     MaskedMultiCategorical,
     SB3Policy,
     build_model,
     check_device,
+    cpus_available,
     current_options,
     default_train_envs,
     make_training_env,
@@ -212,3 +214,45 @@ def test_trainer_num_envs_defaults_per_agent():
         assert default_train_envs(name, setup) == setup.env.num_clients
     with pytest.raises(ConfigError, match="trainer.num_envs must be null or in"):
         validate(TrainerConfig(num_envs=0), "trainer")
+
+
+def _trained_on(update_threads: int) -> tuple[FastMaskablePPO, list[int]]:
+    """Two rollouts of 256 clients x 16 days, each updated in one minibatch of 4,096 rows (big
+    enough that torch splits its work between threads), and the torch threads each update ran
+    on."""
+    cfg = _cfg(n_steps=16, batch_size=4096, net_arch=[64, 64])
+    env = make_training_env(cfg, load_setup(), 256)
+    env.seed(0)
+    seen: list[int] = []
+    with training_options(update_threads=update_threads):
+        model = build_model(cfg, env, seed=0)
+        evaluate = model.policy.evaluate_actions
+
+        def counted(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return evaluate(*args, **kwargs)
+
+        model.policy.evaluate_actions = counted
+        model.learn(total_timesteps=256 * 16 * 2)
+    return model, seen
+
+
+@pytest.mark.skipif(cpus_available() < 2, reason="one CPU: the update cannot take a second thread")
+def test_the_update_runs_on_its_own_threads_with_the_same_bits_as_one():
+    assert TrainerConfig().update_threads == UPDATE_THREADS == 2
+    one, seen_one = _trained_on(1)
+    two, seen_two = _trained_on(2)
+    assert seen_one == [1, 1] and seen_two == [2, 2]  # one minibatch per update, two updates
+    assert torch.get_num_threads() == TORCH_THREADS  # the rollouts' threads come back after
+    a, b = one.policy.state_dict(), two.policy.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    sa, sb = one.policy.optimizer.state_dict()["state"], two.policy.optimizer.state_dict()["state"]
+    for i, state in sa.items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb[i][key])), key
+    with pytest.raises(ConfigError, match=r"update_threads must be in \[1, 1024\], got 0"):
+        with training_options(update_threads=0):
+            pass
+    with pytest.raises(ConfigError, match=r"trainer.update_threads must be >= 1, got 0"):
+        validate(TrainerConfig(update_threads=0), "trainer")
