@@ -152,12 +152,44 @@ PADDING_LOGIT = -1e9
 :data:`MASKED_LOGIT`, so a component whose options were all forbidden stays uniform over them"""
 
 
+_LANES = 64
+"""columns :func:`log_softmax_components` pads to: a multiple of every CPU vector width torch
+uses (8 or 16 floats), so no column falls in a kernel's scalar remainder"""
+
+
+def log_softmax_components(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.log_softmax(logits, dim=-1)`` of (N, K, W) logits, to the last bit, forward and
+    backward, about 4x faster on CPU.
+
+    torch's kernel for the last dimension walks row by row, which for rows of W = 7 options costs
+    ~25 ns an element; its kernel for another dimension runs down columns a CPU vector at a time.
+    Both take the maximum, sum ``exp(x - max)`` in option order with the same vector ``exp``,
+    take the same vector ``log`` and return ``(x - max) - log(sum)``, so the options are laid out
+    as (W, N*K) rows, padded with zero columns to a multiple of :data:`_LANES` (a remainder of
+    columns would take a scalar ``exp``, with other bits), reduced over dim 0 and laid back as a
+    contiguous (N, K, W). ``tests/test_sb3_fast.py`` holds the values and gradients equal to
+    ``torch.log_softmax(logits, -1)`` bit for bit across sizes, scales, masked and padded options
+    and thread counts; on CUDA torch's own call is kept."""
+    if logits.device.type != "cpu":
+        return torch.log_softmax(logits, dim=-1)
+    n, k, w = logits.shape
+    cols = n * k
+    pad = -cols % _LANES
+    rows = logits.permute(2, 0, 1).reshape(w, cols)
+    if pad:
+        rows = torch.cat([rows, rows.new_zeros(w, pad)], dim=1)
+    out = torch.log_softmax(rows, dim=0)
+    if pad:
+        out = out[:, :cols]
+    return out.reshape(w, n, k).permute(1, 2, 0).contiguous()
+
+
 class MaskedMultiCategorical(MaskableDistribution):
     """A masked MultiDiscrete distribution computed once per call on one padded tensor.
 
     The flat logits (N, sum(dims)) are laid out as (N, K, W) (K components, W the widest, padded
     with :data:`PADDING_LOGIT`); forbidden options get :data:`MASKED_LOGIT`, and one
-    ``log_softmax`` gives every component's log-probabilities. Sampling, the mode, log-probs and
+    ``log_softmax`` (:func:`log_softmax_components`) gives every component's log-probabilities. Sampling, the mode, log-probs and
     entropy read that one tensor: no per-component ``Categorical`` is built. Same probabilities,
     log-probs and entropy as sb3-contrib's ``MaskableMultiCategoricalDistribution``.
     """
@@ -219,7 +251,7 @@ class MaskedMultiCategorical(MaskableDistribution):
             padded = self._raw.index_select(1, index).view(n, *self._shape)
             allowed = real if self._masks is None else self._masks
             logits = torch.where(allowed, padded, self._fill.to(self._raw.device))
-            self._log_p = torch.log_softmax(logits, dim=-1)
+            self._log_p = log_softmax_components(logits)
         return self._log_p
 
     def component_log_probs(self) -> torch.Tensor:

@@ -11,6 +11,8 @@ from sb3_contrib.common.maskable.distributions import MaskableMultiCategoricalDi
 
 from agents.config import AgentConfig
 from agents.sb3_agents import (
+    MASKED_LOGIT,
+    PADDING_LOGIT,
     TORCH_THREADS,
     UPDATE_THREADS,
     FastMaskablePolicy,
@@ -22,6 +24,7 @@ from agents.sb3_agents import (
     cpus_available,
     current_options,
     default_train_envs,
+    log_softmax_components,
     make_training_env,
     training_options,
 )
@@ -256,3 +259,40 @@ def test_the_update_runs_on_its_own_threads_with_the_same_bits_as_one():
             pass
     with pytest.raises(ConfigError, match=r"trainer.update_threads must be >= 1, got 0"):
         validate(TrainerConfig(update_threads=0), "trainer")
+
+
+def _logits(n: int, scale: float, seed: int) -> torch.Tensor:
+    """(n, 4, 7) logits as the distribution lays them out: some options forbidden, the narrower
+    components padded, the first rows' first component wholly forbidden."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, len(DIMS), max(DIMS), generator=g) * scale
+    x = torch.where(torch.rand(x.shape, generator=g) < 0.3, torch.tensor(MASKED_LOGIT), x)
+    for c, d in enumerate(DIMS):
+        x[:, c, d:] = PADDING_LOGIT
+    x[: max(1, n // 3), 0, :] = MASKED_LOGIT
+    return x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_components_log_softmax_is_torchs_to_the_last_bit(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed, n in enumerate([1, 3, 5, 17, 100, 255, 256, 1000, 4096, 4099]):
+            for scale in (0.01, 1.0, 30.0, 1e4):
+                x0 = _logits(n, scale, seed)
+                results = []
+                for f in (lambda t: torch.log_softmax(t, dim=-1), log_softmax_components):
+                    x = x0.clone().requires_grad_(True)
+                    y = f(x)
+                    assert y.is_contiguous() and y.shape == x0.shape
+                    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+                    entropy = -(y.exp() * y).sum(dim=(1, 2))
+                    chosen = y.gather(2, torch.zeros(n, len(DIMS), 1, dtype=torch.long))
+                    ((y * w).sum() + entropy.mean() + chosen.sum()).backward()
+                    results.append((y.detach(), x.grad))
+                (y_ref, g_ref), (y, g) = results
+                assert torch.equal(y, y_ref), (n, scale)
+                assert torch.equal(g, g_ref), (n, scale)
+    finally:
+        torch.set_num_threads(before)
