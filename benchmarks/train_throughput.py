@@ -1,6 +1,7 @@
 """Training throughput of the default agent, beside its two peers measured in the same run.
 
     python benchmarks/train_throughput.py                       # 1 M client-days per row
+    python benchmarks/train_throughput.py --client-days 500000 --repeats 3
     python benchmarks/train_throughput.py --client-days 300000 --no-write
 
 Rows, each in client-days of training per second of wall time:
@@ -22,6 +23,8 @@ Rows, each in client-days of training per second of wall time:
 
 Each training row also gives client-days per second of the process's CPU time: on a machine
 others share, the wall-clock rate falls with their load, the CPU-time rate much less.
+``--repeats R`` measures the three configurations R times in turn (so a slow spell of the machine
+falls on all of them) and gives each row's median run, with every run's rate beside it.
 
 The table is printed and written to ``docs/results/train_throughput.md`` (``--no-write``: not).
 """
@@ -34,7 +37,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +79,8 @@ class Row:
     seconds: float
     cpu_seconds: float
     floor_seconds: float
+    runs: tuple[float, ...] = ()
+    """every run's training rate where the row is the median of several (``--repeats``)"""
 
     @property
     def rate(self) -> float:
@@ -175,22 +180,31 @@ def measure(label: str, cfg: AgentConfig, num_envs: int, client_days: int, fast:
     )
 
 
+def median_run(runs: list[Row]) -> Row:
+    """The run with the median training rate (the lower middle one of an even number), carrying
+    every run's rate."""
+    middle = sorted(runs, key=lambda r: r.rate)[(len(runs) - 1) // 2]
+    return replace(middle, runs=tuple(r.rate for r in runs))
+
+
 def table(rows: list[Row]) -> str:
     """Markdown: each configuration's training rate (wall and CPU time), its floor and the
-    ratios."""
+    ratios; with several runs a row is the median run and the last column lists them all."""
     base = rows[-1]
+    repeated = any(len(r.runs) > 1 for r in rows)
     lines = [
         "| configuration | clients a step | n_steps | batch | epochs | client-days | "
         "training, client-days/s | per CPU second | arithmetic floor, client-days/s | of floor "
-        "| vs previous (wall; CPU) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs previous (wall; CPU) |" + (" runs, client-days/s |" if repeated else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if repeated else ""),
     ]
     for r in rows:
+        runs = " / ".join(f"{x:,.0f}" for x in r.runs)
         lines.append(
             f"| {r.label} | {r.num_envs:,} | {r.n_steps} | {r.batch_size:,} | {r.n_epochs} | "
             f"{r.client_days:,} | {r.rate:,.0f} | {r.cpu_rate:,.0f} | {r.floor_rate:,.0f} | "
             f"{r.rate / r.floor_rate:.2f} | {r.rate / base.rate:.2f}x; "
-            f"{r.cpu_rate / base.cpu_rate:.2f}x |"
+            f"{r.cpu_rate / base.cpu_rate:.2f}x |" + (f" {runs} |" if repeated else "")
         )
     return "\n".join(lines)
 
@@ -209,33 +223,38 @@ def main() -> int:
         default=UPDATE_THREADS,
         help="torch threads in the fast path's update (at most the CPUs available)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each configuration, in turn (median)"
+    )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     torch.set_num_threads(args.threads)
     warm()
     now = preset()
     candidate = preset({"n_epochs": CANDIDATE["n_epochs"]})
     old = preset({k: v for k, v in OLD.items() if k != "num_envs"})
     envs = default_train_envs("ppo_lagrangian", load_setup())
+    configurations = [
+        ("default agent (now)", now, envs, True),
+        ("1,024 a step, 2 epochs (learned less)", candidate, CANDIDATE["num_envs"], True),
+        ("previous configuration", old, OLD["num_envs"], False),
+    ]
+    runs: dict[str, list[Row]] = {label: [] for label, *_ in configurations}
     with training_options(threads=args.threads, update_threads=args.update_threads):
-        rows = [
-            measure("default agent (now)", now, envs, args.client_days, fast=True),
-            measure(
-                "1,024 a step, 2 epochs (learned less)",
-                candidate,
-                CANDIDATE["num_envs"],
-                args.client_days,
-                fast=True,
-            ),
-            measure("previous configuration", old, OLD["num_envs"], args.client_days, fast=False),
-        ]
-    text = table(rows)
+        for _ in range(args.repeats):
+            for label, cfg, num_envs, fast in configurations:
+                runs[label].append(measure(label, cfg, num_envs, args.client_days, fast))
+    text = table([median_run(runs[label]) for label, *_ in configurations])
     print(text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         command = "python benchmarks/train_throughput.py"
         if args.client_days != 1_000_000:
             command += f" --client-days {args.client_days}"
+        if args.repeats != 1:
+            command += f" --repeats {args.repeats}"
         RESULTS.write_text(
             f"Written by `{command}` ({platform.machine()}, {os.cpu_count()} CPUs, load average "
             f"{os.getloadavg()[0]:.1f} when written, torch {torch.__version__}, {args.threads} "
