@@ -33,6 +33,7 @@ import polars as pl
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from experiment.process import skip_exit_collection
 from loop.events import TABLES, Export, dtype_of, read_export
 from loop.features import build_features
 from serve.decisions import DecisionLog, frame_of
@@ -185,4 +186,5 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
+    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
     main()

@@ -55,6 +55,7 @@ from evaluation.compare import (
 )
 from experiment import plots
 from experiment.policies import BANDIT_TIMESTEPS, resolve_policy
+from experiment.process import skip_exit_collection
 from experiment.reporting import (
     NOTE,
     best_heuristic,
@@ -414,6 +415,7 @@ COMMANDS: dict[str, Callable[[DictConfig, RunConfig, Setup], object]] = {
 
 
 if __name__ == "__main__":
+    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
     renamed = refuse_renamed(sys.argv[1:])
     if renamed:
         print(f"evaluate.py: {renamed}", file=sys.stderr)

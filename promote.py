@@ -31,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiment import promotion
+from experiment.process import skip_exit_collection
 from experiment.schema import TrackingConfig
 from simulate.config import ConfigError
 
@@ -239,6 +240,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
     if any(a in ("--help", "-h") or a.startswith("--") for a in sys.argv[1:]):
         main()
     else:

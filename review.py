@@ -22,6 +22,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from experiment.process import skip_exit_collection
+
 ACTIONS = ("queue", "apply")
 
 
@@ -114,4 +116,5 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
+    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
     main()

@@ -54,6 +54,7 @@ from evaluation.compare import (
     tier_table,
 )
 from experiment import plots
+from experiment.process import skip_exit_collection
 from experiment.reporting import (
     best_heuristic,
     evaluation_clients,
@@ -480,6 +481,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
     note_start()  # the results file names the commit this run started from
     register_train_config()
     signal.signal(signal.SIGTERM, _stop)

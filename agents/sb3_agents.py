@@ -63,8 +63,9 @@ costs about what it saves, and the simulator's numpy work runs between the netwo
 same core; the other core stays free for whatever runs beside (a second seed, the evaluation)."""
 
 UPDATE_THREADS = 2
-"""torch threads in the masked agents' update (:meth:`FastMaskablePPO.train`), capped by the CPUs
-this process may use. Two: a minibatch of 4,096 rows is large enough that the second core pays
+"""torch threads in the masked agents' update (:meth:`FastMaskablePPO.train`), capped by the
+CPUs this process may use (:func:`cpus_available`). Two: a minibatch of 4,096 rows is large
+enough that the second core pays
 (``log_softmax`` over the masked components 3.1 -> 1.7 ms, the linear layers and ``tanh``
 20-30 % less; the default agent trains ~14 % faster on two cores), and the rollouts, whose
 batches of 256 rows are too small to split, keep :data:`TORCH_THREADS`. The same parameters to the
@@ -74,11 +75,17 @@ rows, and the matrix products' sums keep their order). Parallel launchers set 1
 
 
 def cpus_available() -> int:
-    """CPUs this process may run on (its affinity where the OS reports one)."""
+    """CPUs this process may use: its affinity where the OS reports one, and no more than
+    ``OMP_NUM_THREADS`` where that is set to a positive number (the usual way to say how many
+    threads a process may take: ``make test`` sets 1, its two workers already fill the cores)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if limit.isdigit() and int(limit) > 0:
+        cpus = min(cpus, int(limit))
+    return cpus
 
 
 @dataclass(frozen=True)

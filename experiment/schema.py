@@ -42,8 +42,9 @@ class TrainerConfig:
 
     update_threads: int = num(2, 1, 1024)
     """torch threads in the masked agents' update (``agents.sb3_agents.UPDATE_THREADS``; at most
-    the CPUs available): the same parameters to the last bit as 1, faster on two cores; the
-    parallel launchers set 1 so that jobs side by side do not contend for cores"""
+    the CPUs available and ``OMP_NUM_THREADS`` where set): the same parameters to the last bit as
+    1, faster on two cores; the parallel launchers set 1 so that jobs side by side do not contend
+    for cores"""
 
     def check(self, prefix: str) -> None:
         if self.num_envs is not None and not 1 <= self.num_envs <= 10_000_000:

@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from experiment.process import skip_exit_collection
 from experiment.results import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,4 +183,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
     main()

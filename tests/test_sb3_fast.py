@@ -240,8 +240,10 @@ def _trained_on(update_threads: int) -> tuple[FastMaskablePPO, list[int]]:
     return model, seen
 
 
-@pytest.mark.skipif(cpus_available() < 2, reason="one CPU: the update cannot take a second thread")
-def test_the_update_runs_on_its_own_threads_with_the_same_bits_as_one():
+def test_the_update_runs_on_its_own_threads_with_the_same_bits_as_one(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # make test sets 1 (checked below)
+    if cpus_available() < 2:
+        pytest.skip("one CPU: the update cannot take a second thread")
     assert TrainerConfig().update_threads == UPDATE_THREADS == 2
     one, seen_one = _trained_on(1)
     two, seen_two = _trained_on(2)
@@ -254,6 +256,8 @@ def test_the_update_runs_on_its_own_threads_with_the_same_bits_as_one():
     for i, state in sa.items():
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb[i][key])), key
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the process may take one thread: it takes one
+    assert _trained_on(2)[1] == [1, 1]
     with pytest.raises(ConfigError, match=r"update_threads must be in \[1, 1024\], got 0"):
         with training_options(update_threads=0):
             pass
