@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from envs.config import CONF_DIR, conf_dir
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from experiment.tracking import git_commit, hold, setup_mlflow
 from realism import calibration, scorecard, staging
 from realism.fit import apply, fit, parameters
@@ -208,5 +208,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     sys.exit(main())

@@ -33,7 +33,7 @@ import polars as pl
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from loop.events import TABLES, Export, dtype_of, read_export
 from loop.features import build_features
 from serve.decisions import DecisionLog, frame_of
@@ -186,5 +186,5 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     main()

@@ -55,7 +55,7 @@ from evaluation.compare import (
 )
 from experiment import plots
 from experiment.policies import BANDIT_TIMESTEPS, resolve_policy
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from experiment.reporting import (
     NOTE,
     best_heuristic,
@@ -415,7 +415,7 @@ COMMANDS: dict[str, Callable[[DictConfig, RunConfig, Setup], object]] = {
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     renamed = refuse_renamed(sys.argv[1:])
     if renamed:
         print(f"evaluate.py: {renamed}", file=sys.stderr)

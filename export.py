@@ -30,7 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from agents.registry import load_policy
 from envs.config import GuardrailConfig
 from envs.features import FEATURE_NAMES
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from experiment.registry import describe_version
 from experiment.schema import TrackingConfig
 from experiment.tracking import ROOT, download_policy, find_run, serve_command, setup_mlflow
@@ -135,5 +135,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     sys.exit(main())

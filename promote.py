@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiment import promotion
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from experiment.schema import TrackingConfig
 from simulate.config import ConfigError
 
@@ -240,7 +240,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     if any(a in ("--help", "-h") or a.startswith("--") for a in sys.argv[1:]):
         main()
     else:

@@ -22,7 +22,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 
 ACTIONS = ("queue", "apply")
 
@@ -116,5 +116,5 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     main()

@@ -20,7 +20,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from serve.http import ServeConfig, serve
 
 ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
@@ -44,5 +44,5 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     main()

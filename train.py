@@ -54,7 +54,7 @@ from evaluation.compare import (
     tier_table,
 )
 from experiment import plots
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from experiment.reporting import (
     best_heuristic,
     evaluation_clients,
@@ -481,7 +481,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     note_start()  # the results file names the commit this run started from
     register_train_config()
     signal.signal(signal.SIGTERM, _stop)

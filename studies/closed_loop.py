@@ -75,7 +75,7 @@ from evaluation.metrics import normalized_value, paired_difference
 from evaluation.record import uniform_draw
 from evaluation.rollout import Rollout, evaluate
 from experiment import promotion
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from experiment.schema import TrackingConfig
 from simulate.config import ConfigError
 
@@ -1057,5 +1057,5 @@ def check(run: ClosedLoopConfig) -> None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     main()

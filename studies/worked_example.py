@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiment.process import skip_exit_collection
+from experiment.process import freeze_long_lived
 from experiment.results import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,5 +183,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    skip_exit_collection()  # the last garbage collection walks what torch and MLflow made
+    freeze_long_lived()  # the collector's full passes would walk what torch and MLflow made
     main()

@@ -48,3 +48,12 @@ def pytest_collection_modifyitems(config, items):
     would leave a core idle while they finish; short ones there even the load out."""
     heavy = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in heavy)
+
+
+def pytest_collection_finish(session):
+    """Freeze what collection made (every test module and the libraries they import: torch,
+    MLflow, Hydra), so the garbage collections during the tests, and the last one at exit,
+    skip those objects (see ``experiment.process.freeze_long_lived``)."""
+    import gc
+
+    gc.freeze()
