@@ -65,13 +65,13 @@ same core; the other core stays free for whatever runs beside (a second seed, th
 UPDATE_THREADS = 2
 """torch threads in the masked agents' update (:meth:`FastMaskablePPO.train`), capped by the
 CPUs this process may use (:func:`cpus_available`). Two: a minibatch of 4,096 rows is large
-enough that the second core pays
-(``log_softmax`` over the masked components 3.1 -> 1.7 ms, the linear layers and ``tanh``
-20-30 % less; the default agent trains ~14 % faster on two cores), and the rollouts, whose
-batches of 256 rows are too small to split, keep :data:`TORCH_THREADS`. The same parameters to the
-last bit as one thread (``tests/test_sb3_fast.py``: torch splits elementwise and row-wise work by
-rows, and the matrix products' sums keep their order). Parallel launchers set 1
-(``trainer.update_threads``), so that two jobs on two cores do not contend."""
+enough that the second core pays for its hand-off (the linear layers, ``tanh`` and the
+distribution's ``log_softmax`` split by rows; ``benchmarks/train_throughput.py
+--update-threads 1`` measures the difference), while the rollouts, whose batches of 256 rows are
+too small to split, keep :data:`TORCH_THREADS`. The same parameters to the last bit as one
+thread (``tests/test_sb3_fast.py``: torch splits elementwise and row-wise work by rows, and the
+matrix products' sums keep their order). Parallel launchers set 1 (``trainer.update_threads``),
+so that two jobs on two cores do not contend."""
 
 
 def cpus_available() -> int:
