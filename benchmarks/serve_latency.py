@@ -10,6 +10,11 @@ the export's ONNX graph alone (onnxruntime, no validation or checks: the ceiling
 without the choice inside), the previous runtime (that export, the choice in numpy), SB3's
 ``model.predict`` and the actor network alone in torch.
 
+The table's rates measure each contender for a second in turn, so a change in the machine's
+speed between two of them moves their ratio. The target line also gives the ratio from
+interleaved calls (graph alone, runtime, graph alone, ... at batch 4,096: the median time of
+each), which a slow spell shifts for both alike.
+
     python benchmarks/serve_latency.py
 """
 
@@ -49,6 +54,20 @@ def rate(fn, batch: np.ndarray) -> float:
         fn(batch)
         calls += 1
     return calls * len(batch) / (time.perf_counter() - start)
+
+
+def interleaved_ratio(fast, slow, batch: np.ndarray, pairs: int = 300) -> float:
+    """median time of ``fast(batch)`` / median time of ``slow(batch)``, the two called in
+    turn ``pairs`` times (after one call of each)."""
+    fast(batch)
+    slow(batch)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(pairs):
+        for fn, kept in ((fast, times[0]), (slow, times[1])):
+            start = time.perf_counter()
+            fn(batch)
+            kept.append(time.perf_counter() - start)
+    return float(np.median(times[0]) / np.median(times[1]))
 
 
 def latencies(fn, obs: np.ndarray, n: int = 3000) -> tuple[float, float]:
@@ -142,11 +161,15 @@ def main() -> int:
         )
     }
     p99 = lat["runtime (guarded)"][1]
+    paired = interleaved_ratio(
+        contenders["ONNX graph alone (ceiling)"], contenders["runtime (guarded)"], obs[:big]
+    )
     lines += [
         "",
         f"* runtime (guarded) / ONNX graph alone at batch {big:,}: "
-        f"**{share['ONNX graph alone (ceiling)']:.2f}** (target >= 0.8: "
-        f"{'met' if share['ONNX graph alone (ceiling)'] >= 0.8 else 'not met'})",
+        f"**{share['ONNX graph alone (ceiling)']:.2f}** from the table's rates, "
+        f"**{paired:.2f}** from 300 interleaved calls of each (target >= 0.8: "
+        f"{'met' if min(paired, share['ONNX graph alone (ceiling)']) >= 0.8 else 'not met'})",
         f"* runtime (guarded) / network alone at batch {big:,}: "
         f"{share['network alone (graph without the choice)']:.2f}",
         f"* runtime (guarded) / previous runtime at batch {big:,}: "
