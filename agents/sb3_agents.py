@@ -196,9 +196,10 @@ class MaskedMultiCategorical(MaskableDistribution):
 
     The flat logits (N, sum(dims)) are laid out as (N, K, W) (K components, W the widest, padded
     with :data:`PADDING_LOGIT`); forbidden options get :data:`MASKED_LOGIT`, and one
-    ``log_softmax`` (:func:`log_softmax_components`) gives every component's log-probabilities. Sampling, the mode, log-probs and
-    entropy read that one tensor: no per-component ``Categorical`` is built. Same probabilities,
-    log-probs and entropy as sb3-contrib's ``MaskableMultiCategoricalDistribution``.
+    ``log_softmax`` (:func:`log_softmax_components`) gives every component's log-probabilities.
+    Sampling, the mode, log-probs and entropy read that one tensor: no per-component
+    ``Categorical`` is built. Same probabilities, log-probs and entropy as sb3-contrib's
+    ``MaskableMultiCategoricalDistribution``.
     """
 
     def __init__(self, action_dims: list[int]) -> None:
