@@ -167,7 +167,7 @@ uses (8 or 16 floats), so no column falls in a kernel's scalar remainder"""
 def log_softmax_components(logits: torch.Tensor) -> torch.Tensor:
     """``torch.log_softmax(logits, dim=-1)`` of (N, K, W) logits, to the last bit, forward and
     backward, several times faster on CPU (forward + backward at 4,096 x 4 x 7: 1.32 -> 0.38 ms
-    on one thread of the machine the benchmarks page names).
+    on one thread of a 2-core x86_64 machine).
 
     torch's kernel for the last dimension walks row by row, which for rows of W = 7 options costs
     ~25 ns an element; its kernel for another dimension runs down columns a CPU vector at a time.
