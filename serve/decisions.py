@@ -147,13 +147,17 @@ class DecisionLogError(ValueError):
 
 def new_decision_ids(n: int) -> list[str]:
     """``n`` fresh decision ids (uuid4, 32 hex digits), from the OS's entropy: unique across
-    runs even when the decisions themselves are seeded. One read of ``16 n`` random bytes with
-    the version-4 and variant bits set as :func:`uuid.uuid4` sets them (RFC 4122), written in
-    hex with a space after every 16 bytes and split there: the same ids at a fraction of the
-    time per id (a batch of 4,096 in ~0.23 ms, of which ~0.1 ms reads the entropy, instead of
-    ~10 ms)."""
+    runs even when the decisions themselves are seeded. :func:`decision_id_bits` written in hex
+    (:func:`ids_in_hex`): the same ids at a fraction of the time per id (a batch of 4,096 in
+    ~0.3 ms, of which ~0.13 ms reads the entropy, instead of ~10 ms)."""
+    return ids_in_hex(decision_id_bits(n))
+
+
+def decision_id_bits(n: int) -> bytes:
+    """The 16 ``n`` bytes of ``n`` fresh decision ids, from one read of the OS's entropy, with
+    the version-4 and variant bits set as :func:`uuid.uuid4` sets them (RFC 4122)."""
     if n <= 0:
-        return []
+        return b""
     bits = bytearray(os.urandom(16 * n))
     rows = np.frombuffer(bits, dtype=np.uint8).reshape(n, 16)  # a view: written in place
     version, variant = rows[:, 6], rows[:, 8]
@@ -161,7 +165,13 @@ def new_decision_ids(n: int) -> list[str]:
     version |= 0x40  # version 4
     variant &= 0x3F
     variant |= 0x80  # variant RFC 4122
-    return bits.hex(" ", 16).split(" ")
+    return bytes(bits)
+
+
+def ids_in_hex(bits: bytes) -> list[str]:
+    """The decision ids of :func:`decision_id_bits`, 32 hex digits each: the bytes written in hex
+    with a space after every 16 and split there."""
+    return bits.hex(" ", 16).split(" ") if bits else []
 
 
 def exploration_label(epsilon: float = 0.0, temperature: float | None = None) -> str:

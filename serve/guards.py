@@ -114,8 +114,15 @@ class Guards:
         channel_ok &= sent.sum(axis=0) < self.max_per_week
         content_ok = tier >= self.content_min_tier[:, None]
         state = tier << len(channel_ok)
-        for k, ok in enumerate(channel_ok):
-            state += ok * (1 << k)
+        if len(channel_ok) <= 8:  # the channels' bits in one byte per row: 8-bit work
+            bits = channel_ok.view(np.uint8)
+            packed = bits[0].copy()
+            for k in range(1, len(bits)):
+                packed |= bits[k] << k
+            state |= packed.astype(np.int64)
+        else:
+            for k, ok in enumerate(channel_ok):
+                state += ok * (1 << k)
         return Masks(channel_ok, tier, content_ok, state)
 
     def _channels_and_tier(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

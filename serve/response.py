@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -41,14 +42,17 @@ MAX_DAY = 3_660
 
 @dataclass
 class Decisions:
-    """Per-client decisions of one request (arrays/lists of length N)."""
+    """Per-client decisions of one request (arrays/lists of length N).
+
+    The actions' labels (:attr:`slot`, :attr:`tone`, :attr:`channel`, :attr:`content`) and the
+    decision ids as text (:attr:`decision_id`) are lists of Python strings, written from
+    :attr:`action` and :attr:`id_bits` the first time each is read and kept: a caller that
+    reads only the arrays (the decision log builds its own columns from :attr:`action`) does
+    not pay for 5 N strings. The ids' entropy is read when the runtime decides, so an id is
+    the same on every read."""
 
     action: np.ndarray
     """(N, 4) int64 (slot, tone, channel, content); slot 0 is no-send"""
-    slot: list[str]
-    tone: list[str | None]
-    channel: list[str | None]
-    content: list[str | None]
     probability: np.ndarray
     """the policy's probability of the chosen action among the allowed ones"""
     reasons: list[list[str]] | list[tuple[()]]
@@ -56,9 +60,9 @@ class Decisions:
     empty tuples when decided with ``explain=False``"""
     needs_review: np.ndarray
     """a person approves the send first (sensitive tone on a sensitive topic)"""
-    decision_id: list[str] = field(default_factory=list)
-    """a fresh id per decision (uuid4, 32 hex digits, from the OS's entropy): a send it leads
-    to carries it"""
+    id_bits: bytes = b""
+    """the decision ids' 16 N bytes (uuid4, from the OS's entropy:
+    :func:`serve.decisions.decision_id_bits`); :attr:`decision_id` writes them in hex"""
     propensity: np.ndarray = field(default_factory=lambda: np.ones(0))
     """exact probability, in (0, 1], that the runtime returns this action for this row: masks,
     consent and exploration applied (``serve/exploration.py``, :class:`~serve.choice.Exploration`)"""
@@ -79,6 +83,40 @@ class Decisions:
     """(N,) int64 client ids, where the request carried a ``client_id`` column"""
     day: np.ndarray | None = None
     """(N,) int32 decision days, where the request carried a ``day`` column"""
+    labeller: Labeller | None = field(default=None, repr=False, compare=False)
+    """the export's labels (:class:`Labeller`; the contract's where None)"""
+
+    @cached_property
+    def decision_id(self) -> list[str]:
+        """a fresh id per decision (uuid4, 32 hex digits, from the OS's entropy): a send it
+        leads to carries it"""
+        from serve.decisions import ids_in_hex  # the log's module (polars) only when read
+
+        return ids_in_hex(self.id_bits)
+
+    @cached_property
+    def _words(self) -> dict[str, list[str | None]]:
+        return (self.labeller or Labeller(ACTION_LABELS))(self.action)
+
+    @property
+    def slot(self) -> list[str]:
+        """each action's slot in words (``no_send`` for a no-send, as the export's labels say)"""
+        return self._words["slot"]  # type: ignore[return-value]
+
+    @property
+    def tone(self) -> list[str | None]:
+        """each action's tone in words; None for a no-send"""
+        return self._words["tone"]
+
+    @property
+    def channel(self) -> list[str | None]:
+        """each action's channel in words; None for a no-send"""
+        return self._words["channel"]
+
+    @property
+    def content(self) -> list[str | None]:
+        """each action's content in words; None for a no-send"""
+        return self._words["content"]
 
     @property
     def agree(self) -> np.ndarray:

@@ -43,7 +43,7 @@ from serve import circuit as circuit_state
 from serve.choice import SCORE_CAP as SCORE_CAP
 from serve.choice import Exploration as Exploration
 from serve.choice import Explorer
-from serve.decisions import new_decision_ids
+from serve.decisions import decision_id_bits
 from serve.explain import EXPLAIN_AT_MOST as EXPLAIN_AT_MOST
 from serve.explain import EXPLAIN_UP_TO as EXPLAIN_UP_TO
 from serve.explain import WEEKDAYS as WEEKDAYS
@@ -329,11 +329,10 @@ class PolicyRuntime:
             reasons = self._reasons(x, logits, actions, greedy, tripped, explored, notes)
         return Decisions(
             action=actions,
-            **self._words(actions),
             probability=probability,
             reasons=reasons,
             needs_review=self.guards.needs_review(x, actions),
-            decision_id=new_decision_ids(n),
+            id_bits=decision_id_bits(n),
             propensity=propensity,
             policy_action=policy_action,
             policy_probability=policy_probability,
@@ -343,6 +342,7 @@ class PolicyRuntime:
             mode="shadow" if firm is not None else "serve",
             client_id=client_id,
             day=day,
+            labeller=self._words,
         )
 
     def split_request(self, features: Any) -> tuple[Any, dict[str, np.ndarray], np.ndarray | None]:

@@ -1,8 +1,9 @@
 """The runtime's cheaper steps around the graph give what the steps they replace gave: the masks
 built from the tier the request's checks read are the masks read from the features, each row's
 state looks up exactly the 361-action table's answers, the allowed count per state is the
-table's, the actions' labels are the labels one row at a time, and the decision ids are the
-uuid4 of the entropy read."""
+table's, the actions' labels are the labels one row at a time, the decision ids are the
+uuid4 of the entropy read, and a decision's labels and ids, written when first read, are those
+of the actions decided and of the entropy read when deciding."""
 
 from __future__ import annotations
 
@@ -104,3 +105,22 @@ def test_decisions_keep_their_python_types(bandit_export, rows):
         assert all(v is None or type(v) is str for v in value), name
     assert all(type(i) is str and len(i) == 32 for i in d.decision_id)
     assert d.action.dtype == np.int64 and d.allowed_actions.dtype == np.int64
+
+
+def test_labels_and_ids_are_written_on_first_read_from_what_was_decided(bandit_export, monkeypatch):
+    runtime = _load(bandit_export)
+    reads = []
+    urandom = decisions.os.urandom
+    monkeypatch.setattr(decisions.os, "urandom", lambda size: reads.append(size) or urandom(size))
+    d = runtime.decide(clients(300, seed=5), explain=False)
+    assert reads == [16 * 300]  # the ids' entropy is read when deciding, once
+    assert not {"_words", "decision_id"} & set(vars(d))  # nothing written yet
+    ids = d.decision_id
+    assert ids is d.decision_id and reads == [16 * 300]  # kept: the same ids on every read
+    assert ids == decisions.ids_in_hex(d.id_bits) and len(set(ids)) == 300
+    words = Labeller(runtime.labels)(d.action)
+    for part in ("slot", "tone", "channel", "content"):
+        assert getattr(d, part) is getattr(d, part) and getattr(d, part) == words[part], part
+    records = d.records()
+    assert [r["slot"] for r in records] == words["slot"]
+    assert [r["decision_id"] for r in records] == ids
