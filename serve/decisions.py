@@ -146,19 +146,19 @@ class DecisionLogError(ValueError):
 
 
 def new_decision_ids(n: int) -> list[str]:
-    """``n`` fresh decision ids (uuid4, 32 hex digits), from the OS's entropy: unique across
-    runs even when the decisions themselves are seeded. :func:`decision_id_bits` written in hex
-    (:func:`ids_in_hex`): the same ids at a fraction of the time per id (a batch of 4,096 in
-    ~0.3 ms, of which ~0.13 ms reads the entropy, instead of ~10 ms)."""
+    """``n`` fresh decision ids (uuid4, 32 hex digits), from a cryptographically strong
+    generator (:func:`random_bytes`): unique across runs and processes even when the decisions
+    themselves are seeded. :func:`decision_id_bits` written in hex (:func:`ids_in_hex`): the same
+    ids at a fraction of the time per id (a batch of 4,096 in ~0.2 ms instead of ~10 ms)."""
     return ids_in_hex(decision_id_bits(n))
 
 
 def decision_id_bits(n: int) -> bytes:
-    """The 16 ``n`` bytes of ``n`` fresh decision ids, from one read of the OS's entropy, with
-    the version-4 and variant bits set as :func:`uuid.uuid4` sets them (RFC 4122)."""
+    """The 16 ``n`` bytes of ``n`` fresh decision ids, from one draw of :func:`random_bytes`,
+    with the version-4 and variant bits set as :func:`uuid.uuid4` sets them (RFC 4122)."""
     if n <= 0:
         return b""
-    bits = bytearray(os.urandom(16 * n))
+    bits = bytearray(random_bytes(16 * n))
     rows = np.frombuffer(bits, dtype=np.uint8).reshape(n, 16)  # a view: written in place
     version, variant = rows[:, 6], rows[:, 8]
     version &= 0x0F
@@ -166,6 +166,30 @@ def decision_id_bits(n: int) -> bytes:
     variant &= 0x3F
     variant |= 0x80  # variant RFC 4122
     return bytes(bits)
+
+
+def random_bytes(n: int) -> bytes:
+    """``n`` cryptographically strong random bytes: OpenSSL's generator (``ssl.RAND_bytes``, a
+    NIST SP 800-90A DRBG seeded and reseeded from the OS's entropy), where Python has it, else
+    :func:`os.urandom`. A batch of 4,096 ids' 64 KiB takes ~10 µs from OpenSSL's generator
+    against ~120 µs from the kernel's. A forked child mixes fresh OS entropy into its copy of
+    the generator before its first draw (:func:`_reseed_after_fork`), so parent and child
+    never draw the same bytes, whatever OpenSSL's own fork detection does."""
+    return _RAND_BYTES(n)
+
+
+def _reseed_after_fork() -> None:
+    _RAND_ADD(os.urandom(32), 32.0)
+
+
+try:
+    import ssl
+
+    _RAND_BYTES: Callable[[int], bytes] = ssl.RAND_bytes
+    _RAND_ADD = ssl.RAND_add
+    os.register_at_fork(after_in_child=_reseed_after_fork)
+except (ImportError, AttributeError):  # a Python without OpenSSL (or without fork)
+    _RAND_BYTES = os.urandom
 
 
 def ids_in_hex(bits: bytes) -> list[str]:

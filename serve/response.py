@@ -48,7 +48,7 @@ class Decisions:
     decision ids as text (:attr:`decision_id`) are lists of Python strings, written from
     :attr:`action` and :attr:`id_bits` the first time each is read and kept: a caller that
     reads only the arrays (the decision log builds its own columns from :attr:`action`) does
-    not pay for 5 N strings. The ids' entropy is read when the runtime decides, so an id is
+    not pay for 5 N strings. The ids' random bytes are drawn when the runtime decides, so an id is
     the same on every read."""
 
     action: np.ndarray
@@ -61,7 +61,7 @@ class Decisions:
     needs_review: np.ndarray
     """a person approves the send first (sensitive tone on a sensitive topic)"""
     id_bits: bytes = b""
-    """the decision ids' 16 N bytes (uuid4, from the OS's entropy:
+    """the decision ids' 16 N bytes (uuid4, cryptographically strong random bytes:
     :func:`serve.decisions.decision_id_bits`); :attr:`decision_id` writes them in hex"""
     propensity: np.ndarray = field(default_factory=lambda: np.ones(0))
     """exact probability, in (0, 1], that the runtime returns this action for this row: masks,
@@ -88,8 +88,8 @@ class Decisions:
 
     @cached_property
     def decision_id(self) -> list[str]:
-        """a fresh id per decision (uuid4, 32 hex digits, from the OS's entropy): a send it
-        leads to carries it"""
+        """a fresh id per decision (uuid4, 32 hex digits, drawn when deciding): a send it leads
+        to carries it"""
         from serve.decisions import ids_in_hex  # the log's module (polars) only when read
 
         return ids_in_hex(self.id_bits)

@@ -7,6 +7,7 @@ of the actions decided and of the entropy read when deciding."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_the_labels_are_each_rows_labels_and_a_no_sends_are_none():
 @pytest.mark.parametrize("n", [1, 2, 4097])
 def test_decision_ids_are_the_uuid4_of_the_entropy_read(monkeypatch, n):
     entropy = np.random.default_rng(n).bytes(16 * n)
-    monkeypatch.setattr(decisions.os, "urandom", lambda size: entropy[:size])
+    monkeypatch.setattr(decisions, "random_bytes", lambda size: entropy[:size])
     ids = new_decision_ids(n)
     expected = [uuid.UUID(bytes=entropy[16 * i : 16 * i + 16], version=4).hex for i in range(n)]
     assert type(ids) is list and ids == expected and all(type(i) is str for i in ids)
@@ -110,10 +111,10 @@ def test_decisions_keep_their_python_types(bandit_export, rows):
 def test_labels_and_ids_are_written_on_first_read_from_what_was_decided(bandit_export, monkeypatch):
     runtime = _load(bandit_export)
     reads = []
-    urandom = decisions.os.urandom
-    monkeypatch.setattr(decisions.os, "urandom", lambda size: reads.append(size) or urandom(size))
+    draw = decisions.random_bytes
+    monkeypatch.setattr(decisions, "random_bytes", lambda size: reads.append(size) or draw(size))
     d = runtime.decide(clients(300, seed=5), explain=False)
-    assert reads == [16 * 300]  # the ids' entropy is read when deciding, once
+    assert reads == [16 * 300]  # the ids' bytes are drawn when deciding, once
     assert not {"_words", "decision_id"} & set(vars(d))  # nothing written yet
     ids = d.decision_id
     assert ids is d.decision_id and reads == [16 * 300]  # kept: the same ids on every read
@@ -124,3 +125,21 @@ def test_labels_and_ids_are_written_on_first_read_from_what_was_decided(bandit_e
     records = d.records()
     assert [r["slot"] for r in records] == words["slot"]
     assert [r["decision_id"] for r in records] == ids
+
+
+def test_ids_are_strong_random_bytes_and_a_forked_process_draws_others():
+    assert decisions.random_bytes(16) != decisions.random_bytes(16)
+    assert len(decisions.random_bytes(64 * 1024)) == 64 * 1024
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without running the parent's handlers
+        os.write(write, decisions.decision_id_bits(32))
+        os._exit(0)
+    os.close(write)
+    child = b""
+    while chunk := os.read(read, 4096):
+        child += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = decisions.decision_id_bits(32)  # the same draw in the parent
+    assert len(child) == len(parent) == 512 and child != parent
