@@ -174,8 +174,12 @@ def random_bytes(n: int) -> bytes:
     :func:`os.urandom`. A batch of 4,096 ids' 64 KiB takes ~10 µs from OpenSSL's generator
     against ~120 µs from the kernel's. A forked child mixes fresh OS entropy into its copy of
     the generator before its first draw (:func:`_reseed_after_fork`), so parent and child
-    never draw the same bytes, whatever OpenSSL's own fork detection does."""
-    return _RAND_BYTES(n)
+    never draw the same bytes, whatever OpenSSL's own fork detection does. Where OpenSSL's
+    generator fails (``ssl.SSLError``, an :class:`OSError`), the kernel's is read instead."""
+    try:
+        return _RAND_BYTES(n)
+    except OSError:
+        return os.urandom(n)
 
 
 def _reseed_after_fork() -> None:

@@ -8,6 +8,7 @@ of the actions decided and of the entropy read when deciding."""
 from __future__ import annotations
 
 import os
+import ssl
 import uuid
 
 import numpy as np
@@ -143,3 +144,13 @@ def test_ids_are_strong_random_bytes_and_a_forked_process_draws_others():
     os.waitpid(pid, 0)
     parent = decisions.decision_id_bits(32)  # the same draw in the parent
     assert len(child) == len(parent) == 512 and child != parent
+
+
+def test_ids_come_from_the_kernel_where_openssls_generator_fails(monkeypatch):
+    def failing(n: int) -> bytes:
+        raise ssl.SSLError("the generator is not seeded")
+
+    monkeypatch.setattr(decisions, "_RAND_BYTES", failing)
+    monkeypatch.setattr(decisions.os, "urandom", lambda n: b"\x01" * n)
+    assert decisions.random_bytes(4) == b"\x01" * 4
+    assert decisions.new_decision_ids(1) == [uuid.UUID(bytes=b"\x01" * 16, version=4).hex]
