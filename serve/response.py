@@ -60,7 +60,7 @@ class Decisions:
     empty tuples when decided with ``explain=False``"""
     needs_review: np.ndarray
     """a person approves the send first (sensitive tone on a sensitive topic)"""
-    id_bits: bytes = b""
+    id_bits: bytes = field(default=b"", repr=False)
     """the decision ids' 16 N bytes (uuid4, cryptographically strong random bytes:
     :func:`serve.decisions.decision_id_bits`); :attr:`decision_id` writes them in hex"""
     propensity: np.ndarray = field(default_factory=lambda: np.ones(0))
