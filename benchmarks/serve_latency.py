@@ -4,11 +4,12 @@
 Prints decisions per second at batch 1, 64 and 4,096 and single-decision p50/p99 latency, and
 writes the table to ``docs/results/serve_latency.md``. The runtime row includes validation,
 guardrail masks and the masked choice (inside the graph: ``serve/graph_choice.py``, with the
-runtime's checks) and the decision ids' entropy; the actions' labels and the ids as Python
-strings are written when first read (``Decisions``), which the ``labels and ids read`` row
-does; the ``+ reasons`` row adds the explanations (one extra network pass per feature group). Peers measured in the same run:
-the export's ONNX graph alone (onnxruntime, no validation or checks: the ceiling of any runtime on this export), the network alone (the graph of an export
-without the choice inside), the previous runtime (that export, the choice in numpy), SB3's
+runtime's checks) and the decision ids' random bytes; the actions' labels and the ids as
+Python strings are written when first read (``Decisions``), which the ``labels and ids read``
+row does; the ``+ reasons`` row adds the explanations (one extra network pass per feature
+group). Peers measured in the same run: the export's ONNX graph alone (onnxruntime, no
+validation or checks: the ceiling of any runtime on this export), the network alone (the graph
+of an export without the choice inside), the previous runtime (that export, the choice in numpy), SB3's
 ``model.predict`` and the actor network alone in torch.
 
 The table's rates measure each contender for a second in turn, so a change in the machine's

@@ -45,6 +45,8 @@ class Guards:
             for slot in slots:
                 self.quiet[self.slots.index(slot), self.channels.index(channel)] = True
         self.max_per_week = int(rules["max_per_week"])
+        if len(self.channels) > 8:  # the masks pack one bit per channel in a byte
+            raise ValueError(f"at most 8 channels are supported, got {len(self.channels)}")
         self.channel_cap = np.array([rules["channel_caps"][c] for c in self.channels])
         self.content_min_tier = np.array([rules["content_min_tier"][k] for k in self.contents])
         names = manifest["feature_names"]
@@ -114,15 +116,11 @@ class Guards:
         channel_ok &= sent.sum(axis=0) < self.max_per_week
         content_ok = tier >= self.content_min_tier[:, None]
         state = tier << len(channel_ok)
-        if len(channel_ok) <= 8:  # the channels' bits in one byte per row: 8-bit work
-            bits = channel_ok.view(np.uint8)
-            packed = bits[0].copy()
-            for k in range(1, len(bits)):
-                packed |= bits[k] << k
-            state |= packed.astype(np.int64)
-        else:
-            for k, ok in enumerate(channel_ok):
-                state += ok * (1 << k)
+        bits = channel_ok.view(np.uint8)  # the channels' bits in one byte per row (at most 8)
+        packed = bits[0].copy()
+        for k in range(1, len(bits)):
+            packed |= bits[k] << k
+        state |= packed.astype(np.int64)
         return Masks(channel_ok, tier, content_ok, state)
 
     def _channels_and_tier(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ of the actions decided and of the entropy read when deciding."""
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import uuid
@@ -20,6 +21,7 @@ from test_runtime_fail_closed import clients
 from envs.spaces import JOINT_ACTIONS
 from serve import contract, decisions
 from serve.decisions import new_decision_ids
+from serve.guards import Guards
 from serve.response import Labeller
 
 
@@ -134,8 +136,10 @@ def test_ids_are_strong_random_bytes_and_a_forked_process_draws_others():
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its next ids, then out without running the parent's handlers
-        os.write(write, decisions.decision_id_bits(32))
-        os._exit(0)
+        try:
+            os.write(write, decisions.decision_id_bits(32))
+        finally:
+            os._exit(0)  # never back into the test session, whatever happened
     os.close(write)
     child = b""
     while chunk := os.read(read, 4096):
@@ -154,3 +158,14 @@ def test_ids_come_from_the_kernel_where_openssls_generator_fails(monkeypatch):
     monkeypatch.setattr(decisions.os, "urandom", lambda n: b"\x01" * n)
     assert decisions.random_bytes(4) == b"\x01" * 4
     assert decisions.new_decision_ids(1) == [uuid.UUID(bytes=b"\x01" * 16, version=4).hex]
+
+
+def test_guards_refuse_more_channels_than_the_masks_pack(bandit_export):
+    manifest = json.loads((bandit_export / "manifest.json").read_text())
+    Guards(manifest)  # the contract's three channels
+    extra = [f"channel_{k}" for k in range(6)]
+    manifest["action_labels"]["channel"] += extra
+    manifest["mask_rules"]["channel_caps"] |= {c: 1 for c in extra}
+    manifest["feature_names"] += [f"{kind}_{c}" for c in extra for kind in ("opted_out", "sent_7d")]
+    with pytest.raises(ValueError, match="at most 8 channels are supported, got 9"):
+        Guards(manifest)
