@@ -297,7 +297,7 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         say(
             f"resuming {run_id} from its checkpoint at {active.data.tags.get('checkpoint_step')} client-days"
         )
-    from agents.sb3_agents import default_train_envs, training_options
+    from agents.training import default_train_envs, training_options
 
     start = time.perf_counter()
     with training_options(device=run.trainer.device, update_threads=run.trainer.update_threads):

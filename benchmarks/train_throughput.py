@@ -8,7 +8,7 @@ Rows, each in client-days of training per second of wall time:
 
 - ``default agent``: ``conf/agent/ppo_lagrangian.yaml`` as ``train.py`` trains it (its clients
   per vector step, the fast masked path of ``agents.sb3_agents``, torch threads
-  ``agents.sb3_agents.TORCH_THREADS`` in the rollouts and ``UPDATE_THREADS`` in the update);
+  ``agents.training.TORCH_THREADS`` in the rollouts and ``UPDATE_THREADS`` in the update);
 - ``1,024 a step, 2 epochs``: the same with :data:`CANDIDATE`'s sizes, the configuration that
   reached 3x but learned less (``studies/speed_quality.py``);
 - ``previous configuration``: the settings and code path it had before (256 clients a step,

@@ -218,12 +218,9 @@ _FORKED: tuple | None = (
 
 def _forked_rollout(job: tuple[int, int]) -> Rollout:
     policies, setup, num_clients, horizon_days, yardstick = _FORKED
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # loaded by a network policy; not imported for others
+    if torch is not None:
         torch.set_num_threads(1)
-    except ImportError:
-        pass
     seed, index = job
     return rollout(policies[index], setup, num_clients, horizon_days, seed, yardstick=yardstick)
 

@@ -35,13 +35,13 @@ class TrainerConfig:
     """show a progress bar"""
     num_envs: int | None = None
     """client slots simulated together per vector step while training; None: the agent's
-    default (``agents.sb3_agents.TRAIN_ENVS``), else ``env.num_clients``"""
+    default (``agents.training.TRAIN_ENVS``), else ``env.num_clients``"""
     device: str = "cpu"
     """torch device the SB3 learners train on: ``cpu``, or ``cuda`` (``cuda:N``) where torch
     finds a CUDA GPU (refused, naming this key, where it does not)"""
 
     update_threads: int = num(2, 1, 1024)
-    """torch threads in the masked agents' update (``agents.sb3_agents.UPDATE_THREADS``; at most
+    """torch threads in the masked agents' update (``agents.training.UPDATE_THREADS``; at most
     the CPUs available and ``OMP_NUM_THREADS`` where set): the same parameters to the last bit as
     1, faster on two cores; the parallel launchers set 1 so that jobs side by side do not contend
     for cores"""
@@ -52,7 +52,7 @@ class TrainerConfig:
                 f"{prefix}.num_envs must be null or in [1, 10000000], got {self.num_envs}"
             )
         if self.device != "cpu":  # torch is imported only for a device other than the default
-            from agents.sb3_agents import check_device
+            from agents.training import check_device
 
             check_device(self.device, f"{prefix}.device")
 

@@ -100,7 +100,7 @@ def train(arm: str, seeds: list[int], out: Path, budget: int) -> None:
 
 def _train_one(cfg, setup, budget: int, num_envs: int, seed: int, fast: object):
     try:
-        from agents.sb3_agents import training_options
+        from agents.training import training_options
     except ImportError:  # the code as it was: one path only
         return train_agent(cfg, setup, budget, num_envs, seed=seed, progress=False)
     with training_options(fast=bool(fast)):

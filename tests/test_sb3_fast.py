@@ -300,3 +300,40 @@ def test_the_components_log_softmax_is_torchs_to_the_last_bit(threads):
                 assert torch.equal(g, g_ref), (n, scale)
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_a_heuristic_or_a_bandit_loads_no_torch(tmp_path):
+    """``train.py`` with a bandit (its training options, training, evaluation, logging) and an
+    evaluation in forked workers never import torch (about 1.5 s of every such command)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = f"""
+import runpy, sys
+sys.argv = ["train.py", "agent=linucb", "trainer.total_timesteps=500", "eval.num_clients=30",
+            "eval.horizon_days=5", "eval.num_seeds=1", "eval.n_boot=10", "trainer.progress=false",
+            "tracking.uri=sqlite:///{tmp_path / "mlflow.db"}", "hydra.run.dir={tmp_path / "run"}"]
+try:
+    runpy.run_path("{root / "train.py"}", run_name="__main__")
+except SystemExit as stop:
+    assert not stop.code, stop.code
+assert "torch" not in sys.modules, "train.py imported torch"
+from agents.heuristics import HEURISTICS
+from envs.config import load_setup
+from evaluation.rollout import evaluate
+
+class Watched(type(HEURISTICS["segment_rules"]())):  # acts in the forked evaluation workers
+    def act(self, obs, masks):
+        assert "torch" not in sys.modules, "an evaluation worker imported torch"
+        return super().act(obs, masks)
+
+evaluate([Watched(), HEURISTICS["no_send"]()], load_setup(), 20, 3, seeds=(1, 2),
+         progress=False, workers=2)
+print("no torch")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "no torch" in done.stdout, done.stderr[-2000:]
