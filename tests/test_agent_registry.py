@@ -289,6 +289,7 @@ print("daily_lesson sends", int(rollout(policy, setup, 100, 7, seed=1).totals["s
 
 
 @pytest.mark.slow  # a subprocess running train.py: Hydra and MLflow start-up
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_a_new_heuristic_is_one_module_and_one_yaml(tmp_path):
     """Copy the library and its config, add nothing but agents/kinds/daily_lesson.py and
     conf/agent/daily_lesson.yaml, and run ``python train.py agent=daily_lesson`` plus make,

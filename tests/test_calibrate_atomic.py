@@ -76,13 +76,13 @@ def _nothing_staged(name: str, folder: Path) -> None:
     assert not list(folder.glob(f"{name}_report.md*")) and not list(folder.glob(f".{name}_*"))
 
 
-@pytest.mark.slow  # two fits, each to a fresh MLflow store
+@pytest.mark.slow  # two fits, each to an empty MLflow store
 def test_a_fit_whose_report_cannot_be_written_leaves_nothing_and_a_rerun_works(
-    logs, name, tmp_path, capsys
+    logs, name, mlflow_store, capsys
 ):
     from calibrate import cli as main
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     # the same log through /proc/self/fd/<n>: readable, but no report can be created beside it
     fd = os.open(logs, os.O_RDONLY)
     try:
@@ -104,11 +104,13 @@ def test_a_fit_whose_report_cannot_be_written_leaves_nothing_and_a_rerun_works(
     report.unlink()
 
 
-@pytest.mark.slow  # a fit logged to a fresh MLflow store
-def test_a_fit_whose_mlflow_logging_fails_leaves_nothing(logs, name, tmp_path, capsys):
+@pytest.mark.slow  # a fit logged to an empty MLflow store, then to a fresh one
+def test_a_fit_whose_mlflow_logging_fails_leaves_nothing(
+    logs, name, tmp_path, mlflow_store, capsys
+):
     from calibrate import cli as main
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     setup_mlflow(uri, "default")
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the artifact folder should be")
@@ -214,7 +216,7 @@ def test_the_cli_refuses_an_unknown_policy_without_a_traceback(logs, tmp_path):
 
 @pytest.mark.slow  # fits on a simulated log
 def test_a_log_is_checked_against_the_guardrails_of_the_setup_it_is_fitted_in(
-    name, tmp_path, capsys
+    name, tmp_path, mlflow_store, capsys
 ):
     """A firm whose caps are looser than the defaults fits its log with its own caps: the same
     log is refused under the default caps (naming the rule) and accepted under its own."""
@@ -227,7 +229,7 @@ def test_a_log_is_checked_against_the_guardrails_of_the_setup_it_is_fitted_in(
     logs = write_logs(
         frame, tmp_path / "looser.parquet", guardrails=load_setup(overrides=looser).env.guardrails
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     assert main(_args(logs, name, uri, "policy=batch_and_blast")) == 2
     assert "cap" in _one_error_line(capsys.readouterr().err)
     _nothing_staged(name, tmp_path)

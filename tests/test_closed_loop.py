@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,8 +123,8 @@ def _settings(args: list[str], uri: str) -> closed_loop.ClosedLoopConfig:
 
 
 @pytest.mark.slow
-def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path, mlflow_store, empty_store, capsys):
+    uri = mlflow_store
     out = f"out={tmp_path / 'study'}"
     first = _run([*TINY, *PROMOTE_ALL, "rounds=1", out], uri)  # the command, end to end
     assert first.returncode == 0, first.stderr[-3000:]
@@ -144,7 +145,7 @@ def test_a_job_runs_its_rounds_resumes_and_reports(tmp_path, capsys):
     again = closed_loop.run_job(
         _settings(
             [*TINY, *PROMOTE_ALL, "rounds=1", f"out={tmp_path / 'again'}"],
-            f"sqlite:///{tmp_path / 'again.db'}",
+            f"sqlite:///{shutil.copyfile(empty_store, tmp_path / 'again.db')}",
         )
     )
     same = again["rounds"][0]

@@ -97,6 +97,7 @@ def test_the_study_refuses_a_crisis_it_cannot_watch_or_measure():
 
 
 @pytest.mark.slow  # a subprocess: Hydra + MLflow start-up
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_evaluate_mode_monitor_logs_the_crisis_metrics_and_the_timeline(tmp_path):
     done = _cli(
         "evaluate.py",

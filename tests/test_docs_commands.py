@@ -135,8 +135,9 @@ def _run(command: DocCommand, tmp_path: Path) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.mark.slow  # each command starts Python, Hydra and a fresh MLflow store: about 20 s
+@pytest.mark.slow  # each command starts Python, Hydra and MLflow: about 5-20 s
 @pytest.mark.parametrize("command", _all_quick(), ids=str)
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_a_quick_command_in_the_docs_exits_0(command: DocCommand, tmp_path: Path):
     done = _run(command, tmp_path)
     assert done.returncode == 0, (

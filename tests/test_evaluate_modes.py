@@ -6,6 +6,7 @@ process on a small log."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,10 +140,12 @@ def test_the_command_line_refuses_in_one_line_without_a_traceback(tmp_path):
 
 
 @pytest.mark.slow  # trains a bandit run through train.py (about 20 s)
-def test_estimate_finds_run_policies_in_the_store_tracking_uri_names(tmp_path, monkeypatch):
+def test_estimate_finds_run_policies_in_the_store_tracking_uri_names(
+    tmp_path, empty_store, monkeypatch
+):
     """``policies=[run:<id>]`` in mode=estimate (and record.policy=run:<id>) is looked up in
     ``tracking.uri``'s store, not MLflow's default or the project's."""
-    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = f"sqlite:///{shutil.copyfile(empty_store, tmp_path / 'runs.db')}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     trained = subprocess.run(
         [

@@ -104,6 +104,7 @@ def _runs(tmp_path: Path):
 
 
 @pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_train_then_evaluate_end_to_end(tmp_path):
     done = _cli(
         "train.py",
@@ -196,6 +197,7 @@ def test_train_then_evaluate_end_to_end(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_evaluate_refuses_unknown_policies(tmp_path):
     # the command line's one-line refusal is tested in test_evaluate_modes.py; here the checks
     # evaluate.py runs, in process, on its own store
@@ -210,6 +212,7 @@ def test_evaluate_refuses_unknown_policies(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess per run: Hydra + MLflow start-up
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_a_sweep_has_one_parent_one_sweep_id_a_failed_job_and_a_crash_recorded_once(tmp_path):
     # one store for both sweeps: the second resumes a run the first finished (one train.py
     # start-up fewer than making that run on its own)

@@ -80,6 +80,7 @@ def test_the_simulated_side_matches_a_log_of_the_same_simulator():
 
 
 @pytest.mark.slow  # a 25-trial fit on a 2,000-client log
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_parameters_come_back_from_a_log_of_a_known_simulator(tmp_path):
     from calibrate import cli as main
 

@@ -193,8 +193,8 @@ def test_offline_estimates_from_a_simulated_log_stand_beside_the_truth():
         estimate(frame, [HEURISTICS["random"]()], setup, n_boot=5)
 
 
-@pytest.mark.slow  # estimates logged to a fresh MLflow store
-def test_evaluate_mode_estimate_prints_and_logs_to_mlflow(tmp_path, capsys):
+@pytest.mark.slow  # estimates logged to an empty MLflow store
+def test_evaluate_mode_estimate_prints_and_logs_to_mlflow(tmp_path, mlflow_store, capsys):
     import mlflow
 
     from agents.heuristics import HEURISTICS
@@ -205,7 +205,7 @@ def test_evaluate_mode_estimate_prints_and_logs_to_mlflow(tmp_path, capsys):
         log_policy(HEURISTICS["segment_rules"](), load_setup(), 800, 5, seed=1, epsilon=0.3),
         tmp_path / "logs.parquet",
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     ids = _run(
         "mode=estimate", f"estimate.data={path}", "policies=[segment_rules]", f"tracking.uri={uri}"
     )
@@ -234,13 +234,13 @@ def test_fitted_q_evaluation_recovers_the_logging_policys_value():
 
 
 @pytest.mark.slow  # two evaluate.py processes
-def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path):
+def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path, mlflow_store):
     import subprocess
     import sys
 
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     out = tmp_path / "logs.parquet"
     common = [f"tracking.uri={uri}", "hydra.run.dir=" + str(tmp_path / "h")]
 

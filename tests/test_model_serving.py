@@ -22,6 +22,7 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_served_champion_answers_http_requests(tmp_path):
     env = {
         **os.environ,

@@ -4,6 +4,7 @@ Ray cluster started on loopback. Slow (they start servers and worker processes).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,10 +35,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory):
+def tracking_server(tmp_path_factory, empty_store):
     """One server for the module (its start-up is most of a test's time); each test logs to
-    its own experiment."""
+    its own experiment. Its store starts as a copy of an empty one whose tables are made."""
     tmp_path = tmp_path_factory.mktemp("server")
+    shutil.copyfile(empty_store, tmp_path / "server.db")
     port = _free_port()
     server = subprocess.Popen(
         [

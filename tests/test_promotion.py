@@ -7,6 +7,7 @@ observable reward), registered versions whose source runs hold the policy as tra
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,8 +62,8 @@ def logs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(mlflow_store, monkeypatch) -> str:
+    uri = mlflow_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     setup_mlflow(uri, "cadence")
     return uri
@@ -88,7 +89,7 @@ def _alias() -> str | None:
     return promotion.current_champion()
 
 
-@pytest.mark.slow  # simulated logs (module fixture) and registered versions in a fresh store
+@pytest.mark.slow  # simulated logs (module fixture) and registered versions in an empty store
 def test_a_truly_better_challenger_is_promoted_and_rollback_restores_the_champion(
     logs, store, tmp_path, capsys
 ):
@@ -127,7 +128,7 @@ def test_a_truly_better_challenger_is_promoted_and_rollback_restores_the_champio
     assert note.data.params["reason"] == "complaints up" and note.data.params["to"] == old
 
 
-@pytest.mark.slow  # simulated logs (module fixture) and registered versions in a fresh store
+@pytest.mark.slow  # simulated logs (module fixture) and registered versions in an empty store
 def test_a_worse_challenger_is_refused_naming_the_lower_bound_and_the_margin(
     logs, store, tmp_path, capsys
 ):
@@ -148,7 +149,7 @@ def test_a_worse_challenger_is_refused_naming_the_lower_bound_and_the_margin(
     assert evidence["promotion.decision"] == "refused" and "previous_champion" not in evidence
 
 
-@pytest.mark.slow  # simulated logs (module fixture) and registered versions in a fresh store
+@pytest.mark.slow  # simulated logs (module fixture) and registered versions in an empty store
 def test_too_little_support_is_refused_naming_the_effective_sample_size(logs, store, capsys):
     status = promote.cli(["challenger=batch_and_blast", "champion=segment_rules", "shadow=true",
                           f"data={logs['small']}", *FAST])  # fmt: skip
@@ -233,10 +234,10 @@ BAD = [
 
 
 @pytest.fixture(scope="module")
-def shared_store(tmp_path_factory) -> Iterator[str]:
+def shared_store(tmp_path_factory, empty_store) -> Iterator[str]:
     """One store for the refusals (none of them writes a version or moves an alias)."""
     folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = f"sqlite:///{shutil.copyfile(empty_store, folder / 'mlflow.db')}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         setup_mlflow(uri, "cadence")

@@ -162,8 +162,8 @@ def test_the_command_line_has_help_and_fails_in_one_line_leaving_the_tree_clean(
     assert list((tmp_path / "outputs").glob("calibrate/*/*/.hydra"))
 
 
-def test_report_logs_the_scorecard_to_mlflow(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_report_logs_the_scorecard_to_mlflow(tmp_path, mlflow_store, capsys):
+    uri = mlflow_store
     settings = calibrate.load(
         ["clients=300", "seed=3", f"tracking.uri={uri}", "env.response.click_base=-4"]
     )
@@ -302,9 +302,9 @@ def preset_name():
         (CONF_DIR / group / f"{name}.yaml").unlink(missing_ok=True)
 
 
-@pytest.mark.slow  # a 12-trial fit logged to a fresh MLflow store
+@pytest.mark.slow  # a 12-trial fit logged to an empty MLflow store
 def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
-    tmp_path, preset_name, capsys
+    tmp_path, mlflow_store, preset_name, capsys
 ):
     r = SETUP.env.response
     true = {"env.response.click_base": r.click_base - 0.5}
@@ -313,7 +313,7 @@ def test_fit_command_writes_a_preset_logs_the_search_and_keeps_existing_files(
     from realism.targets import write_targets
 
     write_targets(targets, path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     argv = [
         "mode=fit",
         f"targets={path}",

@@ -205,6 +205,7 @@ def test_train_refuses_an_unknown_results_target_before_any_work(tmp_path: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_train_writes_its_comparison_and_headline_to_the_run_folder(tmp_path: Path) -> None:
     done = _train(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

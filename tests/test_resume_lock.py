@@ -66,6 +66,7 @@ def test_lock_names_are_never_paths(tmp_path):
 
 
 @pytest.mark.slow  # three train.py processes: a tiny run, a resume of it, a second resume
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_a_second_resume_of_a_running_resume_is_refused_by_name(tmp_path):
     def train(*args: str, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(

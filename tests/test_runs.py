@@ -73,6 +73,7 @@ def test_training_state_round_trips_multipliers_and_normalisation():
 
 
 @pytest.mark.slow  # subprocesses: Hydra + MLflow start-up, a training run stopped by a signal
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_sigterm_marks_failed_leaves_a_checkpoint_and_resume_continues_it(tmp_path):
     command = [
         sys.executable,
@@ -138,6 +139,7 @@ def test_sigterm_marks_failed_leaves_a_checkpoint_and_resume_continues_it(tmp_pa
     assert "resuming" in done.stdout
 
 
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_resume_refuses_finished_unknown_and_checkpointless_runs_touching_nothing(tmp_path):
     from hydra import compose, initialize_config_dir
 
@@ -185,6 +187,7 @@ def test_resume_refuses_finished_unknown_and_checkpointless_runs_touching_nothin
 
 
 @pytest.mark.slow  # eight rounds of six runs at once on one store
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_runs_logging_the_same_evaluation_dataset_at_once_all_land(tmp_path):
     # jobs evaluated on the same clients log the same dataset; MLflow inserts it when missing,
     # and jobs doing so at once raced (one failed: UNIQUE constraint failed: datasets...)

@@ -5,6 +5,7 @@ for an id nothing has or starts with."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -31,9 +32,10 @@ def _rename(db: str, old: str, new: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """A fresh SQLite store holding three runs whose ids start with ``abcdef``; its URI."""
+def store(tmp_path_factory, empty_store) -> str:
+    """A SQLite store holding three runs whose ids start with ``abcdef``; its URI."""
     db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    shutil.copyfile(empty_store, db)
     uri = f"sqlite:///{db}"
     setup_mlflow(uri, "prefixes")
     client = mlflow.MlflowClient(uri)
