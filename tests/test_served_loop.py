@@ -5,6 +5,7 @@ whole chain (studies/worked_example.py) ends in estimates with the truth beside 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -207,7 +208,11 @@ def test_the_batch_command_has_no_shadow_mode(policy_export, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_worked_example_runs_end_to_end_with_the_truth_beside_the_estimates(tmp_path):
+def test_the_worked_example_runs_end_to_end_with_the_truth_beside_the_estimates(
+    tmp_path, empty_store
+):
+    (tmp_path / "example").mkdir()  # its store: an empty one, its tables made
+    shutil.copyfile(empty_store, tmp_path / "example" / "mlflow.db")
     done = subprocess.run(
         [
             sys.executable,
