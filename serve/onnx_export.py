@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import json
 import os
@@ -222,6 +223,14 @@ def _sync(path: Path) -> None:
 
 
 def package_versions() -> dict[str, str]:
+    """The versions of Python and of the packages an export depends on (a new dict each call)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
+    """Read once per process: each version is read from its package's metadata on disk
+    (~1.5 ms each), and what the process imported does not change while it runs."""
     out = {"python": platform.python_version()}
     for name in (
         "cadence-rl",
