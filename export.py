@@ -35,7 +35,7 @@ from experiment.registry import describe_version
 from experiment.schema import TrackingConfig
 from experiment.tracking import ROOT, download_policy, find_run, serve_command, setup_mlflow
 from serve.onnx_export import NotExportable, export_policy
-from serve.pyfunc import MODEL_CONFIG, CadencePolicyModel
+from serve.pyfunc import MODEL_CONFIG, PIP_REQUIREMENTS, CadencePolicyModel
 from serve.pyfunc import signature as model_signature
 from serve.runtime import PolicyRuntime
 from simulate.config import ConfigError
@@ -112,7 +112,7 @@ def run_export(cfg: ExportConfig) -> Path:
                 signature=signature,
                 input_example=example,
                 registered_model_name=REGISTERED_NAME,
-                pip_requirements=["numpy", "pandas", "polars", "onnxruntime", "mlflow"],
+                pip_requirements=PIP_REQUIREMENTS,
             )
         version = info.registered_model_version
         page = describe_version(REGISTERED_NAME, version, cfg.run_id, cfg.tracking.ui)

@@ -288,7 +288,7 @@ def test_the_pyfunc_model_explores_and_logs_as_its_model_config_says(export, tmp
     import mlflow.pyfunc
     import pandas as pd
 
-    from serve.pyfunc import MODEL_CONFIG, CadencePolicyModel
+    from serve.pyfunc import MODEL_CONFIG, PIP_REQUIREMENTS, CadencePolicyModel
 
     path = tmp_path / "model"
     with warnings.catch_warnings():
@@ -299,6 +299,7 @@ def test_the_pyfunc_model_explores_and_logs_as_its_model_config_says(export, tmp
             artifacts={"export": str(export)},
             code_paths=[str(ROOT / "serve")],
             model_config=MODEL_CONFIG,  # MLflow takes overrides of the logged keys only
+            pip_requirements=PIP_REQUIREMENTS,  # as export.py logs it (not inferred)
         )
         model = mlflow.pyfunc.load_model(
             str(path),

@@ -473,7 +473,7 @@ def test_row_limit(export):
 @pytest.fixture(scope="module")
 def pyfunc_model(export, tmp_path_factory):
     from export import example_input
-    from serve.pyfunc import CadencePolicyModel, signature
+    from serve.pyfunc import PIP_REQUIREMENTS, CadencePolicyModel, signature
 
     path = tmp_path_factory.mktemp("pyfunc") / "model"
     runtime = PolicyRuntime.load(export)
@@ -483,6 +483,7 @@ def pyfunc_model(export, tmp_path_factory):
         signature=signature(runtime, example_input(runtime)),
         artifacts={"export": str(export)},
         code_paths=[str(Path(__file__).resolve().parents[1] / "serve")],
+        pip_requirements=PIP_REQUIREMENTS,  # as export.py logs it (not inferred)
     )
     return mlflow.pyfunc.load_model(str(path))
 
