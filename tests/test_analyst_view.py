@@ -86,7 +86,7 @@ def test_tracking_ui_must_be_an_address():
         validate_run(_compose("tracking.ui=localhost:5000"))
 
 
-@pytest.mark.slow  # a comparison logged to a fresh MLflow store
+@pytest.mark.slow  # a comparison logged to an empty MLflow store
 @pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_evaluate_compare_gives_the_analyst_view(tmp_path, capsys):
     uri = _store(tmp_path)
@@ -171,7 +171,7 @@ def test_merge_section_keeps_other_sections():
         registry.merge_section("", "Bad Key", "x")
 
 
-@pytest.mark.slow  # trains, evaluates and exports into a fresh MLflow store
+@pytest.mark.slow  # trains, evaluates and exports into an empty MLflow store
 @pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_train_then_export_carries_the_evaluation_figures(tmp_path, monkeypatch, capsys):
     """A bandit trained briefly, evaluated and exported (about 15 s)."""
