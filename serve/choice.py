@@ -329,13 +329,15 @@ def graph_rows_checked(
     nvec: np.ndarray,
     guards: Guards,
     masks: Masks | None = None,
+    copy: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The graph's (N, 4) ``actions`` and (N,) ``probability`` for features ``x`` (out-of-range
-    actions read as no-send; both copies), and the rows to decide again in numpy: those it marks
-    ``doubtful``, and any other row whose action is out of range or not allowed by the
-    manifest's rules (``guards``), or whose probability is not in [0, 1], with a
-    :class:`RuntimeWarning` (a graph that disagrees with its manifest). ``masks``: the rules
-    for ``x`` (:meth:`Guards.masks`) where already computed."""
+    actions read as no-send; both copies, unless ``copy=False`` lets the caller's own arrays be
+    written in place where their types are already int64 and float64), and the rows to decide
+    again in numpy: those it marks ``doubtful``, and any other row whose action is out of range
+    or not allowed by the manifest's rules (``guards``), or whose probability is not in [0, 1],
+    with a :class:`RuntimeWarning` (a graph that disagrees with its manifest). ``masks``: the
+    rules for ``x`` (:meth:`Guards.masks`) where already computed."""
     n = len(x)
     if actions.shape != (n, 4) or probability.shape != (n,) or doubtful.shape != (n,):
         raise ExportError(
@@ -343,14 +345,14 @@ def graph_rows_checked(
             f"{doubtful.shape} for {n} rows; expected ({n}, 4), ({n},), ({n},)"
         )
     doubtful = doubtful.astype(bool, copy=False)
-    actions = actions.astype(np.int64)  # a copy: rows decided again are replaced
-    # every component in range (a column's maximum at a time: numpy reduces the (N, 4) array's
-    # short rows slowly over axis 0; the rows at fault only where one is not)
+    actions = actions.astype(np.int64, copy=copy)  # rows decided again are replaced
+    # every component in range, in one pass: a negative one, read as unsigned, is a huge
+    # number (the rows at fault only where one is not)
     in_range = None
-    if actions.min() < 0 or any(actions[:, j].max() >= nvec[j] for j in range(4)):
+    if np.greater_equal(actions.view(np.uint64), np.asarray(nvec, dtype=np.uint64)).any():
         in_range = ((actions >= 0) & (actions < nvec)).all(axis=1)
         actions[~in_range] = 0
-    probability = probability.astype(np.float64)  # a copy: rows decided again are replaced
+    probability = probability.astype(np.float64, copy=copy)  # rows decided again are replaced
     broken = ~guards.allowed_in_range(masks or guards.masks(x), actions)  # in range: above
     if in_range is not None:
         broken |= ~in_range

@@ -56,6 +56,13 @@ class Guards:
         self.i_guard = np.array([*self.i_opted, *self.i_sent, *self.i_tier])
         """the guard inputs' columns: opt-outs, messages in 7 days, the consent tier"""
         self._open = ~self.quiet.reshape(-1)  # (slot index * channels + channel): not quiet
+        self._action_end = np.array(
+            [len(self.slots) + 1, len(self.tones), len(self.channels), len(self.contents)],
+            dtype=np.uint64,
+        )
+        """one past each component's last value: int64 actions read as unsigned are within
+        the action space where every component is below it (a negative one reads as a huge
+        number)"""
         grid = np.stack(
             np.meshgrid(
                 np.arange(1, len(self.slots) + 1),
@@ -154,23 +161,26 @@ class Guards:
         """(N,) True where the (N, 4) action (components within ``nvec``) is allowed by its
         row's :class:`Masks`: its channel takes a send today, its slot is not in that channel's
         quiet hours and its content is allowed at the client's consent tier; no-send always is.
-        Actions within the action space (the usual case: a column's minimum and maximum at a
-        time say so) are looked up by their row's state (:meth:`allowed_in_range`)."""
-        slot, channel, content = actions[:, 0], actions[:, 2], actions[:, 3]
-        if (
-            len(actions)
-            and actions.min() >= 0
-            and slot.max() <= len(self.slots)
-            and channel.max() < len(self.channels)
-            and content.max() < len(self.contents)
-        ):
+        Actions within the action space (the usual case: one comparison of int64 actions read
+        as unsigned, or a column's minimum and maximum at a time, says so) are looked up by
+        their row's state (:meth:`allowed_in_range`)."""
+        if self.in_range(actions):
             return self.allowed_in_range(masks, actions)
+        slot, channel, content = actions[:, 0], actions[:, 2], actions[:, 3]
         n = masks.channel_ok.shape[1]
         rows = np.arange(n)
         ok = masks.channel_ok.reshape(-1).take(channel * n + rows)
         ok &= masks.content_ok.reshape(-1).take(content * n + rows)
         ok &= self._open.take(np.maximum(slot - 1, 0) * self.quiet.shape[1] + channel)
         return (slot == 0) | ok
+
+    def in_range(self, actions: np.ndarray) -> bool:
+        """Whether every one of the (N, 4) ``actions`` (N > 0) lies within the action space."""
+        if not len(actions):
+            return False
+        if actions.dtype == np.int64:  # one pass: a negative component reads as a huge number
+            return not np.greater_equal(actions.view(np.uint64), self._action_end).any()
+        return bool(actions.min() >= 0 and (actions.max(axis=0) < self._action_end).all())
 
     def allowed_in_range(self, masks: Masks, actions: np.ndarray) -> np.ndarray:
         """:meth:`allowed_by` for (N, 4) ``actions`` whose components are known to lie within
@@ -221,12 +231,35 @@ class Guards:
                 out.append(None)
         return out
 
-    def needs_review(self, x: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def review_inputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`needs_review` reads from features ``x``, for every row: (N,) True where
+        the client's goal is a sensitive one (or undeclared), (N,) True where markets are
+        stressed. The runtime reads them before the network runs, while ``x`` is in the
+        core's caches."""
+        goal_known = x[:, self.i_goals].max(axis=1) > 0.5
+        sensitive_goal = x[:, self.review_goals].max(axis=1) > 0.5
+        sensitive_goal |= ~goal_known
+        return sensitive_goal, x[:, self.i_stress] > 0
+
+    def needs_review(
+        self,
+        x: np.ndarray,
+        actions: np.ndarray,
+        review: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """(N,) True for sensitive sends a person approves first: an urgent or opportunity tone on
         debt or retirement-adequacy clients (or an undeclared goal), or on loss topics (market
-        updates while markets are stressed). The goals and the market are read for the pressing
-        sends only (the others never need review)."""
+        updates while markets are stressed). ``review``: :meth:`review_inputs` of ``x`` where
+        already read; else the goals and the market are read for the pressing sends only (the
+        others never need review)."""
         out = (actions[:, 0] > 0) & self.review_tones.take(actions[:, 1])
+        if review is not None:
+            sensitive_goal, stressed = review
+            loss_topic = self.loss_content.take(actions[:, 3])
+            loss_topic &= stressed
+            loss_topic |= sensitive_goal
+            out &= loss_topic
+            return out
         rows = np.flatnonzero(out)
         if len(rows) == 0:
             return out

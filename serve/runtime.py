@@ -290,6 +290,10 @@ class PolicyRuntime:
         # the rules for these rows, shared by every check below
         masks = self.guards.masks(x, tier if self._tier_as_read else None)
         n = len(x)
+        # read before the network runs, while x is in the core's caches: the network's pass
+        # over a large request leaves them cold for what follows it
+        review = self.guards.review_inputs(x)
+        id_bits = decision_id_bits(n)
         client_id = response.client_ids(keys.get("client_id", client_id), n)
         day = response.days(keys.get("day", day), n)
         firm = firm if firm is not None else firm_action
@@ -331,8 +335,8 @@ class PolicyRuntime:
             action=actions,
             probability=probability,
             reasons=reasons,
-            needs_review=self.guards.needs_review(x, actions),
-            id_bits=decision_id_bits(n),
+            needs_review=self.guards.needs_review(x, actions, review),
+            id_bits=id_bits,
             propensity=propensity,
             policy_action=policy_action,
             policy_probability=policy_probability,
@@ -419,7 +423,9 @@ class PolicyRuntime:
         logits, actions, probability, doubtful = self.session.run(
             ["logits", *choice.GRAPH_OUTPUTS], {"obs": x}
         )
-        return logits, *self.hold_to_guards(x, logits, actions, probability, doubtful, masks)
+        return logits, *self.hold_to_guards(
+            x, logits, actions, probability, doubtful, masks, copy=False
+        )
 
     def hold_to_guards(
         self,
@@ -429,15 +435,17 @@ class PolicyRuntime:
         probability: np.ndarray,
         doubtful: np.ndarray,
         masks: Masks | None = None,
+        copy: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The graph's (N, 4) actions and (N,) probabilities, checked: rows it marks doubtful are
         decided in numpy (:meth:`choose`), and so is any other row whose action is out of range
         or not allowed by the manifest's rules, or whose probability is not in [0, 1], with a
         :class:`RuntimeWarning` (a graph that disagrees with its manifest). No action gets past
-        the guards either way."""
+        the guards either way. ``copy=False``: ``actions`` and ``probability`` are the caller's
+        own, to be written in place (the graph's fresh outputs)."""
         masks = masks or self.guards.masks(x)
         actions, probability, again = choice.graph_rows_checked(
-            x, actions, probability, doubtful, self.nvec, self.guards, masks
+            x, actions, probability, doubtful, self.nvec, self.guards, masks, copy=copy
         )
         if len(again):
             actions[again], probability[again] = self.choose(logits[again], x[again])

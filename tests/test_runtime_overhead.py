@@ -75,6 +75,40 @@ def test_the_state_lookup_allows_exactly_the_action_tables_actions(bandit_export
     assert runtime.draws.count(masks).dtype == np.int64
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_the_one_pass_range_check_is_each_components_bounds(bandit_export, dtype):
+    """Int64 actions read as unsigned are in range exactly where every component lies in
+    [0, nvec): negative components (a huge unsigned number), each end and past it."""
+    guards = _load(bandit_export).guards
+    nvec = np.array(contract.NVEC)
+    rng = np.random.default_rng(5)
+    assert not guards.in_range(np.zeros((0, 4), dtype=dtype))
+    for _ in range(300):
+        actions = rng.integers(0, nvec, (3, 4)).astype(dtype)
+        j, value = rng.integers(0, 4), rng.choice([-(2**31), -2, -1, 0, 1])
+        actions[rng.integers(0, 3), j] = value + (nvec[j] - 1 if rng.random() < 0.5 else 0)
+        expected = bool(((actions >= 0) & (actions < nvec)).all())
+        assert guards.in_range(actions) is expected, actions
+
+
+def test_review_read_before_the_network_is_review_read_after(bandit_export):
+    """The review flags from :meth:`Guards.review_inputs` (read before the network runs) are
+    those read for the pressing sends only, for every tone, content and goal."""
+    runtime = _load(bandit_export)
+    guards, n = runtime.guards, 2_000
+    rng = np.random.default_rng(6)
+    x = runtime.validate(_requests(runtime, n, seed=13))
+    goals = [COL[name] for name in runtime.feature_names if name.startswith("goal_")]
+    x[:, goals] = 0
+    some = rng.random(n) < 0.8  # a fifth declare no goal
+    x[np.flatnonzero(some), rng.choice(goals, n)[some]] = 1
+    x[:, COL["market_stress"]] = rng.choice([0.0, 0.4, 1.0], n)
+    actions = np.stack([rng.integers(0, k, n) for k in contract.NVEC], 1)
+    read = guards.needs_review(x, actions, guards.review_inputs(x))
+    np.testing.assert_array_equal(read, guards.needs_review(x, actions))
+    assert 0 < read.sum() < (actions[:, 0] > 0).sum()  # some flagged, not every send
+
+
 def test_the_labels_are_each_rows_labels_and_a_no_sends_are_none():
     labeller = Labeller(contract.ACTION_LABELS)
     rng = np.random.default_rng(4)
