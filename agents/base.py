@@ -176,6 +176,23 @@ def _logsumexp(a: np.ndarray) -> np.ndarray:
         return np.log(np.exp(a - safe[:, None]).sum(axis=1)) + safe
 
 
+def best_pairs(slot: np.ndarray, channel: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(N,) index ``slot * channels + channel`` of each row's best allowed (slot, channel) pair,
+    from (N, slots) send-slot scores, (N, channels) channel scores and (N, slots, channels)
+    allowed pairs: per channel its best allowed slot (the lowest among equals), then the best
+    of those pairs (the lowest index among equals), as the served runtime chooses
+    (``serve/choice.py``). The same pair as the best of every pair's sum, but where a channel's
+    score is so large that adding it rounds two of its slots' scores alike, the better slot is
+    still the one taken. ``slots * channels`` where no pair's score is comparable (NaN)."""
+    n, s, c = pairs.shape
+    rows = np.arange(n)[:, None]
+    best_slot = np.where(pairs, slot[:, :, None], -np.inf).argmax(axis=1)  # (N, channels)
+    with np.errstate(invalid="ignore"):
+        value = np.where(pairs.any(axis=1), slot[rows, best_slot] + channel, -np.inf)
+        top = value.max(axis=1, keepdims=True)
+        return np.where(value == top, best_slot * c + np.arange(c), s * c).min(axis=1)
+
+
 def best_factored(scores: np.ndarray, masks: np.ndarray, rule: str) -> np.ndarray:
     """(N, 4) deterministic allowed action from (N, 19) per-component scores, without the
     361-action table: the best allowed send is the best allowed (slot, channel) pair plus the
@@ -193,10 +210,10 @@ def best_factored(scores: np.ndarray, masks: np.ndarray, rule: str) -> np.ndarra
     pair = np.where(pairs, slot[:, :, None] + channel[:, None, :], -np.inf).reshape(n, -1)
     tone = np.where(tones, tone, -np.inf)
     content = np.where(contents, content, -np.inf)
-    bp, bt, bk = pair.argmax(axis=1), tone.argmax(axis=1), content.argmax(axis=1)
+    bp, bt, bk = best_pairs(slot, channel, pairs), tone.argmax(axis=1), content.argmax(axis=1)
     rows = np.arange(n)
     with np.errstate(invalid="ignore"):
-        best = pair[rows, bp] + tone[rows, bt] + content[rows, bk]
+        best = pair.max(axis=1) + tone[rows, bt] + content[rows, bk]
         deciding = (
             best
             if rule == "additive"
