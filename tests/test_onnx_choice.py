@@ -107,6 +107,15 @@ MASKS = [([0, 0, 0], [0, 0, 0], 3)] * 4 + [([1, 1, 1], [7, 7, 7], 0)] * 4
 @example(rules=NO_RULES, rule="additive", scores=TIES + EXTREMES, masks=MASKS, seed=1)
 @example(rules=ALL_MASKED, rule="log_probs", scores=TIES + EXTREMES, masks=MASKS, seed=2)
 @example(rules=ALL_MASKED, rule="additive", scores=EXTREMES + TIES, masks=MASKS, seed=3)
+# push alone open; its score so large that every slot's sum with it rounds alike: slot 6 is
+# still the best (a local run found the in-process choice taking slot 1 here)
+@example(
+    rules={**NO_RULES, "max_per_week": 1, "channel_caps": {"email": 0, "push": 1, "sms": 0}},
+    rule="additive",
+    scores=[[0.0] * 6 + [1.0] + [0.0] * 6 + [3e38] + [0.0] * 5],
+    masks=[([0, 0, 0], [0, 0, 0], 0)] * 8,
+    seed=0,
+)
 @given(
     rules=RULES,
     rule=st.sampled_from(["log_probs", "additive"]),
