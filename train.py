@@ -215,8 +215,30 @@ class Stopped(KeyboardInterrupt):
     """SIGTERM (or SIGINT) arrived: unwind, leave a checkpoint, mark the run FAILED."""
 
 
+_held: dict[str, Any] = {"holding": False, "pending": None}
+"""a SIGTERM that arrived while the store was being written, raised once the write is done"""
+
+
 def _stop(signum: int, _frame: Any) -> None:
+    if _held["holding"]:
+        _held["pending"] = signum
+        return
     raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextmanager
+def _store_write() -> Iterator[None]:
+    """Hold a SIGTERM until the enclosed writes to the tracking store are done: a stop raised
+    in the middle of one could leave its SQLite transaction, and the file's lock, open in this
+    process, and the run could then not be marked FAILED (``database is locked``)."""
+    _held["holding"] = True
+    try:
+        yield
+    finally:
+        _held["holding"] = False
+        signum, _held["pending"] = _held["pending"], None
+        if signum is not None:
+            raise Stopped(f"stopped by {signal.Signals(signum).name}")
 
 
 def run_training(cfg: DictConfig, run: RunConfig, setup: Setup) -> float:
@@ -272,7 +294,8 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
     def hook(step: int, values: dict[str, float]) -> None:
         values = {k: v for k, v in values.items() if math.isfinite(v)}
         history.append((step, values))
-        mlflow.log_metrics(values, step=step)
+        with _store_write():
+            mlflow.log_metrics(values, step=step)
 
     def checkpoint(model: Any, step: int) -> None:
         from agents.sb3_agents import training_state
@@ -281,8 +304,9 @@ def _train_in_run(cfg: DictConfig, run: RunConfig, setup: Setup, active: Any, na
         folder.mkdir(exist_ok=True)
         model.save(folder / "latest.zip")
         (folder / "state.json").write_text(json.dumps(training_state(model.get_env())))
-        mlflow.log_artifacts(str(folder), "checkpoints")
-        mlflow.set_tag("checkpoint_step", str(step))
+        with _store_write():
+            mlflow.log_artifacts(str(folder), "checkpoints")
+            mlflow.set_tag("checkpoint_step", str(step))
 
     resume_from, resume_state = None, None
     if run.resume:

@@ -245,3 +245,26 @@ def test_a_corrupt_store_is_a_clear_error(tmp_path):
     assert "tracking.uri: cannot use the MLflow store sqlite:///" in done.stderr
     assert "is it an MLflow SQLite file" in done.stderr
     assert (tmp_path / "mlflow.db").read_bytes() == b"this is not a database" * 100
+
+
+def test_a_sigterm_during_a_store_write_is_raised_once_the_write_is_done():
+    """A stop raised inside a write could leave its SQLite transaction, and the file's lock,
+    open in the process, so that the run could not be marked FAILED: train.py holds a SIGTERM
+    that arrives during a write and raises it right after."""
+    import train
+
+    previous = signal.signal(signal.SIGTERM, train._stop)
+    done = []
+    try:
+        with pytest.raises(train.Stopped, match="SIGTERM"):
+            with train._store_write():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now (between two bytecodes)
+                done.append("the write went on")
+        assert done == ["the write went on"]
+        with pytest.raises(train.Stopped):  # outside a write: raised at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert train._held == {"holding": False, "pending": None}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
