@@ -1,4 +1,4 @@
-"""Serving speed: the guarded runtime (numpy + onnxruntime, one thread) beside SB3's
+"""Serving speed: the guarded runtime (numpy, numba and onnxruntime, one thread) beside SB3's
 ``model.predict`` on the same observations of the same PPO policy, in one run.
 
 Prints decisions per second at batch 1, 64 and 4,096 and single-decision p50/p99 latency, and

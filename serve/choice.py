@@ -1,5 +1,6 @@
 """The masked choice: the best *allowed* action from a policy's 19 per-component scores, and its
-probability among the allowed actions. Needs numpy only.
+probability among the allowed actions. Needs numpy only (the check of a graph's choice uses the
+guards' compiled loop, ``serve/compiled.py``).
 
 Works on the factored rules (allowed channels, the quiet slots of each channel, allowed contents,
 every tone), so it never builds the 361 joint actions: the best allowed send is the best allowed
@@ -344,27 +345,19 @@ def graph_rows_checked(
             f"the graph's choice has shapes {actions.shape}, {probability.shape}, "
             f"{doubtful.shape} for {n} rows; expected ({n}, 4), ({n},), ({n},)"
         )
-    doubtful = doubtful.astype(bool, copy=False)
-    actions = actions.astype(np.int64, copy=copy)  # rows decided again are replaced
-    # every component in range, in one pass: a negative one, read as unsigned, is a huge
-    # number (the rows at fault only where one is not)
-    in_range = None
-    if np.greater_equal(actions.view(np.uint64), np.asarray(nvec, dtype=np.uint64)).any():
-        in_range = ((actions >= 0) & (actions < nvec)).all(axis=1)
-        actions[~in_range] = 0
-    probability = probability.astype(np.float64, copy=copy)  # rows decided again are replaced
-    broken = ~guards.allowed_in_range(masks or guards.masks(x), actions)  # in range: above
-    if in_range is not None:
-        broken |= ~in_range
-    if not (probability.min() >= 0 and probability.max() <= 1):  # NaN fails both
-        broken |= ~((probability >= 0) & (probability <= 1))
-    broken &= ~doubtful
-    if broken.any():
+    doubtful = np.ascontiguousarray(doubtful, dtype=bool)
+    # rows decided again are replaced, and out-of-range actions read as no-send: written in place
+    actions = np.require(actions.astype(np.int64, copy=copy), requirements=["C", "W"])
+    probability = np.require(probability.astype(np.float64, copy=copy), requirements=["C", "W"])
+    masks = masks or guards.masks(x)
+    fault = np.empty(n, dtype=np.uint8)  # 1: out of range or not allowed; 2: doubtful
+    broken = guards.rows_at_fault(masks, actions, probability, doubtful, fault)
+    if broken:
+        first = int(np.flatnonzero(fault == 1)[0])
         warnings.warn(
-            f"the graph's choice for {int(broken.sum())} of {n} rows (first: row "
-            f"{int(np.flatnonzero(broken)[0])}) is out of range or not allowed by the "
-            "manifest's rules; those rows were decided in numpy",
+            f"the graph's choice for {broken} of {n} rows (first: row {first}) is out of "
+            "range or not allowed by the manifest's rules; those rows were decided in numpy",
             RuntimeWarning,
             stacklevel=4,  # where the runtime decides (its decide, through hold_to_guards)
         )
-    return actions, probability, np.flatnonzero(broken | doubtful)
+    return actions, probability, np.flatnonzero(fault)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from serve.compiled import uuid4_bits
 from serve.contract import CHANNELS, CONTENTS, NVEC, SLOT_KEYS, TONES
 from serve.files import write_atomic
 
@@ -159,12 +160,7 @@ def decision_id_bits(n: int) -> bytes:
     if n <= 0:
         return b""
     bits = bytearray(random_bytes(16 * n))
-    rows = np.frombuffer(bits, dtype=np.uint8).reshape(n, 16)  # a view: written in place
-    version, variant = rows[:, 6], rows[:, 8]
-    version &= 0x0F
-    version |= 0x40  # version 4
-    variant &= 0x3F
-    variant |= 0x80  # variant RFC 4122
+    uuid4_bits(np.frombuffer(bits, dtype=np.uint8).reshape(n, 16))  # a view: written in place
     return bytes(bits)
 
 

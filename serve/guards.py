@@ -1,4 +1,5 @@
-"""Guardrails rebuilt from the manifest's rules and the request's features (numpy only).
+"""Guardrails rebuilt from the manifest's rules and the request's features (numpy, and one
+compiled loop over chosen actions: :meth:`Guards.rows_at_fault`).
 
 The same rules as ``envs/masks.py``; the runtime cannot import the training stack, so they are
 restated here over the manifest, and a test holds the two to the same masks on every action.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from serve import compiled
 
 
 class Masks(NamedTuple):
@@ -182,6 +185,38 @@ class Guards:
             return not np.greater_equal(actions.view(np.uint64), self._action_end).any()
         return bool(actions.min() >= 0 and (actions.max(axis=0) < self._action_end).all())
 
+    def rows_at_fault(
+        self,
+        masks: Masks,
+        actions: np.ndarray,
+        probability: np.ndarray | None = None,
+        doubtful: np.ndarray | None = None,
+        fault: np.ndarray | None = None,
+    ) -> int:
+        """How many rows of the (N, 4) C-ordered int64 ``actions`` are out of the action space
+        or not allowed by their row's :class:`Masks` (:meth:`allowed_by`), or have a
+        ``probability`` that is not in [0, 1]; one compiled pass (``serve/compiled.py``). An
+        out-of-range action is set to no-send in place. ``fault``: an (N,) uint8 array to
+        write, 1 for those rows, 2 for the rows ``doubtful`` marks (not counted), else 0."""
+        n = len(actions)
+        if actions.dtype != np.int64 or actions.shape != (n, 4) or not actions.flags.c_contiguous:
+            raise ValueError("actions must be a C-ordered (N, 4) int64 array")
+        empty = np.empty(0)
+        return int(
+            compiled.rows_at_fault(
+                actions,
+                empty if probability is None else probability,
+                np.empty(0, dtype=bool) if doubtful is None else doubtful,
+                self._action_end.view(np.int64),
+                masks.state,
+                self._state_allows,
+                len(self.slots) + 1,
+                len(self.channels),
+                len(self.contents),
+                np.empty(n, dtype=np.uint8) if fault is None else fault,
+            )
+        )
+
     def allowed_in_range(self, masks: Masks, actions: np.ndarray) -> np.ndarray:
         """:meth:`allowed_by` for (N, 4) ``actions`` whose components are known to lie within
         the action space (the caller checked them): one lookup of each row's (state, slot,
@@ -250,22 +285,15 @@ class Guards:
         """(N,) True for sensitive sends a person approves first: an urgent or opportunity tone on
         debt or retirement-adequacy clients (or an undeclared goal), or on loss topics (market
         updates while markets are stressed). ``review``: :meth:`review_inputs` of ``x`` where
-        already read; else the goals and the market are read for the pressing sends only (the
-        others never need review)."""
-        out = (actions[:, 0] > 0) & self.review_tones.take(actions[:, 1])
-        if review is not None:
-            sensitive_goal, stressed = review
-            loss_topic = self.loss_content.take(actions[:, 3])
-            loss_topic &= stressed
-            loss_topic |= sensitive_goal
-            out &= loss_topic
-            return out
-        rows = np.flatnonzero(out)
-        if len(rows) == 0:
-            return out
-        x, content = x[rows], actions[rows, 3]
-        goal_known = x[:, self.i_goals].max(axis=1) > 0.5
-        sensitive_goal = (x[:, self.review_goals].max(axis=1) > 0.5) | ~goal_known
-        loss_topic = self.loss_content.take(content) & (x[:, self.i_stress] > 0)
-        out[rows] = sensitive_goal | loss_topic
+        already read. One compiled pass over the actions (``serve/compiled.py``)."""
+        sensitive, stressed = self.review_inputs(x) if review is None else review
+        out = np.empty(len(actions), dtype=bool)
+        compiled.review_flags(
+            np.require(actions, np.int64, "C"),
+            self.review_tones,
+            self.loss_content,
+            np.require(sensitive, bool, "C"),
+            np.require(stressed, bool, "C"),
+            out,
+        )
         return out

@@ -65,27 +65,23 @@ class FeatureChecks:
             [(self.min_tier <= t).astype(np.float32) for t in range(contract.N_TIERS)]
         )  # (tiers, D): 1 where a client of that tier lets the policy see the feature
         self.gated = bool((self.min_tier > 0).any())
-        self.fast = FastChecks(self)
-        """the same checks as one pass of whole-matrix reductions (:class:`FastChecks`)"""
 
     def validate(self, features: Any, consent: str, max_rows: int) -> np.ndarray:
         """(N, D) float32 features, ``consent`` applied (``"zero"`` or ``"refuse"``), from a
         request of 1 to ``max_rows`` rows; :class:`RequestError` naming what is wrong.
 
-        The checks run first as whole-matrix reductions (:class:`FastChecks`, which accept
-        exactly what the checks one by one accept); a request they do not accept goes through
-        the checks one by one (:meth:`refuse`), which name the first problem."""
+        The checks run one by one (:meth:`refuse`) and name the first problem; the runtime
+        first tries its compiled pass (``serve/intake.py``), which accepts exactly what these
+        accept, and comes here for the message."""
         return self.checked(features, consent, max_rows)[0]
 
     def checked(self, features: Any, consent: str, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`validate`'s (N, D) float32 features and the (N,) int64 consent tier the checks
         read from the request (the one-hot tier's set column, before consent is applied)."""
         x = self.matrix(features, max_rows)
-        out = np.empty(x.shape, dtype=np.float32)  # the result; scratch until then
-        tier = self.fast.tier_if_valid(x, out if x.dtype == np.float32 else None)
-        if tier is None:
-            self.refuse(x)
-            tier = np.argmax(x[:, self.i_tier], axis=1)
+        self.refuse(x)
+        tier = np.argmax(x[:, self.i_tier], axis=1)
+        out = np.empty(x.shape, dtype=np.float32)
         if x.dtype != np.float32:
             x = x.astype(np.float32)  # as float32 before consent, as the network reads it
         if not self.gated:
@@ -188,94 +184,6 @@ class FeatureChecks:
             f"feature {self.feature_names[col]} = {x[row, col]} in row {row} is outside "
             f"[{self.low[col]}, {self.high[col]}]"
         )
-
-
-BLOCK = 64
-"""rows folded into one when :class:`FastChecks` reduces a request (long rows for numpy)"""
-
-
-class FastChecks:
-    """The checks of :class:`FeatureChecks` as whole-matrix reductions, for requests that pass
-    them all (the usual case): the request's N rows are folded into N / :data:`BLOCK` rows of
-    ``BLOCK * D`` values (long rows for numpy), whose column minima and maxima hold every value
-    to its range (NaN propagates through both), and whose columns that differ anywhere from
-    their rounded values must hold no flag or count (whole numbers); the one-hot groups' sums
-    and the consent tier come from one matrix-vector product, each in its own octal digit.
-    Accepts exactly the requests the checks one by one accept.
-
-    Large intermediates are written in place (``out=``): numpy's elision of a temporary operand
-    over 256 KiB looks up the C call stack, which costs more than the arithmetic here."""
-
-    def __init__(self, checks: FeatureChecks) -> None:
-        d = len(checks.feature_names)
-        self.low = np.tile(checks.low_ok, BLOCK)
-        self.high = np.tile(checks.high_ok, BLOCK)
-        exact = np.zeros(d, dtype=bool)  # flags and counts: whole numbers
-        exact[checks.flags] = True
-        exact[checks.counts] = True
-        self.exact = np.tile(exact, BLOCK)
-        # a whole flag within [0, 1] is 0 or 1; a flag of another range is checked as such
-        loose = (checks.low[checks.flags] != 0) | (checks.high[checks.flags] != 1)
-        self.loose_flags = checks.flags[loose]
-        # one product gives every one-hot group's sum and the tier, each in its own octal digit
-        # (a group of at most 7 flags sums to at most 7; exact in float32 below 2 ** 24)
-        groups = len(checks.one_hot)
-        self.digits = np.zeros(d, dtype=np.float32)
-        for g, (_, cols, _, _) in enumerate(checks.one_hot):
-            self.digits[cols] += 8.0**g
-        self.digits[checks.i_tier] += np.arange(len(checks.i_tier)) * 8.0**groups
-        # every product value (groups' digits, then the tier's) -> whether each group is in range
-        value = np.arange(8 ** (groups + 1))
-        self.groups_ok = np.ones(len(value), dtype=bool)
-        for g, (_, _, fewest, most) in enumerate(checks.one_hot):
-            set_ = (value >> (3 * g)) & 7
-            self.groups_ok &= (set_ >= fewest) & (set_ <= most)
-        self.tier_shift = 3 * groups
-        flags = set(checks.flags.tolist())
-        self.usable = (
-            all(set(c.tolist()) <= flags and len(c) < 8 for _, c, _, _ in checks.one_hot)
-            and any(
-                sorted(cols.tolist()) == sorted(checks.i_tier) and fewest == most == 1
-                for _, cols, fewest, most in checks.one_hot
-            )
-            and len(checks.i_tier) <= 8
-            and groups < 7
-        )
-        """the product's digits are exact for 0/1 flags; the tier is the one flag set"""
-
-    def tier_if_valid(self, x: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray | None:
-        """(N,) int64 consent tier of each row of (N, D) ``x`` where every check passes, else
-        None (the checks one by one then name the problem). ``scratch``: an (N, D) C-ordered
-        array of ``x``'s type that may be overwritten (else one is made)."""
-        if not self.usable:
-            return None
-        for part in blocks(x):  # NaN propagates through min and max: out of range
-            w = part.shape[1]
-            if not (part.min(axis=0) >= self.low[:w]).all():
-                return None
-            if not (part.max(axis=0) <= self.high[:w]).all():
-                return None
-        scratch = np.empty_like(x, order="C") if scratch is None else scratch
-        for part, whole in zip(blocks(x), blocks(scratch), strict=True):
-            np.rint(part, out=whole)  # every value is finite here
-            if np.not_equal(part, whole).any(axis=0)[self.exact[: part.shape[1]]].any():
-                return None
-        if len(self.loose_flags):
-            flags = x[:, self.loose_flags]
-            if not ((flags == 0) | (flags == 1)).all():
-                return None
-        digits = (x @ self.digits).astype(np.int64)  # exact, the flags being 0 or 1
-        if not self.groups_ok.take(digits, mode="clip").all():
-            return None
-        return digits >> self.tier_shift
-
-
-def blocks(x: np.ndarray) -> list[np.ndarray]:
-    """(N, D) ``x`` as (N // BLOCK, BLOCK * D) rows (a view of C-ordered ``x``), then its last
-    N % BLOCK rows as they are: long rows for the reductions over axis 0."""
-    whole = len(x) - len(x) % BLOCK
-    parts = [x[:whole].reshape(whole // BLOCK, -1)] if whole else []
-    return parts + ([x[whole:]] if whole < len(x) else [])
 
 
 def check_rows(rows: int, max_rows: int) -> None:

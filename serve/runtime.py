@@ -1,4 +1,5 @@
-"""The guarded runtime: ONNX + manifest in, one decision per client out. Needs numpy and onnxruntime only.
+"""The guarded runtime: ONNX + manifest in, one decision per client out. Needs numpy, onnxruntime
+and numba (``serve/compiled.py``) only.
 
 Order of work for each request: validate the features (names, numeric type, finiteness, ranges,
 exact guard inputs: flags 0 or 1, one consent tier, whole counts), apply consent (a feature the
@@ -51,6 +52,7 @@ from serve.explain import Explainer
 from serve.explain import wants_reasons as wants_reasons
 from serve.exploration import Allowed, Draws
 from serve.guards import Guards, Masks
+from serve.intake import Intake
 from serve.integrity import FORMAT_VERSION as FORMAT_VERSION
 from serve.integrity import KEY_ENV as KEY_ENV
 from serve.integrity import ExportError as ExportError
@@ -116,6 +118,8 @@ class PolicyRuntime:
         self.guards = Guards(manifest)
         self.checks = FeatureChecks(manifest, self.guards.i_tier)
         """what a request's features must satisfy (``serve/request.py``)"""
+        self.intake = Intake(self.checks, self.guards)
+        """the checks, consent, masks and review inputs in one compiled pass (``serve/intake.py``)"""
         self.feature_names: list[str] = self.checks.feature_names
         self.low, self.high = self.checks.low, self.checks.high
         self.nvec = np.asarray(manifest["nvec"], dtype=np.int64)
@@ -245,7 +249,20 @@ class PolicyRuntime:
         feature name (or an (N, D) array already in ``feature_names`` order). Integer, float32
         and float64 columns are all accepted. Raises :class:`RequestError` naming the feature
         (and row) at fault: never a guess toward sending (see ``serve/request.py``)."""
-        return self.checks.validate(features, self.consent, self.max_rows)
+        return self.read(features)[0]
+
+    def read(self, features: Any) -> tuple[np.ndarray, Masks, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`validate`'s features, their guardrail masks (:meth:`Guards.masks`) and review
+        inputs (:meth:`Guards.review_inputs`): from the compiled pass over the request
+        (``serve/intake.py``), or, for a request it does not accept, from the checks one by one,
+        which name the problem (:class:`RequestError`)."""
+        x = self.checks.matrix(features, self.max_rows)
+        accepted = self.intake.read(x, self.consent)
+        if accepted is not None:
+            return accepted
+        x, tier = self.checks.checked(x, self.consent, self.max_rows)
+        masks = self.guards.masks(x, tier if self._tier_as_read else None)
+        return x, masks, self.guards.review_inputs(x)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """(N, 19) per-component scores from the network."""
@@ -286,13 +303,11 @@ class PolicyRuntime:
         exact probability is ``propensity``. Tripped circuits still hand their rows to the safe
         fallback, with probability 1."""
         table, keys, firm = self.split_request(features)
-        x, tier = self.checks.checked(table, self.consent, self.max_rows)
-        # the rules for these rows, shared by every check below
-        masks = self.guards.masks(x, tier if self._tier_as_read else None)
+        # the checked features, the rules for these rows (shared by every check below) and the
+        # review inputs, read before the network runs: its pass over a large request leaves the
+        # core's caches cold for what follows it
+        x, masks, review = self.read(table)
         n = len(x)
-        # read before the network runs, while x is in the core's caches: the network's pass
-        # over a large request leaves them cold for what follows it
-        review = self.guards.review_inputs(x)
         id_bits = decision_id_bits(n)
         client_id = response.client_ids(keys.get("client_id", client_id), n)
         day = response.days(keys.get("day", day), n)
@@ -327,7 +342,8 @@ class PolicyRuntime:
             propensity[tripped] = 1.0
             explored &= ~tripped
         # never: every draw is within the masks; each final action is checked all the same
-        if not self.guards.allowed_by(masks, actions).all():
+        # (one that is not is set to no-send where it lies, and the whole request refused)
+        if self.guards.rows_at_fault(masks, np.require(actions, np.int64, "C")):
             raise RuntimeError("an action outside the guards was drawn; no decision is returned")
         if explain:
             reasons = self._reasons(x, logits, actions, greedy, tripped, explored, notes)

@@ -13,7 +13,7 @@ module                    may import (besides the standard library and third par
 ``realism``               ``simulate``, ``envs``, ``agents``, ``evaluation``, ``realism``
 ``experiment``            ``simulate``, ``envs``, ``agents``, ``evaluation``, ``experiment``
 ``serve.onnx_export``          ``simulate``, ``envs``, ``agents`` and serving's runtime side
-serving's runtime side    itself only; third parties numpy and onnxruntime (the HTTP
+serving's runtime side    itself only; third parties numpy, onnxruntime and numba (the HTTP
 (every other ``serve``    server adds starlette and uvicorn, the MLflow wrapper mlflow
 module)                   and pandas): it runs where the training stack is not installed
 ========================  =========================================================
@@ -55,7 +55,7 @@ BELOW = {
 is open to all of them)"""
 ENTRY_POINT = {"simulate", "envs", "agents", "evaluation", "realism", "experiment"}
 """what a ``python -m`` command's ``main()`` may import (and serving's runtime side)"""
-RUNTIME_THIRD_PARTY = {"numpy", "onnxruntime"}
+RUNTIME_THIRD_PARTY = {"numpy", "onnxruntime", "numba"}
 ADAPTER_THIRD_PARTY = {
     "serve.http": {"starlette", "uvicorn"},
     "serve.pyfunc": {"mlflow", "pandas"},

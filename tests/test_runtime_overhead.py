@@ -107,6 +107,60 @@ def test_review_read_before_the_network_is_review_read_after(bandit_export):
     read = guards.needs_review(x, actions, guards.review_inputs(x))
     np.testing.assert_array_equal(read, guards.needs_review(x, actions))
     assert 0 < read.sum() < (actions[:, 0] > 0).sum()  # some flagged, not every send
+    # the rule, one row at a time, from the manifest's review rules
+    rules = runtime.manifest["review_rules"]
+    for i in range(n):
+        slot, tone, _, content = actions[i]
+        goal = [g for g in goals if x[i, g] > 0.5]
+        sensitive = not goal or runtime.feature_names[goal[0]][5:] in rules["goals"]
+        loss = (
+            contract.CONTENTS[content] in rules["loss_contents"] and x[i, COL["market_stress"]] > 0
+        )
+        pressing = slot > 0 and contract.TONES[tone] in rules["tones"]
+        assert read[i] == (pressing and (sensitive or loss)), (i, actions[i])
+
+
+def test_the_compiled_check_of_chosen_actions_is_each_rules_check(bandit_export):
+    """:meth:`Guards.rows_at_fault` marks exactly the rows whose action is out of range, not
+    allowed (the 361-action table), or whose probability is not in [0, 1] (NaN included),
+    sets out-of-range actions to no-send, marks doubtful rows apart and counts the rest."""
+    runtime = _load(bandit_export)
+    guards, n = runtime.guards, 3_000
+    rng = np.random.default_rng(8)
+    x = runtime.validate(_requests(runtime, n, seed=14))
+    masks, joint = guards.masks(x), guards.joint_mask(x)
+    nvec = np.array(contract.NVEC)
+    actions = np.stack([rng.integers(0, k, n) for k in nvec], 1)
+    odd = rng.random(n) < 0.1  # a component out of range: below 0, at or far past the end
+    column = rng.integers(0, 4, n)
+    actions[odd, column[odd]] = rng.choice([-(2**62), -1, 0, 1, 2**40], odd.sum()) + np.where(
+        rng.random(odd.sum()) < 0.5, 0, nvec[column[odd]]
+    )
+    probability = rng.choice([0.0, 0.3, 1.0, -1e-12, 1 + 1e-12, np.nan, np.inf], n)
+    doubtful = rng.random(n) < 0.05
+    inside = ((actions >= 0) & (actions < nvec)).all(axis=1)
+    allowed = np.array(
+        [inside[i] and joint[i, _joint_index(actions[i])] for i in range(n)], dtype=bool
+    )
+    at_fault = ~allowed | ~((probability >= 0) & (probability <= 1))
+    expected = np.where(doubtful, 2, at_fault.astype(np.uint8))
+    checked, fault = actions.copy(), np.empty(n, dtype=np.uint8)
+    count = guards.rows_at_fault(masks, checked, probability, doubtful, fault)
+    np.testing.assert_array_equal(fault, expected)
+    assert count == int((expected == 1).sum()) > 0 and (expected == 0).any()
+    np.testing.assert_array_equal(checked, np.where(inside[:, None], actions, 0))
+    # without probabilities: the rules alone, as the runtime checks its final actions
+    checked = actions.copy()
+    assert guards.rows_at_fault(masks, checked) == int((~allowed).sum())
+    with pytest.raises(ValueError, match="C-ordered"):
+        guards.rows_at_fault(masks, actions.astype(np.int32))
+
+
+def _joint_index(action: np.ndarray) -> int:
+    """The index of an (slot, tone, channel, content) action among the 361 (no-send: 0)."""
+    if action[0] == 0:
+        return 0
+    return int(np.flatnonzero((JOINT_ACTIONS == action).all(axis=1))[0])
 
 
 def test_the_labels_are_each_rows_labels_and_a_no_sends_are_none():

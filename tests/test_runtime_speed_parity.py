@@ -1,6 +1,6 @@
-"""The runtime's fast paths decide exactly as the checks and choices they replace: the fused
-feature checks accept exactly what the checks one by one accept (and the refusals name the same
-problem), the shared guard masks allow exactly the 361-action table's actions, the allowed count
+"""The runtime's fast paths decide exactly as the checks and choices they replace: the compiled
+intake accepts exactly what the checks one by one accept (and the refusals name the same
+problem) and gives the same features, masks and review inputs, the shared guard masks allow exactly the 361-action table's actions, the allowed count
 without exploration is the table's, decisions with and without the graph's choice agree with
 exploration off and on, in shadow mode and with tripped circuits."""
 
@@ -18,7 +18,8 @@ from envs.spaces import JOINT_ACTIONS, multi_to_flat
 from serve import contract
 from serve.choice import Exploration
 from serve.exploration import allowed_count, allowed_pairs
-from serve.request import BLOCK, RequestError
+from serve.intake import BLOCK
+from serve.request import RequestError
 from serve.runtime import PolicyRuntime
 
 
@@ -34,31 +35,55 @@ def _refusal(runtime: PolicyRuntime, x: np.ndarray) -> str | None:
 BAD_VALUES = [np.nan, np.inf, -np.inf, 0.5, -1e-7, 1 + 5e-7, 2.5, -0.0, 1.0, 0.0, 3.0, 7.0, 8.0]
 
 
+def _numpy_intake(runtime: PolicyRuntime, x: np.ndarray, consent: str) -> tuple:
+    """What the numpy path makes of ``x``: checks one by one, consent, masks, review inputs."""
+    checked, tier = runtime.checks.checked(x, consent, runtime.max_rows)
+    return checked, runtime.guards.masks(checked, tier), runtime.guards.review_inputs(checked)
+
+
+@pytest.mark.parametrize("consent", ["zero", "refuse"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows", [1, 63, BLOCK, 200])
-def test_the_fused_checks_accept_exactly_what_the_checks_one_by_one_accept(
-    bandit_export, dtype, rows
+def test_the_compiled_intake_accepts_exactly_what_the_checks_one_by_one_accept(
+    bandit_export, dtype, rows, consent
 ):
-    runtime = _load(bandit_export)
+    runtime = _load(bandit_export, consent=consent)
     rng = np.random.default_rng(rows)
+    accepted = 0
     for trial in range(120):
         x = clients(rows, seed=trial).astype(dtype)
-        for _ in range(1 + trial % 3):  # one to three cells changed, anywhere
+        x[:, [COL[f"sent_7d_{c}"] for c in contract.CHANNELS]] = rng.integers(0, 6, (rows, 3))
+        if consent == "refuse" and trial % 2:  # nothing hidden: the request may pass
+            x[:, runtime.checks.min_tier > 0] = 0.0
+            x[:, runtime.guards.i_tier] = np.eye(4)[np.zeros(rows, dtype=int)]
+        for _ in range(trial % 4):  # none to three cells changed, anywhere
             x[rng.integers(0, rows), rng.integers(0, len(NAMES))] = BAD_VALUES[
                 rng.integers(0, len(BAD_VALUES))
             ]
         expected = _refusal(runtime, x)
-        tier = runtime.checks.fast.tier_if_valid(x)
-        if tier is not None:  # accepted: the checks one by one accept it too, same tiers
-            assert expected is None
-            np.testing.assert_array_equal(tier, np.argmax(x[:, runtime.guards.i_tier], axis=1))
-        if expected is None:
-            got = runtime.validate(x)
-            assert got.dtype == np.float32 and got is not x
+        try:
+            reference = _numpy_intake(runtime, x, consent)
+        except RequestError as exc:
+            reference, expected = None, str(exc)
+        got = runtime.intake.read(x, consent)
+        assert (got is None) == (reference is None), expected
+        if got is not None:  # the same features, masks and review inputs as the numpy path
+            accepted += 1
+            np.testing.assert_array_equal(got.x, reference[0])
+            assert got.x.dtype == np.float32 and got.x is not x
+            for field in got.masks._fields:
+                np.testing.assert_array_equal(
+                    getattr(got.masks, field), getattr(reference[1], field), err_msg=field
+                )
+                assert getattr(got.masks, field).dtype == getattr(reference[1], field).dtype
+            for mine, theirs in zip(got.review, reference[2], strict=True):
+                np.testing.assert_array_equal(mine, theirs)
+            np.testing.assert_array_equal(runtime.validate(x), reference[0])
         else:
             with pytest.raises(RequestError) as refused:
                 runtime.validate(x)
             assert str(refused.value) == expected
+    assert accepted > 0  # the comparison ran on accepted requests too
 
 
 def test_nan_and_infinite_features_are_refused_by_name_in_any_row(bandit_export):
