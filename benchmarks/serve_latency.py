@@ -12,10 +12,12 @@ validation or checks: the ceiling of any runtime on this export), the network al
 of an export without the choice inside), the previous runtime (that export, the choice in numpy), SB3's
 ``model.predict`` and the actor network alone in torch.
 
-The table's rates measure each contender for a second in turn, so a change in the machine's
-speed between two of them moves their ratio. The target line also gives the ratio from
-interleaved calls (graph alone, runtime, graph alone, ... at batch 4,096: the median time of
-each), which a slow spell shifts for both alike.
+The table's rates are the median of :data:`ROUNDS` rounds, each measuring every contender in
+turn for a fifth of a second, so a slow spell of the shared machine falls on all of them
+rather than on whichever ran during it. The target line also gives the ratio from interleaved
+calls (graph alone, runtime, graph alone, ... at batch 4,096: the median time of each): there
+the graph runs after the runtime has filled the caches, as it would in a server, where the
+table's graph runs after itself.
 
     python benchmarks/serve_latency.py
 """
@@ -47,17 +49,31 @@ from serve.runtime import PolicyRuntime  # noqa: E402
 
 BATCHES = (1, 64, 4096)
 MIN_SECONDS = 1.0
+"""time each contender is measured at each batch size, over all rounds"""
+ROUNDS = 5
 PAIRS = 1000
 """interleaved calls of each contender for the paired ratios"""
 
 
-def rate(fn, batch: np.ndarray) -> float:
+def rate(fn, batch: np.ndarray, seconds: float = MIN_SECONDS) -> float:
+    """Rows per second of ``fn(batch)`` over at least ``seconds`` and 5 calls (after one)."""
     fn(batch)
     calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < MIN_SECONDS or calls < 5:
+    while time.perf_counter() - start < seconds or calls < 5:
         fn(batch)
         calls += 1
     return calls * len(batch) / (time.perf_counter() - start)
+
+
+def rates(contenders: dict, obs: np.ndarray) -> dict[str, list[float]]:
+    """Each contender's rate at each of :data:`BATCHES`: the median of :data:`ROUNDS` rounds,
+    each measuring every contender in turn for ``MIN_SECONDS / ROUNDS``."""
+    kept: dict[str, list[list[float]]] = {name: [[] for _ in BATCHES] for name in contenders}
+    for _ in range(ROUNDS):
+        for name, fn in contenders.items():
+            for per_batch, b in zip(kept[name], BATCHES, strict=True):
+                per_batch.append(rate(fn, obs[:b], MIN_SECONDS / ROUNDS))
+    return {name: [float(np.median(r)) for r in per] for name, per in kept.items()}
 
 
 def interleaved_ratio(fast, slow, batch: np.ndarray, pairs: int = PAIRS) -> float:
@@ -149,15 +165,15 @@ def main() -> int:
         "previous runtime (choice in numpy)": lambda x: before.decide(x, explain=False),
         "torch actor network alone": lambda x: actor(torch.as_tensor(x * scale)),
     }
-    results = {name: [rate(fn, obs[:b]) for b in BATCHES] for name, fn in contenders.items()}
+    results = rates(contenders, obs)
     lat = {name: latencies(fn, obs) for name, fn in contenders.items()}
     lines = [
         "| | batch 1 (decisions/s) | batch 64 | batch 4,096 | p50 latency, batch 1 (ms) | p99 (ms) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, rates in results.items():
+    for name, each in results.items():
         lines.append(
-            f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[2]:,.0f} | "
+            f"| {name} | {each[0]:,.0f} | {each[1]:,.0f} | {each[2]:,.0f} | "
             f"{lat[name][0]:.3f} | {lat[name][1]:.3f} |"
         )
     big = BATCHES[-1]
