@@ -6,7 +6,9 @@ decide at once.
 * :func:`intake_pass`: a request's checks, consent, masks and review inputs
   (``serve/intake.py``).
 * :func:`rows_at_fault`: the actions a graph chose, held to the manifest's rules
-  (``serve/choice.py``), and every final action checked again before it is returned.
+  (``serve/choice.py``).
+* :func:`finish_rows`: every final action checked again before it is returned, its review
+  flag, its decision id's version bits.
 
 Each is held by a test to the numpy code it stands for.
 """
@@ -132,28 +134,44 @@ def intake_pass(  # pragma: no cover - compiled
 
 
 @_compiled
+def action_at_fault(a, state, end, allows, slots, channels, contents):  # pragma: no cover
+    """Whether the (4,) int64 action ``a`` has a component outside [0, ``end``) (it is then
+    set to no-send, all zeros, in place) or is not allowed in the rules' ``state``
+    (:attr:`~serve.guards.Masks.state`; ``allows``: every (state, slot, channel, content),
+    ``slots`` counting no-send)."""
+    inside = True
+    for m in range(4):
+        inside &= (a[m] >= 0) & (a[m] < end[m])
+    if not inside:
+        for m in range(4):
+            a[m] = 0
+    code = ((state * slots + a[0]) * channels + a[2]) * contents + a[3]
+    return (not inside) | (not allows[code])
+
+
+@_compiled
+def review_one(a, review_tones, loss_content, sensitive, stressed):  # pragma: no cover
+    """Whether the (4,) action ``a`` (within the action space) is a send a person approves
+    first: a pressing tone (``review_tones``) to a client with a sensitive (or undeclared)
+    goal, or on a loss topic (``loss_content``) while markets are stressed
+    (:meth:`serve.guards.Guards.needs_review`)."""
+    return (a[0] > 0) & review_tones[a[1]] & ((loss_content[a[3]] & stressed) | sensitive)
+
+
+@_compiled
 def rows_at_fault(  # pragma: no cover - compiled
     actions, probability, doubtful, end, state, allows, slots, channels, contents, fault
 ):
-    """Write ``fault[i]``: 1 where row i's (N, 4) int64 action has a component outside
-    [0, ``end``) (the action is then set to no-send, all zeros), is not allowed by its
-    :attr:`~serve.guards.Masks.state` (``allows``: :attr:`serve.guards.Guards._state_allows`,
-    ``slots`` counting no-send), or its probability is not in [0, 1] (NaN included); 2 where
-    ``doubtful`` says the graph left the row to numpy; else 0. ``probability`` and
-    ``doubtful`` may be empty: no such checks. Returns the number of rows marked 1."""
+    """Write ``fault[i]``: 1 where row i's (N, 4) int64 action is at fault
+    (:func:`action_at_fault`, which sets an out-of-range one to no-send) or its probability
+    is not in [0, 1] (NaN included); 2 where ``doubtful`` says the graph left the row to
+    numpy; else 0. ``probability`` and ``doubtful`` may be empty: no such checks. Returns the
+    number of rows marked 1."""
     n = actions.shape[0]
     checked = len(probability) == n
     count = 0
     for i in range(n):
-        a = actions[i]
-        inside = True
-        for m in range(4):
-            inside &= (a[m] >= 0) & (a[m] < end[m])
-        if not inside:
-            for m in range(4):
-                a[m] = 0
-        code = ((state[i] * slots + a[0]) * channels + a[2]) * contents + a[3]
-        at_fault = (not inside) | (not allows[code])
+        at_fault = action_at_fault(actions[i], state[i], end, allows, slots, channels, contents)
         if checked:
             p = probability[i]
             at_fault |= not ((p >= 0.0) & (p <= 1.0))
@@ -167,14 +185,46 @@ def rows_at_fault(  # pragma: no cover - compiled
 
 @_compiled
 def review_flags(actions, review_tones, loss_content, sensitive, stressed, out):  # pragma: no cover
-    """Write ``out[i]``: whether row i's (N, 4) action is a send a person approves first: a
-    send in a pressing tone (``review_tones``) to a client with a sensitive (or undeclared)
-    goal, or on a loss topic (``loss_content``) while markets are stressed
-    (:meth:`serve.guards.Guards.needs_review`)."""
+    """Write ``out[i]``: :func:`review_one` of row i's (N, 4) action."""
+    for i in range(actions.shape[0]):
+        out[i] = review_one(actions[i], review_tones, loss_content, sensitive[i], stressed[i])
+
+
+@_compiled
+def finish_rows(  # pragma: no cover - compiled
+    actions,
+    end,
+    state,
+    allows,
+    slots,
+    channels,
+    contents,
+    review_tones,
+    loss_content,
+    sensitive,
+    stressed,
+    review,
+    ids,
+):
+    """The last pass over a request's final (N, 4) actions, one row at a time: each action
+    checked against the rules (:func:`action_at_fault`), its review flag written to
+    ``review`` (:func:`review_one`), and the version-4 and variant bits set in its decision
+    id's 16 random bytes (row i of ``ids``, as :func:`uuid4_bits`). Returns the number of
+    actions at fault (the runtime then returns no decision)."""
+    count = 0
     for i in range(actions.shape[0]):
         a = actions[i]
-        topic = (loss_content[a[3]] & stressed[i]) | sensitive[i]
-        out[i] = (a[0] > 0) & review_tones[a[1]] & topic
+        count += action_at_fault(a, state[i], end, allows, slots, channels, contents)
+        review[i] = review_one(a, review_tones, loss_content, sensitive[i], stressed[i])
+        stamp(ids[i])
+    return count
+
+
+@_compiled
+def stamp(row):  # pragma: no cover - compiled
+    """Set the version-4 and variant bits of one id's 16 random bytes (RFC 4122)."""
+    row[6] = (row[6] & 0x0F) | 0x40
+    row[8] = (row[8] & 0x3F) | 0x80
 
 
 @_compiled
@@ -182,5 +232,4 @@ def uuid4_bits(rows):  # pragma: no cover - compiled
     """Set the version-4 and variant bits of each 16-byte row of random bytes, as
     :func:`uuid.uuid4` sets them (RFC 4122)."""
     for i in range(rows.shape[0]):
-        rows[i, 6] = (rows[i, 6] & 0x0F) | 0x40
-        rows[i, 8] = (rows[i, 8] & 0x3F) | 0x80
+        stamp(rows[i])

@@ -159,9 +159,16 @@ def decision_id_bits(n: int) -> bytes:
     with the version-4 and variant bits set as :func:`uuid.uuid4` sets them (RFC 4122)."""
     if n <= 0:
         return b""
-    bits = bytearray(random_bytes(16 * n))
+    bits = id_entropy(n)
     uuid4_bits(np.frombuffer(bits, dtype=np.uint8).reshape(n, 16))  # a view: written in place
     return bytes(bits)
+
+
+def id_entropy(n: int) -> bytearray:
+    """The 16 ``n`` random bytes of ``n`` decision ids (:func:`random_bytes`), before the
+    version and variant bits are set (:func:`decision_id_bits` sets them; the runtime sets
+    them in its last pass over the actions, :meth:`serve.guards.Guards.finish`)."""
+    return bytearray(random_bytes(16 * max(n, 0)))
 
 
 def random_bytes(n: int) -> bytes:

@@ -1,5 +1,6 @@
-"""Guardrails rebuilt from the manifest's rules and the request's features (numpy, and one
-compiled loop over chosen actions: :meth:`Guards.rows_at_fault`).
+"""Guardrails rebuilt from the manifest's rules and the request's features (numpy, and compiled
+loops over chosen actions: :meth:`Guards.rows_at_fault`, :meth:`Guards.finish`,
+:meth:`Guards.needs_review`).
 
 The same rules as ``envs/masks.py``; the runtime cannot import the training stack, so they are
 restated here over the manifest, and a test holds the two to the same masks on every action.
@@ -66,6 +67,7 @@ class Guards:
         """one past each component's last value: int64 actions read as unsigned are within
         the action space where every component is below it (a negative one reads as a huge
         number)"""
+        self._end = self._action_end.astype(np.int64)
         grid = np.stack(
             np.meshgrid(
                 np.arange(1, len(self.slots) + 1),
@@ -207,7 +209,7 @@ class Guards:
                 actions,
                 empty if probability is None else probability,
                 np.empty(0, dtype=bool) if doubtful is None else doubtful,
-                self._action_end.view(np.int64),
+                self._end,
                 masks.state,
                 self._state_allows,
                 len(self.slots) + 1,
@@ -216,6 +218,42 @@ class Guards:
                 np.empty(n, dtype=np.uint8) if fault is None else fault,
             )
         )
+
+    def finish(
+        self,
+        masks: Masks,
+        actions: np.ndarray,
+        review: tuple[np.ndarray, np.ndarray],
+        ids: np.ndarray,
+    ) -> tuple[int, np.ndarray]:
+        """The runtime's last pass over its (N, 4) C-ordered int64 final ``actions``, one
+        compiled loop (``serve/compiled.py``): how many are out of the action space or not
+        allowed by their row's :class:`Masks` (:meth:`rows_at_fault`; an out-of-range one is
+        set to no-send in place), and the (N,) review flags of the actions
+        (:meth:`needs_review`, from :meth:`review_inputs`' ``review``); each row of the (N, 16)
+        uint8 ``ids`` (random bytes) gets the version-4 and variant bits of a uuid4."""
+        n = len(actions)
+        if actions.dtype != np.int64 or actions.shape != (n, 4) or not actions.flags.c_contiguous:
+            raise ValueError("actions must be a C-ordered (N, 4) int64 array")
+        if ids.shape != (n, 16) or ids.dtype != np.uint8:
+            raise ValueError(f"ids must be (N, 16) uint8 for {n} actions, got {ids.shape}")
+        flags = np.empty(n, dtype=bool)
+        count = compiled.finish_rows(
+            actions,
+            self._end,
+            masks.state,
+            self._state_allows,
+            len(self.slots) + 1,
+            len(self.channels),
+            len(self.contents),
+            self.review_tones,
+            self.loss_content,
+            np.require(review[0], bool, "C"),
+            np.require(review[1], bool, "C"),
+            flags,
+            ids,
+        )
+        return int(count), flags
 
     def allowed_in_range(self, masks: Masks, actions: np.ndarray) -> np.ndarray:
         """:meth:`allowed_by` for (N, 4) ``actions`` whose components are known to lie within

@@ -44,7 +44,7 @@ from serve import circuit as circuit_state
 from serve.choice import SCORE_CAP as SCORE_CAP
 from serve.choice import Exploration as Exploration
 from serve.choice import Explorer
-from serve.decisions import decision_id_bits
+from serve.decisions import id_entropy
 from serve.explain import EXPLAIN_AT_MOST as EXPLAIN_AT_MOST
 from serve.explain import EXPLAIN_UP_TO as EXPLAIN_UP_TO
 from serve.explain import WEEKDAYS as WEEKDAYS
@@ -308,7 +308,7 @@ class PolicyRuntime:
         # core's caches cold for what follows it
         x, masks, review = self.read(table)
         n = len(x)
-        id_bits = decision_id_bits(n)
+        id_bits = id_entropy(n)  # the ids' random bytes, drawn once; stamped uuid4 below
         client_id = response.client_ids(keys.get("client_id", client_id), n)
         day = response.days(keys.get("day", day), n)
         firm = firm if firm is not None else firm_action
@@ -342,8 +342,13 @@ class PolicyRuntime:
             propensity[tripped] = 1.0
             explored &= ~tripped
         # never: every draw is within the masks; each final action is checked all the same
-        # (one that is not is set to no-send where it lies, and the whole request refused)
-        if self.guards.rows_at_fault(masks, np.require(actions, np.int64, "C")):
+        # (one that is not is set to no-send where it lies, and the whole request refused),
+        # in one pass that also writes the review flags and stamps the ids
+        actions = np.require(actions, np.int64, "C")
+        at_fault, needs_review = self.guards.finish(
+            masks, actions, review, np.frombuffer(id_bits, dtype=np.uint8).reshape(n, 16)
+        )
+        if at_fault:
             raise RuntimeError("an action outside the guards was drawn; no decision is returned")
         if explain:
             reasons = self._reasons(x, logits, actions, greedy, tripped, explored, notes)
@@ -351,8 +356,8 @@ class PolicyRuntime:
             action=actions,
             probability=probability,
             reasons=reasons,
-            needs_review=self.guards.needs_review(x, actions, review),
-            id_bits=id_bits,
+            needs_review=needs_review,
+            id_bits=bytes(id_bits),
             propensity=propensity,
             policy_action=policy_action,
             policy_probability=policy_probability,

@@ -156,6 +156,57 @@ def test_the_compiled_check_of_chosen_actions_is_each_rules_check(bandit_export)
         guards.rows_at_fault(masks, actions.astype(np.int32))
 
 
+def test_the_last_pass_checks_flags_and_stamps_each_row_as_the_steps_it_replaces(bandit_export):
+    """:meth:`Guards.finish` counts the actions :meth:`Guards.allowed_by` refuses (out of range
+    included, set to no-send), writes :meth:`Guards.needs_review`'s flags and makes each
+    row's 16 random bytes the uuid4 of those bytes."""
+    runtime = _load(bandit_export)
+    guards, n = runtime.guards, 2_500
+    rng = np.random.default_rng(9)
+    x = runtime.validate(_requests(runtime, n, seed=15))
+    masks, joint, review = guards.masks(x), guards.joint_mask(x), guards.review_inputs(x)
+    nvec = np.array(contract.NVEC)
+    actions = np.stack([rng.integers(0, k, n) for k in nvec], 1)
+    allowed = joint[np.arange(n), [_joint_index(a) for a in actions]]
+    assert 0 < allowed.sum() < n
+    entropy = rng.bytes(16 * n)
+    ids = np.frombuffer(bytearray(entropy), dtype=np.uint8).reshape(n, 16)
+    count, flags = guards.finish(masks, actions.copy(), review, ids)
+    assert count == int((~allowed).sum())
+    np.testing.assert_array_equal(flags, guards.needs_review(x, actions))
+    expected = [uuid.UUID(bytes=entropy[16 * i : 16 * i + 16], version=4).bytes for i in range(n)]
+    assert [bytes(row) for row in ids] == expected
+    allowed_only = np.where(allowed[:, None], actions, 0)  # no-sends where the rules refuse
+    assert guards.finish(masks, allowed_only, review, ids.copy())[0] == 0
+    odd = allowed_only.copy()
+    odd[7] = [1, 0, len(contract.CHANNELS), 0]  # a channel past the last: out of range
+    assert guards.finish(masks, odd, review, ids.copy())[0] == 1
+    np.testing.assert_array_equal(odd[7], [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="ids must be"):
+        guards.finish(masks, allowed_only, review, ids[:-1])
+
+
+@pytest.mark.parametrize("action", [[1, 0, 0, 0], [1, 0, 3, 0], [-1, 0, 0, 0]])
+def test_a_final_action_the_rules_refuse_returns_no_decision(bandit_export, monkeypatch, action):
+    """Whatever hands the runtime its final actions (here a broken exploration step), one the
+    rules refuse (email to a client who opted out of it) or outside the action space stops
+    the request: no decision is returned."""
+    runtime = _load(bandit_export)
+    x = _requests(runtime, 50, seed=16)
+    x[:, COL["opted_out_email"]] = 1.0
+    decided = runtime.decide(x, explain=False)
+    assert (decided.action[:, 2][decided.action[:, 0] > 0] != 0).all()  # never email
+
+    def broken(x, logits, base, policy=None, masks=None):
+        actions = base.copy()
+        actions[17] = action
+        return actions, np.ones(len(x)), np.ones(len(x), dtype=np.int64), np.zeros(len(x), bool)
+
+    monkeypatch.setattr(runtime, "explore", broken)
+    with pytest.raises(RuntimeError, match="outside the guards"):
+        runtime.decide(x, explain=False)
+
+
 def _joint_index(action: np.ndarray) -> int:
     """The index of an (slot, tone, channel, content) action among the 361 (no-send: 0)."""
     if action[0] == 0:
