@@ -75,6 +75,10 @@ def intake_pass(  # pragma: no cover - compiled
     bad = np.zeros(width, dtype=np.uint8)
     hidden = False
     top = len(groups_ok) - 1
+    scratch = np.zeros((3, block), dtype=np.float32)  # per row of a block
+    bits = np.zeros(block, dtype=np.int64)
+    scratch64 = np.zeros(block, dtype=np.float64)
+    counted = np.nonzero(digits)[0]
     c = len(i_opted)
     whole = n - n % block
     folded = x[:whole].reshape(whole // block, width)
@@ -86,11 +90,18 @@ def intake_pass(  # pragma: no cover - compiled
         else:
             for i in range(first, last):
                 check_values(x[i], low, high, exact, bad)
+        rows = last - first
+        sums = scratch64
+        for i in range(rows):
+            sums[i] = 0.0
+        for q in range(len(counted)):  # the one-hot columns, each over the block's rows
+            j = counted[q]
+            weight = digits[j]
+            for i in range(rows):
+                sums[i] += x[first + i, j] * weight
         for i in range(first, last):
             row = x[i]
-            s = 0.0
-            for j in range(d):
-                s += row[j] * digits[j]
+            s = sums[i - first]
             if not s >= 0.0:  # NaN too: the row is refused by its check
                 s = 0.0
             code = min(int(min(s, float(top))), top)
@@ -103,24 +114,34 @@ def intake_pass(  # pragma: no cover - compiled
                 v = np.float32(row[j])
                 o[j] = v * seen[j]
                 hidden |= o[j] != v
-            # the guard inputs are whole, checked numbers: compared as they are, no branches
-            total = np.float32(0.0)
-            for m in range(c):
-                total += o[i_sent[m]]
-            bits = np.int64(0)
-            for m in range(c):
-                ok = (o[i_opted[m]] <= 0.5) & (o[i_sent[m]] < channel_cap[m])
-                bits |= np.int64(ok) << m
-            bits *= np.int64(total < max_per_week)
-            state[i] = (np.int64(t) << c) | bits
-            known = np.float32(0.0)
-            for q in range(len(i_goals)):
-                known = max(known, o[i_goals[q]])
-            pressing = np.float32(0.0)
-            for q in range(len(review_goals)):
-                pressing = max(pressing, o[review_goals[q]])
-            sensitive[i] = (pressing > 0.5) | (known <= 0.5)
-            stressed[i] = o[i_stress] > 0
+        # the block's rules and review inputs, one guard column at a time over its rows (each
+        # index read once per block); the guard inputs are whole, checked numbers, compared
+        # as they are
+        sent, known, pressing = scratch[0], scratch[1], scratch[2]
+        for i in range(rows):
+            sent[i] = 0.0
+            known[i] = 0.0
+            pressing[i] = 0.0
+            bits[i] = 0
+        for m in range(c):
+            js, jo, cap = i_sent[m], i_opted[m], channel_cap[m]
+            for i in range(rows):
+                v = out[first + i, js]
+                sent[i] += v
+                bits[i] |= np.int64((out[first + i, jo] <= 0.5) & (v < cap)) << m
+        for q in range(len(i_goals)):
+            g = i_goals[q]
+            for i in range(rows):
+                known[i] = max(known[i], out[first + i, g])
+        for q in range(len(review_goals)):
+            g = review_goals[q]
+            for i in range(rows):
+                pressing[i] = max(pressing[i], out[first + i, g])
+        for i in range(rows):
+            bits[i] *= np.int64(sent[i] < max_per_week)  # the weekly cap closes every channel
+            state[first + i] = (tier[first + i] << c) | bits[i]
+            sensitive[first + i] = (pressing[i] > 0.5) | (known[i] <= 0.5)
+            stressed[first + i] = out[first + i, i_stress] > 0
     for m in range(c):
         for i in range(n):
             channel_ok[m, i] = (state[i] >> m) & 1
