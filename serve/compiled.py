@@ -254,3 +254,63 @@ def uuid4_bits(rows):  # pragma: no cover - compiled
     :func:`uuid.uuid4` sets them (RFC 4122)."""
     for i in range(rows.shape[0]):
         stamp(rows[i])
+
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Compile (or load from the disk cache) every loop for the types the runtime calls them
+    with, on tiny inputs: a runtime pays for it when it loads, not on its first request."""
+    global _warm
+    if _warm:
+        return
+    one, four = np.zeros(1, dtype=np.int64), np.zeros(4, dtype=np.int64)
+    flags, table = np.zeros(1, dtype=bool), np.ones(1, dtype=bool)
+    for kind in (np.float32, np.float64):
+        intake_pass(
+            np.zeros((1, 1), dtype=kind),
+            np.zeros(1, dtype=np.float32),
+            np.zeros(1, dtype=np.float32),
+            np.zeros(1, dtype=np.uint8),
+            np.zeros(1, dtype=np.float64),
+            np.ones(8, dtype=np.uint8),
+            0,
+            np.ones((1, 1), dtype=np.float32),
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.float32),
+            np.float32(1.0),
+            np.zeros(0, dtype=np.int64),
+            one,
+            np.zeros(0, dtype=np.int64),
+            0,
+            np.zeros((1, 1), dtype=np.float32),
+            np.zeros(1, dtype=np.int64),
+            np.zeros((0, 1), dtype=bool),
+            np.zeros((0, 1), dtype=bool),
+            np.zeros(1, dtype=np.int64),
+            np.zeros(1, dtype=bool),
+            np.zeros(1, dtype=bool),
+        )
+    actions = np.zeros((1, 4), dtype=np.int64)
+    rows_at_fault(actions, np.zeros(1), flags, four + 1, one, table, 1, 1, 1, np.zeros(1, np.uint8))
+    rows_at_fault(
+        actions,
+        np.zeros(0),
+        np.zeros(0, dtype=bool),
+        four + 1,
+        one,
+        table,
+        1,
+        1,
+        1,
+        np.zeros(1, np.uint8),
+    )
+    review_flags(actions, table, table, flags, flags, np.zeros(1, dtype=bool))
+    ids = np.zeros((1, 16), dtype=np.uint8)
+    finish_rows(
+        actions, four + 1, one, table, 1, 1, 1, table, table, flags, flags, flags.copy(), ids
+    )
+    uuid4_bits(ids)
+    _warm = True

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serve import choice, explain, response
+from serve import choice, compiled, explain, response
 from serve import circuit as circuit_state
 from serve.choice import SCORE_CAP as SCORE_CAP
 from serve.choice import Exploration as Exploration
@@ -119,6 +119,7 @@ class PolicyRuntime:
         self.checks = FeatureChecks(manifest, self.guards.i_tier)
         """what a request's features must satisfy (``serve/request.py``)"""
         self.intake = Intake(self.checks, self.guards)
+        compiled.warm_up()  # the compiled loops are built now, not on the first request
         """the checks, consent, masks and review inputs in one compiled pass (``serve/intake.py``)"""
         self.feature_names: list[str] = self.checks.feature_names
         self.low, self.high = self.checks.low, self.checks.high

@@ -19,7 +19,7 @@ from test_onnx_choice import COL
 from test_runtime_fail_closed import clients
 
 from envs.spaces import JOINT_ACTIONS
-from serve import contract, decisions
+from serve import compiled, contract, decisions
 from serve.decisions import new_decision_ids
 from serve.guards import Guards
 from serve.response import Labeller
@@ -205,6 +205,23 @@ def test_a_final_action_the_rules_refuse_returns_no_decision(bandit_export, monk
     monkeypatch.setattr(runtime, "explore", broken)
     with pytest.raises(RuntimeError, match="outside the guards"):
         runtime.decide(x, explain=False)
+
+
+def test_a_loaded_runtime_compiles_nothing_on_its_first_requests(bandit_export):
+    """Loading builds every compiled loop for the types deciding calls them with: a request
+    of float32 or float64 features, serve or shadow, adds no compiled version of any."""
+    runtime = _load(bandit_export)
+    loops = [getattr(compiled, name) for name in KERNELS]
+    before = [list(loop.signatures) for loop in loops]
+    assert all(before)
+    x = _requests(runtime, 70, seed=17)
+    for request in (x, x.astype(np.float64), x[:1]):
+        runtime.decide(request, explain=True)
+    runtime.guards.needs_review(runtime.validate(x), runtime.decide(x, explain=False).action)
+    assert [list(loop.signatures) for loop in loops] == before
+
+
+KERNELS = ("intake_pass", "rows_at_fault", "finish_rows", "review_flags")
 
 
 def _joint_index(action: np.ndarray) -> int:
