@@ -200,24 +200,26 @@ class Guards:
         ``probability`` that is not in [0, 1]; one compiled pass (``serve/compiled.py``). An
         out-of-range action is set to no-send in place. ``fault``: an (N,) uint8 array to
         write, 1 for those rows, 2 for the rows ``doubtful`` marks (not counted), else 0."""
-        n = len(actions)
-        if actions.dtype != np.int64 or actions.shape != (n, 4) or not actions.flags.c_contiguous:
-            raise ValueError("actions must be a C-ordered (N, 4) int64 array")
-        empty = np.empty(0)
         return int(
             compiled.rows_at_fault(
                 actions,
-                empty if probability is None else probability,
+                np.empty(0) if probability is None else probability,
                 np.empty(0, dtype=bool) if doubtful is None else doubtful,
-                self._end,
-                masks.state,
-                self._state_allows,
-                len(self.slots) + 1,
-                len(self.channels),
-                len(self.contents),
-                np.empty(n, dtype=np.uint8) if fault is None else fault,
+                *self._rule_tables(masks, actions),
+                np.empty(len(actions), dtype=np.uint8) if fault is None else fault,
             )
         )
+
+    def _rule_tables(self, masks: Masks, actions: np.ndarray) -> tuple:
+        """What the compiled checks of (N, 4) ``actions`` read (``serve/compiled.py``
+        ``action_at_fault``): each component's end, the rows' states, the table of allowed
+        (state, slot, channel, content), and the table's slots (no-send counted), channels
+        and contents; :class:`ValueError` unless ``actions`` is C-ordered (N, 4) int64."""
+        n = len(actions)
+        if actions.dtype != np.int64 or actions.shape != (n, 4) or not actions.flags.c_contiguous:
+            raise ValueError("actions must be a C-ordered (N, 4) int64 array")
+        sizes = (len(self.slots) + 1, len(self.channels), len(self.contents))
+        return (self._end, masks.state, self._state_allows, *sizes)
 
     def finish(
         self,
@@ -232,20 +234,14 @@ class Guards:
         set to no-send in place), and the (N,) review flags of the actions
         (:meth:`needs_review`, from :meth:`review_inputs`' ``review``); each row of the (N, 16)
         uint8 ``ids`` (random bytes) gets the version-4 and variant bits of a uuid4."""
+        tables = self._rule_tables(masks, actions)
         n = len(actions)
-        if actions.dtype != np.int64 or actions.shape != (n, 4) or not actions.flags.c_contiguous:
-            raise ValueError("actions must be a C-ordered (N, 4) int64 array")
         if ids.shape != (n, 16) or ids.dtype != np.uint8:
             raise ValueError(f"ids must be (N, 16) uint8 for {n} actions, got {ids.shape}")
         flags = np.empty(n, dtype=bool)
         count = compiled.finish_rows(
             actions,
-            self._end,
-            masks.state,
-            self._state_allows,
-            len(self.slots) + 1,
-            len(self.channels),
-            len(self.contents),
+            *tables,
             self.review_tones,
             self.loss_content,
             np.require(review[0], bool, "C"),

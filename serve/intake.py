@@ -96,21 +96,10 @@ class Intake:
         1), the tier is the one flag set and every tier sees it (the masks read the tier the
         checks read); else :meth:`read` declines every request and the numpy checks decide"""
 
-    def read(self, x: np.ndarray, consent: str) -> Accepted | None:
-        """The checked, consented features of the (N, D) float32 or float64 request ``x``
-        (``FeatureChecks.matrix``), their masks and review inputs; None where a check fails,
-        where ``consent="refuse"`` meets a hidden feature that is set, or where the manifest's
-        groups do not suit the compiled pass (:attr:`usable`)."""
-        if not self.usable or x.dtype not in (np.float32, np.float64) or not len(x):
-            return None
-        x = np.ascontiguousarray(x)
-        n, c, k = len(x), len(self.i_opted), len(self.content_min_tier)
-        out = np.empty(x.shape, dtype=np.float32)
-        tier, state = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-        channel_ok, content_ok = np.empty((c, n), dtype=bool), np.empty((k, n), dtype=bool)
-        sensitive, stressed = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
-        verdict = intake_pass(
-            x,
+    @property
+    def tables(self) -> tuple:
+        """What :func:`serve.compiled.intake_pass` reads besides the request, in its order."""
+        return (
             self.low,
             self.high,
             self.exact,
@@ -126,13 +115,23 @@ class Intake:
             self.i_goals,
             self.review_goals,
             self.i_stress,
-            out,
-            tier,
-            channel_ok,
-            content_ok,
-            state,
-            sensitive,
-            stressed,
+        )
+
+    def read(self, x: np.ndarray, consent: str) -> Accepted | None:
+        """The checked, consented features of the (N, D) float32 or float64 request ``x``
+        (``FeatureChecks.matrix``), their masks and review inputs; None where a check fails,
+        where ``consent="refuse"`` meets a hidden feature that is set, or where the manifest's
+        groups do not suit the compiled pass (:attr:`usable`)."""
+        if not self.usable or x.dtype not in (np.float32, np.float64) or not len(x):
+            return None
+        x = np.ascontiguousarray(x)
+        n, c, k = len(x), len(self.i_opted), len(self.content_min_tier)
+        out = np.empty(x.shape, dtype=np.float32)
+        tier, state = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        channel_ok, content_ok = np.empty((c, n), dtype=bool), np.empty((k, n), dtype=bool)
+        sensitive, stressed = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+        verdict = intake_pass(
+            x, *self.tables, out, tier, channel_ok, content_ok, state, sensitive, stressed
         )
         if verdict == INVALID or (verdict == HIDDEN_SET and consent == "refuse"):
             return None
