@@ -347,8 +347,7 @@ def graph_rows_checked(
         )
     doubtful = np.ascontiguousarray(doubtful, dtype=bool)
     # rows decided again are replaced, and out-of-range actions read as no-send: written in place
-    actions = np.require(actions.astype(np.int64, copy=copy), requirements=["C", "W"])
-    probability = np.require(probability.astype(np.float64, copy=copy), requirements=["C", "W"])
+    actions, probability = _own(actions, np.int64, copy), _own(probability, np.float64, copy)
     masks = masks or guards.masks(x)
     fault = np.empty(n, dtype=np.uint8)  # 1: out of range or not allowed; 2: doubtful
     broken = guards.rows_at_fault(masks, actions, probability, doubtful, fault)
@@ -360,4 +359,14 @@ def graph_rows_checked(
             RuntimeWarning,
             stacklevel=4,  # where the runtime decides (its decide, through hold_to_guards)
         )
-    return actions, probability, np.flatnonzero(fault)
+    again = np.flatnonzero(fault) if fault.any() else np.empty(0, dtype=np.int64)
+    return actions, probability, again
+
+
+def _own(values: np.ndarray, dtype: type, copy: bool) -> np.ndarray:
+    """``values`` as a C-ordered, writable array of ``dtype``: a copy, unless ``copy=False``
+    and it already is one."""
+    values = values.astype(dtype, copy=copy)
+    if values.flags.c_contiguous and values.flags.writeable:
+        return values
+    return np.array(values, dtype=dtype, order="C")
