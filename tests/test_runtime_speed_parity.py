@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_exploration import _load
 from test_onnx_choice import COL, NAMES
 from test_runtime_fail_closed import clients
@@ -84,6 +86,50 @@ def test_the_compiled_intake_accepts_exactly_what_the_checks_one_by_one_accept(
                 runtime.validate(x)
             assert str(refused.value) == expected
     assert accepted > 0  # the comparison ran on accepted requests too
+
+
+CELL = st.floats(width=32) | st.sampled_from(BAD_VALUES) | st.integers(-3, 9).map(float)
+"""any float32, the edge values, whole numbers in and out of every range"""
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rows=st.integers(1, 140),
+    seed=st.integers(0, 2**16),
+    cells=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 62), CELL), max_size=6),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    consent=st.sampled_from(["zero", "refuse"]),
+)
+def test_the_compiled_intake_refuses_or_accepts_any_request_as_the_numpy_path(
+    bandit_export, rows, seed, cells, dtype, consent
+):
+    """Any valid request with up to six cells set to any value: the compiled pass accepts it
+    exactly where the checks one by one do, with the same features, masks and review inputs;
+    what it accepts never shows the network a feature the client's tier hides."""
+    runtime = _load(bandit_export, consent=consent)
+    x = clients(rows, seed=seed).astype(dtype)
+    if consent == "refuse" and seed % 2:
+        x[:, runtime.checks.min_tier > 0] = 0.0  # nothing hidden: may pass
+    for row, col, value in cells:
+        x[row % rows, col] = value
+    try:
+        reference = _numpy_intake(runtime, x, consent)
+    except RequestError:
+        reference = None
+    got = runtime.intake.read(x, consent)
+    assert (got is None) == (reference is None)
+    if got is not None:
+        np.testing.assert_array_equal(got.x, reference[0])
+        for mine, theirs in zip(got.masks, reference[1], strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+        for mine, theirs in zip(got.review, reference[2], strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+        hidden = runtime.checks.min_tier[None, :] > got.masks.tier[:, None]
+        assert (got.x[hidden] == 0).all()
 
 
 def test_nan_and_infinite_features_are_refused_by_name_in_any_row(bandit_export):
