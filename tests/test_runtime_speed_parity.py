@@ -132,6 +132,17 @@ def test_the_compiled_intake_refuses_or_accepts_any_request_as_the_numpy_path(
         assert (got.x[hidden] == 0).all()
 
 
+def test_without_the_compiled_intake_the_numpy_path_decides_alike(bandit_export):
+    """A manifest the compiled pass does not suit (:attr:`Intake.usable` False) is served by
+    the numpy checks, masks and review inputs: the same decisions."""
+    compiled_runtime, numpy_runtime = _load(bandit_export), _load(bandit_export)
+    numpy_runtime.intake.usable = False
+    x = clients(300, seed=21)
+    assert numpy_runtime.intake.read(x, "zero") is None
+    _same(compiled_runtime.decide(x, explain=False), numpy_runtime.decide(x, explain=False))
+    np.testing.assert_array_equal(compiled_runtime.validate(x), numpy_runtime.validate(x))
+
+
 def test_nan_and_infinite_features_are_refused_by_name_in_any_row(bandit_export):
     runtime = _load(bandit_export)
     for value in (np.nan, np.inf, -np.inf):
