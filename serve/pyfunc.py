@@ -72,7 +72,7 @@ MODEL_CONFIG: dict[str, Any] = {
 }
 """every key at its default: log the model with ``model_config=MODEL_CONFIG`` so that a loader
 may set any of them (MLflow ignores, with a warning, keys the logged model did not have)"""
-PIP_REQUIREMENTS = ["numpy", "pandas", "polars", "onnxruntime", "mlflow"]
+PIP_REQUIREMENTS = ["numpy", "pandas", "polars", "onnxruntime", "numba", "mlflow"]
 """what the served model needs: log or save it with ``pip_requirements=PIP_REQUIREMENTS`` (else
 MLflow infers them by loading the model in a Python process of its own, ~2 s)"""
 

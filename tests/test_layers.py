@@ -281,3 +281,14 @@ def test_a_command_main_is_an_entry_point_that_may_name_runs_but_not_import_scri
     assert violations(root) == [
         "evaluation/offline.py:3: imports the entry script evaluate",
     ]
+
+
+def test_the_served_models_requirements_name_every_third_party_its_code_imports():
+    """A model logged with ``serve.pyfunc.PIP_REQUIREMENTS`` installs, in an environment of its
+    own, every third party that serving's runtime side, the pyfunc wrapper and the decision log
+    may import (the layer rule above holds them to these)."""
+    from serve.pyfunc import PIP_REQUIREMENTS
+
+    needed = RUNTIME_THIRD_PARTY | ADAPTER_THIRD_PARTY["serve.pyfunc"]
+    needed |= ADAPTER_THIRD_PARTY["serve.decisions"]
+    assert needed <= set(PIP_REQUIREMENTS), sorted(needed - set(PIP_REQUIREMENTS))
