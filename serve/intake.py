@@ -6,10 +6,10 @@ The same work in numpy (:meth:`serve.request.FeatureChecks.checked`, then
 request's N x D values about nine times over; at 4,096 rows (1 MB of float32) that is most of
 what the runtime adds to its network. Here every value is read once: the request's rows are
 taken :data:`BLOCK` at a time, checked as one long vector (range, finiteness and wholeness,
-the loop the compiler turns into SIMD), then each row of the block gives its one-hot groups'
-sums and consent tier (one dot product, each group in its own octal digit, as the checks one
-by one count them), is written with consent applied, and yields its channels' rules and review
-flags from the values just written.
+the loop the compiler turns into SIMD); the block's one-hot groups' sums and consent tiers come
+from its one-hot columns, one at a time over its rows (each group in its own octal digit, as
+the checks one by one count them); each row is written with consent applied; and the channels'
+rules and review flags are read from the values just written, one guard column at a time.
 
 :meth:`Intake.read` returns None for any request it does not accept; the runtime then runs the
 numpy checks, which name the feature and row at fault (or, with ``consent="refuse"``, the
