@@ -1,7 +1,8 @@
 """The runtime's compiled loops (numba): each reads its arrays once, row by row, where numpy
-would make one pass per operation. Compiled on first use for each input type and kept on disk
-beside this module (``__pycache__``); they release the GIL, so the HTTP server's threads
-decide at once.
+would make one pass per operation. Compiled when a runtime loads (:func:`warm_up`) for the
+input types it calls them with, and kept on disk beside this module (``__pycache__``); they
+release the GIL, so the HTTP server's threads decide at once. Indices are not checked inside
+them: every index they read is a checked action component, a manifest column or clamped.
 
 * :func:`intake_pass`: a request's checks, consent, masks and review inputs
   (``serve/intake.py``).
@@ -106,7 +107,9 @@ def intake_pass(  # pragma: no cover - compiled
                 s = 0.0
             code = min(int(min(s, float(top))), top)
             bad[0] |= groups_ok[code] == 0
-            t = code >> tier_shift
+            # a tier digit past the last tier comes only with a refused group (several tier flags
+            # set): held to the table all the same, as nothing here checks an index
+            t = min(code >> tier_shift, len(visible) - 1)
             tier[i] = t
             seen = visible[t]
             o = out[i]

@@ -319,7 +319,10 @@ class Guards:
         """(N,) True for sensitive sends a person approves first: an urgent or opportunity tone on
         debt or retirement-adequacy clients (or an undeclared goal), or on loss topics (market
         updates while markets are stressed). ``review``: :meth:`review_inputs` of ``x`` where
-        already read. One compiled pass over the actions (``serve/compiled.py``)."""
+        already read. One compiled pass over the actions (``serve/compiled.py``);
+        :class:`ValueError` for an action outside the action space."""
+        if len(actions) and not self.in_range(actions):
+            raise ValueError("actions must lie within the action space to be reviewed")
         sensitive, stressed = self.review_inputs(x) if review is None else review
         out = np.empty(len(actions), dtype=bool)
         compiled.review_flags(

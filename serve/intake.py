@@ -22,9 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from serve.compiled import ACCEPTED as ACCEPTED
-from serve.compiled import HIDDEN_SET as HIDDEN_SET
-from serve.compiled import INVALID, intake_pass
+from serve.compiled import HIDDEN_SET, INVALID, intake_pass
 from serve.guards import Guards, Masks
 from serve.request import FeatureChecks
 

@@ -119,8 +119,8 @@ class PolicyRuntime:
         self.checks = FeatureChecks(manifest, self.guards.i_tier)
         """what a request's features must satisfy (``serve/request.py``)"""
         self.intake = Intake(self.checks, self.guards)
-        compiled.warm_up()  # the compiled loops are built now, not on the first request
         """the checks, consent, masks and review inputs in one compiled pass (``serve/intake.py``)"""
+        compiled.warm_up()  # the compiled loops are built now, not on the first request
         self.feature_names: list[str] = self.checks.feature_names
         self.low, self.high = self.checks.low, self.checks.high
         self.nvec = np.asarray(manifest["nvec"], dtype=np.int64)

@@ -107,6 +107,15 @@ def test_review_read_before_the_network_is_review_read_after(bandit_export):
     read = guards.needs_review(x, actions, guards.review_inputs(x))
     np.testing.assert_array_equal(read, guards.needs_review(x, actions))
     assert 0 < read.sum() < (actions[:, 0] > 0).sum()  # some flagged, not every send
+    assert len(guards.needs_review(x[:0], actions[:0])) == 0
+    for column, value in (
+        (1, len(contract.TONES)),
+        (3, -1),
+    ):  # a tone past the last, a content below 0
+        odd = actions.copy()
+        odd[5, column] = value
+        with pytest.raises(ValueError, match="within the action space"):
+            guards.needs_review(x, odd)
     # the rule, one row at a time, from the manifest's review rules
     rules = runtime.manifest["review_rules"]
     for i in range(n):
@@ -209,7 +218,8 @@ def test_a_final_action_the_rules_refuse_returns_no_decision(bandit_export, monk
 
 def test_a_loaded_runtime_compiles_nothing_on_its_first_requests(bandit_export):
     """Loading builds every compiled loop for the types deciding calls them with: a request
-    of float32 or float64 features, serve or shadow, adds no compiled version of any."""
+    of float32 or float64 features, of one row or many, with reasons or without, and a review
+    of its actions add no compiled version of any."""
     runtime = _load(bandit_export)
     loops = [getattr(compiled, name) for name in KERNELS]
     before = [list(loop.signatures) for loop in loops]
