@@ -10,6 +10,8 @@ them: every index they read is a checked action component, a manifest column or 
   (``serve/choice.py``).
 * :func:`finish_rows`: every final action checked again before it is returned, its review
   flag, its decision id's version bits.
+* :func:`settle_rows`: where the graph's choice is the answer, the checks, copies, review flags
+  and ids of the whole request after the graph in one pass (``serve/runtime.py``).
 
 Each is held by a test to the numpy code it stands for.
 """
@@ -245,6 +247,58 @@ def finish_rows(  # pragma: no cover - compiled
 
 
 @_compiled
+def settle_rows(  # pragma: no cover - compiled
+    actions,
+    probability,
+    doubtful,
+    end,
+    state,
+    allows,
+    slots,
+    channels,
+    contents,
+    state_count,
+    review_tones,
+    loss_content,
+    sensitive,
+    stressed,
+    ids,
+    final,
+    policy_action,
+    policy_probability,
+    propensity,
+    allowed,
+    explored,
+    review,
+):
+    """A request whose graph choice is its answer (nothing drawn, no firm's action, no
+    circuit), in one pass: each row's (N, 4) int64 graph action copied to ``final`` and
+    ``policy_action`` and checked there (:func:`action_at_fault`), its probability (in
+    [0, 1]) to ``policy_probability``, ``propensity`` 1, ``allowed`` the number of allowed
+    actions of its rules' ``state`` (``state_count``), ``explored`` False, its review flag
+    (:func:`review_one`) and its id's version bits (:func:`stamp`). Returns the number of rows
+    the graph marks ``doubtful`` or that fail a check: where it is not 0 the caller sets these
+    arrays aside and takes the general path from the graph's untouched outputs."""
+    count = 0
+    for i in range(actions.shape[0]):
+        a = final[i]
+        for m in range(4):
+            a[m] = actions[i, m]
+            policy_action[i, m] = actions[i, m]
+        p = probability[i]
+        at_fault = action_at_fault(a, state[i], end, allows, slots, channels, contents)
+        at_fault |= not ((p >= 0.0) & (p <= 1.0))
+        count += at_fault | doubtful[i]
+        policy_probability[i] = p
+        propensity[i] = 1.0
+        allowed[i] = state_count[state[i]]
+        explored[i] = False
+        review[i] = review_one(a, review_tones, loss_content, sensitive[i], stressed[i])
+        stamp(ids[i])
+    return count
+
+
+@_compiled
 def stamp(row):  # pragma: no cover - compiled
     """Set the version-4 and variant bits of one id's 16 random bytes (RFC 4122)."""
     row[6] = (row[6] & 0x0F) | 0x40
@@ -316,4 +370,28 @@ def warm_up() -> None:
         actions, four + 1, one, table, 1, 1, 1, table, table, flags, flags, flags.copy(), ids
     )
     uuid4_bits(ids)
+    settle_rows(
+        actions,
+        np.zeros(1),
+        flags,
+        four + 1,
+        one,
+        table,
+        1,
+        1,
+        1,
+        one,
+        table,
+        table,
+        flags,
+        flags,
+        ids,
+        actions.copy(),
+        actions.copy(),
+        np.zeros(1),
+        np.zeros(1),
+        one.copy(),
+        flags.copy(),
+        flags.copy(),
+    )
     _warm = True

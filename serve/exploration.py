@@ -57,7 +57,8 @@ class Draws:
         self.open_count = np.array([len(rows) for rows in open_slots], dtype=np.int64)
         """(channels,) slots open to each channel"""
         pairs = guards.state_channels @ self.open_count  # open (slot, channel) pairs per state
-        self.state_count = 1 + pairs * int(nvec[1]) * guards.state_contents.sum(axis=1)
+        count = 1 + pairs * int(nvec[1]) * guards.state_contents.sum(axis=1)
+        self.state_count = np.ascontiguousarray(count, dtype=np.int64)
         """(states,) allowed joint actions in each :attr:`~serve.guards.Masks.state`"""
 
     def deterministic(self, policy: np.ndarray | None = None) -> bool:

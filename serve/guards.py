@@ -32,6 +32,25 @@ class Masks(NamedTuple):
     (:attr:`Guards.state_channels`, :attr:`Guards.state_contents`)"""
 
 
+class Settled(NamedTuple):
+    """What :meth:`Guards.settle` writes for a request whose graph choice is its answer."""
+
+    action: np.ndarray
+    """(N, 4) int64 final actions (the graph's, checked)"""
+    policy_action: np.ndarray
+    """(N, 4) int64 the policy's choice (a copy of the same)"""
+    policy_probability: np.ndarray
+    """(N,) float64 its probability among the allowed actions"""
+    propensity: np.ndarray
+    """(N,) float64 ones: nothing was drawn"""
+    allowed: np.ndarray
+    """(N,) int64 allowed joint actions, no-send included"""
+    explored: np.ndarray
+    """(N,) False"""
+    needs_review: np.ndarray
+    """(N,) review flags"""
+
+
 class Guards:
     """Masks and review rules compiled from a manifest."""
 
@@ -250,6 +269,60 @@ class Guards:
             ids,
         )
         return int(count), flags
+
+    def settle(
+        self,
+        masks: Masks,
+        actions: np.ndarray,
+        probability: np.ndarray,
+        doubtful: np.ndarray,
+        review: tuple[np.ndarray, np.ndarray],
+        ids: np.ndarray,
+        state_count: np.ndarray,
+    ) -> Settled | None:
+        """A request whose graph choice is its answer (the runtime draws nothing, holds no
+        firm's action and trips no circuit), after the graph in one compiled pass
+        (``serve/compiled.py`` ``settle_rows``): the (N, 4) graph ``actions`` checked as
+        :meth:`rows_at_fault` checks them and copied, with their (N,) ``probability``, the
+        allowed count of each row's state (``state_count``), the review flags
+        (:meth:`needs_review`) and the uuid4 bits of the (N, 16) uint8 ``ids``. None where any
+        row is ``doubtful`` or fails a check: the inputs are left as they were (but for the
+        ids' version bits) and the caller takes the general path."""
+        n = len(actions)
+        tables = self._rule_tables(masks, actions)
+        given = (probability, doubtful, state_count, *review)
+        kinds = (np.float64, np.bool_, np.int64, np.bool_, np.bool_)
+        if probability.shape != (n,) or doubtful.shape != (n,):
+            raise ValueError(f"probability and doubtful must be ({n},) for {n} actions")
+        if any(a.dtype != k or not a.flags.c_contiguous for a, k in zip(given, kinds, strict=True)):
+            raise ValueError(
+                "probability, doubtful, state_count and review must be C-ordered "
+                "float64, bool, int64, bool and bool arrays"
+            )
+        if ids.shape != (n, 16) or ids.dtype != np.uint8 or not ids.flags.writeable:
+            raise ValueError(f"ids must be a writable (N, 16) uint8 array for {n} actions")
+        out = Settled(
+            action=np.empty((n, 4), dtype=np.int64),
+            policy_action=np.empty((n, 4), dtype=np.int64),
+            policy_probability=np.empty(n),
+            propensity=np.empty(n),
+            allowed=np.empty(n, dtype=np.int64),
+            explored=np.empty(n, dtype=bool),
+            needs_review=np.empty(n, dtype=bool),
+        )
+        count = compiled.settle_rows(
+            actions,
+            probability,
+            doubtful,
+            *tables,
+            state_count,
+            self.review_tones,
+            self.loss_content,
+            *review,
+            ids,
+            *out,
+        )
+        return None if count else out
 
     def allowed_in_range(self, masks: Masks, actions: np.ndarray) -> np.ndarray:
         """:meth:`allowed_by` for (N, 4) ``actions`` whose components are known to lie within

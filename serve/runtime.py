@@ -51,7 +51,7 @@ from serve.explain import WEEKDAYS as WEEKDAYS
 from serve.explain import Explainer
 from serve.explain import wants_reasons as wants_reasons
 from serve.exploration import Allowed, Draws
-from serve.guards import Guards, Masks
+from serve.guards import Guards, Masks, Settled
 from serve.intake import Intake
 from serve.integrity import FORMAT_VERSION as FORMAT_VERSION
 from serve.integrity import KEY_ENV as KEY_ENV
@@ -314,8 +314,31 @@ class PolicyRuntime:
         day = response.days(keys.get("day", day), n)
         firm = firm if firm is not None else firm_action
         firm = response.firm_action(firm, n, self.nvec, self.shadow)
+        tripped, first = self._tripped(x)
+        ids = np.frombuffer(id_bits, dtype=np.uint8).reshape(n, 16)
         if self.graph_choice:
-            logits, greedy, probability = self.graph_decide(x, masks)
+            outputs = self.session.run(["logits", *choice.GRAPH_OUTPUTS], {"obs": x})
+            logits = outputs[0]
+            if firm is None and tripped is None and self.draws.deterministic():
+                settled = self._settle(outputs, masks, review, ids)
+                if settled is not None:  # the graph's choice is the answer
+                    reasons = (
+                        self._reasons(
+                            x,
+                            logits,
+                            settled.action,
+                            settled.policy_action,
+                            None,
+                            settled.explored,
+                            {},
+                        )
+                        if explain
+                        else [()] * n
+                    )
+                    return self._decisions(
+                        outputs[2], settled, reasons, id_bits, "serve", client_id, day
+                    )
+            greedy, probability = self.hold_to_guards(x, *outputs, masks, copy=False)
         else:
             logits = self.logits(x)
             greedy, probability = self.choose(logits, x, masks=masks)
@@ -330,7 +353,6 @@ class PolicyRuntime:
         actions, propensity, allowed, explored = self.explore(
             x, logits, base, None if firm is None else greedy, masks
         )
-        tripped, first = self._tripped(x)
         if tripped is not None:  # the circuit breaker: these rows get the safe fallback
             actions[tripped] = circuit_state.fallback(
                 self.feature_names,
@@ -346,26 +368,68 @@ class PolicyRuntime:
         # (one that is not is set to no-send where it lies, and the whole request refused),
         # in one pass that also writes the review flags and stamps the ids
         actions = np.require(actions, np.int64, "C")
-        at_fault, needs_review = self.guards.finish(
-            masks, actions, review, np.frombuffer(id_bits, dtype=np.uint8).reshape(n, 16)
-        )
+        at_fault, needs_review = self.guards.finish(masks, actions, review, ids)
         if at_fault:
             raise RuntimeError("an action outside the guards was drawn; no decision is returned")
         if explain:
             reasons = self._reasons(x, logits, actions, greedy, tripped, explored, notes)
+        parts = Settled(
+            actions, policy_action, policy_probability, propensity, allowed, explored, needs_review
+        )
+        mode = "shadow" if firm is not None else "serve"
+        return self._decisions(probability, parts, reasons, id_bits, mode, client_id, day)
+
+    def _settle(
+        self,
+        outputs: list[np.ndarray],
+        masks: Masks,
+        review: tuple[np.ndarray, np.ndarray],
+        ids: np.ndarray,
+    ) -> Settled | None:
+        """The graph's choice (``outputs``: logits, actions, probabilities, doubtful rows) as
+        the request's answer, where every row passes (:meth:`Guards.settle`); None where a row
+        is doubtful or fails, or the outputs' types are not the graph's own, and the general
+        path (:meth:`hold_to_guards`) then decides."""
+        _, actions, probability, doubtful = outputs
+        n = len(ids)
+        if (
+            actions.dtype != np.int64
+            or actions.shape != (n, 4)
+            or not actions.flags.c_contiguous
+            or probability.dtype != np.float64
+            or probability.shape != (n,)
+            or doubtful.dtype != np.bool_
+            or doubtful.shape != (n,)
+        ):
+            return None
+        return self.guards.settle(
+            masks, actions, probability, doubtful, review, ids, self.draws.state_count
+        )
+
+    def _decisions(
+        self,
+        probability: np.ndarray,
+        parts: Settled,
+        reasons: list[list[str]] | list[tuple[()]],
+        id_bits: bytearray,
+        mode: str,
+        client_id: np.ndarray,
+        day: np.ndarray,
+    ) -> Decisions:
+        """The :class:`Decisions` of a request's final arrays."""
         return Decisions(
-            action=actions,
+            action=parts.action,
             probability=probability,
             reasons=reasons,
-            needs_review=needs_review,
+            needs_review=parts.needs_review,
             id_bits=bytes(id_bits),
-            propensity=propensity,
-            policy_action=policy_action,
-            policy_probability=policy_probability,
-            allowed_actions=allowed,
+            propensity=parts.propensity,
+            policy_action=parts.policy_action,
+            policy_probability=parts.policy_probability,
+            allowed_actions=parts.allowed,
             policy_version=self.policy_version,
             exploration=self.explorer.setting.label,
-            mode="shadow" if firm is not None else "serve",
+            mode=mode,
             client_id=client_id,
             day=day,
             labeller=self._words,

@@ -23,6 +23,7 @@ from serve import compiled, contract, decisions
 from serve.decisions import new_decision_ids
 from serve.guards import Guards
 from serve.response import Labeller
+from serve.runtime import Exploration
 
 
 def _requests(runtime, n: int, seed: int) -> np.ndarray:
@@ -195,6 +196,129 @@ def test_the_last_pass_checks_flags_and_stamps_each_row_as_the_steps_it_replaces
         guards.finish(masks, allowed_only, review, ids[:-1])
 
 
+def _fields(decided) -> dict:
+    """Every field of a :class:`Decisions` but the ids (random bytes), as arrays."""
+    names = ("action", "probability", "propensity", "policy_action", "policy_probability")
+    names += ("allowed_actions", "needs_review", "client_id", "day")
+    out = {name: np.asarray(getattr(decided, name)) for name in names}
+    out["reasons"] = [list(r) for r in decided.reasons]
+    out["labels"] = [decided.slot, decided.tone, decided.channel, decided.content]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 63, 700])
+def test_a_request_the_graph_answers_is_decided_as_the_general_path_decides(
+    bandit_export, monkeypatch, dtype, n
+):
+    """Where the graph's choice is the answer (nothing drawn, no firm's action, no circuit),
+    the runtime's one pass after the graph (:meth:`Guards.settle`) gives every field the
+    general path gives (the graph's choice held to the guards, the exploration step, the last
+    pass), reasons included; the ids are uuid4s either way."""
+    runtime = _load(bandit_export)
+    x = _requests(runtime, n, seed=23).astype(dtype)
+    settled = [runtime.decide(x, explain=explain) for explain in (False, True)]
+    monkeypatch.setattr(runtime, "_settle", lambda *args: None)
+    general = [runtime.decide(x, explain=explain) for explain in (False, True)]
+    for fast, slow in zip(settled, general, strict=True):
+        a, b = _fields(fast), _fields(slow)
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_equal(a[name], b[name], err_msg=name)
+        for ids in (fast.decision_id, slow.decision_id):
+            assert [str(uuid.UUID(i, version=4)).replace("-", "") for i in ids] == list(ids)
+            assert len(set(ids)) == n
+
+
+def test_a_graph_choice_the_rules_refuse_is_not_settled_but_decided_again(bandit_export):
+    """A graph whose choice for some rows the rules refuse, or which leaves rows to numpy
+    (doubtful): the one pass after the graph declines the request, and the general path
+    decides those rows again in numpy (with a warning for the refused ones), as before."""
+    runtime = _load(bandit_export)
+    x = _requests(runtime, 120, seed=24)
+    x[:, COL["opted_out_email"]] = 1.0  # nobody may be emailed
+    expected = runtime.decide(x, explain=False)
+    real = runtime.session
+
+    class Forged:  # the export's own graph, then some rows' choices replaced
+        def __init__(self, rows, doubtful):
+            self.rows, self.doubtful = rows, doubtful
+
+        def run(self, names, feeds):
+            outputs = real.run(names, feeds)
+            if names is not None and "choice" in names:
+                outputs[names.index("choice")][self.rows] = [1, 0, 0, 0]  # email
+                outputs[names.index("choice_doubtful")][self.doubtful] = True
+            return outputs
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    for rows, doubtful in (([5, 77], []), ([], [3, 4, 119])):
+        runtime.session = Forged(rows, doubtful)
+        if rows:
+            with pytest.warns(RuntimeWarning, match="not allowed by the manifest's rules"):
+                decided = runtime.decide(x, explain=False)
+        else:
+            decided = runtime.decide(x, explain=False)
+        np.testing.assert_array_equal(decided.action, expected.action)
+        np.testing.assert_array_equal(decided.probability, expected.probability)
+        assert ((decided.action[:, 0] == 0) | (decided.action[:, 2] != 0)).all()
+
+
+def test_the_pass_after_the_graph_copies_checks_flags_and_stamps_as_the_steps_it_replaces(
+    bandit_export,
+):
+    """:meth:`Guards.settle` over a graph's choice: the actions checked as
+    :meth:`Guards.rows_at_fault` checks them, copied twice, their probabilities, ones, the
+    allowed counts of :meth:`Draws.count`, no exploration, :meth:`Guards.needs_review`'s flags
+    and the uuid4 of each row's bytes; None, with the inputs as given, where a row is doubtful,
+    at fault or of a probability outside [0, 1]; ValueError for arrays of other types."""
+    runtime = _load(bandit_export)
+    guards, n = runtime.guards, 1_500
+    rng = np.random.default_rng(25)
+    x = runtime.validate(_requests(runtime, n, seed=25))
+    masks, review = guards.masks(x), guards.review_inputs(x)
+    greedy, probability = runtime.choose(runtime.logits(x), x, masks=masks)
+    doubtful = np.zeros(n, dtype=bool)
+    counts = runtime.draws.state_count
+    entropy = rng.bytes(16 * n)
+    ids = np.frombuffer(bytearray(entropy), dtype=np.uint8).reshape(n, 16)
+    out = guards.settle(masks, greedy, probability, doubtful, review, ids, counts)
+    assert out is not None
+    for copy in (out.action, out.policy_action):
+        np.testing.assert_array_equal(copy, greedy)
+        assert not np.shares_memory(copy, greedy)
+    assert not np.shares_memory(out.action, out.policy_action)
+    np.testing.assert_array_equal(out.policy_probability, probability)
+    np.testing.assert_array_equal(out.propensity, np.ones(n))
+    np.testing.assert_array_equal(out.allowed, runtime.draws.count(masks))
+    assert not out.explored.any()
+    np.testing.assert_array_equal(out.needs_review, guards.needs_review(x, greedy, review))
+    expected = [uuid.UUID(bytes=entropy[16 * i : 16 * i + 16], version=4).bytes for i in range(n)]
+    assert [bytes(row) for row in ids] == expected
+    # a row out of range or the rules refuse, doubtful, or of a broken probability: declined
+    for row, value in ((0, [9, 0, 0, 0]), (1, [1, 0, 0, 0])):
+        broken = greedy.copy()
+        broken[row] = value
+        x_row = x.copy()
+        x_row[row, COL["opted_out_email"]] = 1.0
+        m = guards.masks(x_row)
+        given = broken.copy()
+        assert guards.settle(m, broken, probability, doubtful, review, ids, counts) is None
+        np.testing.assert_array_equal(broken, given)  # the graph's outputs as they were
+    for p, d in (
+        (np.where(np.arange(n) == 2, np.nan, probability), doubtful),
+        (np.where(np.arange(n) == 2, 1.5, probability), doubtful),
+        (probability, np.arange(n) == 2),
+    ):
+        assert guards.settle(masks, greedy, p, d, review, ids, counts) is None
+    with pytest.raises(ValueError, match="float64, bool, int64"):
+        guards.settle(masks, greedy, probability.astype(np.float32), doubtful, review, ids, counts)
+    with pytest.raises(ValueError, match="ids must be"):
+        guards.settle(masks, greedy, probability, doubtful, review, ids[:-1], counts)
+
+
 @pytest.mark.parametrize("action", [[1, 0, 0, 0], [1, 0, 3, 0], [-1, 0, 0, 0]])
 def test_a_final_action_the_rules_refuse_returns_no_decision(bandit_export, monkeypatch, action):
     """Whatever hands the runtime its final actions (here a broken exploration step), one the
@@ -211,6 +335,8 @@ def test_a_final_action_the_rules_refuse_returns_no_decision(bandit_export, monk
         actions[17] = action
         return actions, np.ones(len(x)), np.ones(len(x), dtype=np.int64), np.zeros(len(x), bool)
 
+    # exploration on: the runtime's general path, where the draws hand it the final actions
+    runtime = _load(bandit_export, exploration=Exploration(epsilon=0.2, seed=3))
     monkeypatch.setattr(runtime, "explore", broken)
     with pytest.raises(RuntimeError, match="outside the guards"):
         runtime.decide(x, explain=False)
@@ -231,7 +357,7 @@ def test_a_loaded_runtime_compiles_nothing_on_its_first_requests(bandit_export):
     assert [list(loop.signatures) for loop in loops] == before
 
 
-KERNELS = ("intake_pass", "rows_at_fault", "finish_rows", "review_flags")
+KERNELS = ("intake_pass", "rows_at_fault", "finish_rows", "review_flags", "settle_rows")
 
 
 def _joint_index(action: np.ndarray) -> int:
