@@ -16,7 +16,10 @@ An export made with the masked choice inside its graph (``serve/graph_choice.py`
 manifest's ``graph_choice`` section says so) makes the network pass, the masks and the choice in
 one onnxruntime call; the runtime still checks every chosen action against the manifest's rules
 and decides again in numpy the rows the graph marks doubtful (near ties of log-probabilities)
-and any row it cannot vouch for (:meth:`PolicyRuntime.graph_decide`). Older exports, without
+and any row it cannot vouch for (:meth:`PolicyRuntime.graph_decide`). Where nothing is drawn
+around the graph's choice (no exploration, no firm's action, no tripped circuit), one compiled
+pass after the graph checks, copies, flags and stamps every row (:meth:`Guards.settle`); a
+doubtful or refused row sends the request down the general path instead. Older exports, without
 that section, are decided in numpy as before.
 
 Loading verifies the whole export (``serve/integrity.py``): the manifest's integrity block holds
