@@ -139,6 +139,7 @@ def _flat(name: str) -> dict[str, object]:
     return {**flat, "name": name}
 
 
+@pytest.mark.slow
 def test_a_policy_saved_with_the_former_flat_config_still_loads(tmp_path):
     flat = _flat("oracle")
     assert {"n_steps", "buffer_size", "alpha", "churn_value"} <= set(flat)

@@ -130,6 +130,7 @@ def _send_preference(policy) -> float:
     return float(1.0 - (slot[:, 0] / slot.sum(axis=1)).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _slow_for({"ppo", "recurrent_ppo"}, SB3_AGENTS))
 def test_sb3_update_moves_its_policy_the_right_way(name):
     cfg = small(name, n_steps=8, batch_size=512, learning_starts=256, buffer_size=5_000)

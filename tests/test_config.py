@@ -102,6 +102,7 @@ def test_bad_scenario_event_names_the_key(preset, field, value, message):
         to_setup({"scenario": scenario})
 
 
+@pytest.mark.slow
 def test_load_setup_is_hydras_composition_of_the_apps_presets():
     """load_setup composes conf/setup.yaml with Hydra, as the apps compose it inside
     config.yaml: the same world for the same choices, a _global_ population preset's env

@@ -194,6 +194,7 @@ def test_the_in_process_runtime_logs_what_it_decides(export, tmp_path):
         frame_of(runtime.decide(table, explain=False))
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_stream_leaves_readable_files_with_every_flushed_decision(
     export, tmp_path
 ):

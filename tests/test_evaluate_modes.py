@@ -79,6 +79,7 @@ def test_a_logged_dataset_goes_under_outputs_and_each_mode_reads_it_there():
     assert EstimateConfig().data == WatchConfig().data == RecordConfig().out
 
 
+@pytest.mark.slow
 def test_record_estimate_and_watch_on_one_small_log(tmp_path, capsys):
     logs = tmp_path / "out" / "logs.parquet"
     size = ["eval.num_clients=300", "eval.horizon_days=6", "eval.n_boot=20"]

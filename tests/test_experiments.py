@@ -256,6 +256,7 @@ def test_a_sweep_has_one_parent_one_sweep_id_a_failed_job_and_a_crash_recorded_o
     assert int((runs["status"] == "FAILED").sum()) == failed_before + 1
 
 
+@pytest.mark.slow
 def test_runs_land_in_the_experiment_when_its_creation_races_another_job(tmp_path, monkeypatch):
     from mlflow.tracking._tracking_service.client import TrackingServiceClient
 

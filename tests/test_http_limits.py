@@ -162,6 +162,7 @@ def post(port: int, body: bytes, timeout: float = 10.0) -> tuple[int, dict]:
 
 
 # ----- item 1: slow, idle and big clients -----------------------------------------------------
+@pytest.mark.slow
 def test_slow_and_idle_clients_hold_no_thread_and_are_dropped_after_the_timeout(served):
     port, pid = served
     assert post(port, split_body(clients(3)))[0] == 200  # the workers exist
@@ -385,6 +386,7 @@ def test_a_column_named_twice_is_refused_by_name(served):
 
 
 # ----- item 11 (serving side): a signature is required unless allowed -------------------------
+@pytest.mark.slow
 def test_an_unsigned_export_is_refused_unless_allowed(exports, monkeypatch, capsys):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with warnings.catch_warnings():

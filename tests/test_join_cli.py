@@ -31,6 +31,7 @@ def firm_files(tmp_path_factory):
     return folder, log
 
 
+@pytest.mark.slow
 def test_join_command_writes_a_log_read_logs_accepts(firm_files):
     folder, log = firm_files
     out = folder / "joined.parquet"

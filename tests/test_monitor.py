@@ -79,6 +79,7 @@ def test_false_alerts_stay_within_the_budget_the_threshold_promises():
     assert total / runs <= cfg.false_alarms, total / runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("swing", "first_seed"),
     [
@@ -102,6 +103,7 @@ def test_visits_that_swing_without_a_change_stay_within_the_budget(swing, first_
     assert alerts / 30 <= cfg.false_alarms, alerts / 30
 
 
+@pytest.mark.slow
 def test_a_tripled_opt_out_rate_is_found_about_when_the_drift_predicts():
     cfg = MonitorConfig()
     delays = []
@@ -248,6 +250,7 @@ def test_the_monitor_runs_over_a_logged_dataset():
     assert monitor.alert_log().columns[:3] == ["day", "segment", "metric"]
 
 
+@pytest.mark.slow
 def test_the_monitor_over_a_misfiring_log_writes_the_serving_circuit(tmp_path, capsys):
     import datetime
 

@@ -24,6 +24,7 @@ def _misses(population: str, targets: str, clients: int, names=None) -> dict[str
     }
 
 
+@pytest.mark.slow
 def test_default_population_meets_every_financial_services_figure():
     assert _misses("default", "financial_services", 5000) == {}
 

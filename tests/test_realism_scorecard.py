@@ -162,6 +162,7 @@ def test_the_command_line_has_help_and_fails_in_one_line_leaving_the_tree_clean(
     assert list((tmp_path / "outputs").glob("calibrate/*/*/.hydra"))
 
 
+@pytest.mark.slow
 def test_report_logs_the_scorecard_to_mlflow(tmp_path, mlflow_store, capsys):
     uri = mlflow_store
     settings = calibrate.load(
@@ -248,6 +249,7 @@ def _fit(targets: Targets, names: list[str], clients: int, trials: int) -> dict[
     return best
 
 
+@pytest.mark.slow
 def test_fit_recovers_known_parameters_from_their_own_scorecard():
     r = SETUP.env.response
     true = {

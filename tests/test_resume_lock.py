@@ -35,6 +35,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_a_held_lock_is_refused_by_name_and_dies_with_a_killed_holder(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, "resume-abc", str(tmp_path)],

@@ -302,6 +302,7 @@ def test_the_components_log_softmax_is_torchs_to_the_last_bit(threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_training_a_heuristic_or_a_bandit_loads_no_torch(tmp_path):
     """``train.py`` with a bandit (its training options, training, evaluation, logging) and an

@@ -124,6 +124,7 @@ def test_no_served_send_breaks_the_guardrails(served):
         core.step(action)
 
 
+@pytest.mark.slow
 def test_http_decides_what_the_runtime_decides_for_the_same_seed(policy_export, tmp_path):
     local = _serve(policy_export, tmp_path / "runtime", days=4, check_days=[])
     remote = _serve(policy_export, tmp_path / "http", via="http", days=4, check_days=[])
@@ -186,6 +187,7 @@ def test_a_shadow_period_serves_the_firms_rules_and_logs_the_policy_beside(polic
     assert (watched != log.select(ACTIONS).to_numpy()).any()  # the policy's own choice, beside
 
 
+@pytest.mark.slow
 def test_shadow_over_http_explores_as_the_runtime_does(policy_export, tmp_path):
     local = _serve(policy_export, tmp_path / "runtime", days=3, check_days=[], firm=_rules())
     remote = _serve(policy_export, tmp_path / "http", via="http", days=3, check_days=[],
