@@ -64,36 +64,54 @@ def test_served_champion_answers_http_requests(tmp_path):
     version = mlflow.MlflowClient().get_model_version_by_alias("cadence-policy", "champion")
     assert version.run_id == run_id
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/cadence-policy@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
+    def serve(port: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                "models:/cadence-policy@champion",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def up(url: str, server: subprocess.Popen, deadline: float) -> bool:
+        """The scoring server's own process alive and answering ``/ping`` and ``/version``
+        (another test's server may take the port between its pick and the bind: this one then
+        exits, and what answers there is not it)."""
+        while time.time() < deadline and server.poll() is None:
             try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
+                for path in ("/ping", "/version"):
+                    urllib.request.urlopen(f"{url}{path}", timeout=2)
+                return server.poll() is None
             except OSError:
-                time.sleep(1)
+                time.sleep(0.25)
+        return False
+
+    deadline = time.time() + 120
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = serve(port)
+        url = f"http://127.0.0.1:{port}"
+        if up(url, server, deadline):
+            break
+        server.kill()
+        server.wait(timeout=30)
+    else:
+        pytest.fail("mlflow models serve did not answer within 120 s (three ports tried)")
+    try:
         sys.path.insert(0, str(ROOT))
         from export import example_input
         from serve.runtime import PolicyRuntime

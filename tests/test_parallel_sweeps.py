@@ -34,21 +34,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory, empty_store):
-    """One server for the module (its start-up is most of a test's time); each test logs to
-    its own experiment. Its store starts as a copy of an empty one whose tables are made."""
-    tmp_path = tmp_path_factory.mktemp("server")
-    shutil.copyfile(empty_store, tmp_path / "server.db")
-    port = _free_port()
-    server = subprocess.Popen(
+def _tracking_server(folder: Path, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
         [
             str(BIN / "mlflow"),
             "server",
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            f"sqlite:///{folder / 'server.db'}",
             "--artifacts-destination",
-            str(tmp_path / "artifacts"),
+            str(folder / "artifacts"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -66,17 +60,41 @@ def tracking_server(tmp_path_factory, empty_store):
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         },
     )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
+
+
+def _answers(uri: str, server: subprocess.Popen, deadline: float) -> bool:
+    """Whether ``server`` came up at ``uri``: its own process alive and an MLflow tracking API
+    answering there (another test's server may have taken the port between its pick and the
+    bind: that process then exits, and whatever answers is not this one)."""
+    while time.time() < deadline and server.poll() is None:
         try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
+            urllib.request.urlopen(
+                f"{uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default", timeout=2
+            )
+            return server.poll() is None
         except OSError:
-            time.sleep(1)
-    else:
+            time.sleep(0.25)
+    return False
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory, empty_store):
+    """One server for the module (its start-up is most of a test's time); each test logs to
+    its own experiment. Its store starts as a copy of an empty one whose tables are made. A
+    port another test took first is given up for a new one."""
+    tmp_path = tmp_path_factory.mktemp("server")
+    shutil.copyfile(empty_store, tmp_path / "server.db")
+    deadline = time.time() + 90
+    for _ in range(3):
+        port = _free_port()
+        server = _tracking_server(tmp_path, port)
+        uri = f"http://127.0.0.1:{port}"
+        if _answers(uri, server, deadline):
+            break
         server.kill()
-        pytest.fail("the MLflow tracking server did not start within 90 s")
+        server.wait(timeout=30)
+    else:
+        pytest.fail("the MLflow tracking server did not start within 90 s (three ports tried)")
     yield uri
     server.terminate()
     server.wait(timeout=30)
@@ -121,23 +139,27 @@ def test_joblib_sweep_logs_through_tracking_server(tracking_server, tmp_path):
 
 
 def test_ray_sweep_on_a_local_cluster(tracking_server, tmp_path):
-    port = _free_port()
     ray = str(BIN / "ray")
-    started = subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    for _ in range(3):  # a port another test took between its pick and Ray's bind: a new one
+        port = _free_port()
+        started = subprocess.run(
+            [
+                ray,
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if started.returncode == 0:
+            break
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         _sweep(
