@@ -13,7 +13,7 @@ of an export without the choice inside), the previous runtime (that export, the 
 ``model.predict`` and the actor network alone in torch.
 
 The table's rates are the median of :data:`ROUNDS` rounds, each measuring every contender in
-turn for a fifth of a second, so a slow spell of the shared machine falls on all of them
+turn for a twentieth of a second, so a slow spell of the shared machine falls on all of them
 rather than on whichever ran during it. The target line also gives the ratio from interleaved
 calls (graph alone, runtime, graph alone, ... at batch 4,096: the median time of each): there
 the graph runs after the runtime has filled the caches, as it would in a server, where the
@@ -50,7 +50,7 @@ from serve.runtime import PolicyRuntime  # noqa: E402
 BATCHES = (1, 64, 4096)
 MIN_SECONDS = 1.0
 """time each contender is measured at each batch size, over all rounds"""
-ROUNDS = 5
+ROUNDS = 20
 PAIRS = 1000
 """interleaved calls of each contender for the paired ratios"""
 
