@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve, lapack
 
 from agents.base import ExportKind, Policy, best_additive
 from agents.config import AgentConfig, saved_config
@@ -109,6 +110,13 @@ def client_context(obs: np.ndarray) -> np.ndarray:
 
 ACTION_FEATURES = action_features()
 """(361, 19) features of each flat action"""
+ACTION_PAIRS = np.ascontiguousarray(
+    (ACTION_FEATURES[:, :, None] * ACTION_FEATURES[:, None, :]).reshape(len(ACTION_FEATURES), -1).T
+)
+"""(19 * 19, 361) each action's features times themselves: a quadratic form in the action
+features is one product with this"""
+VARIANCE_ROWS = 1024
+"""clients whose predictive variances are computed together (bounds the (rows, 46 * 46) block)"""
 RECOVERY_FEATURES = 3  # recency of the same content, tone and channel for this client
 
 
@@ -135,6 +143,12 @@ class LinearBandit(Policy):
         self.target = np.zeros(d)
         self.theta = np.zeros(d)
         self._cov: np.ndarray | None = None
+        """the posterior covariance, the precision's inverse (from its Cholesky factor, when first
+        needed after an update)"""
+        self._factor: tuple[np.ndarray, bool] | None = None
+        """the precision's Cholesky factor (:func:`scipy.linalg.cho_factor`)"""
+        self._cov_pairs: np.ndarray | None = None
+        """the context-action block of the covariance as (46 * 46, 19 * 19)"""
         self.deterministic = False
         self._memory: np.ndarray | None = (
             None  # (N, contents + tones + channels) days since last use
@@ -165,17 +179,36 @@ class LinearBandit(Policy):
             scores += self._recovery(len(obs)) @ self.theta[-RECOVERY_FEATURES:]
         return scores
 
-    def _variance(self, c: np.ndarray) -> np.ndarray:
-        """(N, 361) predictive variance of the context-action block, from the posterior covariance."""
+    def _covariance(self) -> np.ndarray:
+        """The posterior covariance (the precision's inverse), from the precision's Cholesky
+        factor: about a third of a general inverse's work, and kept until the next update."""
         if self._cov is None:
-            self._cov = np.linalg.inv(self.precision)
-        d = N_CONTEXT * N_ACTION_FEATURES
-        cov = self._cov[:d, :d].reshape(N_CONTEXT, N_ACTION_FEATURES, N_CONTEXT, N_ACTION_FEATURES)
-        n, p, q = len(c), N_CONTEXT, N_ACTION_FEATURES
-        # Q[n] = sum_pr c_np c_nr cov[p, :, r, :]  -> (N, q, q), as two matrix products
-        half = (c @ cov.reshape(p, q * p * q)).reshape(n, q, p, q)
-        quad = np.matmul(half.transpose(0, 1, 3, 2), c[:, None, :, None])[..., 0]
-        return np.maximum(((quad @ ACTION_FEATURES.T) * ACTION_FEATURES.T[None]).sum(axis=1), 0.0)
+            if self._factor is None:
+                self._factor = cho_factor(self.precision, lower=True, check_finite=False)
+            inverse, info = lapack.dpotri(self._factor[0], lower=True)
+            if info != 0:  # not positive definite to working precision: the general inverse
+                self._cov = np.linalg.inv(self.precision)
+            else:
+                self._cov = np.tril(inverse) + np.tril(inverse, -1).T
+        return self._cov
+
+    def _variance(self, c: np.ndarray) -> np.ndarray:
+        """(N, 361) predictive variance of the context-action block, from the posterior covariance:
+        for client context c and action features a, sum over (p, r, i, j) of c_p c_r a_i a_j
+        cov[(p, i), (r, j)], as two matrix products: the clients' (c_p c_r) with the covariance
+        laid out as ((p, r), (i, j)), then with every action's (a_i a_j) (:data:`ACTION_PAIRS`)."""
+        p, q = N_CONTEXT, N_ACTION_FEATURES
+        if self._cov_pairs is None:
+            cov = self._covariance()[: p * q, : p * q].reshape(p, q, p, q)
+            self._cov_pairs = np.ascontiguousarray(cov.transpose(0, 2, 1, 3).reshape(p * p, q * q))
+        out = np.empty((len(c), N_JOINT_ACTIONS))
+        for start in range(0, len(c), VARIANCE_ROWS):
+            rows = c[start : start + VARIANCE_ROWS]
+            pairs = (rows[:, :, None] * rows[:, None, :]).reshape(len(rows), p * p)
+            np.maximum(
+                (pairs @ self._cov_pairs) @ ACTION_PAIRS, 0.0, out=out[start : start + len(rows)]
+            )
+        return out
 
     def exploration_scores(self, obs: np.ndarray) -> np.ndarray:
         """(N, 361) scores used to act while learning; greedy by default."""
@@ -223,6 +256,12 @@ class LinearBandit(Policy):
             phi = np.concatenate([phi, z], axis=1)
         return phi
 
+    def _refit(self) -> None:
+        """The posterior mean from the precision's Cholesky factor (kept for the covariance)."""
+        self._factor = cho_factor(self.precision, lower=True, check_finite=False)
+        self.theta = cho_solve(self._factor, self.target, check_finite=False)
+        self._cov = self._cov_pairs = None
+
     def update(
         self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, info: dict[str, Any]
     ) -> None:
@@ -233,8 +272,7 @@ class LinearBandit(Policy):
             phi = self.features(obs, flat)[sent]
             self.precision += phi.T @ phi
             self.target += phi.T @ np.asarray(rewards, dtype=np.float64)[sent]
-            self.theta = np.linalg.solve(self.precision, self.target)
-            self._cov = None
+            self._refit()
         done = info.get("done")
         if self.recovering and done is not None and self._memory is not None:
             self._memory[np.asarray(done, dtype=bool)] = 99.0
@@ -322,9 +360,8 @@ class Thompson(LinearBandit):
     draws = 8
 
     def exploration_scores(self, obs: np.ndarray) -> np.ndarray:
-        if self._cov is None:
-            self._cov = np.linalg.inv(self.precision)
-        chol = np.linalg.cholesky(self._cov + 1e-9 * np.eye(len(self._cov)))
+        cov = self._covariance()
+        chol = np.linalg.cholesky(cov + 1e-9 * np.eye(len(cov)))
         c = client_context(obs)
         which = self.rng.integers(0, self.draws, len(obs))
         scores = np.empty((len(obs), N_JOINT_ACTIONS))
