@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from test_parallel_sweeps import serve_on_a_free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -98,19 +98,7 @@ def test_served_champion_answers_http_requests(tmp_path):
                 time.sleep(0.25)
         return False
 
-    deadline = time.time() + 120
-    for _ in range(3):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = serve(port)
-        url = f"http://127.0.0.1:{port}"
-        if up(url, server, deadline):
-            break
-        server.kill()
-        server.wait(timeout=30)
-    else:
-        pytest.fail("mlflow models serve did not answer within 120 s (three ports tried)")
+    server, url = serve_on_a_free_port(serve, up, 120, "mlflow models serve")
     try:
         sys.path.insert(0, str(ROOT))
         from export import example_input

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -32,6 +33,26 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_on_a_free_port(
+    start: Callable[[int], subprocess.Popen],
+    ready: Callable[[str, subprocess.Popen, float], bool],
+    seconds: float,
+    what: str,
+) -> tuple[subprocess.Popen, str]:
+    """A server ``start`` launches on a free loopback port, once ``ready`` says it answers
+    there; a port another test took between the pick and the bind (``ready`` False) is given
+    up for a new one, three ports at most within ``seconds``."""
+    deadline = time.time() + seconds
+    for _ in range(3):
+        port = _free_port()
+        server, url = start(port), f"http://127.0.0.1:{port}"
+        if ready(url, server, deadline):
+            return server, url
+        server.kill()
+        server.wait(timeout=30)
+    pytest.fail(f"{what} did not answer within {seconds} s (three ports tried)")
 
 
 def _tracking_server(folder: Path, port: int) -> subprocess.Popen:
@@ -84,17 +105,9 @@ def tracking_server(tmp_path_factory, empty_store):
     port another test took first is given up for a new one."""
     tmp_path = tmp_path_factory.mktemp("server")
     shutil.copyfile(empty_store, tmp_path / "server.db")
-    deadline = time.time() + 90
-    for _ in range(3):
-        port = _free_port()
-        server = _tracking_server(tmp_path, port)
-        uri = f"http://127.0.0.1:{port}"
-        if _answers(uri, server, deadline):
-            break
-        server.kill()
-        server.wait(timeout=30)
-    else:
-        pytest.fail("the MLflow tracking server did not start within 90 s (three ports tried)")
+    server, uri = serve_on_a_free_port(
+        lambda port: _tracking_server(tmp_path, port), _answers, 90, "the MLflow tracking server"
+    )
     yield uri
     server.terminate()
     server.wait(timeout=30)
