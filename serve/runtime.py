@@ -16,7 +16,7 @@ An export made with the masked choice inside its graph (``serve/graph_choice.py`
 manifest's ``graph_choice`` section says so) makes the network pass, the masks and the choice in
 one onnxruntime call; the runtime still checks every chosen action against the manifest's rules
 and decides again in numpy the rows the graph marks doubtful (near ties of log-probabilities)
-and any row it cannot vouch for (:meth:`PolicyRuntime.graph_decide`). Where nothing is drawn
+and any row it cannot vouch for (:meth:`PolicyRuntime.hold_to_guards`). Where nothing is drawn
 around the graph's choice (no exploration, no firm's action, no tripped circuit), one compiled
 pass after the graph checks, copies, flags and stamps every row (:meth:`Guards.settle`); a
 doubtful or refused row sends the request down the general path instead. Older exports, without
@@ -503,18 +503,6 @@ class PolicyRuntime:
         network's ``logits``; 0 for an action the guards do not allow
         (:meth:`serve.exploration.Draws.probability_of` says how)."""
         return self.draws.probability_of(x, self.scores(logits), base, actions, parts, policy)
-
-    def graph_decide(
-        self, x: np.ndarray, masks: Masks | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(N, 19) scores, (N, 4) best allowed actions and their probabilities from one run of a
-        graph that makes the masked choice itself, held to the guards (:meth:`hold_to_guards`)."""
-        logits, actions, probability, doubtful = self.session.run(
-            ["logits", *choice.GRAPH_OUTPUTS], {"obs": x}
-        )
-        return logits, *self.hold_to_guards(
-            x, logits, actions, probability, doubtful, masks, copy=False
-        )
 
     def hold_to_guards(
         self,

@@ -119,6 +119,32 @@ def test_bandit_acts_within_masks_and_reloads(name, tmp_path):
     _acts_within_masks_and_reloads(trained, tmp_path)
 
 
+@pytest.mark.parametrize("name", ["linucb", "recovering"])
+def test_linucb_scores_are_the_ridge_mean_plus_alpha_standard_deviations(name, tmp_path):
+    """After training, the posterior mean is the ridge solution and each (client, action)
+    exploration bonus is alpha times the predictive standard deviation sqrt(phi' P^-1 phi) of
+    that pair's features under the precision P, before and after a save and load."""
+    from agents.bandits import ACTION_FEATURES, N_ACTION_FEATURES, N_CONTEXT, client_context
+
+    trained = train_agent(
+        AgentConfig(name=name), SETUP, total_timesteps=2_000, num_envs=100, progress=False
+    )
+    obs, _ = _probe()
+    obs = obs[:5]
+    np.testing.assert_allclose(
+        trained.theta, np.linalg.solve(trained.precision, trained.target), rtol=1e-8, atol=1e-12
+    )
+    d = N_CONTEXT * N_ACTION_FEATURES
+    cov = np.linalg.inv(trained.precision)[:d, :d]
+    phi = np.einsum("np,aq->napq", client_context(obs), ACTION_FEATURES).reshape(len(obs), -1, d)
+    direct = np.einsum("nad,de,nae->na", phi, cov, phi)
+    reloaded = load_policy(save_policy(trained, tmp_path / name))
+    for policy in (trained, reloaded):
+        np.testing.assert_allclose(policy._variance(client_context(obs)), direct, rtol=1e-7)
+    bonus = trained.exploration_scores(obs) - trained.mean_scores(obs)
+    np.testing.assert_allclose(bonus, trained.cfg.alpha * np.sqrt(direct), rtol=1e-7)
+
+
 def _send_preference(policy) -> float:
     """On a fixed batch of observations: mean P(send) for the policy-gradient agents, or the mean
     over clients of (mean send Q-value - no-send's Q-value) for DQN."""
