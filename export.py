@@ -33,7 +33,14 @@ from envs.features import FEATURE_NAMES
 from experiment.process import freeze_long_lived
 from experiment.registry import describe_version
 from experiment.schema import TrackingConfig
-from experiment.tracking import ROOT, download_policy, find_run, serve_command, setup_mlflow
+from experiment.tracking import (
+    ROOT,
+    download_policy,
+    find_run,
+    given_id,
+    serve_command,
+    setup_mlflow,
+)
 from serve.onnx_export import NotExportable, export_policy
 from serve.pyfunc import MODEL_CONFIG, PIP_REQUIREMENTS, CadencePolicyModel
 from serve.pyfunc import signature as model_signature
@@ -77,7 +84,7 @@ def example_input(runtime: PolicyRuntime, rows: int = 3) -> pd.DataFrame:
 
 def run_export(cfg: ExportConfig) -> Path:
     setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
-    run = find_run(cfg.run_id, "run_id")
+    run = find_run(given_id(cfg.run_id, "run_id"), "run_id")  # as typed: 15e01131 is no float
     cfg.run_id = run.info.run_id  # a unique prefix given names the full id from here on
     # the run's files are read into memory here; the scratch folder (private, 0700) then goes
     with tempfile.TemporaryDirectory(prefix="cadence-export-") as work:

@@ -70,6 +70,7 @@ from experiment.tracking import (
     find_run,
     flatten,
     git_commit,
+    given_id,
     hold,
     setup_mlflow,
     sweep_id,
@@ -485,7 +486,8 @@ def main(cfg: DictConfig) -> float | None:
             results_target(cfg)
             return run_training(cfg, run, setup)
         setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
-        cfg.resume = find_run(str(cfg.resume), "resume").info.run_id  # a unique prefix will do
+        resume = given_id(cfg.resume, "resume")  # as typed: 15e01131 is no float
+        cfg.resume = find_run(resume, "resume").info.run_id  # a unique prefix will do
         with resume_lock(str(cfg.resume)):  # held from the checks to the end of the run
             cfg = prepare_resume(cfg, list(HydraConfig.get().overrides.task))
             run, setup = validate_run(cfg)

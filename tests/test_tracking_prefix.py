@@ -97,11 +97,13 @@ def test_run_prefix_in_policies_loads_the_policy_under_its_full_id(store, tmp_pa
     assert policy.name == f"segment_rules@{full[:8]}"
 
 
-def _finished_run(store: str) -> str:
+def _finished_run(store: str, run_id: str) -> str:
+    """A FINISHED run with the id ``run_id``."""
     client = mlflow.MlflowClient(store)
     experiment = mlflow.get_experiment_by_name("prefixes").experiment_id
-    run_id = client.create_run(experiment, run_name="finished").info.run_id
-    client.set_terminated(run_id, "FINISHED")
+    made = client.create_run(experiment, run_name="finished").info.run_id
+    client.set_terminated(made, "FINISHED")
+    _rename(store.removeprefix("sqlite:///"), made, run_id)
     return run_id
 
 
@@ -118,13 +120,16 @@ def _entry(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess[str
 
 @pytest.mark.slow  # two entry points start: Hydra + MLflow
 def test_train_resume_and_export_run_id_take_a_prefix_and_name_the_full_id(store, tmp_path):
-    full = _finished_run(store)
+    # prefixes the command line would read as numbers: 15e01131 as a float (inf), 00012345 as
+    # an int (12345); about 1 in 25 of MLflow's random ids starts like one of them
+    full = _finished_run(store, "15e01131" + "a" * 24)
     done = _entry(
         "train.py", f"resume={full[:8]}", f"tracking.uri={store}", "tracking.experiment=prefixes",
         cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"resume: run {full} FINISHED; there is nothing to resume" in done.stderr
-    done = _entry("export.py", f"run_id={full[:8]}", f"tracking.uri={store}", cwd=tmp_path)
+    other = _finished_run(store, "00012345" + "b" * 24)
+    done = _entry("export.py", f"run_id={other[:8]}", f"tracking.uri={store}", cwd=tmp_path)
     assert done.returncode != 0
-    assert f"run_id: run {full} has no 'policy' artifact" in done.stderr
+    assert f"run_id: run {other} has no 'policy' artifact" in done.stderr
