@@ -349,8 +349,9 @@ def _check_structure(frame: pl.DataFrame, where: str) -> None:
     if missing:
         raise LogError(f"{where}: missing column {missing[0]!r} ({len(missing)} missing in all)")
     checked = {**SCHEMA, **{c: k for c, k in OPTIONAL.items() if c in frame.columns}}
+    schema = frame.schema  # built anew on each access
     for column, kind in checked.items():
-        dtype = frame.schema[column]
+        dtype = schema[column]
         if not _kind_ok(kind, dtype):
             raise LogError(f"{where}: column {column!r} must be {kind}, got {dtype}")
     nulls = frame.select(pl.col(c).is_null().arg_true().first() for c in checked).row(0)
@@ -380,8 +381,9 @@ def validate(
     row and how many rows break it.
     """
     _check_structure(frame, where)
+    schema = frame.schema
     work = frame.with_columns(
-        pl.col(n).cast(pl.Float64) for n in FEATURE_NAMES if frame.schema[n].is_integer()
+        pl.col(n).cast(pl.Float64) for n in FEATURE_NAMES if schema[n].is_integer()
     ).with_columns(_tier().alias(_TIER))
     rules = _contract_rules(guardrails, max_day)
     broken = work.select(rule.bad.any().alias(str(i)) for i, rule in enumerate(rules)).row(0)

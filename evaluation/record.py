@@ -44,10 +44,15 @@ UNIFORM_COUNTERFACTUAL = counterfactual_column("uniform")
 
 
 def uniform_draw(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A flat action drawn uniformly from each row's allowed ones."""
+    """A flat action drawn uniformly from each row's allowed ones: the ``pick``-th allowed
+    action of each row (in flat order), read from the positions of all allowed actions at once."""
     allowed = masks.sum(axis=1)
+    if not allowed.all():  # never: not sending is always allowed
+        raise ValueError(f"row {int(np.argmin(allowed))} of the masks allows no action")
     pick = np.minimum((rng.random(len(masks)) * allowed).astype(np.int64), allowed - 1)
-    return (np.cumsum(masks, axis=1) > pick[:, None]).argmax(axis=1)
+    where = np.flatnonzero(masks)  # row-major: each row's allowed actions, in order
+    first = np.cumsum(allowed) - allowed  # where each row's run of allowed actions starts
+    return where[first + pick] - np.arange(len(masks)) * masks.shape[1]
 
 
 def _step_copy(core: CadenceCore, actions: np.ndarray, weights) -> np.ndarray:
@@ -98,7 +103,7 @@ def log_policy(
     ids = core.world.client_id.astype(np.int64)
     rows = np.arange(num_clients)
     gone = np.zeros(num_clients, dtype=bool)
-    parts = []
+    columns: dict[str, list[np.ndarray]] = {}
     for _ in tqdm(range(days), desc="logging", unit="day", disable=None if progress else True):
         day = core.day
         masks = core.joint_masks()
@@ -125,14 +130,16 @@ def log_policy(
         r = core.step(actions)
         live = ~gone
         frame = {"client_id": ids[live], "day": np.full(int(live.sum()), day, dtype=np.int64)}
-        frame |= {name: obs[live, i] for i, name in enumerate(FEATURE_NAMES)}
-        frame |= {c: actions[live, i] for i, c in enumerate(ACTIONS)}
+        seen, done = obs[live], actions[live]
+        frame |= {name: seen[:, i] for i, name in enumerate(FEATURE_NAMES)}
+        frame |= {c: done[:, i] for i, c in enumerate(ACTIONS)}
         frame["pscore"] = pscore[live]
         frame |= {k: r.outcomes[k][live] for k in OUTCOMES}
         frame["reward"] = reward(r.outcomes, weights)[live]
         frame["seed"] = np.full(int(live.sum()), seed, dtype=np.int64)  # lets truth be rerun
         frame |= {counterfactual_column(k): v[live] for k, v in what_if.items()}
-        parts.append(pl.DataFrame(frame))
+        for name, values in frame.items():
+            columns.setdefault(name, []).append(values)
         gone |= r.outcomes["churned"]
         obs = r.obs
-    return pl.concat(parts)
+    return pl.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})

@@ -41,6 +41,27 @@ def _simulated_log(clients: int = 50, days: int = 3) -> pl.DataFrame:
     return pl.concat(parts)
 
 
+def test_the_uniform_draw_is_the_picked_allowed_action_of_each_row():
+    # any masks, one allowed action a row at least: the draw is, for each row, its allowed
+    # action number floor(u * allowed) in flat order (u the row's uniform), so each allowed
+    # action has probability 1 / allowed and a blocked one none
+    rng = np.random.default_rng(7)
+    masks = rng.random((400, 37)) < rng.random((400, 1))
+    masks[np.arange(400), rng.integers(0, 37, 400)] = True
+    masks[:3] = False
+    masks[0, 0] = masks[1, 36] = masks[2, 17] = True  # one allowed action: always that one
+    u = np.random.default_rng(11).random(400)
+    allowed = masks.sum(axis=1)
+    picked = np.minimum((u * allowed).astype(np.int64), allowed - 1)
+    expected = [np.flatnonzero(row)[k] for row, k in zip(masks, picked, strict=True)]
+    got = uniform_draw(masks, np.random.default_rng(11))
+    assert got.tolist() == expected and masks[np.arange(400), got].all()
+    assert got[:3].tolist() == [0, 36, 17]
+    masks[5] = False
+    with pytest.raises(ValueError, match="row 5 of the masks allows no action"):
+        uniform_draw(masks, np.random.default_rng(11))
+
+
 def test_a_simulated_log_round_trips(tmp_path):
     frame = _simulated_log()
     assert set(SCHEMA) <= set(frame.columns)
