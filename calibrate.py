@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from envs.config import CONF_DIR, conf_dir
-from experiment.process import freeze_long_lived
+from experiment.process import freeze_long_lived, strings_as_typed
 from experiment.tracking import git_commit, hold, setup_mlflow
 from realism import calibration, scorecard, staging
 from realism.fit import apply, fit, parameters
@@ -168,7 +168,7 @@ def run(
     """The command ``cfg`` says (``given``: the overrides typed, ``choices``: the presets chosen);
     its exit status: 0, or 2 after one ``error:`` line for an error the user can fix."""
     try:
-        settings = check(cfg, given, choices)
+        settings = check(strings_as_typed(cfg, given), given, choices)  # name=1e3: as typed
         COMMANDS[settings.cfg.mode](settings, progress)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -191,7 +191,8 @@ def compose(argv: Sequence[str]) -> tuple[DictConfig, list[str], dict[str, str]]
 
 def load(argv: Sequence[str]) -> Settings:
     """The checked :class:`Settings` of ``python calibrate.py *argv``."""
-    return check(*compose(argv))
+    cfg, given, choices = compose(argv)
+    return check(strings_as_typed(cfg, given), given, choices)
 
 
 def cli(argv: Sequence[str], progress: bool = True) -> int:

@@ -33,7 +33,7 @@ import polars as pl
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from experiment.process import freeze_long_lived
+from experiment.process import as_typed, freeze_long_lived
 from loop.events import TABLES, Export, dtype_of, read_export
 from loop.features import build_features
 from serve.decisions import DecisionLog, frame_of
@@ -154,6 +154,7 @@ def sends_table(decisions: pl.DataFrame, first_send_id: int) -> pl.DataFrame:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="decide")
 def main(cfg: DictConfig) -> None:
+    as_typed(cfg)  # key=1e05 is the text typed, not 100000.0
     for key in ("export_dir", "events_dir", "day"):
         if OmegaConf.is_missing(cfg, key):
             _fail(

@@ -55,7 +55,7 @@ from evaluation.compare import (
 )
 from experiment import plots
 from experiment.policies import BANDIT_TIMESTEPS, resolve_policy
-from experiment.process import freeze_long_lived
+from experiment.process import as_typed, freeze_long_lived
 from experiment.reporting import (
     NOTE,
     best_heuristic,
@@ -99,6 +99,7 @@ def refuse_renamed(args: list[str]) -> str | None:
 def main(cfg: DictConfig) -> None:
     """Run the mode ``cfg.mode`` names; a config or input it cannot use ends it with one line
     on stderr naming the key, and exit status 2."""
+    as_typed(cfg)  # key=1e05 is the text typed, not 100000.0
     try:
         run_mode(cfg, _named_keys())
     except ConfigError as exc:

@@ -30,14 +30,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from agents.registry import load_policy
 from envs.config import GuardrailConfig
 from envs.features import FEATURE_NAMES
-from experiment.process import freeze_long_lived
+from experiment.process import as_typed, freeze_long_lived
 from experiment.registry import describe_version
 from experiment.schema import TrackingConfig
 from experiment.tracking import (
     ROOT,
     download_policy,
     find_run,
-    given_id,
     serve_command,
     setup_mlflow,
 )
@@ -84,7 +83,7 @@ def example_input(runtime: PolicyRuntime, rows: int = 3) -> pd.DataFrame:
 
 def run_export(cfg: ExportConfig) -> Path:
     setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
-    run = find_run(given_id(cfg.run_id, "run_id"), "run_id")  # as typed: 15e01131 is no float
+    run = find_run(cfg.run_id, "run_id")
     cfg.run_id = run.info.run_id  # a unique prefix given names the full id from here on
     # the run's files are read into memory here; the scratch folder (private, 0700) then goes
     with tempfile.TemporaryDirectory(prefix="cadence-export-") as work:
@@ -134,6 +133,7 @@ def run_export(cfg: ExportConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
+    as_typed(cfg)  # key=1e05 is the text typed, not 100000.0
     if OmegaConf.is_missing(cfg, "run_id"):
         raise ConfigError(
             "run_id is required: python export.py run_id=<mlflow run id of a train.py run>"

@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from evaluation.logs import MAX_ROWS
-from experiment.process import freeze_long_lived
+from experiment.process import as_typed, freeze_long_lived
 
 
 @dataclass
@@ -84,6 +84,7 @@ def run(settings: JoinConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="join")
 def main(cfg: DictConfig) -> None:
+    as_typed(cfg)  # key=1e05 is the text typed, not 100000.0
     for key in ("export", "decisions"):
         if OmegaConf.is_missing(cfg, key):
             _fail(f"{key} is required: python join.py export=<folder> decisions=<folder>")

@@ -22,7 +22,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from experiment.process import freeze_long_lived
+from experiment.process import as_typed, freeze_long_lived
 
 ACTIONS = ("queue", "apply")
 
@@ -98,6 +98,7 @@ def apply(settings: ReviewConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="review")
 def main(cfg: DictConfig) -> None:
+    as_typed(cfg)  # key=1e05 is the text typed, not 100000.0
     if OmegaConf.is_missing(cfg, "decisions"):
         _fail("decisions is required: python review.py action=queue|apply decisions=<folder> ...")
     settings: ReviewConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]

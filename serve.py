@@ -20,7 +20,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from experiment.process import freeze_long_lived
+from experiment.process import as_typed, freeze_long_lived
 from serve.http import ServeConfig, serve
 
 ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
@@ -28,6 +28,7 @@ ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
+    as_typed(cfg)  # key=1e05 is the text typed, not 100000.0
     if OmegaConf.is_missing(cfg, "export_dir"):
         _fail("export_dir is required: python serve.py export_dir=exports/<run id>")
     settings: ServeConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]

@@ -54,7 +54,7 @@ from evaluation.compare import (
     tier_table,
 )
 from experiment import plots
-from experiment.process import freeze_long_lived
+from experiment.process import as_typed, freeze_long_lived
 from experiment.reporting import (
     best_heuristic,
     evaluation_clients,
@@ -70,7 +70,6 @@ from experiment.tracking import (
     find_run,
     flatten,
     git_commit,
-    given_id,
     hold,
     setup_mlflow,
     sweep_id,
@@ -479,6 +478,7 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    as_typed(cfg)  # resume=15e01131 is the run id's start typed, not inf
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if not cfg.get("resume"):
@@ -486,8 +486,7 @@ def main(cfg: DictConfig) -> float | None:
             results_target(cfg)
             return run_training(cfg, run, setup)
         setup_mlflow(cfg.tracking.uri, cfg.tracking.experiment)
-        resume = given_id(cfg.resume, "resume")  # as typed: 15e01131 is no float
-        cfg.resume = find_run(resume, "resume").info.run_id  # a unique prefix will do
+        cfg.resume = find_run(str(cfg.resume), "resume").info.run_id  # a unique prefix will do
         with resume_lock(str(cfg.resume)):  # held from the checks to the end of the run
             cfg = prepare_resume(cfg, list(HydraConfig.get().overrides.task))
             run, setup = validate_run(cfg)

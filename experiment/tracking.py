@@ -168,29 +168,6 @@ _SHOWN = 5
 """candidates an ambiguous prefix names"""
 
 
-def given_id(value: Any, key: str) -> str:
-    """The run id (or prefix) ``key=`` gave on the command line, as typed.
-
-    Hydra reads an unquoted value that looks like a number as one: ``resume=15e01131`` becomes
-    ``inf`` and ``run_id=01234567`` becomes ``1234567``, and about 1 in 25 eight-digit prefixes
-    look so. The command line's own override text is taken for ``key`` (quotes around it
-    stripped); without one (a config file, or not under Hydra) ``str(value)``."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not under Hydra (HydraConfig was not set)
-        return str(value)
-    for override in reversed(overrides):
-        name, sep, raw = override.lstrip("+~").partition("=")
-        if sep and name.strip() == key:
-            raw = raw.strip()
-            if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-                raw = raw[1:-1]
-            return raw
-    return str(value)
-
-
 def find_run(run_id: str, key: str) -> mlflow.entities.Run:
     """The MLflow run ``run_id`` in the store MLflow points at, or the one run whose id starts
     with it: a prefix of at least :data:`MIN_PREFIX` hex digits (the docs print the first 8)

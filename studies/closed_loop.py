@@ -75,7 +75,7 @@ from evaluation.metrics import normalized_value, paired_difference
 from evaluation.record import uniform_draw
 from evaluation.rollout import Rollout, evaluate
 from experiment import promotion
-from experiment.process import freeze_long_lived
+from experiment.process import as_typed, freeze_long_lived
 from experiment.schema import TrackingConfig
 from simulate.config import ConfigError
 
@@ -1015,6 +1015,7 @@ register()
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     from experiment.results import note_start
 
+    as_typed(cfg)  # name=1e3 is the text typed, not 1000.0
     note_start()
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, ClosedLoopConfig)

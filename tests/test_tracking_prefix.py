@@ -120,8 +120,8 @@ def _entry(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess[str
 
 @pytest.mark.slow  # two entry points start: Hydra + MLflow
 def test_train_resume_and_export_run_id_take_a_prefix_and_name_the_full_id(store, tmp_path):
-    # prefixes the command line would read as numbers: 15e01131 as a float (inf), 00012345 as
-    # an int (12345); about 1 in 25 of MLflow's random ids starts like one of them
+    # starts the command line reads as numbers: 15e01131 as inf, 9e000001 as 9.0 (about 1 in 70
+    # of MLflow's random ids starts with digits, one e and digits)
     full = _finished_run(store, "15e01131" + "a" * 24)
     done = _entry(
         "train.py", f"resume={full[:8]}", f"tracking.uri={store}", "tracking.experiment=prefixes",
@@ -129,7 +129,7 @@ def test_train_resume_and_export_run_id_take_a_prefix_and_name_the_full_id(store
     )  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"resume: run {full} FINISHED; there is nothing to resume" in done.stderr
-    other = _finished_run(store, "00012345" + "b" * 24)
+    other = _finished_run(store, "9e000001" + "b" * 24)
     done = _entry("export.py", f"run_id={other[:8]}", f"tracking.uri={store}", cwd=tmp_path)
     assert done.returncode != 0
     assert f"run_id: run {other} has no 'policy' artifact" in done.stderr
