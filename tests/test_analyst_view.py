@@ -7,7 +7,6 @@ version's evaluation figures."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -31,8 +30,8 @@ def _compose(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def _store(tmp_path: Path) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _store(uri: str) -> str:
+    """MLflow pointed at ``uri`` (an empty store, its tables made: :func:`mlflow_store`)."""
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -88,8 +87,8 @@ def test_tracking_ui_must_be_an_address():
 
 @pytest.mark.slow  # a comparison logged to an empty MLflow store
 @pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
-def test_evaluate_compare_gives_the_analyst_view(tmp_path, capsys):
-    uri = _store(tmp_path)
+def test_evaluate_compare_gives_the_analyst_view(tmp_path, capsys, mlflow_store):
+    uri = _store(mlflow_store)
     cfg = _compose(
         "policies=[segment_rules,fixed_weekly,random]",
         f"tracking.uri={uri}",
@@ -173,13 +172,15 @@ def test_merge_section_keeps_other_sections():
 
 @pytest.mark.slow  # trains, evaluates and exports into an empty MLflow store
 @pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
-def test_train_then_export_carries_the_evaluation_figures(tmp_path, monkeypatch, capsys):
+def test_train_then_export_carries_the_evaluation_figures(
+    tmp_path, monkeypatch, capsys, mlflow_store
+):
     """A bandit trained briefly, evaluated and exported (about 15 s)."""
     import export
     import train
 
     monkeypatch.chdir(tmp_path)
-    uri = _store(tmp_path)
+    uri = _store(mlflow_store)
     cfg = _compose(
         "agent=epsilon_greedy",
         "trainer.total_timesteps=3000",
