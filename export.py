@@ -33,13 +33,7 @@ from envs.features import FEATURE_NAMES
 from experiment.process import as_typed, freeze_long_lived
 from experiment.registry import describe_version
 from experiment.schema import TrackingConfig
-from experiment.tracking import (
-    ROOT,
-    download_policy,
-    find_run,
-    serve_command,
-    setup_mlflow,
-)
+from experiment.tracking import ROOT, download_policy, find_run, serve_command, setup_mlflow
 from serve.onnx_export import NotExportable, export_policy
 from serve.pyfunc import MODEL_CONFIG, PIP_REQUIREMENTS, CadencePolicyModel
 from serve.pyfunc import signature as model_signature

@@ -18,7 +18,8 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 def _pyplot():
     """matplotlib's pyplot on the Agg backend, imported at the first plot: a command that draws
-    nothing (``export.py``, ``promote.py``, a refused config) starts about 0.4 s sooner."""
+    nothing (``export.py``, a refused ``train.py`` or ``evaluate.py`` config) starts about 0.4 s
+    sooner."""
     import matplotlib
 
     matplotlib.use("Agg")
