@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import polars as pl
+import preloaded
 import pytest
 
 from agents.heuristics import HEURISTICS
@@ -134,7 +135,7 @@ def test_two_fits_of_one_name_at_once_one_wins_the_other_is_refused_by_name(
     from calibrate import cli as main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = subprocess.Popen(
+    first = preloaded.Popen(
         [sys.executable, str(ROOT / "calibrate.py"), *_args(logs, name, uri, "trials=4")],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -197,7 +198,7 @@ def test_policy_errors_say_what_to_do_in_one_line(logs, name, tmp_path, capsys):
 
 @pytest.mark.slow  # a calibrate.py process: Hydra + MLflow start-up
 def test_the_cli_refuses_an_unknown_policy_without_a_traceback(logs, tmp_path):
-    done = subprocess.run(
+    done = preloaded.run(
         [
             sys.executable,
             str(ROOT / "calibrate.py"),

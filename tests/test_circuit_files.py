@@ -10,13 +10,13 @@ import json
 import os
 import re
 import stat
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import polars as pl
+import preloaded
 import pytest
 
 from evaluation.crisis import Crisis, CrisisResult
@@ -261,7 +261,7 @@ def test_the_watch_mode_answers_a_bad_log_naming_it(tmp_path):
 def test_the_watch_command_line_prints_no_traceback(tmp_path):
     path, said = _bad_logs(tmp_path)["not Parquet"]
     root = Path(__file__).parents[1]
-    done = subprocess.run(
+    done = preloaded.run(
         [
             sys.executable,
             "evaluate.py",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import preloaded
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -104,7 +105,7 @@ def test_explored_actions_keep_to_the_guards(day_one, seed, epsilon, share, rows
 
 def _run(args: list[str], uri: str) -> subprocess.CompletedProcess:
     env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
+    return preloaded.run(
         [sys.executable, "studies/closed_loop.py", *args, f"tracking.uri={uri}"],
         cwd=ROOT,
         env=env,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import preloaded
 import pytest
 
 from agents.bandits import LinUCB
@@ -109,7 +110,7 @@ def test_the_same_seed_decides_the_same(policy_export, firm, tmp_path):
 @pytest.mark.slow  # decide.py processes: Hydra start-up
 def test_the_command_names_what_is_missing_or_wrong(policy_export, firm, tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return preloaded.run(
             [sys.executable, str(ROOT / "decide.py"), *args, f"hydra.run.dir={tmp_path}"],
             cwd=tmp_path,
             capture_output=True,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import preloaded
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -120,7 +121,7 @@ def test_the_command_line_refuses_in_one_line_without_a_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def evaluate_py(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return preloaded.run(
             [sys.executable, str(ROOT / "evaluate.py"), *args, f"hydra.run.dir={tmp_path}"],
             capture_output=True,
             text=True,
@@ -148,7 +149,7 @@ def test_estimate_finds_run_policies_in_the_store_tracking_uri_names(
     ``tracking.uri``'s store, not MLflow's default or the project's."""
     store = f"sqlite:///{shutil.copyfile(empty_store, tmp_path / 'runs.db')}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    trained = subprocess.run(
+    trained = preloaded.run(
         [
             sys.executable,
             str(ROOT / "train.py"),

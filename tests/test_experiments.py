@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import polars as pl
+import preloaded
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -59,7 +60,7 @@ def _cli(
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "PYTHONPATH": str(ROOT),
     }
-    return subprocess.run(
+    return preloaded.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=tmp_path,
         env=env,

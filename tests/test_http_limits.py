@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import preloaded
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -405,7 +406,7 @@ def test_serve_py_refuses_in_one_line_and_lists_its_keys(exports, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV} | {"PYTHONPATH": str(ROOT)}
 
     def serve_py(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return preloaded.run(
             [sys.executable, str(ROOT / "serve.py"), *args, f"hydra.run.dir={tmp_path}"],
             capture_output=True,
             text=True,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import polars as pl
+import preloaded
 import pytest
 from test_join import simulate_decisions
 
@@ -17,7 +18,7 @@ from serve.decisions import DecisionLog
 
 
 def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    return preloaded.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import preloaded
 import pytest
 
 from envs.config import RewardConfig, load_setup
@@ -266,7 +267,7 @@ def test_evaluate_logs_a_policy_and_estimates_from_the_file(tmp_path, mlflow_sto
     common = [f"tracking.uri={uri}", "hydra.run.dir=" + str(tmp_path / "h")]
 
     def evaluate(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return preloaded.run(
             [sys.executable, "evaluate.py", *args, *common], capture_output=True, text=True
         )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import preloaded
 import pytest
 from test_parallel_sweeps import serve_on_a_free_port
 
@@ -32,7 +33,7 @@ def test_served_champion_answers_http_requests(tmp_path):
     }
 
     def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        done = subprocess.run(
+        done = preloaded.run(
             [sys.executable, *args],
             cwd=tmp_path,
             env=env,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import preloaded
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def tracking_server(tmp_path_factory, empty_store):
 
 def _sweep(args: list[str], tmp_path: Path, uri: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    done = subprocess.run(
+    done = preloaded.run(
         [
             sys.executable,
             str(ROOT / "train.py"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import polars as pl
+import preloaded
 import pytest
 
 from agents.heuristics import HEURISTICS
@@ -260,7 +260,7 @@ def test_bad_inputs_are_refused_in_one_line(logs, shared_store, tmp_path, capsys
 
 @pytest.mark.slow  # a promote.py process: Hydra + MLflow start-up
 def test_the_command_line_refuses_an_unknown_key_in_one_line():
-    done = subprocess.run([sys.executable, str(ROOT / "promote.py"), "chalenger=x"],
+    done = preloaded.run([sys.executable, str(ROOT / "promote.py"), "chalenger=x"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1

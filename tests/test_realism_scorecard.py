@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import polars as pl
+import preloaded
 import pytest
 import yaml
 
@@ -143,11 +143,11 @@ def test_the_command_line_has_help_and_fails_in_one_line_leaving_the_tree_clean(
     """``--help`` works (it was an error), a wrong value is one ``error:`` line and exit 2, and
     Hydra's own files go under ``outputs/``."""
     script, env = str(Path(calibrate.__file__)), {**os.environ, "CADENCE_REALDATA": str(tmp_path)}
-    helped = subprocess.run(
+    helped = preloaded.run(
         [sys.executable, script, "--help"], capture_output=True, text=True, timeout=120
     )
     assert helped.returncode == 0 and "mode=fit" in helped.stdout, helped.stderr
-    done = subprocess.run(
+    done = preloaded.run(
         [sys.executable, script, "mode=data"],
         cwd=tmp_path,
         env=env,

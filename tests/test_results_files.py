@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 import yaml
 
@@ -175,7 +176,7 @@ def test_every_study_and_benchmark_writes_its_results_file() -> None:
 def _train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     """``python train.py`` at a tiny size from ``tmp_path`` (its outputs, store and run folder
     there)."""
-    return subprocess.run(
+    return preloaded.run(
         [
             sys.executable,
             str(ROOT / "train.py"),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import preloaded
 import pytest
 
 from experiment.tracking import LOCKS, Busy, hold
@@ -70,7 +71,7 @@ def test_lock_names_are_never_paths(tmp_path):
 @pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
 def test_a_second_resume_of_a_running_resume_is_refused_by_name(tmp_path):
     def train(*args: str, **kwargs) -> subprocess.Popen:
-        return subprocess.Popen(
+        return preloaded.Popen(
             [sys.executable, str(ROOT / "train.py"), *args],
             cwd=tmp_path,
             env=_env(tmp_path),

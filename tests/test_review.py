@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import polars as pl
+import preloaded
 import pytest
 
 from envs.features import FEATURE_NAMES
@@ -107,7 +108,7 @@ def test_a_second_verdict_for_a_decided_decision_is_refused_the_same_one_accepte
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return preloaded.run(
         [sys.executable, script, *args], capture_output=True, text=True, timeout=120
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import preloaded
 import pytest
 
 from agents.config import AgentConfig
@@ -37,7 +38,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _train(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return preloaded.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=tmp_path,
         env=_env(tmp_path),
@@ -85,7 +86,7 @@ def test_sigterm_marks_failed_leaves_a_checkpoint_and_resume_continues_it(tmp_pa
         "trainer.checkpoint_every=4096",
         *TINY,
     ]
-    job = subprocess.Popen(
+    job = preloaded.Popen(
         command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
@@ -221,7 +222,7 @@ def test_runs_logging_the_same_evaluation_dataset_at_once_all_land(tmp_path):
 @pytest.mark.slow  # three train.py processes at once
 def test_three_concurrent_first_runs_on_a_fresh_store_all_land(tmp_path):
     jobs = [
-        subprocess.Popen(
+        preloaded.Popen(
             [sys.executable, str(ROOT / "train.py"), "agent=segment_rules", f"seed={i}", *TINY],
             cwd=tmp_path,
             env=_env(tmp_path),

@@ -6,13 +6,13 @@ whole chain (studies/worked_example.py) ends in estimates with the truth beside 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import preloaded
 import pytest
 
 from agents.bandits import LinUCB
@@ -215,7 +215,7 @@ def test_the_worked_example_runs_end_to_end_with_the_truth_beside_the_estimates(
 ):
     (tmp_path / "example").mkdir()  # its store: an empty one, its tables made
     shutil.copyfile(empty_store, tmp_path / "example" / "mlflow.db")
-    done = subprocess.run(
+    done = preloaded.run(
         [
             sys.executable,
             "studies/worked_example.py",

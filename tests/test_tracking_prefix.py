@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import mlflow
+import preloaded
 import pytest
 
 from experiment.tracking import MIN_PREFIX, ROOT, find_run, setup_mlflow
@@ -108,7 +109,7 @@ def _finished_run(store: str, run_id: str) -> str:
 
 
 def _entry(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return preloaded.run(
         [sys.executable, str(ROOT / script), *overrides, f"hydra.run.dir={cwd}/hydra"],
         cwd=cwd,
         capture_output=True,
