@@ -26,6 +26,7 @@ import atexit
 import importlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -213,7 +214,7 @@ def _socket_path() -> str | None:
             stderr=log,
             cwd=ROOT,
         )
-        atexit.register(_stop, server)
+        atexit.register(_stop, server, folder)
         deadline = time.time() + 180
         while not os.path.exists(path) and server.poll() is None and time.time() < deadline:
             time.sleep(0.05)
@@ -223,16 +224,18 @@ def _socket_path() -> str | None:
                 "commands run as fresh processes",
                 stacklevel=4,
             )
-            _stop(server)
+            _stop(server, None)
             path = None
         _server["path"] = path
         return path
 
 
-def _stop(server: subprocess.Popen) -> None:
+def _stop(server: subprocess.Popen, folder: str | None) -> None:
     if server.poll() is None:
         server.kill()
         server.wait(timeout=30)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _preloadable(args: list[str], env: dict | None) -> bool:
