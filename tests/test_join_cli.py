@@ -77,7 +77,11 @@ def test_join_command_refuses_in_one_line(firm_files, args, message):
 
 
 def test_join_command_needs_export_and_decisions():
-    done = _run("join.py", "export=somewhere")
+    # a fresh process (join.py loads no MLflow: under a second), not the preloaded server: this
+    # test runs in `make test-fast`, where nothing else would start the server
+    done = subprocess.run(
+        [sys.executable, "join.py", "export=somewhere"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and "decisions is required" in done.stderr
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import preloaded
 import pytest
 
+pytestmark = pytest.mark.slow  # processes of their own, and the server's start in each worker
+
 PROBE = """\
 import atexit, os, sys, threading, time
 mode = sys.argv[1]
