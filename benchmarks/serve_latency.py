@@ -2,7 +2,7 @@
 ``model.predict`` on the same observations of the same PPO policy, in one run.
 
 Prints decisions per second at batch 1, 64 and 4,096 and single-decision p50/p99 latency, and
-writes the table to ``docs/results/serve_latency.md``. The runtime row includes validation,
+writes the table to ``docs/results/serve_latency.md`` (``--results-dir DIR`` chooses the folder). The runtime row includes validation,
 guardrail masks and the masked choice (inside the graph: ``serve/graph_choice.py``, with the
 runtime's checks) and the decision ids' random bytes; the actions' labels and the ids as
 Python strings are written when first read (``Decisions``), which the ``labels and ids read``
@@ -24,9 +24,8 @@ table's graph runs after itself.
 
 from __future__ import annotations
 
+import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from agents.registry import train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from envs.core import CadenceCore  # noqa: E402
 from envs.features import OBS_HIGH  # noqa: E402
+from experiment.results import add_results_argument, results_path, write_results  # noqa: E402
 from serve.onnx_export import export_policy  # noqa: E402
 from serve.runtime import PolicyRuntime  # noqa: E402
 
@@ -100,36 +100,12 @@ def latencies(fn, obs: np.ndarray, n: int = 3000) -> tuple[float, float]:
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "serve_latency.md"
-
-
-def write_results(lines: list[str]) -> None:
-    """Write the table and ratios to :data:`RESULTS`, with the command, commit and machine."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=RESULTS.parents[2],
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    header = [
-        "# Serving speed",
-        "",
-        f"`python benchmarks/serve_latency.py` at commit {commit}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} when written: figures "
-        "from a loaded machine compare only within the run), one onnxruntime and torch thread; "
-        "all rows measured in the same run on the same PPO observations (written by the "
-        "benchmark).",
-        "",
-    ]
-    RESULTS.write_text("\n".join(header + lines) + "\n")
-
-
 def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_results_argument(parser)
+    args = parser.parse_args()
     torch.set_num_threads(1)
     setup = load_setup()
     with warnings.catch_warnings():
@@ -205,7 +181,15 @@ def main() -> int:
         f"{'met' if p99 <= 1.0 else 'not met'})",
     ]
     print("\n".join(lines))
-    write_results(lines)
+    note = (
+        f"Load average {os.getloadavg()[0]:.1f} when written (figures from a loaded machine "
+        "compare only within the run); one onnxruntime and torch thread; all rows measured in "
+        "the same run on the same PPO observations."
+    )
+    path = results_path("serve_latency", args.results_dir, documented_size=True)
+    body = "\n".join([note, "", *lines])
+    written = write_results("serve_latency", body, root=path.parent)
+    print(f"\nwrote {written}")
     return 0
 
 

@@ -219,3 +219,23 @@ def test_train_writes_its_comparison_and_headline_to_the_run_folder(tmp_path: Pa
     assert "normalized value **" in headline
     assert margins.startswith("Against the best baseline heuristic: linucb vs the best baseline ")
     assert rest[1].startswith("| policy | normalized_value | ceiling_share |")
+
+
+HYDRA_SCRIPTS = {"studies/closed_loop.py"}
+"""scripts that are Hydra apps (``key=value`` and Hydra's ``--help``), not argparse ones"""
+
+
+def test_every_study_and_benchmark_takes_its_flags_from_argparse() -> None:
+    """``python <script> --help`` says what it measures and runs nothing (docs/layout.md's
+    convention); a script without a parser would run its whole measurement on ``--help``."""
+    scripts = sorted(
+        p for folder in ("studies", "benchmarks") for p in (ROOT / folder).glob("*.py")
+    )
+    without = [
+        str(p.relative_to(ROOT))
+        for p in scripts
+        if p.name != "__init__.py"
+        and str(p.relative_to(ROOT)) not in HYDRA_SCRIPTS
+        and "ArgumentParser(" not in p.read_text()
+    ]
+    assert not without, f"scripts with no argparse parser: {without}"
