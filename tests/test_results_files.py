@@ -159,16 +159,21 @@ def _writes_results(path: Path) -> bool:
     return "experiment.results" in imports or "docs/results" in source
 
 
-def test_every_study_and_benchmark_writes_its_results_file() -> None:
-    scripts = sorted(
-        p for folder in ("studies", "benchmarks") for p in (ROOT / folder).glob("*.py")
-    )
-    silent = [
-        str(p.relative_to(ROOT))
-        for p in scripts
+def _scripts() -> dict[str, Path]:
+    """Every study and benchmark script, by its path from the root."""
+    return {
+        str(p.relative_to(ROOT)): p
+        for folder in ("studies", "benchmarks")
+        for p in sorted((ROOT / folder).glob("*.py"))
         if p.name != "__init__.py"
-        and str(p.relative_to(ROOT)) not in WRITES_ELSEWHERE
-        and not _writes_results(p)
+    }
+
+
+def test_every_study_and_benchmark_writes_its_results_file() -> None:
+    silent = [
+        name
+        for name, path in _scripts().items()
+        if name not in WRITES_ELSEWHERE and not _writes_results(path)
     ]
     assert not silent, f"scripts that print tables without writing a results file: {silent}"
 
@@ -228,14 +233,9 @@ HYDRA_SCRIPTS = {"studies/closed_loop.py"}
 def test_every_study_and_benchmark_takes_its_flags_from_argparse() -> None:
     """``python <script> --help`` says what it measures and runs nothing (docs/layout.md's
     convention); a script without a parser would run its whole measurement on ``--help``."""
-    scripts = sorted(
-        p for folder in ("studies", "benchmarks") for p in (ROOT / folder).glob("*.py")
-    )
     without = [
-        str(p.relative_to(ROOT))
-        for p in scripts
-        if p.name != "__init__.py"
-        and str(p.relative_to(ROOT)) not in HYDRA_SCRIPTS
-        and "ArgumentParser(" not in p.read_text()
+        name
+        for name, path in _scripts().items()
+        if name not in HYDRA_SCRIPTS and "ArgumentParser(" not in path.read_text()
     ]
     assert not without, f"scripts with no argparse parser: {without}"
