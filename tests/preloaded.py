@@ -92,8 +92,16 @@ def _serve(path: str) -> None:
         except TimeoutError:
             conn = None
         if conn is not None:
-            conn.settimeout(None)
-            message, fds, _, _ = socket.recv_fds(conn, _MESSAGE, 3)
+            conn.settimeout(30)  # a client that connects and says nothing is given up
+            try:
+                message, fds, _, _ = socket.recv_fds(conn, _MESSAGE, 3)
+            except OSError:
+                message, fds = b"", []
+            if not message or len(fds) != 3:
+                for fd in fds:
+                    os.close(fd)
+                conn.close()
+                continue
             pid = os.fork()
             if pid == 0:
                 listener.close()
@@ -103,7 +111,10 @@ def _serve(path: str) -> None:
                 _become(json.loads(message), fds, base)  # never returns
             for fd in fds:
                 os.close(fd)
-            conn.send(json.dumps({"pid": pid}).encode())
+            try:
+                conn.send(json.dumps({"pid": pid}).encode())
+            except OSError:
+                pass  # the test that asked has gone: the child is reaped all the same
             waiting[pid] = conn
         while waiting:
             pid, status = os.waitpid(-1, os.WNOHANG)
