@@ -27,7 +27,7 @@ train: $(STAMP)
 # One BLAS/OpenMP thread per worker: the workers already fill the cores. Bytecode is written
 # even where the environment says not to (PYTHONDONTWRITEBYTECODE): both workers and the
 # processes the tests start would otherwise each compile the project again. The tests start the
-# project's commands (train.py, evaluate.py, ...; about 80 in all) from a server in each worker
+# project's commands (train.py, evaluate.py, ...; about 70 in all) from a server in each worker
 # that has imported their libraries once (tests/preloaded.py), not from a fresh interpreter.
 # `make test` lists its 15 slowest tests at the end.
 PYTEST := PYTHONDONTWRITEBYTECODE= OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist worksteal

@@ -2,15 +2,15 @@
 ``model.predict`` on the same observations of the same PPO policy, in one run.
 
 Prints decisions per second at batch 1, 64 and 4,096 and single-decision p50/p99 latency, and
-writes the table to ``docs/results/serve_latency.md`` (``--results-dir DIR`` chooses the folder). The runtime row includes validation,
-guardrail masks and the masked choice (inside the graph: ``serve/graph_choice.py``, with the
-runtime's checks) and the decision ids' random bytes; the actions' labels and the ids as
-Python strings are written when first read (``Decisions``), which the ``labels and ids read``
-row does; the ``+ reasons`` row adds the explanations (one extra network pass per feature
-group). Peers measured in the same run: the export's ONNX graph alone (onnxruntime, no
-validation or checks: the ceiling of any runtime on this export), the network alone (the graph
-of an export without the choice inside), the previous runtime (that export, the choice in numpy), SB3's
-``model.predict`` and the actor network alone in torch.
+writes the table to ``docs/results/serve_latency.md`` (``--results-dir DIR`` chooses the
+folder). The runtime row includes validation, guardrail masks and the masked choice (inside the
+graph: ``serve/graph_choice.py``, with the runtime's checks) and the decision ids' random bytes;
+the actions' labels and the ids as Python strings are written when first read (``Decisions``),
+which the ``labels and ids read`` row does; the ``+ reasons`` row adds the explanations (one
+extra network pass per feature group). Peers measured in the same run: the export's ONNX graph
+alone (onnxruntime, no validation or checks: the ceiling of any runtime on this export), the
+network alone (the graph of an export without the choice inside), the previous runtime (that
+export, the choice in numpy), SB3's ``model.predict`` and the actor network alone in torch.
 
 The table's rates are the median of :data:`ROUNDS` rounds, each measuring every contender in
 turn for a twentieth of a second, so a slow spell of the shared machine falls on all of them
@@ -43,7 +43,7 @@ from agents.registry import train_agent  # noqa: E402
 from envs.config import load_setup  # noqa: E402
 from envs.core import CadenceCore  # noqa: E402
 from envs.features import OBS_HIGH  # noqa: E402
-from experiment.results import add_results_argument, results_path, write_results  # noqa: E402
+from experiment.results import add_results_argument, write_results  # noqa: E402
 from serve.onnx_export import export_policy  # noqa: E402
 from serve.runtime import PolicyRuntime  # noqa: E402
 
@@ -186,9 +186,8 @@ def main() -> int:
         "compare only within the run); one onnxruntime and torch thread; all rows measured in "
         "the same run on the same PPO observations."
     )
-    path = results_path("serve_latency", args.results_dir, documented_size=True)
     body = "\n".join([note, "", *lines])
-    written = write_results("serve_latency", body, root=path.parent)
+    written = write_results("serve_latency", body, root=args.results_dir)
     print(f"\nwrote {written}")
     return 0
 

@@ -10,11 +10,12 @@ script run as ``__main__``, then what Python does at exit (non-daemon threads jo
 handlers, streams flushed) and its exit status handed back, a signal's as a negative code.
 
 :func:`run` takes :func:`subprocess.run`'s arguments and returns its
-:class:`subprocess.CompletedProcess`. A command it cannot start this way (not a ``.py`` script of
-this project, or an environment whose ``PYTHONPATH`` names another tree) runs as a fresh
-process, and so do the tests that check what a fresh interpreter does: the README's and docs'
-commands (``test_docs_commands``), which libraries a command imports (``test_sb3_fast``) and
-commands started with ``subprocess.Popen`` (servers, signals).
+:class:`subprocess.CompletedProcess`; :func:`Popen` gives a :class:`Process` to poll, signal and
+wait on. A command it cannot start this way (not ``python <script>.py``, or an environment whose
+``PYTHONPATH`` names another tree) runs as a fresh process, and so do the tests that check what
+a fresh interpreter does: the README's and docs' commands (``test_docs_commands``), which
+libraries a command imports (``test_sb3_fast``), and the HTTP servers whose output the tests
+read line by line while they run (``subprocess.Popen``).
 
 The server imports nothing of the project's that changes state outside itself, runs nothing,
 and forks only while idle; it exits when its test process does.
@@ -433,13 +434,8 @@ def run(
     process = Process(
         args, path, cwd=cwd, env=env, input=input, stdout=stdout, stderr=stderr, text=text
     )
-    with process:
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
+    with process:  # past the timeout, leaving the block kills and reaps it
+        out, err = process.communicate(timeout=timeout)
     done = subprocess.CompletedProcess(args, process.returncode, out, err)
     if check:
         done.check_returncode()
