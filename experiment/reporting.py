@@ -7,6 +7,7 @@ MLflow table and the evaluation population as a dataset input."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -16,7 +17,7 @@ import polars as pl
 from evaluation.compare import KPI_PLOT, Comparison, write_tables
 from evaluation.metrics import CONTRACT
 from experiment import plots
-from experiment.tracking import store_lock
+from experiment.tracking import taking_turns
 
 
 def log_comparison(
@@ -431,21 +432,8 @@ def log_evaluation_input(frame: pl.DataFrame) -> None:
         f"{frame.height} seed(s) · {first['horizon_days']} days"
     )
     dataset = mlflow.data.from_polars(frame, name=name)  # source: the command that ran
-    # runs evaluated on the same clients log the same dataset: MLflow looks it up and inserts
-    # it if missing, so jobs logging it at once race (UNIQUE constraint failed: datasets...).
-    # They take turns on a SQLite store; through a server the loser tries again and finds it.
-    for attempt in range(DATASET_ATTEMPTS):
-        try:
-            with store_lock():
-                mlflow.log_input(dataset, context="evaluation")
-            return
-        except mlflow.exceptions.MlflowException as exc:
-            if "UNIQUE constraint" not in str(exc) or attempt == DATASET_ATTEMPTS - 1:
-                raise
-
-
-DATASET_ATTEMPTS = 3
-"""tries at logging a run's evaluation dataset (:func:`log_evaluation_input`)"""
+    # runs evaluated on the same clients log the same dataset
+    taking_turns(lambda: mlflow.log_input(dataset, context="evaluation"))
 
 
 NOTE = "mlflow.note.content"
@@ -456,8 +444,12 @@ def describe_experiment(experiment_id: str) -> None:
     """The experiment's description (:data:`EXPERIMENT_NOTE`) and kind: a model-development
     experiment, so the UI opens on its runs (not on the GenAI traces view)."""
     client = mlflow.MlflowClient()
-    client.set_experiment_tag(experiment_id, NOTE, EXPERIMENT_NOTE)
-    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+    # every job of a sweep sets these tags on one experiment: the first insert, the rest update
+    for key, value in (
+        (NOTE, EXPERIMENT_NOTE),
+        ("mlflow.experimentKind", "custom_model_development"),
+    ):
+        taking_turns(partial(client.set_experiment_tag, experiment_id, key, value))
 
 
 def parent_note(found: Headline, rows: list[dict[str, object]], what: str) -> str:

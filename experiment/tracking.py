@@ -8,7 +8,7 @@ import os
 import re
 import shlex
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,26 @@ def store_lock() -> Iterator[None]:
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def taking_turns(write: Callable[[], object]) -> None:
+    """``write``, a store write that jobs logging at once race on: MLflow looks the row up (the
+    same dataset, the same experiment tag) and inserts it if missing, so two jobs both insert and
+    one fails (``UNIQUE constraint failed``). They take turns on a SQLite store
+    (:func:`store_lock`); through a server the loser tries again and finds the row there,
+    :data:`RACE_ATTEMPTS` tries at most."""
+    for attempt in range(RACE_ATTEMPTS):
+        try:
+            with store_lock():
+                write()
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if "UNIQUE constraint" not in str(exc) or attempt == RACE_ATTEMPTS - 1:
+                raise
+
+
+RACE_ATTEMPTS = 3
+"""tries at a write that parallel jobs race on (:func:`taking_turns`)"""
 
 
 def _activate(experiment: str) -> str:

@@ -22,7 +22,13 @@ import pytest
 from agents.config import AgentConfig
 from agents.sb3_agents import make_training_env, restore_training_state, training_state
 from envs.config import load_setup
-from experiment.reporting import evaluation_clients, log_evaluation_input
+from experiment.reporting import (
+    EXPERIMENT_NOTE,
+    NOTE,
+    describe_experiment,
+    evaluation_clients,
+    log_evaluation_input,
+)
 from experiment.tracking import setup_mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,6 +223,35 @@ def test_runs_logging_the_same_evaluation_dataset_at_once_all_land(tmp_path):
         for run_id in runs:
             (logged,) = client.get_run(run_id).inputs.dataset_inputs
             assert logged.dataset.name.startswith(f"default population · {100 + trial} clients")
+
+
+@pytest.mark.slow  # eight rounds of six jobs at once on one store
+@pytest.mark.usefixtures("mlflow_store")  # an empty store, its tables made
+def test_jobs_describing_one_experiment_at_once_all_land(tmp_path):
+    # every job of a sweep sets the experiment's description; MLflow inserts the tag when
+    # missing, and jobs doing so at once raced (UNIQUE constraint failed: experiment_tags...)
+    setup_mlflow(f"sqlite:///{tmp_path / 'mlflow.db'}", "cadence")
+    client = mlflow.MlflowClient()
+    for trial in range(8):
+        experiment = client.create_experiment(f"sweep-{trial}")
+        start, errors = threading.Barrier(6), []
+
+        def describe(experiment=experiment, start=start, errors=errors) -> None:
+            start.wait()
+            try:
+                describe_experiment(experiment)
+            except Exception as exc:  # noqa: BLE001  (the test reports whatever failed)
+                errors.append(repr(exc)[:300])
+
+        threads = [threading.Thread(target=describe) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], (trial, errors)
+        tags = client.get_experiment(experiment).tags
+        assert tags[NOTE] == EXPERIMENT_NOTE
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 @pytest.mark.slow  # three train.py processes at once
